@@ -1,0 +1,147 @@
+"""The ``histoview`` command line.
+
+Subcommands: ``info`` (levels, shapes, dtype, pixel size), ``demo`` (napari
+with the phantom and explanations, or a screenshot), ``train`` (fit a model
+from a YAML/TOML config), ``explain`` (write an explanation's JSON and map).
+Heavy libraries are imported by the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from histoview import RESEARCH_NOTICE, __version__
+
+
+def _cmd_info(args) -> int:
+    from histoview.io import open_image
+
+    with open_image(args.image, pixel_size_um=args.pixel_size) as src:
+        info = src.describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    mpp = info["pixel_size_um"]
+    print(f"file:        {info['path']}")
+    print(f"format:      {info['format']}")
+    print(f"dtype:       {info['dtype']}")
+    size = f"{mpp:.4g} um/px (from {info['pixel_size_source']})" if mpp else "unknown (give --pixel-size)"
+    print(f"pixel size:  {size}")
+    print(f"levels:      {len(info['levels'])}")
+    for i, lv in enumerate(info["levels"]):
+        shape = " x ".join(map(str, lv["shape"]))
+        print(f"  level {i}: {shape}  (downsample {lv['downsample']:g})")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from histoview.viewer.demo import run_demo
+
+    path = run_demo(screenshot=args.screenshot, label=args.label, seed=args.seed,
+                    explanations=not args.no_explanations)
+    if path is not None:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from histoview.training.config import load_config
+    from histoview.training.run import train_from_config
+
+    config = load_config(args.config)
+    if args.out:
+        config["output_dir"] = args.out
+    if args.epochs is not None:
+        config.setdefault("train", {})["epochs"] = args.epochs
+    result = train_from_config(config, resume=not args.restart, progress=_print_progress)
+    print(f"checkpoint: {result['checkpoint']}")
+    print(f"report:     {result['report']}")
+    return 0
+
+
+def _print_progress(event: dict) -> None:
+    kind = event.get("event")
+    if kind == "epoch_end":
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in event.get("val_metrics", {}).items()
+                           if isinstance(v, float) and k in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc"))
+        print(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}  val {metrics}",
+              flush=True)
+    elif kind in ("message", "resumed"):
+        print(event.get("text", event), flush=True)
+
+
+def _cmd_explain(args) -> int:
+    from histoview.explain.run import explain_file
+
+    written = explain_file(
+        args.image, method=args.method, model=args.model, checkpoint=args.checkpoint, out_dir=args.out,
+        target_class=args.target_class, importance=args.importance, pixel_size_um=args.pixel_size,
+        overwrite=args.overwrite,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="histoview",
+        description=f"See why a model calls breast tissue benign or malignant. {RESEARCH_NOTICE}",
+    )
+    parser.add_argument("--version", action="version", version=f"histoview {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="print an image's pyramid levels, shapes, dtype and pixel size")
+    p.add_argument("image", type=Path)
+    p.add_argument("--pixel-size", type=float, default=None, help="override micrometres per pixel")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="open napari with the phantom and its explanations")
+    p.add_argument("--screenshot", type=Path, default=None, help="render off-screen and write this PNG")
+    p.add_argument("--label", default="invasive", choices=["benign", "in_situ", "invasive"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-explanations", action="store_true", help="show the phantom only")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train a model from a YAML or TOML config (see training/)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output folder (overrides the config)")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("explain", help="explain a model's decision on one image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--method", required=True,
+                   choices=["amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg"])
+    p.add_argument("--model", default=None, help="registry model name (default: the method's demo model)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a .safetensors checkpoint (default: the bundled synthetic demo weights)")
+    p.add_argument("--class", dest="target_class", default=None, help="class to explain (name or index)")
+    p.add_argument("--importance", default=None, choices=["attention", "occlusion"],
+                   help="graph models: node importance method")
+    p.add_argument("--pixel-size", type=float, default=None, help="override micrometres per pixel")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of numbering")
+    p.set_defaults(func=_cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
+        # ImageReadError and CheckpointError are ValueErrors that name the file.
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"histoview {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Explanations as plain data, independent of napari.
+
+An :class:`Explanation` is what every method returns: the model's prediction
+(class probabilities), the class explained, and per-element importance
+``values`` with the ``geometry`` that places them on the image:
+
+* :class:`~histoview.preprocessing.patches.PatchGrid` - one value per patch
+  (attention-MIL);
+* :class:`NucleiPoints` - one value per nucleus, with the graph's edges
+  (nuclei graphs);
+* :class:`DenseMap` - a low-resolution map stretched over the image (Grad-CAM,
+  DT Grad-CAM, RMCG node attention).
+
+Every geometry can be rasterised to a float32 map at the image's full
+resolution (:meth:`Explanation.to_dense`), which is what the ``.tif`` output,
+agreement between methods and faithfulness tests use. Turning values into
+colours is the viewer's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoview.preprocessing.patches import PatchGrid
+
+
+@dataclass(frozen=True)
+class NucleiPoints:
+    """Nuclei as points with the edges of their graph.
+
+    Attributes:
+        centroids: (N, 2) float64 (row, col) level-0 pixels.
+        image_shape: (height, width) of level 0.
+        edge_index: (2, E) int64 node pairs (both directions may be present).
+        edge_weight: (E,) float32.
+        outlines: N polygons (K_i, 2) (row, col), or empty.
+        features: per-nucleus properties (name -> (N,) array), e.g. morphology.
+        radius: splat radius in pixels used by :meth:`rasterize` when there are no outlines.
+    """
+
+    centroids: np.ndarray
+    image_shape: tuple[int, int]
+    edge_index: np.ndarray = field(default_factory=lambda: np.zeros((2, 0), np.int64))
+    edge_weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    outlines: tuple = ()
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    radius: float = 6.0
+
+    def __len__(self) -> int:
+        return len(self.centroids)
+
+    def rasterize(self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Paint each nucleus's value over its outline (or a disc of ``radius``)."""
+        from skimage.draw import disk, polygon
+
+        values = np.asarray(values, np.float32).reshape(-1)
+        if len(values) != len(self):
+            raise ValueError(f"{len(values)} values for {len(self)} nuclei")
+        H, W = self.image_shape
+        out_h, out_w = shape or (H, W)
+        sy, sx = out_h / H, out_w / W
+        out = np.full((out_h, out_w), fill, np.float32)
+        # Draw lowest first so that the most important nucleus wins where outlines touch.
+        for i in np.argsort(values, kind="stable"):
+            if self.outlines:
+                poly = np.asarray(self.outlines[i], np.float64)
+                rr, cc = polygon(poly[:, 0] * sy, poly[:, 1] * sx, (out_h, out_w))
+            else:
+                r, c = self.centroids[i]
+                rr, cc = disk((r * sy, c * sx), max(self.radius * min(sy, sx), 1.0), shape=(out_h, out_w))
+            out[rr, cc] = values[i]
+        return out
+
+
+@dataclass(frozen=True)
+class DenseMap:
+    """A (h, w) map covering the whole image (e.g. a Grad-CAM map at feature resolution)."""
+
+    image_shape: tuple[int, int]
+
+    def rasterize(self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Bilinear resize of the map to the image (or ``shape``)."""
+        from skimage.transform import resize
+
+        values = np.asarray(values, np.float32)
+        target = tuple(shape or self.image_shape)
+        if values.shape == target:
+            return values.astype(np.float32)
+        return resize(values, target, order=1, mode="edge", anti_aliasing=False, preserve_range=True).astype(np.float32)
+
+
+Geometry = PatchGrid | NucleiPoints | DenseMap
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One explanation of one model's decision on one image.
+
+    Attributes:
+        method: ``"amil"``, ``"graph"``, ``"gradcam"``, ``"dt-gradcam"``, ``"rmcg"``, ...
+        model: registry name of the model.
+        classes: class names, in the model's output order.
+        probabilities: (C,) class probabilities.
+        target_class: index of the class the values explain.
+        values: importance per element of ``geometry`` (patches, nuclei, map pixels).
+        geometry: where the values lie on the image.
+        checkpoint_sha256: hash of the weights file used (None for untrained weights).
+        synthetic: True when the weights are synthetic demo weights.
+        threshold: threshold applied to the values, where the method uses one.
+        extra: further method-specific data (JSON-serialisable).
+    """
+
+    method: str
+    model: str
+    classes: tuple[str, ...]
+    probabilities: np.ndarray
+    target_class: int
+    values: np.ndarray
+    geometry: Geometry
+    checkpoint_sha256: str | None = None
+    synthetic: bool = False
+    threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted_class(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def predicted_label(self) -> str:
+        return self.classes[self.predicted_class]
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(self.geometry.image_shape)
+
+    def to_dense(self, shape: tuple[int, int] | None = None, *, fill: float = 0.0) -> np.ndarray:
+        """float32 map at the image's full resolution (or ``shape``)."""
+        return self.geometry.rasterize(self.values, fill=fill, shape=shape)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON record written beside the map (``<stem>.<method>.json``)."""
+        from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE, __version__
+
+        probs = {c: float(p) for c, p in zip(self.classes, self.probabilities)}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "model": self.model,
+            "predicted_class": self.predicted_label,
+            "predicted_probability": float(self.probabilities[self.predicted_class]),
+            "probabilities": probs,
+            "target_class": self.classes[self.target_class],
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "image_shape": list(self.image_shape),
+            "threshold": self.threshold,
+            "histoview_version": __version__,
+            "notice": RESEARCH_NOTICE,
+        }
+        if self.synthetic:
+            out["weights_notice"] = SYNTHETIC_NOTICE
+        out.update(self.extra)
+        return out
+
+
+def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``path`` itself, or with ``-1``, ``-2``... before the suffix if it exists.
+
+    Nothing a user made is silently overwritten: callers write to the returned path.
+    """
+    path = Path(path)
+    if overwrite or not path.exists():
+        return path
+    suffixes = "".join(path.suffixes)
+    base = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
+    i = 1
+    while True:
+        cand = path.with_name(f"{base}-{i}{suffixes}")
+        if not cand.exists():
+            return cand
+        i += 1
+
+
+def write_explanation(
+    explanation: Explanation, out_dir: str | os.PathLike, stem: str, *, overwrite: bool = False
+) -> dict[str, Path]:
+    """Write ``<stem>.<method>.json`` and ``<stem>.<method>.tif`` (float32, full resolution).
+
+    Existing files are kept; the new ones get a numbered name unless ``overwrite``.
+    Returns the paths written.
+    """
+    import tifffile
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tif_path = unique_path(out_dir / f"{stem}.{explanation.method}.tif", overwrite=overwrite)
+    json_path = unique_path(out_dir / f"{stem}.{explanation.method}.json", overwrite=overwrite)
+    dense = explanation.to_dense()
+    tifffile.imwrite(tif_path, dense.astype(np.float32), compression="zlib", metadata={"axes": "YX"})
+    record = explanation.summary() | {"map_file": tif_path.name}
+    json_path.write_text(json.dumps(record, indent=2))
+    return {"json": json_path, "tif": tif_path}

@@ -1,0 +1,86 @@
+"""napari reader contribution: histology images as lazy (multiscale) layers.
+
+PNG/JPEG open as plain arrays; TIFFs (BigTIFF, OME-TIFF, tiled pyramids) open
+as multiscale layers whose levels are tifffile zarr stores, so napari reads
+only the tiles on screen. A large TIFF without a pyramid gets lazy 2x
+decimated levels. The pixel size sets the layer's scale (micrometres) and is
+stored in ``layer.metadata["histoview"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from histoview.io.image import SUPPORTED_SUFFIXES, ImageSource, open_image
+
+#: single-level images larger than this (pixels along a side) get lazy lower levels.
+LAZY_PYRAMID_ABOVE = 8192
+
+
+def napari_get_reader(path):
+    """Return :func:`read_images` if histoview handles ``path`` (a file or list of files), else None.
+
+    Never raises: napari asks every reader plugin about every dropped path.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path) if isinstance(path, (list, tuple)) else []
+    if not paths:
+        return None
+    for p in paths:
+        if not isinstance(p, (str, Path)) or not str(p).lower().endswith(SUPPORTED_SUFFIXES):
+            return None
+    return read_images
+
+
+def read_images(path) -> list[tuple]:
+    """Read one file or a list of files into napari layer data tuples.
+
+    Raises:
+        ImageReadError: with the file name and the problem, for any file that
+            cannot be read; napari reports it and keeps running.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    return [layer_data_from_source(open_image(p)) for p in paths]
+
+
+def layer_data_from_source(src: ImageSource) -> tuple:
+    """``(data, kwargs, "image")`` for an opened image."""
+    arrays = [src.level_array(i) for i in range(src.n_levels)]
+    if len(arrays) == 1 and max(src.shape[:2]) > LAZY_PYRAMID_ABOVE:
+        arrays = _lazy_levels(arrays[0])
+    multiscale = len(arrays) > 1
+    info = src.describe()
+    kwargs = {
+        "name": src.path.name,
+        "rgb": src.is_rgb,
+        "multiscale": multiscale,
+        "metadata": {"histoview": info},
+    }
+    if src.pixel_size_um:
+        kwargs["scale"] = (src.pixel_size_um, src.pixel_size_um)
+        kwargs["units"] = ("um", "um")
+    if src.dtype != np.uint8:
+        kwargs["contrast_limits"] = _contrast_limits(arrays[-1], src.dtype)
+    return (arrays if multiscale else arrays[0], kwargs, "image")
+
+
+def _lazy_levels(array) -> list:
+    import dask.array as da
+
+    base = da.from_zarr(array) if hasattr(array, "store") else da.from_array(array)
+    levels = [base]
+    while max(levels[-1].shape[:2]) > 2048:
+        levels.append(levels[-1][::2, ::2])
+    return levels
+
+
+def _contrast_limits(array, dtype) -> tuple[float, float]:
+    sample = np.asarray(array[:: max(1, array.shape[0] // 512), :: max(1, array.shape[1] // 512)])
+    if sample.ndim == 3:
+        sample = sample[..., :3]
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if hi <= lo:
+        info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+        lo, hi = (0.0, float(info.max)) if info else (float(sample.min()), float(sample.max()) + 1.0)
+    return float(lo), float(hi)

@@ -1,0 +1,35 @@
+"""Shared test fixtures: where the real data lives, and markers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HISTOVIEW_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_data_dir(sub: str = "") -> Path:
+    """``../shared/data[/sub]``, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (it is outside the repository)")
+    return path
+
+
+@pytest.fixture
+def breakhis_dir() -> Path:
+    return shared_data_dir("breakhis")
+
+
+@pytest.fixture
+def monuseg_dir() -> Path:
+    return shared_data_dir("monuseg")
+
+
+@pytest.fixture(autouse=True)
+def _user_data_dir(tmp_path_factory, monkeypatch):
+    """Keep each test's per-user model library away from the real one."""
+    monkeypatch.setenv("HISTOVIEW_DATA_DIR", str(tmp_path_factory.mktemp("histoview-user-data")))
