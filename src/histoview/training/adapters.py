@@ -1,0 +1,188 @@
+"""How a sample becomes a model input, for each kind of model (bag, image, graph).
+
+* bag (A-MIL): the image is augmented (seed 000's flips and 90/180/270
+  rotations), cut into a patch grid (patch size from the model), normalised.
+* image (CNNs): resized to the model's input size, augmented the same way,
+  normalised with the model's mean/std.
+* graph (nuclei graphs): nuclei detected and the cell graph built once per
+  image and cached on disk (keyed by the file's content and the settings),
+  then converted to a torch-geometric ``Data``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from histoview.models.registry import ModelConfig
+from histoview.preprocessing.patches import extract_patches
+from histoview.preprocessing.transforms import DIHEDRAL, dihedral, random_dihedral, to_tensor
+from histoview.training.datasets import Sample
+
+
+class _ImageCache:
+    """Decoded images kept in memory (bounded), so epochs do not re-decode or re-generate."""
+
+    def __init__(self, max_items: int = 512):
+        self.max_items = max_items
+        self._items: OrderedDict[str, tuple[np.ndarray, float | None]] = OrderedDict()
+
+    def load(self, sample: Sample) -> tuple[np.ndarray, float | None]:
+        key = sample.key
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = sample.load()
+        self._items[key] = value
+        if len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return value
+
+
+class InputAdapter:
+    """Base: load with a cache, augment, collate, forward."""
+
+    def __init__(self, config: ModelConfig, model_kwargs: dict[str, Any], options: dict[str, Any] | None = None):
+        self.config = config
+        self.model_kwargs = model_kwargs
+        self.options = dict(options or {})
+        self.cache = _ImageCache(self.options.get("cache_images", 512))
+
+    def prepare(self, sample: Sample, *, train: bool, rng: np.random.Generator, view: tuple | None = None):
+        raise NotImplementedError
+
+    def collate(self, items: list) -> Any:
+        raise NotImplementedError
+
+    def forward(self, model, batch, device: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def views(self) -> tuple:
+        """Test-time augmentation views (the eight dihedral symmetries)."""
+        return DIHEDRAL
+
+
+class BagAdapter(InputAdapter):
+    def __init__(self, config, model_kwargs, options=None):
+        super().__init__(config, model_kwargs, options)
+        self.patch_size = int(model_kwargs.get("patch_size", (config.input_size or (28, 28))[0]))
+        self.stride = int(self.options.get("stride") or self.patch_size)
+        self.max_background = self.options.get("max_background")
+
+    def prepare(self, sample, *, train, rng, view=None):
+        image, _ = self.cache.load(sample)
+        if train:
+            image = random_dihedral(image, rng)
+        elif view is not None:
+            image = dihedral(image, *view)
+        patches, _ = extract_patches(np.ascontiguousarray(image), self.patch_size, self.stride,
+                                     max_background=self.max_background)
+        return to_tensor(patches, self.config.mean, self.config.std)
+
+    def collate(self, items):
+        return items  # bags may differ in size after background filtering
+
+    def forward(self, model, batch, device):
+        sizes = {b.shape[0] for b in batch}
+        if len(sizes) == 1:
+            return model(torch.stack(batch).to(device))
+        return torch.cat([model(b.to(device)) for b in batch])
+
+    def describe(self):
+        return {"patch_size": self.patch_size, "stride": self.stride, "max_background": self.max_background}
+
+
+class ImageAdapter(InputAdapter):
+    def prepare(self, sample, *, train, rng, view=None):
+        image, _ = self.cache.load(sample)
+        x = to_tensor(image, self.config.mean, self.config.std, size=self.config.input_size)
+        if train:
+            x = random_dihedral(x, rng)
+        elif view is not None:
+            x = dihedral(x, *view)
+        if x.shape[-2:] != tuple(self.config.input_size or x.shape[-2:]):  # rot90 of a non-square input
+            x = torch.nn.functional.interpolate(x[None], size=self.config.input_size, mode="bilinear")[0]
+        return x
+
+    def collate(self, items):
+        return torch.stack(items)
+
+    def forward(self, model, batch, device):
+        return model(batch.to(device))
+
+    def describe(self):
+        return {"input_size": list(self.config.input_size) if self.config.input_size else None}
+
+
+class GraphAdapter(InputAdapter):
+    """Nuclei graphs, built once per image and cached on disk (seed 001)."""
+
+    def __init__(self, config, model_kwargs, options=None):
+        super().__init__(config, model_kwargs, options)
+        self.threshold_um = float(self.options.get("graph_threshold_um", 42.0))
+        self.default_pixel_size = float(self.options.get("pixel_size_um", 0.42))
+        cache = self.options.get("cache_dir")
+        self.cache_dir = Path(cache) if cache else None
+        self._graphs: dict[str, Any] = {}
+
+    @property
+    def views(self) -> tuple:
+        return ((0, False),)  # node features are rotation-invariant: no image TTA for graphs
+
+    def graph_for(self, sample: Sample):
+        from histoview.preprocessing.graph import graph_from_image, load_graph, save_graph
+
+        if sample.key in self._graphs:
+            return self._graphs[sample.key]
+        path = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / f"{self._cache_key(sample)}.npz"
+            if path.exists():
+                graph = load_graph(path)
+                self._graphs[sample.key] = graph
+                return graph
+        image, mpp = sample.load()
+        graph = graph_from_image(image, mpp or self.default_pixel_size, threshold_um=self.threshold_um)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_graph(graph, path)
+        self._graphs[sample.key] = graph
+        return graph
+
+    def _cache_key(self, sample: Sample) -> str:
+        h = hashlib.sha256()
+        if sample.path is not None:
+            h.update(Path(sample.path).read_bytes())
+        else:
+            h.update(repr(sample.phantom).encode())
+        h.update(json.dumps({"t": self.threshold_um, "mpp": self.default_pixel_size, "v": 1}).encode())
+        return h.hexdigest()[:32]
+
+    def prepare(self, sample, *, train, rng, view=None):
+        return self.graph_for(sample).to_pyg()
+
+    def collate(self, items):
+        from torch_geometric.data import Batch
+
+        return Batch.from_data_list(items)
+
+    def forward(self, model, batch, device):
+        return model(batch.to(device))
+
+    def describe(self):
+        return {"graph_threshold_um": self.threshold_um, "pixel_size_um": self.default_pixel_size}
+
+
+def make_adapter(config: ModelConfig, model_kwargs: dict[str, Any], options: dict[str, Any] | None = None) -> InputAdapter:
+    cls = {"bag": BagAdapter, "image": ImageAdapter, "graph": GraphAdapter}[config.kind]
+    return cls(config, model_kwargs, options)

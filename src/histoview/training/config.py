@@ -1,0 +1,64 @@
+"""Training configurations: YAML or TOML files (examples in the repository's ``training/``).
+
+A config names the model, the data, the split and the training options::
+
+    name: amil-phantom              # run name
+    model: amil                     # registry name
+    model_kwargs: {patch_size: 28}  # factory arguments (stored in the checkpoint)
+    data: {type: phantom, task: binary, n_per_class: 40}   # see training.datasets
+    split: {by: patient, fractions: [0.7, 0.15, 0.15], seed: 0}
+    input: {max_background: 0.9}    # adapter options (patch stride, graph threshold, cache dir...)
+    train: {epochs: 10, batch_size: 1, lr: 0.001}          # see training.engine.TrainOptions
+    output_dir: runs/amil-phantom   # relative paths are relative to the config file
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SECTIONS = {"name", "model", "model_kwargs", "data", "split", "input", "train", "output_dir", "description"}
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) training config and check its sections."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            config = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            config = yaml.safe_load(text)
+        else:
+            raise ValueError(f"{path}: config must be .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot parse config ({exc})") from None
+    return validate_config(config, base_dir=path.parent, source=str(path))
+
+
+def validate_config(config: Any, *, base_dir: str | os.PathLike = ".", source: str = "config") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: a config is a mapping of sections")
+    unknown = set(config) - SECTIONS
+    if unknown:
+        raise ValueError(f"{source}: unknown sections {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    for key in ("model", "data"):
+        if key not in config:
+            raise ValueError(f"{source}: missing section {key!r}")
+    config = dict(config)
+    base = Path(base_dir)
+    data = dict(config["data"])
+    if "root" in data:
+        root = Path(os.path.expandvars(str(data["root"]))).expanduser()
+        data["root"] = str(root if root.is_absolute() else (base / root).resolve())
+    config["data"] = data
+    out = Path(config.get("output_dir") or f"runs/{config.get('name', config['model'])}")
+    config["output_dir"] = str(out if out.is_absolute() else (base / out).resolve())
+    config.setdefault("name", Path(config["output_dir"]).name)
+    return config

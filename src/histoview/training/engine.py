@@ -1,0 +1,313 @@
+"""The training loop shared by every model: progress events, cancel, resume, metrics.
+
+:func:`fit` is a generator: it yields progress events (dicts) as it goes and
+returns the result, so the CLI prints them and the napari widget runs it in a
+worker thread and can stop it between steps. State is saved at the end of
+every epoch, atomically, as safetensors plus JSON (never pickle):
+
+* ``last.safetensors`` / ``last.json``: the model after the last finished epoch;
+* ``best.safetensors`` / ``best.json``: the model with the best validation score;
+* ``train_state.safetensors`` / ``train_state.json``: optimizer moments, epoch,
+  history, so a killed or cancelled run resumes from its last finished epoch.
+
+Training options (:class:`TrainOptions`) cover seed 000 (Adam, lr 1e-3,
+flips/rotations), seed 003 (two-phase fine-tuning with the backbone frozen
+first and layer-wise learning rates after, focal loss with label smoothing,
+MixUp, warm-up then cosine decay, mixed precision on CUDA) and seed 004
+(batch 32, lr 1e-4, 50 epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from histoview.models.checkpoint import _atomic_write_bytes, default_device, save_checkpoint
+from histoview.training.adapters import InputAdapter
+from histoview.training.datasets import Sample
+from histoview.training.metrics import classification_metrics, youden_threshold
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 20
+    batch_size: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | adamw | sgd
+    loss: str = "cross_entropy"  # cross_entropy | focal
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # > 0 enables MixUp (image models)
+    warmup_epochs: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+    freeze_backbone_epochs: int = 0  # seed 003 phase 1: head only
+    backbone_lr_scale: float = 1.0  # seed 003 phase 2: layer-wise lr (backbone lr = lr * scale)
+    amp: bool = True  # mixed precision, CUDA only
+    device: str | None = None  # default: CUDA when present, else CPU
+    seed: int = 0
+    monitor: str = "balanced_accuracy"
+    tta: bool = False  # 8-fold dihedral TTA at validation/test
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class TrainingCancelled(Exception):
+    """Raised inside :func:`fit` when the caller asked it to stop."""
+
+
+def _loss_fn(opts: TrainOptions, num_classes: int) -> Callable:
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=-1)
+        eps = opts.label_smoothing
+        q = F.one_hot(target, num_classes).float() * (1 - eps) + eps / num_classes
+        ce = -(q * logp).sum(-1)
+        if opts.loss == "focal":  # Lin et al. 2017, on the smoothed targets (seed 003)
+            pt = logp.gather(1, target[:, None]).squeeze(1).exp()
+            ce = (1 - pt) ** opts.focal_gamma * ce
+        return ce.mean()
+
+    if opts.loss not in ("cross_entropy", "focal"):
+        raise ValueError(f"loss must be 'cross_entropy' or 'focal', got {opts.loss!r}")
+    return loss
+
+
+def _param_groups(model, opts: TrainOptions) -> list[dict]:
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return [{"params": [p for p in model.parameters()], "lr_scale": 1.0, "name": "all"}]
+    mods = backbone if isinstance(backbone, (list, tuple)) else [backbone]
+    bb_ids = {id(p) for m in mods for p in m.parameters()}
+    bb = [p for p in model.parameters() if id(p) in bb_ids]
+    rest = [p for p in model.parameters() if id(p) not in bb_ids]
+    return [
+        {"params": bb, "lr_scale": opts.backbone_lr_scale, "name": "backbone"},
+        {"params": rest, "lr_scale": 1.0, "name": "head"},
+    ]
+
+
+def _make_optimizer(model, opts: TrainOptions):
+    groups = _param_groups(model, opts)
+    if opts.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {opts.optimizer!r}")
+
+
+def _lr_factor(opts: TrainOptions, progress: float) -> float:
+    """Warm-up then constant or cosine decay; ``progress`` in epochs (float)."""
+    if opts.warmup_epochs > 0 and progress < opts.warmup_epochs:
+        return (progress + 1e-3) / opts.warmup_epochs
+    if opts.schedule == "cosine":
+        span = max(opts.epochs - opts.warmup_epochs, 1e-6)
+        return 0.5 * (1 + math.cos(math.pi * min((progress - opts.warmup_epochs) / span, 1.0)))
+    return 1.0
+
+
+def _set_lr(optimizer, opts: TrainOptions, progress: float, epoch: int) -> None:
+    factor = _lr_factor(opts, progress)
+    for g in optimizer.param_groups:
+        frozen = g.get("name") == "backbone" and epoch < opts.freeze_backbone_epochs
+        g["lr"] = 0.0 if frozen else opts.lr * factor * g.get("lr_scale", 1.0)
+
+
+# -- optimizer state without pickle ----------------------------------------------------------------
+def save_train_state(path: Path, optimizer, info: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    _atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors) if tensors else save({"_": torch.zeros(1)}))
+    _atomic_write_bytes(path.with_suffix(".json"), json.dumps(
+        {"param_groups": groups, "scalars": scalars, **info}, indent=1, default=float).encode())
+
+
+def load_train_state(path: Path, optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    info = json.loads(path.with_suffix(".json").read_text())
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key == "_":
+            continue
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    for key, v in info.pop("scalars").items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": info.pop("param_groups")})
+    return info
+
+
+# -- prediction -------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model, adapter: InputAdapter, samples: list[Sample], *, device: str, tta: bool = False,
+            batch_size: int = 8, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Class probabilities (n, C) for ``samples`` (averaged over 8 dihedral views with ``tta``)."""
+    model.eval()
+    views = adapter.views if tta else (None,)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(0, len(samples), batch_size):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled
+        chunk = samples[i : i + batch_size]
+        probs = 0
+        for view in views:
+            batch = adapter.collate([adapter.prepare(s, train=False, rng=rng, view=view) for s in chunk])
+            probs = probs + torch.softmax(adapter.forward(model, batch, device).float(), -1).cpu()
+        out.append((probs / len(views)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def evaluate(model, adapter, samples, classes, *, device, tta=False, threshold=None, should_stop=None) -> dict:
+    probs = predict(model, adapter, samples, device=device, tta=tta, should_stop=should_stop)
+    y = np.array([s.label for s in samples])
+    return classification_metrics(y, probs, classes, threshold=threshold) | {"_probs": probs, "_y": y}
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def fit(
+    model,
+    adapter: InputAdapter,
+    train: list[Sample],
+    val: list[Sample],
+    classes: tuple[str, ...],
+    opts: TrainOptions,
+    out_dir: str | Path,
+    meta: dict[str, Any],
+    *,
+    resume: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[dict[str, Any], None, dict[str, Any]]:
+    """Train ``model``; yields progress events; returns ``{"best": path, "last": path, "history": [...]}``.
+
+    Events: ``{"event": "start"|"resumed"|"step"|"epoch_end"|"cancelled"|"done", ...}``;
+    ``step`` carries ``epoch``, ``step``, ``steps``, ``loss``, ``elapsed`` and ``eta`` (seconds).
+    ``should_stop()`` is checked between steps; on True the run stops with
+    its last finished epoch saved and raises nothing (a ``cancelled`` event is yielded).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = opts.device or default_device()
+    torch.manual_seed(opts.seed)
+    model.to(device)
+    optimizer = _make_optimizer(model, opts)
+    criterion = _loss_fn(opts, len(classes))
+    use_amp = opts.amp and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    history: list[dict[str, Any]] = []
+    start_epoch, best_score = 0, -np.inf
+    state_path = out_dir / "train_state.safetensors"
+    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    if resume and state_path.exists() and last_path.exists():
+        from histoview.models.checkpoint import check_state_dict, load_state_dict
+
+        state, _ = load_state_dict(last_path)
+        check_state_dict(model, state, str(last_path))
+        model.load_state_dict(state)
+        info = load_train_state(state_path, optimizer)
+        start_epoch, best_score, history = info["epoch"], info["best_score"], info["history"]
+        yield {"event": "resumed", "epoch": start_epoch, "text": f"resumed from {last_path} after epoch {start_epoch}"}
+    if start_epoch >= opts.epochs:
+        yield {"event": "done", "epoch": start_epoch, "text": "already trained for all epochs"}
+        return {"best": best_path if best_path.exists() else last_path, "last": last_path, "history": history}
+    rng = np.random.default_rng(opts.seed + start_epoch)
+    steps = max(1, math.ceil(len(train) / opts.batch_size))
+    yield {"event": "start", "epochs": opts.epochs, "steps": steps, "device": device,
+           "train": len(train), "val": len(val), "text": f"training on {device}: {len(train)} train, {len(val)} val"}
+    t0 = time.monotonic()
+    done_steps, total_steps = 0, steps * (opts.epochs - start_epoch)
+    stop = should_stop or (lambda: False)
+    for epoch in range(start_epoch, opts.epochs):
+        model.train()
+        order = rng.permutation(len(train))
+        losses = []
+        for step in range(steps):
+            if stop():
+                yield {"event": "cancelled", "epoch": epoch, "text": f"cancelled; last finished epoch {epoch} kept"}
+                return {"best": best_path, "last": last_path, "history": history, "cancelled": True}
+            _set_lr(optimizer, opts, epoch + step / steps, epoch)
+            idx = order[step * opts.batch_size : (step + 1) * opts.batch_size]
+            batch_samples = [train[i] for i in idx]
+            x = adapter.collate([adapter.prepare(s, train=True, rng=rng) for s in batch_samples])
+            y = torch.tensor([s.label for s in batch_samples], device=device)
+            mix = None
+            if opts.mixup_alpha > 0 and torch.is_tensor(x) and len(idx) > 1:
+                lam = float(rng.beta(opts.mixup_alpha, opts.mixup_alpha))
+                perm = torch.from_numpy(rng.permutation(len(idx)))
+                x = lam * x + (1 - lam) * x[perm]
+                mix = (lam, perm.to(device))
+            with torch.autocast("cuda", enabled=use_amp):
+                logits = adapter.forward(model, x, device)
+                loss = criterion(logits, y) if mix is None else (
+                    mix[0] * criterion(logits, y) + (1 - mix[0]) * criterion(logits, y[mix[1]]))
+                reg = getattr(model, "regularization_loss", None)
+                if reg is not None:
+                    loss = loss + reg()
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            losses.append(float(loss.detach()))
+            done_steps += 1
+            elapsed = time.monotonic() - t0
+            yield {"event": "step", "epoch": epoch + 1, "epochs": opts.epochs, "step": step + 1, "steps": steps,
+                   "loss": losses[-1], "elapsed": elapsed,
+                   "eta": elapsed / done_steps * (total_steps - done_steps)}
+        try:
+            val_metrics = evaluate(model, adapter, val, classes, device=device, tta=opts.tta, should_stop=stop) if val else {}
+        except TrainingCancelled:
+            yield {"event": "cancelled", "epoch": epoch, "text": f"cancelled; last finished epoch {epoch} kept"}
+            return {"best": best_path, "last": last_path, "history": history, "cancelled": True}
+        threshold = None
+        if val_metrics and len(classes) == 2 and len(set(val_metrics["_y"].tolist())) == 2:
+            threshold = youden_threshold(val_metrics["_y"] == 1, val_metrics["_probs"][:, 1])
+        public = {k: v for k, v in val_metrics.items() if not k.startswith("_")}
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val": public,
+                  "lr": optimizer.param_groups[-1]["lr"], "threshold": threshold}
+        history.append(record)
+        score = public.get(opts.monitor, -float(np.mean(losses)))
+        score = -np.inf if score is None or (isinstance(score, float) and math.isnan(score)) else score
+        ckpt_meta = {**meta, "epoch": epoch + 1, "metrics": {"validation": public}, "threshold": threshold,
+                     "train_options": asdict(opts)}
+        save_checkpoint(last_path, model, ckpt_meta)
+        is_best = score > best_score or not best_path.exists()
+        if is_best:
+            best_score = score
+            save_checkpoint(best_path, model, ckpt_meta)
+        save_train_state(state_path, optimizer, {"epoch": epoch + 1, "best_score": float(best_score), "history": history})
+        yield {"event": "epoch_end", "epoch": epoch + 1, "epochs": opts.epochs, "train_loss": record["train_loss"],
+               "val_metrics": public, "best": bool(is_best), "elapsed": time.monotonic() - t0}
+    yield {"event": "done", "epoch": opts.epochs, "text": "training finished"}
+    return {"best": best_path, "last": last_path, "history": history}

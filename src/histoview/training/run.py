@@ -1,0 +1,138 @@
+"""Run a training config end to end: data, split, model, loop, test metrics, report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+from histoview import SYNTHETIC_NOTICE
+from histoview.training.config import validate_config
+
+
+def iter_train_from_config(
+    config: dict[str, Any], *, resume: bool = True, should_stop: Callable[[], bool] | None = None,
+) -> Generator[dict[str, Any], None, dict[str, Any]]:
+    """Generator version of :func:`train_from_config` (yields the engine's progress events)."""
+
+    from histoview.models.checkpoint import default_device, load_state_dict, save_checkpoint
+    from histoview.models.registry import create_model, get_model_config
+    from histoview.training.adapters import make_adapter
+    from histoview.training.datasets import discover_dataset, split_samples
+    from histoview.training.engine import TrainOptions, evaluate, fit
+
+    if "output_dir" not in config or not Path(config["output_dir"]).is_absolute():
+        config = validate_config(config)
+    opts = TrainOptions.from_dict(config.get("train", {}))
+    dataset = discover_dataset(config["data"])
+    split = {"by": "patient", "fractions": (0.7, 0.15, 0.15), "seed": 0, **config.get("split", {})}
+    if split["by"] == "patient" and not dataset.has_patients:
+        yield {"event": "message", "text": f"{dataset.layout} has no patient ids: splitting by image"}
+    train, val, test = split_samples(dataset.samples, split["fractions"], seed=split["seed"], by=split["by"])
+    if not train:
+        raise ValueError("the training split is empty: the dataset is too small")
+    mcfg = get_model_config(config["model"])
+    model_kwargs = {**mcfg.defaults, **config.get("model_kwargs", {})}
+    model = create_model(config["model"], num_classes=len(dataset.classes), **model_kwargs)
+    input_opts = dict(config.get("input", {}))
+    if mcfg.kind == "graph":
+        input_opts.setdefault("cache_dir", str(Path(config["output_dir"]) / "graph_cache"))
+    adapter = make_adapter(mcfg, model_kwargs, input_opts)
+    synthetic = dataset.layout == "phantom"
+    leak = split["by"] == "image" and dataset.has_patients
+    meta = {
+        "model": config["model"],
+        "model_kwargs": model_kwargs,
+        "classes": list(dataset.classes),
+        "patch": adapter.describe() if mcfg.kind == "bag" else None,
+        "input": adapter.describe(),
+        "pixel_size_um": _training_pixel_size(dataset, input_opts),
+        "normalisation": {"mean": list(mcfg.mean), "std": list(mcfg.std)},
+        "data": dataset.summary() | {"split": {"by": split["by"], "seed": split["seed"],
+                                               "train": len(train), "val": len(val), "test": len(test),
+                                               "leaks_patients": leak}},
+        "name": config.get("name"),
+        "synthetic": synthetic,
+        "notice": SYNTHETIC_NOTICE if synthetic else "Research use only, not for diagnosis.",
+    }
+    if leak:
+        yield {"event": "message", "text": "WARNING: image-level split leaks patients across train/val/test"}
+    result = yield from fit(model, adapter, train, val, dataset.classes, opts, config["output_dir"], meta,
+                            resume=resume, should_stop=should_stop)
+    out_dir = Path(config["output_dir"])
+    if result.get("cancelled"):
+        return {**result, "checkpoint": result["last"], "report": None}
+    best = Path(result["best"])
+    state, best_meta = load_state_dict(best)
+    model.load_state_dict(state)
+    device = opts.device or default_device()
+    test_metrics = {}
+    if test:
+        yield {"event": "message", "text": f"evaluating {best.name} on {len(test)} test images"}
+        m = evaluate(model, adapter, test, dataset.classes, device=device, tta=opts.tta,
+                     threshold=best_meta.get("threshold"))
+        test_metrics = {k: v for k, v in m.items() if not k.startswith("_")}
+    best_meta["metrics"] = {**best_meta.get("metrics", {}), "test": test_metrics}
+    for key in ("format", "format_version", "weights_sha256", "created", "code_version"):
+        best_meta.pop(key, None)
+    save_checkpoint(best, model, best_meta)
+    report = {
+        "name": config.get("name"),
+        "model": config["model"],
+        "checkpoint": str(best),
+        "data": best_meta["data"],
+        "best_epoch": best_meta.get("epoch"),
+        "threshold": best_meta.get("threshold"),
+        "validation": best_meta["metrics"].get("validation", {}),
+        "test": test_metrics,
+        "history": result["history"],
+        "synthetic": synthetic,
+    }
+    report_path = out_dir / "report.json"
+    report_path.write_text(json.dumps(report, indent=2, default=_np_default))
+    _write_history_csv(out_dir / "history.csv", result["history"])
+    return {**result, "checkpoint": best, "report": report_path, "test": test_metrics}
+
+
+def train_from_config(
+    config: dict[str, Any], *, resume: bool = True, progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Train as ``config`` says; ``progress`` receives each event. Returns checkpoint and report paths."""
+    gen = iter_train_from_config(config, resume=resume, should_stop=should_stop)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)
+
+
+def _training_pixel_size(dataset, input_opts) -> float | None:
+    if dataset.layout == "phantom":
+        from histoview.preprocessing.phantom import PHANTOM_PRESETS
+
+        return PHANTOM_PRESETS[dataset.options["preset"]]["pixel_size_um"]
+    return input_opts.get("pixel_size_um")
+
+
+def _np_default(obj):
+    import numpy as np
+
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def _write_history_csv(path: Path, history: list[dict]) -> None:
+    keys = ["accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "sensitivity", "specificity"]
+    lines = ["epoch,train_loss,lr," + ",".join(f"val_{k}" for k in keys)]
+    for h in history:
+        vals = [h["val"].get(k, "") for k in keys]
+        lines.append(f"{h['epoch']},{h['train_loss']:.6f},{h['lr']:.3g}," + ",".join(
+            f"{v:.6f}" if isinstance(v, float) else str(v) for v in vals))
+    path.write_text("\n".join(lines) + "\n")
