@@ -69,7 +69,7 @@ def _print_progress(event: dict) -> None:
                            if isinstance(v, float) and k in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc"))
         print(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}  val {metrics}",
               flush=True)
-    elif kind in ("message", "resumed"):
+    elif kind in ("message", "resumed", "start", "cancelled", "done"):
         print(event.get("text", event), flush=True)
 
 

@@ -1,0 +1,69 @@
+"""A-MIL's explanation: the attention weight of each patch (seed 000, equation 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from histoview.explain.base import Explanation
+from histoview.preprocessing.patches import extract_patches
+from histoview.preprocessing.transforms import to_tensor
+
+
+@torch.no_grad()
+def explain_amil(
+    model,
+    image: np.ndarray,
+    *,
+    meta: dict[str, Any] | None = None,
+    checkpoint_sha256: str | None = None,
+    stride: int | None = None,
+    max_background: float | None = None,
+    downsample: float = 1.0,
+    level: int = 0,
+    image_shape: tuple[int, int] | None = None,
+) -> Explanation:
+    """Run A-MIL on one image and return its patch-attention grid.
+
+    Args:
+        model: an :class:`~histoview.models.amil.AMIL` (eval mode).
+        image: (H, W, 3) uint8 RGB of the level the model sees.
+        meta: the checkpoint's metadata (classes, patch settings).
+        stride, max_background: override the checkpoint's patch settings.
+        downsample, level, image_shape: where ``image`` sits in a pyramid, so
+            the grid is placed in level-0 pixels.
+
+    Returns:
+        An :class:`Explanation` with ``method="amil"``, one attention weight per
+        patch (they sum to 1) on a :class:`PatchGrid`. Attention in A-MIL does
+        not depend on the class, so ``target_class`` is the predicted class.
+    """
+    meta = meta or {}
+    patch = meta.get("patch") or {}
+    size = int(getattr(model, "patch_size", patch.get("patch_size", 28)))
+    stride = int(stride or patch.get("stride") or size)
+    max_bg = max_background if max_background is not None else patch.get("max_background")
+    patches, grid = extract_patches(image, size, stride, max_background=max_bg, level=level,
+                                    downsample=downsample, image_shape=image_shape)
+    cfg = model.model_config
+    device = next(model.parameters()).device
+    x = to_tensor(patches, cfg.mean, cfg.std).to(device)
+    model.eval()
+    logits, attention = model(x, return_attention=True)
+    probs = torch.softmax(logits.float(), -1)[0].cpu().numpy()
+    classes = tuple(meta.get("classes") or [f"class_{i}" for i in range(len(probs))])
+    return Explanation(
+        method="amil",
+        model=cfg.name,
+        classes=classes,
+        probabilities=probs,
+        target_class=int(np.argmax(probs)),
+        values=attention[0].cpu().numpy().astype(np.float32),
+        geometry=grid,
+        checkpoint_sha256=checkpoint_sha256,
+        synthetic=bool(meta.get("synthetic", False)),
+        extra={"patch_size": size, "stride": stride, "num_patches": len(grid), "level": level,
+               "grid_shape": list(grid.grid_shape)},
+    )

@@ -1,0 +1,141 @@
+"""Explain a model's decision on an image file: choose checkpoint and level, run, write outputs.
+
+This is what ``histoview explain`` and the napari widgets call. Methods:
+
+* ``amil``: attention-MIL patch attention (seed 000);
+* ``graph``: nuclei-graph importance, by attention or k-hop occlusion (seed 001);
+* ``gradcam``, ``dt-gradcam``, ``gradcam++``: Grad-CAM family on CNNs (seeds 003, 004);
+* ``rmcg``: RMCG's per-pixel node attention (seed 002).
+
+Without ``checkpoint`` the method's bundled synthetic demo weights are used
+(and the outputs say so). Pyramidal slides are explained on the level whose
+pixel size is closest to (not finer than) the one the model was trained at,
+moving to coarser levels until the level fits in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoview.explain.base import Explanation, write_explanation
+from histoview.models.checkpoint import CheckpointError, sha256_file
+
+METHODS = ("amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg")
+METHOD_KIND = {"amil": "bag", "graph": "graph", "gradcam": "image", "dt-gradcam": "image",
+               "gradcam++": "image", "rmcg": "image"}
+#: largest level (pixels) explained in one piece
+MAX_LEVEL_PIXELS = 40_000_000
+
+
+def load_for_method(method: str, *, model: str | None = None, checkpoint: str | os.PathLike | None = None,
+                    device: str | None = None):
+    """(model, meta, sha256) for ``method``: the given checkpoint, else the demo weights."""
+    from histoview.models.checkpoint import load_model
+    from histoview.models.library import demo_checkpoint, find_checkpoint, list_checkpoints
+    from histoview.models.registry import get_model_config
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    if checkpoint is not None:
+        path = find_checkpoint(checkpoint)
+    elif model is not None:
+        entries = list_checkpoints(model=model)
+        if not entries:
+            raise CheckpointError(f"no checkpoint for model {model!r}: train one (histoview train) and pass --checkpoint")
+        path = entries[0].path
+    else:
+        path = demo_checkpoint(method)
+    net, meta = load_model(path, device=device, model_name=model)
+    kind = get_model_config(meta["model"]).kind
+    if kind != METHOD_KIND[method]:
+        raise CheckpointError(f"{path}: method {method!r} needs a {METHOD_KIND[method]} model, "
+                              f"but the checkpoint holds {meta['model']!r} ({kind})")
+    if method == "rmcg" and meta["model"] != "rmcg":
+        raise CheckpointError(f"{path}: method 'rmcg' needs an RMCG checkpoint, got {meta['model']!r}")
+    return net, meta, sha256_file(path)
+
+
+def choose_level(src, meta: dict[str, Any]) -> int:
+    level = src.best_level_for(meta["pixel_size_um"]) if meta.get("pixel_size_um") else 0
+    while level < src.n_levels - 1 and src.levels[level].height * src.levels[level].width > MAX_LEVEL_PIXELS:
+        level += 1
+    return level
+
+
+def _class_index(target_class, classes) -> int | None:
+    if target_class is None:
+        return None
+    if isinstance(target_class, str) and not target_class.isdigit():
+        if target_class not in classes:
+            raise ValueError(f"unknown class {target_class!r}; the model's classes are {list(classes)}")
+        return list(classes).index(target_class)
+    idx = int(target_class)
+    if not 0 <= idx < len(classes):
+        raise ValueError(f"class index {idx} out of range for classes {list(classes)}")
+    return idx
+
+
+def explain_array(image: np.ndarray, method: str, net, meta: dict[str, Any], sha: str | None, *,
+                  pixel_size_um: float | None = None, target_class=None, importance: str | None = None,
+                  downsample: float = 1.0, level: int = 0, image_shape: tuple[int, int] | None = None,
+                  progress=None) -> Explanation:
+    """Run ``method`` with a loaded model on an (H, W, 3) uint8 image."""
+    classes = tuple(meta["classes"])
+    tc = _class_index(target_class, classes)
+    if method == "amil":
+        from histoview.explain.amil import explain_amil
+
+        return explain_amil(net, image, meta=meta, checkpoint_sha256=sha, downsample=downsample, level=level,
+                            image_shape=image_shape)
+    if method == "graph":
+        from histoview.explain.graph import explain_graph
+        from histoview.preprocessing.graph import build_nuclei_graph
+        from histoview.preprocessing.nuclei import detect_nuclei
+
+        mpp = pixel_size_um or (meta.get("input") or {}).get("pixel_size_um") or meta.get("pixel_size_um") or 0.5
+        threshold = (meta.get("input") or {}).get("graph_threshold_um", 42.0)
+        nuclei = detect_nuclei(image, mpp)
+        graph = build_nuclei_graph(nuclei, threshold_um=threshold, pixel_size_um=mpp)
+        cfg = net.model_config
+        imp = importance or ("attention" if cfg.explanation == "attention" else "occlusion")
+        return explain_graph(net, graph, importance=imp, target_class=tc, classes=classes, checkpoint_sha256=sha,
+                             synthetic=bool(meta.get("synthetic")), image_shape=image.shape[:2],
+                             outlines=nuclei.outlines)
+    if method == "rmcg":
+        from histoview.explain.rmcg import explain_rmcg
+
+        return explain_rmcg(net, image, target_class=tc, checkpoint_meta=meta, checkpoint_sha256=sha)
+    from histoview.explain.gradcam import explain_cnn
+
+    return explain_cnn(net, image, method=method, target_class=tc, checkpoint_meta=meta, checkpoint_sha256=sha)
+
+
+def explain_file(path: str | os.PathLike, *, method: str, model: str | None = None,
+                 checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike,
+                 target_class=None, importance: str | None = None, pixel_size_um: float | None = None,
+                 overwrite: bool = False) -> list[Path]:
+    """Explain one image file and write ``<stem>.<method>.json`` / ``.tif`` (and ``.geojson`` for graphs)."""
+    from histoview.io import open_image, to_rgb8
+
+    net, meta, sha = load_for_method(method, model=model, checkpoint=checkpoint)
+    with open_image(path, pixel_size_um=pixel_size_um) as src:
+        level = choose_level(src, meta)
+        rgb = to_rgb8(src.read_level(level))
+        ds = src.levels[level].downsample
+        expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=src.level_pixel_size(level),
+                             target_class=target_class, importance=importance, downsample=ds, level=level,
+                             image_shape=src.shape[:2])
+    stem = Path(path).name.split(".")[0]
+    written = write_explanation(expl, out_dir, stem, overwrite=overwrite)
+    paths = [written["json"], written["tif"]]
+    if method == "graph":
+        from histoview.explain.base import unique_path
+        from histoview.explain.geojson import explanation_to_geojson, write_geojson
+
+        gj = unique_path(Path(out_dir) / f"{stem}.graph.geojson", overwrite=overwrite)
+        paths.append(write_geojson(explanation_to_geojson(expl), gj))
+    return paths

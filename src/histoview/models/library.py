@@ -1,0 +1,148 @@
+"""Where checkpoints live: the bundled synthetic demo weights and the user's model library.
+
+* Bundled: ``histoview/resources/weights/*.safetensors`` (shipped in the wheel),
+  trained on generated phantoms, labelled synthetic in their sidecars.
+* User library: a per-user data folder (``platformdirs.user_data_dir("histoview")/models``,
+  or ``$HISTOVIEW_DATA_DIR/models``), never inside the installed package.
+  Models trained from the plugin are added here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from histoview.models.checkpoint import CheckpointError, read_metadata, sidecar_path
+
+#: the demo checkpoint each explanation method uses when none is given.
+DEMO_CHECKPOINTS = {
+    "amil": "amil-phantom",
+    "graph": "rsf-attention-phantom",
+    "gradcam": "customnet-phantom",
+    "dt-gradcam": "customnet-phantom",
+    "gradcam++": "customnet-phantom",
+    "rmcg": "rmcg-phantom",
+}
+
+
+@dataclass(frozen=True)
+class LibraryEntry:
+    name: str
+    path: Path
+    meta: dict[str, Any]
+    source: str  # "bundled" | "user"
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.meta.get("synthetic"))
+
+    def label(self) -> str:
+        """One line for lists: name, model, classes, data, key metric."""
+        val = (self.meta.get("metrics") or {}).get("test") or (self.meta.get("metrics") or {}).get("validation") or {}
+        acc = val.get("balanced_accuracy")
+        data = (self.meta.get("data") or {}).get("layout", "?")
+        tag = " [synthetic demo]" if self.synthetic else ""
+        metric = f", bal. acc {acc:.2f}" if isinstance(acc, (int, float)) else ""
+        return f"{self.name} ({self.model}; {'/'.join(self.meta.get('classes', []))}; {data}{metric}){tag}"
+
+
+def bundled_weights_dir() -> Path:
+    return Path(str(files("histoview") / "resources" / "weights"))
+
+
+def user_library_dir(create: bool = False) -> Path:
+    base = os.environ.get("HISTOVIEW_DATA_DIR")
+    if base:
+        path = Path(base) / "models"
+    else:
+        from platformdirs import user_data_dir
+
+        path = Path(user_data_dir("histoview", appauthor=False)) / "models"
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def list_checkpoints(*, kind: str | None = None, model: str | None = None) -> list[LibraryEntry]:
+    """Every usable checkpoint, user library first, then bundled demos; unreadable ones are skipped."""
+    from histoview.models.registry import get_model_config
+
+    entries = []
+    for source, folder in (("user", user_library_dir()), ("bundled", bundled_weights_dir())):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                meta = read_metadata(path)
+                cfg = get_model_config(meta["model"])
+            except (CheckpointError, KeyError):
+                continue
+            if (kind is None or cfg.kind == kind) and (model is None or meta["model"] == model):
+                entries.append(LibraryEntry(path.stem, path, meta, source))
+    return entries
+
+
+def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint path from a file path or a library name."""
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.exists():
+        if not p.exists():
+            raise CheckpointError(f"{p}: checkpoint not found")
+        return p
+    for entry in list_checkpoints():
+        if entry.name == str(name_or_path):
+            return entry.path
+    raise CheckpointError(f"no checkpoint named {name_or_path!r} in the model library or bundled weights")
+
+
+def demo_checkpoint(method: str) -> Path:
+    name = DEMO_CHECKPOINTS.get(method)
+    path = bundled_weights_dir() / f"{name}.safetensors" if name else None
+    if path is None or not path.exists():
+        raise CheckpointError(
+            f"no checkpoint given and no bundled demo weights for method {method!r}; "
+            "train one with `histoview train CONFIG` and pass --checkpoint"
+        )
+    return path
+
+
+def add_to_library(checkpoint: str | os.PathLike, name: str) -> Path:
+    """Copy a checkpoint and its sidecar into the user library as ``name`` (never overwrites)."""
+    src = Path(checkpoint)
+    read_metadata(src)
+    folder = user_library_dir(create=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._") or "model"
+    dest = folder / f"{safe}.safetensors"
+    i = 1
+    while dest.exists() or sidecar_path(dest).exists():
+        dest = folder / f"{safe}-{i}.safetensors"
+        i += 1
+    shutil.copy2(sidecar_path(src), sidecar_path(dest))
+    shutil.copy2(src, dest)
+    return dest
+
+
+def rename_in_library(entry: LibraryEntry, new_name: str) -> Path:
+    if entry.source != "user":
+        raise PermissionError(f"{entry.name}: bundled demo weights cannot be renamed")
+    dest = entry.path.with_name(f"{new_name}.safetensors")
+    if dest.exists() or sidecar_path(dest).exists():
+        raise FileExistsError(f"{dest}: a model with that name already exists")
+    sidecar_path(entry.path).rename(sidecar_path(dest))
+    entry.path.rename(dest)
+    return dest
+
+
+def delete_from_library(entry: LibraryEntry) -> None:
+    if entry.source != "user":
+        raise PermissionError(f"{entry.name}: bundled demo weights cannot be deleted")
+    entry.path.unlink()
+    sidecar_path(entry.path).unlink(missing_ok=True)

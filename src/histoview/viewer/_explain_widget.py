@@ -1,0 +1,224 @@
+"""The explanation dock widget: run a method on the selected image layer, off the UI thread.
+
+One widget class serves every method (A-MIL attention, nuclei-graph
+importance, Grad-CAM / DT Grad-CAM / Grad-CAM++, RMCG); the plugin menu
+offers it pre-set per method. The model list shows the user's model library
+and the bundled synthetic demo weights, and is refreshed whenever a new model
+is trained (see :func:`refresh_all`).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
+
+from histoview import RESEARCH_NOTICE
+from histoview.explain.run import METHOD_KIND, METHODS
+from histoview.viewer.overlays import (
+    METHOD_TITLES,
+    add_explanation_layers,
+    explanation_title,
+    layer_pixel_size,
+)
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def refresh_all() -> None:
+    """Refresh the model list of every open explanation widget (after training or library edits)."""
+    for w in list(_LIVE):
+        w.refresh_models()
+
+
+class ExplainWidget(Container):
+    """Dock widget: image layer, method, model, target class, run/cancel, progress, result."""
+
+    def __init__(self, viewer, method: str | None = None):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self._worker = None
+        self.last_explanation = None
+        self.last_layers: list = []
+        self.image_choice = ComboBox(label="image", choices=self._image_layers)
+        self.method_choice = ComboBox(label="method", choices=list(METHODS), value=method or "amil")
+        self.model_choice = ComboBox(label="model", choices=[])
+        self.class_choice = ComboBox(label="explain class", choices=["predicted"], value="predicted")
+        self.importance_choice = ComboBox(label="importance", choices=["auto", "attention", "occlusion"],
+                                          value="auto")
+        self.outlines = CheckBox(label="outlines", value=False)
+        self.run_button = PushButton(text="Explain")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=4, value=0)
+        self.result = Label(label="result", value="")
+        self.notice = Label(value=RESEARCH_NOTICE)
+        self.extend([self.image_choice, self.method_choice, self.model_choice, self.class_choice,
+                     self.importance_choice, self.outlines, self.run_button, self.cancel_button,
+                     self.progress, self.result, self.notice])
+        self.method_choice.changed.connect(self._method_changed)
+        self.model_choice.changed.connect(self._model_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        viewer.layers.events.inserted.connect(self._refresh_images)
+        viewer.layers.events.removed.connect(self._refresh_images)
+        self._method_changed()
+        _LIVE.add(self)
+
+    # -- choices ----------------------------------------------------------------------------------
+    def _image_layers(self, _widget=None):
+        from napari.layers import Image
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and "histoview_explanation" not in lay.metadata]
+
+    def _refresh_images(self, _event=None):
+        self.image_choice.reset_choices()
+
+    def refresh_models(self) -> None:
+        from histoview.models.library import list_checkpoints
+
+        method = self.method_choice.value
+        entries = list_checkpoints(kind=METHOD_KIND[method])
+        if method == "rmcg":
+            entries = [e for e in entries if e.model == "rmcg"]
+        elif method == "amil":
+            entries = [e for e in entries if e.model.startswith("amil")]
+        current = self.model_choice.value
+        self.model_choice.choices = [(e.label(), e) for e in entries]
+        for e in entries:
+            if current is not None and e.path == getattr(current, "path", None):
+                self.model_choice.value = e
+
+    def _method_changed(self, _event=None):
+        method = self.method_choice.value
+        self.importance_choice.visible = method == "graph"
+        self.outlines.visible = method == "graph"
+        self.run_button.text = f"Explain with {METHOD_TITLES[method]}"
+        self.refresh_models()
+        self._model_changed()
+
+    def _model_changed(self, _event=None):
+        entry = self.model_choice.value
+        classes = list(entry.meta.get("classes", [])) if entry is not None else []
+        self.class_choice.choices = ["predicted", *classes]
+        self.class_choice.value = "predicted"
+        self.class_choice.visible = self.method_choice.value not in ("amil",)
+
+    # -- running ----------------------------------------------------------------------------------
+    def _work(self, image_layer, method, entry, target_class, importance):
+        """Generator run in a worker thread: yields (step, text), returns the explanation."""
+        from histoview.explain.run import explain_array, load_for_method
+        from histoview.io import to_rgb8
+
+        yield 1, "loading model"
+        net, meta, sha = load_for_method(method, checkpoint=entry.path)
+        yield 2, "reading image"
+        data = image_layer.data
+        mpp = layer_pixel_size(image_layer)
+        level, downsample = 0, 1.0
+        if image_layer.multiscale:
+            level = _level_for(image_layer, meta)
+            downsample = data[0].shape[0] / data[level].shape[0]
+            arr = np.asarray(data[level])
+            shape0 = tuple(data[0].shape[:2])
+        else:
+            arr = np.asarray(data)
+            shape0 = tuple(arr.shape[:2])
+        rgb = to_rgb8(arr)
+        yield 3, f"running {METHOD_TITLES[method]} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
+        expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=(mpp * downsample) if mpp else None,
+                             target_class=target_class, importance=importance, downsample=downsample,
+                             level=level, image_shape=shape0)
+        yield 4, "done"
+        return expl, downsample
+
+    def run(self, _event=None):
+        from napari.qt.threading import create_worker
+
+        image_layer = self.image_choice.value
+        entry = self.model_choice.value
+        if image_layer is None:
+            self._report_error("select an image layer first")
+            return
+        if entry is None:
+            self._report_error(f"no model available for {self.method_choice.value}: train one or add a checkpoint")
+            return
+        method = self.method_choice.value
+        tc = None if self.class_choice.value == "predicted" else self.class_choice.value
+        imp = None if self.importance_choice.value == "auto" else self.importance_choice.value
+        worker = create_worker(self._work, image_layer, method, entry, tc, imp, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda result: self._on_done(image_layer, result))
+        worker.errored.connect(lambda exc: self._report_error(str(exc)))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.result.value = "running..."
+        worker.start()
+
+    def cancel(self, _event=None):
+        if self._worker is not None:
+            self._worker.quit()
+            self.result.value = "cancelled"
+
+    def _on_progress(self, item):
+        step, text = item
+        self.progress.value = step
+        self.result.value = text
+
+    def _on_done(self, image_layer, result):
+        expl, _ = result
+        self.last_explanation = expl
+        layers = add_explanation_layers(self.viewer, image_layer, expl, outlines=bool(self.outlines.value))
+        self.last_layers = layers
+        from histoview.viewer.overlays import _set_notice
+
+        _set_notice(self.viewer, [lay for lay in self.viewer.layers if "histoview_explanation" in lay.metadata])
+        probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(expl.classes, expl.probabilities))
+        self.result.value = f"{explanation_title(expl)}\n{probs}" + ("\nsynthetic demo weights" if expl.synthetic else "")
+
+    def _on_finished(self):
+        self._worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _report_error(self, message: str):
+        from napari.utils.notifications import show_error
+
+        self.result.value = f"error: {message}"
+        show_error(f"histoview: {message}")
+
+
+def _level_for(layer, meta) -> int:
+    """Pyramid level of a multiscale layer to explain: near the model's pixel size, and small enough."""
+    from histoview.explain.run import MAX_LEVEL_PIXELS
+
+    data = layer.data
+    mpp = layer_pixel_size(layer)
+    target = meta.get("pixel_size_um")
+    level = 0
+    if mpp and target:
+        for i in range(len(data)):
+            if mpp * data[0].shape[0] / data[i].shape[0] <= target * 1.01:
+                level = i
+    while level < len(data) - 1 and data[level].shape[0] * data[level].shape[1] > MAX_LEVEL_PIXELS:
+        level += 1
+    return level
+
+
+def amil_widget(viewer):
+    return ExplainWidget(viewer, "amil")
+
+
+def graph_widget(viewer):
+    return ExplainWidget(viewer, "graph")
+
+
+def gradcam_widget(viewer):
+    return ExplainWidget(viewer, "gradcam")
+
+
+def explain_widget(viewer):
+    return ExplainWidget(viewer, None)

@@ -1,0 +1,168 @@
+"""Draw explanations as napari layers, aligned with the tissue they explain.
+
+An explanation's geometry is in level-0 pixels of its image; the image layer
+maps pixels to world coordinates with its ``scale`` and ``translate``. Each
+overlay is placed with the same mapping:
+
+* patch grid -> an image layer with one pixel per patch, scaled by the stride
+  and shifted by half a patch, so every cell covers exactly its patch;
+* dense map (Grad-CAM, RMCG) -> an image layer scaled so the map covers the image;
+* nuclei -> a points layer coloured by importance, the graph's edges as a
+  vectors layer (opacity by weight), optional outlines as a shapes layer.
+
+Values stay raw numbers (readable under the mouse); colour limits run from 0
+to the method's maximum, so every overlay uses its full colour range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
+from histoview.explain.base import DenseMap, Explanation, NucleiPoints
+from histoview.preprocessing.patches import PatchGrid
+
+METHOD_TITLES = {
+    "amil": "A-MIL attention",
+    "graph": "Nuclei importance",
+    "gradcam": "Grad-CAM",
+    "dt-gradcam": "DT Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "rmcg": "RMCG node attention",
+}
+METHOD_COLORMAPS = {"amil": "inferno", "graph": "magma", "gradcam": "turbo", "dt-gradcam": "turbo",
+                    "gradcam++": "turbo", "rmcg": "viridis"}
+
+
+def layer_pixel_size(layer) -> float | None:
+    info = layer.metadata.get("histoview", {}) if hasattr(layer, "metadata") else {}
+    return info.get("pixel_size_um")
+
+
+def explanation_title(expl: Explanation) -> str:
+    p = float(expl.probabilities[expl.predicted_class])
+    return f"{METHOD_TITLES.get(expl.method, expl.method)}: {expl.predicted_label} ({p:.2f})"
+
+
+def _metadata(expl: Explanation, image_layer) -> dict:
+    summary = expl.summary()
+    summary["image_layer"] = image_layer.name
+    return {"histoview": {"explanation": summary, "notice": RESEARCH_NOTICE,
+                          **({"weights_notice": SYNTHETIC_NOTICE} if expl.synthetic else {})},
+            "histoview_explanation": expl}
+
+
+def _limits(values: np.ndarray) -> tuple[float, float]:
+    finite = np.asarray(values, float)[np.isfinite(values)]
+    hi = float(finite.max()) if finite.size else 1.0
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    return lo, hi if hi > lo else lo + 1e-6
+
+
+def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: bool = False,
+                           opacity: float = 0.55) -> list:
+    """Add ``expl`` over ``image_layer``; returns the new layers."""
+    s = np.asarray(image_layer.scale[-2:], float)
+    t = np.asarray(image_layer.translate[-2:], float)
+    name = explanation_title(expl) + (" [synthetic demo weights]" if expl.synthetic else "")
+    meta = _metadata(expl, image_layer)
+    cmap = METHOD_COLORMAPS.get(expl.method, "inferno")
+    geom = expl.geometry
+    layers = []
+    if isinstance(geom, PatchGrid):
+        ph, pw = geom.patch_size
+        step = _grid_step(geom) if len(geom) > 1 else np.array([ph, pw], float)
+        if np.allclose(step, (ph, pw)):
+            data = geom.to_grid(expl.values, fill=0.0)
+            scale = s * step
+            translate = t + s * (np.array([ph, pw], float) - 1) / 2
+        else:  # overlapping patches: paint at the stride's resolution
+            factor = max(int(step.min()), 1)
+            shape = (geom.image_shape[0] // factor, geom.image_shape[1] // factor)
+            data = geom.rasterize(expl.values, shape=shape)
+            scale = s * np.array(geom.image_shape, float) / np.array(shape, float)
+            translate = t + (scale - s) / 2
+        layers.append(viewer.add_image(data, name=name, colormap=cmap, opacity=opacity, blending="translucent",
+                                       contrast_limits=_limits(expl.values), scale=scale, translate=translate,
+                                       metadata=meta))
+    elif isinstance(geom, DenseMap):
+        values = np.asarray(expl.values, np.float32)
+        H, W = geom.image_shape
+        cell = np.array([H / values.shape[0], W / values.shape[1]], float)
+        layers.append(viewer.add_image(values, name=name, colormap=cmap, opacity=opacity, blending="translucent",
+                                       contrast_limits=_limits(values), scale=s * cell,
+                                       translate=t + s * (cell - 1) / 2, metadata=meta,
+                                       interpolation2d="linear"))
+    elif isinstance(geom, NucleiPoints):
+        layers.extend(_add_nuclei(viewer, expl, geom, name, meta, s, t, cmap, outlines))
+    else:
+        raise TypeError(f"cannot draw geometry {type(geom).__name__}")
+    return layers
+
+
+def _grid_step(geom: PatchGrid) -> np.ndarray:
+    """Pixel distance between neighbouring grid cells (the stride, in level-0 pixels)."""
+    step = []
+    for axis in (0, 1):
+        idx = geom.grid_index[:, axis]
+        span = idx.max() - idx.min()
+        step.append((geom.origins[:, axis].max() - geom.origins[:, axis].min()) / span if span else geom.patch_size[axis])
+    return np.array(step, float)
+
+
+def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlines) -> list:
+    layers = []
+    values = np.asarray(expl.values, np.float32)
+    if geom.edge_index.size:
+        ei = geom.edge_index
+        keep = ei[0] < ei[1]
+        a, b = ei[0, keep], ei[1, keep]
+        vecs = np.stack([geom.centroids[a], geom.centroids[b] - geom.centroids[a]], axis=1)
+        weights = np.asarray(geom.edge_weight, np.float32)[keep]
+        layers.append(viewer.add_vectors(
+            vecs, name=f"{name}: graph edges", edge_width=1.0,
+            vector_style="line", features={"weight": weights}, edge_color="weight", edge_colormap="gray",
+            opacity=0.6, scale=s, translate=t, metadata={"histoview": meta["histoview"]}))
+    if outlines and geom.outlines:
+        polys = [np.asarray(p, float) for p in geom.outlines if len(p) >= 3]
+        layers.append(viewer.add_shapes(polys, shape_type="polygon", name=f"{name}: outlines",
+                                        edge_color="cyan", face_color="transparent", edge_width=0.8,
+                                        scale=s, translate=t, visible=True))
+    features = {"importance": values, **{k: np.asarray(v) for k, v in geom.features.items()}}
+    radius_px = max(3.0, geom.radius)
+    layers.append(viewer.add_points(
+        geom.centroids, name=name, features=features, face_color="importance", face_colormap=cmap,
+        face_contrast_limits=_limits(values), size=2 * radius_px, border_width=0, opacity=0.9,
+        scale=s, translate=t, metadata=meta))
+    return layers
+
+
+def add_demo_explanations(viewer, image_layer, methods=("amil", "graph", "gradcam")) -> list:
+    """Run every method with bundled demo weights on ``image_layer`` and add the overlays.
+
+    Methods whose demo weights are not bundled are skipped with a message.
+    """
+    from histoview.explain.run import explain_array, load_for_method
+    from histoview.io import to_rgb8
+
+    added = []
+    image = to_rgb8(np.asarray(image_layer.data))
+    for method in methods:
+        try:
+            net, meta, sha = load_for_method(method)
+        except Exception as exc:  # missing demo weights: say so, keep going
+            print(f"histoview demo: {method} skipped ({exc})")
+            continue
+        expl = explain_array(image, method, net, meta, sha, pixel_size_um=layer_pixel_size(image_layer))
+        added.extend(add_explanation_layers(viewer, image_layer, expl))
+    _set_notice(viewer, added)
+    return added
+
+
+def _set_notice(viewer, layers) -> None:
+    titles = [lay.name for lay in layers if "histoview_explanation" in lay.metadata]
+    text = " | ".join(titles)
+    viewer.text_overlay.text = (text + "\n" if text else "") + RESEARCH_NOTICE
+    viewer.text_overlay.visible = True
+    viewer.text_overlay.font_size = 10
+    viewer.text_overlay.color = "white"
