@@ -29,7 +29,8 @@ def phantom_layers(label: str = "invasive", preset: str = "breakhis", seed: int 
         (ph.image, {"name": name, "rgb": True, "scale": scale, "units": ("um", "um"), "metadata": meta}, "image"),
         (
             ph.malignant_mask.astype(np.uint8),
-            {"name": f"{name}: malignant region (ground truth)", "scale": scale, "visible": False,
+            {"name": f"{name}: malignant region (ground truth)", "scale": scale, "units": ("um", "um"),
+             "visible": False,
              "opacity": 0.4},
             "labels",
         ),
@@ -38,6 +39,7 @@ def phantom_layers(label: str = "invasive", preset: str = "breakhis", seed: int 
             {
                 "name": f"{name}: nuclei (ground truth)",
                 "scale": scale,
+                "units": ("um", "um"),
                 "visible": False,
                 "size": 4,
                 "face_color": "malignant",

@@ -28,8 +28,15 @@ def run_demo(*, screenshot: str | Path | None = None, label: str = "invasive", s
         screenshot = Path("histoview-demo.png")
         print(f"no display found: rendering the demo off-screen to {screenshot}")
     if screenshot is not None and not has_display():
+        # Render in a child process on a private Xvfb, so the X server outlives Qt's connection.
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(screenshot),
+               "--label", label, "--seed", str(seed)] + ([] if explanations else ["--no-explanations"])
         with virtual_display():
-            return _screenshot(Path(screenshot), label, seed, explanations)
+            subprocess.run(cmd, check=True)
+        return None
     if screenshot is not None:
         return _screenshot(Path(screenshot), label, seed, explanations)
     import napari

@@ -1,0 +1,62 @@
+"""The histoview command line: info, demo screenshots, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from histoview.cli import main
+from histoview.io import write_pyramidal_tiff
+
+
+def test_info_prints_levels_shapes_dtype_pixel_size(tmp_path, capsys):
+    path = tmp_path / "slide.tif"
+    write_pyramidal_tiff(path, np.zeros((2048, 1536, 3), np.uint8), tile=256, pixel_size_um=0.25, min_size=500)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2048 x 1536 x 3" in out and "1024 x 768 x 3" in out and "512 x 384 x 3" in out
+    assert "uint8" in out and "0.25 um/px" in out
+    assert main(["info", str(path), "--pixel-size", "0.5", "--json"]) == 0
+    assert '"pixel_size_um": 0.5' in capsys.readouterr().out
+
+
+def test_info_on_bad_file_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "bad.tif"
+    path.write_text("hello")
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.tif" in err and "not a PNG, JPEG or TIFF" in err
+
+
+def _png_is_a_picture(path):
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape[0] > 300 and img.shape[1] > 400
+    assert img.std() > 10  # not a blank frame
+    return img
+
+
+@pytest.mark.gui
+def test_demo_screenshot(tmp_path):
+    out = tmp_path / "demo.png"
+    subprocess.run([sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(out)], check=True,
+                   timeout=300)
+    img = _png_is_a_picture(out)
+    # the phantom is there: many pink (eosin) pixels
+    r, g, b = img[..., 0].astype(int), img[..., 1].astype(int), img[..., 2].astype(int)
+    assert ((r > 180) & (b > 150) & (g < r - 40)).mean() > 0.05
+
+
+@pytest.mark.gui
+def test_demo_without_display_renders_offscreen(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "histoview.cli", "demo", "--no-explanations"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "no display" in proc.stdout
+    _png_is_a_picture(tmp_path / "histoview-demo.png")
