@@ -81,15 +81,18 @@ class ImageSource:
         colormap: np.ndarray | None = None,
     ):
         self.path = path
-        self._arrays = arrays
+        # Level arrays, or zero-argument callables that open them on first use (zarr stores),
+        # so describing a file does not import or build zarr.
+        self._arrays = list(arrays)
         self._closer = closer
         self._colormap = colormap
         self.pixel_size_um = pixel_size_um
         self.pixel_size_source = pixel_size_source
         self.format = fmt
-        h0 = arrays[0].shape[0]
-        samples = (3,) if colormap is not None else tuple(arrays[0].shape[2:])
-        self.levels = [LevelInfo((a.shape[0], a.shape[1], *samples), h0 / a.shape[0]) for a in arrays]
+        shapes = [tuple(a.shape) for a in arrays]
+        self._dtype = np.dtype(np.uint8) if colormap is not None else np.dtype(arrays[0].dtype)
+        samples = (3,) if colormap is not None else shapes[0][2:]
+        self.levels = [LevelInfo((sh[0], sh[1], *samples), shapes[0][0] / sh[0]) for sh in shapes]
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -98,7 +101,7 @@ class ImageSource:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8) if self._colormap is not None else np.dtype(self._arrays[0].dtype)
+        return self._dtype
 
     @property
     def n_levels(self) -> int:
@@ -128,9 +131,12 @@ class ImageSource:
     def level_array(self, level: int = 0):
         """The lazy array of one level (zarr for TIFF, numpy for PNG/JPEG); index it to read."""
         self._check_level(level)
+        array = self._arrays[level]
+        if isinstance(array, _LazyLevel):
+            array = self._arrays[level] = array.open()
         if self._colormap is not None:
-            return _PaletteArray(self._arrays[level], self._colormap)
-        return self._arrays[level]
+            return _PaletteArray(array, self._colormap)
+        return array
 
     def read_region(self, level: int, origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
         """Read ``size`` = (height, width) pixels at ``origin`` = (row, col) of ``level``.
@@ -188,6 +194,19 @@ class ImageSource:
     def __repr__(self) -> str:
         levels = ", ".join("x".join(map(str, lv.shape)) for lv in self.levels)
         return f"ImageSource({self.path.name!r}, levels=[{levels}], dtype={self.dtype}, pixel_size_um={self.pixel_size_um})"
+
+
+class _LazyLevel:
+    """Shape and dtype of a TIFF pyramid level; ``open()`` makes its zarr array."""
+
+    def __init__(self, tf, level: int, shape: tuple[int, ...], dtype):
+        self._tf, self._level = tf, level
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def open(self):
+        import zarr
+
+        return zarr.open(self._tf.aszarr(series=0, level=self._level), mode="r")
 
 
 class _PaletteArray:
@@ -297,7 +316,6 @@ def _pil_to_array(im) -> np.ndarray:
 
 def _open_tiff(path: Path, size: int) -> ImageSource:
     import tifffile
-    import zarr
 
     try:
         tf = tifffile.TiffFile(path)
@@ -317,8 +335,8 @@ def _open_tiff(path: Path, size: int) -> ImageSource:
         for i, lv in enumerate(series.levels):
             if lv.ndim > 3 or (lv.ndim == 3 and lv.shape[-1] not in (3, 4) and "S" not in lv.axes):
                 raise ImageReadError(path, f"unsupported TIFF layout: axes {lv.axes} shape {lv.shape}")
-            arrays.append(zarr.open(tf.aszarr(series=0, level=i), mode="r"))
-        if arrays[0].ndim == 3 and arrays[0].shape[-1] not in (3, 4):
+            arrays.append(_LazyLevel(tf, i, lv.shape, lv.dtype))
+        if len(arrays[0].shape) == 3 and arrays[0].shape[-1] not in (3, 4):
             raise ImageReadError(path, f"unsupported TIFF layout: {arrays[0].shape}")
         mpp, source = _tiff_pixel_size(tf, page)
         fmt = "ome-tiff" if tf.is_ome else ("svs" if tf.is_svs else ("bigtiff" if tf.is_bigtiff else "tiff"))

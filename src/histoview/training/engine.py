@@ -189,7 +189,14 @@ def predict(model, adapter: InputAdapter, samples: list[Sample], *, device: str,
 def evaluate(model, adapter, samples, classes, *, device, tta=False, threshold=None, should_stop=None) -> dict:
     probs = predict(model, adapter, samples, device=device, tta=tta, should_stop=should_stop)
     y = np.array([s.label for s in samples])
-    return classification_metrics(y, probs, classes, threshold=threshold) | {"_probs": probs, "_y": y}
+    nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float("nan")
+    return classification_metrics(y, probs, classes, threshold=threshold) | {"loss": nll, "_probs": probs, "_y": y}
+
+
+def _finite(value, default: float = -np.inf) -> float:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    return float(value)
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -223,7 +230,7 @@ def fit(
     use_amp = opts.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     history: list[dict[str, Any]] = []
-    start_epoch, best_score = 0, -np.inf
+    start_epoch, best_score = 0, (-np.inf, -np.inf)
     state_path = out_dir / "train_state.safetensors"
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
     if resume and state_path.exists() and last_path.exists():
@@ -233,7 +240,8 @@ def fit(
         check_state_dict(model, state, str(last_path))
         model.load_state_dict(state)
         info = load_train_state(state_path, optimizer)
-        start_epoch, best_score, history = info["epoch"], info["best_score"], info["history"]
+        start_epoch, history = info["epoch"], info["history"]
+        best_score = tuple(info["best_score"]) if isinstance(info["best_score"], list) else (info["best_score"], -np.inf)
         yield {"event": "resumed", "epoch": start_epoch, "text": f"resumed from {last_path} after epoch {start_epoch}"}
     if start_epoch >= opts.epochs:
         yield {"event": "done", "epoch": start_epoch, "text": "already trained for all epochs"}
@@ -297,16 +305,18 @@ def fit(
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val": public,
                   "lr": optimizer.param_groups[-1]["lr"], "threshold": threshold}
         history.append(record)
-        score = public.get(opts.monitor, -float(np.mean(losses)))
-        score = -np.inf if score is None or (isinstance(score, float) and math.isnan(score)) else score
+        # best = highest monitored metric, ties broken by the lower validation loss
+        score = _finite(public.get(opts.monitor, -float(np.mean(losses))))
+        key = (score, -_finite(public.get("loss"), np.inf))
         ckpt_meta = {**meta, "epoch": epoch + 1, "metrics": {"validation": public}, "threshold": threshold,
                      "train_options": asdict(opts)}
         save_checkpoint(last_path, model, ckpt_meta)
-        is_best = score > best_score or not best_path.exists()
+        is_best = key > tuple(best_score) or not best_path.exists()
         if is_best:
-            best_score = score
+            best_score = key
             save_checkpoint(best_path, model, ckpt_meta)
-        save_train_state(state_path, optimizer, {"epoch": epoch + 1, "best_score": float(best_score), "history": history})
+        save_train_state(state_path, optimizer, {"epoch": epoch + 1, "best_score": [float(v) for v in best_score],
+                                                 "history": history})
         yield {"event": "epoch_end", "epoch": epoch + 1, "epochs": opts.epochs, "train_loss": record["train_loss"],
                "val_metrics": public, "best": bool(is_best), "elapsed": time.monotonic() - t0}
     yield {"event": "done", "epoch": opts.epochs, "text": "training finished"}

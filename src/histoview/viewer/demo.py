@@ -12,6 +12,7 @@ def populate_demo(viewer, *, label: str = "invasive", seed: int = 0, explanation
     for data, kwargs, layer_type in phantom_layers(label, seed=seed):
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     image_layer = viewer.layers[0]
+    viewer.layers.selection.active = image_layer
     if explanations:
         from histoview.viewer.overlays import add_demo_explanations
 
@@ -50,6 +51,12 @@ def run_demo(*, screenshot: str | Path | None = None, label: str = "invasive", s
 def _screenshot(path: Path, label: str, seed: int, explanations: bool) -> Path:
     import napari
 
+    try:  # keep napari's one-off PyQt5 deprecation toast out of exported pictures
+        import napari._qt.qt_main_window as qmw
+
+        qmw.SHOW_QT_WARNING = False
+    except (ImportError, AttributeError):
+        pass
     viewer = napari.Viewer(show=True, title="histoview demo - research use only, not for diagnosis")
     try:
         viewer.window.resize(1400, 900)
