@@ -78,6 +78,10 @@ class BagAdapter(InputAdapter):
         self.patch_size = int(model_kwargs.get("patch_size", (config.input_size or (28, 28))[0]))
         self.stride = int(self.options.get("stride") or self.patch_size)
         self.max_background = self.options.get("max_background")
+        # Instance dropout (training only): keep a random subset of each bag, so the
+        # classifier cannot rely on a few patches and attention spreads over all the
+        # evidence; this sharpens attention maps as localisers. 0 disables it.
+        self.instance_dropout = float(self.options.get("instance_dropout", 0.0))
 
     def prepare(self, sample, *, train, rng, view=None):
         image, _ = self.cache.load(sample)
@@ -87,6 +91,10 @@ class BagAdapter(InputAdapter):
             image = dihedral(image, *view)
         patches, _ = extract_patches(np.ascontiguousarray(image), self.patch_size, self.stride,
                                      max_background=self.max_background)
+        if train and self.instance_dropout > 0 and len(patches) > 1:
+            keep = rng.random(len(patches)) >= self.instance_dropout
+            keep[rng.integers(len(patches))] = True
+            patches = patches[keep]
         return to_tensor(patches, self.config.mean, self.config.std)
 
     def collate(self, items):
@@ -99,7 +107,8 @@ class BagAdapter(InputAdapter):
         return torch.cat([model(b.to(device)) for b in batch])
 
     def describe(self):
-        return {"patch_size": self.patch_size, "stride": self.stride, "max_background": self.max_background}
+        return {"patch_size": self.patch_size, "stride": self.stride, "max_background": self.max_background,
+                "instance_dropout": self.instance_dropout}
 
 
 class ImageAdapter(InputAdapter):
