@@ -1,0 +1,445 @@
+"""Whole-image CNN classifiers: ResNet18/50, VGG16, customNet, and offline ImageNet weights.
+
+Every model here follows the timm model API: ``forward_features(x)`` returns
+the last convolutional feature map (the one Grad-CAM explains),
+``forward_head(feats, pre_logits=False)`` pools and classifies it. The
+attribute ``backbone`` is the part that can carry ImageNet weights (frozen in
+phase 1 of two-phase fine-tuning) and ``head`` the new classification part.
+
+Backbones keep torchvision's/timm's own parameter names, so an ImageNet file
+loads into ``model.backbone`` unchanged (:func:`load_pretrained_backbone`).
+Nothing here downloads anything: ``pretrained=True`` only uses a file already
+in the local cache.
+
+The attention-based ResNets (DALAResNet50, CSPResNet50-FPN-SE) live in
+:mod:`histoview.models.attention_cnns`, RMCG in :mod:`histoview.models.rmcg`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from histoview.models.registry import ModelConfig, register_model
+
+SEED_000 = (
+    "Attention-based multiple-instance learning for breast histology (seed 000), "
+    "Sec. IV and Table III"
+)
+
+# torchvision weight enums whose IMAGENET1K_V1 file names the torch hub cache holds.
+_TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet50": "ResNet50_Weights",
+    "vgg16": "VGG16_Weights",
+}
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _torch_hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _cached_imagenet_file(arch: str) -> Path:
+    """The local ImageNet weight file for ``arch``, or RuntimeError; never downloads."""
+    candidates: list[Path] = []
+    if arch in _TORCHVISION_WEIGHTS:
+        import torchvision
+
+        enum = getattr(torchvision.models, _TORCHVISION_WEIGHTS[arch])
+        candidates.append(_torch_hub_checkpoints() / enum.IMAGENET1K_V1.url.rsplit("/", 1)[-1])
+    else:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(arch)
+        if cfg is None or not (cfg.url or cfg.hf_hub_id):
+            raise RuntimeError(
+                f"timm publishes no ImageNet weights for {arch!r}; pass pretrained='/path/to/"
+                "weights.safetensors' (or a .pth state_dict) instead"
+            )
+        if cfg.url:
+            candidates.append(_torch_hub_checkpoints() / cfg.url.rsplit("/", 1)[-1])
+        if cfg.hf_hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            hf_cache = os.environ.get("HF_HUB_CACHE")  # read now, so tests can redirect it
+            for fname in ("model.safetensors", "pytorch_model.bin"):
+                hit = try_to_load_from_cache(cfg.hf_hub_id, fname, cache_dir=hf_cache)
+                if isinstance(hit, str):
+                    return Path(hit)
+            candidates.append(Path(hf_cache or "~/.cache/huggingface/hub") / cfg.hf_hub_id)
+    for path in candidates:
+        if path.is_file():
+            return path
+    where = "\n  ".join(str(p) for p in candidates)
+    raise RuntimeError(
+        f"ImageNet weights for {arch!r} are not available offline (histoview never downloads "
+        f"weights). Looked for:\n  {where}\nEither copy the file there, or pass "
+        f"pretrained='/path/to/{arch}.safetensors' (or a .pth state_dict) holding the "
+        "backbone's ImageNet weights."
+    )
+
+
+def _read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise RuntimeError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    return dict(state)
+
+
+def load_pretrained_backbone(
+    module: nn.Module,
+    pretrained: str | os.PathLike | bool,
+    *,
+    arch: str,
+    ignore: Sequence[str] = (),
+) -> list[str]:
+    """Load ImageNet weights into ``module`` (a backbone with torchvision/timm names).
+
+    Args:
+        module: the pretrained part of a model (``model.backbone``).
+        pretrained: ``False`` does nothing (random weights); a path to a
+            ``.safetensors`` or ``.pth`` state_dict loads it (``.pth`` with
+            ``torch.load(weights_only=True)``; a ``module.`` prefix is
+            stripped); ``True`` uses the torchvision/timm ImageNet file only if
+            it is already in the local cache (``torch.hub.get_dir()`` or the
+            Hugging Face cache), else raises RuntimeError saying how to provide one.
+        arch: torchvision/timm architecture name of the weights, e.g. ``"resnet50"``.
+        ignore: parameter-name prefixes of ``module`` not required in the file.
+
+    Returns:
+        The names of the tensors loaded (empty when ``pretrained`` is False).
+
+    Raises:
+        RuntimeError: weights not cached, or the file misses tensors of the
+            backbone or has them with other shapes.
+    """
+    if pretrained is False or pretrained is None:
+        return []
+    path = _cached_imagenet_file(arch) if pretrained is True else Path(pretrained)
+    state = _read_state_file(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = module.state_dict()
+    wanted = [
+        k for k in own if not k.startswith(tuple(ignore)) and not k.endswith("num_batches_tracked")
+    ]
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise RuntimeError(
+            f"{path}: not {arch!r} ImageNet weights: {len(missing)} backbone tensors missing "
+            f"(e.g. {missing[:3]})"
+        )
+    wrong = [k for k in wanted if tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        raise RuntimeError(f"{path}: shape mismatch for {len(wrong)} tensors (e.g. {wrong[:3]})")
+    loaded = [k for k in own if k in state and tuple(state[k].shape) == tuple(own[k].shape)]
+    module.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return loaded
+
+
+def _no_pretrained(name: str, pretrained) -> None:
+    if pretrained not in (False, None):
+        raise ValueError(f"{name} has no ImageNet weights; build it with pretrained=False")
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision ResNet without pooling and fc, keeping torchvision's parameter names.
+
+    Args:
+        arch: ``"resnet18"`` or ``"resnet50"`` (any torchvision ResNet).
+
+    Shapes:
+        input (B, 3, H, W) -> output (B, ``num_features``, H/32, W/32).
+    """
+
+    def __init__(self, arch: str = "resnet50") -> None:
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.arch = arch
+        self.num_features = net.fc.in_features
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class ResNetClassifier(nn.Module):
+    """A torchvision ResNet whose final layer is replaced by a ``num_classes`` linear head."""
+
+    def __init__(self, arch: str, num_classes: int = 2) -> None:
+        super().__init__()
+        self.backbone = ResNetTrunk(arch)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(self.backbone.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(feats).flatten(1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class VGGTrunk(nn.Module):
+    """torchvision VGG16 without its last linear layer (torchvision's parameter names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.vgg16(weights=None)
+        self.features = net.features
+        self.avgpool = net.avgpool
+        self.classifier = net.classifier[:6]  # keeps names classifier.0 / classifier.3
+        self.num_features = 4096
+
+
+class VGGClassifier(nn.Module):
+    """VGG16 with its last linear layer (4096 -> 1000) replaced by 4096 -> ``num_classes``."""
+
+    def __init__(self, num_classes: int = 2) -> None:
+        super().__init__()
+        self.backbone = VGGTrunk()
+        self.head = nn.Linear(self.backbone.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(x)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.backbone.classifier(self.backbone.avgpool(feats).flatten(1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _conv_stack(widths: Sequence[int], pool_after: Sequence[bool]) -> nn.Sequential:
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    cin = 3
+    for i, (cout, pool) in enumerate(zip(widths, pool_after), start=1):
+        layers[f"conv{i}"] = nn.Conv2d(cin, cout, 3, padding=1)
+        layers[f"relu{i}"] = nn.ReLU()
+        if pool:
+            layers[f"pool{i}"] = nn.MaxPool2d(2)
+        cin = cout
+    return nn.Sequential(layers)
+
+
+class SmallConvNet(nn.Module):
+    """Plain conv/ReLU/max-pool stack, flattened at 4 x 4, then two fully connected layers.
+
+    Used for customNet (seed 000, Table III) and the tiny ``test_cnn``.
+
+    Args:
+        widths: output channels of each 3x3 convolution ("same" padding).
+        pool_after: whether a 2x2 max-pool follows each convolution.
+        hidden: width of the first fully connected layer.
+        num_classes: outputs of the second fully connected layer.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        pool_after: Sequence[bool],
+        hidden: int,
+        num_classes: int = 2,
+    ) -> None:
+        super().__init__()
+        self.features = _conv_stack(widths, pool_after)
+        # Table III goes from Conv5's 8x8 map to a 4x4 flatten: a 2x2 max-pool at 128x128
+        # input. Adaptive max-pooling is exactly that at 128x128 and accepts other sizes.
+        self.pool = nn.AdaptiveMaxPool2d(4)
+        self.fc1 = nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * 16, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, num_classes)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.fc1(self.pool(feats))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------- registry
+
+_IMAGE = dict(kind="image", input_size=(224, 224))
+
+
+@register_model(
+    ModelConfig(
+        name="resnet18",
+        target_layer="backbone.layer4",
+        classifier="head",
+        paper="He et al., Deep residual learning, CVPR 2016; ResNet18 baseline of seed 000 "
+        "(Sec. IV, Table IV) and seed 002 (Table 1)",
+        **_IMAGE,
+    )
+)
+def resnet18(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
+    """torchvision ResNet18 with a new ``num_classes`` final layer.
+
+    Seed 000 (Sec. IV) fine-tunes ImageNet ResNet18 on 224 x 224 crops as a
+    transfer-learning baseline; seed 002 uses it as baseline and RMCG backbone.
+
+    Args:
+        num_classes: number of output classes.
+        pretrained: False (random), a weights file, or True (local cache only);
+            see :func:`load_pretrained_backbone`.
+
+    Returns:
+        :class:`ResNetClassifier`.
+    """
+    model = ResNetClassifier("resnet18", num_classes, **kw)
+    load_pretrained_backbone(model.backbone, pretrained, arch="resnet18")
+    return model
+
+
+@register_model(
+    ModelConfig(
+        name="resnet50",
+        target_layer="backbone.layer4",
+        classifier="head",
+        paper="He et al., Deep residual learning, CVPR 2016; ResNet50 baseline of seed 004",
+        **_IMAGE,
+    )
+)
+def resnet50(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
+    """torchvision ResNet50 with a new ``num_classes`` final layer (baseline of seed 004).
+
+    Args:
+        num_classes: number of output classes.
+        pretrained: False, a weights file, or True; see :func:`load_pretrained_backbone`.
+
+    Returns:
+        :class:`ResNetClassifier`.
+    """
+    model = ResNetClassifier("resnet50", num_classes, **kw)
+    load_pretrained_backbone(model.backbone, pretrained, arch="resnet50")
+    return model
+
+
+@register_model(
+    ModelConfig(
+        name="vgg16",
+        target_layer="backbone.features.29",
+        classifier="head",
+        paper="Simonyan and Zisserman, ICLR 2015; VGG16 baseline and Grad-CAM model of seed 000 "
+        "(Sec. IV, Fig. 3)",
+        **_IMAGE,
+    )
+)
+def vgg16(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
+    """torchvision VGG16 with its last linear layer replaced (seed 000, Sec. IV).
+
+    Grad-CAM hooks the rectified output of the last convolution
+    (``features.29``), before the last max-pool.
+
+    Args:
+        num_classes: number of output classes.
+        pretrained: False, a weights file, or True; see :func:`load_pretrained_backbone`.
+
+    Returns:
+        :class:`VGGClassifier`.
+    """
+    model = VGGClassifier(num_classes, **kw)
+    load_pretrained_backbone(model.backbone, pretrained, arch="vgg16")
+    return model
+
+
+@register_model(
+    ModelConfig(
+        name="customnet",
+        kind="image",
+        input_size=(128, 128),
+        target_layer="features.relu5",
+        classifier="head",
+        paper=SEED_000,
+    )
+)
+def customnet(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
+    """customNet, the small baseline CNN of seed 000 (Sec. IV, Table III).
+
+    As Table III gives it: input 3 x 128 x 128; Conv1 (64) - MaxPool - Conv2
+    (64) - MaxPool - Conv3 (128) - MaxPool - Conv4 (128) - MaxPool - Conv5 -
+    flatten 128 x 4 x 4 = 2048 - FC1 (2048 -> 1024) - FC2 (1024 -> classes).
+
+    What the table leaves vague, and what we chose:
+
+    * kernel sizes, padding, activations: 3 x 3, "same" padding (the table's
+      sizes are kept by each convolution), ReLU; no batch norm or dropout
+      (none is mentioned);
+    * Conv5's output is printed as "[3 x 8 x 8]" - a typo: the flatten
+      "[128 x 4 x 4] = 2048" needs 128 channels;
+    * the table goes from Conv5's 8 x 8 map to a 4 x 4 flatten without naming a
+      layer: a 2 x 2 max-pool (adaptive, so other input sizes work too);
+    * "two fully connected layers": FC1 2048 -> 1024 with ReLU, FC2 is the output.
+
+    Args:
+        num_classes: number of output classes.
+        pretrained: must be False (customNet is trained from scratch).
+
+    Returns:
+        :class:`SmallConvNet`.
+    """
+    _no_pretrained("customnet", pretrained)
+    widths = kw.pop("widths", (64, 64, 128, 128, 128))
+    return SmallConvNet(widths, (True, True, True, True, False), 1024, num_classes, **kw)
+
+
+@register_model(
+    ModelConfig(
+        name="test_cnn",
+        kind="image",
+        input_size=(32, 32),
+        target_layer="features.relu2",
+        classifier="head",
+        paper="tiny test variant",
+        test_only=True,
+    )
+)
+def test_cnn(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
+    """A 2-convolution network for fast tests (conv8 - pool - conv16 - fc32 - fc).
+
+    Args:
+        num_classes: number of output classes.
+        pretrained: must be False.
+
+    Returns:
+        :class:`SmallConvNet`.
+    """
+    _no_pretrained("test_cnn", pretrained)
+    return SmallConvNet((8, 16), (True, False), 32, num_classes, **kw)
