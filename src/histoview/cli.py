@@ -2,7 +2,9 @@
 
 Subcommands: ``info`` (levels, shapes, dtype, pixel size), ``demo`` (napari
 with the phantom and explanations, or a screenshot), ``train`` (fit a model
-from a YAML/TOML config), ``explain`` (write an explanation's JSON and map).
+from a YAML/TOML config), ``explain`` (write an explanation's JSON and map),
+``evaluate`` (metrics and figures of a checkpoint on a dataset) and
+``reproduce`` (a seed paper's experiment table on the user's data).
 Heavy libraries are imported by the subcommand that needs them.
 """
 
@@ -67,9 +69,10 @@ def _print_progress(event: dict) -> None:
     if kind == "epoch_end":
         metrics = " ".join(f"{k}={v:.4f}" for k, v in event.get("val_metrics", {}).items()
                            if isinstance(v, float) and k in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc"))
-        print(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}  val {metrics}",
+        label = f"  [{event['split_label']}]" if event.get("split_label") else ""
+        print(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}  val {metrics}{label}",
               flush=True)
-    elif kind in ("message", "resumed", "start", "cancelled", "done"):
+    elif kind in ("message", "resumed", "start", "cancelled", "done", "row_start", "row_skipped", "row_done"):
         print(event.get("text", event), flush=True)
 
 
@@ -83,6 +86,44 @@ def _cmd_explain(args) -> int:
     )
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from histoview.training.evaluate import evaluate_checkpoint
+
+    data: str | dict = str(args.data)
+    if args.task or args.magnification:
+        data = {"root": str(args.data), **({"task": args.task} if args.task else {}),
+                **({"magnification": args.magnification} if args.magnification else {})}
+    result = evaluate_checkpoint(args.checkpoint, data, out_dir=args.out, split=args.split, tta=args.tta,
+                                 device=args.device, progress=_print_progress)
+    overall = result["overall"]
+    for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "specificity", "f1_macro",
+                "roc_auc", "pr_auc", "iba", "gmean"):
+        if key in overall and isinstance(overall[key], (int, float)):
+            print(f"{key:20s} {overall[key]:.4f}")
+    for path in result["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_reproduce(args) -> int:
+    from histoview.training import reproduce
+
+    if args.list or args.experiment is None:
+        print(reproduce.list_experiments())
+        return 0
+    if args.describe:
+        print(reproduce.describe_experiment(args.experiment))
+        return 0
+    if args.data is None:
+        raise ValueError("give --data PATH (your copy of the experiment's dataset)")
+    rows = args.rows.split(",") if args.rows else None
+    results = reproduce.run_experiment(args.experiment, args.data, out_dir=args.out, split_by=args.split_by,
+                                       epochs=args.epochs, max_images=args.max_images, rows=rows,
+                                       progress=_print_progress, device=args.device)
+    print(reproduce.format_table(results))
     return 0
 
 
@@ -128,6 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of numbering")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset: metrics, confusion matrix, ROC/PR")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint or a model-library name")
+    p.add_argument("data", type=Path, help="dataset folder (BreakHis, BACH or one folder per class)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--split", default="test", choices=["test", "all"],
+                   help="test: the checkpoint's own test split (same data); all: every image")
+    p.add_argument("--task", default=None, help="dataset task, e.g. binary or subtype")
+    p.add_argument("--magnification", default=None, help="BreakHis magnification, e.g. 100")
+    p.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("reproduce", help="run a seed paper's experiment table on your copy of the data")
+    p.add_argument("experiment", nargs="?", default=None)
+    p.add_argument("--list", action="store_true", help="list the available experiments")
+    p.add_argument("--describe", action="store_true", help="print the experiment's protocol")
+    p.add_argument("--data", type=Path, default=None, help="your copy of the dataset")
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder")
+    p.add_argument("--epochs", type=int, default=None, help="override epochs (reduced runs)")
+    p.add_argument("--max-images", type=int, default=None, help="images per class (reduced runs)")
+    p.add_argument("--rows", default=None, help="comma-separated row keys to run")
+    p.add_argument("--split-by", default="patient", choices=["patient", "image"],
+                   help="image-level splits leak patients (offered only to match the papers)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

@@ -41,15 +41,18 @@ def iter_train_from_config(
     adapter = make_adapter(mcfg, model_kwargs, input_opts)
     synthetic = dataset.layout == "phantom"
     leak = split["by"] == "image" and dataset.has_patients
+    # ImageNet weights only initialise training; the checkpoint holds all weights.
+    stored_kwargs = {k: v for k, v in model_kwargs.items() if k != "pretrained"}
     meta = {
         "model": config["model"],
-        "model_kwargs": model_kwargs,
+        "model_kwargs": stored_kwargs,
         "classes": list(dataset.classes),
         "patch": adapter.describe() if mcfg.kind == "bag" else None,
         "input": adapter.describe(),
         "pixel_size_um": _training_pixel_size(dataset, input_opts),
         "normalisation": {"mean": list(mcfg.mean), "std": list(mcfg.std)},
         "data": dataset.summary() | {"split": {"by": split["by"], "seed": split["seed"],
+                                               "fractions": list(split["fractions"]),
                                                "train": len(train), "val": len(val), "test": len(test),
                                                "leaks_patients": leak}},
         "name": config.get("name"),
