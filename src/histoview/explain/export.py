@@ -1,0 +1,454 @@
+"""Export explanations as annotations other tools read: GeoJSON (QuPath) and CSV.
+
+* :func:`export_geojson` - nuclei and patches as in :mod:`histoview.explain.geojson`;
+  dense maps (Grad-CAM family, RMCG) as their thresholded regions, one Polygon
+  feature each (QuPath ``objectType`` "annotation", measurement ``mean_importance``).
+* :func:`export_csv` - one row per nucleus, patch or region.
+* :func:`read_geojson_nuclei` - re-import nuclei (ours, or QuPath detections).
+* :func:`validate_geojson` - problems against RFC 7946 (Sec. 3.1 geometry objects,
+  3.2 features, 3.3 feature collections): types, positions of finite numbers,
+  LineStrings of >= 2 positions, closed linear rings of >= 4 positions.
+
+Coordinates are level-0 image pixels, x = column, y = row, the pixel (i, j)
+covering [j, j+1) x [i, i+1) as in QuPath. Existing files are never
+overwritten silently: FileExistsError unless ``overwrite`` (callers pick free
+names with :func:`histoview.explain.base.unique_path`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoview.explain.base import DenseMap, Explanation, NucleiPoints
+from histoview.explain.geojson import explanation_to_geojson
+from histoview.preprocessing.patches import PatchGrid
+
+#: dense maps are traced on a raster whose longer side is at most this many pixels
+MAX_TRACE_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected region of a thresholded dense map, in level-0 pixels.
+
+    Attributes:
+        rings: exterior then holes, each (K, 2) float (row, col), closed (first == last).
+        area_px: area in level-0 pixels; centroid: (row, col).
+        mean_importance, max_importance: of the map inside the region.
+    """
+
+    id: int
+    rings: tuple[np.ndarray, ...]
+    area_px: float
+    centroid: tuple[float, float]
+    mean_importance: float
+    max_importance: float
+
+
+def region_threshold(expl: Explanation, threshold: float | None = None) -> float:
+    """The threshold to use: given, else the explanation's own, else Otsu's on its values."""
+    if threshold is not None:
+        return float(threshold)
+    if expl.threshold is not None:
+        return float(expl.threshold)
+    from skimage.filters import threshold_otsu
+
+    values = np.asarray(expl.values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0 or values.max() <= values.min():
+        return float(values.max()) if values.size else 0.0
+    return float(threshold_otsu(values, nbins=256))
+
+
+def dense_regions(
+    expl: Explanation, threshold: float | None = None, *, max_side: int = MAX_TRACE_SIDE
+) -> list[Region]:
+    """Connected regions where a dense map exceeds ``threshold`` (:func:`region_threshold`).
+
+    The map is upsampled (bilinear, as the viewer shows it) to the image shape, or to a
+    grid whose longer side is ``max_side`` for large images; region outlines are traced
+    with ``skimage.measure.find_contours`` at the pixel edges and scaled to level 0.
+    """
+    from skimage.measure import approximate_polygon, find_contours, label, regionprops
+
+    if not isinstance(expl.geometry, DenseMap):
+        raise TypeError(
+            f"{expl.method}: regions come from dense maps, not {type(expl.geometry).__name__}"
+        )
+    H, W = expl.image_shape
+    scale = min(1.0, max_side / max(H, W))
+    shape = (max(1, round(H * scale)), max(1, round(W * scale)))
+    m = np.asarray(expl.to_dense(shape), np.float64)
+    thr = region_threshold(expl, threshold)
+    labels = label(np.isfinite(m) & (m > thr), connectivity=1)
+    sy, sx = H / shape[0], W / shape[1]
+    out = []
+    for props in regionprops(labels, intensity_image=m):
+        r0, c0, r1, c1 = props.bbox
+        mask = np.pad(props.image, 1).astype(np.float64)
+        rings = []
+        for contour in find_contours(mask, 0.5):
+            contour = approximate_polygon(contour, tolerance=0.25)
+            if len(contour) < 4:
+                continue
+            # index space -> continuous pixel edges (+0.5) -> level 0
+            rc = np.column_stack(
+                [(contour[:, 0] - 1 + r0 + 0.5) * sy, (contour[:, 1] - 1 + c0 + 0.5) * sx]
+            )
+            rings.append(rc)
+        if not rings:
+            continue
+        rings.sort(key=lambda r: -abs(_signed_area(r)))  # exterior = the largest ring
+        cy, cx = props.centroid
+        vals = m[labels == props.label]
+        out.append(
+            Region(
+                id=len(out),
+                rings=tuple(rings),
+                area_px=float(props.area * sy * sx),
+                centroid=((cy + 0.5) * sy, (cx + 0.5) * sx),
+                mean_importance=float(vals.mean()),
+                max_importance=float(vals.max()),
+            )
+        )
+    return out
+
+
+def _signed_area(rc: np.ndarray) -> float:
+    x, y = rc[:, 1], rc[:, 0]
+    return float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) / 2)
+
+
+def _xy_ring(rc: np.ndarray, *, ccw: bool) -> list[list[float]]:
+    """Closed (x, y) ring; RFC 7946 Sec. 3.1.6: exteriors counter-clockwise, holes clockwise."""
+    xy = np.asarray(rc, np.float64)[:, ::-1]
+    if (_signed_area(rc) > 0) != ccw:
+        xy = xy[::-1]
+    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in xy]
+    if ring[0] != ring[-1]:
+        ring.append(ring[0])
+    return ring
+
+
+def regions_to_geojson(expl: Explanation, threshold: float | None = None) -> dict:
+    """A FeatureCollection of the thresholded regions of a dense map."""
+    thr = region_threshold(expl, threshold)
+    features = []
+    for reg in dense_regions(expl, thr):
+        meas = {
+            "mean_importance": round(reg.mean_importance, 6),
+            "max_importance": round(reg.max_importance, 6),
+            "area_px": round(reg.area_px, 2),
+        }
+        coords = [_xy_ring(reg.rings[0], ccw=True)] + [
+            _xy_ring(r, ccw=False) for r in reg.rings[1:]
+        ]
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"region-{reg.id}",
+                "geometry": {"type": "Polygon", "coordinates": coords},
+                "properties": {
+                    "objectType": "annotation",
+                    "kind": "region",
+                    "id": reg.id,
+                    "name": f"{expl.method} region {reg.id}",
+                    "measurements": meas,
+                    **meas,
+                },
+            }
+        )
+    common = {
+        "method": expl.method,
+        "model": expl.model,
+        "predicted_class": expl.predicted_label,
+        "checkpoint_sha256": expl.checkpoint_sha256,
+        "threshold": thr,
+    }
+    return {"type": "FeatureCollection", "properties": common, "features": features}
+
+
+def _open_new(path: str | os.PathLike, overwrite: bool, mode: str = "w"):
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name (or pass overwrite=True)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, open(
+        path, mode if overwrite else mode.replace("w", "x"), newline="", encoding="utf-8"
+    )
+
+
+def export_geojson(
+    expl: Explanation,
+    path: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    overwrite: bool = False,
+    include_edges: bool = True,
+) -> Path:
+    """Write ``expl`` as GeoJSON: nuclei (points, outlines, edges), patches, or dense-map regions.
+
+    ``threshold`` applies to dense maps only (default :func:`region_threshold`); nuclei
+    and patches are all written, their values as measurements.
+    """
+    from histoview import RESEARCH_NOTICE
+
+    if isinstance(expl.geometry, DenseMap):
+        collection = regions_to_geojson(expl, threshold)
+    else:
+        collection = explanation_to_geojson(expl, include_edges=include_edges)
+    collection["properties"]["notice"] = RESEARCH_NOTICE
+    text = json.dumps(collection, allow_nan=False)
+    path, fh = _open_new(path, overwrite)
+    with fh:
+        fh.write(text)
+    return path
+
+
+def _csv_rows(expl: Explanation, threshold: float | None) -> tuple[list[str], list[list[Any]]]:
+    geom = expl.geometry
+    values = np.asarray(expl.values, np.float64).reshape(-1)
+    if isinstance(geom, NucleiPoints):
+        names = list(geom.features)
+        rows = [
+            [i, float(c), float(r), float(values[i]), *(float(geom.features[k][i]) for k in names)]
+            for i, (r, c) in enumerate(geom.centroids)
+        ]
+        return ["id", "x", "y", "importance", *names], rows
+    if isinstance(geom, PatchGrid):
+        ph, pw = geom.patch_size
+        rows = [
+            [i, int(c), int(r), int(pw), int(ph), float(values[i])]
+            for i, (r, c) in enumerate(geom.origins)
+        ]
+        return ["id", "x", "y", "width", "height", "weight"], rows
+    rows = [
+        [
+            g.id,
+            round(g.area_px, 2),
+            g.mean_importance,
+            g.max_importance,
+            round(g.centroid[1], 2),
+            round(g.centroid[0], 2),
+        ]
+        for g in dense_regions(expl, threshold)
+    ]
+    return ["id", "area_px", "mean_importance", "max_importance", "centroid_x", "centroid_y"], rows
+
+
+def export_csv(
+    expl: Explanation,
+    path: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write one CSV row per element, level-0 pixel coordinates.
+
+    Columns: nuclei ``id, x, y, importance`` and the morphology features; patches
+    ``id, x, y, width, height, weight`` (x, y = top-left corner); dense-map regions
+    ``id, area_px, mean_importance, max_importance, centroid_x, centroid_y``.
+    """
+    header, rows = _csv_rows(expl, threshold)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path, fh = _open_new(path, overwrite)
+    with fh:
+        fh.write(buf.getvalue())
+    return path
+
+
+def _measurements(props: dict) -> dict:
+    meas = props.get("measurements") or {}
+    if isinstance(meas, list):  # older QuPath: [{"name": ..., "value": ...}]
+        meas = {m.get("name"): m.get("value") for m in meas if isinstance(m, dict)}
+    return {**meas, **{k: v for k, v in props.items() if k not in meas}}
+
+
+_NOT_NUCLEI = ("patch", "region", "edge", "nucleus_outline")
+
+
+def read_geojson_nuclei(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Nuclei from a GeoJSON file: ``(centroids (N, 2) row/col, importance (N,), properties)``.
+
+    Reads histoview's ``kind: "nucleus"`` points; failing those, QuPath-style detections
+    (Points, or Polygons taken at their centroid). Importance is the ``importance``
+    measurement (NaN where absent).
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    feats = data.get("features", []) if data.get("type") == "FeatureCollection" else [data]
+    feats = [f for f in feats if isinstance(f, dict) and f.get("geometry")]
+    ours = [f for f in feats if (f.get("properties") or {}).get("kind") == "nucleus"]
+    if not ours:
+        ours = [
+            f
+            for f in feats
+            if (f.get("properties") or {}).get("objectType", "detection") == "detection"
+            and (f.get("properties") or {}).get("kind") not in _NOT_NUCLEI
+            and f["geometry"].get("type") in ("Point", "Polygon")
+        ]
+    cents, imps, props = [], [], []
+    for f in ours:
+        g = f["geometry"]
+        if g["type"] == "Point":
+            x, y = g["coordinates"][:2]
+        else:
+            ring = np.asarray(g["coordinates"][0], np.float64)[:-1, :2]
+            a = _signed_area(ring[:, ::-1])
+            if a == 0:
+                x, y = ring.mean(0)
+            else:  # polygon centroid
+                xs, ys = ring[:, 0], ring[:, 1]
+                cross = xs * np.roll(ys, -1) - np.roll(xs, -1) * ys
+                x = float(np.sum((xs + np.roll(xs, -1)) * cross) / (6 * a))
+                y = float(np.sum((ys + np.roll(ys, -1)) * cross) / (6 * a))
+        p = _measurements(f.get("properties") or {})
+        v = p.get("importance")
+        cents.append((float(y), float(x)))
+        imps.append(float(v) if isinstance(v, int | float) else math.nan)
+        props.append(p)
+    return np.asarray(cents, np.float64).reshape(-1, 2), np.asarray(imps, np.float64), props
+
+
+_GEOMETRY_TYPES = (
+    "Point",
+    "MultiPoint",
+    "LineString",
+    "MultiLineString",
+    "Polygon",
+    "MultiPolygon",
+    "GeometryCollection",
+)
+
+
+def _position_problems(pos, where: str) -> list[str]:
+    if not isinstance(pos, list | tuple) or not 2 <= len(pos) <= 3:
+        return [f"{where}: a position must be an array of 2 or 3 numbers, got {pos!r:.60}"]
+    for v in pos:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return [f"{where}: position has a non-number {v!r:.30}"]
+        if not math.isfinite(v):
+            return [f"{where}: position has a non-finite number {v!r}"]
+    return []
+
+
+def _positions(coords, where: str, min_len: int, ring: bool) -> list[str]:
+    if not isinstance(coords, list | tuple):
+        return [f"{where}: expected an array of positions"]
+    problems = [p for i, pos in enumerate(coords) for p in _position_problems(pos, f"{where}[{i}]")]
+    if len(coords) < min_len:
+        problems.append(f"{where}: needs >= {min_len} positions, has {len(coords)}")
+    elif ring and not problems and list(coords[0]) != list(coords[-1]):
+        problems.append(f"{where}: linear ring is not closed (first position != last)")
+    return problems
+
+
+def _geometry_problems(g, where: str) -> list[str]:
+    if g is None:
+        return []  # RFC 7946 Sec. 3.2: an unlocated feature has geometry null
+    if not isinstance(g, dict) or g.get("type") not in _GEOMETRY_TYPES:
+        kind = g.get("type") if isinstance(g, dict) else g
+        return [f"{where}: not a geometry object (type {kind!r:.40})"]
+    t = g["type"]
+    if t == "GeometryCollection":
+        geoms = g.get("geometries")
+        if not isinstance(geoms, list):
+            return [f"{where}: GeometryCollection needs a 'geometries' array"]
+        return [
+            p
+            for i, sub in enumerate(geoms)
+            for p in _geometry_problems(sub, f"{where}.geometries[{i}]")
+        ]
+    c = g.get("coordinates")
+    if not isinstance(c, list | tuple):
+        return [f"{where}: {t} needs a 'coordinates' array"]
+    if t == "Point":
+        return _position_problems(c, where)
+    if t == "MultiPoint":
+        return _positions(c, where, 0, False)
+    if t == "LineString":
+        return _positions(c, where, 2, False)
+    if t == "Polygon":
+        return [p for i, r in enumerate(c) for p in _positions(r, f"{where}[{i}]", 4, True)]
+    if t == "MultiLineString":
+        return [p for i, ls in enumerate(c) for p in _positions(ls, f"{where}[{i}]", 2, False)]
+    return [
+        p
+        for i, poly in enumerate(c)
+        if isinstance(poly, list | tuple)  # MultiPolygon
+        for j, r in enumerate(poly)
+        for p in _positions(r, f"{where}[{i}][{j}]", 4, True)
+    ] + [
+        f"{where}[{i}]: expected an array of rings"
+        for i, poly in enumerate(c)
+        if not isinstance(poly, list | tuple)
+    ]
+
+
+def _non_finite(obj, where: str) -> list[str]:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [f"{where}: non-finite number {obj!r} (not valid JSON)"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _non_finite(v, f"{where}.{k}")]
+    if isinstance(obj, list | tuple):
+        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def _feature_problems(f, where: str) -> list[str]:
+    if not isinstance(f, dict) or f.get("type") != "Feature":
+        return [f"{where}: not a Feature"]
+    problems = []
+    if "geometry" not in f:
+        problems.append(f"{where}: Feature has no 'geometry' member")
+    if "properties" not in f or not (f["properties"] is None or isinstance(f["properties"], dict)):
+        problems.append(f"{where}: Feature needs 'properties', an object or null")
+    if "id" in f and (isinstance(f["id"], bool) or not isinstance(f["id"], str | int | float)):
+        problems.append(f"{where}: id must be a string or a number")
+    problems += _geometry_problems(f.get("geometry"), f"{where}.geometry")
+    problems += _non_finite(f.get("properties"), f"{where}.properties")
+    return problems
+
+
+def validate_geojson(obj: dict | str | os.PathLike, *, max_problems: int = 50) -> list[str]:
+    """Problems of a GeoJSON object (or file) against RFC 7946; empty when valid.
+
+    Checks object types (FeatureCollection, Feature, the seven geometry types),
+    positions (2 or 3 finite numbers), LineStrings (>= 2 positions), Polygon rings
+    (closed, >= 4 positions), and that no member holds NaN or infinity. At most
+    ``max_problems`` are listed.
+    """
+    if isinstance(obj, str | os.PathLike):
+        obj = json.loads(Path(obj).read_text(encoding="utf-8"))
+    if not isinstance(obj, dict):
+        return ["top level: not a JSON object"]
+    t = obj.get("type")
+    if t == "FeatureCollection":
+        feats = obj.get("features")
+        if not isinstance(feats, list):
+            problems = ["FeatureCollection needs a 'features' array"]
+        else:
+            problems = [
+                p for i, f in enumerate(feats) for p in _feature_problems(f, f"features[{i}]")
+            ]
+        problems += _non_finite(obj.get("properties"), "properties")
+    elif t == "Feature":
+        problems = _feature_problems(obj, "feature")
+    elif t in _GEOMETRY_TYPES:
+        problems = _geometry_problems(obj, "geometry")
+    else:
+        problems = [f"top level: unknown GeoJSON type {t!r}"]
+    if len(problems) > max_problems:
+        problems = problems[:max_problems] + [f"... and {len(problems) - max_problems} more"]
+    return problems
