@@ -166,3 +166,16 @@ def test_arguments():
         make_phantom("benign", preset="camelyon")
     with pytest.raises(ValueError):
         make_phantom("benign", shape=(32, 100))
+
+
+@pytest.mark.parametrize("label", ["benign", "in_situ", "invasive"])
+def test_tumour_mask_is_the_tumour_cells_inside_the_lesion(label):
+    ph = make_phantom(label, seed=11)
+    assert not (ph.tumour_mask & ~ph.malignant_mask).any()
+    if label == "benign":
+        assert not ph.tumour_mask.any()
+        return
+    r, c = np.round(ph.centroids[ph.nucleus_malignant]).astype(int).T
+    assert ph.tumour_mask[r, c].all()
+    if label == "invasive":  # the lesion outline also holds stroma between the cords
+        assert ph.tumour_mask.sum() < ph.malignant_mask.sum()

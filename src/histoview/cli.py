@@ -3,7 +3,8 @@
 Subcommands: ``info`` (levels, shapes, dtype, pixel size), ``demo`` (napari
 with the phantom and explanations, or a screenshot), ``train`` (fit a model
 from a YAML/TOML config), ``explain`` (write an explanation's JSON and map),
-``evaluate`` (metrics and figures of a checkpoint on a dataset) and
+``export`` (GeoJSON/CSV annotations), ``evaluate`` (metrics and figures of a
+checkpoint on a dataset) and
 ``reproduce`` (a seed paper's experiment table on the user's data).
 Heavy libraries are imported by the subcommand that needs them.
 """
@@ -127,6 +128,26 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from histoview.explain.base import unique_path
+    from histoview.explain.export import export_csv, export_geojson
+    from histoview.explain.run import explain_path
+
+    _, explanations, _ = explain_path(args.image, (args.method,), model=args.model, checkpoint=args.checkpoint,
+                                      target_class=args.target_class, pixel_size_um=args.pixel_size)
+    stem = Path(args.image).name.split(".")[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for expl in explanations:
+        base = args.out / f"{stem}.{expl.method}"
+        if args.format in ("geojson", "both"):
+            path = unique_path(base.with_name(base.name + ".geojson"), overwrite=args.overwrite)
+            print(f"wrote {export_geojson(expl, path, threshold=args.threshold, overwrite=args.overwrite)}")
+        if args.format in ("csv", "both"):
+            path = unique_path(base.with_name(base.name + ".csv"), overwrite=args.overwrite)
+            print(f"wrote {export_csv(expl, path, threshold=args.threshold, overwrite=args.overwrite)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="histoview",
@@ -158,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="explain a model's decision on one image")
     p.add_argument("image", type=Path)
     p.add_argument("--method", required=True,
-                   choices=["amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg"])
+                   choices=["amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg", "all"],
+                   help="explanation method; 'all' runs every method with weights and writes a comparison")
     p.add_argument("--model", default=None, help="registry model name (default: the method's demo model)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a .safetensors checkpoint (default: the bundled synthetic demo weights)")
@@ -169,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of numbering")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("export", help="export an explanation as GeoJSON (QuPath) and/or CSV annotations")
+    p.add_argument("image", type=Path)
+    p.add_argument("--method", required=True, choices=["amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg"])
+    p.add_argument("--model", default=None)
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--class", dest="target_class", default=None)
+    p.add_argument("--format", default="both", choices=["geojson", "csv", "both"])
+    p.add_argument("--threshold", type=float, default=None, help="dense maps: region threshold (default: Otsu)")
+    p.add_argument("--pixel-size", type=float, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset: metrics, confusion matrix, ROC/PR")
     p.add_argument("checkpoint", help="a .safetensors checkpoint or a model-library name")

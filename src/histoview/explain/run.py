@@ -114,28 +114,96 @@ def explain_array(image: np.ndarray, method: str, net, meta: dict[str, Any], sha
     return explain_cnn(net, image, method=method, target_class=tc, checkpoint_meta=meta, checkpoint_sha256=sha)
 
 
+ALL_METHODS = ("amil", "graph", "gradcam", "dt-gradcam", "rmcg")
+
+
+def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], *, model: str | None = None,
+                 checkpoint: str | os.PathLike | None = None, target_class=None, importance: str | None = None,
+                 pixel_size_um: float | None = None, skip_missing: bool = False, report=print):
+    """Explain one image file with one or several methods, all on the same pyramid level.
+
+    Returns ``(rgb, explanations, info)`` where ``info`` has the level, its
+    pixel size, the level-0 shape and the methods skipped (with the reason)
+    when ``skip_missing`` is set and a method has no weights.
+    """
+    from histoview.io import open_image, to_rgb8
+
+    loaded, skipped = [], {}
+    for method in methods:
+        try:
+            loaded.append((method, *load_for_method(method, model=model, checkpoint=checkpoint)))
+        except (CheckpointError, KeyError) as exc:
+            if not skip_missing:
+                raise
+            skipped[method] = str(exc)
+            report(f"{method}: skipped ({exc})")
+    if not loaded:
+        raise CheckpointError(f"no method could run on {path}: " + "; ".join(f"{m}: {r}" for m, r in skipped.items()))
+    with open_image(path, pixel_size_um=pixel_size_um) as src:
+        level = choose_level(src, loaded[0][2])
+        rgb = to_rgb8(src.read_level(level))
+        ds = src.levels[level].downsample
+        mpp = src.level_pixel_size(level)
+        shape0 = src.shape[:2]
+    explanations = [
+        explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp, target_class=target_class,
+                      importance=importance, downsample=ds, level=level, image_shape=shape0)
+        for method, net, meta, sha in loaded
+    ]
+    info = {"level": level, "pixel_size_um": mpp, "image_shape": shape0, "skipped": skipped,
+            "models": {m: (net, meta) for m, net, meta, _ in loaded}}
+    return rgb, explanations, info
+
+
 def explain_file(path: str | os.PathLike, *, method: str, model: str | None = None,
                  checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike,
                  target_class=None, importance: str | None = None, pixel_size_um: float | None = None,
-                 overwrite: bool = False) -> list[Path]:
-    """Explain one image file and write ``<stem>.<method>.json`` / ``.tif`` (and ``.geojson`` for graphs)."""
-    from histoview.io import open_image, to_rgb8
+                 overwrite: bool = False, report=print) -> list[Path]:
+    """Explain one image file and write ``<stem>.<method>.json`` / ``.tif`` (and ``.geojson`` for graphs).
 
-    net, meta, sha = load_for_method(method, model=model, checkpoint=checkpoint)
-    with open_image(path, pixel_size_um=pixel_size_um) as src:
-        level = choose_level(src, meta)
-        rgb = to_rgb8(src.read_level(level))
-        ds = src.levels[level].downsample
-        expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=src.level_pixel_size(level),
-                             target_class=target_class, importance=importance, downsample=ds, level=level,
-                             image_shape=src.shape[:2])
+    ``method="all"`` runs every method that has weights and also writes
+    ``<stem>.compare.png`` (the side-by-side figure with agreement and
+    faithfulness) and ``<stem>.report.pdf``.
+    """
+    from histoview.explain.base import unique_path
+    from histoview.explain.geojson import explanation_to_geojson, write_geojson
+
+    methods = ALL_METHODS if method == "all" else (method,)
+    rgb, explanations, info = explain_path(
+        path, methods, model=None if method == "all" else model, checkpoint=None if method == "all" else checkpoint,
+        target_class=target_class, importance=importance, pixel_size_um=pixel_size_um,
+        skip_missing=method == "all", report=report)
+    out_dir = Path(out_dir)
     stem = Path(path).name.split(".")[0]
-    written = write_explanation(expl, out_dir, stem, overwrite=overwrite)
-    paths = [written["json"], written["tif"]]
-    if method == "graph":
-        from histoview.explain.base import unique_path
-        from histoview.explain.geojson import explanation_to_geojson, write_geojson
-
-        gj = unique_path(Path(out_dir) / f"{stem}.graph.geojson", overwrite=overwrite)
-        paths.append(write_geojson(explanation_to_geojson(expl), gj))
+    paths: list[Path] = []
+    for expl in explanations:
+        written = write_explanation(expl, out_dir, stem, overwrite=overwrite)
+        paths += [written["json"], written["tif"]]
+        if expl.method == "graph":
+            gj = unique_path(out_dir / f"{stem}.graph.geojson", overwrite=overwrite)
+            paths.append(write_geojson(explanation_to_geojson(expl), gj))
+    if method == "all":
+        paths += write_comparison(rgb, explanations, info, out_dir, stem, image_name=Path(path).name,
+                                  overwrite=overwrite)
     return paths
+
+
+def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image_name: str,
+                     overwrite: bool = False, steps: int = 10) -> list[Path]:
+    """Side-by-side figure (PNG) and one-page report (PDF) with agreement and faithfulness."""
+    from histoview.explain.agreement import agreement_table, method_labels
+    from histoview.explain.base import unique_path
+    from histoview.explain.faithfulness import deletion_insertion, predict_fn_for
+    from histoview.explain.report import render_figure, save_pdf, save_png
+
+    agreement = agreement_table(explanations) if len(explanations) > 1 else None
+    faithfulness = {}
+    for label, expl in zip(method_labels(explanations), explanations):
+        net, meta = info["models"][expl.method]
+        predict = predict_fn_for(expl.method, net, meta, pixel_size_um=info["pixel_size_um"])
+        faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
+    fig = render_figure(rgb, explanations, pixel_size_um=info["pixel_size_um"], image_name=image_name,
+                        agreement=agreement, faithfulness=faithfulness)
+    png = save_png(fig, unique_path(out_dir / f"{stem}.compare.png", overwrite=overwrite), overwrite=overwrite)
+    pdf = save_pdf(fig, unique_path(out_dir / f"{stem}.report.pdf", overwrite=overwrite), overwrite=overwrite)
+    return [png, pdf]

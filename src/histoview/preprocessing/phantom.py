@@ -23,8 +23,12 @@ What is drawn
       covers 15-50 % of the area (the target is drawn in 22-40 %).
 
 Ground truth (coordinates (row, col) pixels)
-    ``malignant_mask``: duct areas (ring included) or the infiltrated region, plus every
-    tumour cell; empty for ``benign``. ``nuclei_labels``: nucleus ``i`` is value ``i + 1``.
+    ``malignant_mask``: the lesion as a pathologist would outline it: duct areas (ring
+    included) or the whole infiltrated region (tumour cords and the stroma between them),
+    plus every tumour cell; empty for ``benign``. ``tumour_mask``: the tumour cells alone
+    (their nuclei and cytoplasm; for in-situ ducts the filled duct): the instance-level
+    truth of multiple-instance learning (Ilse et al. 2018: an instance is positive when it
+    holds cancer cells), used to score patch-level explanations. ``nuclei_labels``: nucleus ``i`` is value ``i + 1``.
     Nuclei never overlap (a placement that collides is rejected), so each instance region is
     exactly the drawn nucleus; nuclei less than half visible at the border are dropped and
     not rendered, so the ground truth is what is visible. ``centroids`` are the centroids of
@@ -86,6 +90,7 @@ class Phantom:
     label: str
     malignant_mask: np.ndarray
     nuclei_labels: np.ndarray
+    tumour_mask: np.ndarray
     centroids: np.ndarray
     outlines: tuple
     nucleus_malignant: np.ndarray
@@ -463,6 +468,7 @@ def make_phantom(
                     break
     elif label == "invasive":
         mask = _invasive_region(rng, shape, frac)
+    tumour = mask.copy() if label == "in_situ" else np.zeros(shape, bool)
     near_lesion = ndi.binary_dilation(mask[::4, ::4], iterations=max(1, int(12 * s / 4)))
     gland_area, target = 0.0, rng.uniform(0.2, 0.35) * (1 - mask.mean()) * h * w
     for _ in range(int(h * w * px * px / 900)):
@@ -492,6 +498,7 @@ def make_phantom(
             near[disk((r, c), 2.2 * a, shape=shape)] = True
         z["cyto"] |= near & room & (band < cut[1])
         mask |= z["cyto"]
+        tumour |= z["cyto"]
     stroma = ~(z["epi"] | z["lumen"] | z["cyto"])
     area = stroma.mean() * h * w * px * px
     cellular = stroma & (_smooth_noise(rng, shape, 30 * s) > -0.6)
@@ -503,12 +510,15 @@ def make_phantom(
         cv.scatter("lymphocyte", halo, int(halo.mean() * h * w * px * px / 800), margin=0.3)
     cen = cv.finalise()
     malignant = np.array([nu[2] for nu in cv.nuclei], bool)
-    mask |= np.isin(cv.labels, np.flatnonzero(malignant) + 1)
+    malignant_nuclei = np.isin(cv.labels, np.flatnonzero(malignant) + 1)
+    mask |= malignant_nuclei
+    tumour |= malignant_nuclei
     return Phantom(
         image=_render(rng, cv, z, cen, px, angle),
         label=label,
         malignant_mask=mask,
         nuclei_labels=cv.labels,
+        tumour_mask=tumour,
         centroids=cen.reshape(-1, 2).astype(np.float64),
         outlines=tuple(_clip(nu[0].astype(np.float64), shape) for nu in cv.nuclei),
         nucleus_malignant=malignant,

@@ -67,11 +67,20 @@ def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 
 def youden_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold maximising Youden's J = sensitivity + specificity - 1."""
+    """The score threshold maximising Youden's J = sensitivity + specificity - 1.
+
+    Predict positive when ``score >= threshold``.
+    """
     fpr, tpr, thresholds = roc_curve(y_true, scores)
     j = tpr - fpr
-    best = int(np.argmax(j[1:])) + 1  # skip the (0, 0) point at threshold +inf
-    return float(thresholds[best])
+    j[0] = -np.inf  # the (0, 0) point at threshold +inf
+    best = np.flatnonzero(j == j.max())
+    # Every threshold in (thresholds[last + 1], thresholds[first]] reaches the best J;
+    # take the middle of that interval rather than its edge, so an easy, well-separated
+    # validation set does not yield a threshold glued to the highest positive score.
+    hi = thresholds[best[0]]
+    lo = thresholds[best[-1] + 1] if best[-1] + 1 < len(thresholds) else min(0.0, hi)
+    return float((hi + lo) / 2)
 
 
 def _safe_div(a, b):
