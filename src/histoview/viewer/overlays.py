@@ -34,6 +34,21 @@ METHOD_COLORMAPS = {"amil": "inferno", "graph": "magma", "gradcam": "turbo", "dt
                     "gradcam++": "turbo", "rmcg": "viridis"}
 
 
+def fading_colormap(name: str):
+    """``name``'s colours with opacity rising from 0 (lowest value) to 0.9 (highest).
+
+    Unimportant tissue stays visible under the overlay instead of being tinted
+    by the colormap's darkest colour.
+    """
+    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
+
+    base = AVAILABLE_COLORMAPS[name]
+    x = np.linspace(0, 1, 64)
+    rgba = np.asarray(base.map(x), float)
+    rgba[:, 3] = 0.9 * np.clip(x / 0.6, 0, 1) ** 0.8
+    return Colormap(colors=rgba, name=f"{name} (fading)", controls=x)
+
+
 def layer_pixel_size(layer) -> float | None:
     info = layer.metadata.get("histoview", {}) if hasattr(layer, "metadata") else {}
     return info.get("pixel_size_um")
@@ -60,13 +75,14 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
 
 
 def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: bool = False,
-                           opacity: float = 0.55) -> list:
+                           opacity: float = 1.0) -> list:
     """Add ``expl`` over ``image_layer``; returns the new layers."""
     s = np.asarray(image_layer.scale[-2:], float)
     t = np.asarray(image_layer.translate[-2:], float)
     name = explanation_title(expl) + (" [synthetic demo weights]" if expl.synthetic else "")
     meta = _metadata(expl, image_layer)
     cmap = METHOD_COLORMAPS.get(expl.method, "inferno")
+    units = tuple(image_layer.units[-2:])
     geom = expl.geometry
     layers = []
     if isinstance(geom, PatchGrid):
@@ -82,19 +98,20 @@ def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: 
             data = geom.rasterize(expl.values, shape=shape)
             scale = s * np.array(geom.image_shape, float) / np.array(shape, float)
             translate = t + (scale - s) / 2
-        layers.append(viewer.add_image(data, name=name, colormap=cmap, opacity=opacity, blending="translucent",
-                                       contrast_limits=_limits(expl.values), scale=scale, translate=translate,
-                                       metadata=meta))
+        layers.append(viewer.add_image(data, name=name, colormap=fading_colormap(cmap), opacity=opacity,
+                                       blending="translucent", contrast_limits=_limits(expl.values),
+                                       gamma=0.5, scale=scale, translate=translate, metadata=meta,
+                                       units=units))
     elif isinstance(geom, DenseMap):
         values = np.asarray(expl.values, np.float32)
         H, W = geom.image_shape
         cell = np.array([H / values.shape[0], W / values.shape[1]], float)
-        layers.append(viewer.add_image(values, name=name, colormap=cmap, opacity=opacity, blending="translucent",
-                                       contrast_limits=_limits(values), scale=s * cell,
+        layers.append(viewer.add_image(values, name=name, colormap=fading_colormap(cmap), opacity=opacity,
+                                       blending="translucent", contrast_limits=_limits(values), scale=s * cell,
                                        translate=t + s * (cell - 1) / 2, metadata=meta,
-                                       interpolation2d="linear"))
+                                       interpolation2d="linear", units=units))
     elif isinstance(geom, NucleiPoints):
-        layers.extend(_add_nuclei(viewer, expl, geom, name, meta, s, t, cmap, outlines))
+        layers.extend(_add_nuclei(viewer, expl, geom, name, meta, s, t, cmap, outlines, units))
     else:
         raise TypeError(f"cannot draw geometry {type(geom).__name__}")
     return layers
@@ -110,7 +127,7 @@ def _grid_step(geom: PatchGrid) -> np.ndarray:
     return np.array(step, float)
 
 
-def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlines) -> list:
+def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlines, units) -> list:
     layers = []
     values = np.asarray(expl.values, np.float32)
     if geom.edge_index.size:
@@ -122,18 +139,18 @@ def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlin
         layers.append(viewer.add_vectors(
             vecs, name=f"{name}: graph edges", edge_width=1.0,
             vector_style="line", features={"weight": weights}, edge_color="weight", edge_colormap="gray",
-            opacity=0.6, scale=s, translate=t, metadata={"histoview": meta["histoview"]}))
+            opacity=0.6, scale=s, translate=t, metadata={"histoview": meta["histoview"]}, units=units))
     if outlines and geom.outlines:
         polys = [np.asarray(p, float) for p in geom.outlines if len(p) >= 3]
         layers.append(viewer.add_shapes(polys, shape_type="polygon", name=f"{name}: outlines",
                                         edge_color="cyan", face_color="transparent", edge_width=0.8,
-                                        scale=s, translate=t, visible=True))
+                                        scale=s, translate=t, visible=True, units=units))
     features = {"importance": values, **{k: np.asarray(v) for k, v in geom.features.items()}}
     radius_px = max(3.0, geom.radius)
     layers.append(viewer.add_points(
         geom.centroids, name=name, features=features, face_color="importance", face_colormap=cmap,
         face_contrast_limits=_limits(values), size=2 * radius_px, border_width=0, opacity=0.9,
-        scale=s, translate=t, metadata=meta))
+        scale=s, translate=t, metadata=meta, units=units))
     return layers
 
 
@@ -164,5 +181,6 @@ def _set_notice(viewer, layers) -> None:
     text = " | ".join(titles)
     viewer.text_overlay.text = (text + "\n" if text else "") + RESEARCH_NOTICE
     viewer.text_overlay.visible = True
+    viewer.text_overlay.position = "top_left"
     viewer.text_overlay.font_size = 10
     viewer.text_overlay.color = "white"
