@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "code_version": histoview.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **meta,
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
