@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 echo "setup: installing histoview and its pinned dependencies (constraints.txt)"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[pyqt5,testing]"
 echo "setup: done"

@@ -10,6 +10,7 @@ is trained (see :func:`refresh_all`).
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
@@ -22,6 +23,9 @@ from histoview.viewer.overlays import (
     explanation_title,
     layer_pixel_size,
 )
+
+if TYPE_CHECKING:
+    import napari
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -208,17 +212,22 @@ def _level_for(layer, meta) -> int:
     return level
 
 
-def amil_widget(viewer):
-    return ExplainWidget(viewer, "amil")
+# napari passes the viewer to a dock widget's __init__ parameter annotated as a Viewer.
+class AmilWidget(ExplainWidget):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer, "amil")
 
 
-def graph_widget(viewer):
-    return ExplainWidget(viewer, "graph")
+class GraphWidget(ExplainWidget):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer, "graph")
 
 
-def gradcam_widget(viewer):
-    return ExplainWidget(viewer, "gradcam")
+class GradCamWidget(ExplainWidget):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer, "gradcam")
 
 
-def explain_widget(viewer):
-    return ExplainWidget(viewer, None)
+class AllMethodsWidget(ExplainWidget):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer, None)
