@@ -33,3 +33,13 @@ def monuseg_dir() -> Path:
 def _user_data_dir(tmp_path_factory, monkeypatch):
     """Keep each test's per-user model library away from the real one."""
     monkeypatch.setenv("HISTOVIEW_DATA_DIR", str(tmp_path_factory.mktemp("histoview-user-data")))
+
+
+def pytest_configure(config):
+    # Import Triton (through torch's compiler stack) before any napari canvas loads Mesa's
+    # libLLVM: importing Triton after that crashes the process on Mesa OpenGL (Xvfb).
+    # The training widget guards the app itself (viewer._train_widget.avoid_triton_llvm_clash).
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # torch without its compiler stack: nothing to order
+        pass

@@ -1,0 +1,476 @@
+"""Pieces of the training dock (:mod:`histoview.viewer._train_widget`).
+
+* recipe defaults: starting epochs / batch size / learning rate / options per model,
+  read from the repository's ``training/<model>-*.yaml`` when the source tree is
+  there, else from a built-in table matching those recipes and the seed papers;
+* plain-text summaries (dataset, metrics, durations);
+* the run view: progress, live training curves, metrics and the confusion matrix;
+* the model library panel (rename, delete, export).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+_ADAM_1E3_B1 = {"epochs": 20, "batch_size": 1, "lr": 1e-3, "optimizer": "adam"}
+_SEED004 = {"epochs": 50, "batch_size": 32, "lr": 1e-4, "optimizer": "adam"}
+_GRAPH = {"epochs": 100, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4}
+_GRAPH_INPUT = {"graph_threshold_um": 42.0, "pixel_size_um": 0.42}
+
+#: model -> (train options, model kwargs, input options, where the values come from)
+BUILTIN_RECIPES: dict[str, tuple[dict, dict, dict, str]] = {
+    **{m: (_ADAM_1E3_B1, {"patch_size": 28}, {}, "seed 000 (A-MIL): batch 1, lr 0.001, Adam")
+       for m in ("amil", "amil-gated")},
+    "customnet": ({"epochs": 20, "batch_size": 16, "lr": 1e-3, "optimizer": "adam"}, {}, {},
+                  "seed 000 (customNet, Table III)"),
+    **{m: (_SEED004, {}, {}, "seed 004: batch 32, lr 0.0001, 50 epochs")
+       for m in ("resnet18", "resnet50", "vgg16", "dalaresnet50")},
+    "cspresnet50_fpn_se": (
+        {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4,
+         "loss": "focal", "label_smoothing": 0.1, "mixup_alpha": 0.2, "warmup_epochs": 1,
+         "schedule": "cosine", "freeze_backbone_epochs": 5, "backbone_lr_scale": 0.1, "tta": True},
+        {}, {}, "seed 003: two-phase fine-tuning, focal loss, MixUp, cosine decay"),
+    "rmcg": ({"epochs": 30, "batch_size": 16, "lr": 1e-4, "optimizer": "adam", "weight_decay": 1e-4},
+             {}, {}, "seed 002 (RMCG)"),
+    **{m: (_GRAPH, {}, _GRAPH_INPUT, "seed 001 (nuclei graphs): batch 8, lr 0.001")
+       for m in ("rsf", "rsf-edge", "rsf-attention")},
+}
+_FALLBACK = ({"epochs": 10, "batch_size": 8, "lr": 1e-3}, {}, {}, "histoview defaults")
+
+
+def recipe_dir() -> Path | None:
+    """The repository's ``training/`` folder beside the source tree (absent in an installed wheel)."""
+    import histoview
+
+    path = Path(histoview.__file__).resolve().parents[2] / "training"
+    return path if path.is_dir() else None
+
+
+def recipe_for(model: str, layout: str | None = None, folder: Path | None = None) -> dict[str, Any]:
+    """Starting values for ``model``: ``{"train", "model_kwargs", "input", "split", "source"}``.
+
+    A ``training/<model>-<layout>.yaml`` recipe wins, then ``<model>-phantom.yaml``, then
+    any recipe for the model; without one, the built-in table.
+    """
+    import yaml
+
+    folder = recipe_dir() if folder is None else folder
+    found: list[tuple[int, Path, dict]] = []
+    for path in sorted(folder.glob(f"{model}-*.yaml")) if folder else []:
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(cfg, dict) or cfg.get("model") != model:
+            continue  # rsf-*.yaml also matches rsf-attention-*.yaml
+        rank = 0 if layout and path.stem == f"{model}-{layout}" else 1 if path.stem == f"{model}-phantom" else 2
+        found.append((rank, path, cfg))
+    if found:
+        _, path, cfg = min(found, key=lambda t: t[0])
+        return {"train": dict(cfg.get("train") or {}), "model_kwargs": dict(cfg.get("model_kwargs") or {}),
+                "input": dict(cfg.get("input") or {}), "split": dict(cfg.get("split") or {}),
+                "source": f"recipe training/{path.name}"}
+    train, kwargs, inputs, source = BUILTIN_RECIPES.get(model, _FALLBACK)
+    return {"train": dict(train), "model_kwargs": dict(kwargs), "input": dict(inputs), "split": {},
+            "source": f"built-in defaults, {source}"}
+
+
+def devices() -> list[str]:
+    """Devices that exist here, the default first: CUDA when available, else the CPU."""
+    import torch
+
+    return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+
+
+def avoid_triton_llvm_clash() -> None:
+    """Keep torch from importing Triton when another LLVM is already loaded in the process.
+
+    Software OpenGL (Mesa llvmpipe: Xvfb, virtual machines, remote desktops) loads
+    ``libLLVM`` for napari's canvas; importing Triton afterwards (torch does so on the
+    first optimizer, through ``torch._dynamo``) crashes the process with a segmentation
+    fault. Training never compiles kernels, so Triton is marked absent for this session.
+    """
+    if "triton" in sys.modules:
+        return
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux
+        return
+    if "libLLVM" in maps:
+        sys.modules["triton"] = None  # ``import triton`` now raises ImportError
+
+
+def default_run_dir(name: str) -> Path:
+    """A new folder under the user data folder's ``runs`` (honours ``HISTOVIEW_DATA_DIR``)."""
+    from histoview.models.library import user_library_dir
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return user_library_dir().parent / "runs" / f"{name}-{stamp}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(max(seconds, 0)))
+    h, rem = divmod(s, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """What a dataset holds, in a few lines (from ``Dataset.summary()``)."""
+    layouts = {"breakhis": "BreakHis", "bach": "BACH (class folders)", "folder": "one folder per class",
+               "phantom": "synthetic phantoms (generated)"}
+    counts = ", ".join(f"{c}: {n}" for c, n in summary["images_per_class"].items())
+    patients = summary.get("patients")
+    lines = [f"Layout: {layouts.get(summary['layout'], summary['layout'])}",
+             f"Classes ({len(summary['classes'])}): {counts}",
+             f"Images: {summary['images']}",
+             f"Patients: {patients}" if patients else "Patients: not known (the split is by image)"]
+    if summary.get("magnifications"):
+        lines.append("Magnifications: " + ", ".join(f"{m} {n}" for m, n in summary["magnifications"].items()))
+    return "\n".join(lines)
+
+
+METRIC_NAMES = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                ("roc_auc", "ROC AUC"), ("f1_macro", "F1 (macro)"))
+
+
+def metrics_text(title: str, metrics: dict[str, Any]) -> str:
+    if not metrics:
+        return f"{title}: none (split too small)"
+    vals = ", ".join(f"{label} {metrics[k]:.3f}" for k, label in METRIC_NAMES
+                     if isinstance(metrics.get(k), (int, float)))
+    n = metrics.get("n")
+    return f"{title}{f' ({n} images)' if n else ''}: {vals}"
+
+
+def _canvas_class():
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+    return FigureCanvasQTAgg
+
+
+class LiveCurves:
+    """Training loss per step and per epoch, validation balanced accuracy / AUC per epoch."""
+
+    def __init__(self):
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(5.0, 2.4), layout="constrained")
+        self.canvas = _canvas_class()(self.figure)
+        self.canvas.setMinimumHeight(240)
+        ax, av = self.ax_loss, self.ax_val = self.figure.subplots(1, 2)
+        (self._step_line,) = ax.plot([], [], lw=0.8, color="0.6", label="step")
+        (self._epoch_line,) = ax.plot([], [], "o-", label="epoch mean")
+        self._val_lines = {key: av.plot([], [], "o-", label=label)[0]
+                           for key, label in (("balanced_accuracy", "bal. acc."), ("roc_auc", "AUC"))}
+        ax.set(title="training loss", xlabel="epoch")
+        av.set(title="validation", xlabel="epoch", ylim=(0, 1.02))
+        for a in (ax, av):
+            a.legend(fontsize=7, loc="best")
+            a.tick_params(labelsize=7)
+        self.reset()
+
+    def reset(self, history: list[dict] | None = None) -> None:
+        """Clear the curves; a resumed run starts from the epochs it already has."""
+        self.steps: list[tuple[float, float]] = []
+        self.epochs = [{"epoch": h["epoch"], "train_loss": h.get("train_loss"), "val": h.get("val") or {}}
+                       for h in history or []]
+        self.redraw()
+
+    def add_step(self, x: float, loss: float) -> None:
+        self.steps.append((x, loss))
+        self.redraw()
+
+    def add_epoch(self, epoch: int, train_loss: float, val: dict) -> None:
+        self.epochs.append({"epoch": epoch, "train_loss": train_loss, "val": val or {}})
+        self.redraw()
+
+    def redraw(self) -> None:
+        # update the lines' data (no axes rebuild), then let Qt draw when it is idle
+        self._step_line.set_data([x for x, _ in self.steps], [y for _, y in self.steps])
+        self._epoch_line.set_data([e["epoch"] for e in self.epochs], [e["train_loss"] for e in self.epochs])
+        for key, line in self._val_lines.items():
+            pts = [(e["epoch"], e["val"][key]) for e in self.epochs
+                   if isinstance(e["val"].get(key), (int, float))]
+            line.set_data([p[0] for p in pts], [p[1] for p in pts])
+        self.ax_loss.relim()
+        self.ax_loss.autoscale_view()
+        last = max([x for x, _ in self.steps[-1:]] + [e["epoch"] for e in self.epochs] + [1])
+        self.ax_val.set_xlim(0, last + 0.5)
+        self.canvas.draw_idle()
+
+
+class RunView(QWidget):
+    """Progress bar, elapsed / remaining time, status line, live curves, metrics, confusion matrix."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.progress = QProgressBar()
+        self.time_label = QLabel("")
+        self.status = _wrapped_label("")
+        self.curves = LiveCurves()
+        self.results = _wrapped_label("")
+        self.cm_figure = None
+        self._pbar = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for w in (self.progress, self.time_label, self.status, self.curves.canvas, self.results):
+            layout.addWidget(w)
+        self._cm_box = QVBoxLayout()
+        layout.addLayout(self._cm_box)
+
+    def begin(self, text: str, history: list[dict]) -> None:
+        self.progress.setValue(0)
+        self.time_label.setText("")
+        self.results.setText("")
+        self.set_figure(None)
+        self.curves.reset(history)
+        self.status.setText(text)
+
+    def start(self, total: int, done: int, desc: str) -> None:
+        """Progress across all epochs (``done`` steps already trained), also in napari's activity dock."""
+        from napari.utils import progress
+
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.close_pbar()
+        self._pbar = progress(total=total, desc=desc)
+        self._pbar.update(done)
+
+    def step(self, ev: dict, steps: int) -> None:
+        value = (ev["epoch"] - 1) * steps + ev["step"]
+        if self._pbar is not None:
+            self._pbar.update(max(value - self.progress.value(), 0))
+        self.progress.setValue(value)
+        self.time_label.setText(f"epoch {ev['epoch']}/{ev['epochs']}, step {ev['step']}/{ev['steps']}"
+                                f" - elapsed {fmt_duration(ev.get('elapsed'))}, "
+                                f"remaining about {fmt_duration(ev.get('eta'))}")
+        self.curves.add_step(ev["epoch"] - 1 + ev["step"] / ev["steps"], ev["loss"])
+
+    def epoch_end(self, ev: dict) -> None:
+        val = ev.get("val_metrics") or {}
+        self.curves.add_epoch(ev["epoch"], ev["train_loss"], val)
+        bacc = val.get("balanced_accuracy")
+        self.status.setText(f"Epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f}"
+                            + (f", validation balanced accuracy {bacc:.3f}" if bacc is not None else "")
+                            + (" (best so far)" if ev.get("best") else ""))
+
+    def show_report(self, report: dict, synthetic_warning: str) -> None:
+        """Validation and test metrics, and the confusion matrix (test set, else validation)."""
+        from histoview.training.figures import confusion_matrix_figure
+
+        val, test = report.get("validation") or {}, report.get("test") or {}
+        lines = [metrics_text(f"Validation (best epoch {report.get('best_epoch')})", val),
+                 metrics_text("Test", test)] + ([synthetic_warning] if report.get("synthetic") else [])
+        self.results.setText("\n".join(lines))
+        source, which = (test, "test") if test.get("confusion_matrix") else (val, "validation")
+        if source.get("confusion_matrix"):
+            self.set_figure(confusion_matrix_figure(source["confusion_matrix"], source["classes"],
+                                                    title=f"Confusion matrix, {which} set"))
+
+    def set_figure(self, fig) -> None:
+        while self._cm_box.count():
+            item = self._cm_box.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.cm_figure = fig
+        if fig is not None:
+            canvas = _canvas_class()(fig)
+            canvas.setMinimumHeight(260)
+            self._cm_box.addWidget(canvas)
+
+    def close_pbar(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+
+def _wrapped_label(text: str, style: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet(style)
+    return label
+
+
+class LibraryPanel(QWidget):
+    """The user model library and the bundled demo weights: rename, delete, export.
+
+    The dialogs are methods (``_ask_text``, ``_confirm``, ``_ask_folder``) so tests replace them.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.entries: list = []
+        self.model_list = QListWidget()
+        self.model_list.setWordWrap(True)
+        self.details = _wrapped_label("")
+        self.details.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status = _wrapped_label("")
+        buttons = QHBoxLayout()
+        self.rename_button = QPushButton("Rename...")
+        self.delete_button = QPushButton("Delete...")
+        self.export_button = QPushButton("Export...")
+        self.refresh_button = QPushButton("Refresh")
+        for b in (self.rename_button, self.delete_button, self.export_button, self.refresh_button):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Your models (trained here) and the bundled synthetic demo weights:"))
+        layout.addWidget(self.model_list)
+        layout.addWidget(self.details)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        self.model_list.currentRowChanged.connect(self._selection_changed)
+        self.rename_button.clicked.connect(self.rename_selected)
+        self.delete_button.clicked.connect(self.delete_selected)
+        self.export_button.clicked.connect(self.export_selected)
+        self.refresh_button.clicked.connect(self.refresh)
+        self.refresh()
+
+    # -- dialogs (tests override these) ----------------------------------------------------------
+    def _ask_text(self, title: str, label: str, text: str) -> str | None:
+        value, ok = QInputDialog.getText(self, title, label, text=text)
+        return value if ok else None
+
+    def _confirm(self, title: str, question: str) -> bool:
+        answer = QMessageBox.question(self, title, question, QMessageBox.Yes | QMessageBox.No,
+                                      QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    def _ask_folder(self, title: str) -> str | None:
+        return QFileDialog.getExistingDirectory(self, title) or None
+
+    # -- list ---------------------------------------------------------------------------------
+    def refresh(self, _checked=None) -> None:
+        from histoview.models.library import list_checkpoints
+
+        current = self.selected()
+        self.entries = list_checkpoints()
+        self.model_list.clear()
+        for e in self.entries:
+            self.model_list.addItem(e.label() + ("" if e.source == "user" else "  [bundled]"))
+            self.model_list.item(self.model_list.count() - 1).setToolTip(str(e.path))
+        if current is not None:
+            self.select(current.name, current.source)
+        self._selection_changed()
+
+    def select(self, name: str, source: str = "user") -> bool:
+        for i, e in enumerate(self.entries):
+            if e.name == name and e.source == source:
+                self.model_list.setCurrentRow(i)
+                return True
+        return False
+
+    def selected(self):
+        row = self.model_list.currentRow() if hasattr(self, "model_list") else -1
+        return self.entries[row] if 0 <= row < len(self.entries) else None
+
+    def _selection_changed(self, _row=None) -> None:
+        e = self.selected()
+        user = e is not None and e.source == "user"
+        self.rename_button.setEnabled(user)
+        self.delete_button.setEnabled(user)
+        self.export_button.setEnabled(e is not None)
+        if e is None:
+            self.details.setText("")
+            return
+        metrics = e.meta.get("metrics") or {}
+        data = e.meta.get("data") or {}
+        lines = [f"{e.name}: {e.model}, classes {', '.join(e.meta.get('classes', []))}",
+                 f"data: {data.get('layout', '?')}, {data.get('images', '?')} images",
+                 metrics_text("validation", metrics.get("validation") or {}),
+                 metrics_text("test", metrics.get("test") or {}),
+                 f"file: {e.path}"]
+        if e.synthetic:
+            lines.append("Synthetic: trained on generated phantom images, not on patient data.")
+        self.details.setText("\n".join(lines))
+
+    def _changed(self, message: str) -> None:
+        from histoview.viewer._explain_widget import refresh_all
+
+        self.refresh()
+        refresh_all()
+        self.status.setText(message)
+
+    # -- actions ------------------------------------------------------------------------------
+    def rename_selected(self, _checked=None) -> None:
+        from histoview.models.library import rename_in_library
+
+        e = self.selected()
+        if e is None or e.source != "user":
+            self.status.setText("Select one of your models (bundled demo weights cannot be renamed).")
+            return
+        name = self._ask_text("Rename model", "New name:", e.name)
+        if not name or name.strip() == e.name:
+            return
+        name = name.strip()
+        if any(not (ch.isalnum() or ch in "-_.") for ch in name) or name.startswith("."):
+            self.status.setText("Use letters, digits, '-', '_' and '.' only.")
+            return
+        try:
+            dest = rename_in_library(e, name)
+        except (OSError, PermissionError) as exc:
+            self.status.setText(f"Cannot rename: {exc}")
+            return
+        self._changed(f"Renamed {e.name} to {dest.stem}.")
+        self.select(dest.stem)
+
+    def delete_selected(self, _checked=None) -> None:
+        from histoview.models.library import delete_from_library
+
+        e = self.selected()
+        if e is None:
+            return
+        if e.source != "user":
+            self.status.setText(f"{e.name}: bundled demo weights cannot be deleted.")
+            return
+        if not self._confirm("Delete model", f"Delete {e.name} from your model library?\n{e.path}"):
+            self.status.setText("Nothing deleted.")
+            return
+        try:
+            delete_from_library(e)
+        except OSError as exc:
+            self.status.setText(f"Cannot delete: {exc}")
+            return
+        self._changed(f"Deleted {e.name}.")
+
+    def export_selected(self, _checked=None) -> Path | None:
+        from histoview.models.checkpoint import sidecar_path
+
+        e = self.selected()
+        if e is None:
+            return None
+        folder = self._ask_folder(f"Export {e.name} to a folder")
+        if not folder:
+            return None
+        dest = Path(folder) / f"{e.name}.safetensors"
+        i = 1
+        while dest.exists() or sidecar_path(dest).exists():  # never overwrite
+            dest = Path(folder) / f"{e.name}-{i}.safetensors"
+            i += 1
+        try:
+            shutil.copy2(sidecar_path(e.path), sidecar_path(dest))
+            shutil.copy2(e.path, dest)
+        except OSError as exc:
+            self.status.setText(f"Cannot export: {exc}")
+            return None
+        self.status.setText(f"Exported {e.name} to {dest} (and {sidecar_path(dest).name}).")
+        return dest
