@@ -61,6 +61,8 @@ def iter_train_from_config(
     }
     if leak:
         yield {"event": "message", "text": "WARNING: image-level split leaks patients across train/val/test"}
+    if hasattr(model, "set_node_normalisation"):
+        yield from _fit_node_normalisation(model, adapter, train)
     result = yield from fit(model, adapter, train, val, dataset.classes, opts, config["output_dir"], meta,
                             resume=resume, should_stop=should_stop)
     out_dir = Path(config["output_dir"])
@@ -96,6 +98,23 @@ def iter_train_from_config(
     report_path.write_text(json.dumps(report, indent=2, default=_np_default))
     _write_history_csv(out_dir / "history.csv", result["history"])
     return {**result, "checkpoint": best, "report": report_path, "test": test_metrics}
+
+
+def _fit_node_normalisation(model, adapter, train) -> Generator[dict[str, Any], None, None]:
+    """Graph models standardise node features with training-set statistics (saved as buffers).
+
+    Building the training graphs here also fills the graph cache before the first epoch.
+    """
+    import numpy as np
+
+    feats = []
+    for i, sample in enumerate(train):
+        feats.append(adapter.graph_for(sample).node_features)
+        if (i + 1) % 10 == 0 or i + 1 == len(train):
+            yield {"event": "message", "text": f"nuclei graphs built: {i + 1}/{len(train)}"}
+    x = np.concatenate([f for f in feats if len(f)]) if feats else np.zeros((0, 1))
+    if len(x):
+        model.set_node_normalisation(x.mean(0), x.std(0))
 
 
 def train_from_config(

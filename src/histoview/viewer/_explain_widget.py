@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, 
 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.run import METHOD_KIND, METHODS
+from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer.overlays import (
     METHOD_TITLES,
     add_explanation_layers,
@@ -150,6 +151,7 @@ class ExplainWidget(Container):
         method = self.method_choice.value
         tc = None if self.class_choice.value == "predicted" else self.class_choice.value
         imp = None if self.importance_choice.value == "auto" else self.importance_choice.value
+        avoid_triton_llvm_clash()
         worker = create_worker(self._work, image_layer, method, entry, tc, imp, _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result: self._on_done(image_layer, result))

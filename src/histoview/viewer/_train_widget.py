@@ -36,11 +36,11 @@ from qtpy.QtWidgets import (
 )
 
 from histoview import RESEARCH_NOTICE
+from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._train_widget_parts import (
     LibraryPanel,
     RunView,
     _wrapped_label,
-    avoid_triton_llvm_clash,
     default_run_dir,
     devices,
     recipe_for,

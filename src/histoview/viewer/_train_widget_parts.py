@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -98,24 +97,6 @@ def devices() -> list[str]:
     import torch
 
     return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
-
-
-def avoid_triton_llvm_clash() -> None:
-    """Keep torch from importing Triton when another LLVM is already loaded in the process.
-
-    Software OpenGL (Mesa llvmpipe: Xvfb, virtual machines, remote desktops) loads
-    ``libLLVM`` for napari's canvas; importing Triton afterwards (torch does so on the
-    first optimizer, through ``torch._dynamo``) crashes the process with a segmentation
-    fault. Training never compiles kernels, so Triton is marked absent for this session.
-    """
-    if "triton" in sys.modules:
-        return
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:  # not Linux
-        return
-    if "libLLVM" in maps:
-        sys.modules["triton"] = None  # ``import triton`` now raises ImportError
 
 
 def default_run_dir(name: str) -> Path:

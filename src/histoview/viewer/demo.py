@@ -12,11 +12,14 @@ def populate_demo(viewer, *, label: str = "invasive", seed: int = 0, explanation
     for data, kwargs, layer_type in phantom_layers(label, seed=seed):
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     image_layer = viewer.layers[0]
-    viewer.layers.selection.active = image_layer
     if explanations:
+        from histoview.viewer._compat import avoid_triton_llvm_clash
         from histoview.viewer.overlays import add_demo_explanations
 
+        avoid_triton_llvm_clash()
+
         add_demo_explanations(viewer, image_layer)
+    viewer.layers.selection.active = image_layer
     viewer.reset_view()
 
 

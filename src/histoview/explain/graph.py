@@ -1,0 +1,591 @@
+"""Per-nucleus importance for nuclei-graph models (seed 001, Sec. III-F, eq. 5).
+
+* :func:`attention_importance` - the attention scores of RSF+Attention;
+* :func:`occlusion_importance` - ``score_i = p(M(G)) - p(M(G_i))`` where ``G_i`` is the graph
+  without nucleus i, its k-hop neighbours and their edges (eq. 5);
+* :func:`explain_graph` - either one as an :class:`~histoview.explain.base.Explanation`.
+
+Occlusion needs one prediction per nucleus on a different graph: about 1,500 graphs of
+about 1,500 nuclei. For the RSF networks of :mod:`histoview.models.graph_nets` it is computed
+*exactly* and incrementally: everything that reaches Pooling 1 (embeddings, assignments,
+attention logits) is a function of a nucleus's 2-hop neighbourhood, and Pooling 1's outputs
+are sums over nuclei and edges of local terms (eq. 3). Removing the k-hop ball of nucleus i
+therefore changes
+
+* Vertex Conv 1 only on the ring k+1 and Vertex Conv 2 / the assignment within k+2 hops. The
+  convolutions are linear before their activation, so the new pre-activations are the cached
+  ones plus the convolution of the feature *differences* (a removed nucleus contributes minus
+  its cached transform): for all occluded graphs of a chunk, one dense product (the ring's
+  feature changes times the layer's weights) and one sparse product per layer;
+* the pooled graph by new-minus-old terms of the nuclei within k+2 hops and of the rows of
+  A S within k+3 hops.
+
+The dense layers after Pooling 1 then run on all pooled graphs of the chunk in one batch.
+In exact arithmetic this equals the forward pass on each occluded graph; in float32 the two
+agree to about 1e-7 in probability. Where the removed nuclei carried nearly all of the
+pooling weight (> 99.9 %, e.g. tiny graphs), subtracting would lose precision and those
+graphs are recomputed directly. Other graph models (or RSF networks on a GPU) get the plain
+definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one forward pass.
+
+Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
+k = 1 for ~10 neighbours per nucleus, instead of the whole graph; at 1,500 nuclei the 1,500
+occluded predictions take about 35-45 forward passes' time on one CPU thread at k = 1 and
+50-55 at k = 2 (``benchmarks/bench_occlusion.py``), against about 1,500 for the definition.
+
+An empty occluded graph (every nucleus removed) is the model's prediction for an empty graph:
+for the RSF networks, the layers after Pooling 1 applied to an all-zero pooled graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from histoview.explain.base import Explanation, NucleiPoints
+
+__all__ = [
+    "attention_importance",
+    "explain_graph",
+    "hop_distances",
+    "occluded_graphs",
+    "occlusion_importance",
+]
+
+_FAR = 255  # hop distance of nodes beyond the range asked for
+
+
+class _Neighbours:
+    """Undirected neighbour lists (CSR) of a graph, for breadth-first search.
+
+    Index bookkeeping here and in the occlusion engine uses NumPy: on CPU its 1-D integer
+    operations (nonzero, masks, gathers) are several times faster than torch's.
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int):
+        ei = edge_index.cpu().numpy().astype(np.int64)
+        n = max(num_nodes, 1)
+        key = np.unique(np.concatenate([ei[0] * n + ei[1], ei[1] * n + ei[0]]))
+        row, self.idx = key // n, key % n
+        self.ptr = np.zeros(num_nodes + 1, np.int64)
+        self.ptr[1:] = np.cumsum(np.bincount(row, minlength=num_nodes))
+        self.num_nodes = num_nodes
+
+    def balls(self, centres, max_hops: int, *, return_table: bool = False):
+        """All (copy, node) pairs within ``max_hops`` of ``centres[copy]``, sorted, with their
+        hop distance: three (P,) int64 arrays (and the (C * N,) uint8 distance table, 255
+        beyond ``max_hops``). Frontier expansion, all centres at once."""
+        N = self.num_nodes
+        fj = np.asarray(centres, np.int64).reshape(-1)
+        C = fj.size
+        table = np.full(C * N, _FAR, np.uint8)
+        owner = np.empty(C * N, np.int64)
+        fc = np.arange(C)
+        table[fc * N + fj] = 0
+        for hop in range(1, max_hops + 1):
+            start = self.ptr[fj]
+            deg = self.ptr[fj + 1] - start
+            total = int(deg.sum())
+            if total == 0:
+                break
+            eid = np.repeat(start - (np.cumsum(deg) - deg), deg) + np.arange(total)
+            key = np.repeat(fc * N, deg) + self.idx[eid]
+            key = key[table[key] == _FAR]
+            # One candidate per (copy, node): NumPy keeps the last of repeated assignments.
+            order = np.arange(key.size)
+            owner[key] = order
+            key = key[owner[key] == order]
+            table[key] = hop
+            fc, fj = key // N, key % N
+        pairs = np.flatnonzero(table <= max_hops)
+        copy = pairs // max(N, 1)
+        out = copy, pairs - copy * N, table[pairs].astype(np.int64)
+        return (*out, table) if return_table else out
+
+
+def hop_distances(edge_index: Tensor, num_nodes: int, sources, max_hops: int) -> Tensor:
+    """Undirected hop distance from each source to every node, up to ``max_hops``.
+
+    Returns:
+        (len(sources), N) uint8; nodes farther than ``max_hops`` (or unreachable) get 255.
+    """
+    sources = np.asarray(sources, np.int64).reshape(-1)
+    _, _, _, table = _Neighbours(edge_index, num_nodes).balls(sources, max_hops, return_table=True)
+    return torch.from_numpy(table.reshape(sources.size, num_nodes))
+
+
+def occluded_graphs(data, keep: Tensor):
+    """The graphs ``data`` restricted to each row of ``keep`` (C, N) as one PyG ``Batch``.
+
+    Node and edge masks only (no Python loop over graphs); edges survive when both their
+    endpoints are kept. Graphs left without nodes stay in the batch as empty graphs.
+    """
+    from torch_geometric.data import Batch
+
+    C, N = keep.shape
+    device = keep.device
+    copy, node = keep.nonzero(as_tuple=True)
+    new_id = torch.full((C * N,), -1, dtype=torch.long, device=device)
+    new_id[copy * N + node] = torch.arange(copy.numel(), device=device)
+    src, dst = data.edge_index
+    e_copy, e_id = (keep[:, src] & keep[:, dst]).nonzero(as_tuple=True)
+    edge_index = torch.stack([new_id[e_copy * N + src[e_id]], new_id[e_copy * N + dst[e_id]]])
+    ptr = torch.zeros(C + 1, dtype=torch.long, device=device)
+    ptr[1:] = torch.cumsum(keep.sum(1), 0)
+    out = Batch(x=data.x[node], edge_index=edge_index, batch=copy, ptr=ptr)
+    if getattr(data, "edge_attr", None) is not None:
+        out.edge_attr = data.edge_attr[e_id]
+    out._num_graphs = C
+    return out
+
+
+# ----------------------------------------------------------------------------- incremental
+
+
+class _IncrementalOcclusion:
+    """Exact occlusion of an :class:`~histoview.models.graph_nets.RSFNet` (see module doc).
+
+    Caches the full graph's pre-activations, per-node transforms and per-node pooling terms
+    once. Per chunk of occluded copies it enumerates the (copy, node) pairs within k + 3 hops
+    of each copy's centre and computes the new pre-activations of the changed nodes as one
+    sparse product per layer, whose dense operand stacks the cached transforms (sources that
+    were removed enter with minus their edge weight), the cached pre-activations (one entry
+    per changed node) and the transforms of the feature changes of the ring k + 1.
+    """
+
+    def __init__(self, model, data):
+        from histoview.models.graph_layers import channel_blocks, rsf_adjacency
+        from histoview.models.graph_nets import edge_features
+
+        self.model = model
+        self.L = L = model.edge_dim
+        x = data.x.float()
+        self.N = N = x.size(0)
+        edge_index = data.edge_index
+        adj = rsf_adjacency(edge_index, edge_features(data, L), N)
+        self.neighbours = _Neighbours(edge_index, N)
+        # In-edges of every node (CSR by target), to enumerate what each changed node receives.
+        self.in_ptr = (adj.crow_indices() // L).numpy()
+        self.in_src = (adj.col_indices()[::L] // L).numpy()
+        self.in_attr_np = adj.values().view(-1, L).numpy()
+
+        c1, c2, sa = model.conv1, model.conv2, model.assign1
+        self.H, self.C1 = H, C1 = c2.out_channels, sa.out_channels
+        # Full graph: pre-activations and per-node transforms of the layers before Pooling 1.
+        root, y1 = c1.transform(model.normalise_nodes(x))
+        pre1 = root + c1.aggregate_transformed(y1, adj) + c1.bias
+        self.h1 = torch.relu(pre1)
+        root2, y2 = c2.transform(self.h1)
+        rootS, yS = sa.transform(self.h1)
+        y2 = torch.cat([y2, yS], dim=2)  # (N, L, H + C1): Vertex Conv 2 | assignment
+        pre2 = torch.cat([root2, rootS], 1) + c2.aggregate_transformed(y2, adj)
+        pre2 = pre2 + torch.cat([c2.bias, sa.bias])
+        # Both layer-2 convolutions as one product, output blocks [root | edge 1 | ... | edge L].
+        w_edge = torch.cat(
+            [c2.lin_edge.weight.view(L, H, -1), sa.lin_edge.weight.view(L, C1, -1)], dim=1
+        ).reshape(L * (H + C1), -1)
+        self.w2 = torch.cat([c2.lin_root.weight, sa.lin_root.weight, w_edge]).t().contiguous()
+        self.z, self.s = self._activate(pre2)
+        self.u, self.gmax = self._weights(self.z)
+        s_blocks = channel_blocks(self.s, L)
+        self.m = torch.sparse.mm(adj, s_blocks)  # (N, C1 * L): rows of A S
+        # Static parts of the dense operands: rows [transforms (N * L); pre-activations (N)].
+        self.dense1 = torch.cat([y1.reshape(N * L, y1.size(2)), pre1])
+        self.dense2 = torch.cat([y2.reshape(N * L, y2.size(2)), pre2])
+        # Per-node pooling terms u_i s_i (x) z_i | u_i and s_i (x) (A S)_i, and their sums.
+        us = self.u.unsqueeze(1) * self.s
+        outer = (us.unsqueeze(2) * self.z.unsqueeze(1)).view(N, -1)
+        self.terms_u = torch.cat([outer, self.u[:, None]], 1)
+        self.us = us
+        self.terms_a = (self.s.unsqueeze(2) * self.m.unsqueeze(1)).view(N, -1)
+        self.U = (us.t() @ self.z).double()
+        self.D = self.u.double().sum()
+        self.A = (self.s.t() @ self.m).double()
+
+    def full_pooled(self) -> tuple[Tensor, Tensor]:
+        """The unoccluded graph's Pooling 1 output, from the cached sums."""
+        x1 = self.U / self.D if self.N else torch.zeros_like(self.U)
+        a1 = self.A / max(self.N, 1)
+        return x1.float().unsqueeze(0), a1.float().view(1, self.C1, self.C1, self.L)
+
+    def _activate(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.relu(pre[:, : self.H]), torch.softmax(pre[:, self.H :], dim=-1)
+
+    def _weights(self, z: Tensor, gmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Unnormalised pooling weights: 1 (mean) or exp(attention logit - shift)."""
+        att = self.model.attention
+        if att is None:
+            return z.new_ones(z.size(0)), z.new_zeros(())
+        score = att.score(z)
+        if gmax is None:
+            gmax = score.max() if score.numel() else score.new_zeros(())
+        return torch.exp(score - gmax), gmax
+
+    def _operator(self, rows, base, sign, eid, extra_col, extra_val, n_cols) -> Tensor:
+        """CSR (n_rows, n_cols): per row, its edge entries (``rows`` sorted; columns
+        ``base + l``, values ``sign * e_l``) followed by its X extra entries (n_rows, X)."""
+        L = self.L
+        n_rows, X = extra_col.shape
+        rows = np.repeat(rows, L)
+        crow = np.zeros(n_rows + 1, np.int64)
+        crow[1:] = np.cumsum(np.bincount(rows, minlength=n_rows) + X)
+        col = np.empty(crow[-1], np.int64)
+        val = np.empty(crow[-1], np.float32)
+        at = np.arange(rows.size) + X * rows
+        col[at] = (base[:, None] + np.arange(L)).reshape(-1)
+        val[at] = (self.in_attr_np[eid] * sign[:, None]).reshape(-1)
+        at = (crow[1:] - X)[:, None] + np.arange(X)
+        col[at], val[at] = extra_col, extra_val
+        return _sparse_csr(
+            torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), (n_rows, n_cols)
+        )
+
+    def pooled(self, centres, k: int):
+        """Pooling 1 output of every occluded copy: (C, C1, H), (C, C1, C1, L), the fraction
+        of pooling weight left, and which copies are empty."""
+
+        N, L, H, C1 = self.N, self.L, self.H, self.C1
+        NL = N * L + N  # rows of the static part of the dense operands
+        C = len(centres)
+        # (copy, node) pairs within k + 3 hops of the copy's centre, sorted; d3: hops.
+        c3, j3, d3, table = self.neighbours.balls(centres, k + 3, return_table=True)
+        kept3, ring1 = d3 > k, d3 == k + 1
+        kept2 = kept3 & (d3 <= k + 2)
+        rank_ring1 = np.cumsum(ring1) - 1
+        rank_kept2 = np.cumsum(kept2) - 1
+        rank_kept3 = np.cumsum(kept3) - 1
+        i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
+        pos3 = np.full(C * N, -1, np.int64)
+        pos3[c3 * N + j3] = np.arange(d3.size)
+
+        # In-edges (source -> kept target) with the source within k + 2 hops, target-sorted.
+        start = self.in_ptr[j3[i_kept3]]
+        deg = self.in_ptr[j3[i_kept3] + 1] - start
+        tgt = np.repeat(i_kept3, deg)
+        eid = np.repeat(start - (np.cumsum(deg) - deg), deg) + np.arange(int(deg.sum()))
+        src_node = self.in_src[eid]
+        src_key = c3[tgt] * N + src_node
+        d_src = table[src_key]
+        keep = np.flatnonzero(d_src <= k + 2)
+        tgt, eid, src_node, src_key = tgt[keep], eid[keep], src_node[keep], src_key[keep]
+        d_src, d_tgt = d_src[keep], d3[tgt]
+        gone = d_src <= k
+        src_pair = pos3[src_key]
+        index = torch.from_numpy
+
+        # Vertex Conv 1 on the ring k + 1: cached pre-activation minus removed sources.
+        sel = np.flatnonzero((d_tgt == k + 1) & gone)
+        op = self._operator(
+            rank_ring1[tgt[sel]], src_node[sel] * L, -np.ones(sel.size, np.float32), eid[sel],
+            (N * L + j3[i_ring1])[:, None], np.ones((i_ring1.size, 1), np.float32), NL,
+        )  # fmt: skip
+        j_ring = index(j3[i_ring1])
+        d_h1 = torch.relu(torch.sparse.mm(op, self.dense1)) - self.h1.index_select(0, j_ring)
+
+        # Vertex Conv 2 and the assignment on kept nodes within k + 2 hops.
+        t = (d_h1 @ self.w2).view(-1, H + C1)  # per ring node: root, edge 1..L
+        sel = np.flatnonzero((d_tgt <= k + 2) & (d_src <= k + 1))
+        from_ring = ~gone[sel]
+        base = np.where(from_ring, NL + rank_ring1[src_pair[sel]] * (L + 1) + 1, src_node[sel] * L)
+        own_root = NL + np.maximum(rank_ring1[i_kept2], 0) * (L + 1)
+        op = self._operator(
+            rank_kept2[tgt[sel]], base, from_ring.astype(np.float32) * 2 - 1, eid[sel],
+            np.stack([N * L + j3[i_kept2], own_root], 1),
+            np.stack([np.ones(i_kept2.size), ring1[i_kept2]], 1).astype(np.float32),
+            NL + t.size(0),
+        )  # fmt: skip
+        pre2 = torch.sparse.mm(op, torch.cat([self.dense2, t]))
+        z, s = self._activate(pre2)
+        u, _ = self._weights(z, self.gmax)
+
+        # Rows of A S of kept nodes within k + 3 hops, with the assignment changes.
+        j_kept2, j_kept3 = index(j3[i_kept2]), index(j3[i_kept3])
+        d_s = s - self.s.index_select(0, j_kept2)
+        # One sparse product per edge channel l: (A_l S)_i changes by e_ijl (s'_j - s_j).
+        col = np.where(gone, src_node, N + rank_kept2[np.maximum(src_pair, 0)])
+        sign = (~gone).astype(np.float32) * 2 - 1
+        rows = rank_kept3[tgt]
+        crow = np.zeros(i_kept3.size + 1, np.int64)
+        crow[1:] = np.cumsum(np.bincount(rows, minlength=i_kept3.size))
+        operand = torch.cat([self.s, d_s])
+        crow_t, col_t = index(crow), index(col)
+        m3 = torch.stack(
+            [
+                torch.sparse.mm(
+                    _sparse_csr(
+                        crow_t, col_t, index(self.in_attr_np[eid, lane] * sign),
+                        (i_kept3.size, operand.size(0)),
+                    ),
+                    operand,
+                )
+                for lane in range(L)
+            ],
+            dim=2,
+        ).view(-1, C1 * L)  # fmt: skip
+        m3 += self.m.index_select(0, j_kept3)
+        s3 = self.s.index_select(0, j_kept3)
+        s3[index(rank_kept3[i_kept2])] = s
+
+        # Pooling 1 (eq. 3): new minus old terms of the changed nodes, minus the cached terms
+        # of the removed ones.
+        counts2 = np.bincount(c3[i_kept2], minlength=C)
+        counts3 = np.bincount(c3[i_kept3], minlength=C)
+        removed = _indicator(c3, j3, ~kept3, C, N)
+        old_u = torch.sparse.mm(removed, self.terms_u)
+        old_a = torch.sparse.mm(removed, self.terms_a)
+        us0 = self.us.index_select(0, j_kept2)
+        d_U = _segment_outer(
+            [(u.unsqueeze(1) * s, z), (-us0, self.z.index_select(0, j_kept2))], counts2
+        )
+        d_U -= old_u[:, :-1].view(C, C1, H)
+        d_u = u - self.u.index_select(0, j_kept2)
+        d_D = torch.zeros(C).index_add_(0, index(c3[i_kept2]), d_u) - old_u[:, -1]
+        s0 = self.s.index_select(0, j_kept3)
+        m0 = self.m.index_select(0, j_kept3)
+        d_A = _segment_outer([(s3, m3), (-s0, m0)], counts3) - old_a.view(C, C1, C1 * L)
+
+        n_left = index(N - np.bincount(c3[~kept3], minlength=C))
+        mass = self.D + d_D.double()
+        x1 = (self.U + d_U.double()) / mass.clamp(min=1e-300).view(-1, 1, 1)
+        a1 = (self.A + d_A.double()) / n_left.clamp(min=1).double().view(-1, 1, 1)
+        empty = n_left == 0
+        x1[empty], a1[empty] = 0, 0
+        return x1.float(), a1.float().view(C, C1, C1, L), (mass / self.D).float(), empty
+
+
+def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
+    """Sparse (C, N) 0/1 matrix of the sorted (copy, node) pairs selected by ``mask``."""
+    if mask is not None:
+        copy, node = copy[mask], node[mask]
+    crow = np.zeros(C + 1, np.int64)
+    crow[1:] = np.cumsum(np.bincount(copy, minlength=C))
+    return _sparse_csr(
+        torch.from_numpy(crow), torch.from_numpy(node), torch.ones(node.size), (C, N)
+    )
+
+
+def _segment_outer(pairs: list[tuple[Tensor, Tensor]], counts) -> Tensor:
+    """``out[c] = sum over (a, b) in pairs of sum_r a[r] (x) b[r]`` over the ``counts[c]``
+    consecutive rows r of segment c (every ``a``, ``b`` has ``sum(counts)`` rows).
+
+    Pads every segment to the longest, places the pairs side by side along the padded row
+    axis and uses one batched matrix product.
+
+    Shapes:
+        - input: a (R, A), b (R, B), counts (C,)
+        - output: (C, A, B)
+    """
+    C, P = len(counts), len(pairs)
+    width = P * int(max(counts.max(), 1)) if C else 1
+    starts = np.cumsum(counts) - counts
+    base = np.repeat(np.arange(C) * width - starts, counts) + np.arange(int(counts.sum()))
+    a0, b0 = pairs[0]
+    ap = a0.new_zeros((C * width, a0.size(1)))
+    bp = b0.new_zeros((C * width, b0.size(1)))
+    for i, (a, b) in enumerate(pairs):
+        flat = torch.from_numpy(base + i * (width // P))
+        ap.index_copy_(0, flat, a)
+        bp.index_copy_(0, flat, b)
+    return torch.bmm(ap.view(C, width, -1).transpose(1, 2), bp.view(C, width, -1))
+
+
+def _sparse_csr(crow, col, val, size) -> Tensor:
+    from histoview.models.graph_layers import sparse_csr
+
+    return sparse_csr(crow, col, val, size)
+
+
+def _supports_incremental(model) -> bool:
+    """An RSF network on the CPU (the engine's index bookkeeping is NumPy)."""
+    from histoview.models.graph_nets import RSFNet
+
+    if not isinstance(model, RSFNet):
+        return False
+    return all(p.device.type == "cpu" for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+class _EvalMode:
+    """Evaluation mode and no autograd for the duration; restores the training flag."""
+
+    def __init__(self, model):
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self):
+        self.grad = torch.no_grad()
+        self.grad.__enter__()
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+        self.grad.__exit__(*exc)
+        return False
+
+
+def _probabilities(model, data) -> Tensor:
+    return torch.softmax(model(data).float(), dim=-1)
+
+
+def attention_importance(model, data) -> np.ndarray:
+    """Attention score of every nucleus (RSF+Attention, Sec. III-F): (N,), summing to 1.
+
+    Raises:
+        ValueError: the model has no attention layer.
+    """
+    if getattr(model, "attention", None) is None:
+        name = getattr(getattr(model, "model_config", None), "name", type(model).__name__)
+        raise ValueError(
+            f"model {name!r} has no attention layer; use importance='occlusion' instead"
+        )
+    with _EvalMode(model):
+        _, attention = model(data, return_attention=True)
+    return attention.float().cpu().numpy()
+
+
+def occlusion_importance(
+    model,
+    data,
+    *,
+    k: int = 1,
+    target_class: int | None = None,
+    batch_size: int = 256,
+    method: str = "auto",
+) -> np.ndarray:
+    """Occlusion importance of every nucleus (seed 001, eq. 5): (N,) float32.
+
+    ``score_i = p(M(G)) - p(M(G_i))``, p the probability of ``target_class`` (default: the
+    class predicted on G) and ``G_i`` the graph without nucleus i, its k-hop neighbours and
+    all their edges. A positive score: the region supports the class.
+
+    Args:
+        model: a graph model (``kind="graph"``) taking a PyG ``Data``/``Batch``.
+        data: one graph, ``Data`` with x, edge_index, edge_attr.
+        k: hops occluded around each nucleus (the paper uses 1; 2 and 3 also work).
+        target_class: class whose probability is explained.
+        batch_size: occluded graphs handled together (memory vs. speed).
+        method: ``"incremental"`` (exact, RSF networks only), ``"batched"`` (the plain
+            definition, one forward pass per chunk of occluded graphs) or ``"auto"``.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if (getattr(data, "num_graphs", None) or 1) > 1:
+        raise ValueError("occlusion explains one graph at a time; got a batch of several")
+    if method not in ("auto", "incremental", "batched"):
+        raise ValueError(f"method must be 'auto', 'incremental' or 'batched', got {method!r}")
+    if method == "auto":
+        method = "incremental" if _supports_incremental(model) else "batched"
+    elif method == "incremental" and not _supports_incremental(model):
+        raise ValueError(
+            f"incremental occlusion needs an RSF network on the CPU, got {type(model).__name__}"
+        )
+    N = data.x.size(0)
+    if N == 0:
+        return np.zeros(0, np.float32)
+    with _EvalMode(model):
+        if method == "incremental":
+            engine = _IncrementalOcclusion(model, data)
+            probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
+            neighbours = engine.neighbours
+        else:
+            engine, neighbours = None, _Neighbours(data.edge_index, N)
+            probs = _probabilities(model, data)[0]
+        target = int(probs.argmax()) if target_class is None else int(target_class)
+        if not 0 <= target < probs.numel():
+            raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
+        scores = torch.zeros(N)
+        for start in range(0, N, batch_size):
+            centres = np.arange(start, min(start + batch_size, N))
+            if engine is not None:
+                x1, a1, mass, empty = engine.pooled(centres, k)
+                p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
+                redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
+            else:
+                p = torch.empty(centres.size)
+                redo = np.arange(centres.size)
+            if redo.size:
+                copy, node, _ = neighbours.balls(centres[redo], k)
+                keep = torch.ones(redo.size, N, dtype=torch.bool)
+                keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
+                batch = occluded_graphs(data, keep)
+                p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
+            scores[start : start + centres.size] = probs[target] - p
+    return scores.numpy()
+
+
+def explain_graph(
+    model,
+    graph,
+    *,
+    importance: str = "attention",
+    k: int = 1,
+    target_class: int | None = None,
+    classes: tuple[str, ...] | None = None,
+    checkpoint_sha256: str | None = None,
+    synthetic: bool = False,
+    image_shape: tuple[int, int] | None = None,
+    outlines: tuple = (),
+    batch_size: int = 256,
+) -> Explanation:
+    """Explain a graph model's decision on one nuclei graph, one value per nucleus.
+
+    Args:
+        model: a registered graph model (RSF, RSF+Edge, RSF+Attention).
+        graph: a :class:`~histoview.preprocessing.graph.NucleiGraph`.
+        importance: ``"attention"`` (RSF+Attention only) or ``"occlusion"`` (eq. 5).
+        k: occlusion hops.
+        target_class: class explained (default: the predicted one). Attention does not
+            depend on it.
+        classes: class names (default ``("class 0", "class 1", ...)``).
+        image_shape: (height, width) of the image; default: the nuclei's bounding box.
+        outlines: per-nucleus polygons for rasterising.
+    """
+    if importance not in ("attention", "occlusion"):
+        raise ValueError(f"importance must be 'attention' or 'occlusion', got {importance!r}")
+    data = graph.to_pyg()
+    with _EvalMode(model):
+        probs = _probabilities(model, data)[0].cpu().numpy().astype(np.float64)
+    target = int(np.argmax(probs)) if target_class is None else int(target_class)
+    if importance == "attention":
+        values = attention_importance(model, data)
+    else:
+        values = occlusion_importance(model, data, k=k, target_class=target, batch_size=batch_size)
+    centroids = np.asarray(graph.centroids, np.float64).reshape(-1, 2)
+    if image_shape is None:
+        top = np.ceil(centroids.max(0)) + 1 if len(centroids) else np.ones(2)
+        image_shape = (int(top[0]), int(top[1]))
+    feats = np.asarray(graph.node_features)
+    features = {name: feats[:, i].copy() for i, name in enumerate(graph.feature_names)}
+    geometry = NucleiPoints(
+        centroids=centroids,
+        image_shape=tuple(int(v) for v in image_shape),
+        edge_index=np.asarray(graph.edge_index, np.int64),
+        edge_weight=np.asarray(graph.edge_weight, np.float32),
+        outlines=tuple(outlines),
+        features=features,
+    )
+    config = getattr(model, "model_config", None)
+    if classes is None:
+        classes = tuple(f"class {i}" for i in range(len(probs)))
+    classes = tuple(classes)
+    if len(classes) != len(probs):
+        raise ValueError(f"{len(classes)} class names for a model with {len(probs)} outputs")
+    return Explanation(
+        method="graph",
+        model=config.name if config is not None else type(model).__name__,
+        classes=classes,
+        probabilities=probs,
+        target_class=target,
+        values=np.asarray(values, np.float32),
+        geometry=geometry,
+        checkpoint_sha256=checkpoint_sha256,
+        synthetic=synthetic,
+        extra={
+            "importance": importance,
+            "k": int(k) if importance == "occlusion" else None,
+            "num_nuclei": int(len(centroids)),
+            "num_edges": int(np.asarray(graph.edge_index).shape[1]),
+        },
+    )
