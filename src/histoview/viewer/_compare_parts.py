@@ -1,0 +1,454 @@
+"""The compare view's parts that need no widget: the worker generators, layer grouping, display.
+
+* :func:`run_all_work` / :func:`analysis_work` - generators run in a napari worker thread:
+  they yield progress and new explanations and return the agreement table and the
+  faithfulness curves; they never touch layers.
+* :func:`explanation_groups` - the layers each explanation drew (nuclei: points, edges and
+  outlines), so that the side-by-side grid keeps them in one panel.
+* :func:`refresh_overlay` - what an overlay layer shows: raw values (stacked) or values
+  min-max normalised per method to [0, 1] (side by side, so that every panel shares one
+  colour scale), with values under the live threshold hidden.
+* :func:`grid_shape` - the rows x columns that make the panels largest.
+* :func:`draw_faithfulness` / :func:`fill_agreement_table` - the results in the dock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+#: every method "Run all methods" tries (Grad-CAM++ repeats Grad-CAM's model and idea)
+RUN_ALL_METHODS = ("amil", "graph", "gradcam", "dt-gradcam", "rmcg")
+#: faithfulness steps: enough for a curve, few enough to stay interactive
+FAITHFULNESS_STEPS = 10
+#: per-layer state kept by the compare view: metadata key
+STATE_KEY = "histoview_compare"
+
+
+# -- worker generators ------------------------------------------------------------------------
+def read_level(data, multiscale: bool, pixel_size_um: float | None, meta: dict):
+    """``(rgb, downsample, level, level-0 shape)`` of an image layer's data for a model."""
+    from histoview.io import to_rgb8
+
+    if not multiscale:
+        arr = np.asarray(data)
+        return to_rgb8(arr), 1.0, 0, tuple(arr.shape[:2])
+    from histoview.explain.run import MAX_LEVEL_PIXELS
+
+    level, target = 0, meta.get("pixel_size_um")
+    if pixel_size_um and target:
+        for i in range(len(data)):
+            if pixel_size_um * data[0].shape[0] / data[i].shape[0] <= target * 1.01:
+                level = i
+    while level < len(data) - 1 and data[level].shape[0] * data[level].shape[1] > MAX_LEVEL_PIXELS:
+        level += 1
+    downsample = data[0].shape[0] / data[level].shape[0]
+    return to_rgb8(np.asarray(data[level])), downsample, level, tuple(data[0].shape[:2])
+
+
+def run_all_work(data, multiscale: bool, pixel_size_um: float | None, methods: Sequence[str],
+                 load: Callable, steps: int = FAITHFULNESS_STEPS):
+    """Explain with every method whose weights load, then compare them.
+
+    Yields ``("progress", done, total, text)`` and ``("explanation", expl, predict, rgb)``;
+    returns :func:`analysis_work`'s record plus ``"skipped"``: one line per method whose
+    ``load(method)`` raised (e.g. no bundled weights).
+    """
+    from histoview.explain.faithfulness import predict_fn_for
+    from histoview.explain.run import explain_array
+    from histoview.viewer.overlays import METHOD_TITLES
+
+    total = len(methods) + 1
+    items, skipped = [], []
+    for i, method in enumerate(methods):
+        yield "progress", i, total, f"{method}: loading weights"
+        try:
+            net, meta, sha = load(method)
+        except Exception as exc:  # missing weights: list the method, go on with the others
+            skipped.append(f"{method} ({exc})")
+            continue
+        rgb, ds, level, shape0 = read_level(data, multiscale, pixel_size_um, meta)
+        mpp = pixel_size_um * ds if pixel_size_um else None
+        yield "progress", i, total, f"running {METHOD_TITLES.get(method, method)}"
+        expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp, downsample=ds,
+                             level=level, image_shape=shape0)
+        predict = predict_fn_for(method, net, meta, pixel_size_um=mpp)
+        yield "explanation", expl, predict, rgb
+        items.append((expl, predict, rgb))
+    if not items:
+        return {"agreement": None, "faithfulness": {}, "notes": [], "labels": [], "skipped": skipped}
+    result = yield from analysis_work(items, steps, done=len(methods), total=total + len(items))
+    result["skipped"] = skipped
+    return result
+
+
+def analysis_work(items: Sequence[tuple], steps: int = FAITHFULNESS_STEPS, *, done: int = 0,
+                  total: int | None = None):
+    """Agreement table and faithfulness curves of ``items`` = ``(expl, predict or None, rgb)``.
+
+    Yields ``("progress", done, total, text)``; returns ``{"agreement", "faithfulness",
+    "notes", "labels"}`` (faithfulness: label -> FaithfulnessResult, for items with a model).
+    """
+    from histoview.explain.agreement import agreement_table, method_labels
+    from histoview.explain.faithfulness import deletion_insertion
+
+    expls = [it[0] for it in items]
+    labels = method_labels(expls)
+    total = total if total is not None else len(items) + 1
+    yield "progress", done, total, "agreement: Spearman and top-10 % IoU"
+    agreement = agreement_table(dict(zip(labels, expls)), fraction=0.1)
+    faithfulness, notes = {}, []
+    for k, (label, (expl, predict, rgb)) in enumerate(zip(labels, items)):
+        if predict is None or rgb is None:
+            notes.append(f"{label}: no model loaded here, faithfulness skipped")
+            continue
+        yield "progress", done + 1 + k, total, f"faithfulness: {label}"
+        faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
+    return {"agreement": agreement, "faithfulness": faithfulness, "notes": notes, "labels": labels}
+
+
+# -- layers -----------------------------------------------------------------------------------
+def role(layer) -> str | None:
+    """``"tissue"`` / ``"spacer"`` for the layers the compare view adds, else None."""
+    return (layer.metadata.get(STATE_KEY) or {}).get("role")
+
+
+def explanation_layers(layers) -> list:
+    """The layers that hold an Explanation (one per explanation), bottom to top."""
+    return [lay for lay in layers if "histoview_explanation" in lay.metadata and role(lay) is None]
+
+
+def base_shape(layer) -> tuple[int, int]:
+    data = layer.data[0] if layer.multiscale else layer.data
+    return tuple(int(v) for v in data.shape[:2])
+
+
+def explanation_groups(layers, base) -> list[list]:
+    """Per explanation of ``base``: its layers (main layer, edges, outlines), bottom to top.
+
+    An explanation belongs to ``base`` when it was drawn over a layer of that name
+    (or, when none was, over an image of the same size).
+    """
+    mains = explanation_layers(layers)
+
+    def over(lay):
+        return (lay.metadata.get("histoview") or {}).get("explanation", {}).get("image_layer")
+
+    mine = [m for m in mains if over(m) == base.name]
+    if not mine:
+        shape = base_shape(base)
+        mine = [m for m in mains if tuple(m.metadata["histoview_explanation"].image_shape) == shape]
+    groups = []
+    for main in mine:
+        summary = (main.metadata.get("histoview") or {}).get("explanation")
+        members = [
+            lay for lay in layers
+            if lay is main or (role(lay) is None and "histoview_explanation" not in lay.metadata and (
+                (summary is not None and (lay.metadata.get("histoview") or {}).get("explanation") is summary)
+                or lay.name.startswith(main.name + ": ")))
+        ]
+        groups.append(members)
+    return groups
+
+
+def grid_shape(n: int, canvas_hw: tuple[float, float] | None, image_hw: tuple[float, float]) -> tuple[int, int]:
+    """Rows and columns for ``n`` panels that make each panel largest on the canvas."""
+    if n <= 1:
+        return 1, 1
+    ch, cw = canvas_hw or (900.0, 1200.0)
+    ih, iw = max(image_hw[0], 1), max(image_hw[1], 1)
+    best, best_size = (1, n), -1.0
+    for rows in range(1, n + 1):
+        cols = math.ceil(n / rows)
+        if (rows - 1) * cols >= n:  # an empty row
+            continue
+        size = min(cw / cols / iw, ch / rows / ih)
+        if size > best_size * 1.001:
+            best, best_size = (rows, cols), size
+    return best
+
+
+def state(layer) -> dict:
+    """The compare view's record of an overlay layer; created with its raw values the first time."""
+    st = layer.metadata.get(STATE_KEY)
+    if st is None:
+        from napari.layers import Points
+
+        if isinstance(layer, Points):
+            raw = np.asarray(layer.features["importance"], np.float32).copy()
+            limits = tuple(layer.face_contrast_limits or (0.0, 1.0))
+        else:
+            raw = np.asarray(layer.data, np.float32)
+            limits = tuple(layer.contrast_limits)
+        st = {"raw": raw, "limits": limits, "threshold": initial_threshold(layer, raw)}
+        layer.metadata[STATE_KEY] = st
+    return st
+
+
+def initial_threshold(layer, raw: np.ndarray) -> float | None:
+    """The explanation's own threshold (DT Grad-CAM), on the [0, 1] normalised scale."""
+    expl = layer.metadata.get("histoview_explanation")
+    if expl is None or expl.threshold is None:
+        return None
+    values = np.asarray(expl.values, np.float64)
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    return float(np.clip((expl.threshold - lo) / (hi - lo), 0, 1)) if hi > lo else None
+
+
+def refresh_overlay(layer, normalised: bool) -> None:
+    """Show raw or normalised values; hide those under the layer's threshold.
+
+    The threshold is on the normalised scale: ``t`` keeps values >= ``lo + t (hi - lo)``
+    of the method's own range, so the same ``t`` means the same on every method.
+    """
+    from napari.layers import Points
+
+    from histoview.explain.agreement import normalise
+
+    st = state(layer)
+    raw = st["raw"]
+    norm = normalise(raw)
+    thr = st.get("threshold")
+    keep = np.ones(raw.shape, bool) if not thr or thr <= 0 else np.isfinite(norm) & (norm >= thr)
+    if isinstance(layer, Points):
+        feats = layer.features
+        feats["normalised importance"] = norm
+        layer.features = feats
+        layer.face_color = "normalised importance" if normalised else "importance"
+        layer.face_contrast_limits = (0.0, 1.0) if normalised else st["limits"]
+        layer.shown = keep
+        return
+    shown = norm if normalised else raw
+    layer.data = np.where(keep, shown, np.nan).astype(np.float32)
+    layer.contrast_limits = (0.0, 1.0) if normalised else st["limits"]
+
+
+def threshold_text(layer, thr: float | None) -> str:
+    """The value label: the normalised threshold and what it is in the method's own units."""
+    if layer is None:
+        return "no heatmap selected"
+    if not thr or thr <= 0:
+        return "threshold: off (all values shown)"
+    raw = state(layer)["raw"]
+    finite = raw[np.isfinite(raw)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return f"showing values >= {thr:.2f} of the range (raw >= {lo + thr * (hi - lo):.4g})"
+
+
+# -- the side-by-side layout -----------------------------------------------------------------
+def grid_of(viewer):
+    """napari's grid model (``viewer.canvas.grid`` since 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def tissue_copy(viewer, base, title: str):
+    """An image layer sharing ``base``'s data (the same array object, not a copy)."""
+    kw = {"rgb": True} if base.rgb else {"colormap": base.colormap.name,
+                                         "contrast_limits": base.contrast_limits}
+    return viewer.add_image(base.data, name=f"{title} | tissue", scale=base.scale,
+                            translate=base.translate, units=base.units, multiscale=base.multiscale,
+                            metadata={STATE_KEY: {"role": "tissue"}}, **kw)
+
+
+def spacer(viewer, base):
+    """A hidden 1-pixel layer that pads a grid cell to the common stride."""
+    return viewer.add_image(np.zeros((1, 1), np.float32), name="compare spacer", visible=False,
+                            scale=base.scale, translate=base.translate, units=base.units,
+                            metadata={STATE_KEY: {"role": "spacer"}})
+
+
+def colorbar(layer):
+    """The colour bar overlay of an image layer (``colorbar``) or points (``face_colorbar``)."""
+    for attr in ("colorbar", "face_colorbar"):
+        if hasattr(layer, attr):
+            return getattr(layer, attr)
+    return None
+
+
+def fading(colormap, name: str):
+    """``colormap`` with opacity rising with value, so unimportant tissue stays visible."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    x = np.linspace(0, 1, 64)
+    colors = np.asarray(ensure_colormap(colormap).map(x), np.float32)
+    colors[:, 3] = 0.15 + 0.85 * x
+    return Colormap(colors, name=f"{name} fading", controls=x)
+
+
+def look(layer) -> dict:
+    """What :func:`panel_look` changes, to put back with :func:`restore_look`."""
+    bar = colorbar(layer)
+    out = {"name": layer.name_overlay.visible, "bar": bar is not None and bar.visible,
+           "bar_position": bar.position if bar is not None else None}
+    if hasattr(layer, "colormap") and hasattr(layer, "contrast_limits"):
+        out["colormap"] = layer.colormap
+    return out
+
+
+def panel_look(layer) -> None:
+    """The panel's title (napari's layer-name overlay), a colour bar and a fading colour map."""
+    layer.name_overlay.visible = True
+    layer.name_overlay.font_size = 10
+    layer.name_overlay.color = "white"
+    bar = colorbar(layer)
+    if bar is not None:
+        bar.position = "bottom_right"  # the title takes the top
+        bar.size = (12, 90)
+        bar.font_size = 8
+        bar.visible = True
+    if "colormap" in look(layer):
+        layer.colormap = fading(layer.colormap, layer.colormap.name)
+
+
+def restore_look(layer, saved: dict) -> None:
+    layer.name_overlay.visible = saved["name"]
+    bar = colorbar(layer)
+    if bar is not None:
+        bar.visible = saved["bar"]
+        bar.position = saved["bar_position"]
+    if "colormap" in saved:
+        layer.colormap = saved["colormap"]
+
+
+def text_overlay(viewer):
+    """The viewer's text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    return getattr(overlays, "text", None) or viewer.text_overlay
+
+
+def notice_for_grid(viewer) -> dict:
+    """Put the research-use notice below the panels (the titles take their tops); returns
+    the overlay's previous settings."""
+    from histoview import RESEARCH_NOTICE
+
+    ov = text_overlay(viewer)
+    saved = {k: getattr(ov, k) for k in ("text", "visible", "position", "font_size")}
+    ov.text = RESEARCH_NOTICE
+    ov.position, ov.font_size, ov.visible = "bottom_left", 9, True
+    return saved
+
+
+def restore_notice(viewer, saved: dict) -> None:
+    ov = text_overlay(viewer)
+    for k, v in saved.items():
+        setattr(ov, k, v)
+
+
+def reorder(layers, order: list) -> None:
+    """Move ``layers`` into ``order`` (bottom to top)."""
+    for target, lay in enumerate(order):
+        cur = layers.index(lay)
+        if cur != target:
+            layers.move(cur, target)
+
+
+# -- exports ----------------------------------------------------------------------------------
+def comparison_figure(base, expls, agreement, faithfulness):
+    """:func:`histoview.explain.report.render_figure` of ``expls`` over the image ``base``."""
+    from pathlib import Path
+
+    from histoview.explain.agreement import method_labels
+    from histoview.explain.report import render_figure
+    from histoview.io import to_rgb8
+    from histoview.viewer.overlays import METHOD_TITLES, layer_pixel_size
+
+    data = base.data
+    if base.multiscale:  # the coarsest level that still fills the figure
+        data = next((d for d in reversed(base.data) if max(d.shape[:2]) >= 1024), base.data[0])
+    image = to_rgb8(np.asarray(data))
+    mpp = layer_pixel_size(base)
+    if mpp and base.multiscale:
+        mpp *= base.data[0].shape[0] / image.shape[0]
+    labels = method_labels(expls)
+    titles = [METHOD_TITLES.get(e.method, e.method) for e in expls]
+    if len(set(titles)) < len(titles):
+        titles = labels
+    faith = {k: v for k, v in (faithfulness or {}).items() if k in labels}
+    if not agreement or list(agreement["methods"]) != labels:
+        agreement = None  # computed for other explanations: leave it out
+    source = getattr(getattr(base, "source", None), "path", None)
+    return render_figure(image, expls, titles=titles, pixel_size_um=mpp,
+                         image_name=Path(source).name if source else base.name,
+                         agreement=agreement, faithfulness=faith or None)
+
+
+def resolve_targets(paths: list, confirm: Callable[[str], bool]) -> tuple[list, bool]:
+    """``(paths, overwrite)``: the paths when none exists or ``confirm`` allows overwriting,
+    else free names (:func:`histoview.explain.base.unique_path`) - never a silent overwrite."""
+    from histoview.explain.base import unique_path
+
+    existing = [p for p in paths if p.exists()]
+    if not existing:
+        return list(paths), False
+    names = ", ".join(p.name for p in existing)
+    verb = "exists" if len(existing) == 1 else "exist"
+    if confirm(f"{names} already {verb}. Overwrite?\n(No: save under a new name.)"):
+        return list(paths), True
+    return [unique_path(p) for p in paths], False
+
+
+def annotation_paths(path, expls) -> list:
+    """``<stem>.<method>.geojson`` and ``.csv`` per explanation, beside ``path``."""
+    from pathlib import Path
+
+    from histoview.explain.agreement import method_labels
+
+    path = Path(path)
+    stem = path.name.split(".")[0] or "annotations"
+    names = ["".join(c if c.isalnum() or c in "-_" else "-" for c in lab)
+             for lab in method_labels(expls)]
+    return [path.with_name(f"{stem}.{n}.{ext}") for n in names for ext in ("geojson", "csv")]
+
+
+# -- results ----------------------------------------------------------------------------------
+def fmt(v) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
+
+def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
+    """Methods x methods in a QTableWidget: Spearman above the diagonal, top-10 % IoU below."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QHeaderView, QTableWidgetItem
+
+    table.clear()
+    names = list(agreement["methods"]) if agreement else []
+    table.setRowCount(len(names))
+    table.setColumnCount(len(names))
+    table.setHorizontalHeaderLabels(names)
+    table.setVerticalHeaderLabels(names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            rho, iou = agreement["spearman"][i][j], agreement["topk_iou"][i][j]
+            item = QTableWidgetItem("-" if i == j else fmt(rho if j > i else iou))
+            item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            item.setToolTip(f"{names[i]} vs {names[j]}: Spearman {fmt(rho)}, top-10 % IoU {fmt(iou)}")
+            table.setItem(i, j, item)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    table.resizeRowsToContents()
+    rows = sum(table.rowHeight(i) for i in range(len(names)))
+    table.setFixedHeight(table.horizontalHeader().height() + rows + 2 * table.frameWidth() + 2)
+
+
+def draw_faithfulness(fig, faithfulness: dict[str, Any]) -> None:
+    """Deletion (left) and insertion (right) curves on a Figure; one legend with the AUCs."""
+    fig.clear()
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
+        for i, (name, res) in enumerate(faithfulness.items()):
+            ax.plot(res.fractions, getattr(res, mode), color=f"C{i % 10}", lw=1.3,
+                    label=f"{name}: AUC del {res.deletion_auc:.2f}, ins {res.insertion_auc:.2f}")
+        ax.set_title(f"{mode} ({better} AUC is better)", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("fraction removed" if mode == "deletion" else "fraction revealed", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0].set_ylabel("p(explained class)", fontsize=7)
+    if faithfulness:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=1,
+                   fontsize=6.5, frameon=False)
+    fig.canvas.draw_idle()

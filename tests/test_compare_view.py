@@ -1,0 +1,261 @@
+"""The compare view in a real napari viewer, with small untrained models (no bundled weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# PyG pulls in triton; loaded after a viewer's OpenGL context exists (Mesa llvmpipe under Xvfb),
+# triton's LLVM clashes with Mesa's and the process segfaults. Load it at collection instead.
+import torch_geometric  # noqa: F401, E402
+
+pytestmark = pytest.mark.gui
+
+META = {"classes": ["benign", "malignant"]}
+SCREENSHOT = Path("/tmp/compare_check/side_by_side.png")
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from histoview.viewer._sample_data import phantom_layers
+
+    return phantom_layers("invasive", seed=0)
+
+
+@pytest.fixture(scope="module")
+def models():
+    import torch
+
+    from histoview.models import create_model
+
+    torch.manual_seed(0)
+    return {"amil": create_model("amil"), "cnn": create_model("test_cnn"),
+            "graph": create_model("test_rsf_attention")}
+
+
+@pytest.fixture(scope="module")
+def explanations(phantom, models):
+    from histoview.explain.run import explain_array
+
+    image, kwargs, _ = phantom[0]
+    mpp = kwargs["metadata"]["histoview"]["pixel_size_um"]
+    nets = {"amil": models["amil"], "graph": models["graph"], "gradcam": models["cnn"],
+            "dt-gradcam": models["cnn"]}
+    return {m: explain_array(image, m, net, META, None, pixel_size_um=mpp) for m, net in nets.items()}
+
+
+def _setup(make_napari_viewer, phantom, explanations, methods=("amil", "gradcam", "dt-gradcam"),
+           **viewer_kw):
+    from histoview.viewer._compare import CompareWidget
+    from histoview.viewer.overlays import add_explanation_layers
+
+    viewer = make_napari_viewer(**viewer_kw)
+    for data, kwargs, kind in phantom:
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    base = viewer.layers[0]
+    for m in methods:
+        add_explanation_layers(viewer, base, explanations[m])
+    widget = CompareWidget(viewer)
+    assert widget.image_layer() is base
+    return viewer, base, widget
+
+
+def _panels(viewer):
+    """Visible layers of each non-empty grid cell."""
+    out = []
+    for _, idx in viewer.canvas.grid.iter_viewboxes(viewer.layers):
+        lays = [viewer.layers[i] for i in idx if viewer.layers[i].visible]
+        if lays:
+            out.append(lays)
+    return out
+
+
+def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, models, qtbot):
+    from napari.layers import Image, Points
+
+    from histoview.explain.faithfulness import predict_fn_for
+    from histoview.viewer._compare_parts import role
+
+    methods = ("amil", "graph", "gradcam", "dt-gradcam")
+    viewer, base, widget = _setup(make_napari_viewer, phantom, explanations, methods, show=True)
+    n_before = len(viewer.layers)
+    order_before = list(viewer.layers)
+    viewer.window.resize(1600, 1000)
+    viewer.window.add_dock_widget(widget, name="Compare methods", area="right")
+    mpp = base.metadata["histoview"]["pixel_size_um"]
+    nets = {"amil": models["amil"], "graph": models["graph"], "gradcam": models["cnn"],
+            "dt-gradcam": models["cnn"]}
+    for m in methods:  # curves for the dock in the picture
+        widget.register_predictor(explanations[m], predict_fn_for(m, nets[m], META, pixel_size_um=mpp))
+    widget.steps = 3
+    widget.analyse()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    widget.side_by_side()
+
+    assert viewer.canvas.grid.enabled and widget.side_by_side_on
+    panels = _panels(viewer)
+    assert len(panels) == len(methods)
+    assert viewer.canvas.grid.stride == -3  # tissue + nuclei points + edges
+    rows, cols = viewer.canvas.grid.actual_shape(viewer.layers)
+    assert rows * cols >= len(methods) and (rows - 1) * cols < len(methods)
+    seen = []
+    for lays in panels:
+        tissue = [lay for lay in lays if role(lay) == "tissue"]
+        assert len(tissue) == 1 and tissue[0].data is base.data  # shared, never copied
+        assert lays[0] is tissue[0]  # the tissue is under the overlays
+        [main] = [lay for lay in lays if "histoview_explanation" in lay.metadata]
+        seen.append(main.metadata["histoview_explanation"].method)
+        assert main.name_overlay.visible  # the panel's title
+        if isinstance(main, Image):
+            assert tuple(main.contrast_limits) == (0.0, 1.0) and main.colorbar.visible
+            assert np.nanmax(main.data) == pytest.approx(1.0) and np.nanmin(main.data) >= 0
+        else:
+            assert isinstance(main, Points) and tuple(main.face_contrast_limits) == (0.0, 1.0)
+            assert main.face_colorbar.visible and len(lays) == 3  # points + edges in one panel
+    assert sorted(seen) == sorted(methods)
+    assert not base.visible  # the base is in no panel
+
+    qtbot.wait(300)  # let the dock settle the canvas size, then fit the panels
+    viewer.reset_view()
+    qtbot.wait(100)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(SCREENSHOT), canvas_only=False, flash=False)
+    assert SCREENSHOT.stat().st_size > 10_000
+
+    widget.stacked()
+    assert not viewer.canvas.grid.enabled and not widget.side_by_side_on
+    assert len(viewer.layers) == n_before and not [lay for lay in viewer.layers if role(lay)]
+    assert list(viewer.layers) == order_before and base.visible
+    amil = next(lay for lay in viewer.layers
+                if lay.metadata.get("histoview_explanation") is explanations["amil"])
+    grid = explanations["amil"].geometry.to_grid(explanations["amil"].values, fill=0.0)
+    np.testing.assert_allclose(amil.data, grid)  # raw values are back
+    assert not amil.colorbar.visible and not amil.name_overlay.visible
+
+
+def test_threshold_slider(make_napari_viewer, phantom, explanations):
+    viewer, base, widget = _setup(make_napari_viewer, phantom, explanations)
+    dt = next(lay for lay in viewer.layers
+              if lay.metadata.get("histoview_explanation") is explanations["dt-gradcam"])
+    viewer.layers.selection.active = dt
+    assert widget.heatmap_layer() is dt
+    # DT Grad-CAM starts at its own threshold (its values are in [0, 1])
+    assert widget.threshold_slider.value() == round(100 * explanations["dt-gradcam"].threshold)
+    raw = explanations["dt-gradcam"].values
+    widget.set_threshold(0.8)
+    assert "0.80" in widget.threshold_label.text()
+    shown = np.isfinite(dt.data)
+    np.testing.assert_array_equal(shown, raw >= 0.8)
+    np.testing.assert_allclose(dt.data[shown], raw[shown])
+    widget.set_threshold(0)
+    assert "off" in widget.threshold_label.text() and np.isfinite(dt.data).all()
+
+    gc = next(lay for lay in viewer.layers
+              if lay.metadata.get("histoview_explanation") is explanations["gradcam"])
+    viewer.layers.selection.active = gc
+    assert widget.threshold_slider.value() == 0
+    widget.set_threshold(0.5)
+    values = explanations["gradcam"].values
+    cut = values.min() + 0.5 * (values.max() - values.min())
+    np.testing.assert_array_equal(np.isfinite(gc.data), values >= cut - 1e-6)
+
+
+def test_run_all_methods_in_worker(make_napari_viewer, phantom, models, qtbot):
+    from histoview.models.checkpoint import CheckpointError
+    from histoview.viewer._compare import CompareWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = phantom[0]
+    viewer.add_image(data, **kwargs)
+    widget = CompareWidget(viewer)
+    nets = {"amil": models["amil"], "graph": models["graph"], "gradcam": models["cnn"],
+            "dt-gradcam": models["cnn"]}
+
+    def load(method):
+        if method not in nets:
+            raise CheckpointError(f"no demo weights for {method}")
+        return nets[method], dict(META), None
+
+    widget._load = load
+    widget.steps = 3
+    widget.run_all()
+    assert widget._worker is not None  # returns at once; the work runs in a thread
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=80_000)
+    assert "skipped" in widget.status.text() and "rmcg" in widget.status.text()
+    assert "error" not in widget.status.text()
+    n = len(nets)
+    assert widget.table.rowCount() == n and widget.table.columnCount() == n
+    assert widget.table.item(0, 0).text() == "-"  # Spearman above the diagonal, IoU below
+    rho = widget.agreement["spearman"][0][1]
+    assert widget.table.item(0, 1).text() == f"{rho:.2f}"
+    assert widget.table.item(1, 0).text() == f"{widget.agreement['topk_iou'][1][0]:.2f}"
+    assert set(widget.faithfulness) == set(nets)
+    for res in widget.faithfulness.values():
+        assert len(res.deletion) == 4 and 0 <= res.deletion_auc <= 1
+    assert len(widget.figure.axes) == 2 and widget.figure.axes[0].lines
+    from histoview.viewer._compare_parts import explanation_layers
+
+    assert len(explanation_layers(viewer.layers)) == n
+
+
+def test_analyse_existing_with_tiny_predictor(make_napari_viewer, phantom, explanations, qtbot):
+    viewer, base, widget = _setup(make_napari_viewer, phantom, explanations, ("amil", "gradcam"))
+
+    def predict(images):  # brighter image -> more "malignant": enough to draw curves
+        p = np.asarray(images, np.float64).mean(axis=(1, 2, 3)) / 255
+        return np.stack([1 - p, p], axis=1)
+
+    widget.register_predictor(explanations["gradcam"], predict)
+    widget.steps = 4
+    widget.analyse()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=30_000)
+    assert widget.table.rowCount() == 2
+    assert list(widget.faithfulness) == ["gradcam"]
+    assert "amil: no model" in widget.status.text()
+
+
+def test_exports_never_overwrite_silently(make_napari_viewer, phantom, explanations, tmp_path):
+    import json
+
+    viewer, base, widget = _setup(make_napari_viewer, phantom, explanations, ("amil", "dt-gradcam"))
+    asked = []
+    widget._ask_save_path = lambda caption, suggested, filters: str(tmp_path / asked.pop(0))
+    widget._confirm = lambda question: False
+
+    asked[:] = ["compare.png"]
+    png = widget.save_png()
+    assert png == tmp_path / "compare.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = png.read_bytes()
+    asked[:] = ["compare.png"]
+    again = widget.save_png()  # exists, not confirmed: a new name
+    assert again == tmp_path / "compare-1.png" and png.read_bytes() == before
+
+    asked[:] = ["report.pdf"]
+    pdf = widget.save_pdf()
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+
+    asked[:] = ["slide.geojson"]
+    files = widget.export_annotations()
+    names = sorted(p.name for p in files)
+    assert names == ["slide.amil.csv", "slide.amil.geojson", "slide.dt-gradcam.csv",
+                     "slide.dt-gradcam.geojson"]
+    assert json.loads((tmp_path / "slide.amil.geojson").read_text())["type"] == "FeatureCollection"
+    asked[:] = ["slide.geojson"]
+    assert all("-1." in p.name for p in widget.export_annotations())
+
+    widget._confirm = lambda question: True  # confirmed: overwritten in place
+    asked[:] = ["slide.geojson"]
+    assert sorted(p.name for p in widget.export_annotations()) == names
+
+
+def test_errors_reach_the_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Compare methods")
+    widget.side_by_side()  # no image
+    assert "select an image layer" in widget.status.text()
+    viewer.add_image(np.zeros((20, 30, 3), np.uint8), rgb=True)
+    widget.side_by_side()  # no explanations
+    assert "no explanations" in widget.status.text() and not viewer.canvas.grid.enabled
+    assert widget.save_png() is None  # the dialog is never reached without explanations
