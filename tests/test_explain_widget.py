@@ -50,7 +50,9 @@ def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot):
     assert tuple(cell) == (r // 28, c // 28)
     assert grid_layer.data[tuple(cell)] == pytest.approx(expl.geometry.to_grid(expl.values, fill=0)[r // 28, c // 28])
     assert "A-MIL attention" in grid_layer.name and "synthetic" in grid_layer.name
-    assert "research use only" in viewer.text_overlay.text.lower()
+    from histoview.viewer.overlays import viewer_text_overlay
+
+    assert "research use only" in viewer_text_overlay(viewer).text.lower()
     assert expl.predicted_label in widget.result.value
 
 

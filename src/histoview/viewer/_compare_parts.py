@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from histoview.viewer.overlays import fading_colormap, read_layer_for_model, viewer_text_overlay
+
 #: every method "Run all methods" tries (Grad-CAM++ repeats Grad-CAM's model and idea)
 RUN_ALL_METHODS = ("amil", "graph", "gradcam", "dt-gradcam", "rmcg")
 #: faithfulness steps: enough for a curve, few enough to stay interactive
@@ -29,26 +31,6 @@ STATE_KEY = "histoview_compare"
 
 
 # -- worker generators ------------------------------------------------------------------------
-def read_level(data, multiscale: bool, pixel_size_um: float | None, meta: dict):
-    """``(rgb, downsample, level, level-0 shape)`` of an image layer's data for a model."""
-    from histoview.io import to_rgb8
-
-    if not multiscale:
-        arr = np.asarray(data)
-        return to_rgb8(arr), 1.0, 0, tuple(arr.shape[:2])
-    from histoview.explain.run import MAX_LEVEL_PIXELS
-
-    level, target = 0, meta.get("pixel_size_um")
-    if pixel_size_um and target:
-        for i in range(len(data)):
-            if pixel_size_um * data[0].shape[0] / data[i].shape[0] <= target * 1.01:
-                level = i
-    while level < len(data) - 1 and data[level].shape[0] * data[level].shape[1] > MAX_LEVEL_PIXELS:
-        level += 1
-    downsample = data[0].shape[0] / data[level].shape[0]
-    return to_rgb8(np.asarray(data[level])), downsample, level, tuple(data[0].shape[:2])
-
-
 def run_all_work(data, multiscale: bool, pixel_size_um: float | None, methods: Sequence[str],
                  load: Callable, steps: int = FAITHFULNESS_STEPS):
     """Explain with every method whose weights load, then compare them.
@@ -70,7 +52,7 @@ def run_all_work(data, multiscale: bool, pixel_size_um: float | None, methods: S
         except Exception as exc:  # missing weights: list the method, go on with the others
             skipped.append(f"{method} ({exc})")
             continue
-        rgb, ds, level, shape0 = read_level(data, multiscale, pixel_size_um, meta)
+        rgb, ds, level, shape0 = read_layer_for_model(data, multiscale, pixel_size_um, meta)
         mpp = pixel_size_um * ds if pixel_size_um else None
         yield "progress", i, total, f"running {METHOD_TITLES.get(method, method)}"
         expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp, downsample=ds,
@@ -270,16 +252,6 @@ def colorbar(layer):
     return None
 
 
-def fading(colormap, name: str):
-    """``colormap`` with opacity rising with value, so unimportant tissue stays visible."""
-    from napari.utils.colormaps import Colormap, ensure_colormap
-
-    x = np.linspace(0, 1, 64)
-    colors = np.asarray(ensure_colormap(colormap).map(x), np.float32)
-    colors[:, 3] = 0.15 + 0.85 * x
-    return Colormap(colors, name=f"{name} fading", controls=x)
-
-
 def look(layer) -> dict:
     """What :func:`panel_look` changes, to put back with :func:`restore_look`."""
     bar = colorbar(layer)
@@ -302,7 +274,7 @@ def panel_look(layer) -> None:
         bar.font_size = 8
         bar.visible = True
     if "colormap" in look(layer):
-        layer.colormap = fading(layer.colormap, layer.colormap.name)
+        layer.colormap = fading_colormap(layer.colormap)
 
 
 def restore_look(layer, saved: dict) -> None:
@@ -315,18 +287,12 @@ def restore_look(layer, saved: dict) -> None:
         layer.colormap = saved["colormap"]
 
 
-def text_overlay(viewer):
-    """The viewer's text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
-    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
-    return getattr(overlays, "text", None) or viewer.text_overlay
-
-
 def notice_for_grid(viewer) -> dict:
     """Put the research-use notice below the panels (the titles take their tops); returns
     the overlay's previous settings."""
     from histoview import RESEARCH_NOTICE
 
-    ov = text_overlay(viewer)
+    ov = viewer_text_overlay(viewer)
     saved = {k: getattr(ov, k) for k in ("text", "visible", "position", "font_size")}
     ov.text = RESEARCH_NOTICE
     ov.position, ov.font_size, ov.visible = "bottom_left", 9, True
@@ -334,7 +300,7 @@ def notice_for_grid(viewer) -> dict:
 
 
 def restore_notice(viewer, saved: dict) -> None:
-    ov = text_overlay(viewer)
+    ov = viewer_text_overlay(viewer)
     for k, v in saved.items():
         setattr(ov, k, v)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING
 
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
 
 from histoview import RESEARCH_NOTICE
@@ -23,6 +22,7 @@ from histoview.viewer.overlays import (
     add_explanation_layers,
     explanation_title,
     layer_pixel_size,
+    read_layer_for_model,
 )
 
 if TYPE_CHECKING:
@@ -113,23 +113,12 @@ class ExplainWidget(Container):
     def _work(self, image_layer, method, entry, target_class, importance):
         """Generator run in a worker thread: yields (step, text), returns the explanation."""
         from histoview.explain.run import explain_array, load_for_method
-        from histoview.io import to_rgb8
 
         yield 1, "loading model"
         net, meta, sha = load_for_method(method, checkpoint=entry.path)
         yield 2, "reading image"
-        data = image_layer.data
         mpp = layer_pixel_size(image_layer)
-        level, downsample = 0, 1.0
-        if image_layer.multiscale:
-            level = _level_for(image_layer, meta)
-            downsample = data[0].shape[0] / data[level].shape[0]
-            arr = np.asarray(data[level])
-            shape0 = tuple(data[0].shape[:2])
-        else:
-            arr = np.asarray(data)
-            shape0 = tuple(arr.shape[:2])
-        rgb = to_rgb8(arr)
+        rgb, downsample, level, shape0 = read_layer_for_model(image_layer.data, image_layer.multiscale, mpp, meta)
         yield 3, f"running {METHOD_TITLES[method]} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
         expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=(mpp * downsample) if mpp else None,
                              target_class=target_class, importance=importance, downsample=downsample,
@@ -195,23 +184,6 @@ class ExplainWidget(Container):
 
         self.result.value = f"error: {message}"
         show_error(f"histoview: {message}")
-
-
-def _level_for(layer, meta) -> int:
-    """Pyramid level of a multiscale layer to explain: near the model's pixel size, and small enough."""
-    from histoview.explain.run import MAX_LEVEL_PIXELS
-
-    data = layer.data
-    mpp = layer_pixel_size(layer)
-    target = meta.get("pixel_size_um")
-    level = 0
-    if mpp and target:
-        for i in range(len(data)):
-            if mpp * data[0].shape[0] / data[i].shape[0] <= target * 1.01:
-                level = i
-    while level < len(data) - 1 and data[level].shape[0] * data[level].shape[1] > MAX_LEVEL_PIXELS:
-        level += 1
-    return level
 
 
 # napari passes the viewer to a dock widget's __init__ parameter annotated as a Viewer.

@@ -34,19 +34,40 @@ METHOD_COLORMAPS = {"amil": "inferno", "graph": "magma", "gradcam": "turbo", "dt
                     "gradcam++": "turbo", "rmcg": "viridis"}
 
 
-def fading_colormap(name: str):
-    """``name``'s colours with opacity rising from 0 (lowest value) to 0.9 (highest).
+def fading_colormap(colormap):
+    """A colormap (or its name) with opacity rising from 0 (lowest value) to 0.9 (highest).
 
     Unimportant tissue stays visible under the overlay instead of being tinted
     by the colormap's darkest colour.
     """
-    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
+    from napari.utils.colormaps import Colormap, ensure_colormap
 
-    base = AVAILABLE_COLORMAPS[name]
+    base = ensure_colormap(colormap)
+    name = base.name.removesuffix(" (fading)")
     x = np.linspace(0, 1, 64)
     rgba = np.asarray(base.map(x), float)
     rgba[:, 3] = 0.9 * np.clip(x / 0.6, 0, 1) ** 0.8
     return Colormap(colors=rgba, name=f"{name} (fading)", controls=x)
+
+
+def read_layer_for_model(data, multiscale: bool, pixel_size_um: float | None, meta: dict):
+    """``(rgb, downsample, level, level-0 shape)`` of an image layer's data for a model."""
+    from histoview.io import to_rgb8
+
+    if not multiscale:
+        arr = np.asarray(data)
+        return to_rgb8(arr), 1.0, 0, tuple(arr.shape[:2])
+    from histoview.explain.run import MAX_LEVEL_PIXELS
+
+    level, target = 0, meta.get("pixel_size_um")
+    if pixel_size_um and target:
+        for i in range(len(data)):
+            if pixel_size_um * data[0].shape[0] / data[i].shape[0] <= target * 1.01:
+                level = i
+    while level < len(data) - 1 and data[level].shape[0] * data[level].shape[1] > MAX_LEVEL_PIXELS:
+        level += 1
+    downsample = data[0].shape[0] / data[level].shape[0]
+    return to_rgb8(np.asarray(data[level])), downsample, level, tuple(data[0].shape[:2])
 
 
 def layer_pixel_size(layer) -> float | None:
@@ -179,8 +200,16 @@ def add_demo_explanations(viewer, image_layer, methods=("amil", "graph", "gradca
 def _set_notice(viewer, layers) -> None:
     titles = [lay.name for lay in layers if "histoview_explanation" in lay.metadata]
     text = " | ".join(titles)
-    viewer.text_overlay.text = (text + "\n" if text else "") + RESEARCH_NOTICE
-    viewer.text_overlay.visible = True
-    viewer.text_overlay.position = "top_left"
-    viewer.text_overlay.font_size = 10
-    viewer.text_overlay.color = "white"
+    overlay = viewer_text_overlay(viewer)
+    overlay.text = (text + "\n" if text else "") + RESEARCH_NOTICE
+    overlay.visible = True
+    overlay.position = "top_left"
+    overlay.font_size = 10
+    overlay.color = "white"
+
+
+def viewer_text_overlay(viewer):
+    """The canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9, else ``text_overlay``)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return getattr(overlays, "text", None) or viewer.text_overlay
