@@ -44,7 +44,7 @@ def _cmd_demo(args) -> int:
     from histoview.viewer.demo import run_demo
 
     path = run_demo(screenshot=args.screenshot, label=args.label, seed=args.seed,
-                    explanations=not args.no_explanations)
+                    explanations=not args.no_explanations, view=args.view)
     if path is not None:
         print(f"wrote {path}")
     return 0
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="invasive", choices=["benign", "in_situ", "invasive"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-explanations", action="store_true", help="show the phantom only")
+    p.add_argument("--view", default="compare", choices=["compare", "stacked"],
+                   help="compare: every method side by side with agreement and faithfulness; "
+                        "stacked: the overlays on one view")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a model from a YAML or TOML config (see training/)")

@@ -297,13 +297,16 @@ class CompareWidget(qw.QWidget):
         """Use ``predict`` (images -> probabilities) for ``expl``'s faithfulness curves."""
         self._predictors[id(expl)] = (expl, predict, image)
 
-    def run_all(self, _checked=False) -> None:
-        """Explain with every method that has weights, in a worker thread; then compare."""
+    def run_all(self, _checked=False, *, then_side_by_side: bool | None = None) -> None:
+        """Explain with every method that has weights, in a worker thread; then compare.
+
+        ``then_side_by_side``: show the panels when done (default: if they were shown before).
+        """
         base = self.image_layer()
         if base is None:
             self._error("select an image layer first")
             return
-        self._resume_side = self.side_by_side_on
+        self._resume_side = self.side_by_side_on if then_side_by_side is None else then_side_by_side
         if self.side_by_side_on:
             self.stacked()
         data = base.data if base.multiscale else np.asarray(base.data)

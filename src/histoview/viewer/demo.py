@@ -5,26 +5,42 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def populate_demo(viewer, *, label: str = "invasive", seed: int = 0, explanations: bool = True) -> None:
-    """Add the phantom sample (and the demo explanations) to ``viewer``."""
+def populate_demo(viewer, *, label: str = "invasive", seed: int = 0, explanations: bool = True,
+                  view: str = "compare"):
+    """Add the phantom sample and the demo explanations to ``viewer``.
+
+    ``view="compare"`` docks the compare widget, runs every method with bundled
+    weights in a worker and shows them side by side with agreement and
+    faithfulness; ``view="stacked"`` stacks the overlays on the tissue.
+    Returns the compare widget (or None).
+    """
     from histoview.viewer._sample_data import phantom_layers
 
     for data, kwargs, layer_type in phantom_layers(label, seed=seed):
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     image_layer = viewer.layers[0]
+    widget = None
     if explanations:
         from histoview.viewer._compat import avoid_triton_llvm_clash
-        from histoview.viewer.overlays import add_demo_explanations
 
         avoid_triton_llvm_clash()
+        if view == "compare":
+            from histoview.viewer._compare import CompareWidget
 
-        add_demo_explanations(viewer, image_layer)
+            widget = CompareWidget(viewer)
+            viewer.window.add_dock_widget(widget, name="histoview: compare methods", area="right")
+            widget.run_all(then_side_by_side=True)
+        else:
+            from histoview.viewer.overlays import add_demo_explanations
+
+            add_demo_explanations(viewer, image_layer)
     viewer.layers.selection.active = image_layer
     viewer.reset_view()
+    return widget
 
 
 def run_demo(*, screenshot: str | Path | None = None, label: str = "invasive", seed: int = 0,
-             explanations: bool = True) -> Path | None:
+             explanations: bool = True, view: str = "compare") -> Path | None:
     """Open napari with the demo; with ``screenshot`` (or without a display) write a PNG and return its path."""
     from histoview.viewer._display import has_display, virtual_display
 
@@ -37,22 +53,26 @@ def run_demo(*, screenshot: str | Path | None = None, label: str = "invasive", s
         import sys
 
         cmd = [sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(screenshot),
-               "--label", label, "--seed", str(seed)] + ([] if explanations else ["--no-explanations"])
+               "--label", label, "--seed", str(seed), "--view", view]
+        cmd += [] if explanations else ["--no-explanations"]
         with virtual_display():
             subprocess.run(cmd, check=True)
         return None
     if screenshot is not None:
-        return _screenshot(Path(screenshot), label, seed, explanations)
+        return _screenshot(Path(screenshot), label, seed, explanations, view)
     import napari
 
     viewer = napari.Viewer(title="histoview demo - research use only, not for diagnosis")
-    populate_demo(viewer, label=label, seed=seed, explanations=explanations)
+    populate_demo(viewer, label=label, seed=seed, explanations=explanations, view=view)
     napari.run()
     return None
 
 
-def _screenshot(path: Path, label: str, seed: int, explanations: bool) -> Path:
+def _screenshot(path: Path, label: str, seed: int, explanations: bool, view: str) -> Path:
+    import time
+
     import napari
+    from qtpy.QtWidgets import QApplication
 
     try:  # keep napari's one-off PyQt5 deprecation toast out of exported pictures
         import napari._qt.qt_main_window as qmw
@@ -62,11 +82,15 @@ def _screenshot(path: Path, label: str, seed: int, explanations: bool) -> Path:
         pass
     viewer = napari.Viewer(show=True, title="histoview demo - research use only, not for diagnosis")
     try:
-        viewer.window.resize(1400, 900)
-        populate_demo(viewer, label=label, seed=seed, explanations=explanations)
-        from qtpy.QtWidgets import QApplication
-
-        for _ in range(5):
+        viewer.window.resize(1600, 1000)
+        widget = populate_demo(viewer, label=label, seed=seed, explanations=explanations, view=view)
+        deadline = time.monotonic() + 900
+        while widget is not None and (widget._worker is not None or not widget.side_by_side_on):
+            QApplication.processEvents()
+            time.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise TimeoutError("the demo's explanations did not finish in 15 minutes")
+        for _ in range(10):
             QApplication.processEvents()
         path.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(path), canvas_only=False, flash=False)

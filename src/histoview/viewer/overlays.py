@@ -34,8 +34,8 @@ METHOD_COLORMAPS = {"amil": "inferno", "graph": "magma", "gradcam": "turbo", "dt
                     "gradcam++": "turbo", "rmcg": "viridis"}
 
 
-def fading_colormap(colormap):
-    """A colormap (or its name) with opacity rising from 0 (lowest value) to 0.9 (highest).
+def fading_colormap(colormap, floor: float = 0.0):
+    """A colormap (or its name) with opacity rising from ``floor`` (lowest value) to 0.9 (highest).
 
     Unimportant tissue stays visible under the overlay instead of being tinted
     by the colormap's darkest colour.
@@ -46,7 +46,7 @@ def fading_colormap(colormap):
     name = base.name.removesuffix(" (fading)")
     x = np.linspace(0, 1, 64)
     rgba = np.asarray(base.map(x), float)
-    rgba[:, 3] = 0.9 * np.clip(x / 0.6, 0, 1) ** 0.8
+    rgba[:, 3] = floor + (0.9 - floor) * np.clip(x / 0.6, 0, 1) ** 0.8
     return Colormap(colors=rgba, name=f"{name} (fading)", controls=x)
 
 
@@ -158,19 +158,19 @@ def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlin
         vecs = np.stack([geom.centroids[a], geom.centroids[b] - geom.centroids[a]], axis=1)
         weights = np.asarray(geom.edge_weight, np.float32)[keep]
         layers.append(viewer.add_vectors(
-            vecs, name=f"{name}: graph edges", edge_width=1.0,
-            vector_style="line", features={"weight": weights}, edge_color="weight", edge_colormap="gray",
-            opacity=0.6, scale=s, translate=t, metadata={"histoview": meta["histoview"]}, units=units))
+            vecs, name=f"{name}: graph edges", edge_width=0.7,
+            vector_style="line", features={"weight": weights}, edge_color="weight",
+            edge_colormap=fading_colormap("gray"), opacity=0.7, scale=s, translate=t, metadata={"histoview": meta["histoview"]}, units=units))
     if outlines and geom.outlines:
         polys = [np.asarray(p, float) for p in geom.outlines if len(p) >= 3]
         layers.append(viewer.add_shapes(polys, shape_type="polygon", name=f"{name}: outlines",
                                         edge_color="cyan", face_color="transparent", edge_width=0.8,
                                         scale=s, translate=t, visible=True, units=units))
     features = {"importance": values, **{k: np.asarray(v) for k, v in geom.features.items()}}
-    radius_px = max(3.0, geom.radius)
     layers.append(viewer.add_points(
-        geom.centroids, name=name, features=features, face_color="importance", face_colormap=cmap,
-        face_contrast_limits=_limits(values), size=2 * radius_px, border_width=0, opacity=0.9,
+        geom.centroids, name=name, features=features, face_color="importance",
+        face_colormap=fading_colormap(cmap, floor=0.35), face_contrast_limits=_limits(values),
+        size=max(4.0, geom.radius * 1.2), border_width=0, opacity=1.0,
         scale=s, translate=t, metadata=meta, units=units))
     return layers
 
