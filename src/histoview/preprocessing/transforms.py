@@ -55,6 +55,8 @@ def to_tensor(
     import torch.nn.functional as F
 
     arr = np.ascontiguousarray(image)
+    if not arr.flags.writeable:  # torch.from_numpy wants writable memory (e.g. zarr/napari views)
+        arr = arr.copy()
     if arr.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image, got dtype {arr.dtype}")
     t = torch.from_numpy(arr).float().div_(255.0)
