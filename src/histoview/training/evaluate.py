@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from histoview.training.datasets import Dataset
+from histoview.training.events import drain
 
 #: split fractions tried, in order, when a checkpoint does not record its own.
 COMMON_FRACTIONS = ((0.7, 0.15, 0.15), (0.6, 0.2, 0.2), (0.8, 0.1, 0.1), (0.5, 0.25, 0.25),
@@ -265,13 +266,7 @@ def evaluate_checkpoint(
     """
     gen = iter_evaluate_checkpoint(checkpoint, data, out_dir=out_dir, split=split, tta=tta,
                                    device=device, cache_dir=cache_dir, should_stop=should_stop)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drain(gen, progress)
 
 
 def write_evaluation(out_dir: str | os.PathLike, result: dict[str, Any], y: np.ndarray,

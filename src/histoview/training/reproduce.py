@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histoview.training.events import drain
+
 LEAK_LABEL = "image-level split: LEAKS PATIENTS"
 NOT_AVAILABLE = "not available in this version"
 METRIC_NAMES = {  # our metric key -> the papers' column name
@@ -457,13 +459,7 @@ def run_experiment(
     gen = iter_run_experiment(name, data_root, out_dir=out_dir, split_by=split_by, epochs=epochs,
                               max_images=max_images, rows=rows, device=device,
                               should_stop=should_stop)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drain(gen, progress)
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from typing import Any
 
 from histoview import SYNTHETIC_NOTICE
 from histoview.training.config import validate_config
+from histoview.training.events import drain
 
 
 def iter_train_from_config(
@@ -123,13 +124,7 @@ def train_from_config(
 ) -> dict[str, Any]:
     """Train as ``config`` says; ``progress`` receives each event. Returns checkpoint and report paths."""
     gen = iter_train_from_config(config, resume=resume, should_stop=should_stop)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drain(gen, progress)
 
 
 def _training_pixel_size(dataset, input_opts) -> float | None:
