@@ -33,6 +33,7 @@ def monuseg_dir() -> Path:
 def _user_data_dir(tmp_path_factory, monkeypatch):
     """Keep each test's per-user model library away from the real one."""
     monkeypatch.setenv("HISTOVIEW_DATA_DIR", str(tmp_path_factory.mktemp("histoview-user-data")))
+    monkeypatch.setenv("HISTOVIEW_CACHE_DIR", str(tmp_path_factory.mktemp("histoview-cache")))
 
 
 def pytest_configure(config):

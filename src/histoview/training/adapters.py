@@ -5,8 +5,8 @@
 * image (CNNs): resized to the model's input size, augmented the same way,
   normalised with the model's mean/std.
 * graph (nuclei graphs): nuclei detected and the cell graph built once per
-  image and cached on disk (keyed by the file's content and the settings),
-  then converted to a torch-geometric ``Data``.
+  image and cached on disk in a per-user cache shared by all runs (keyed by
+  the file's content and the settings), then converted to a torch-geometric ``Data``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,24 @@ from histoview.models.registry import ModelConfig
 from histoview.preprocessing.patches import extract_patches
 from histoview.preprocessing.transforms import DIHEDRAL, dihedral, random_dihedral, to_tensor
 from histoview.training.datasets import Sample
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache shared by every run (``$HISTOVIEW_CACHE_DIR`` overrides it).
+
+    Nuclei graphs (detection plus graph building, the expensive preprocessing) are stored
+    here keyed by the image file's content and the settings, so runs that share data build
+    each graph once. Patch bags are cut on the fly: slicing a decoded image is cheaper than
+    reading a cache.
+    """
+    import os
+
+    base = os.environ.get("HISTOVIEW_CACHE_DIR")
+    if base:
+        return Path(base)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("histoview", appauthor=False))
 
 
 class _ImageCache:
@@ -140,7 +158,7 @@ class GraphAdapter(InputAdapter):
         super().__init__(config, model_kwargs, options)
         self.threshold_um = float(self.options.get("graph_threshold_um", 42.0))
         self.default_pixel_size = float(self.options.get("pixel_size_um", 0.42))
-        cache = self.options.get("cache_dir")
+        cache = self.options.get("cache_dir", default_cache_dir() / "graphs")
         self.cache_dir = Path(cache) if cache else None
         self._graphs: dict[str, Any] = {}
 

@@ -421,8 +421,7 @@ def iter_run_experiment(
         if test:
             try:
                 evaluate_checkpoint(trained["checkpoint"], data, out_dir=row_dir / "evaluation",
-                                    tta=config["train"].get("tta", False), device=device,
-                                    cache_dir=row_dir / "graph_cache")
+                                    tta=config["train"].get("tta", False), device=device)
             except ValueError as exc:
                 res["notes"].append(f"no evaluation figures ({exc})")
         yield {"event": "row_done", "row": row.key, "text": _row_summary(res) + tag}

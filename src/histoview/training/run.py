@@ -37,8 +37,6 @@ def iter_train_from_config(
     model_kwargs = {**mcfg.defaults, **config.get("model_kwargs", {})}
     model = create_model(config["model"], num_classes=len(dataset.classes), **model_kwargs)
     input_opts = dict(config.get("input", {}))
-    if mcfg.kind == "graph":
-        input_opts.setdefault("cache_dir", str(Path(config["output_dir"]) / "graph_cache"))
     adapter = make_adapter(mcfg, model_kwargs, input_opts)
     synthetic = dataset.layout == "phantom"
     leak = split["by"] == "image" and dataset.has_patients
