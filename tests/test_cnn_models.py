@@ -24,6 +24,11 @@ FULL_SIZE = {
     "dalaresnet50",
     "cspresnet50_fpn_se",
     "rmcg",
+    "alexnet",
+    "resnet18-gcn",
+    "ecc",
+    "resnet18-gat",
+    "gcnii",
 }
 IMAGE_MODELS = list_models(kind="image", include_test=True)
 

@@ -168,6 +168,20 @@ def test_train_cancel_resume_then_explain(make_napari_viewer, qtbot, tiny_datase
     assert name in _names(explain)  # listed without restarting napari
     assert "model library" in widget.status.text()
 
+    # the finished model is evaluated on its test split as `histoview evaluate` does
+    evaluation = widget.evaluation
+    qtbot.waitUntil(lambda: not evaluation.running, timeout=60_000)
+    result = evaluation.last_result
+    assert result is not None, evaluation.status.text()
+    assert result["split"] == "test" and result["data"]["evaluated"] == result["overall"]["n"]
+    assert set(evaluation.canvases) == {"confusion_matrix", "roc", "pr"}
+    _assert_curves(evaluation)
+    assert evaluation.table.rowCount() == 3  # pink, purple, overall
+    folder = out / "evaluation"
+    assert {f.name for f in folder.iterdir()} >= {"metrics.json", "metrics.csv", "confusion_matrix.png",
+                                                  "roc.png", "pr.png", "predictions.csv"}
+    assert all(Path(f).parent == folder for f in result["files"].values())
+
     # the explanation widget explains an image with the new model
     rng = np.random.default_rng(1)
     image = viewer.add_image(_noise_image(COLOURS["purple"], rng), rgb=True, name="purple sample")
@@ -220,10 +234,60 @@ def test_library_rename_delete_export(make_napari_viewer, tmp_path, monkeypatch)
     assert "cannot be deleted" in panel.status.text()
 
 
+def _assert_curves(evaluation):
+    """The ROC and PR canvases draw figures whose curves hold data."""
+    for key in ("roc", "pr"):
+        fig = evaluation.figures[key]
+        assert evaluation.canvases[key].figure is fig
+        ax = fig.axes[0]
+        assert any(len(line.get_xdata()) > 1 for line in ax.lines if line.get_label() != "chance")
+    assert len(evaluation.figures["confusion_matrix"].axes) >= 2  # counts and row-normalised
+
+
+def test_evaluate_library_checkpoint(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
+    from histoview.viewer._train_widget import TrainWidget
+
+    _library_checkpoint("colours-amil")
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    panel, evaluation = widget.library, widget.evaluation
+    assert panel.select("colours-amil")
+    panel.evaluate_button.click()  # no dataset chosen yet: says so, runs nothing
+    assert "dataset" in panel.status.text() and not evaluation.running
+
+    widget.set_dataset_folder(tiny_dataset)
+    widget.device_choice.setCurrentText("cpu")
+    widget.output_edit.setText(str(tmp_path / "run"))
+    for i in range(2):
+        panel.evaluate_button.click()
+        assert evaluation.running and widget.tabs.currentIndex() == 2
+        qtbot.waitUntil(lambda: not evaluation.running, timeout=60_000)
+        result = evaluation.last_result
+        assert result is not None, evaluation.status.text()
+        # trained elsewhere (no recorded split): every image of the chosen dataset
+        assert result["split"] == "all" and result["overall"]["n"] == 16
+        _assert_curves(evaluation)
+        assert evaluation.table.rowCount() == 3
+        assert evaluation.table.item(2, 1).text() == "16"
+        name = "metrics.json" if i == 0 else "metrics-1.json"  # never overwritten
+        assert Path(result["files"]["metrics_json"]) == tmp_path / "run" / "evaluation-colours-amil" / name
+
+    # a dataset whose classes differ: the error is shown, not raised
+    other = tmp_path / "other"
+    for cls in ("a", "b"):
+        (other / cls).mkdir(parents=True)
+        (other / cls / "x.png").write_bytes((tiny_dataset / "pink" / "pink_0.png").read_bytes())
+    widget.set_dataset_folder(other)
+    panel.evaluate_button.click()
+    qtbot.waitUntil(lambda: not evaluation.running, timeout=60_000)
+    assert evaluation.last_result is None and "differ" in evaluation.status.text()
+    assert "Error" in widget.status.text()
+
+
 def test_widget_from_plugin_menu(make_napari_viewer):
     from histoview.viewer._train_widget import TrainWidget
 
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Train a model")
     assert isinstance(widget, TrainWidget)
-    assert widget.tabs.count() == 2
+    assert widget.tabs.count() == 3

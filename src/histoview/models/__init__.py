@@ -4,7 +4,14 @@ The modules below register their models when imported; listing them here,
 explicitly, is the only registration step.
 """
 
-from histoview.models import amil, attention_cnns, cnn, graph_nets, rmcg  # noqa: F401  (registration)
+from histoview.models import (  # noqa: F401  (registration)
+    amil,
+    attention_cnns,
+    cnn,
+    graph_nets,
+    pixel_graph_baselines,
+    rmcg,
+)
 from histoview.models.registry import (
     ModelConfig,
     create_model,

@@ -233,7 +233,8 @@ def iter_evaluate_checkpoint(
         yield {"event": "message", "text": f"WARNING: {text}"}
     files = write_evaluation(out_dir, result, y, probs, samples)
     yield {"event": "done", "text": f"wrote {len(files)} files to {out_dir}", "files": files}
-    return result | {"files": files}
+    # The arrays behind the figures, for callers that draw them (e.g. the napari dock).
+    return result | {"files": files, "y_true": y, "probabilities": probs}
 
 
 def evaluate_checkpoint(
@@ -275,12 +276,7 @@ def write_evaluation(out_dir: str | os.PathLike, result: dict[str, Any], y: np.n
     import json
 
     from histoview.explain.base import unique_path
-    from histoview.training.figures import (
-        confusion_matrix_figure,
-        pr_figure,
-        roc_figure,
-        save_figure,
-    )
+    from histoview.training.figures import save_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,17 +286,22 @@ def write_evaluation(out_dir: str | os.PathLike, result: dict[str, Any], y: np.n
     files["metrics_csv"] = write_metrics_csv(unique_path(out / "metrics.csv"), result)
     files["predictions_csv"] = _write_predictions(unique_path(out / "predictions.csv"), samples,
                                                   y, probs, classes, result["metrics"])
-    title = f"{result['model']} on {result['data']['layout']} ({result['split']})"
-    figures = {
-        "confusion_matrix_png": (
-            confusion_matrix_figure(result["confusion_matrix"], classes, title=title),
-            "confusion_matrix.png"),
-        "roc_png": (roc_figure(y, probs, classes, threshold=result["threshold"]), "roc.png"),
-        "pr_png": (pr_figure(y, probs, classes), "pr.png"),
-    }
-    for key, (fig, name) in figures.items():
-        files[key] = save_figure(fig, out / name)
+    for key, fig in evaluation_figures(result, y, probs).items():
+        files[f"{key}_png"] = save_figure(fig, out / f"{key}.png")
     return files
+
+
+def evaluation_figures(result: dict[str, Any], y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """The evaluation's figures (matplotlib Figures): confusion matrix, ROC and PR curves."""
+    from histoview.training.figures import confusion_matrix_figure, pr_figure, roc_figure
+
+    classes = result["classes"]
+    title = f"{result['model']} on {result['data']['layout']} ({result['split']})"
+    return {
+        "confusion_matrix": confusion_matrix_figure(result["confusion_matrix"], classes, title=title),
+        "roc": roc_figure(y, probs, classes, threshold=result["threshold"]),
+        "pr": pr_figure(y, probs, classes),
+    }
 
 
 def write_metrics_csv(path: str | os.PathLike, result: dict[str, Any]) -> Path:

@@ -188,8 +188,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
          "Table 1 calls the GCNII row 'AlexNet-GCNII', the text 'Resnet-GCNII'.",
          "As printed, RMCG's F1 (84.12) exceeds both its precision (82.15) and recall (82.09), "
          "impossible when the three are averaged alike (per class F1 <= (P + R) / 2).",
-         "AlexNet and the GNN baselines (ResNet18-GCN, ECC, ResNet18-GAT, GCNII) are not "
-         "implemented in histoview."),
+         "The seed does not describe its baselines: histoview's GNN rows are RMCG without "
+         "multi-channel attention (ResNet18 pixels, the same MI graph, two GCNConv / NNConv / "
+         "GATConv / GCN2Conv layers, mean pooling); GCNII uses the ResNet18 trunk."),
         data_note="Databiox has no reader: point at a folder with one sub-folder per grade "
                   "holding the 40X images",
     ),

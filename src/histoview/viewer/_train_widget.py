@@ -8,6 +8,8 @@ worker: progress, elapsed / remaining time and live curves update on each event,
 Cancel stops after the current step keeping the last finished epoch, and Resume
 continues from it. The finished model joins the user model library and every open
 explanation widget lists it at once (:func:`histoview.viewer._explain_widget.refresh_all`).
+The Evaluation tab shows what ``histoview evaluate`` writes for the finished model (test
+split) or a library model (:mod:`histoview.viewer._evaluation_view`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from qtpy.QtWidgets import (
 
 from histoview import RESEARCH_NOTICE
 from histoview.viewer._compat import avoid_triton_llvm_clash
+from histoview.viewer._evaluation_view import EvaluationActions
 from histoview.viewer._train_widget_parts import (
     LibraryPanel,
     RunView,
@@ -80,7 +83,7 @@ def _group(title: str, rows: list) -> QGroupBox:
     return box
 
 
-class TrainWidget(QWidget):
+class TrainWidget(EvaluationActions, QWidget):
     """Dock widget: dataset, model and options, train / cancel / resume, live curves, results."""
 
     # napari passes the viewer to the __init__ parameter annotated as a Viewer.
@@ -101,6 +104,7 @@ class TrainWidget(QWidget):
         self.events: list[dict] = []
         self.last_result: dict | None = None
         self.library_path: Path | None = None
+        self._config: dict = {}
 
         self.source_choice = QComboBox()
         self.source_choice.addItems(SOURCES)
@@ -159,6 +163,7 @@ class TrainWidget(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(scroll, "Train")
         self.tabs.addTab(self.library, "Model library")
+        self._add_evaluation_tab()
         self.tabs.currentChanged.connect(lambda i: i == 1 and self.library.refresh())
         QVBoxLayout(self).addWidget(self.tabs)
 
@@ -358,6 +363,7 @@ class TrainWidget(QWidget):
         avoid_triton_llvm_clash()
         self._stop.clear()
         self._steps, self._resumed_epoch = 1, 0
+        self._config = config
         state = Path(config["output_dir"]) / "train_state.json"
         history = json.loads(state.read_text()).get("history", []) if resume and state.exists() else []
         self.run_view.begin(("Resuming" if resume else "Starting") + f" {config['model']}: "
@@ -427,6 +433,8 @@ class TrainWidget(QWidget):
         report = json.loads(Path(result["report"]).read_text()) if result.get("report") else {}
         self.run_view.show_report(report, SYNTHETIC_WARNING)
         self._add_to_library(result["checkpoint"])
+        if report.get("test"):
+            self._evaluate_run(result["checkpoint"])
 
     def _add_to_library(self, checkpoint) -> None:
         from histoview.models.library import add_to_library

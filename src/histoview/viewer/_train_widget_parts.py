@@ -5,7 +5,7 @@
   there, else from a built-in table matching those recipes and the seed papers;
 * plain-text summaries (dataset, metrics, durations);
 * the run view: progress, live training curves, metrics and the confusion matrix;
-* the model library panel (rename, delete, export).
+* the model library panel (rename, delete, export, evaluate on a dataset).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -293,10 +293,13 @@ def _wrapped_label(text: str, style: str = "") -> QLabel:
 
 
 class LibraryPanel(QWidget):
-    """The user model library and the bundled demo weights: rename, delete, export.
+    """The user model library and the bundled demo weights: rename, delete, export, evaluate.
 
+    ``evaluate_requested`` carries the selected entry (the dock evaluates it on its dataset).
     The dialogs are methods (``_ask_text``, ``_confirm``, ``_ask_folder``) so tests replace them.
     """
+
+    evaluate_requested = Signal(object)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -311,7 +314,10 @@ class LibraryPanel(QWidget):
         self.delete_button = QPushButton("Delete...")
         self.export_button = QPushButton("Export...")
         self.refresh_button = QPushButton("Refresh")
-        for b in (self.rename_button, self.delete_button, self.export_button, self.refresh_button):
+        self.evaluate_button = QPushButton("Evaluate on dataset...")
+        self.evaluate_button.setToolTip("Metrics and figures on the dataset chosen in the Train tab")
+        for b in (self.rename_button, self.delete_button, self.export_button, self.evaluate_button,
+                  self.refresh_button):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Your models (trained here) and the bundled synthetic demo weights:"))
@@ -324,6 +330,8 @@ class LibraryPanel(QWidget):
         self.delete_button.clicked.connect(self.delete_selected)
         self.export_button.clicked.connect(self.export_selected)
         self.refresh_button.clicked.connect(self.refresh)
+        self.evaluate_button.clicked.connect(
+            lambda *_: self.selected() is not None and self.evaluate_requested.emit(self.selected()))
         self.refresh()
 
     # -- dialogs (tests override these) ----------------------------------------------------------
@@ -370,6 +378,7 @@ class LibraryPanel(QWidget):
         self.rename_button.setEnabled(user)
         self.delete_button.setEnabled(user)
         self.export_button.setEnabled(e is not None)
+        self.evaluate_button.setEnabled(e is not None)
         if e is None:
             self.details.setText("")
             return
