@@ -100,3 +100,19 @@ def test_explain_errors_are_clear(tmp_path, capsys):
     assert main(["explain", str(bad), "--method", "amil", "--checkpoint", str(tmp_path / "nope.safetensors"),
                  "--out", str(tmp_path)]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_operating_threshold_decides_the_predicted_class():
+    """A binary checkpoint's Youden threshold, not the arg-max, makes the call."""
+    from histoview.explain.run import explain_array
+
+    ph = make_phantom("invasive", preset="breakhis", seed=8_500_001)
+    net = create_model("amil").eval()
+    plain = explain_array(ph.image, "amil", net, {"classes": ["benign", "malignant"]}, None)
+    p1 = float(plain.probabilities[1])
+    assert plain.predicted_class == int(p1 >= 0.5)
+    for threshold, expected in ((p1 + 1e-4, 0), (p1 - 1e-4, 1)):
+        meta = {"classes": ["benign", "malignant"], "threshold": threshold}
+        expl = explain_array(ph.image, "amil", net, meta, None)
+        assert expl.predicted_class == expected and expl.target_class == expected
+        assert expl.summary()["predicted_class"] == ["benign", "malignant"][expected]

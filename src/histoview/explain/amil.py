@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoview.explain.base import Explanation
+from histoview.explain.base import Explanation, decide_class
 from histoview.preprocessing.patches import extract_patches
 from histoview.preprocessing.transforms import to_tensor
 
@@ -38,7 +38,8 @@ def explain_amil(
     Returns:
         An :class:`Explanation` with ``method="amil"``, one attention weight per
         patch (they sum to 1) on a :class:`PatchGrid`. Attention in A-MIL does
-        not depend on the class, so ``target_class`` is the predicted class.
+        not depend on the class, so ``target_class`` is the predicted class (decided
+        with the checkpoint's operating threshold for binary models, see ``decide_class``).
     """
     meta = meta or {}
     patch = meta.get("patch") or {}
@@ -54,16 +55,18 @@ def explain_amil(
     logits, attention = model(x, return_attention=True)
     probs = torch.softmax(logits.float(), -1)[0].cpu().numpy()
     classes = tuple(meta.get("classes") or [f"class_{i}" for i in range(len(probs))])
+    decided, operating = decide_class(probs, meta)
     return Explanation(
         method="amil",
         model=cfg.name,
         classes=classes,
         probabilities=probs,
-        target_class=int(np.argmax(probs)),
+        target_class=decided,
+        decided_class=decided,
         values=attention[0].cpu().numpy().astype(np.float32),
         geometry=grid,
         checkpoint_sha256=checkpoint_sha256,
         synthetic=bool(meta.get("synthetic", False)),
         extra={"patch_size": size, "stride": stride, "num_patches": len(grid), "level": level,
-               "grid_shape": list(grid.grid_shape)},
+               "grid_shape": list(grid.grid_shape), "operating_threshold": operating},
     )

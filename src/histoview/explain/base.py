@@ -114,6 +114,8 @@ class Explanation:
         synthetic: True when the weights are synthetic demo weights.
         threshold: threshold applied to the values, where the method uses one.
         extra: further method-specific data (JSON-serialisable).
+        decided_class: the class decided with the checkpoint's operating threshold
+            (binary models; :func:`decide_class`), None for the arg-max.
     """
 
     method: str
@@ -127,9 +129,13 @@ class Explanation:
     synthetic: bool = False
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    decided_class: int | None = None
 
     @property
     def predicted_class(self) -> int:
+        """The model's call: the operating-threshold decision when there is one, else arg-max."""
+        if self.decided_class is not None:
+            return int(self.decided_class)
         return int(np.argmax(self.probabilities))
 
     @property
@@ -166,6 +172,30 @@ class Explanation:
             out["weights_notice"] = SYNTHETIC_NOTICE
         out.update(self.extra)
         return out
+
+
+def decide_class(probabilities: np.ndarray, meta: dict) -> tuple[int, float | None]:
+    """The predicted class, using a stored operating threshold for binary models.
+
+    Training stores Youden's J optimal threshold on P(class 1) (seed 003, Sec. 5)
+    as ``meta["threshold"]``; for a binary model the prediction is class 1 when
+    ``P(class 1) >= threshold``, else class 0. Without it (or with more
+    classes) it is the arg-max. Explainers store it as ``Explanation.decided_class``,
+    which ``Explanation.predicted_class`` returns.
+
+    Args:
+        probabilities: (C,) class probabilities.
+        meta: checkpoint metadata (may hold ``"threshold"``).
+
+    Returns:
+        ``(class index, operating threshold or None)``.
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    thr = meta.get("threshold")
+    if thr is not None and len(probs) == 2:
+        return int(probs[1] >= float(thr)), float(thr)
+    return int(np.argmax(probs)), None
+
 
 
 def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoview.explain.base import DenseMap, Explanation
+from histoview.explain.base import DenseMap, Explanation, decide_class
 from histoview.preprocessing.transforms import DIHEDRAL, dihedral, inverse_dihedral, to_tensor
 
 TargetSpec = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], Any] | None
@@ -291,30 +291,6 @@ def class_names(meta: dict, num_classes: int) -> tuple[str, ...]:
     )
 
 
-def decide_class(probabilities: np.ndarray, meta: dict) -> tuple[int, float | None]:
-    """The predicted class, using a stored operating threshold for binary models.
-
-    Training stores Youden's J optimal threshold on P(class 1) (seed 003, Sec. 5)
-    as ``meta["threshold"]``; for a binary model the prediction is class 1 when
-    ``P(class 1) >= threshold``, else class 0. Without it (or with more
-    classes) it is the arg-max. ``Explanation.predicted_class`` stays the
-    arg-max of the probabilities; explainers record the thresholded decision
-    in ``extra`` (:func:`decision_extra`).
-
-    Args:
-        probabilities: (C,) class probabilities.
-        meta: checkpoint metadata (may hold ``"threshold"``).
-
-    Returns:
-        ``(class index, operating threshold or None)``.
-    """
-    probs = np.asarray(probabilities, dtype=np.float64)
-    thr = meta.get("threshold")
-    if thr is not None and len(probs) == 2:
-        return int(probs[1] >= float(thr)), float(thr)
-    return int(np.argmax(probs)), None
-
-
 def decision_extra(decided: int, threshold: float | None, classes: Sequence[str]) -> dict:
     """``extra`` entries recording an operating-threshold decision (empty without one)."""
     if threshold is None:
@@ -410,6 +386,7 @@ def explain_cnn(
         checkpoint_sha256=checkpoint_sha256 or meta.get("weights_sha256"),
         synthetic=bool(meta.get("synthetic", False)),
         threshold=threshold,
+        decided_class=decided,
         extra={
             "target_layer": cam_engine.layer_name,
             "input_size": list(cam.shape),

@@ -42,7 +42,8 @@ def explain_rmcg(
     """
     import torch
 
-    from histoview.explain.gradcam import class_names, decide_class, decision_extra
+    from histoview.explain.base import decide_class
+    from histoview.explain.gradcam import class_names, decision_extra
     from histoview.preprocessing.transforms import to_tensor
 
     image = np.asarray(image)
@@ -80,6 +81,7 @@ def explain_rmcg(
         geometry=DenseMap(image_shape=tuple(image.shape[:2])),
         checkpoint_sha256=checkpoint_sha256 or meta.get("weights_sha256"),
         synthetic=bool(meta.get("synthetic", False)),
+        decided_class=decided,
         extra={
             "node_grid": list(values.shape),
             "attention_max": peak,
