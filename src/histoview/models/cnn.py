@@ -37,6 +37,7 @@ _TORCHVISION_WEIGHTS = {
     "resnet18": "ResNet18_Weights",
     "resnet50": "ResNet50_Weights",
     "vgg16": "VGG16_Weights",
+    "alexnet": "AlexNet_Weights",
 }
 
 
@@ -207,26 +208,30 @@ class ResNetClassifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-class VGGTrunk(nn.Module):
-    """torchvision VGG16 without its last linear layer (torchvision's parameter names)."""
+class PlainTrunk(nn.Module):
+    """A torchvision VGG16 or AlexNet without its last linear layer (torchvision's names).
 
-    def __init__(self) -> None:
+    Args:
+        arch: ``"vgg16"`` or ``"alexnet"``.
+    """
+
+    def __init__(self, arch: str = "vgg16") -> None:
         super().__init__()
         import torchvision
 
-        net = torchvision.models.vgg16(weights=None)
+        net = getattr(torchvision.models, arch)(weights=None)
         self.features = net.features
         self.avgpool = net.avgpool
-        self.classifier = net.classifier[:6]  # keeps names classifier.0 / classifier.3
+        self.classifier = net.classifier[:6]  # keeps torchvision's classifier.* names
         self.num_features = 4096
 
 
-class VGGClassifier(nn.Module):
-    """VGG16 with its last linear layer (4096 -> 1000) replaced by 4096 -> ``num_classes``."""
+class PlainClassifier(nn.Module):
+    """VGG16 or AlexNet with the last linear layer (4096 -> 1000) replaced by 4096 -> ``num_classes``."""
 
-    def __init__(self, num_classes: int = 2) -> None:
+    def __init__(self, num_classes: int = 2, arch: str = "vgg16") -> None:
         super().__init__()
-        self.backbone = VGGTrunk()
+        self.backbone = PlainTrunk(arch)
         self.head = nn.Linear(self.backbone.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -373,9 +378,9 @@ def vgg16(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.M
         pretrained: False, a weights file, or True; see :func:`load_pretrained_backbone`.
 
     Returns:
-        :class:`VGGClassifier`.
+        :class:`PlainClassifier`.
     """
-    model = VGGClassifier(num_classes, **kw)
+    model = PlainClassifier(num_classes, arch="vgg16", **kw)
     load_pretrained_backbone(model.backbone, pretrained, arch="vgg16")
     return model
 

@@ -30,15 +30,13 @@ reaches it through the node features (the graph itself is built without gradient
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from histoview.models.cnn import (
+    PlainClassifier,
     ResNetTrunk,
-    _torch_hub_checkpoints,
     load_pretrained_backbone,
 )
 from histoview.models.registry import ModelConfig, register_model
@@ -50,56 +48,6 @@ GRAPH_CONVS = ("gcn", "ecc", "gat", "gcnii")
 
 
 # --------------------------------------------------------------------------- AlexNet
-
-
-class AlexNetTrunk(nn.Module):
-    """torchvision AlexNet without its last linear layer (torchvision's parameter names)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import torchvision
-
-        net = torchvision.models.alexnet(weights=None)
-        self.features = net.features
-        self.avgpool = net.avgpool
-        self.classifier = net.classifier[:6]  # keeps names classifier.1 / classifier.4
-        self.num_features = 4096
-
-
-class AlexNetClassifier(nn.Module):
-    """AlexNet with its last linear layer (4096 -> 1000) replaced by 4096 -> ``num_classes``."""
-
-    def __init__(self, num_classes: int = 2) -> None:
-        super().__init__()
-        self.backbone = AlexNetTrunk()
-        self.head = nn.Linear(self.backbone.num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(x)
-
-    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.backbone.classifier(self.backbone.avgpool(feats).flatten(1))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _alexnet_weights(pretrained: str | Path | bool) -> str | Path | bool:
-    """``pretrained=True`` -> torchvision's cached AlexNet file (never downloads)."""
-    if pretrained is not True:
-        return pretrained
-    import torchvision
-
-    url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
-    path = _torch_hub_checkpoints() / url.rsplit("/", 1)[-1]
-    if not path.is_file():
-        raise RuntimeError(
-            f"ImageNet weights for 'alexnet' are not available offline (histoview never "
-            f"downloads weights). Looked for:\n  {path}\nEither copy the file there, or pass "
-            "pretrained='/path/to/alexnet.safetensors' (or a .pth state_dict)."
-        )
-    return path
 
 
 # --------------------------------------------------------------------------- pixel-graph GNNs
@@ -253,10 +201,10 @@ def alexnet(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn
             local cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
 
     Returns:
-        :class:`AlexNetClassifier`.
+        :class:`~histoview.models.cnn.PlainClassifier`.
     """
-    model = AlexNetClassifier(num_classes, **kw)
-    load_pretrained_backbone(model.backbone, _alexnet_weights(pretrained), arch="alexnet")
+    model = PlainClassifier(num_classes, arch="alexnet", **kw)
+    load_pretrained_backbone(model.backbone, pretrained, arch="alexnet")
     return model
 
 
