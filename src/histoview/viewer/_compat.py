@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -22,3 +24,32 @@ def avoid_triton_llvm_clash() -> None:
         return
     if "libLLVM" in maps:
         sys.modules["triton"] = None  # ``import triton`` now raises ImportError
+
+
+class SignalQueue:
+    """Handle a worker's signals one at a time, in order.
+
+    napari's progress bar processes Qt events while it updates, so a later signal could
+    otherwise be handled in the middle of an earlier one. A handler's exception goes to
+    ``on_error`` (shown in the widget), never into napari.
+    """
+
+    def __init__(self, on_error: Callable[[str], None]):
+        self._inbox: deque = deque()
+        self._draining = False
+        self._on_error = on_error
+
+    def post(self, handler: Callable, *args) -> None:
+        self._inbox.append((handler, args))
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._inbox:
+                handler, args = self._inbox.popleft()
+                try:
+                    handler(*args)
+                except Exception as exc:
+                    self._on_error(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._draining = False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from histoview.viewer._compat import SignalQueue
 
 #: figure key -> tab title (the keys match the files evaluate writes: ``<key>.png``)
 FIGURES = (("confusion_matrix", "Confusion matrix"), ("roc", "ROC"), ("pr", "Precision-recall"))
@@ -92,8 +93,7 @@ class EvaluationView(QWidget):
         self.on_error = on_error
         self._stop = threading.Event()
         self._pbar = None
-        self._inbox: deque = deque()
-        self._draining = False
+        self._signals = SignalQueue(lambda message: self.report_error(message))
         self.status = QLabel("Evaluations appear here: after a training run (its test split), or "
                              "from the model library's 'Evaluate on dataset...'.")
         self.status.setWordWrap(True)
@@ -174,19 +174,7 @@ class EvaluationView(QWidget):
 
     # -- worker signals, handled one at a time and in order (see TrainWidget._post) ----------------
     def _post(self, handler, *args) -> None:
-        self._inbox.append((handler, args))
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            while self._inbox:
-                handler, args = self._inbox.popleft()
-                try:
-                    handler(*args)
-                except Exception as exc:  # shown in the widget, never raised into napari
-                    self.report_error(f"{type(exc).__name__}: {exc}")
-        finally:
-            self._draining = False
+        self._signals.post(handler, *args)
 
     def _on_event(self, ev: dict) -> None:
         from napari.utils import progress

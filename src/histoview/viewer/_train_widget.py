@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from histoview import RESEARCH_NOTICE
-from histoview.viewer._compat import avoid_triton_llvm_clash
+from histoview.viewer._compat import SignalQueue, avoid_triton_llvm_clash
 from histoview.viewer._evaluation_view import EvaluationActions
 from histoview.viewer._train_widget_parts import (
     LibraryPanel,
@@ -99,8 +98,7 @@ class TrainWidget(EvaluationActions, QWidget):
         self._recipe: dict = {}
         self._auto = {"name": "", "output": ""}
         self._steps, self._resumed_epoch = 1, 0
-        self._inbox: deque = deque()
-        self._draining = False
+        self._signals = SignalQueue(lambda message: self._report_error(message))
         self.events: list[dict] = []
         self.last_result: dict | None = None
         self.library_path: Path | None = None
@@ -380,24 +378,7 @@ class TrainWidget(EvaluationActions, QWidget):
         worker.start()
 
     def _post(self, handler, *args) -> None:
-        """Handle the worker's signals one at a time, in order.
-
-        napari's progress bar processes Qt events while it updates, so a later signal
-        could otherwise be handled in the middle of an earlier one.
-        """
-        self._inbox.append((handler, args))
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            while self._inbox:
-                handler, args = self._inbox.popleft()
-                try:
-                    handler(*args)
-                except Exception as exc:  # shown in the widget, never raised into napari
-                    self._report_error(f"{type(exc).__name__}: {exc}")
-        finally:
-            self._draining = False
+        self._signals.post(handler, *args)
 
     def _on_event(self, ev: dict) -> None:
         self.events.append(ev)
