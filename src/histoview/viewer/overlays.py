@@ -199,7 +199,7 @@ def add_demo_explanations(viewer, image_layer, methods=("amil", "graph", "gradca
 
 def _set_notice(viewer, layers) -> None:
     titles = [lay.name for lay in layers if "histoview_explanation" in lay.metadata]
-    text = " | ".join(titles)
+    text = "\n".join(titles)
     overlay = viewer_text_overlay(viewer)
     overlay.text = (text + "\n" if text else "") + RESEARCH_NOTICE
     overlay.visible = True
