@@ -20,20 +20,24 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
-def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate, thresholds) for a binary problem."""
+def _ranked_counts(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """At each distinct score, from the highest down: true positives, predicted positives,
+    the score itself; plus the number of positives."""
     y = np.asarray(y_true, bool)
     s = np.asarray(scores, float)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
     distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[distinct]
-    fps = (distinct + 1) - tps
-    P, N = max(y.sum(), 1), max((~y).sum(), 1)
-    tpr = np.r_[0.0, tps / P]
-    fpr = np.r_[0.0, fps / N]
-    thresholds = np.r_[np.inf, s[distinct]]
-    return fpr, tpr, thresholds
+    return np.cumsum(y)[distinct], distinct + 1, s[distinct], int(y.sum())
+
+
+def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, thresholds) for a binary problem."""
+    tps, predicted, cut, positives = _ranked_counts(y_true, scores)
+    negatives = len(np.asarray(y_true)) - positives
+    tpr = np.r_[0.0, tps / max(positives, 1)]
+    fpr = np.r_[0.0, (predicted - tps) / max(negatives, 1)]
+    return fpr, tpr, np.r_[np.inf, cut]
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -46,15 +50,9 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 
 def precision_recall_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true, bool)
-    s = np.asarray(scores, float)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[distinct]
-    precision = tps / (distinct + 1)
-    recall = tps / max(y.sum(), 1)
-    return np.r_[1.0, precision], np.r_[0.0, recall]
+    """(precision, recall) from the highest score down, starting at (1, 0)."""
+    tps, predicted, _, positives = _ranked_counts(y_true, scores)
+    return np.r_[1.0, tps / predicted], np.r_[0.0, tps / max(positives, 1)]
 
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
