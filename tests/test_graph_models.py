@@ -17,13 +17,8 @@ FULL = ("rsf", "rsf-edge", "rsf-attention")
 TINY = ("test_rsf", "test_rsf_edge", "test_rsf_attention")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Graphs here are tiny: one thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny graphs: one thread is faster and immune to a busy machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_graph(n: int, *, radius: float = 0.3, seed: int = 0, F=NODE_FEATURES, L=EDGE_FEATURES):

@@ -26,13 +26,8 @@ TINY = ("test_rsf", "test_rsf_edge", "test_rsf_attention")
 FULL = ("rsf", "rsf-edge", "rsf-attention")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Graphs here are tiny: one thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny graphs: one thread is faster and immune to a busy machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_graph(n: int = 40, *, radius: float = 0.22, seed: int = 0) -> Data:
