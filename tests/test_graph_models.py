@@ -175,6 +175,33 @@ def test_rsf_conv_is_eq2_and_matches_nnconv():
     assert "RSFConv(5, 7, edge_dim=3)" == repr(conv)
 
 
+def test_sparse_pooling_weights_features_and_relations():
+    """Pooling 1 (eq. 3 with node weights w): V' = S^T diag(w) Z and A'_l = S^T diag(w) A_l S,
+    so a nucleus without weight contributes neither its features nor its edges."""
+    from histoview.models.graph_layers import rsf_adjacency, sparse_embed_pool
+
+    g = random_graph(12, seed=4)
+    n, L = g.num_nodes, EDGE_FEATURES
+    torch.manual_seed(0)
+    z, s = torch.randn(n, 5), torch.softmax(torch.randn(n, 3), -1)
+    w = torch.softmax(torch.randn(n, 2), 0)
+    w[0] = 0.0
+    adj = rsf_adjacency(g.edge_index, g.edge_attr, n)
+    batch = torch.zeros(n, dtype=torch.long)
+    x1, a1 = sparse_embed_pool(z, s, w, adj, L, batch, 1)
+    dense = torch.zeros(n, n, L)
+    dense[g.edge_index[1], g.edge_index[0]] = g.edge_attr
+    for k in range(2):
+        ws = s * w[:, k : k + 1]
+        torch.testing.assert_close(x1[0, k], ws.t() @ z)
+        expected = torch.einsum("ip,ijl,jq->pql", ws, dense, s)
+        torch.testing.assert_close(a1[0, k], expected)
+    # A nucleus without weight contributes no features.
+    z2 = z.clone()
+    z2[0] += 10.0
+    torch.testing.assert_close(sparse_embed_pool(z2, s, w, adj, L, batch, 1)[0], x1)
+
+
 def test_dense_pooling_is_diffpool():
     from torch_geometric.nn import dense_diff_pool
 

@@ -48,10 +48,10 @@ def random_graph(n: int = 40, *, radius: float = 0.22, seed: int = 0) -> Data:
     )
 
 
-def sharpened(name: str, seed: int = 0):
+def sharpened(name: str, seed: int = 0, **kwargs):
     """An untrained model whose output moves a lot with its input, so scores are not tiny."""
     torch.manual_seed(seed)
-    model = create_model(name).eval()
+    model = create_model(name, **kwargs).eval()
     with torch.no_grad():
         model.head[-1].weight.mul_(30.0)
         model.set_node_normalisation(
@@ -90,6 +90,23 @@ def test_occlusion_matches_plain_definition(name):
             got = occlusion_importance(model, data, k=k, method=method, batch_size=11)
             assert got.shape == (data.num_nodes,) and got.dtype == np.float32
             np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{method} k={k}")
+
+
+def test_classwise_attention_occlusion_and_attention():
+    """One attention branch per class: occlusion stays exact, attention follows the class."""
+    model = sharpened("test_rsf_attention", num_classes=3, classwise_attention=True)
+    data = random_graph(seed=2)
+    with torch.no_grad():
+        logits, att = model(data, return_attention=True)
+    for target in range(3):
+        expected = plain_occlusion(model, data, 1, target)
+        got = occlusion_importance(model, data, k=1, target_class=target, batch_size=13)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    per_class = [attention_importance(model, data, target_class=c) for c in range(3)]
+    for a in per_class:
+        assert a.shape == (data.num_nodes,) and abs(a.sum() - 1) < 1e-5
+    assert np.abs(per_class[0] - per_class[1]).max() > 1e-4  # each class has its own scores
+    np.testing.assert_allclose(per_class[int(logits.argmax())], att.numpy(), atol=1e-7)
 
 
 @pytest.mark.parametrize("name", FULL)

@@ -71,6 +71,13 @@ class _Neighbours:
         self.ptr[1:] = np.cumsum(np.bincount(row, minlength=num_nodes))
         self.num_nodes = num_nodes
 
+    def size_order(self) -> np.ndarray:
+        """Nodes sorted by the number of 2-step walks from them (their degree plus their
+        neighbours' degrees), a cheap proxy for the size of their k-hop balls."""
+        deg = np.diff(self.ptr)
+        walks = deg + np.add.reduceat(np.append(deg[self.idx], 0), self.ptr[:-1]) * (deg > 0)
+        return np.argsort(walks, kind="stable")
+
     def balls(self, centres, max_hops: int, *, return_table: bool = False):
         """All (copy, node) pairs within ``max_hops`` of ``centres[copy]``, sorted, with their
         hop distance: three (P,) int64 arrays (and the (C * N,) uint8 distance table, 255
@@ -159,6 +166,7 @@ class _IncrementalOcclusion:
 
         self.model = model
         self.L = L = model.edge_dim
+        self._buffers: dict[str, Tensor] = {}
         x = data.x.float()
         self.N = N = x.size(0)
         edge_index = data.edge_index
@@ -186,39 +194,56 @@ class _IncrementalOcclusion:
         ).reshape(L * (H + C1), -1)
         self.w2 = torch.cat([c2.lin_root.weight, sa.lin_root.weight, w_edge]).t().contiguous()
         self.z, self.s = self._activate(pre2)
-        self.u, self.gmax = self._weights(self.z)
+        self.u, self.gmax = self._weights(self.z)  # (N, K): one column per attention branch
+        self.K = K = self.u.size(1)
         s_blocks = channel_blocks(self.s, L)
         self.m = torch.sparse.mm(adj, s_blocks)  # (N, C1 * L): rows of A S
         # Static parts of the dense operands: rows [transforms (N * L); pre-activations (N)].
         self.dense1 = torch.cat([y1.reshape(N * L, y1.size(2)), pre1])
         self.dense2 = torch.cat([y2.reshape(N * L, y2.size(2)), pre2])
-        # Per-node pooling terms u_i s_i (x) z_i | u_i and s_i (x) (A S)_i, and their sums.
-        us = self.u.unsqueeze(1) * self.s
+        # Per-node pooling terms u_ik s_i (x) z_i | u_ik and u_ik s_i (x) (A S)_i for every
+        # branch k, and their sums; both pooled outputs of branch k are divided by its total
+        # weight D_k (n without attention).
+        us = self._spread(self.u, self.s)  # (N, K * C1)
         outer = (us.unsqueeze(2) * self.z.unsqueeze(1)).view(N, -1)
-        self.terms_u = torch.cat([outer, self.u[:, None]], 1)
+        self.terms_u = torch.cat([outer, self.u], 1)
         self.us = us
-        self.terms_a = (self.s.unsqueeze(2) * self.m.unsqueeze(1)).view(N, -1)
-        self.U = (us.t() @ self.z).double()
-        self.D = self.u.double().sum()
-        self.A = (self.s.t() @ self.m).double()
+        self.terms_a = (us.unsqueeze(2) * self.m.unsqueeze(1)).view(N, -1)
+        self.U = (us.t() @ self.z).double()  # (K * C1, H)
+        self.D = self.u.double().sum(0)  # (K,)
+        self.A = (us.t() @ self.m).double()  # (K * C1, C1 * L)
+
+    @staticmethod
+    def _spread(u: Tensor, s: Tensor) -> Tensor:
+        """Per-branch weighted assignments: (R, K) and (R, C1) to (R, K * C1)."""
+        return (u.unsqueeze(2) * s.unsqueeze(1)).flatten(1)
+
+    def _normalised(self, U, A, D) -> tuple[Tensor, Tensor]:
+        """Pooled sums of C graphs, (C, K * C1, H) and (C, K * C1, C1 * L), divided by their
+        branch weights D (C, K): (C, K, C1, H) and (C, K, C1, C1, L) float32."""
+        C, K, C1, L = D.size(0), self.K, self.C1, self.L
+        norm = D.clamp(min=1e-300).view(C, K, 1, 1)
+        x1 = U.view(C, K, C1, -1) / norm
+        a1 = A.view(C, K, C1, C1 * L) / norm
+        return x1.float(), a1.float().view(C, K, C1, C1, L)
 
     def full_pooled(self) -> tuple[Tensor, Tensor]:
         """The unoccluded graph's Pooling 1 output, from the cached sums."""
-        x1 = self.U / self.D if self.N else torch.zeros_like(self.U)
-        a1 = self.A / max(self.N, 1)
-        return x1.float().unsqueeze(0), a1.float().view(1, self.C1, self.C1, self.L)
+        if not self.N:
+            return self._normalised(self.U[None] * 0, self.A[None] * 0, self.D[None] + 1)
+        return self._normalised(self.U[None], self.A[None], self.D[None])
 
     def _activate(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         return torch.relu(pre[:, : self.H]), torch.softmax(pre[:, self.H :], dim=-1)
 
     def _weights(self, z: Tensor, gmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Unnormalised pooling weights: 1 (mean) or exp(attention logit - shift)."""
+        """Unnormalised pooling weights (N, K): 1 (mean) or exp(attention logit - shift)."""
         att = self.model.attention
         if att is None:
-            return z.new_ones(z.size(0)), z.new_zeros(())
+            return z.new_ones(z.size(0), 1), z.new_zeros(1)
         score = att.score(z)
         if gmax is None:
-            gmax = score.max() if score.numel() else score.new_zeros(())
+            gmax = score.max(0).values if score.size(0) else score.new_zeros(score.size(1))
         return torch.exp(score - gmax), gmax
 
     def _operator(self, rows, base, sign, eid, extra_col, extra_val, n_cols) -> Tensor:
@@ -241,8 +266,8 @@ class _IncrementalOcclusion:
         )
 
     def pooled(self, centres, k: int):
-        """Pooling 1 output of every occluded copy: (C, C1, H), (C, C1, C1, L), the fraction
-        of pooling weight left, and which copies are empty."""
+        """Pooling 1 output of every occluded copy: (C, K, C1, H), (C, K, C1, C1, L), the
+        fraction of pooling weight left (the smallest over branches), which copies are empty."""
 
         N, L, H, C1 = self.N, self.L, self.H, self.C1
         NL = N * L + N  # rows of the static part of the dense operands
@@ -294,37 +319,31 @@ class _IncrementalOcclusion:
             np.stack([np.ones(i_kept2.size), ring1[i_kept2]], 1).astype(np.float32),
             NL + t.size(0),
         )  # fmt: skip
-        pre2 = torch.sparse.mm(op, torch.cat([self.dense2, t]))
+        dense = self._buffer("dense2", NL + t.size(0), t.size(1), static=self.dense2)
+        dense[NL:] = t
+        pre2 = torch.sparse.mm(op, dense)
         z, s = self._activate(pre2)
         u, _ = self._weights(z, self.gmax)
 
         # Rows of A S of kept nodes within k + 3 hops, with the assignment changes.
         j_kept2, j_kept3 = index(j3[i_kept2]), index(j3[i_kept3])
         d_s = s - self.s.index_select(0, j_kept2)
-        # One sparse product per edge channel l: (A_l S)_i changes by e_ijl (s'_j - s_j).
+        # (A_l S)_i changes by e_ijl (s'_j - s_j): one sparse product with a row per (edge
+        # channel l, node), each holding the node's in-edges (sorted by target) for that l.
         col = np.where(gone, src_node, N + rank_kept2[np.maximum(src_pair, 0)])
         sign = (~gone).astype(np.float32) * 2 - 1
-        rows = rank_kept3[tgt]
-        crow = np.zeros(i_kept3.size + 1, np.int64)
-        crow[1:] = np.cumsum(np.bincount(rows, minlength=i_kept3.size))
+        n3, E = i_kept3.size, tgt.size
+        crow = np.zeros(n3 + 1, np.int64)
+        crow[1:] = np.cumsum(np.bincount(rank_kept3[tgt], minlength=n3))
+        crow = np.append((crow[:-1] + E * np.arange(L)[:, None]).reshape(-1), L * E)
+        val = (self.in_attr_np[eid] * sign[:, None]).T.reshape(-1)  # lane-major
         operand = torch.cat([self.s, d_s])
-        crow_t, col_t = index(crow), index(col)
-        m3 = torch.stack(
-            [
-                torch.sparse.mm(
-                    _sparse_csr(
-                        crow_t, col_t, index(self.in_attr_np[eid, lane] * sign),
-                        (i_kept3.size, operand.size(0)),
-                    ),
-                    operand,
-                )
-                for lane in range(L)
-            ],
-            dim=2,
-        ).view(-1, C1 * L)  # fmt: skip
+        op = _sparse_csr(index(crow), index(np.tile(col, L)), index(val), (L * n3, operand.size(0)))
+        m3 = torch.sparse.mm(op, operand).view(L, n3, C1).permute(1, 2, 0).reshape(n3, C1 * L)
         m3 += self.m.index_select(0, j_kept3)
-        s3 = self.s.index_select(0, j_kept3)
-        s3[index(rank_kept3[i_kept2])] = s
+        us2 = self._spread(u, s)
+        us3 = self.us.index_select(0, j_kept3)
+        us3[index(rank_kept3[i_kept2])] = us2
 
         # Pooling 1 (eq. 3): new minus old terms of the changed nodes, minus the cached terms
         # of the removed ones.
@@ -333,25 +352,67 @@ class _IncrementalOcclusion:
         removed = _indicator(c3, j3, ~kept3, C, N)
         old_u = torch.sparse.mm(removed, self.terms_u)
         old_a = torch.sparse.mm(removed, self.terms_a)
-        us0 = self.us.index_select(0, j_kept2)
-        d_U = _segment_outer(
-            [(u.unsqueeze(1) * s, z), (-us0, self.z.index_select(0, j_kept2))], counts2
+        K = self.K
+        neg_us = -self.us
+        d_U = self._segment_outer(
+            [(us2, z, None), (neg_us.index_select(0, j_kept2), self.z, j3[i_kept2])], counts2
         )
-        d_U -= old_u[:, :-1].view(C, C1, H)
+        d_U -= old_u[:, :-K].view(C, K * C1, H)
         d_u = u - self.u.index_select(0, j_kept2)
-        d_D = torch.zeros(C).index_add_(0, index(c3[i_kept2]), d_u) - old_u[:, -1]
-        s0 = self.s.index_select(0, j_kept3)
-        m0 = self.m.index_select(0, j_kept3)
-        d_A = _segment_outer([(s3, m3), (-s0, m0)], counts3) - old_a.view(C, C1, C1 * L)
+        d_D = torch.zeros(C, K).index_add_(0, index(c3[i_kept2]), d_u) - old_u[:, -K:]
+        d_A = self._segment_outer(
+            [(us3, m3, None), (neg_us.index_select(0, j_kept3), self.m, j3[i_kept3])], counts3
+        )
+        d_A -= old_a.view(C, K * C1, C1 * L)
 
         n_left = index(N - np.bincount(c3[~kept3], minlength=C))
-        mass = self.D + d_D.double()
-        x1 = (self.U + d_U.double()) / mass.clamp(min=1e-300).view(-1, 1, 1)
-        a1 = (self.A + d_A.double()) / n_left.clamp(min=1).double().view(-1, 1, 1)
+        mass = self.D + d_D.double()  # (C, K)
+        x1, a1 = self._normalised(self.U + d_U.double(), self.A + d_A.double(), mass)
         empty = n_left == 0
         x1[empty], a1[empty] = 0, 0
-        return x1.float(), a1.float().view(C, C1, C1, L), (mass / self.D).float(), empty
+        return x1, a1, (mass / self.D).min(1).values.float(), empty
 
+
+    def _buffer(self, name: str, rows: int, width: int, static: Tensor | None = None) -> Tensor:
+        """A reusable (rows, width) work tensor, zeroed, or starting with the rows of
+        ``static`` (written once, never changed) when given. Reusing the memory avoids the page
+        faults of fresh multi-megabyte allocations for every chunk."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.size(0) < rows or buf.size(1) != width:
+            buf = torch.zeros(int(rows * 1.25) + 1, width)
+            if static is not None:
+                buf[: static.size(0)] = static
+            self._buffers[name] = buf
+        return buf[:rows] if static is not None else buf[:rows].zero_()
+
+    def _segment_outer(self, terms, counts) -> Tensor:
+        """``out[c] = sum over (a, b, rows) in terms of sum_r a[r] (x) b[rows[r]]`` over the
+        ``counts[c]`` consecutive rows r of segment c (``rows`` None: b's own rows).
+
+        Each term is one sparse product: a (C * A, len(b)) CSR matrix whose row (c, alpha)
+        holds column alpha of segment c of ``a`` at b's rows, times ``b``. No padding, and
+        ``b`` is read in place (cached per-node tensors are indexed, never gathered).
+
+        Shapes:
+            - input: a (R, A), b (M, B), rows (R,) or None, counts (C,)
+            - output: (C, A, B)
+        """
+        C, R = len(counts), int(np.sum(counts))
+        A, B = terms[0][0].size(1), terms[0][1].size(1)
+        starts = np.cumsum(counts) - counts
+        seg = np.repeat(np.arange(C), counts)
+        crow = np.append((A * starts[:, None] + counts[:, None] * np.arange(A)).reshape(-1), A * R)
+        pos = (A * starts[seg] + np.arange(R) - starts[seg])[:, None] + counts[seg, None] * np.arange(A)
+        pos_t, crow_t = torch.from_numpy(pos.reshape(-1)), torch.from_numpy(crow)
+        out = None
+        for a, b, rows in terms:
+            col = np.empty(R * A, np.int64)
+            col[pos] = (np.arange(R) if rows is None else rows)[:, None]
+            val = a.new_empty(R * A).index_copy_(0, pos_t, a.reshape(-1))
+            op = _sparse_csr(crow_t, torch.from_numpy(col), val, (C * A, b.size(0)))
+            prod = torch.sparse.mm(op, b)
+            out = prod if out is None else out.add_(prod)
+        return out.view(C, A, B)
 
 def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
     """Sparse (C, N) 0/1 matrix of the sorted (copy, node) pairs selected by ``mask``."""
@@ -362,31 +423,6 @@ def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
     return _sparse_csr(
         torch.from_numpy(crow), torch.from_numpy(node), torch.ones(node.size), (C, N)
     )
-
-
-def _segment_outer(pairs: list[tuple[Tensor, Tensor]], counts) -> Tensor:
-    """``out[c] = sum over (a, b) in pairs of sum_r a[r] (x) b[r]`` over the ``counts[c]``
-    consecutive rows r of segment c (every ``a``, ``b`` has ``sum(counts)`` rows).
-
-    Pads every segment to the longest, places the pairs side by side along the padded row
-    axis and uses one batched matrix product.
-
-    Shapes:
-        - input: a (R, A), b (R, B), counts (C,)
-        - output: (C, A, B)
-    """
-    C, P = len(counts), len(pairs)
-    width = P * int(max(counts.max(), 1)) if C else 1
-    starts = np.cumsum(counts) - counts
-    base = np.repeat(np.arange(C) * width - starts, counts) + np.arange(int(counts.sum()))
-    a0, b0 = pairs[0]
-    ap = a0.new_zeros((C * width, a0.size(1)))
-    bp = b0.new_zeros((C * width, b0.size(1)))
-    for i, (a, b) in enumerate(pairs):
-        flat = torch.from_numpy(base + i * (width // P))
-        ap.index_copy_(0, flat, a)
-        bp.index_copy_(0, flat, b)
-    return torch.bmm(ap.view(C, width, -1).transpose(1, 2), bp.view(C, width, -1))
 
 
 def _sparse_csr(crow, col, val, size) -> Tensor:
@@ -429,8 +465,11 @@ def _probabilities(model, data) -> Tensor:
     return torch.softmax(model(data).float(), dim=-1)
 
 
-def attention_importance(model, data) -> np.ndarray:
+def attention_importance(model, data, target_class: int | None = None) -> np.ndarray:
     """Attention score of every nucleus (RSF+Attention, Sec. III-F): (N,), summing to 1.
+
+    With class-wise attention (one branch per class) the scores are those of the branch of
+    ``target_class`` (default: the predicted class): what the model looked at to call it.
 
     Raises:
         ValueError: the model has no attention layer.
@@ -441,7 +480,12 @@ def attention_importance(model, data) -> np.ndarray:
             f"model {name!r} has no attention layer; use importance='occlusion' instead"
         )
     with _EvalMode(model):
-        _, attention = model(data, return_attention=True)
+        logits, attention = model(data, return_attention=True)
+        if target_class is not None and getattr(model, "branches", 1) > 1:
+            if not 0 <= int(target_class) < logits.size(1):
+                raise ValueError(f"target_class {target_class} out of range")
+            _, _, weights = model.forward_features(data, return_attention=True)
+            attention = weights[:, int(target_class)]
     return attention.float().cpu().numpy()
 
 
@@ -496,8 +540,11 @@ def occlusion_importance(
         if not 0 <= target < probs.numel():
             raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
         scores = torch.zeros(N)
+        # Chunks of nuclei with neighbourhoods of similar size: the engine pads every
+        # copy of a chunk to its largest ball.
+        order = neighbours.size_order() if engine is not None else np.arange(N)
         for start in range(0, N, batch_size):
-            centres = np.arange(start, min(start + batch_size, N))
+            centres = order[start : start + batch_size]
             if engine is not None:
                 x1, a1, mass, empty = engine.pooled(centres, k)
                 p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
@@ -511,7 +558,7 @@ def occlusion_importance(
                 keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
                 batch = occluded_graphs(data, keep)
                 p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
-            scores[start : start + centres.size] = probs[target] - p
+            scores[torch.from_numpy(centres)] = probs[target] - p
     return scores.numpy()
 
 
@@ -549,7 +596,7 @@ def explain_graph(
         probs = _probabilities(model, data)[0].cpu().numpy().astype(np.float64)
     target = int(np.argmax(probs)) if target_class is None else int(target_class)
     if importance == "attention":
-        values = attention_importance(model, data)
+        values = attention_importance(model, data, target)
     else:
         values = occlusion_importance(model, data, k=k, target_class=target, batch_size=batch_size)
     centroids = np.asarray(graph.centroids, np.float64).reshape(-1, 2)

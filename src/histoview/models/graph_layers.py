@@ -211,25 +211,29 @@ class NodeAttention(nn.Module):
 
     The gate of Ilse et al.'s attention MIL (the ``gate_nn`` of PyG's
     :class:`~torch_geometric.nn.aggr.AttentionalAggregation`), normalised over the nodes of
-    each graph: :math:`a_n = \mathrm{softmax}_n\big(\mathbf{w}^\top \tanh(V \mathbf{z}_n)\big)`,
-    so the scores of one graph sum to 1. :meth:`score` gives the unnormalised logits (a
-    per-node function, which the occlusion explainer needs).
+    each graph: :math:`a_{n,k} = \mathrm{softmax}_n\big(\mathbf{w}_k^\top \tanh(V
+    \mathbf{z}_n)\big)`, so the scores of one graph sum to 1 per branch k. With several
+    branches (one per class, as in CLAM's multi-branch attention; Lu et al. 2021) each class
+    has its own scores over a shared tanh layer. :meth:`score` gives the unnormalised logits
+    (a per-node function, which the occlusion explainer needs).
 
     Args:
         in_channels: node feature size F.
         hidden_channels: size of the tanh layer.
+        branches: attention branches K.
 
     Shapes:
         - input: node features (N, F), graph index (N,)
-        - output: attention (N,), summing to 1 per graph
+        - output: attention (N, K), summing to 1 per graph and branch
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int):
+    def __init__(self, in_channels: int, hidden_channels: int, branches: int = 1):
         super().__init__()
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
+        self.branches = int(branches)
         self.lin = nn.Linear(in_channels, hidden_channels)
-        self.score_lin = nn.Linear(hidden_channels, 1)
+        self.score_lin = nn.Linear(hidden_channels, self.branches)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -237,13 +241,17 @@ class NodeAttention(nn.Module):
         self.score_lin.reset_parameters()
 
     def score(self, x: Tensor) -> Tensor:
-        return self.score_lin(torch.tanh(self.lin(x))).squeeze(-1)
+        """Attention logits (N, K)."""
+        return self.score_lin(torch.tanh(self.lin(x)))
 
     def forward(self, x: Tensor, batch: Tensor) -> Tensor:
         return softmax(self.score(x), batch, num_nodes=x.size(0), dim=0)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels}, hidden={self.hidden_channels})"
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, hidden={self.hidden_channels}, "
+            f"branches={self.branches})"
+        )
 
 
 def rsf_adjacency(edge_index: Tensor, edge_attr: Tensor, num_nodes: int) -> Tensor:
@@ -295,41 +303,47 @@ def sparse_embed_pool(
 ) -> tuple[Tensor, Tensor]:
     r"""Graph embed pooling of eq. 3 from a sparse graph to dense cluster graphs.
 
-    With the assignment :math:`V_{emb} = S = \mathrm{softmax}(\cdot)` (N, N'), per graph:
+    With the assignment :math:`V_{emb} = S = \mathrm{softmax}(\cdot)` (N, N'), per graph
+    and per column w of the node weights:
 
     .. math::
         V_{out} = S^\top \mathrm{diag}(w) V_{in}, \qquad
-        A_{out,l} = \tfrac{1}{n}\, S^\top A_l S,
+        A_{out,l} = S^\top \mathrm{diag}(w) A_l S,
 
-    where ``w`` are node weights summing to 1 over the graph (1/n, or the attention of
-    RSF+Attention) and n the number of nodes. Eq. 3 is the case w = 1, without 1/n; the
+    where the weights sum to 1 over the graph: 1/n (n nuclei), or the attention of
+    RSF+Attention (one column per attention branch). Eq. 3 is the case w = 1; the
     normalisation keeps pooled features independent of the number of nuclei (hundreds to
-    thousands). Both outputs are sums over nodes of local terms
-    (:math:`A_{out,l} = \frac{1}{n}\sum_i s_i \otimes (A_l S)_i`), which is what makes exact
-    incremental occlusion possible. An empty graph pools to zeros.
+    thousands). The attention weights *both* outputs: a nucleus with little attention
+    contributes neither its embedding nor its relations to the pooled graph, so the
+    classifier sees only what the attention selects. Both outputs are sums over nodes of
+    local terms (:math:`A_{out,l} = \sum_i w_i\, s_i \otimes (A_l S)_i`), which is what
+    makes exact incremental occlusion possible. An empty graph pools to zeros.
 
     Args:
         z: embeddings :math:`V_{in}` (N, F).
         s: assignments, rows summing to 1 (N, N').
-        weight: node weights (N,).
+        weight: node weights (N, K), each column summing to 1 per graph.
         adj: :func:`rsf_adjacency` operator (N, N * L).
         edge_dim: L.
         batch: graph of each node (N,).
         num_graphs: B.
 
     Shapes:
-        - output: V_out (B, N', F), A_out (B, N', N', L)
+        - output: V_out (B, K, N', F), A_out (B, K, N', N', L)
     """
-    n_clusters = s.size(1)
-    ws, mask = to_dense_batch(s * weight.unsqueeze(-1), batch, batch_size=num_graphs)
+    n_nodes, n_clusters = s.shape
+    branches = weight.size(1)
+    ws = (weight.unsqueeze(2) * s.unsqueeze(1)).view(n_nodes, branches * n_clusters)
+    ws, _ = to_dense_batch(ws, batch, batch_size=num_graphs)
     zd, _ = to_dense_batch(z, batch, batch_size=num_graphs)
     x_out = torch.bmm(ws.transpose(1, 2), zd)
     m = torch.sparse.mm(adj, channel_blocks(s, edge_dim))
-    sd, _ = to_dense_batch(s, batch, batch_size=num_graphs)
     md, _ = to_dense_batch(m.reshape(-1, n_clusters * edge_dim), batch, batch_size=num_graphs)
-    counts = mask.sum(1).clamp(min=1).to(z.dtype).view(-1, 1, 1)
-    a_out = torch.bmm(sd.transpose(1, 2), md) / counts
-    return x_out, a_out.view(num_graphs, n_clusters, n_clusters, edge_dim)
+    a_out = torch.bmm(ws.transpose(1, 2), md)
+    return (
+        x_out.view(num_graphs, branches, n_clusters, -1),
+        a_out.view(num_graphs, branches, n_clusters, n_clusters, edge_dim),
+    )
 
 
 def dense_embed_pool(x: Tensor, adj: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,9 +30,9 @@ cached activations (:mod:`histoview.explain.graph`). Top-k, SAG or graclus pooli
 every occluded graph a global recomputation, and a global softmax inside the node stage
 would make every nucleus depend on all others.
 
-Pooled vertex features are node-weighted means (weights 1/n, or the attention of
-RSF+Attention: attention "before the first pooling" decides how much each nucleus
-contributes to it, Sec. III-E); the pooled adjacency is divided by n. The edge convolutions
+Pooled vertex features and pooled adjacency are node-weighted sums (weights 1/n, or the
+attention of RSF+Attention: attention "before the first pooling" decides how much each
+nucleus, with its relations, contributes to it, Sec. III-E). The edge convolutions
 of RSF+Edge act on the pooled dense graphs, where Table I places them.
 
 The model API follows timm: ``forward_features(data)`` returns the pooled graph after
@@ -98,6 +98,8 @@ class RSFNet(nn.Module):
         fc_channels: widths of FC 1 and FC 2 (FC 3 gives the logits).
         edge_channels: edge features after each edge convolution; set for RSF+Edge.
         attention_channels: hidden size of the attention gate; set for RSF+Attention.
+        classwise_attention: one attention branch per class (see the module docstring);
+            False: Table I's single attention layer.
         dropout: dropout before FC 2 and FC 3.
 
     Shapes:
@@ -117,6 +119,7 @@ class RSFNet(nn.Module):
         fc_channels: Sequence[int] = (512, 128),
         edge_channels: int | None = None,
         attention_channels: int | None = None,
+        classwise_attention: bool = False,
         dropout: float = 0.2,
     ):
         super().__init__()
@@ -131,7 +134,10 @@ class RSFNet(nn.Module):
         # Vertex Conv 1, 2 (eq. 2) and the assignment of Pooling 1 (eq. 3) on the nuclei graph.
         self.conv1 = RSFConv(in_channels, h, edge_dim)
         self.conv2 = RSFConv(h, h, edge_dim)
-        self.attention = NodeAttention(h, attention_channels) if attention_channels else None
+        self.branches = num_classes if (attention_channels and classwise_attention) else 1
+        self.attention = (
+            NodeAttention(h, attention_channels, self.branches) if attention_channels else None
+        )
         self.assign1 = RSFConv(h, c1, edge_dim)
         # Dense part after Pooling 1.
         dense_dim = edge_channels or edge_dim
@@ -185,7 +191,7 @@ class RSFNet(nn.Module):
 
         Returns:
             ``h1`` (N, H), ``z`` (N, H), ``s`` (N, C1) with rows summing to 1 and, with
-            attention, the gate logits ``score`` (N,).
+            attention, the gate logits ``score`` (N, K) of the K attention branches.
         """
         h1 = F.relu(self.conv1(self.normalise_nodes(x), adj))
         z = F.relu(self.conv2(h1, adj))
@@ -196,7 +202,9 @@ class RSFNet(nn.Module):
         return out
 
     def forward_features(self, data, *, return_attention: bool = False):
-        """Up to Pooling 1: pooled vertex features (B, C1, H) and adjacency (B, C1, C1, L)."""
+        """Up to Pooling 1, per attention branch: pooled vertex features (B, K, C1, H) and
+        adjacency (B, K, C1, C1, L) (K = 1 without class-wise attention); with
+        ``return_attention`` also the node weights (N, K) (None without attention)."""
         from torch_geometric.utils import scatter, softmax
 
         from histoview.models.graph_layers import rsf_adjacency, sparse_embed_pool
@@ -209,7 +217,7 @@ class RSFNet(nn.Module):
             weight = softmax(nodes["score"], batch, num_nodes=x.size(0), dim=0)
         else:
             counts = scatter(x.new_ones(x.size(0)), batch, dim=0, dim_size=num_graphs)
-            weight = 1.0 / counts[batch]
+            weight = (1.0 / counts[batch]).unsqueeze(1)
         x1, a1 = sparse_embed_pool(
             nodes["z"], nodes["s"], weight, adj, self.edge_dim, batch, num_graphs
         )
@@ -219,9 +227,19 @@ class RSFNet(nn.Module):
 
     # ------------------------------------------------------------------ dense part
     def forward_head(self, x: Tensor, adj: Tensor, *, pre_logits: bool = False) -> Tensor:
-        """From the pooled graph (B, C1, H), (B, C1, C1, L) to logits (B, num_classes)."""
+        """From the pooled graphs to logits (B, num_classes).
+
+        ``x`` (B, K, C1, H) and ``adj`` (B, K, C1, C1, L), one pooled graph per attention
+        branch (or (B, C1, H) and (B, C1, C1, L) for K = 1). The layers after Pooling 1 run on
+        every branch's graph; with class-wise attention the logit of class c is the one
+        computed from branch c's graph. ``pre_logits``: the FC 2 features (B, K * FC 2).
+        """
         from histoview.models.graph_layers import dense_embed_pool
 
+        if x.dim() == 3:
+            x, adj = x.unsqueeze(1), adj.unsqueeze(1)
+        B, K = x.shape[:2]
+        x, adj = x.flatten(0, 1), adj.flatten(0, 1)
         if self.edge1 is not None:
             adj = self.edge1(x, adj)
         x = F.relu(self.conv3(x, adj))
@@ -233,13 +251,22 @@ class RSFNet(nn.Module):
         if self.edge3 is not None:
             feats = torch.cat([feats, self.edge3(x, adj).flatten(1)], dim=1)
         if pre_logits:
-            return self.head[:-1](feats)
-        return self.head(feats)
+            return self.head[:-1](feats).view(B, -1)
+        logits = self.head(feats).view(B, K, -1)
+        return logits[:, 0] if K == 1 else logits.diagonal(dim1=1, dim2=2)
 
     def forward(self, data, return_attention: bool = False):
-        x1, a1, attention = self.forward_features(data, return_attention=True)
+        """Logits (B, num_classes); with ``return_attention`` also the attention (N,) of
+        each nucleus for its graph's predicted class (the branch that made the call)."""
+        x1, a1, weight = self.forward_features(data, return_attention=True)
         logits = self.forward_head(x1, a1)
-        if attention is not None:
+        attention = None
+        if weight is not None:
+            if self.branches == 1:
+                attention = weight[:, 0]
+            else:
+                batch, _ = graph_index(data)
+                attention = weight.gather(1, logits.argmax(1)[batch].unsqueeze(1)).squeeze(1)
             self.last_attention = attention.detach()
         if return_attention:
             if attention is None:
