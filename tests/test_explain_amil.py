@@ -100,6 +100,10 @@ def test_explain_errors_are_clear(tmp_path, capsys):
     assert main(["explain", str(bad), "--method", "amil", "--checkpoint", str(tmp_path / "nope.safetensors"),
                  "--out", str(tmp_path)]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+    # A folder (or an empty name) is not taken for the current directory's checkpoint.
+    assert main(["explain", str(bad), "--method", "amil", "--checkpoint", str(tmp_path),
+                 "--out", str(tmp_path)]) == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
 
 
 def test_operating_threshold_decides_the_predicted_class():

@@ -29,8 +29,10 @@ definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one fo
 
 Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
 k = 1 for ~10 neighbours per nucleus, instead of the whole graph; at 1,500 nuclei the 1,500
-occluded predictions take about 35-45 forward passes' time on one CPU thread at k = 1 and
-50-55 at k = 2 (``benchmarks/bench_occlusion.py``), against about 1,500 for the definition.
+occluded predictions take about 35-40 forward passes' time at k = 1 and 45-55 at k = 2
+(``benchmarks/bench_occlusion.py``), against about 1,500 for the definition. Nuclei are
+processed in chunks of similar neighbourhood size, and the per-copy pooling sums are sparse
+products that read the cached per-nucleus tensors in place.
 
 An empty occluded graph (every nucleus removed) is the model's prediction for an empty graph:
 for the RSF networks, the layers after Pooling 1 applied to an all-zero pooled graph.

@@ -93,6 +93,10 @@ def list_checkpoints(*, kind: str | None = None, model: str | None = None) -> li
 def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A checkpoint path from a file path or a library name."""
     p = Path(name_or_path)
+    if not str(name_or_path).strip() or p.is_dir():
+        raise CheckpointError(
+            f"{str(name_or_path)!r} is not a checkpoint: give a .safetensors file or a library name"
+        )
     if p.suffix == ".safetensors" or p.exists():
         if not p.exists():
             raise CheckpointError(f"{p}: checkpoint not found")
