@@ -168,7 +168,7 @@ class _IncrementalOcclusion:
 
         self.model = model
         self.L = L = model.edge_dim
-        self._buffers: dict[str, Tensor] = {}
+        self._dense2_buf: Tensor | None = None
         x = data.x.float()
         self.N = N = x.size(0)
         edge_index = data.edge_index
@@ -231,8 +231,6 @@ class _IncrementalOcclusion:
 
     def full_pooled(self) -> tuple[Tensor, Tensor]:
         """The unoccluded graph's Pooling 1 output, from the cached sums."""
-        if not self.N:
-            return self._normalised(self.U[None] * 0, self.A[None] * 0, self.D[None] + 1)
         return self._normalised(self.U[None], self.A[None], self.D[None])
 
     def _activate(self, pre: Tensor) -> tuple[Tensor, Tensor]:
@@ -321,9 +319,7 @@ class _IncrementalOcclusion:
             np.stack([np.ones(i_kept2.size), ring1[i_kept2]], 1).astype(np.float32),
             NL + t.size(0),
         )  # fmt: skip
-        dense = self._buffer("dense2", NL + t.size(0), t.size(1), static=self.dense2)
-        dense[NL:] = t
-        pre2 = torch.sparse.mm(op, dense)
+        pre2 = torch.sparse.mm(op, self._dense2_with(t))
         z, s = self._activate(pre2)
         u, _ = self._weights(z, self.gmax)
 
@@ -355,15 +351,14 @@ class _IncrementalOcclusion:
         old_u = torch.sparse.mm(removed, self.terms_u)
         old_a = torch.sparse.mm(removed, self.terms_a)
         K = self.K
-        neg_us = -self.us
         d_U = self._segment_outer(
-            [(us2, z, None), (neg_us.index_select(0, j_kept2), self.z, j3[i_kept2])], counts2
+            [(us2, z, None), (-self.us.index_select(0, j_kept2), self.z, j3[i_kept2])], counts2
         )
         d_U -= old_u[:, :-K].view(C, K * C1, H)
         d_u = u - self.u.index_select(0, j_kept2)
         d_D = torch.zeros(C, K).index_add_(0, index(c3[i_kept2]), d_u) - old_u[:, -K:]
         d_A = self._segment_outer(
-            [(us3, m3, None), (neg_us.index_select(0, j_kept3), self.m, j3[i_kept3])], counts3
+            [(us3, m3, None), (-self.us.index_select(0, j_kept3), self.m, j3[i_kept3])], counts3
         )
         d_A -= old_a.view(C, K * C1, C1 * L)
 
@@ -375,17 +370,18 @@ class _IncrementalOcclusion:
         return x1, a1, (mass / self.D).min(1).values.float(), empty
 
 
-    def _buffer(self, name: str, rows: int, width: int, static: Tensor | None = None) -> Tensor:
-        """A reusable (rows, width) work tensor, zeroed, or starting with the rows of
-        ``static`` (written once, never changed) when given. Reusing the memory avoids the page
-        faults of fresh multi-megabyte allocations for every chunk."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.size(0) < rows or buf.size(1) != width:
-            buf = torch.zeros(int(rows * 1.25) + 1, width)
-            if static is not None:
-                buf[: static.size(0)] = static
-            self._buffers[name] = buf
-        return buf[:rows] if static is not None else buf[:rows].zero_()
+    def _dense2_with(self, rows: Tensor) -> Tensor:
+        """Layer 2's dense operand: the cached rows ``dense2`` followed by ``rows``, in one
+        reused tensor (no copy of the cached rows, and no fresh multi-megabyte allocation,
+        for every chunk)."""
+        fixed = self.dense2.size(0)
+        need = fixed + rows.size(0)
+        if self._dense2_buf is None or self._dense2_buf.size(0) < need:
+            self._dense2_buf = torch.empty(int(need * 1.25) + 1, self.dense2.size(1))
+            self._dense2_buf[:fixed] = self.dense2
+        out = self._dense2_buf[:need]
+        out[fixed:] = rows
+        return out
 
     def _segment_outer(self, terms, counts) -> Tensor:
         """``out[c] = sum over (a, b, rows) in terms of sum_r a[r] (x) b[rows[r]]`` over the
@@ -482,12 +478,13 @@ def attention_importance(model, data, target_class: int | None = None) -> np.nda
             f"model {name!r} has no attention layer; use importance='occlusion' instead"
         )
     with _EvalMode(model):
-        logits, attention = model(data, return_attention=True)
         if target_class is not None and getattr(model, "branches", 1) > 1:
-            if not 0 <= int(target_class) < logits.size(1):
+            if not 0 <= int(target_class) < model.num_classes:
                 raise ValueError(f"target_class {target_class} out of range")
             _, _, weights = model.forward_features(data, return_attention=True)
             attention = weights[:, int(target_class)]
+        else:
+            _, attention = model(data, return_attention=True)
     return attention.float().cpu().numpy()
 
 
