@@ -109,6 +109,52 @@ def test_classwise_attention_occlusion_and_attention():
     np.testing.assert_allclose(per_class[int(logits.argmax())], att.numpy(), atol=1e-7)
 
 
+@pytest.mark.parametrize("classwise", [False, True])
+def test_sigmoid_gate_occlusion_exact_and_gates_independent(classwise):
+    """Sigmoid-gated attention (pooling averages the gated nuclei): occlusion stays exact and
+    a nucleus's gate does not depend on nuclei outside its receptive field."""
+    model = sharpened(
+        "test_rsf_attention", num_classes=3, attention_gate="sigmoid", classwise_attention=classwise,
+        attention_morphology=classwise,
+    )
+    data = random_graph(seed=4)
+    with torch.no_grad():
+        target = int(model(data).argmax())
+    for k in (1, 2):
+        expected = plain_occlusion(model, data, k, target)
+        assert np.abs(expected).max() > 1e-3
+        got = occlusion_importance(model, data, k=k, method="incremental", batch_size=9)
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"k={k}")
+    gates = attention_importance(model, data)
+    assert ((gates > 0) & (gates < 1)).all() and abs(gates.sum() - 1) > 1e-3
+    # The isolated node (index 40) and the 3-node chain are far from the rest: dropping the
+    # chain leaves the isolated node's gate exactly as it was (a softmax would renormalise).
+    keep = torch.ones(data.num_nodes, dtype=torch.bool)
+    keep[41:] = False
+    ei, ea = subgraph(keep, data.edge_index, data.edge_attr, relabel_nodes=True)
+    small = Data(x=data.x[keep], edge_index=ei, edge_attr=ea)
+    if not classwise:
+        assert attention_importance(model, small)[40] == pytest.approx(gates[40], abs=1e-6)
+
+
+def test_attention_sparsity_penalty():
+    """The L1 penalty on the sigmoid gates is what the training engine adds to the loss."""
+    data = random_graph()
+    model = create_model("test_rsf_attention", attention_gate="sigmoid", attention_sparsity=0.5)
+    model.train()
+    model(data)
+    reg = model.regularization_loss()
+    _, gates = model(data, return_attention=True)
+    assert float(reg.detach()) == pytest.approx(0.5 * float(gates.detach().mean()), rel=1e-5)
+    reg.backward()
+    assert model.attention.score_lin.weight.grad.abs().sum() > 0  # it trains the gate
+    assert create_model("test_rsf_attention").regularization_loss() == 0.0
+    with pytest.raises(ValueError, match="sigmoid"):
+        create_model("test_rsf_attention", attention_sparsity=0.5)  # softmax has no penalty
+    with pytest.raises(ValueError, match="gate"):
+        create_model("test_rsf_attention", attention_gate="relu")
+
+
 @pytest.mark.parametrize("name", FULL)
 def test_full_size_models_exact(name):
     model = sharpened(name, seed=1)

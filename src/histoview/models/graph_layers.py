@@ -209,29 +209,43 @@ class EdgeConv(nn.Module):
 class NodeAttention(nn.Module):
     r"""Per-nucleus attention of RSF+Attention (seed 001, Sec. III-E and Fig. 1).
 
-    The gate of Ilse et al.'s attention MIL (the ``gate_nn`` of PyG's
-    :class:`~torch_geometric.nn.aggr.AttentionalAggregation`), normalised over the nodes of
-    each graph: :math:`a_{n,k} = \mathrm{softmax}_n\big(\mathbf{w}_k^\top \tanh(V
-    \mathbf{z}_n)\big)`, so the scores of one graph sum to 1 per branch k. With several
-    branches (one per class, as in CLAM's multi-branch attention; Lu et al. 2021) each class
-    has its own scores over a shared tanh layer. :meth:`score` gives the unnormalised logits
-    (a per-node function, which the occlusion explainer needs).
+    The scoring network of Ilse et al.'s attention MIL (the ``gate_nn`` of PyG's
+    :class:`~torch_geometric.nn.aggr.AttentionalAggregation`), :math:`e_{n,k} =
+    \mathbf{w}_k^\top \tanh(V \mathbf{z}_n)`, turned into attention in one of two ways:
+
+    * ``gate="softmax"`` (Ilse et al.): :math:`a_{n,k} = \mathrm{softmax}_n(e_{n,k})`, the
+      scores of one graph sum to 1 per branch k. Nuclei compete: a nucleus's attention
+      depends on all others of its graph.
+    * ``gate="sigmoid"``: an independent gate per nucleus, :math:`a_{n,k} =
+      \sigma(e_{n,k}) \in (0, 1)`, how much of the nucleus enters the pooled graph
+      (averaged over the graph's nuclei by the pooling). Read on its own scale: 1 means the
+      nucleus is fully used, 0 that the decision ignores it, whatever the other nuclei do.
+
+    With several branches (one per class, as in CLAM's multi-branch attention; Lu et al.
+    2021) each class has its own scores over a shared tanh layer. :meth:`score` gives the
+    logits :math:`e` (a per-node function, which the occlusion explainer needs).
 
     Args:
         in_channels: node feature size F.
         hidden_channels: size of the tanh layer.
         branches: attention branches K.
+        gate: ``"softmax"`` or ``"sigmoid"``.
 
     Shapes:
         - input: node features (N, F), graph index (N,)
-        - output: attention (N, K), summing to 1 per graph and branch
+        - output: attention (N, K): summing to 1 per graph and branch (softmax), or in (0, 1)
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, branches: int = 1):
+    def __init__(
+        self, in_channels: int, hidden_channels: int, branches: int = 1, gate: str = "softmax"
+    ):
         super().__init__()
+        if gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"gate must be 'softmax' or 'sigmoid', got {gate!r}")
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.branches = int(branches)
+        self.gate = gate
         self.lin = nn.Linear(in_channels, hidden_channels)
         self.score_lin = nn.Linear(hidden_channels, self.branches)
         self.reset_parameters()
@@ -244,13 +258,19 @@ class NodeAttention(nn.Module):
         """Attention logits (N, K)."""
         return self.score_lin(torch.tanh(self.lin(x)))
 
+    def normalise(self, score: Tensor, batch: Tensor) -> Tensor:
+        """Attention (N, K) from the logits (N, K) of :meth:`score`."""
+        if self.gate == "sigmoid":
+            return torch.sigmoid(score)
+        return softmax(score, batch, num_nodes=score.size(0), dim=0)
+
     def forward(self, x: Tensor, batch: Tensor) -> Tensor:
-        return softmax(self.score(x), batch, num_nodes=x.size(0), dim=0)
+        return self.normalise(self.score(x), batch)
 
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.in_channels}, hidden={self.hidden_channels}, "
-            f"branches={self.branches})"
+            f"branches={self.branches}, gate={self.gate!r})"
         )
 
 
@@ -310,10 +330,10 @@ def sparse_embed_pool(
         V_{out} = S^\top \mathrm{diag}(w) V_{in}, \qquad
         A_{out,l} = S^\top \mathrm{diag}(w) A_l S,
 
-    where the weights sum to 1 over the graph: 1/n (n nuclei), or the attention of
-    RSF+Attention (one column per attention branch). Eq. 3 is the case w = 1; the
-    normalisation keeps pooled features independent of the number of nuclei (hundreds to
-    thousands). The attention weights *both* outputs: a nucleus with little attention
+    where the weights are normalised per graph: 1/n (n nuclei), or the attention of
+    RSF+Attention (one column per attention branch): softmax attention (summing to 1) or
+    sigmoid gates divided by n. Eq. 3 is the case w = 1; the normalisation keeps pooled
+    features independent of the number of nuclei (hundreds to thousands). The attention weights *both* outputs: a nucleus with little attention
     contributes neither its embedding nor its relations to the pooled graph, so the
     classifier sees only what the attention selects. Both outputs are sums over nodes of
     local terms (:math:`A_{out,l} = \sum_i w_i\, s_i \otimes (A_l S)_i`), which is what
@@ -322,7 +342,7 @@ def sparse_embed_pool(
     Args:
         z: embeddings :math:`V_{in}` (N, F).
         s: assignments, rows summing to 1 (N, N').
-        weight: node weights (N, K), each column summing to 1 per graph.
+        weight: node weights (N, K), each column normalised per graph (see above).
         adj: :func:`rsf_adjacency` operator (N, N * L).
         edge_dim: L.
         batch: graph of each node (N,).

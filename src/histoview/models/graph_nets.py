@@ -100,6 +100,17 @@ class RSFNet(nn.Module):
         attention_channels: hidden size of the attention gate; set for RSF+Attention.
         classwise_attention: one attention branch per class (see the module docstring);
             False: Table I's single attention layer.
+        attention_gate: ``"softmax"`` (attention sums to 1 over a graph's nuclei, Ilse et
+            al.) or ``"sigmoid"`` (an independent gate in (0, 1) per nucleus; the pooling
+            averages the gated nuclei). See :class:`~histoview.models.graph_layers.NodeAttention`.
+        attention_sparsity: weight of an L1 penalty on the sigmoid gates during training
+            (:meth:`regularization_loss`, the mean gate over the batch's nuclei): the model
+            is pushed to keep only the nuclei its decision needs, so the gates rank evidence
+            rather than background. 0 disables it.
+        attention_morphology: the attention also reads each nucleus's own (standardised)
+            morphology, not only its Vertex Conv 2 embedding (which mixes in its 2-hop
+            neighbourhood): the layer sits "at the input to highlight important nuclei
+            directly" (Sec. III-E), so it can single out a nucleus from its neighbours.
         dropout: dropout before FC 2 and FC 3.
 
     Shapes:
@@ -120,6 +131,9 @@ class RSFNet(nn.Module):
         edge_channels: int | None = None,
         attention_channels: int | None = None,
         classwise_attention: bool = False,
+        attention_gate: str = "softmax",
+        attention_sparsity: float = 0.0,
+        attention_morphology: bool = False,
         dropout: float = 0.2,
     ):
         super().__init__()
@@ -135,9 +149,17 @@ class RSFNet(nn.Module):
         self.conv1 = RSFConv(in_channels, h, edge_dim)
         self.conv2 = RSFConv(h, h, edge_dim)
         self.branches = num_classes if (attention_channels and classwise_attention) else 1
+        self.attention_morphology = bool(attention_morphology)
+        att_in = h + (in_channels if self.attention_morphology else 0)
         self.attention = (
-            NodeAttention(h, attention_channels, self.branches) if attention_channels else None
+            NodeAttention(att_in, attention_channels, self.branches, gate=attention_gate)
+            if attention_channels
+            else None
         )
+        if attention_sparsity < 0 or (attention_sparsity and attention_gate != "sigmoid"):
+            raise ValueError("attention_sparsity needs attention_gate='sigmoid' and must be >= 0")
+        self.attention_sparsity = float(attention_sparsity)
+        self._gates: Tensor | None = None
         self.assign1 = RSFConv(h, c1, edge_dim)
         # Dense part after Pooling 1.
         dense_dim = edge_channels or edge_dim
@@ -193,18 +215,25 @@ class RSFNet(nn.Module):
             ``h1`` (N, H), ``z`` (N, H), ``s`` (N, C1) with rows summing to 1 and, with
             attention, the gate logits ``score`` (N, K) of the K attention branches.
         """
-        h1 = F.relu(self.conv1(self.normalise_nodes(x), adj))
+        xn = self.normalise_nodes(x)
+        h1 = F.relu(self.conv1(xn, adj))
         z = F.relu(self.conv2(h1, adj))
         s = torch.softmax(self.assign1(h1, adj), dim=-1)
         out = {"h1": h1, "z": z, "s": s}
         if self.attention is not None:
-            out["score"] = self.attention.score(z)
+            out["score"] = self.attention_score(z, xn)
         return out
+
+    def attention_score(self, z: Tensor, xn: Tensor) -> Tensor:
+        """Attention logits (N, K) from the Vertex Conv 2 embeddings ``z`` (N, H) and, with
+        ``attention_morphology``, the nuclei's own standardised features ``xn`` (N, F)."""
+        return self.attention.score(torch.cat([z, xn], 1) if self.attention_morphology else z)
 
     def forward_features(self, data, *, return_attention: bool = False):
         """Up to Pooling 1, per attention branch: pooled vertex features (B, K, C1, H) and
         adjacency (B, K, C1, C1, L) (K = 1 without class-wise attention); with
-        ``return_attention`` also the node weights (N, K) (None without attention)."""
+        ``return_attention`` also the attention (N, K) (softmax weights or sigmoid gates;
+        None without attention)."""
         from torch_geometric.utils import scatter, softmax
 
         from histoview.models.graph_layers import rsf_adjacency, sparse_embed_pool
@@ -213,17 +242,28 @@ class RSFNet(nn.Module):
         batch, num_graphs = graph_index(data)
         adj = rsf_adjacency(data.edge_index, edge_features(data, self.edge_dim), x.size(0))
         nodes = self.node_stage(x, adj)
-        if self.attention is not None:
-            weight = softmax(nodes["score"], batch, num_nodes=x.size(0), dim=0)
+        counts = scatter(x.new_ones(x.size(0)), batch, dim=0, dim_size=num_graphs)
+        mean = (1.0 / counts[batch]).unsqueeze(1)
+        attention = None
+        if self.attention is None:
+            weight = mean
         else:
-            counts = scatter(x.new_ones(x.size(0)), batch, dim=0, dim_size=num_graphs)
-            weight = (1.0 / counts[batch]).unsqueeze(1)
+            attention = self.attention.normalise(nodes["score"], batch)
+            self._gates = attention if self.attention.gate == "sigmoid" else None
+            weight = attention * mean if self.attention.gate == "sigmoid" else attention
         x1, a1 = sparse_embed_pool(
             nodes["z"], nodes["s"], weight, adj, self.edge_dim, batch, num_graphs
         )
         if return_attention:
-            return x1, a1, (weight if self.attention is not None else None)
+            return x1, a1, attention
         return x1, a1
+
+    def regularization_loss(self) -> Tensor | float:
+        """``attention_sparsity`` times the mean sigmoid gate of the last forward pass (added
+        to the training loss by the training engine); 0 without it."""
+        if not self.attention_sparsity or self._gates is None:
+            return 0.0
+        return self.attention_sparsity * self._gates.mean()
 
     # ------------------------------------------------------------------ dense part
     def forward_head(self, x: Tensor, adj: Tensor, *, pre_logits: bool = False) -> Tensor:

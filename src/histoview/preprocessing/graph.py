@@ -14,6 +14,8 @@ comparing all pairs, so graphs of thousands of nuclei build in milliseconds.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,7 +285,16 @@ def save_graph(graph: NucleiGraph, path: str | Path) -> Path:
         "threshold_um": np.array(graph.threshold_um, np.float64),
         "pixel_size_um": np.array(graph.pixel_size_um, np.float64),
     }
-    np.savez_compressed(path, **arrays)
+    # Written next to the target and renamed into place: a reader (another training run
+    # sharing the graph cache) never sees a half-written file.
+    fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=f".{path.stem}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -160,6 +160,9 @@ class GraphAdapter(InputAdapter):
         self.default_pixel_size = float(self.options.get("pixel_size_um", 0.42))
         cache = self.options.get("cache_dir", default_cache_dir() / "graphs")
         self.cache_dir = Path(cache) if cache else None
+        self.node_dropout = float(self.options.get("node_dropout", 0.0))
+        if not 0.0 <= self.node_dropout < 1.0:
+            raise ValueError(f"node_dropout must be in [0, 1), got {self.node_dropout}")
         self._graphs: dict[str, Any] = {}
 
     @property
@@ -196,7 +199,16 @@ class GraphAdapter(InputAdapter):
         return h.hexdigest()[:32]
 
     def prepare(self, sample, *, train, rng, view=None):
-        return self.graph_for(sample).to_pyg()
+        """The sample's graph; in training, with ``node_dropout`` > 0, a random share of its
+        nuclei (and their edges) is left out each time it is drawn: the graph analogue of
+        patch and pixel augmentation, so no small set of nuclei is always there to decide."""
+        data = self.graph_for(sample).to_pyg()
+        if not (train and self.node_dropout > 0 and data.num_nodes > 1):
+            return data
+        keep = torch.from_numpy(rng.random(data.num_nodes) >= self.node_dropout)
+        if not bool(keep.any()):
+            keep[int(rng.integers(data.num_nodes))] = True
+        return data.subgraph(keep)
 
     def collate(self, items):
         from torch_geometric.data import Batch
@@ -207,7 +219,8 @@ class GraphAdapter(InputAdapter):
         return model(batch.to(device))
 
     def describe(self):
-        return {"graph_threshold_um": self.threshold_um, "pixel_size_um": self.default_pixel_size}
+        out = {"graph_threshold_um": self.threshold_um, "pixel_size_um": self.default_pixel_size}
+        return out | ({"node_dropout": self.node_dropout} if self.node_dropout else {})
 
 
 def make_adapter(config: ModelConfig, model_kwargs: dict[str, Any], options: dict[str, Any] | None = None) -> InputAdapter:
