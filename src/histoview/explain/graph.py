@@ -40,6 +40,8 @@ for the RSF networks, the layers after Pooling 1 applied to an all-zero pooled g
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -163,7 +165,7 @@ class _IncrementalOcclusion:
     """
 
     def __init__(self, model, data):
-        from histoview.models.graph_layers import channel_blocks, rsf_adjacency
+        from histoview.models.graph_layers import rsf_adjacency
         from histoview.models.graph_nets import edge_features
 
         self.model = model
@@ -178,11 +180,22 @@ class _IncrementalOcclusion:
         self.in_ptr = (adj.crow_indices() // L).numpy()
         self.in_src = (adj.col_indices()[::L] // L).numpy()
         self.in_attr_np = adj.values().view(-1, L).numpy()
+        self.in_attr_lanes = np.ascontiguousarray(self.in_attr_np.T)  # (L, E)
+        self.H, self.C1 = model.conv2.out_channels, model.assign1.out_channels
+        self.K = model.branches if model.attention is not None else 1
+        self._x, self._adj = x, adj
 
+    def cache(self) -> None:
+        """The full graph's activations, transforms and pooling terms (torch arithmetic; the
+        index structures of ``__init__`` suffice for :meth:`plan`)."""
+        from histoview.models.graph_layers import channel_blocks
+
+        model, x, adj = self.model, self._x, self._adj
+        N, L, H, C1, K = self.N, self.L, self.H, self.C1, self.K
         c1, c2, sa = model.conv1, model.conv2, model.assign1
-        self.H, self.C1 = H, C1 = c2.out_channels, sa.out_channels
         # Full graph: pre-activations and per-node transforms of the layers before Pooling 1.
-        root, y1 = c1.transform(model.normalise_nodes(x))
+        self.xn = model.normalise_nodes(x)
+        root, y1 = c1.transform(self.xn)
         pre1 = root + c1.aggregate_transformed(y1, adj) + c1.bias
         self.h1 = torch.relu(pre1)
         root2, y2 = c2.transform(self.h1)
@@ -196,23 +209,27 @@ class _IncrementalOcclusion:
         ).reshape(L * (H + C1), -1)
         self.w2 = torch.cat([c2.lin_root.weight, sa.lin_root.weight, w_edge]).t().contiguous()
         self.z, self.s = self._activate(pre2)
-        self.u, self.gmax = self._weights(self.z)  # (N, K): one column per attention branch
-        self.K = K = self.u.size(1)
+        self.u, self.gmax = self._weights(self.z, self.xn)  # (N, K): a column per branch
+        # Pooled outputs are divided by the sum of softmax weights, or by n (mean pooling,
+        # sigmoid gates): each node adds u or 1 to its branch's normaliser.
+        att = model.attention
+        self.softmax = att is not None and att.gate == "softmax"
+        v = self.u if self.softmax else torch.ones_like(self.u)
         s_blocks = channel_blocks(self.s, L)
         self.m = torch.sparse.mm(adj, s_blocks)  # (N, C1 * L): rows of A S
         # Static parts of the dense operands: rows [transforms (N * L); pre-activations (N)].
         self.dense1 = torch.cat([y1.reshape(N * L, y1.size(2)), pre1])
         self.dense2 = torch.cat([y2.reshape(N * L, y2.size(2)), pre2])
-        # Per-node pooling terms u_ik s_i (x) z_i | u_ik and u_ik s_i (x) (A S)_i for every
-        # branch k, and their sums; both pooled outputs of branch k are divided by its total
-        # weight D_k (n without attention).
+        # Per-node pooling terms u_ik s_i (x) z_i | v_ik and u_ik s_i (x) (A S)_i for every
+        # branch k, and their sums; both pooled outputs of branch k are divided by its
+        # normaliser D_k = sum of v_ik (n without softmax attention).
         us = self._spread(self.u, self.s)  # (N, K * C1)
         outer = (us.unsqueeze(2) * self.z.unsqueeze(1)).view(N, -1)
-        self.terms_u = torch.cat([outer, self.u], 1)
+        self.terms_u = torch.cat([outer, v], 1)
         self.us = us
         self.terms_a = (us.unsqueeze(2) * self.m.unsqueeze(1)).view(N, -1)
         self.U = (us.t() @ self.z).double()  # (K * C1, H)
-        self.D = self.u.double().sum(0)  # (K,)
+        self.D = v.double().sum(0)  # (K,)
         self.A = (us.t() @ self.m).double()  # (K * C1, C1 * L)
 
     @staticmethod
@@ -236,12 +253,15 @@ class _IncrementalOcclusion:
     def _activate(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         return torch.relu(pre[:, : self.H]), torch.softmax(pre[:, self.H :], dim=-1)
 
-    def _weights(self, z: Tensor, gmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Unnormalised pooling weights (N, K): 1 (mean) or exp(attention logit - shift)."""
+    def _weights(self, z: Tensor, xn: Tensor, gmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Unnormalised pooling weights (N, K): 1 (mean), the sigmoid gates or
+        exp(softmax attention logit - shift), from embeddings z and input features xn."""
         att = self.model.attention
         if att is None:
             return z.new_ones(z.size(0), 1), z.new_zeros(1)
-        score = att.score(z)
+        score = self.model.attention_score(z, xn)
+        if att.gate == "sigmoid":
+            return torch.sigmoid(score), z.new_zeros(score.size(1))
         if gmax is None:
             gmax = score.max(0).values if score.size(0) else score.new_zeros(score.size(1))
         return torch.exp(score - gmax), gmax
@@ -265,14 +285,22 @@ class _IncrementalOcclusion:
             torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), (n_rows, n_cols)
         )
 
-    def pooled(self, centres, k: int):
-        """Pooling 1 output of every occluded copy: (C, K, C1, H), (C, K, C1, C1, L), the
-        fraction of pooling weight left (the smallest over branches), which copies are empty."""
+    def plan(self, centres, k: int) -> dict:
+        """The index work of one chunk of occluded copies (NumPy only, no model arithmetic):
+        which nodes of each copy are removed or change, and the sparse operators that
+        propagate the changes. It does not depend on other chunks, so
+        :func:`occlusion_importance` builds the next chunk's plan in a worker thread while
+        the arithmetic of this one runs (NumPy and torch release the GIL in their loops).
 
+        Copies are the rows of ``centres``; within a copy, (copy, node) pairs are sorted by
+        node and classified by hop distance d from the centre: removed (d <= k), ring
+        (d = k + 1, Vertex Conv 1 changes), changed (k < d <= k + 2, Vertex Conv 2, the
+        assignment and the attention change) and the rows of A S that change (k < d <= k + 3).
+        """
         N, L, H, C1 = self.N, self.L, self.H, self.C1
         NL = N * L + N  # rows of the static part of the dense operands
         C = len(centres)
-        # (copy, node) pairs within k + 3 hops of the copy's centre, sorted; d3: hops.
+        index = torch.from_numpy
         c3, j3, d3, table = self.neighbours.balls(centres, k + 3, return_table=True)
         kept3, ring1 = d3 > k, d3 == k + 1
         kept2 = kept3 & (d3 <= k + 2)
@@ -296,79 +324,96 @@ class _IncrementalOcclusion:
         d_src, d_tgt = d_src[keep], d3[tgt]
         gone = d_src <= k
         src_pair = pos3[src_key]
-        index = torch.from_numpy
+        plan = {"C": C}
 
         # Vertex Conv 1 on the ring k + 1: cached pre-activation minus removed sources.
         sel = np.flatnonzero((d_tgt == k + 1) & gone)
-        op = self._operator(
+        plan["op1"] = self._operator(
             rank_ring1[tgt[sel]], src_node[sel] * L, -np.ones(sel.size, np.float32), eid[sel],
             (N * L + j3[i_ring1])[:, None], np.ones((i_ring1.size, 1), np.float32), NL,
         )  # fmt: skip
-        j_ring = index(j3[i_ring1])
-        d_h1 = torch.relu(torch.sparse.mm(op, self.dense1)) - self.h1.index_select(0, j_ring)
+        plan["j_ring"] = index(j3[i_ring1])
 
-        # Vertex Conv 2 and the assignment on kept nodes within k + 2 hops.
-        t = (d_h1 @ self.w2).view(-1, H + C1)  # per ring node: root, edge 1..L
+        # Vertex Conv 2 and the assignment on kept nodes within k + 2 hops: the cached
+        # pre-activation, removed sources with minus their edge weight, and the transforms
+        # (root, edge 1..L) of the ring's feature changes, stacked after the cached rows.
         sel = np.flatnonzero((d_tgt <= k + 2) & (d_src <= k + 1))
         from_ring = ~gone[sel]
         base = np.where(from_ring, NL + rank_ring1[src_pair[sel]] * (L + 1) + 1, src_node[sel] * L)
         own_root = NL + np.maximum(rank_ring1[i_kept2], 0) * (L + 1)
-        op = self._operator(
+        plan["op2"] = self._operator(
             rank_kept2[tgt[sel]], base, from_ring.astype(np.float32) * 2 - 1, eid[sel],
             np.stack([N * L + j3[i_kept2], own_root], 1),
             np.stack([np.ones(i_kept2.size), ring1[i_kept2]], 1).astype(np.float32),
-            NL + t.size(0),
+            NL + i_ring1.size * (L + 1),
         )  # fmt: skip
-        pre2 = torch.sparse.mm(op, self._dense2_with(t))
-        z, s = self._activate(pre2)
-        u, _ = self._weights(z, self.gmax)
+        plan["j_kept2"], plan["j_kept3"] = index(j3[i_kept2]), index(j3[i_kept3])
 
-        # Rows of A S of kept nodes within k + 3 hops, with the assignment changes.
-        j_kept2, j_kept3 = index(j3[i_kept2]), index(j3[i_kept3])
-        d_s = s - self.s.index_select(0, j_kept2)
-        # (A_l S)_i changes by e_ijl (s'_j - s_j): one sparse product with a row per (edge
-        # channel l, node), each holding the node's in-edges (sorted by target) for that l.
+        # Rows of A S of kept nodes within k + 3 hops: (A_l S)_i changes by e_ijl (s'_j - s_j)
+        # and loses the removed j. One sparse product with a row per (edge channel l, node),
+        # each holding the node's in-edges (sorted by target) for that l, over [S; S' - S].
         col = np.where(gone, src_node, N + rank_kept2[np.maximum(src_pair, 0)])
         sign = (~gone).astype(np.float32) * 2 - 1
         n3, E = i_kept3.size, tgt.size
         crow = np.zeros(n3 + 1, np.int64)
         crow[1:] = np.cumsum(np.bincount(rank_kept3[tgt], minlength=n3))
         crow = np.append((crow[:-1] + E * np.arange(L)[:, None]).reshape(-1), L * E)
-        val = (self.in_attr_np[eid] * sign[:, None]).T.reshape(-1)  # lane-major
-        operand = torch.cat([self.s, d_s])
-        op = _sparse_csr(index(crow), index(np.tile(col, L)), index(val), (L * n3, operand.size(0)))
-        m3 = torch.sparse.mm(op, operand).view(L, n3, C1).permute(1, 2, 0).reshape(n3, C1 * L)
+        val = (self.in_attr_lanes[:, eid] * sign).reshape(-1)  # lane-major
+        plan["op3"] = _sparse_csr(
+            index(crow), index(np.tile(col, L)), index(val), (L * n3, N + i_kept2.size)
+        )
+        plan["n3"] = n3
+        plan["kept2_in_3"] = index(rank_kept3[i_kept2])
+
+        # Pooling 1: the removed nodes' cached terms, and per-copy sums over changed nodes.
+        plan["removed"] = _indicator(c3, j3, ~kept3, C, N)
+        A = self.K * C1
+        counts2 = np.bincount(c3[i_kept2], minlength=C)
+        plan["seg2"] = _segments(counts2, A, (None, j3[i_kept2]), (i_kept2.size, N))
+        counts3 = np.bincount(c3[i_kept3], minlength=C)
+        plan["seg3"] = _segments(counts3, A, (None, j3[i_kept3]), (n3, N))
+        plan["copy2"] = index(c3[i_kept2])
+        plan["n_left"] = index(N - np.bincount(c3[~kept3], minlength=C))
+        return plan
+
+    def pooled(self, plan: dict):
+        """Pooling 1 output of every occluded copy of a :meth:`plan`: (C, K, C1, H),
+        (C, K, C1, C1, L), the fraction of pooling weight left (the smallest over branches),
+        which copies are empty."""
+        H, C1, L, K, C = self.H, self.C1, self.L, self.K, plan["C"]
+        d_h1 = torch.relu(torch.sparse.mm(plan["op1"], self.dense1))
+        d_h1 -= self.h1.index_select(0, plan["j_ring"])
+        j_kept2, j_kept3, n3 = plan["j_kept2"], plan["j_kept3"], plan["n3"]
+        t = (d_h1 @ self.w2).view(-1, H + C1)  # per ring node: root, edge 1..L
+        pre2 = torch.sparse.mm(plan["op2"], self._dense2_with(t))
+        z, s = self._activate(pre2)
+        u, _ = self._weights(z, self.xn.index_select(0, j_kept2), self.gmax)
+
+        operand = torch.cat([self.s, s - self.s.index_select(0, j_kept2)])
+        m3 = torch.sparse.mm(plan["op3"], operand)
+        m3 = m3.view(L, n3, C1).permute(1, 2, 0).reshape(n3, C1 * L)
         m3 += self.m.index_select(0, j_kept3)
         us2 = self._spread(u, s)
         us3 = self.us.index_select(0, j_kept3)
-        us3[index(rank_kept3[i_kept2])] = us2
+        us3[plan["kept2_in_3"]] = us2
 
         # Pooling 1 (eq. 3): new minus old terms of the changed nodes, minus the cached terms
         # of the removed ones.
-        counts2 = np.bincount(c3[i_kept2], minlength=C)
-        counts3 = np.bincount(c3[i_kept3], minlength=C)
-        removed = _indicator(c3, j3, ~kept3, C, N)
-        old_u = torch.sparse.mm(removed, self.terms_u)
-        old_a = torch.sparse.mm(removed, self.terms_a)
-        K = self.K
-        d_U = self._segment_outer(
-            [(us2, z, None), (-self.us.index_select(0, j_kept2), self.z, j3[i_kept2])], counts2
-        )
+        old_u = torch.sparse.mm(plan["removed"], self.terms_u)
+        old_a = torch.sparse.mm(plan["removed"], self.terms_a)
+        d_U = _segment_outer(plan["seg2"], (us2, -self.us.index_select(0, j_kept2)), (z, self.z))
         d_U -= old_u[:, :-K].view(C, K * C1, H)
-        d_u = u - self.u.index_select(0, j_kept2)
-        d_D = torch.zeros(C, K).index_add_(0, index(c3[i_kept2]), d_u) - old_u[:, -K:]
-        d_A = self._segment_outer(
-            [(us3, m3, None), (-self.us.index_select(0, j_kept3), self.m, j3[i_kept3])], counts3
-        )
+        d_D = -old_u[:, -K:]
+        if self.softmax:
+            d_D = d_D.index_add(0, plan["copy2"], u - self.u.index_select(0, j_kept2))
+        d_A = _segment_outer(plan["seg3"], (us3, -self.us.index_select(0, j_kept3)), (m3, self.m))
         d_A -= old_a.view(C, K * C1, C1 * L)
 
-        n_left = index(N - np.bincount(c3[~kept3], minlength=C))
         mass = self.D + d_D.double()  # (C, K)
         x1, a1 = self._normalised(self.U + d_U.double(), self.A + d_A.double(), mass)
-        empty = n_left == 0
+        empty = plan["n_left"] == 0
         x1[empty], a1[empty] = 0, 0
         return x1, a1, (mass / self.D).min(1).values.float(), empty
-
 
     def _dense2_with(self, rows: Tensor) -> Tensor:
         """Layer 2's dense operand: the cached rows ``dense2`` followed by ``rows``, in one
@@ -383,34 +428,44 @@ class _IncrementalOcclusion:
         out[fixed:] = rows
         return out
 
-    def _segment_outer(self, terms, counts) -> Tensor:
-        """``out[c] = sum over (a, b, rows) in terms of sum_r a[r] (x) b[rows[r]]`` over the
-        ``counts[c]`` consecutive rows r of segment c (``rows`` None: b's own rows).
 
-        Each term is one sparse product: a (C * A, len(b)) CSR matrix whose row (c, alpha)
-        holds column alpha of segment c of ``a`` at b's rows, times ``b``. No padding, and
-        ``b`` is read in place (cached per-node tensors are indexed, never gathered).
+def _segments(counts, width: int, rows, sizes) -> dict:
+    """Index part of :func:`_segment_outer`: for C segments of ``counts`` consecutive rows
+    and ``width`` columns, the CSR rows and, per term, the columns (``rows`` None: the
+    term's own rows, else ``rows``), where a (C * width, size) operator reads its operand."""
+    C, R = len(counts), int(np.sum(counts))
+    starts = np.cumsum(counts) - counts
+    seg = np.repeat(np.arange(C), counts)
+    crow = np.append((width * starts[:, None] + counts[:, None] * np.arange(width)).reshape(-1), width * R)
+    pos = (width * starts[seg] + np.arange(R) - starts[seg])[:, None] + counts[seg, None] * np.arange(width)
+    cols = []
+    for r, size in zip(rows, sizes):
+        col = np.empty(R * width, np.int64)
+        col[pos] = (np.arange(R) if r is None else r)[:, None]
+        cols.append((torch.from_numpy(col), size))
+    return {"C": C, "width": width, "crow": torch.from_numpy(crow), "pos": torch.from_numpy(pos.reshape(-1)), "cols": cols}
 
-        Shapes:
-            - input: a (R, A), b (M, B), rows (R,) or None, counts (C,)
-            - output: (C, A, B)
-        """
-        C, R = len(counts), int(np.sum(counts))
-        A, B = terms[0][0].size(1), terms[0][1].size(1)
-        starts = np.cumsum(counts) - counts
-        seg = np.repeat(np.arange(C), counts)
-        crow = np.append((A * starts[:, None] + counts[:, None] * np.arange(A)).reshape(-1), A * R)
-        pos = (A * starts[seg] + np.arange(R) - starts[seg])[:, None] + counts[seg, None] * np.arange(A)
-        pos_t, crow_t = torch.from_numpy(pos.reshape(-1)), torch.from_numpy(crow)
-        out = None
-        for a, b, rows in terms:
-            col = np.empty(R * A, np.int64)
-            col[pos] = (np.arange(R) if rows is None else rows)[:, None]
-            val = a.new_empty(R * A).index_copy_(0, pos_t, a.reshape(-1))
-            op = _sparse_csr(crow_t, torch.from_numpy(col), val, (C * A, b.size(0)))
-            prod = torch.sparse.mm(op, b)
-            out = prod if out is None else out.add_(prod)
-        return out.view(C, A, B)
+
+def _segment_outer(seg: dict, a_terms, b_terms) -> Tensor:
+    """``out[c] = sum over terms of sum_r a[r] (x) b[rows[r]]`` over the rows r of segment c
+    (see :func:`_segments`).
+
+    Each term is one sparse product: a (C * A, len(b)) CSR matrix whose row (c, alpha)
+    holds column alpha of segment c of ``a`` at b's rows, times ``b``. No padding, and
+    ``b`` is read in place (cached per-node tensors are indexed, never gathered).
+
+    Shapes:
+        - input: a (R, A), b (M, B)
+        - output: (C, A, B)
+    """
+    out = None
+    for a, b, (col, size) in zip(a_terms, b_terms, seg["cols"]):
+        val = a.new_empty(a.numel()).index_copy_(0, seg["pos"], a.reshape(-1))
+        op = _sparse_csr(seg["crow"], col, val, (seg["C"] * seg["width"], size))
+        prod = torch.sparse.mm(op, b)
+        out = prod if out is None else out.add_(prod)
+    return out.view(seg["C"], seg["width"], -1)
+
 
 def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
     """Sparse (C, N) 0/1 matrix of the sorted (copy, node) pairs selected by ``mask``."""
@@ -464,7 +519,8 @@ def _probabilities(model, data) -> Tensor:
 
 
 def attention_importance(model, data, target_class: int | None = None) -> np.ndarray:
-    """Attention score of every nucleus (RSF+Attention, Sec. III-F): (N,), summing to 1.
+    """Attention score of every nucleus (RSF+Attention, Sec. III-F): (N,), summing to 1
+    (softmax attention) or each in (0, 1) (sigmoid gates).
 
     With class-wise attention (one branch per class) the scores are those of the branch of
     ``target_class`` (default: the predicted class): what the model looked at to call it.
@@ -527,25 +583,32 @@ def occlusion_importance(
     N = data.x.size(0)
     if N == 0:
         return np.zeros(0, np.float32)
-    with _EvalMode(model):
+    with _EvalMode(model), ThreadPoolExecutor(max_workers=1) as planner:
         if method == "incremental":
             engine = _IncrementalOcclusion(model, data)
-            probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
             neighbours = engine.neighbours
+            # Chunks of nuclei with neighbourhoods of similar size; each chunk's index work
+            # (the plan) is done in a worker thread, one chunk ahead of the arithmetic.
+            order = neighbours.size_order()
+            chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
+            plans = [planner.submit(engine.plan, chunks[0], k)]
+            engine.cache()
+            probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
         else:
             engine, neighbours = None, _Neighbours(data.edge_index, N)
+            chunks = [np.arange(i, min(i + batch_size, N)) for i in range(0, N, batch_size)]
             probs = _probabilities(model, data)[0]
         target = int(probs.argmax()) if target_class is None else int(target_class)
         if not 0 <= target < probs.numel():
             raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
         scores = torch.zeros(N)
-        # Chunks of nuclei with neighbourhoods of similar size: the engine pads every
-        # copy of a chunk to its largest ball.
-        order = neighbours.size_order() if engine is not None else np.arange(N)
-        for start in range(0, N, batch_size):
-            centres = order[start : start + batch_size]
+        for i, centres in enumerate(chunks):
             if engine is not None:
-                x1, a1, mass, empty = engine.pooled(centres, k)
+                plan = plans[i].result()
+                if i + 1 < len(chunks):
+                    plans.append(planner.submit(engine.plan, chunks[i + 1], k))
+                plans[i] = None
+                x1, a1, mass, empty = engine.pooled(plan)
                 p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
                 redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
             else:
