@@ -31,3 +31,36 @@ def test_second_run_reuses_the_graphs_and_new_settings_rebuild(tmp_path, monkeyp
     assert len(calls) == built
     train_from_config(_config(tmp_path, "third", threshold=30.0))  # other settings: rebuilt
     assert len(calls) > built
+
+
+def test_node_dropout_thins_training_graphs_only(tmp_path):
+    """``input: {node_dropout: p}`` leaves out a random share p of the nuclei of each training
+    graph (with their edges), differently each draw; evaluation graphs are whole."""
+    import numpy as np
+    import pytest
+
+    from histoview.models.registry import get_model_config
+    from histoview.preprocessing.graph import build_nuclei_graph
+    from histoview.training.adapters import make_adapter
+
+    rng = np.random.default_rng(0)
+    centroids = rng.uniform(0, 400, (300, 2))
+    graph = build_nuclei_graph(centroids, pixel_size_um=0.5, features=rng.normal(size=(300, 13)),
+                               feature_names=[f"f{i}" for i in range(13)])
+    adapter = make_adapter(get_model_config("test_rsf"), {}, {"node_dropout": 0.3, "cache_dir": None})
+    adapter.graph_for = lambda sample: graph
+    full = adapter.prepare(None, train=False, rng=rng)
+    assert full.num_nodes == 300 and full.num_edges == graph.edge_index.shape[1]
+    a, b = (adapter.prepare(None, train=True, rng=rng) for _ in range(2))
+    for g in (a, b):
+        assert 150 < g.num_nodes < 250  # about 70 % kept
+        assert int(g.edge_index.max()) < g.num_nodes and g.edge_attr.shape[0] == g.num_edges
+        assert g.num_edges < full.num_edges
+    assert not torch_equal(a.x, b.x)
+    assert adapter.describe()["node_dropout"] == 0.3
+    with pytest.raises(ValueError, match="node_dropout"):
+        make_adapter(get_model_config("test_rsf"), {}, {"node_dropout": 1.0})
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
