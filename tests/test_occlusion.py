@@ -115,7 +115,7 @@ def test_sigmoid_gate_occlusion_exact_and_gates_independent(classwise):
     a nucleus's gate does not depend on nuclei outside its receptive field."""
     model = sharpened(
         "test_rsf_attention", num_classes=3, attention_gate="sigmoid", classwise_attention=classwise,
-        attention_morphology=classwise,
+        attention_input="both" if classwise else "embedding",
     )
     data = random_graph(seed=4)
     with torch.no_grad():

@@ -180,7 +180,7 @@ class _IncrementalOcclusion:
         self.in_ptr = (adj.crow_indices() // L).numpy()
         self.in_src = (adj.col_indices()[::L] // L).numpy()
         self.in_attr_np = adj.values().view(-1, L).numpy()
-        self.in_attr_lanes = np.ascontiguousarray(self.in_attr_np.T)  # (L, E)
+        self.in_attr_lanes = [np.ascontiguousarray(a) for a in self.in_attr_np.T]  # L x (E,)
         self.H, self.C1 = model.conv2.out_channels, model.assign1.out_channels
         self.K = model.branches if model.attention is not None else 1
         self._x, self._adj = x, adj
@@ -358,7 +358,9 @@ class _IncrementalOcclusion:
         crow = np.zeros(n3 + 1, np.int64)
         crow[1:] = np.cumsum(np.bincount(rank_kept3[tgt], minlength=n3))
         crow = np.append((crow[:-1] + E * np.arange(L)[:, None]).reshape(-1), L * E)
-        val = (self.in_attr_lanes[:, eid] * sign).reshape(-1)  # lane-major
+        val = np.empty(L * E, np.float32)  # lane-major
+        for lane, attr in enumerate(self.in_attr_lanes):
+            np.multiply(attr[eid], sign, out=val[lane * E : (lane + 1) * E])
         plan["op3"] = _sparse_csr(
             index(crow), index(np.tile(col, L)), index(val), (L * n3, N + i_kept2.size)
         )
@@ -595,33 +597,48 @@ def occlusion_importance(
             engine.cache()
             probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
         else:
-            engine, neighbours = None, _Neighbours(data.edge_index, N)
+            engine, neighbours, plans = None, _Neighbours(data.edge_index, N), []
             chunks = [np.arange(i, min(i + batch_size, N)) for i in range(0, N, batch_size)]
             probs = _probabilities(model, data)[0]
         target = int(probs.argmax()) if target_class is None else int(target_class)
         if not 0 <= target < probs.numel():
             raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
         scores = torch.zeros(N)
-        for i, centres in enumerate(chunks):
-            if engine is not None:
-                plan = plans[i].result()
-                if i + 1 < len(chunks):
-                    plans.append(planner.submit(engine.plan, chunks[i + 1], k))
-                plans[i] = None
-                x1, a1, mass, empty = engine.pooled(plan)
-                p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
-                redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
-            else:
-                p = torch.empty(centres.size)
-                redo = np.arange(centres.size)
-            if redo.size:
-                copy, node, _ = neighbours.balls(centres[redo], k)
-                keep = torch.ones(redo.size, N, dtype=torch.bool)
-                keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
-                batch = occluded_graphs(data, keep)
-                p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
-            scores[torch.from_numpy(centres)] = probs[target] - p
+        # The planner thread needs a core of its own: torch's arithmetic gets the others.
+        threads = torch.get_num_threads()
+        if engine is not None and threads > 1:
+            torch.set_num_threads(threads - 1)
+        try:
+            _score_chunks(model, data, engine, neighbours, chunks, plans, planner, k, target,
+                          probs, scores)
+        finally:
+            torch.set_num_threads(threads)
     return scores.numpy()
+
+
+def _score_chunks(model, data, engine, neighbours, chunks, plans, planner, k, target, probs, scores):
+    """The occlusion loop of :func:`occlusion_importance`: per chunk of occluded copies, the
+    plan (built one chunk ahead by ``planner``), the pooled graphs and the head."""
+    N = data.x.size(0)
+    for i, centres in enumerate(chunks):
+        if engine is not None:
+            plan = plans[i].result()
+            if i + 1 < len(chunks):
+                plans.append(planner.submit(engine.plan, chunks[i + 1], k))
+            plans[i] = None
+            x1, a1, mass, empty = engine.pooled(plan)
+            p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
+            redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
+        else:
+            p = torch.empty(centres.size)
+            redo = np.arange(centres.size)
+        if redo.size:
+            copy, node, _ = neighbours.balls(centres[redo], k)
+            keep = torch.ones(redo.size, N, dtype=torch.bool)
+            keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
+            batch = occluded_graphs(data, keep)
+            p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
+        scores[torch.from_numpy(centres)] = probs[target] - p
 
 
 def explain_graph(

@@ -35,6 +35,17 @@ attention of RSF+Attention: attention "before the first pooling" decides how muc
 nucleus, with its relations, contributes to it, Sec. III-E). The edge convolutions
 of RSF+Edge act on the pooled dense graphs, where Table I places them.
 
+What the paper leaves open about the attention, and the choices here. Seed 001 says only
+that the layer ranks vertices by importance. With Ilse et al.'s softmax attention (the
+default, ``attention_gate="softmax"``) trained on phantoms the scores turned out not to rank
+the lesion: the weights sum to 1, so the pooled graph can read *ratios* of attention mass
+(e.g. benign epithelium against everything else) and the model learned such counting
+shortcuts, with the tumour nuclei at or below chance in its top 20 %. The bundled weights use
+``attention_gate="sigmoid"`` with ``attention_sparsity``: an independent gate in (0, 1) per
+nucleus, pooled as a mean over the graph's nuclei, with an L1 penalty on the gates in
+training. Each gate costs loss, so the model opens only the gates of the nuclei its decision
+needs, and the gates then mark the tumour cells (``benchmarks/bench_graph_importance.py``).
+
 The model API follows timm: ``forward_features(data)`` returns the pooled graph after
 Pooling 1, ``forward_head(x, adj, pre_logits=False)`` the rest. ``forward(data)`` returns
 logits (B, num_classes); RSF+Attention keeps the per-nucleus attention of its last forward
@@ -107,10 +118,11 @@ class RSFNet(nn.Module):
             (:meth:`regularization_loss`, the mean gate over the batch's nuclei): the model
             is pushed to keep only the nuclei its decision needs, so the gates rank evidence
             rather than background. 0 disables it.
-        attention_morphology: the attention also reads each nucleus's own (standardised)
-            morphology, not only its Vertex Conv 2 embedding (which mixes in its 2-hop
-            neighbourhood): the layer sits "at the input to highlight important nuclei
-            directly" (Sec. III-E), so it can single out a nucleus from its neighbours.
+        attention_input: what the attention reads: ``"embedding"``, the Vertex Conv 2 output
+            (Table I's "Vertex Conv 2 + Attn"; it mixes in each nucleus's 2-hop
+            neighbourhood); ``"morphology"``, the nucleus's own standardised features (the
+            text's "at the input to highlight important nuclei directly", Sec. III-E); or
+            ``"both"``. The pooled embeddings carry the neighbourhood in every case.
         dropout: dropout before FC 2 and FC 3.
 
     Shapes:
@@ -133,7 +145,7 @@ class RSFNet(nn.Module):
         classwise_attention: bool = False,
         attention_gate: str = "softmax",
         attention_sparsity: float = 0.0,
-        attention_morphology: bool = False,
+        attention_input: str = "embedding",
         dropout: float = 0.2,
     ):
         super().__init__()
@@ -149,8 +161,12 @@ class RSFNet(nn.Module):
         self.conv1 = RSFConv(in_channels, h, edge_dim)
         self.conv2 = RSFConv(h, h, edge_dim)
         self.branches = num_classes if (attention_channels and classwise_attention) else 1
-        self.attention_morphology = bool(attention_morphology)
-        att_in = h + (in_channels if self.attention_morphology else 0)
+        if attention_input not in ("embedding", "morphology", "both"):
+            raise ValueError(
+                f"attention_input must be 'embedding', 'morphology' or 'both', got {attention_input!r}"
+            )
+        self.attention_input = attention_input
+        att_in = {"embedding": h, "morphology": in_channels, "both": h + in_channels}[attention_input]
         self.attention = (
             NodeAttention(att_in, attention_channels, self.branches, gate=attention_gate)
             if attention_channels
@@ -225,9 +241,11 @@ class RSFNet(nn.Module):
         return out
 
     def attention_score(self, z: Tensor, xn: Tensor) -> Tensor:
-        """Attention logits (N, K) from the Vertex Conv 2 embeddings ``z`` (N, H) and, with
-        ``attention_morphology``, the nuclei's own standardised features ``xn`` (N, F)."""
-        return self.attention.score(torch.cat([z, xn], 1) if self.attention_morphology else z)
+        """Attention logits (N, K) from what ``attention_input`` names: the Vertex Conv 2
+        embeddings ``z`` (N, H), the nuclei's own standardised features ``xn`` (N, F), or
+        both."""
+        inputs = {"embedding": (z,), "morphology": (xn,), "both": (z, xn)}[self.attention_input]
+        return self.attention.score(torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0])
 
     def forward_features(self, data, *, return_attention: bool = False):
         """Up to Pooling 1, per attention branch: pooled vertex features (B, K, C1, H) and
