@@ -43,8 +43,12 @@ the lesion: the weights sum to 1, so the pooled graph can read *ratios* of atten
 shortcuts, with the tumour nuclei at or below chance in its top 20 %. The bundled weights use
 ``attention_gate="sigmoid"`` with ``attention_sparsity``: an independent gate in (0, 1) per
 nucleus, pooled as a mean over the graph's nuclei, with an L1 penalty on the gates in
-training. Each gate costs loss, so the model opens only the gates of the nuclei its decision
-needs, and the gates then mark the tumour cells (``benchmarks/bench_graph_importance.py``).
+training. Each open gate costs loss, so the model opens only the gates of the nuclei its
+decision needs. With ``attention_input="morphology"`` (the gate reads the nucleus's own
+features; the pooled embeddings still carry its neighbourhood) the gates pick one kind of
+nucleus: on phantoms, depending on the training run, the tumour cells (top 20 % 95-98 %
+tumour) or the myoepithelial ring of in-situ ducts (seed 001's "gland-boundary nuclei").
+Both explain the same decisions; ``benchmarks/bench_graph_importance.py`` measures which.
 
 The model API follows timm: ``forward_features(data)`` returns the pooled graph after
 Pooling 1, ``forward_head(x, adj, pre_logits=False)`` the rest. ``forward(data)`` returns
