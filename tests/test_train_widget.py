@@ -85,6 +85,10 @@ def test_dataset_summary_recipes_and_errors(make_napari_viewer, tiny_dataset, tm
     widget.model_choice.setCurrentText("resnet18")
     assert (widget.batch_size.value(), widget.lr.value()) == (32, pytest.approx(1e-4))
     assert recipe_for("rsf", "bach")["input"]["graph_threshold_um"] == 42.0
+    # RSF+Attention's recipe trains sparse sigmoid gates, from training/ and built in alike
+    for folder in (None, tmp_path):
+        kwargs = recipe_for("rsf-attention", "phantom", folder=folder)["model_kwargs"]
+        assert kwargs["attention_gate"] == "sigmoid" and kwargs["attention_sparsity"] > 0
     assert recipe_for("cspresnet50_fpn_se", folder=tmp_path)["train"]["loss"] == "focal"
     assert recipe_for("amil", "folder")["train"]["batch_size"] == 1
     assert recipe_for("amil", "folder", folder=tmp_path)["source"].startswith("built-in")
