@@ -29,10 +29,15 @@ definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one fo
 
 Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
 k = 1 for ~10 neighbours per nucleus, instead of the whole graph; at 1,500 nuclei the 1,500
-occluded predictions take about 35-40 forward passes' time at k = 1 and 45-55 at k = 2
-(``benchmarks/bench_occlusion.py``), against about 1,500 for the definition. Nuclei are
-processed in chunks of similar neighbourhood size, and the per-copy pooling sums are sparse
-products that read the cached per-nucleus tensors in place.
+occluded predictions take about 34-36 forward passes' time at k = 1 and 41-47 at k = 2 on two
+cores (``benchmarks/bench_occlusion.py``), against about 1,500 for the definition. Nuclei are
+processed in chunks of similar neighbourhood size; each chunk's index bookkeeping (NumPy:
+which nodes change, the sparse operators) is built one chunk ahead in a worker thread while
+torch, with one thread fewer, does the arithmetic of the current chunk; the per-copy pooling
+sums are sparse products that read the cached per-nucleus tensors in place. Where the time
+goes (one core, per 1,500 copies): index bookkeeping ~40 %, the ring's Vertex Conv 2
+transform (``d_h1 @ w2``, ~2 GMAC, at the core's matrix-product peak) ~10 %, the sparse
+products and pooled sums the rest.
 
 An empty occluded graph (every nucleus removed) is the model's prediction for an empty graph:
 for the RSF networks, the layers after Pooling 1 applied to an all-zero pooled graph.
