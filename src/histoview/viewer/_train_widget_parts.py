@@ -52,7 +52,7 @@ BUILTIN_RECIPES: dict[str, tuple[dict, dict, dict, str]] = {
     **{m: (_GRAPH, {}, _GRAPH_INPUT, "seed 001 (nuclei graphs): batch 8, lr 0.001")
        for m in ("rsf", "rsf-edge")},
     "rsf-attention": (
-        _GRAPH, {"attention_gate": "sigmoid", "attention_sparsity": 1.5, "attention_input": "morphology"},
+        _GRAPH, {"attention_gate": "sigmoid", "attention_sparsity": 3.0, "attention_input": "morphology"},
         _GRAPH_INPUT, "seed 001 (nuclei graphs): batch 8, lr 0.001; sparse sigmoid attention gates"),
 }
 _FALLBACK = ({"epochs": 10, "batch_size": 8, "lr": 1e-3}, {}, {}, "histoview defaults")
