@@ -46,8 +46,8 @@ nucleus, pooled as a mean over the graph's nuclei, with an L1 penalty on the gat
 training. Each open gate costs loss, so the model opens only the gates of the nuclei its
 decision needs. With ``attention_input="morphology"`` (the gate reads the nucleus's own
 features; the pooled embeddings still carry its neighbourhood) the gates pick one kind of
-nucleus: on phantoms the tumour cells (79-97 % of the top 20 % with ``attention_sparsity=3``,
-every seed tried) or, with a weaker penalty and some seeds, the myoepithelial ring of in-situ
+nucleus: on phantoms the tumour cells (76-97 % of the top 20 % with ``attention_sparsity=3``,
+six seeds of six) or, with a weaker penalty and some seeds, the myoepithelial ring of in-situ
 ducts (seed 001's "gland-boundary nuclei"). ``benchmarks/bench_graph_importance.py``
 measures which.
 
