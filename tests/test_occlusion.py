@@ -290,6 +290,7 @@ def test_explain_graph(importance):
     assert exp.target_class == exp.predicted_class
     assert exp.extra == {
         "importance": importance,
+        "attention_gate": "softmax" if importance == "attention" else None,
         "k": 2 if importance == "occlusion" else None,
         "num_nuclei": data.num_nodes,
         "num_edges": data.num_edges,

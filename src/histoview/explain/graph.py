@@ -719,6 +719,8 @@ def explain_graph(
         synthetic=synthetic,
         extra={
             "importance": importance,
+            # what an attention value means: a gate in (0, 1), or a weight summing to 1
+            "attention_gate": model.attention.gate if importance == "attention" else None,
             "k": int(k) if importance == "occlusion" else None,
             "num_nuclei": int(len(centroids)),
             "num_edges": int(np.asarray(graph.edge_index).shape[1]),
