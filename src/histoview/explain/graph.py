@@ -441,27 +441,27 @@ class _IncrementalOcclusion:
 
 
 def _segments(counts, width: int, rows, sizes) -> dict:
-    """Index part of :func:`_segment_outer`: for C segments of ``counts`` consecutive rows
-    and ``width`` columns, the CSR rows and, per term, the columns (``rows`` None: the
-    term's own rows, else ``rows``), where a (C * width, size) operator reads its operand."""
+    """Index part of :func:`_segment_outer`: C segments of ``counts`` consecutive rows, a
+    ``width``-column left factor, and per term the rows of its right factor (None: the
+    term's own rows, else ``rows``) of ``size`` rows.
+
+    The operator has a row (alpha, c) per column alpha and segment c holding the segment's
+    rows, so its CSR rows and columns are ``width`` shifted copies of one segment layout (no
+    per-entry scatter) and its values are the left factor transposed.
+    """
     C, R = len(counts), int(np.sum(counts))
-    starts = np.cumsum(counts) - counts
-    seg = np.repeat(np.arange(C), counts)
-    crow = np.append((width * starts[:, None] + counts[:, None] * np.arange(width)).reshape(-1), width * R)
-    pos = (width * starts[seg] + np.arange(R) - starts[seg])[:, None] + counts[seg, None] * np.arange(width)
-    cols = []
-    for r, size in zip(rows, sizes):
-        col = np.empty(R * width, np.int64)
-        col[pos] = (np.arange(R) if r is None else r)[:, None]
-        cols.append((torch.from_numpy(col), size))
-    return {"C": C, "width": width, "crow": torch.from_numpy(crow), "pos": torch.from_numpy(pos.reshape(-1)), "cols": cols}
+    starts = np.append(0, np.cumsum(counts))[:-1]
+    crow = np.append((R * np.arange(width)[:, None] + starts).reshape(-1), width * R)
+    cols = [(torch.from_numpy(np.tile(np.arange(R) if r is None else r, width)), size)
+            for r, size in zip(rows, sizes)]
+    return {"C": C, "width": width, "crow": torch.from_numpy(crow), "cols": cols}
 
 
 def _segment_outer(seg: dict, a_terms, b_terms) -> Tensor:
     """``out[c] = sum over terms of sum_r a[r] (x) b[rows[r]]`` over the rows r of segment c
     (see :func:`_segments`).
 
-    Each term is one sparse product: a (C * A, len(b)) CSR matrix whose row (c, alpha)
+    Each term is one sparse product: a (A * C, len(b)) CSR matrix whose row (alpha, c)
     holds column alpha of segment c of ``a`` at b's rows, times ``b``. No padding, and
     ``b`` is read in place (cached per-node tensors are indexed, never gathered).
 
@@ -471,11 +471,10 @@ def _segment_outer(seg: dict, a_terms, b_terms) -> Tensor:
     """
     out = None
     for a, b, (col, size) in zip(a_terms, b_terms, seg["cols"]):
-        val = a.new_empty(a.numel()).index_copy_(0, seg["pos"], a.reshape(-1))
-        op = _sparse_csr(seg["crow"], col, val, (seg["C"] * seg["width"], size))
+        op = _sparse_csr(seg["crow"], col, a.t().reshape(-1), (seg["width"] * seg["C"], size))
         prod = torch.sparse.mm(op, b)
         out = prod if out is None else out.add_(prod)
-    return out.view(seg["C"], seg["width"], -1)
+    return out.view(seg["width"], seg["C"], -1).transpose(0, 1)
 
 
 def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
