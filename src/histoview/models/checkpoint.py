@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from histoview.io.files import atomic_write_bytes
+
 FORMAT = "histoview-checkpoint"
 FORMAT_VERSION = 1
 
@@ -47,12 +49,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Path:
@@ -75,7 +71,7 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = save(state, metadata={"format": FORMAT})
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -84,7 +80,7 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
         **meta,
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
-    _atomic_write_bytes(sidecar_path(path), json.dumps(full, indent=2, default=_json_default).encode())
+    atomic_write_bytes(sidecar_path(path), json.dumps(full, indent=2, default=_json_default).encode())
     return path
 
 

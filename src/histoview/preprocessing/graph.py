@@ -14,8 +14,7 @@ comparing all pairs, so graphs of thousands of nuclei build in milliseconds.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from histoview.io.files import atomic_write_bytes
 from histoview.preprocessing.nuclei import Nuclei, NucleiDetectorConfig, detect_nuclei
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -285,17 +285,11 @@ def save_graph(graph: NucleiGraph, path: str | Path) -> Path:
         "threshold_um": np.array(graph.threshold_um, np.float64),
         "pixel_size_um": np.array(graph.pixel_size_um, np.float64),
     }
-    # Written next to the target and renamed into place: a reader (another training run
-    # sharing the graph cache) never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=f".{path.stem}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # Renamed into place: another training run sharing the graph cache never reads a
+    # half-written file.
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_graph(path: str | Path) -> NucleiGraph:
