@@ -174,6 +174,14 @@ class Explanation:
         return out
 
 
+def peak_normalised(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """``values`` divided by their maximum (float32, all zeros when nothing is positive) and
+    that maximum, which explainers keep in ``extra`` so the raw scale is not lost."""
+    values = np.asarray(values)
+    peak = float(values.max())
+    return (values / peak if peak > 0 else np.zeros_like(values)).astype(np.float32), peak
+
+
 def decide_class(probabilities: np.ndarray, meta: dict) -> tuple[int, float | None]:
     """The predicted class, using a stored operating threshold for binary models.
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoview.explain.base import DenseMap, Explanation, decide_class
+from histoview.explain.base import DenseMap, Explanation, decide_class, peak_normalised
 from histoview.preprocessing.transforms import DIHEDRAL, dihedral, inverse_dihedral, to_tensor
 
 TargetSpec = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], Any] | None
@@ -369,8 +369,7 @@ def explain_cnn(
             back = inverse_dihedral(cam, k, flip)
             total = back if total is None else total + back
     cam = (total / len(transforms)).float().cpu().numpy()
-    peak = float(cam.max())
-    cam = (cam / peak if peak > 0 else np.zeros_like(cam)).astype(np.float32)
+    cam, peak = peak_normalised(cam)
     threshold = None
     if method == "dt-gradcam":
         cam, threshold = dynamic_threshold(cam, threshold_method)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from histoview.explain.base import DenseMap, Explanation
+from histoview.explain.base import DenseMap, Explanation, peak_normalised
 
 
 def explain_rmcg(
@@ -69,8 +69,7 @@ def explain_rmcg(
     target = decided if target_class is None else int(target_class)
     if not 0 <= target < len(probs):
         raise ValueError(f"target_class {target} out of range for {len(probs)} classes")
-    peak = float(attention.max())
-    values = (attention / peak if peak > 0 else np.zeros_like(attention)).astype(np.float32)
+    values, peak = peak_normalised(attention)
     return Explanation(
         method="rmcg",
         model=config.name,
