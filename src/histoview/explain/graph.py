@@ -601,12 +601,14 @@ def occlusion_importance(
             # (the plan) is done in a worker thread, one chunk ahead of the arithmetic.
             order = neighbours.size_order()
             chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
-            plans = [planner.submit(engine.plan, chunks[0], k)]
+            first = planner.submit(engine.plan, chunks[0], k)
+            plans = _plans_ahead(planner, engine, chunks, k, first)
             engine.cache()
             probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
         else:
-            engine, neighbours, plans = None, _Neighbours(data.edge_index, N), []
+            engine, neighbours = None, _Neighbours(data.edge_index, N)
             chunks = [np.arange(i, min(i + batch_size, N)) for i in range(0, N, batch_size)]
+            plans = [None] * len(chunks)
             probs = _probabilities(model, data)[0]
         target = int(probs.argmax()) if target_class is None else int(target_class)
         if not 0 <= target < probs.numel():
@@ -617,36 +619,36 @@ def occlusion_importance(
         if engine is not None and threads > 1:
             torch.set_num_threads(threads - 1)
         try:
-            _score_chunks(model, data, engine, neighbours, chunks, plans, planner, k, target,
-                          probs, scores)
+            for centres, plan in zip(chunks, plans):
+                if engine is not None:
+                    x1, a1, mass, empty = engine.pooled(plan)
+                    p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
+                    redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
+                else:
+                    p = torch.empty(centres.size)
+                    redo = np.arange(centres.size)
+                if redo.size:
+                    copy, node, _ = neighbours.balls(centres[redo], k)
+                    keep = torch.ones(redo.size, N, dtype=torch.bool)
+                    keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
+                    batch = occluded_graphs(data, keep)
+                    p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
+                scores[torch.from_numpy(centres)] = probs[target] - p
         finally:
             torch.set_num_threads(threads)
     return scores.numpy()
 
 
-def _score_chunks(model, data, engine, neighbours, chunks, plans, planner, k, target, probs, scores):
-    """The occlusion loop of :func:`occlusion_importance`: per chunk of occluded copies, the
-    plan (built one chunk ahead by ``planner``), the pooled graphs and the head."""
-    N = data.x.size(0)
-    for i, centres in enumerate(chunks):
-        if engine is not None:
-            plan = plans[i].result()
-            if i + 1 < len(chunks):
-                plans.append(planner.submit(engine.plan, chunks[i + 1], k))
-            plans[i] = None
-            x1, a1, mass, empty = engine.pooled(plan)
-            p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
-            redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
-        else:
-            p = torch.empty(centres.size)
-            redo = np.arange(centres.size)
-        if redo.size:
-            copy, node, _ = neighbours.balls(centres[redo], k)
-            keep = torch.ones(redo.size, N, dtype=torch.bool)
-            keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
-            batch = occluded_graphs(data, keep)
-            p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
-        scores[torch.from_numpy(centres)] = probs[target] - p
+def _plans_ahead(planner, engine, chunks, k: int, first):
+    """Each chunk's :meth:`_IncrementalOcclusion.plan`, from the future ``first`` (already
+    submitted, so it overlaps the work before the loop), the next one always being built in
+    the ``planner`` thread while the current one is used."""
+    pending = first
+    for i in range(len(chunks)):
+        plan = pending.result()
+        if i + 1 < len(chunks):
+            pending = planner.submit(engine.plan, chunks[i + 1], k)
+        yield plan
 
 
 def explain_graph(
