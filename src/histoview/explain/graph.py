@@ -29,7 +29,7 @@ definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one fo
 
 Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
 k = 1 for ~10 neighbours per nucleus, instead of the whole graph; at 1,500 nuclei the 1,500
-occluded predictions take about 34-40 forward passes' time at k = 1 and 41-53 at k = 2 on two
+occluded predictions take about 34-40 forward passes' time at k = 1 and 39-53 at k = 2 on two
 cores (``benchmarks/bench_occlusion.py``), against about 1,500 for the definition. Nuclei are
 processed in chunks of similar neighbourhood size; each chunk's index bookkeeping (NumPy:
 which nodes change, the sparse operators) is built one chunk ahead in a worker thread while
