@@ -250,6 +250,25 @@ def test_model_mode_restored():
     assert model.training
 
 
+def test_torch_thread_count_restored():
+    """The engine runs torch single-threaded in its worker and with one thread fewer in the
+    caller; afterwards the caller (and threads started later) get the count set before."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        occlusion_importance(create_model("test_rsf"), random_graph(), method="incremental")
+        assert torch.get_num_threads() == 2
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
 class _Graph:
     """Stand-in with the NucleiGraph fields explain_graph reads."""
 

@@ -29,15 +29,16 @@ definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one fo
 
 Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
 k = 1 for ~10 neighbours per nucleus, instead of the whole graph; at 1,500 nuclei the 1,500
-occluded predictions take about 34-40 forward passes' time at k = 1 and 39-53 at k = 2 on two
+occluded predictions take about 29-33 forward passes' time at k = 1 and 36-46 at k = 2 on two
 cores (``benchmarks/bench_occlusion.py``), against about 1,500 for the definition. Nuclei are
-processed in chunks of similar neighbourhood size; each chunk's index bookkeeping (NumPy:
-which nodes change, the sparse operators) is built one chunk ahead in a worker thread while
-torch, with one thread fewer, does the arithmetic of the current chunk; the per-copy pooling
-sums are sparse products that read the cached per-nucleus tensors in place. Where the time
-goes (one core, per 1,500 copies): index bookkeeping ~40 %, the ring's Vertex Conv 2
-transform (``d_h1 @ w2``, ~2 GMAC, at the core's matrix-product peak) ~10 %, the sparse
-products and pooled sums the rest.
+processed in chunks of similar neighbourhood size, as a two-stage pipeline over two threads:
+a worker thread prepares the next chunk (its index bookkeeping in NumPy: which nodes change,
+the sparse operators; then, with single-threaded torch, the ring's new Vertex Conv 1 output
+and its Vertex Conv 2 transforms ``d_h1 @ w2``, ~2 GMAC per 1,500 copies) while the calling
+thread, with one torch thread fewer, does the rest for the current chunk (Vertex Conv 2 of the
+changed nodes, the pooled sums, the head). The two stages take about the same time (about 120
+ms each on one core of this benchmark); the per-copy pooling sums are sparse products that
+read the cached per-node tensors in place.
 
 An empty occluded graph (every nucleus removed) is the model's prediction for an empty graph:
 for the RSF networks, the layers after Pooling 1 applied to an all-zero pooled graph.
@@ -196,7 +197,7 @@ class _IncrementalOcclusion:
         from histoview.models.graph_layers import channel_blocks
 
         model, x, adj = self.model, self._x, self._adj
-        N, L, H, C1, K = self.N, self.L, self.H, self.C1, self.K
+        N, L, H, C1 = self.N, self.L, self.H, self.C1
         c1, c2, sa = model.conv1, model.conv2, model.assign1
         # Full graph: pre-activations and per-node transforms of the layers before Pooling 1.
         self.xn = model.normalise_nodes(x)
@@ -298,15 +299,15 @@ class _IncrementalOcclusion:
         """The index work of one chunk of occluded copies (NumPy only, no model arithmetic):
         which nodes of each copy are removed or change, and the sparse operators that
         propagate the changes. It does not depend on other chunks, so
-        :func:`occlusion_importance` builds the next chunk's plan in a worker thread while
-        the arithmetic of this one runs (NumPy and torch release the GIL in their loops).
+        :func:`occlusion_importance` prepares the next chunk in a worker thread while the
+        arithmetic of this one runs (NumPy and torch release the GIL in their loops).
 
         Copies are the rows of ``centres``; within a copy, (copy, node) pairs are sorted by
         node and classified by hop distance d from the centre: removed (d <= k), ring
         (d = k + 1, Vertex Conv 1 changes), changed (k < d <= k + 2, Vertex Conv 2, the
         assignment and the attention change) and the rows of A S that change (k < d <= k + 3).
         """
-        N, L, H, C1 = self.N, self.L, self.H, self.C1
+        N, L, C1 = self.N, self.L, self.C1
         NL = N * L + N  # rows of the static part of the dense operands
         C = len(centres)
         index = torch.from_numpy
@@ -387,15 +388,27 @@ class _IncrementalOcclusion:
         plan["n_left"] = index(N - np.bincount(c3[~kept3], minlength=C))
         return plan
 
+    def ring_transforms(self, plan: dict) -> Tensor:
+        """Vertex Conv 1 on the ring k + 1 of every copy of a :meth:`plan`, and the ring's
+        feature changes through Vertex Conv 2 and the assignment: (R * (L + 1), H + C1), per
+        ring node its root and edge 1..L transforms."""
+        d_h1 = torch.relu(torch.sparse.mm(plan["op1"], self.dense1))
+        d_h1 -= self.h1.index_select(0, plan["j_ring"])
+        return (d_h1 @ self.w2).view(-1, self.H + self.C1)
+
+    def prepare(self, centres, k: int) -> dict:
+        """:meth:`plan` and :meth:`ring_transforms` of one chunk (what the worker thread does)."""
+        plan = self.plan(centres, k)
+        plan["t"] = self.ring_transforms(plan)
+        return plan
+
     def pooled(self, plan: dict):
         """Pooling 1 output of every occluded copy of a :meth:`plan`: (C, K, C1, H),
         (C, K, C1, C1, L), the fraction of pooling weight left (the smallest over branches),
         which copies are empty."""
         H, C1, L, K, C = self.H, self.C1, self.L, self.K, plan["C"]
-        d_h1 = torch.relu(torch.sparse.mm(plan["op1"], self.dense1))
-        d_h1 -= self.h1.index_select(0, plan["j_ring"])
         j_kept2, j_kept3, n3 = plan["j_kept2"], plan["j_kept3"], plan["n3"]
-        t = (d_h1 @ self.w2).view(-1, H + C1)  # per ring node: root, edge 1..L
+        t = plan["t"] if "t" in plan else self.ring_transforms(plan)
         pre2 = torch.sparse.mm(plan["op2"], self._dense2_with(t))
         z, s = self._activate(pre2)
         u, _ = self._weights(z, self.xn.index_select(0, j_kept2), self.gmax)
@@ -593,12 +606,14 @@ def occlusion_importance(
     N = data.x.size(0)
     if N == 0:
         return np.zeros(0, np.float32)
-    with _EvalMode(model), ThreadPoolExecutor(max_workers=1) as planner:
+    # Read before the worker thread exists: it sets torch's global thread count to 1.
+    threads = torch.get_num_threads()
+    with _EvalMode(model), ThreadPoolExecutor(max_workers=1, initializer=_one_thread) as planner:
         if method == "incremental":
             engine = _IncrementalOcclusion(model, data)
             neighbours = engine.neighbours
-            # Chunks of nuclei with neighbourhoods of similar size; each chunk's index work
-            # (the plan) is done in a worker thread, one chunk ahead of the arithmetic.
+            # Chunks of nuclei with neighbourhoods of similar size, each prepared (index work,
+            # ring transforms) in a worker thread one chunk ahead of the rest of its arithmetic.
             order = neighbours.size_order()
             chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
             first = planner.submit(engine.plan, chunks[0], k)
@@ -614,8 +629,7 @@ def occlusion_importance(
         if not 0 <= target < probs.numel():
             raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
         scores = torch.zeros(N)
-        # The planner thread needs a core of its own: torch's arithmetic gets the others.
-        threads = torch.get_num_threads()
+        # The worker thread needs a core of its own: this thread's torch gets the others.
         if engine is not None and threads > 1:
             torch.set_num_threads(threads - 1)
         try:
@@ -639,15 +653,24 @@ def occlusion_importance(
     return scores.numpy()
 
 
+def _one_thread() -> None:
+    """Torch runs single-threaded in the worker thread. Torch initialises a thread's intra-op
+    thread count lazily from its global setting, so initialise first, then set (which also
+    sets the global value: :func:`occlusion_importance` restores it)."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
 def _plans_ahead(planner, engine, chunks, k: int, first):
-    """Each chunk's :meth:`_IncrementalOcclusion.plan`, from the future ``first`` (already
-    submitted, so it overlaps the work before the loop), the next one always being built in
-    the ``planner`` thread while the current one is used."""
+    """Each chunk's plan: the first from the future ``first`` (its index work only, submitted
+    before the cache exists so that it overlaps it), the others from
+    :meth:`_IncrementalOcclusion.prepare` (index work and ring transforms), the next one
+    always being prepared in the ``planner`` thread while the current one is used."""
     pending = first
     for i in range(len(chunks)):
         plan = pending.result()
         if i + 1 < len(chunks):
-            pending = planner.submit(engine.plan, chunks[i + 1], k)
+            pending = planner.submit(engine.prepare, chunks[i + 1], k)
         yield plan
 
 

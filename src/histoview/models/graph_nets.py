@@ -257,7 +257,7 @@ class RSFNet(nn.Module):
         adjacency (B, K, C1, C1, L) (K = 1 without class-wise attention); with
         ``return_attention`` also the attention (N, K) (softmax weights or sigmoid gates;
         None without attention)."""
-        from torch_geometric.utils import scatter, softmax
+        from torch_geometric.utils import scatter
 
         from histoview.models.graph_layers import rsf_adjacency, sparse_embed_pool
 
