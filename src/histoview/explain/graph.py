@@ -29,7 +29,7 @@ definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one fo
 
 Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
 k = 1 for ~10 neighbours per nucleus, instead of the whole graph; at 1,500 nuclei the 1,500
-occluded predictions take about 29-33 forward passes' time at k = 1 and 36-46 at k = 2 on two
+occluded predictions take about 27-33 forward passes' time at k = 1 and 34-47 at k = 2 on two
 cores (``benchmarks/bench_occlusion.py``), against about 1,500 for the definition. Nuclei are
 processed in chunks of similar neighbourhood size, as a two-stage pipeline over two threads:
 a worker thread prepares the next chunk (its index bookkeeping in NumPy: which nodes change,
@@ -573,7 +573,7 @@ def occlusion_importance(
     *,
     k: int = 1,
     target_class: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = 128,
     method: str = "auto",
 ) -> np.ndarray:
     """Occlusion importance of every nucleus (seed 001, eq. 5): (N,) float32.
@@ -686,7 +686,7 @@ def explain_graph(
     synthetic: bool = False,
     image_shape: tuple[int, int] | None = None,
     outlines: tuple = (),
-    batch_size: int = 256,
+    batch_size: int = 128,
 ) -> Explanation:
     """Explain a graph model's decision on one nuclei graph, one value per nucleus.
 
