@@ -255,16 +255,22 @@ def test_torch_thread_count_restored():
     caller; afterwards the caller (and threads started later) get the count set before."""
     import threading
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        occlusion_importance(create_model("test_rsf"), random_graph(), method="incremental")
-        assert torch.get_num_threads() == 2
+    def in_new_thread() -> int:
         seen = []
         thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
         thread.start()
         thread.join()
-        assert seen == [2]
+        return seen[0]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    model, data = create_model("test_rsf"), random_graph()
+    try:
+        occlusion_importance(model, data, method="incremental")
+        assert torch.get_num_threads() == 2 and in_new_thread() == 2
+        with pytest.raises(ValueError, match="out of range"):  # fails after the worker started
+            occlusion_importance(model, data, method="incremental", target_class=7)
+        assert torch.get_num_threads() == 2 and in_new_thread() == 2
     finally:
         torch.set_num_threads(before)
 

@@ -608,31 +608,31 @@ def occlusion_importance(
         return np.zeros(0, np.float32)
     # Read before the worker thread exists: it sets torch's global thread count to 1.
     threads = torch.get_num_threads()
-    with _EvalMode(model), ThreadPoolExecutor(max_workers=1, initializer=_one_thread) as planner:
-        if method == "incremental":
-            engine = _IncrementalOcclusion(model, data)
-            neighbours = engine.neighbours
-            # Chunks of nuclei with neighbourhoods of similar size, each prepared (index work,
-            # ring transforms) in a worker thread one chunk ahead of the rest of its arithmetic.
-            order = neighbours.size_order()
-            chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
-            first = planner.submit(engine.plan, chunks[0], k)
-            plans = _plans_ahead(planner, engine, chunks, k, first)
-            engine.cache()
-            probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
-        else:
-            engine, neighbours = None, _Neighbours(data.edge_index, N)
-            chunks = [np.arange(i, min(i + batch_size, N)) for i in range(0, N, batch_size)]
-            plans = [None] * len(chunks)
-            probs = _probabilities(model, data)[0]
-        target = int(probs.argmax()) if target_class is None else int(target_class)
-        if not 0 <= target < probs.numel():
-            raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
-        scores = torch.zeros(N)
-        # The worker thread needs a core of its own: this thread's torch gets the others.
-        if engine is not None and threads > 1:
-            torch.set_num_threads(threads - 1)
-        try:
+    try:
+        with _EvalMode(model), ThreadPoolExecutor(max_workers=1, initializer=_one_thread) as planner:
+            if method == "incremental":
+                engine = _IncrementalOcclusion(model, data)
+                neighbours = engine.neighbours
+                # Chunks of nuclei with neighbourhoods of similar size, each prepared (index work,
+                # ring transforms) in a worker thread one chunk ahead of the rest of its arithmetic.
+                order = neighbours.size_order()
+                chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
+                first = planner.submit(engine.plan, chunks[0], k)
+                plans = _plans_ahead(planner, engine, chunks, k, first)
+                engine.cache()
+                probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
+            else:
+                engine, neighbours = None, _Neighbours(data.edge_index, N)
+                chunks = [np.arange(i, min(i + batch_size, N)) for i in range(0, N, batch_size)]
+                plans = [None] * len(chunks)
+                probs = _probabilities(model, data)[0]
+            target = int(probs.argmax()) if target_class is None else int(target_class)
+            if not 0 <= target < probs.numel():
+                raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
+            scores = torch.zeros(N)
+            # The worker thread needs a core of its own: this thread's torch gets the others.
+            if engine is not None and threads > 1:
+                torch.set_num_threads(threads - 1)
             for centres, plan in zip(chunks, plans):
                 if engine is not None:
                     x1, a1, mass, empty = engine.pooled(plan)
@@ -648,8 +648,8 @@ def occlusion_importance(
                     batch = occluded_graphs(data, keep)
                     p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
                 scores[torch.from_numpy(centres)] = probs[target] - p
-        finally:
-            torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
     return scores.numpy()
 
 
