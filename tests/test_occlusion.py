@@ -77,8 +77,20 @@ def plain_occlusion(model, data: Data, k: int, target: int) -> np.ndarray:
     return np.array(scores)
 
 
+@pytest.fixture(params=["c", "numpy"])
+def index_kernel(request, monkeypatch):
+    """Run with the C index kernel, then with the NumPy reference."""
+    from histoview.explain import graph
+
+    if request.param == "c" and graph._c_index() is None:
+        pytest.skip("the C extension histoview.explain._occlusion_index is not built here")
+    if request.param == "numpy":
+        monkeypatch.setattr(graph, "_C_INDEX", [None])
+    return request.param
+
+
 @pytest.mark.parametrize("name", TINY + ("rsf-attention",))
-def test_occlusion_matches_plain_definition(name):
+def test_occlusion_matches_plain_definition(name, index_kernel):
     model = sharpened(name)
     data = random_graph()
     with torch.no_grad():
@@ -90,6 +102,58 @@ def test_occlusion_matches_plain_definition(name):
             got = occlusion_importance(model, data, k=k, method=method, batch_size=11)
             assert got.shape == (data.num_nodes,) and got.dtype == np.float32
             np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{method} k={k}")
+
+
+def _same(a, b) -> bool:
+    """Plan entries equal: tensors (sparse CSR by their three arrays), dicts, sequences."""
+    if isinstance(a, torch.Tensor):
+        if a.layout == torch.sparse_csr:
+            parts = (a.crow_indices(), a.col_indices(), a.values())
+            other = (b.crow_indices(), b.col_indices(), b.values())
+            return a.shape == b.shape and all(torch.equal(x, y) for x, y in zip(parts, other))
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_c_index_kernel_gives_the_numpy_plan():
+    """The C kernel builds exactly the arrays of the NumPy reference: every k, chunks with
+    isolated nodes and a separate chain, chunks whose copies have no ring, and output
+    buffers too small at first (the kernel reports the sizes and is called again)."""
+    from histoview.explain import graph
+
+    if graph._c_index() is None:
+        pytest.skip("the C extension histoview.explain._occlusion_index is not built here")
+    model = sharpened("test_rsf_attention")
+    for seed, n in ((0, 40), (3, 120)):
+        engine = graph._IncrementalOcclusion(model, random_graph(n, seed=seed))
+        N = engine.N
+        chunks = (np.arange(N), np.array([n, n + 1, n + 2]), np.arange(0, N, 7)[::-1])
+        for k in (0, 1, 2, 3):
+            for centres in chunks:
+                engine.use_c, engine.c_capacity = False, (1, 1)
+                expected = engine.plan(centres, k)
+                engine.use_c = True
+                got = engine.plan(centres, k)
+                bad = [key for key in expected if not _same(expected[key], got[key])]
+                assert not bad, f"k={k}, {len(centres)} centres: {bad} differ"
+
+
+def test_c_extension_built_where_a_compiler_is():
+    """The package builds its optional C kernel whenever a C compiler is available (as on
+    CI), so the fast path is what the tests and benchmarks use there."""
+    import shutil
+    import sysconfig
+
+    from histoview.explain import graph
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}) here: histoview falls back to NumPy")
+    assert graph._c_index() is not None, "reinstall histoview (pip install -e .) to build it"
 
 
 def test_classwise_attention_occlusion_and_attention():

@@ -46,6 +46,8 @@ for the RSF networks, the layers after Pooling 1 applied to an all-zero pooled g
 
 from __future__ import annotations
 
+import ctypes
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -176,7 +178,7 @@ class _IncrementalOcclusion:
 
         self.model = model
         self.L = L = model.edge_dim
-        self._dense2_buf: Tensor | None = None
+        self._operand: list[Tensor | None] = [None, None]  # layer-2 operands, two chunks
         x = data.x.float()
         self.N = N = x.size(0)
         edge_index = data.edge_index
@@ -190,6 +192,8 @@ class _IncrementalOcclusion:
         self.H, self.C1 = model.conv2.out_channels, model.assign1.out_channels
         self.K = model.branches if model.attention is not None else 1
         self._x, self._adj = x, adj
+        self.use_c = True
+        self.c_capacity = (1024, 8192)  # grown to what the chunks need
 
     def cache(self) -> None:
         """The full graph's activations, transforms and pooling terms (torch arithmetic; the
@@ -295,33 +299,24 @@ class _IncrementalOcclusion:
             torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), (n_rows, n_cols)
         )
 
-    def plan(self, centres, k: int) -> dict:
-        """The index work of one chunk of occluded copies (NumPy only, no model arithmetic):
-        which nodes of each copy are removed or change, and the sparse operators that
-        propagate the changes. It does not depend on other chunks, so
-        :func:`occlusion_importance` prepares the next chunk in a worker thread while the
-        arithmetic of this one runs (NumPy and torch release the GIL in their loops).
+    def pairs(self, centres, k: int):
+        """The (copy, node) pairs within k + 3 hops of each centre, sorted, with their hop
+        distance (three (P,) int64 arrays), and the in-edges of the kept pairs (k < d) whose
+        source lies within k + 2 hops, sorted by target pair then edge id: target pair,
+        edge id, source node, source distance, source pair (five (Q,) int64 arrays). The C
+        kernel when it is available, else :meth:`pairs_numpy` (same output)."""
+        if self.use_c and _c_index() is not None:
+            return _c_pairs(self, centres, k)
+        return self.pairs_numpy(centres, k)
 
-        Copies are the rows of ``centres``; within a copy, (copy, node) pairs are sorted by
-        node and classified by hop distance d from the centre: removed (d <= k), ring
-        (d = k + 1, Vertex Conv 1 changes), changed (k < d <= k + 2, Vertex Conv 2, the
-        assignment and the attention change) and the rows of A S that change (k < d <= k + 3).
-        """
-        N, L, C1 = self.N, self.L, self.C1
-        NL = N * L + N  # rows of the static part of the dense operands
+    def pairs_numpy(self, centres, k: int):
+        """:meth:`pairs` in NumPy (the reference of the C kernel)."""
+        N = self.N
         C = len(centres)
-        index = torch.from_numpy
         c3, j3, d3, table = self.neighbours.balls(centres, k + 3, return_table=True)
-        kept3, ring1 = d3 > k, d3 == k + 1
-        kept2 = kept3 & (d3 <= k + 2)
-        rank_ring1 = np.cumsum(ring1) - 1
-        rank_kept2 = np.cumsum(kept2) - 1
-        rank_kept3 = np.cumsum(kept3) - 1
-        i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
+        i_kept3 = np.flatnonzero(d3 > k)
         pos3 = np.full(C * N, -1, np.int64)
         pos3[c3 * N + j3] = np.arange(d3.size)
-
-        # In-edges (source -> kept target) with the source within k + 2 hops, target-sorted.
         start = self.in_ptr[j3[i_kept3]]
         deg = self.in_ptr[j3[i_kept3] + 1] - start
         tgt = np.repeat(i_kept3, deg)
@@ -330,52 +325,39 @@ class _IncrementalOcclusion:
         src_key = c3[tgt] * N + src_node
         d_src = table[src_key]
         keep = np.flatnonzero(d_src <= k + 2)
-        tgt, eid, src_node, src_key = tgt[keep], eid[keep], src_node[keep], src_key[keep]
-        d_src, d_tgt = d_src[keep], d3[tgt]
-        gone = d_src <= k
-        src_pair = pos3[src_key]
-        plan = {"C": C}
+        src_key = src_key[keep]
+        edges = tgt[keep], eid[keep], src_node[keep], d_src[keep].astype(np.int64), pos3[src_key]
+        return c3, j3, d3, edges
 
-        # Vertex Conv 1 on the ring k + 1: cached pre-activation minus removed sources.
-        sel = np.flatnonzero((d_tgt == k + 1) & gone)
-        plan["op1"] = self._operator(
-            rank_ring1[tgt[sel]], src_node[sel] * L, -np.ones(sel.size, np.float32), eid[sel],
-            (N * L + j3[i_ring1])[:, None], np.ones((i_ring1.size, 1), np.float32), NL,
-        )  # fmt: skip
+    def plan(self, centres, k: int) -> dict:
+        """The index work of one chunk of occluded copies (no model arithmetic): which nodes
+        of each copy are removed or change, and the sparse operators that propagate the
+        changes. It does not depend on other chunks, so :func:`occlusion_importance`
+        prepares the next chunk in a worker thread while the arithmetic of this one runs
+        (the C kernel, NumPy and torch release the GIL in their loops).
+
+        Copies are the rows of ``centres``; within a copy, (copy, node) pairs are sorted by
+        node and classified by hop distance d from the centre: removed (d <= k), ring
+        (d = k + 1, Vertex Conv 1 changes), changed (k < d <= k + 2, Vertex Conv 2, the
+        assignment and the attention change) and the rows of A S that change (k < d <= k + 3).
+        The operators come from the C kernel when it is available (:meth:`operators_c`),
+        else from NumPy (:meth:`operators_numpy`, the reference; both give the same arrays).
+        """
+        N, C1, C = self.N, self.C1, len(centres)
+        index = torch.from_numpy
+        c3, j3, d3, edges = self.pairs(centres, k)
+        kept3, ring1 = d3 > k, d3 == k + 1
+        kept2 = kept3 & (d3 <= k + 2)
+        i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
+        masks = (ring1, kept2, kept3), (i_ring1, i_kept2, i_kept3)
+        use_c = self.use_c and _c_index() is not None
+        build = self.operators_c if use_c else self.operators_numpy
+        op1, op2, op3 = build(k, j3, d3, edges, masks)
+        n3 = i_kept3.size
+        plan = {"C": C, "op1": op1, "op2": op2, "op3": op3, "n3": n3}
         plan["j_ring"] = index(j3[i_ring1])
-
-        # Vertex Conv 2 and the assignment on kept nodes within k + 2 hops: the cached
-        # pre-activation, removed sources with minus their edge weight, and the transforms
-        # (root, edge 1..L) of the ring's feature changes, stacked after the cached rows.
-        sel = np.flatnonzero((d_tgt <= k + 2) & (d_src <= k + 1))
-        from_ring = ~gone[sel]
-        base = np.where(from_ring, NL + rank_ring1[src_pair[sel]] * (L + 1) + 1, src_node[sel] * L)
-        own_root = NL + np.maximum(rank_ring1[i_kept2], 0) * (L + 1)
-        plan["op2"] = self._operator(
-            rank_kept2[tgt[sel]], base, from_ring.astype(np.float32) * 2 - 1, eid[sel],
-            np.stack([N * L + j3[i_kept2], own_root], 1),
-            np.stack([np.ones(i_kept2.size), ring1[i_kept2]], 1).astype(np.float32),
-            NL + i_ring1.size * (L + 1),
-        )  # fmt: skip
         plan["j_kept2"], plan["j_kept3"] = index(j3[i_kept2]), index(j3[i_kept3])
-
-        # Rows of A S of kept nodes within k + 3 hops: (A_l S)_i changes by e_ijl (s'_j - s_j)
-        # and loses the removed j. One sparse product with a row per (edge channel l, node),
-        # each holding the node's in-edges (sorted by target) for that l, over [S; S' - S].
-        col = np.where(gone, src_node, N + rank_kept2[np.maximum(src_pair, 0)])
-        sign = (~gone).astype(np.float32) * 2 - 1
-        n3, E = i_kept3.size, tgt.size
-        crow = np.zeros(n3 + 1, np.int64)
-        crow[1:] = np.cumsum(np.bincount(rank_kept3[tgt], minlength=n3))
-        crow = np.append((crow[:-1] + E * np.arange(L)[:, None]).reshape(-1), L * E)
-        val = np.empty(L * E, np.float32)  # lane-major
-        for lane, attr in enumerate(self.in_attr_lanes):
-            np.multiply(attr[eid], sign, out=val[lane * E : (lane + 1) * E])
-        plan["op3"] = _sparse_csr(
-            index(crow), index(np.tile(col, L)), index(val), (L * n3, N + i_kept2.size)
-        )
-        plan["n3"] = n3
-        plan["kept2_in_3"] = index(rank_kept3[i_kept2])
+        plan["kept2_in_3"] = index(np.flatnonzero(kept2[i_kept3]))
 
         # Pooling 1: the removed nodes' cached terms, and per-copy sums over changed nodes.
         plan["removed"] = _indicator(c3, j3, ~kept3, C, N)
@@ -388,28 +370,150 @@ class _IncrementalOcclusion:
         plan["n_left"] = index(N - np.bincount(c3[~kept3], minlength=C))
         return plan
 
-    def ring_transforms(self, plan: dict) -> Tensor:
+    def operators_numpy(self, k: int, j3, d3, edges, masks):
+        """The three sparse operators of a chunk (see :meth:`plan`), in NumPy.
+
+        * op1, Vertex Conv 1 on the ring k + 1: the cached pre-activation minus the removed
+          sources;
+        * op2, Vertex Conv 2 and the assignment on kept nodes within k + 2 hops: the cached
+          pre-activation, removed sources with minus their edge weight, and the transforms
+          (root, edge 1..L) of the ring's feature changes, stacked after the cached rows;
+        * op3, rows of A S of kept nodes within k + 3 hops: (A_l S)_i changes by
+          e_ijl (s'_j - s_j) and loses the removed j. A row per (edge channel l, node), each
+          holding the node's in-edges (sorted by target) for that l, over [S; S' - S].
+        """
+        N, L = self.N, self.L
+        NL = N * L + N  # rows of the static part of the dense operands
+        tgt, eid, src_node, d_src, src_pair = edges
+        (ring1, kept2, kept3), (i_ring1, i_kept2, i_kept3) = masks
+        rank_ring1 = np.cumsum(ring1) - 1
+        rank_kept2 = np.cumsum(kept2) - 1
+        rank_kept3 = np.cumsum(kept3) - 1
+        d_tgt = d3[tgt]
+        gone = d_src <= k
+
+        sel = np.flatnonzero((d_tgt == k + 1) & gone)
+        op1 = self._operator(
+            rank_ring1[tgt[sel]], src_node[sel] * L, -np.ones(sel.size, np.float32), eid[sel],
+            (N * L + j3[i_ring1])[:, None], np.ones((i_ring1.size, 1), np.float32), NL,
+        )  # fmt: skip
+
+        sel = np.flatnonzero((d_tgt <= k + 2) & (d_src <= k + 1))
+        from_ring = ~gone[sel]
+        base = np.where(from_ring, NL + rank_ring1[src_pair[sel]] * (L + 1) + 1, src_node[sel] * L)
+        # Each row's own ring transforms (root); rows off the ring get a zero entry on their
+        # own pre-activation's column instead, a column that always exists.
+        on_ring = ring1[i_kept2]
+        own_root = np.where(on_ring, NL + rank_ring1[i_kept2] * (L + 1), N * L + j3[i_kept2])
+        op2 = self._operator(
+            rank_kept2[tgt[sel]], base, from_ring.astype(np.float32) * 2 - 1, eid[sel],
+            np.stack([N * L + j3[i_kept2], own_root], 1),
+            np.stack([np.ones(i_kept2.size), on_ring], 1).astype(np.float32),
+            NL + i_ring1.size * (L + 1),
+        )  # fmt: skip
+
+        col = np.where(gone, src_node, N + rank_kept2[np.maximum(src_pair, 0)])
+        sign = (~gone).astype(np.float32) * 2 - 1
+        n3, E = i_kept3.size, tgt.size
+        crow = np.zeros(n3 + 1, np.int64)
+        crow[1:] = np.cumsum(np.bincount(rank_kept3[tgt], minlength=n3))
+        crow = np.append((crow[:-1] + E * np.arange(L)[:, None]).reshape(-1), L * E)
+        val = np.empty(L * E, np.float32)  # lane-major
+        for lane, attr in enumerate(self.in_attr_lanes):
+            np.multiply(attr[eid], sign, out=val[lane * E : (lane + 1) * E])
+        index = torch.from_numpy
+        op3 = _sparse_csr(
+            index(crow), index(np.tile(col, L)), index(val), (L * n3, N + i_kept2.size)
+        )
+        return op1, op2, op3
+
+    def operators_c(self, k: int, j3, d3, edges, masks):
+        """:meth:`operators_numpy` with the C kernel (one pass, the same arrays)."""
+        N, L = self.N, self.L
+        NL = N * L + N
+        (_, i_ring1, i_kept2, i_kept3), P, Q = (None, *masks[1]), d3.size, edges[0].size
+        n_ring, n2, n3 = i_ring1.size, i_kept2.size, i_kept3.size
+        op1 = np.empty(n_ring + 1, np.int64), np.empty(Q * L + n_ring, np.int64)
+        op1 = (*op1, np.empty(op1[1].size, np.float32))
+        op2 = np.empty(n2 + 1, np.int64), np.empty(Q * L + 2 * n2, np.int64)
+        op2 = (*op2, np.empty(op2[1].size, np.float32))
+        op3 = np.empty(L * n3 + 1, np.int64), np.empty(Q * L, np.int64), np.empty(Q * L, np.float32)
+        nnz = np.zeros(2, np.int64)
+        _c_index().occlusion_operators(
+            N, L, k, self.in_attr_np, P, j3, d3, Q, *edges, n3, np.empty(3 * max(P, 1), np.int64),
+            *op1, *op2, *op3, nnz,
+        )  # fmt: skip
+        index = torch.from_numpy
+
+        def csr(arrays, n_entries, size):
+            crow, col, val = arrays
+            return _sparse_csr(index(crow), index(col[:n_entries]), index(val[:n_entries]), size)
+
+        return (
+            csr(op1, nnz[0], (n_ring, NL)),
+            csr(op2, nnz[1], (n2, NL + n_ring * (L + 1))),
+            csr(op3, Q * L, (L * n3, N + n2)),
+        )
+
+    def ring_transforms(self, plan: dict, out: Tensor | None = None) -> Tensor:
         """Vertex Conv 1 on the ring k + 1 of every copy of a :meth:`plan`, and the ring's
         feature changes through Vertex Conv 2 and the assignment: (R * (L + 1), H + C1), per
-        ring node its root and edge 1..L transforms."""
+        ring node its root and edge 1..L transforms (written into ``out`` if given)."""
         d_h1 = torch.relu(torch.sparse.mm(plan["op1"], self.dense1))
         d_h1 -= self.h1.index_select(0, plan["j_ring"])
-        return (d_h1 @ self.w2).view(-1, self.H + self.C1)
+        if out is None:
+            return (d_h1 @ self.w2).view(-1, self.H + self.C1)
+        torch.mm(d_h1, self.w2, out=out.view(d_h1.size(0), self.w2.size(1)))
+        return out
 
-    def prepare(self, centres, k: int) -> dict:
-        """:meth:`plan` and :meth:`ring_transforms` of one chunk (what the worker thread does)."""
-        plan = self.plan(centres, k)
-        plan["t"] = self.ring_transforms(plan)
+    def finish(self, plan: dict, slot: int) -> dict:
+        """The model arithmetic of a :meth:`plan` that needs no other chunk's results: the
+        layer-2 operand (the cached rows ``dense2`` followed by the ring transforms, written
+        into reused buffer ``slot``) and the old pooling terms that the copies lose."""
+        fixed, rows = self.dense2.size(0), plan["op1"].size(0) * (self.L + 1)
+        buf = self._operand[slot]
+        if buf is None or buf.size(0) < fixed + rows:
+            buf = torch.empty(int((fixed + rows) * 1.25) + 1, self.dense2.size(1))
+            buf[:fixed] = self.dense2
+            self._operand[slot] = buf
+        buf = buf[: fixed + rows]
+        self.ring_transforms(plan, out=buf[fixed:])
+        plan["dense2"] = buf
+        plan["base"] = self.old_terms(plan)
         return plan
+
+    def prepare(self, centres, k: int, slot: int) -> dict:
+        """:meth:`plan` and :meth:`finish` of one chunk (what the worker thread does)."""
+        return self.finish(self.plan(centres, k), slot)
+
+    def old_terms(self, plan: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Per copy, minus the cached Pooling 1 terms of its removed nodes and of the old
+        values of its changed nodes: (C, K * C1, H), (C, K) and (C, K * C1, C1 * L), the
+        parts of the pooled sums' changes that do not depend on the new values."""
+        H, C1, L, K, C = self.H, self.C1, self.L, self.K, plan["C"]
+        j_kept2, j_kept3 = plan["j_kept2"], plan["j_kept3"]
+        seg2, seg3 = plan["seg2"], plan["seg3"]
+        old_u = torch.sparse.mm(plan["removed"], self.terms_u)
+        old_a = torch.sparse.mm(plan["removed"], self.terms_a)
+        us2, us3 = self.us.index_select(0, j_kept2), self.us.index_select(0, j_kept3)
+        base_u = _segment_outer(seg2, -us2, self.z, term=1)
+        base_u -= old_u[:, :-K].view(C, K * C1, H)
+        base_d = -old_u[:, -K:]
+        if self.softmax:
+            base_d = base_d.index_add(0, plan["copy2"], -self.u.index_select(0, j_kept2))
+        base_a = _segment_outer(seg3, -us3, self.m, term=1)
+        base_a -= old_a.view(C, K * C1, C1 * L)
+        return base_u, base_d, base_a
 
     def pooled(self, plan: dict):
         """Pooling 1 output of every occluded copy of a :meth:`plan`: (C, K, C1, H),
         (C, K, C1, C1, L), the fraction of pooling weight left (the smallest over branches),
         which copies are empty."""
-        H, C1, L, K, C = self.H, self.C1, self.L, self.K, plan["C"]
-        j_kept2, j_kept3, n3 = plan["j_kept2"], plan["j_kept3"], plan["n3"]
-        t = plan["t"] if "t" in plan else self.ring_transforms(plan)
-        pre2 = torch.sparse.mm(plan["op2"], self._dense2_with(t))
+        C1, L, n3 = self.C1, self.L, plan["n3"]
+        if "dense2" not in plan:
+            self.finish(plan, 0)
+        j_kept2, j_kept3 = plan["j_kept2"], plan["j_kept3"]
+        pre2 = torch.sparse.mm(plan["op2"], plan["dense2"])
         z, s = self._activate(pre2)
         u, _ = self._weights(z, self.xn.index_select(0, j_kept2), self.gmax)
 
@@ -421,36 +525,18 @@ class _IncrementalOcclusion:
         us3 = self.us.index_select(0, j_kept3)
         us3[plan["kept2_in_3"]] = us2
 
-        # Pooling 1 (eq. 3): new minus old terms of the changed nodes, minus the cached terms
-        # of the removed ones.
-        old_u = torch.sparse.mm(plan["removed"], self.terms_u)
-        old_a = torch.sparse.mm(plan["removed"], self.terms_a)
-        d_U = _segment_outer(plan["seg2"], (us2, -self.us.index_select(0, j_kept2)), (z, self.z))
-        d_U -= old_u[:, :-K].view(C, K * C1, H)
-        d_D = -old_u[:, -K:]
-        if self.softmax:
-            d_D = d_D.index_add(0, plan["copy2"], u - self.u.index_select(0, j_kept2))
-        d_A = _segment_outer(plan["seg3"], (us3, -self.us.index_select(0, j_kept3)), (m3, self.m))
-        d_A -= old_a.view(C, K * C1, C1 * L)
+        # Pooling 1 (eq. 3): the new terms of the changed nodes added to the old terms they
+        # and the removed nodes lose (:meth:`old_terms`).
+        base_u, base_d, base_a = plan["base"]
+        d_U = _segment_outer(plan["seg2"], us2, z, term=0).add_(base_u)
+        d_D = base_d.index_add(0, plan["copy2"], u) if self.softmax else base_d
+        d_A = _segment_outer(plan["seg3"], us3, m3, term=0).add_(base_a)
 
         mass = self.D + d_D.double()  # (C, K)
         x1, a1 = self._normalised(self.U + d_U.double(), self.A + d_A.double(), mass)
         empty = plan["n_left"] == 0
         x1[empty], a1[empty] = 0, 0
         return x1, a1, (mass / self.D).min(1).values.float(), empty
-
-    def _dense2_with(self, rows: Tensor) -> Tensor:
-        """Layer 2's dense operand: the cached rows ``dense2`` followed by ``rows``, in one
-        reused tensor (no copy of the cached rows, and no fresh multi-megabyte allocation,
-        for every chunk)."""
-        fixed = self.dense2.size(0)
-        need = fixed + rows.size(0)
-        if self._dense2_buf is None or self._dense2_buf.size(0) < need:
-            self._dense2_buf = torch.empty(int(need * 1.25) + 1, self.dense2.size(1))
-            self._dense2_buf[:fixed] = self.dense2
-        out = self._dense2_buf[:need]
-        out[fixed:] = rows
-        return out
 
 
 def _segments(counts, width: int, rows, sizes) -> dict:
@@ -470,24 +556,21 @@ def _segments(counts, width: int, rows, sizes) -> dict:
     return {"C": C, "width": width, "crow": torch.from_numpy(crow), "cols": cols}
 
 
-def _segment_outer(seg: dict, a_terms, b_terms) -> Tensor:
-    """``out[c] = sum over terms of sum_r a[r] (x) b[rows[r]]`` over the rows r of segment c
-    (see :func:`_segments`).
+def _segment_outer(seg: dict, a: Tensor, b: Tensor, term: int) -> Tensor:
+    """``out[c] = sum_r a[r] (x) b[rows[r]]`` over the rows r of segment c, with the rows of
+    ``term`` (see :func:`_segments`).
 
-    Each term is one sparse product: a (A * C, len(b)) CSR matrix whose row (alpha, c)
-    holds column alpha of segment c of ``a`` at b's rows, times ``b``. No padding, and
-    ``b`` is read in place (cached per-node tensors are indexed, never gathered).
+    One sparse product: a (A * C, len(b)) CSR matrix whose row (alpha, c) holds column alpha
+    of segment c of ``a`` at b's rows, times ``b``. No padding, and ``b`` is read in place
+    (cached per-node tensors are indexed, never gathered).
 
     Shapes:
         - input: a (R, A), b (M, B)
         - output: (C, A, B)
     """
-    out = None
-    for a, b, (col, size) in zip(a_terms, b_terms, seg["cols"]):
-        op = _sparse_csr(seg["crow"], col, a.t().reshape(-1), (seg["width"] * seg["C"], size))
-        prod = torch.sparse.mm(op, b)
-        out = prod if out is None else out.add_(prod)
-    return out.view(seg["width"], seg["C"], -1).transpose(0, 1)
+    col, size = seg["cols"][term]
+    op = _sparse_csr(seg["crow"], col, a.t().reshape(-1), (seg["width"] * seg["C"], size))
+    return torch.sparse.mm(op, b).view(seg["width"], seg["C"], -1).transpose(0, 1)
 
 
 def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
@@ -505,6 +588,59 @@ def _sparse_csr(crow, col, val, size) -> Tensor:
     from histoview.models.graph_layers import sparse_csr
 
     return sparse_csr(crow, col, val, size)
+
+
+_C_INDEX: list = []  # the loaded C library (or None), once looked up
+
+
+def _c_index():
+    """The C index kernel (``_occlusion_index``, built with the package when a C compiler
+    was available) through ctypes, or None. ``HISTOVIEW_NO_C=1`` disables it."""
+    if _C_INDEX:
+        return _C_INDEX[0]
+    lib = None
+    if os.environ.get("HISTOVIEW_NO_C", "") in ("", "0"):
+        try:
+            from histoview.explain import _occlusion_index
+
+            lib = ctypes.CDLL(_occlusion_index.__file__)
+        except (ImportError, OSError):
+            lib = None
+    if lib is not None:
+        i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
+        u8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+        n = ctypes.c_int64
+        fn = lib.occlusion_pairs
+        fn.restype = ctypes.c_int
+        fn.argtypes = [n, i64, i64, i64, i64, n, i64, n, n, u8, i64, i64,
+                       n, i64, i64, i64, n, i64, i64, i64, i64, i64, i64]  # fmt: skip
+        f32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+        fn = lib.occlusion_operators
+        fn.restype = None
+        fn.argtypes = [n, n, n, f32, n, i64, i64, n, i64, i64, i64, i64, i64, n, i64,
+                       i64, i64, f32, i64, i64, f32, i64, i64, f32, i64]  # fmt: skip
+    _C_INDEX.append(lib)
+    return lib
+
+
+def _c_pairs(engine, centres, k: int):
+    """:meth:`_IncrementalOcclusion.pairs` with the C kernel (same output as NumPy)."""
+    fn = _c_index().occlusion_pairs
+    nb, N = engine.neighbours, engine.N
+    centres = np.ascontiguousarray(centres, np.int64)
+    dist = np.full(N, _FAR, np.uint8)
+    pos, order = np.empty(N, np.int64), np.empty(N, np.int64)
+    counts = np.zeros(2, np.int64)
+    while True:
+        pair_cap, edge_cap = engine.c_capacity
+        pairs = np.empty((3, pair_cap), np.int64)
+        edges = np.empty((5, edge_cap), np.int64)
+        failed = fn(N, nb.ptr, nb.idx, engine.in_ptr, engine.in_src, centres.size, centres, k,
+                    k + 3, dist, pos, order, pair_cap, *pairs, edge_cap, *edges, counts)  # fmt: skip
+        P, Q = int(counts[0]), int(counts[1])
+        if not failed:
+            return *(a[:P] for a in pairs), tuple(a[:Q] for a in edges)
+        engine.c_capacity = (max(pair_cap, int(P * 1.3) + 16), max(edge_cap, int(Q * 1.3) + 16))
 
 
 def _supports_incremental(model) -> bool:
@@ -670,7 +806,7 @@ def _plans_ahead(planner, engine, chunks, k: int, first):
     for i in range(len(chunks)):
         plan = pending.result()
         if i + 1 < len(chunks):
-            pending = planner.submit(engine.prepare, chunks[i + 1], k)
+            pending = planner.submit(engine.prepare, chunks[i + 1], k, (i + 1) % 2)
         yield plan
 
 
