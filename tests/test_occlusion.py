@@ -156,6 +156,23 @@ def test_c_extension_built_where_a_compiler_is():
     assert graph._c_index() is not None, "reinstall histoview (pip install -e .) to build it"
 
 
+def test_c_library_of_another_version_is_not_called(monkeypatch):
+    """A compiled kernel left over from another version (other arguments) would crash if
+    called: histoview checks its interface version, warns and uses NumPy instead."""
+    from histoview.explain import graph
+
+    if graph._c_index() is None:
+        pytest.skip("the C extension histoview.explain._occlusion_index is not built here")
+    monkeypatch.setattr(graph, "_C_INDEX", [])
+    monkeypatch.setattr(graph, "_C_ABI", graph._C_ABI + 1)
+    with pytest.warns(RuntimeWarning, match="another histoview version"):
+        assert graph._c_index() is None
+    model, data = sharpened("test_rsf"), random_graph()
+    got = occlusion_importance(model, data, k=1)  # the NumPy path, still exact
+    expected = occlusion_importance(model, data, k=1, method="batched")
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_classwise_attention_occlusion_and_attention():
     """One attention branch per class: occlusion stays exact, attention follows the class."""
     model = sharpened("test_rsf_attention", num_classes=3, classwise_attention=True)

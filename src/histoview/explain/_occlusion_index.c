@@ -220,6 +220,10 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
     nnz[1] = b;
 }
 
+/* The interface version: graph.py uses the library only when it matches its own, so a
+ * library left over from an older build is never called with the wrong arguments. */
+int occlusion_index_abi(void) { return 2; }
+
 /* Importable as a module, so that Python finds the library where it was installed. */
 #if defined(HISTOVIEW_PYTHON_MODULE)
 #include <Python.h>

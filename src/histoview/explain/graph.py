@@ -28,17 +28,15 @@ graphs are recomputed directly. Other graph models (or RSF networks on a GPU) ge
 definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one forward pass.
 
 Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
-k = 1 for ~10 neighbours per nucleus, instead of the whole graph; at 1,500 nuclei the 1,500
-occluded predictions take about 27-33 forward passes' time at k = 1 and 34-47 at k = 2 on two
-cores (``benchmarks/bench_occlusion.py``), against about 1,500 for the definition. Nuclei are
-processed in chunks of similar neighbourhood size, as a two-stage pipeline over two threads:
-a worker thread prepares the next chunk (its index bookkeeping in NumPy: which nodes change,
-the sparse operators; then, with single-threaded torch, the ring's new Vertex Conv 1 output
-and its Vertex Conv 2 transforms ``d_h1 @ w2``, ~2 GMAC per 1,500 copies) while the calling
-thread, with one torch thread fewer, does the rest for the current chunk (Vertex Conv 2 of the
-changed nodes, the pooled sums, the head). The two stages take about the same time (about 120
-ms each on one core of this benchmark); the per-copy pooling sums are sparse products that
-read the cached per-node tensors in place.
+k = 1 for ~10 neighbours per nucleus, instead of the whole graph (``benchmarks/
+bench_occlusion.py`` gives the figures; about 1,500 forward passes' time for the definition).
+Nuclei are processed in chunks of similar neighbourhood size, largest first, and every
+thread (as many as torch's thread count) takes the next chunk and does all of its work with
+single-threaded torch: the index bookkeeping (which nodes change, the sparse operators; in
+the C kernel ``_occlusion_index`` when it was built, else in NumPy, with the same result),
+the ring's new Vertex Conv 1 output and its Vertex Conv 2 transforms ``d_h1 @ w2`` (~2 GMAC
+per 1,500 copies), Vertex Conv 2 of the changed nodes, the pooled sums and the head. The
+per-copy pooling sums are sparse products that read the cached per-node tensors in place.
 
 An empty occluded graph (every nucleus removed) is the model's prediction for an empty graph:
 for the RSF networks, the layers after Pooling 1 applied to an all-zero pooled graph.
@@ -48,6 +46,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -178,7 +178,6 @@ class _IncrementalOcclusion:
 
         self.model = model
         self.L = L = model.edge_dim
-        self._operand: list[Tensor | None] = [None, None]  # layer-2 operands, two chunks
         x = data.x.float()
         self.N = N = x.size(0)
         edge_index = data.edge_index
@@ -194,10 +193,9 @@ class _IncrementalOcclusion:
         self._x, self._adj = x, adj
         self.use_c = True
         self.c_capacity = (1024, 8192)  # grown to what the chunks need
-        # Reused arrays of the C kernel: its scratch, and the operators of two chunks (the
-        # one in use and the one being prepared; see plan's ``slot``).
-        self.scratch: dict = {}
-        self.op_buffers: list[dict] = [{}, {}]
+        # Reused arrays per thread ("slot"; see plan): scratch of the C kernel, operators,
+        # the layer-2 operand.
+        self._slots: dict[int, dict] = {}
 
     def cache(self) -> None:
         """The full graph's activations, transforms and pooling terms (torch arithmetic; the
@@ -303,14 +301,21 @@ class _IncrementalOcclusion:
             torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), (n_rows, n_cols)
         )
 
-    def pairs(self, centres, k: int):
+    def workspace(self, slot: int | None) -> dict:
+        """Reused arrays of ``slot`` (a fresh set for None). Fresh multi-megabyte arrays
+        for every chunk cost page faults, about 15 % of the run time."""
+        if slot is None:
+            return {}
+        return self._slots.setdefault(slot, {})
+
+    def pairs(self, centres, k: int, workspace: dict | None = None):
         """The (copy, node) pairs within k + 3 hops of each centre, sorted, with their hop
         distance (three (P,) int64 arrays), and the in-edges of the kept pairs (k < d) whose
         source lies within k + 2 hops, sorted by target pair then edge id: target pair,
         edge id, source node, source distance, source pair (five (Q,) int64 arrays). The C
         kernel when it is available, else :meth:`pairs_numpy` (same output)."""
         if self.use_c and _c_index() is not None:
-            return _c_pairs(self, centres, k)
+            return _c_pairs(self, centres, k, {} if workspace is None else workspace)
         return self.pairs_numpy(centres, k)
 
     def pairs_numpy(self, centres, k: int):
@@ -346,19 +351,20 @@ class _IncrementalOcclusion:
         assignment and the attention change) and the rows of A S that change (k < d <= k + 3).
         The operators come from the C kernel when it is available (:meth:`operators_c`),
         else from NumPy (:meth:`operators_numpy`, the reference; both give the same arrays).
-        With a ``slot`` (0 or 1) the C kernel writes them into that slot's reused arrays:
-        a plan made with slot s is valid until the next plan with slot s (chunk i uses slot
-        i % 2, and chunk i + 2 is planned only once chunk i is done).
+        With a ``slot`` the C kernel writes them into that slot's reused arrays
+        (:meth:`workspace`): a plan made with slot s is valid until the next plan with slot
+        s, so each thread of :func:`occlusion_importance` has its own slot.
         """
         N, C1, C = self.N, self.C1, len(centres)
         index = torch.from_numpy
-        c3, j3, d3, edges = self.pairs(centres, k)
+        work = self.workspace(slot)
+        c3, j3, d3, edges = self.pairs(centres, k, work)
         kept3, ring1 = d3 > k, d3 == k + 1
         kept2 = kept3 & (d3 <= k + 2)
         i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
         masks = (ring1, kept2, kept3), (i_ring1, i_kept2, i_kept3)
         if self.use_c and _c_index() is not None:
-            op1, op2, op3 = self.operators_c(k, j3, d3, edges, masks, slot)
+            op1, op2, op3 = self.operators_c(k, j3, d3, edges, masks, work)
         else:
             op1, op2, op3 = self.operators_numpy(k, j3, d3, edges, masks)
         n3 = i_kept3.size
@@ -435,15 +441,15 @@ class _IncrementalOcclusion:
         )
         return op1, op2, op3
 
-    def operators_c(self, k: int, j3, d3, edges, masks, slot: int | None = None):
-        """:meth:`operators_numpy` with the C kernel (one pass, the same arrays). With a
-        ``slot``, the operators live in that slot's reused arrays (see :meth:`plan`)."""
+    def operators_c(self, k: int, j3, d3, edges, masks, work: dict):
+        """:meth:`operators_numpy` with the C kernel (one pass, the same arrays), in the
+        reused arrays of ``work`` (see :meth:`plan`)."""
         N, L = self.N, self.L
         NL = N * L + N
         _, (i_ring1, i_kept2, i_kept3) = masks
         P, Q = d3.size, edges[0].size
         n_ring, n2, n3 = i_ring1.size, i_kept2.size, i_kept3.size
-        store = {} if slot is None else self.op_buffers[slot]
+        store = work
         sizes = {"op1": (n_ring + 1, Q * L + n_ring), "op2": (n2 + 1, Q * L + 2 * n2),
                  "op3": (L * n3 + 1, Q * L)}  # fmt: skip
         arrays = {}
@@ -454,7 +460,7 @@ class _IncrementalOcclusion:
                 _scratch(store, name + "_val", (entries,), np.float32),
             )
         nnz = np.zeros(2, np.int64)
-        rank = _scratch(self.scratch, "rank", (3 * max(P, 1),), np.int64)
+        rank = _scratch(work, "rank", (3 * max(P, 1),), np.int64)
         _c_index().occlusion_operators(
             N, L, k, self.in_attr_np, P, j3, d3, Q, *edges, rank,
             *arrays["op1"], *arrays["op2"], *arrays["op3"], nnz,
@@ -487,20 +493,17 @@ class _IncrementalOcclusion:
         layer-2 operand (the cached rows ``dense2`` followed by the ring transforms, written
         into reused buffer ``slot``) and the old pooling terms that the copies lose."""
         fixed, rows = self.dense2.size(0), plan["op1"].size(0) * (self.L + 1)
-        buf = self._operand[slot]
+        work = self.workspace(slot)
+        buf = work.get("operand")
         if buf is None or buf.size(0) < fixed + rows:
             buf = torch.empty(int((fixed + rows) * 1.25) + 1, self.dense2.size(1))
             buf[:fixed] = self.dense2
-            self._operand[slot] = buf
+            work["operand"] = buf
         buf = buf[: fixed + rows]
         self.ring_transforms(plan, out=buf[fixed:])
         plan["dense2"] = buf
         plan["base"] = self.old_terms(plan)
         return plan
-
-    def prepare(self, centres, k: int, slot: int) -> dict:
-        """:meth:`plan` and :meth:`finish` of one chunk (what the worker thread does)."""
-        return self.finish(self.plan(centres, k, slot), slot)
 
     def old_terms(self, plan: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Per copy, minus the cached Pooling 1 terms of its removed nodes and of the old
@@ -527,7 +530,7 @@ class _IncrementalOcclusion:
         which copies are empty."""
         C1, L, n3 = self.C1, self.L, plan["n3"]
         if "dense2" not in plan:
-            self.finish(plan, 0)
+            self.finish(plan, None)
         j_kept2, j_kept3 = plan["j_kept2"], plan["j_kept3"]
         pre2 = torch.sparse.mm(plan["op2"], plan["dense2"])
         z, s = self._activate(pre2)
@@ -607,6 +610,7 @@ def _sparse_csr(crow, col, val, size) -> Tensor:
 
 
 _C_INDEX: list = []  # the loaded C library (or None), once looked up
+_C_ABI = 2  # occlusion_index_abi() of the C source this module matches
 
 
 def _c_index():
@@ -622,6 +626,18 @@ def _c_index():
             lib = ctypes.CDLL(_occlusion_index.__file__)
         except (ImportError, OSError):
             lib = None
+    try:
+        abi = lib.occlusion_index_abi() if lib is not None else _C_ABI
+    except AttributeError:
+        abi = None
+    if abi != _C_ABI:
+        warnings.warn(
+            f"{lib._name} is from another histoview version (interface {abi}, expected "
+            f"{_C_ABI}); occlusion uses NumPy. Reinstall histoview to rebuild it.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        lib = None
     if lib is not None:
         i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
         u8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
@@ -640,11 +656,11 @@ def _c_index():
     return lib
 
 
-def _c_pairs(engine, centres, k: int):
+def _c_pairs(engine, centres, k: int, scratch: dict):
     """:meth:`_IncrementalOcclusion.pairs` with the C kernel (same output as NumPy). The
-    outputs are views of the engine's scratch arrays, valid until its next call."""
+    outputs are views of arrays in ``scratch``, valid until its next use."""
     fn = _c_index().occlusion_pairs
-    nb, N, scratch = engine.neighbours, engine.N, engine.scratch
+    nb, N = engine.neighbours, engine.N
     centres = np.ascontiguousarray(centres, np.int64)
     if "dist" not in scratch:
         scratch["dist"] = np.full(N, _FAR, np.uint8)
@@ -664,8 +680,7 @@ def _c_pairs(engine, centres, k: int):
 
 
 def _scratch(store: dict, name: str, shape: tuple, dtype) -> np.ndarray:
-    """A reused array of at least ``shape`` (along the last axis) from ``store``: fresh
-    multi-megabyte arrays for every chunk cost page faults (~15 % of the run time)."""
+    """An array of ``shape`` in one kept in ``store`` (reallocated when too small)."""
     have = store.get(name)
     if have is None or have.shape[-1] < shape[-1] or have.shape[:-1] != shape[:-1]:
         have = store[name] = np.empty((*shape[:-1], int(shape[-1] * 1.25) + 16), dtype)
@@ -771,51 +786,106 @@ def occlusion_importance(
     N = data.x.size(0)
     if N == 0:
         return np.zeros(0, np.float32)
-    # Read before the worker thread exists: it sets torch's global thread count to 1.
+    # Read before any worker thread exists: they set torch's global thread count to 1.
     threads = torch.get_num_threads()
     try:
-        with _EvalMode(model), ThreadPoolExecutor(max_workers=1, initializer=_one_thread) as planner:
+        with _EvalMode(model):
             if method == "incremental":
-                engine = _IncrementalOcclusion(model, data)
-                neighbours = engine.neighbours
-                # Chunks of nuclei with neighbourhoods of similar size, each prepared (index work,
-                # ring transforms) in a worker thread one chunk ahead of the rest of its arithmetic.
-                order = neighbours.size_order()
-                chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
-                first = planner.submit(engine.plan, chunks[0], k, 0)
-                plans = _plans_ahead(planner, engine, chunks, k, first)
-                engine.cache()
-                probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
+                scores = _incremental_scores(model, data, k, target_class, batch_size, threads)
             else:
-                engine, neighbours = None, _Neighbours(data.edge_index, N)
-                chunks = [np.arange(i, min(i + batch_size, N)) for i in range(0, N, batch_size)]
-                plans = [None] * len(chunks)
-                probs = _probabilities(model, data)[0]
-            target = int(probs.argmax()) if target_class is None else int(target_class)
-            if not 0 <= target < probs.numel():
-                raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
-            scores = torch.zeros(N)
-            # The worker thread needs a core of its own: this thread's torch gets the others.
-            if engine is not None and threads > 1:
-                torch.set_num_threads(threads - 1)
-            for centres, plan in zip(chunks, plans):
-                if engine is not None:
-                    x1, a1, mass, empty = engine.pooled(plan)
-                    p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, target]
-                    redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
-                else:
-                    p = torch.empty(centres.size)
-                    redo = np.arange(centres.size)
-                if redo.size:
-                    copy, node, _ = neighbours.balls(centres[redo], k)
-                    keep = torch.ones(redo.size, N, dtype=torch.bool)
-                    keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
-                    batch = occluded_graphs(data, keep)
-                    p[torch.from_numpy(redo)] = _probabilities(model, batch)[:, target]
-                scores[torch.from_numpy(centres)] = probs[target] - p
+                scores = _batched_scores(model, data, k, target_class, batch_size)
     finally:
         torch.set_num_threads(threads)
     return scores.numpy()
+
+
+def _checked_target(probs: Tensor, target_class: int | None) -> int:
+    target = int(probs.argmax()) if target_class is None else int(target_class)
+    if not 0 <= target < probs.numel():
+        raise ValueError(f"target_class {target} out of range for {probs.numel()} classes")
+    return target
+
+
+def _batched_scores(model, data, k: int, target_class, batch_size: int) -> Tensor:
+    """Eq. 5 by definition: every chunk of occluded graphs as one batch, one forward pass."""
+    N = data.x.size(0)
+    neighbours = _Neighbours(data.edge_index, N)
+    probs = _probabilities(model, data)[0]
+    target = _checked_target(probs, target_class)
+    scores = torch.zeros(N)
+    for start in range(0, N, batch_size):
+        centres = np.arange(start, min(start + batch_size, N))
+        p = _direct_probabilities(model, data, neighbours, centres, k, target)
+        scores[torch.from_numpy(centres)] = probs[target] - p
+    return scores
+
+
+def _direct_probabilities(model, data, neighbours, centres, k: int, target: int) -> Tensor:
+    """p(target) on the graphs without each centre's k-hop ball, as one batch."""
+    copy, node, _ = neighbours.balls(centres, k)
+    keep = torch.ones(centres.size, data.x.size(0), dtype=torch.bool)
+    keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
+    return _probabilities(model, occluded_graphs(data, keep))[:, target]
+
+
+def _incremental_scores(model, data, k: int, target_class, batch_size: int, threads: int):
+    """Eq. 5 with :class:`_IncrementalOcclusion`, on ``threads`` threads.
+
+    The nuclei are cut into chunks of similar neighbourhood size, largest first; every
+    thread takes the next chunk and does all of its work (index bookkeeping, arithmetic,
+    the head) with single-threaded torch, so the threads stay busy to the end, each chunk's
+    data stays in one core's cache, and more cores mean proportionally less time. The
+    helper threads plan their first chunk while the calling thread caches the full graph.
+    """
+    N = data.x.size(0)
+    engine = _IncrementalOcclusion(model, data)
+    order = engine.neighbours.size_order()[::-1].copy()
+    chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
+    lock, cached = threading.Lock(), threading.Event()
+    state: dict = {"next": 0, "target": None}
+    results: list = []
+
+    def work(slot: int) -> None:
+        while True:
+            with lock:
+                i = state["next"]
+                state["next"] += 1
+            if i >= len(chunks):
+                return
+            plan = engine.plan(chunks[i], k, slot)
+            cached.wait()
+            if state["target"] is None:
+                return  # the full graph failed; the calling thread raises
+            engine.finish(plan, slot)
+            x1, a1, mass, empty = engine.pooled(plan)
+            p = torch.softmax(model.forward_head(x1, a1).float(), -1)[:, state["target"]]
+            # Copies that lost nearly all pooling weight: recomputed directly (module doc).
+            redo = np.flatnonzero(((mass < 1e-3) & ~empty).numpy())
+            if redo.size:
+                direct = _direct_probabilities(
+                    model, data, engine.neighbours, chunks[i][redo], k, state["target"]
+                )
+                p[torch.from_numpy(redo)] = direct
+            results.append((chunks[i], p))
+
+    helpers = max(threads - 1, 0)
+    with ThreadPoolExecutor(max_workers=max(helpers, 1), initializer=_one_thread) as pool:
+        running = [pool.submit(work, slot) for slot in range(1, helpers + 1)]
+        try:
+            engine.cache()
+            probs = torch.softmax(model.forward_head(*engine.full_pooled()).float(), -1)[0]
+            target = _checked_target(probs, target_class)
+            state["p"], state["target"] = probs[target], target
+        finally:
+            cached.set()
+        torch.set_num_threads(1)
+        work(0)
+        for job in running:
+            job.result()
+    scores = torch.zeros(N)
+    for centres, p in results:
+        scores[torch.from_numpy(centres)] = state["p"] - p
+    return scores
 
 
 def _one_thread() -> None:
@@ -824,19 +894,6 @@ def _one_thread() -> None:
     sets the global value: :func:`occlusion_importance` restores it)."""
     torch.get_num_threads()
     torch.set_num_threads(1)
-
-
-def _plans_ahead(planner, engine, chunks, k: int, first):
-    """Each chunk's plan: the first from the future ``first`` (its index work only, submitted
-    before the cache exists so that it overlaps it), the others from
-    :meth:`_IncrementalOcclusion.prepare` (index work and ring transforms), the next one
-    always being prepared in the ``planner`` thread while the current one is used."""
-    pending = first
-    for i in range(len(chunks)):
-        plan = pending.result()
-        if i + 1 < len(chunks):
-            pending = planner.submit(engine.prepare, chunks[i + 1], k, (i + 1) % 2)
-        yield plan
 
 
 def explain_graph(
