@@ -846,6 +846,10 @@ def _incremental_scores(model, data, k: int, target_class, batch_size: int, thre
     results: list = []
 
     def work(slot: int) -> None:
+        with torch.no_grad():  # autograd's mode is per thread
+            run(slot)
+
+    def run(slot: int) -> None:
         while True:
             with lock:
                 i = state["next"]
