@@ -77,7 +77,8 @@ class _Neighbours:
     def __init__(self, edge_index: Tensor, num_nodes: int):
         ei = edge_index.cpu().numpy().astype(np.int64)
         n = max(num_nodes, 1)
-        key = np.unique(np.concatenate([ei[0] * n + ei[1], ei[1] * n + ei[0]]))
+        key = np.sort(np.concatenate([ei[0] * n + ei[1], ei[1] * n + ei[0]]))
+        key = key[np.append(key[:1] == key[:1], key[1:] != key[:-1])]  # np.unique, faster
         row, self.idx = key // n, key % n
         self.ptr = np.zeros(num_nodes + 1, np.int64)
         self.ptr[1:] = np.cumsum(np.bincount(row, minlength=num_nodes))
@@ -205,21 +206,33 @@ class _IncrementalOcclusion:
         model, x, adj = self.model, self._x, self._adj
         N, L, H, C1 = self.N, self.L, self.H, self.C1
         c1, c2, sa = model.conv1, model.conv2, model.assign1
-        # Full graph: pre-activations and per-node transforms of the layers before Pooling 1.
+        # Full graph: pre-activations and per-node transforms of the layers before Pooling 1,
+        # computed in place in the static parts of the dense operands of plan's operators:
+        # rows [edge transforms (N * L, node-major); pre-activations (N)].
         self.xn = model.normalise_nodes(x)
-        root, y1 = c1.transform(self.xn)
-        pre1 = root + c1.aggregate_transformed(y1, adj) + c1.bias
+        self.dense1 = torch.empty(N * L + N, c1.out_channels)
+        y1, pre1 = self.dense1[: N * L], self.dense1[N * L :]
+        torch.mm(self.xn, c1.lin_edge.weight.t(), out=y1.view(N, -1))
+        torch.mm(self.xn, c1.lin_root.weight.t(), out=pre1)
+        pre1 += c1.aggregate_transformed(y1, adj)
+        if c1.bias is not None:
+            pre1 += c1.bias
         self.h1 = torch.relu(pre1)
-        root2, y2 = c2.transform(self.h1)
-        rootS, yS = sa.transform(self.h1)
-        y2 = torch.cat([y2, yS], dim=2)  # (N, L, H + C1): Vertex Conv 2 | assignment
-        pre2 = torch.cat([root2, rootS], 1) + c2.aggregate_transformed(y2, adj)
-        pre2 = pre2 + torch.cat([c2.bias, sa.bias])
-        # Both layer-2 convolutions as one product, output blocks [root | edge 1 | ... | edge L].
+        # Both layer-2 convolutions (Vertex Conv 2 | assignment) as one product, output
+        # blocks [root | edge 1 | ... | edge L], each H + C1 wide.
         w_edge = torch.cat(
             [c2.lin_edge.weight.view(L, H, -1), sa.lin_edge.weight.view(L, C1, -1)], dim=1
         ).reshape(L * (H + C1), -1)
         self.w2 = torch.cat([c2.lin_root.weight, sa.lin_root.weight, w_edge]).t().contiguous()
+        self.dense2 = torch.empty(N * L + N, H + C1)
+        y2, pre2 = self.dense2[: N * L], self.dense2[N * L :]
+        torch.mm(self.h1, self.w2[:, H + C1 :], out=y2.view(N, -1))
+        torch.mm(self.h1, self.w2[:, : H + C1], out=pre2)
+        pre2 += c2.aggregate_transformed(y2, adj)
+        if c2.bias is not None:
+            pre2[:, :H] += c2.bias
+        if sa.bias is not None:
+            pre2[:, H:] += sa.bias
         self.z, self.s = self._activate(pre2)
         self.u, self.gmax = self._weights(self.z, self.xn)  # (N, K): a column per branch
         # Pooled outputs are divided by the sum of softmax weights, or by n (mean pooling,
@@ -229,15 +242,14 @@ class _IncrementalOcclusion:
         v = self.u if self.softmax else torch.ones_like(self.u)
         s_blocks = channel_blocks(self.s, L)
         self.m = torch.sparse.mm(adj, s_blocks)  # (N, C1 * L): rows of A S
-        # Static parts of the dense operands: rows [transforms (N * L); pre-activations (N)].
-        self.dense1 = torch.cat([y1.reshape(N * L, y1.size(2)), pre1])
-        self.dense2 = torch.cat([y2.reshape(N * L, y2.size(2)), pre2])
         # Per-node pooling terms u_ik s_i (x) z_i | v_ik and u_ik s_i (x) (A S)_i for every
         # branch k, and their sums; both pooled outputs of branch k are divided by its
         # normaliser D_k = sum of v_ik (n without softmax attention).
         us = self._spread(self.u, self.s)  # (N, K * C1)
-        outer = (us.unsqueeze(2) * self.z.unsqueeze(1)).view(N, -1)
-        self.terms_u = torch.cat([outer, v], 1)
+        K = us.size(1) // C1
+        self.terms_u = torch.empty(N, K * C1 * H + K)
+        torch.mul(us.unsqueeze(2), self.z.unsqueeze(1), out=self.terms_u[:, :-K].view(N, -1, H))
+        self.terms_u[:, -K:] = v
         self.us = us
         self.terms_a = (us.unsqueeze(2) * self.m.unsqueeze(1)).view(N, -1)
         self.U = (us.t() @ self.z).double()  # (K * C1, H)
