@@ -142,6 +142,24 @@ def test_c_index_kernel_gives_the_numpy_plan():
                 assert not bad, f"k={k}, {len(centres)} centres: {bad} differ"
 
 
+def test_sparse_product_ignores_what_its_output_held():
+    """The engine's sparse products write into uninitialised tensors (``addmm`` with
+    beta=0): whatever the output held before, NaN included, must not leak into the result."""
+    from histoview.explain.graph import _spmm
+    from histoview.models.graph_layers import sparse_csr
+
+    rng = np.random.default_rng(0)
+    dense_op = rng.normal(size=(30, 40)) * (rng.uniform(size=(30, 40)) < 0.2)
+    dense_op[7] = 0  # an empty row
+    op = torch.tensor(dense_op, dtype=torch.float32).to_sparse_csr()
+    op = sparse_csr(op.crow_indices(), op.col_indices(), op.values(), op.shape)
+    b = torch.tensor(rng.normal(size=(40, 9)), dtype=torch.float32)
+    out = torch.full((30, 9), float("nan"))
+    got = _spmm(op, b, out=out)
+    assert got.data_ptr() == out.data_ptr() and torch.isfinite(got).all()
+    torch.testing.assert_close(got, torch.tensor(dense_op, dtype=torch.float32) @ b)
+
+
 def test_c_extension_built_where_a_compiler_is():
     """The package builds its optional C kernel whenever a C compiler is available (as on
     CI), so the fast path is what the tests and benchmarks use there."""
