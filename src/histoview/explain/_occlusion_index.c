@@ -137,8 +137,10 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
  * The sparse operators of one chunk of occluded copies (explain/graph.py,
  * ``_IncrementalOcclusion.plan``), from the output of ``occlusion_pairs`` (P pairs, Q edges)
  * with max_hops = k + 3. ``attr`` (E, L) float32 holds the L edge features of every in-edge.
+ * Operators' indices are int32 (what MKL's sparse products take without a conversion); the
+ * caller makes sure that columns and entries fit.
  * Row counts n_ring, n_kept2, n_kept3 are the numbers of pairs with d = k + 1, k < d <= k + 2
- * and k < d. Work: rank (3 * P int64). Outputs (CSR, int64 crow/col, float32 val):
+ * and k < d. Work: rank (3 * P int64). Outputs (CSR, int32 crow/col, float32 val):
  *   op1: n_ring rows, per ring pair its removed in-neighbours (d_src <= k; L entries each,
  *        column src * L + l, value -e_l) then (N * L + node, 1);
  *   op2: n_kept2 rows, per changed pair its in-edges from d_src <= k + 1 (L entries each:
@@ -156,9 +158,9 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
                          int64_t Q, const int64_t *edge_tgt, const int64_t *edge_id,
                          const int64_t *edge_src, const int64_t *edge_src_dist,
                          const int64_t *edge_src_pair, int64_t *rank,
-                         int64_t *op1_crow, int64_t *op1_col, float *op1_val,
-                         int64_t *op2_crow, int64_t *op2_col, float *op2_val,
-                         int64_t *op3_crow, int64_t *op3_col, float *op3_val, int64_t *nnz) {
+                         int32_t *op1_crow, int32_t *op1_col, float *op1_val,
+                         int32_t *op2_crow, int32_t *op2_col, float *op2_val,
+                         int32_t *op3_crow, int32_t *op3_col, float *op3_val, int64_t *nnz) {
     int64_t *rank_ring = rank, *rank_kept2 = rank + P, *rank_kept3 = rank + 2 * P;
     int64_t n_ring = 0, n_kept2 = 0, n3 = 0;
     for (int64_t p = 0; p < P; p++) {
@@ -177,7 +179,7 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
         int64_t first = q;
         while (q < Q && edge_tgt[q] == p) q++;
         int64_t t = rank_kept3[p];
-        for (int64_t l = 0; l < L; l++) op3_crow[l * n3 + t] = l * Q + first;
+        for (int64_t l = 0; l < L; l++) op3_crow[l * n3 + t] = (int32_t)(l * Q + first);
         for (int64_t e = first; e < q; e++) {
             const float *w = attr + edge_id[e] * L;
             int64_t ds = edge_src_dist[e], s = edge_src[e];
@@ -185,44 +187,44 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
             int64_t col3 = gone ? s : N + rank_kept2[edge_src_pair[e]];
             float sign = gone ? -1.0f : 1.0f;
             for (int64_t l = 0; l < L; l++) {
-                op3_col[l * Q + e] = col3;
+                op3_col[l * Q + e] = (int32_t)col3;
                 op3_val[l * Q + e] = sign * w[l];
             }
             if (d == k + 1 && gone) {
                 for (int64_t l = 0; l < L; l++) {
-                    op1_col[a] = s * L + l;
+                    op1_col[a] = (int32_t)(s * L + l);
                     op1_val[a++] = -w[l];
                 }
             }
             if (d <= k + 2 && ds <= k + 1) {
                 int64_t base = gone ? s * L : NL + rank_ring[edge_src_pair[e]] * (L + 1) + 1;
                 for (int64_t l = 0; l < L; l++) {
-                    op2_col[b] = base + l;
+                    op2_col[b] = (int32_t)(base + l);
                     op2_val[b++] = sign * w[l];
                 }
             }
         }
         if (d == k + 1) {
-            op1_col[a] = N * L + j;
+            op1_col[a] = (int32_t)(N * L + j);
             op1_val[a++] = 1.0f;
-            op1_crow[rank_ring[p] + 1] = a;
+            op1_crow[rank_ring[p] + 1] = (int32_t)a;
         }
         if (d <= k + 2) {
-            op2_col[b] = N * L + j;
+            op2_col[b] = (int32_t)(N * L + j);
             op2_val[b++] = 1.0f;
-            op2_col[b] = (d == k + 1) ? NL + rank_ring[p] * (L + 1) : N * L + j;
+            op2_col[b] = (int32_t)((d == k + 1) ? NL + rank_ring[p] * (L + 1) : N * L + j);
             op2_val[b++] = (d == k + 1) ? 1.0f : 0.0f;
-            op2_crow[rank_kept2[p] + 1] = b;
+            op2_crow[rank_kept2[p] + 1] = (int32_t)b;
         }
     }
-    op3_crow[L * n3] = L * Q;
+    op3_crow[L * n3] = (int32_t)(L * Q);
     nnz[0] = a;
     nnz[1] = b;
 }
 
 /* The interface version: graph.py uses the library only when it matches its own, so a
  * library left over from an older build is never called with the wrong arguments. */
-int occlusion_index_abi(void) { return 2; }
+int occlusion_index_abi(void) { return 3; }
 
 /* Importable as a module, so that Python finds the library where it was installed. */
 #if defined(HISTOVIEW_PYTHON_MODULE)

@@ -464,11 +464,13 @@ class _IncrementalOcclusion:
         store = work
         sizes = {"op1": (n_ring + 1, Q * L + n_ring), "op2": (n2 + 1, Q * L + 2 * n2),
                  "op3": (L * n3 + 1, Q * L)}  # fmt: skip
+        if max(NL + n_ring * (L + 1), Q * L + 2 * n2) >= _INT32_LIMIT:
+            return self.operators_numpy(k, j3, d3, edges, masks)  # int64 indices
         arrays = {}
         for name, (rows, entries) in sizes.items():
             arrays[name] = (
-                _scratch(store, name + "_crow", (rows,), np.int64),
-                _scratch(store, name + "_col", (entries,), np.int64),
+                _scratch(store, name + "_crow", (rows,), np.int32),
+                _scratch(store, name + "_col", (entries,), np.int32),
                 _scratch(store, name + "_val", (entries,), np.float32),
             )
         nnz = np.zeros(2, np.int64)
@@ -580,10 +582,14 @@ def _segments(counts, width: int, rows, sizes) -> dict:
     per-entry scatter) and its values are the left factor transposed.
     """
     C, R = len(counts), int(np.sum(counts))
+    dtype = np.int32 if max(width * R, *sizes) < _INT32_LIMIT else np.int64
     starts = np.append(0, np.cumsum(counts))[:-1]
     crow = np.append((R * np.arange(width)[:, None] + starts).reshape(-1), width * R)
-    cols = [(torch.from_numpy(np.tile(np.arange(R) if r is None else r, width)), size)
-            for r, size in zip(rows, sizes)]
+    crow = crow.astype(dtype)
+    cols = []
+    for r, size in zip(rows, sizes):
+        r = np.arange(R, dtype=dtype) if r is None else r.astype(dtype)
+        cols.append((torch.from_numpy(np.tile(r, width)), size))
     return {"C": C, "width": width, "crow": torch.from_numpy(crow), "cols": cols}
 
 
@@ -627,14 +633,21 @@ def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
     )
 
 
+_INT32_LIMIT = 2**31 - 1
+
+
 def _sparse_csr(crow, col, val, size) -> Tensor:
+    """A CSR operator, with int32 indices where they fit: MKL's sparse products take those
+    as they are (int64 ones are converted on every product)."""
+    if crow.dtype == torch.int64 and max(*size, col.numel()) < _INT32_LIMIT:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
     from histoview.models.graph_layers import sparse_csr
 
     return sparse_csr(crow, col, val, size)
 
 
 _C_INDEX: list = []  # the loaded C library (or None), once looked up
-_C_ABI = 2  # occlusion_index_abi() of the C source this module matches
+_C_ABI = 3  # occlusion_index_abi() of the C source this module matches
 
 
 def _c_index():
@@ -672,10 +685,11 @@ def _c_index():
         fn.argtypes = [n, i64, i64, i64, i64, n, i64, n, n, u8, i64, i64, u64,
                        n, i64, i64, i64, n, i64, i64, i64, i64, i64, i64]  # fmt: skip
         f32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+        i32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
         fn = lib.occlusion_operators
         fn.restype = None
         fn.argtypes = [n, n, n, f32, n, i64, i64, n, i64, i64, i64, i64, i64, i64,
-                       i64, i64, f32, i64, i64, f32, i64, i64, f32, i64]  # fmt: skip
+                       i32, i32, f32, i32, i32, f32, i32, i32, f32, i64]  # fmt: skip
     _C_INDEX.append(lib)
     return lib
 
