@@ -10,7 +10,8 @@ forward pass, of exact occlusion importance with k = 1 and k = 2, and their rati
 Each occlusion run is timed between two bursts of forward passes and the ratio is the
 median over repeats, which keeps it meaningful on a busy machine (``--clock cpu`` measures
 this process's CPU time instead of wall time). Untrained weights: the cost does not depend
-on them. Takes about a minute on two CPU cores.
+on them. The index bookkeeping runs in the optional C extension when it was built
+(``HISTOVIEW_NO_C=1`` measures the NumPy fallback). Takes about a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from histoview.explain.graph import occlusion_importance
+from histoview.explain.graph import _c_index, occlusion_importance
 from histoview.models import create_model
 from histoview.preprocessing.graph import DEFAULT_THRESHOLD_UM, build_nuclei_graph
 from histoview.preprocessing.nuclei import FEATURE_NAMES
@@ -80,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock")
+    kernel = "C" if _c_index() is not None else "NumPy (no C extension built)"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock, "
+        f"index bookkeeping in {kernel}"
+    )
     header = (
         f"{'model':<14}{'nuclei':>7}{'edges':>7}{'forward':>10}"
         f"{'occl k=1':>11}{'ratio':>7}{'occl k=2':>11}{'ratio':>7}"

@@ -808,6 +808,9 @@ def occlusion_importance(
         batch_size: occluded graphs handled together (memory vs. speed).
         method: ``"incremental"`` (exact, RSF networks only), ``"batched"`` (the plain
             definition, one forward pass per chunk of occluded graphs) or ``"auto"``.
+
+    The incremental method runs on as many threads as ``torch.get_num_threads()`` (each
+    with single-threaded torch; the count is restored afterwards).
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
