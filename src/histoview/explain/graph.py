@@ -242,16 +242,11 @@ class _IncrementalOcclusion:
         v = self.u if self.softmax else torch.ones_like(self.u)
         s_blocks = channel_blocks(self.s, L)
         self.m = torch.sparse.mm(adj, s_blocks)  # (N, C1 * L): rows of A S
-        # Per-node pooling terms u_ik s_i (x) z_i | v_ik and u_ik s_i (x) (A S)_i for every
-        # branch k, and their sums; both pooled outputs of branch k are divided by its
-        # normaliser D_k = sum of v_ik (n without softmax attention).
-        us = self._spread(self.u, self.s)  # (N, K * C1)
-        K = us.size(1) // C1
-        self.terms_u = torch.empty(N, K * C1 * H + K)
-        torch.mul(us.unsqueeze(2), self.z.unsqueeze(1), out=self.terms_u[:, :-K].view(N, -1, H))
-        self.terms_u[:, -K:] = v
-        self.us = us
-        self.terms_a = (us.unsqueeze(2) * self.m.unsqueeze(1)).view(N, -1)
+        # Pooling 1 (eq. 3) per branch k: sums over nodes of u_ik s_i (x) z_i and
+        # u_ik s_i (x) (A S)_i, both divided by the normaliser D_k = sum of v_ik (n without
+        # softmax attention).
+        self.us = us = self._spread(self.u, self.s)  # (N, K * C1)
+        self.v = v
         self.U = (us.t() @ self.z).double()  # (K * C1, H)
         self.D = v.double().sum(0)  # (K,)
         self.A = (us.t() @ self.m).double()  # (K * C1, C1 * L)
@@ -385,14 +380,17 @@ class _IncrementalOcclusion:
         plan["j_kept2"], plan["j_kept3"] = index(j3[i_kept2]), index(j3[i_kept3])
         plan["kept2_in_3"] = index(np.flatnonzero(kept2[i_kept3]))
 
-        # Pooling 1: the removed nodes' cached terms, and per-copy sums over changed nodes.
-        plan["removed"] = _indicator(c3, j3, ~kept3, C, N)
+        # Pooling 1, per copy: sums of new terms over its changed nodes, and of old terms
+        # over the nodes within k + 2 hops (U) and k + 3 hops (A S) of its centre.
         A = self.K * C1
-        counts2 = np.bincount(c3[i_kept2], minlength=C)
-        plan["seg2"] = _segments(counts2, A, (None, j3[i_kept2]), (i_kept2.size, N))
-        counts3 = np.bincount(c3[i_kept3], minlength=C)
-        plan["seg3"] = _segments(counts3, A, (None, j3[i_kept3]), (n3, N))
-        plan["copy2"] = index(c3[i_kept2])
+        counts = [np.bincount(c3[i], minlength=C) for i in (i_kept2, i_kept3)]
+        plan["new2"] = _segments(counts[0], A, None, i_kept2.size)
+        plan["new3"] = _segments(counts[1], A, None, n3)
+        ball2 = np.flatnonzero(d3 <= k + 2)
+        plan["old2"] = _segments(np.bincount(c3[ball2], minlength=C), A, j3[ball2], N)
+        plan["old3"] = _segments(np.bincount(c3, minlength=C), A, j3, N)
+        plan["j_ball2"], plan["j_ball3"] = index(j3[ball2]), index(j3)
+        plan["copy2"], plan["copy_ball2"] = index(c3[i_kept2]), index(c3[ball2])
         plan["n_left"] = index(N - np.bincount(c3[~kept3], minlength=C))
         return plan
 
@@ -523,19 +521,17 @@ class _IncrementalOcclusion:
         """Per copy, minus the cached Pooling 1 terms of its removed nodes and of the old
         values of its changed nodes: (C, K * C1, H), (C, K) and (C, K * C1, C1 * L), the
         parts of the pooled sums' changes that do not depend on the new values."""
-        H, C1, L, K, C = self.H, self.C1, self.L, self.K, plan["C"]
-        j_kept2, j_kept3 = plan["j_kept2"], plan["j_kept3"]
-        seg2, seg3 = plan["seg2"], plan["seg3"]
-        old_u = _spmm(plan["removed"], self.terms_u)
-        old_a = _spmm(plan["removed"], self.terms_a)
-        us2, us3 = self.us.index_select(0, j_kept2), self.us.index_select(0, j_kept3)
-        base_u = _segment_outer(seg2, -us2, self.z, term=1)
-        base_u -= old_u[:, :-K].view(C, K * C1, H)
-        base_d = -old_u[:, -K:]
+        C = plan["C"]
+        j_ball2, j_ball3 = plan["j_ball2"], plan["j_ball3"]
+        base_u = _segment_outer(plan["old2"], -self.us.index_select(0, j_ball2), self.z)
+        base_a = _segment_outer(plan["old3"], -self.us.index_select(0, j_ball3), self.m)
+        # The normaliser loses the removed nodes' weights and, with softmax attention, the
+        # old weights of the changed ones (their new weights are added by pooled).
         if self.softmax:
-            base_d = base_d.index_add(0, plan["copy2"], -self.u.index_select(0, j_kept2))
-        base_a = _segment_outer(seg3, -us3, self.m, term=1)
-        base_a -= old_a.view(C, K * C1, C1 * L)
+            lost = self.v.index_select(0, j_ball2)
+            base_d = -lost.new_zeros(C, self.K).index_add_(0, plan["copy_ball2"], lost)
+        else:
+            base_d = (plan["n_left"] - self.N).double()[:, None].expand(C, self.K)
         return base_u, base_d, base_a
 
     def pooled(self, plan: dict):
@@ -561,9 +557,9 @@ class _IncrementalOcclusion:
         # Pooling 1 (eq. 3): the new terms of the changed nodes added to the old terms they
         # and the removed nodes lose (:meth:`old_terms`).
         base_u, base_d, base_a = plan["base"]
-        d_U = _segment_outer(plan["seg2"], us2, z, term=0).add_(base_u)
+        d_U = _segment_outer(plan["new2"], us2, z).add_(base_u)
         d_D = base_d.index_add(0, plan["copy2"], u) if self.softmax else base_d
-        d_A = _segment_outer(plan["seg3"], us3, m3, term=0).add_(base_a)
+        d_A = _segment_outer(plan["new3"], us3, m3).add_(base_a)
 
         mass = self.D + d_D.double()  # (C, K)
         x1, a1 = self._normalised(self.U + d_U.double(), self.A + d_A.double(), mass)
@@ -572,30 +568,32 @@ class _IncrementalOcclusion:
         return x1, a1, (mass / self.D).min(1).values.float(), empty
 
 
-def _segments(counts, width: int, rows, sizes) -> dict:
-    """Index part of :func:`_segment_outer`: C segments of ``counts`` consecutive rows, a
-    ``width``-column left factor, and per term the rows of its right factor (None: the
-    term's own rows, else ``rows``) of ``size`` rows.
+def _segments(counts, width: int, rows, size: int) -> dict:
+    """Index part of :func:`_segment_outer`: C segments of ``counts`` consecutive rows of a
+    ``width``-column left factor, and the rows of the right factor (``size`` rows) they pair
+    with (None: the same rows).
 
     The operator has a row (alpha, c) per column alpha and segment c holding the segment's
     rows, so its CSR rows and columns are ``width`` shifted copies of one segment layout (no
     per-entry scatter) and its values are the left factor transposed.
     """
     C, R = len(counts), int(np.sum(counts))
-    dtype = np.int32 if max(width * R, *sizes) < _INT32_LIMIT else np.int64
+    dtype = np.int32 if max(width * R, size) < _INT32_LIMIT else np.int64
     starts = np.append(0, np.cumsum(counts))[:-1]
     crow = np.append((R * np.arange(width)[:, None] + starts).reshape(-1), width * R)
-    crow = crow.astype(dtype)
-    cols = []
-    for r, size in zip(rows, sizes):
-        r = np.arange(R, dtype=dtype) if r is None else r.astype(dtype)
-        cols.append((torch.from_numpy(np.tile(r, width)), size))
-    return {"C": C, "width": width, "crow": torch.from_numpy(crow), "cols": cols}
+    rows = np.arange(R, dtype=dtype) if rows is None else rows.astype(dtype)
+    return {
+        "C": C,
+        "width": width,
+        "crow": torch.from_numpy(crow.astype(dtype)),
+        "col": torch.from_numpy(np.tile(rows, width)),
+        "size": size,
+    }
 
 
-def _segment_outer(seg: dict, a: Tensor, b: Tensor, term: int) -> Tensor:
-    """``out[c] = sum_r a[r] (x) b[rows[r]]`` over the rows r of segment c, with the rows of
-    ``term`` (see :func:`_segments`).
+def _segment_outer(seg: dict, a: Tensor, b: Tensor) -> Tensor:
+    """``out[c] = sum_r a[r] (x) b[rows[r]]`` over the rows r of segment c (see
+    :func:`_segments`).
 
     One sparse product: a (A * C, len(b)) CSR matrix whose row (alpha, c) holds column alpha
     of segment c of ``a`` at b's rows, times ``b``. No padding, and ``b`` is read in place
@@ -605,8 +603,8 @@ def _segment_outer(seg: dict, a: Tensor, b: Tensor, term: int) -> Tensor:
         - input: a (R, A), b (M, B)
         - output: (C, A, B)
     """
-    col, size = seg["cols"][term]
-    op = _sparse_csr(seg["crow"], col, a.t().reshape(-1), (seg["width"] * seg["C"], size))
+    size = (seg["width"] * seg["C"], seg["size"])
+    op = _sparse_csr(seg["crow"], seg["col"], a.t().reshape(-1), size)
     return _spmm(op, b).view(seg["width"], seg["C"], -1).transpose(0, 1)
 
 
@@ -620,17 +618,6 @@ def _spmm(op: Tensor, dense: Tensor, out: Tensor | None = None) -> Tensor:
     if out is None:
         out = dense.new_empty(op.size(0), dense.size(1))
     return torch.addmm(out, op, dense, beta=0, out=out)
-
-
-def _indicator(copy, node, mask, C: int, N: int) -> Tensor:
-    """Sparse (C, N) 0/1 matrix of the sorted (copy, node) pairs selected by ``mask``."""
-    if mask is not None:
-        copy, node = copy[mask], node[mask]
-    crow = np.zeros(C + 1, np.int64)
-    crow[1:] = np.cumsum(np.bincount(copy, minlength=C))
-    return _sparse_csr(
-        torch.from_numpy(crow), torch.from_numpy(node), torch.ones(node.size), (C, N)
-    )
 
 
 _INT32_LIMIT = 2**31 - 1
