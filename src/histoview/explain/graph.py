@@ -30,7 +30,7 @@ definition, batched: all occluded graphs of a chunk in one PyG ``Batch``, one fo
 Cost: the work per occluded graph is proportional to its (k+3)-hop ball, about 80 nuclei at
 k = 1 for ~10 neighbours per nucleus, instead of the whole graph (``benchmarks/
 bench_occlusion.py`` gives the figures; about 1,500 forward passes' time for the definition).
-Nuclei are processed in chunks of similar neighbourhood size, largest first, and every
+Nuclei are processed in chunks of neighbouring nuclei (reverse Cuthill-McKee order), and every
 thread (as many as torch's thread count) takes the next chunk and does all of its work with
 single-threaded torch: the index bookkeeping (which nodes change, the sparse operators; in
 the C kernel ``_occlusion_index`` when it was built, else in NumPy, with the same result),
@@ -84,12 +84,15 @@ class _Neighbours:
         self.ptr[1:] = np.cumsum(np.bincount(row, minlength=num_nodes))
         self.num_nodes = num_nodes
 
-    def size_order(self) -> np.ndarray:
-        """Nodes sorted by the number of 2-step walks from them (their degree plus their
-        neighbours' degrees), a cheap proxy for the size of their k-hop balls."""
-        deg = np.diff(self.ptr)
-        walks = deg + np.add.reduceat(np.append(deg[self.idx], 0), self.ptr[:-1]) * (deg > 0)
-        return np.argsort(walks, kind="stable")
+    def local_order(self) -> np.ndarray:
+        """The nodes in reverse Cuthill-McKee order (SciPy): neighbours end up close
+        together, so consecutive nodes' neighbourhoods overlap."""
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+        n = self.num_nodes
+        graph = csr_matrix((np.ones(self.idx.size, np.int8), self.idx, self.ptr), shape=(n, n))
+        return np.asarray(reverse_cuthill_mckee(graph, symmetric_mode=True), np.int64)
 
     def balls(self, centres, max_hops: int, *, return_table: bool = False):
         """All (copy, node) pairs within ``max_hops`` of ``centres[copy]``, sorted, with their
@@ -859,15 +862,16 @@ def _direct_probabilities(model, data, neighbours, centres, k: int, target: int)
 def _incremental_scores(model, data, k: int, target_class, batch_size: int, threads: int):
     """Eq. 5 with :class:`_IncrementalOcclusion`, on ``threads`` threads.
 
-    The nuclei are cut into chunks of similar neighbourhood size, largest first; every
-    thread takes the next chunk and does all of its work (index bookkeeping, arithmetic,
-    the head) with single-threaded torch, so the threads stay busy to the end, each chunk's
-    data stays in one core's cache, and more cores mean proportionally less time. The
-    helper threads plan their first chunk while the calling thread caches the full graph.
+    The nuclei are cut into chunks of neighbours (:meth:`_Neighbours.local_order`: their
+    occluded graphs touch overlapping sets of cached rows); every thread takes the next
+    chunk and does all of its work (index bookkeeping, arithmetic, the head) with
+    single-threaded torch, so the threads stay busy to the end, each chunk's data stays in
+    one core's cache, and more cores mean proportionally less time. The helper threads plan
+    their first chunk while the calling thread caches the full graph.
     """
     N = data.x.size(0)
     engine = _IncrementalOcclusion(model, data)
-    order = engine.neighbours.size_order()[::-1].copy()
+    order = engine.neighbours.local_order()
     chunks = [order[i : i + batch_size] for i in range(0, N, batch_size)]
     lock, cached = threading.Lock(), threading.Event()
     state: dict = {"next": 0, "target": None}
