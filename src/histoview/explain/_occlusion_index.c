@@ -140,47 +140,113 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
  * Operators' indices are int32 (what MKL's sparse products take without a conversion); the
  * caller makes sure that columns and entries fit.
  * Row counts n_ring, n_kept2, n_kept3 are the numbers of pairs with d = k + 1, k < d <= k + 2
- * and k < d. Work: rank (3 * P int64). Outputs (CSR, int32 crow/col, float32 val):
- *   op1: n_ring rows, per ring pair its removed in-neighbours (d_src <= k; L entries each,
- *        column src * L + l, value -e_l) then (N * L + node, 1);
+ * and k < d. Work: rank (4 * P int64), edge_first (P + 1 int64), table (table_size int64, a
+ * power of two above 2 * n_ring). Outputs (CSR, int32 crow/col, float32 val):
+ *   op1: a row per distinct ring row (pairs with d = k + 1 whose node loses the same
+ *        in-edges share one; ring_node gets its node, nnz[2] their number), its removed
+ *        in-neighbours (d_src <= k; L entries each, column src * L + l, value -e_l) then
+ *        (N * L + node, 1);
  *   op2: n_kept2 rows, per changed pair its in-edges from d_src <= k + 1 (L entries each:
  *        removed sources at src * L + l with -e_l, ring sources at
- *        NL + rank_ring(src) * (L + 1) + 1 + l with +e_l, NL = N * L + N), then
- *        (N * L + node, 1) and, for ring nodes, (NL + rank_ring(node) * (L + 1), 1), for
+ *        NL + ring_row(src) * (L + 1) + 1 + l with +e_l, NL = N * L + N), then
+ *        (N * L + node, 1) and, for ring nodes, (NL + ring_row(node) * (L + 1), 1), for
  *        the others a zero entry at N * L + node (two entries per row in both cases);
  *   op3: L * n_kept3 rows, lane-major (row l * n_kept3 + t), every listed edge of target t:
  *        removed sources at column src with -e_l, changed ones at N + rank_kept2(src) with +e_l.
  * nnz[0], nnz[1]: the entries of op1 and op2 (op3 has L * Q). Capacities: op1 Q * L + n_ring,
- * op2 Q * L + 2 * n_kept2 suffice.
+ * op2 Q * L + 2 * n_kept2 suffice; ring_node n_ring.
  */
+/* Do ring pairs p and q (the same node) lose the same in-edges (sources within k hops)? */
+static int same_losses(int64_t p, int64_t q, int64_t k, const int64_t *edge_first,
+                       const int64_t *edge_id, const int64_t *edge_src_dist) {
+    int64_t a = edge_first[p], a_end = edge_first[p + 1];
+    int64_t b = edge_first[q], b_end = edge_first[q + 1];
+    for (;;) {
+        while (a < a_end && edge_src_dist[a] > k) a++;
+        while (b < b_end && edge_src_dist[b] > k) b++;
+        if (a == a_end || b == b_end) return a == a_end && b == b_end;
+        if (edge_id[a] != edge_id[b]) return 0;
+        a++;
+        b++;
+    }
+}
+
 void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
                          int64_t P, const int64_t *pair_node, const int64_t *pair_dist,
                          int64_t Q, const int64_t *edge_tgt, const int64_t *edge_id,
                          const int64_t *edge_src, const int64_t *edge_src_dist,
-                         const int64_t *edge_src_pair, int64_t *rank,
+                         const int64_t *edge_src_pair, int64_t *rank, int64_t *edge_first,
+                         int64_t *table, int64_t table_size, int64_t *ring_node,
                          int32_t *op1_crow, int32_t *op1_col, float *op1_val,
                          int32_t *op2_crow, int32_t *op2_col, float *op2_val,
                          int32_t *op3_crow, int32_t *op3_col, float *op3_val, int64_t *nnz) {
     int64_t *rank_ring = rank, *rank_kept2 = rank + P, *rank_kept3 = rank + 2 * P;
-    int64_t n_ring = 0, n_kept2 = 0, n3 = 0;
+    int64_t *first_pair = rank + 3 * P; /* per distinct ring row: its first pair */
+    int64_t n_kept2 = 0, n3 = 0;
+    int64_t q = 0;
     for (int64_t p = 0; p < P; p++) {
         int64_t d = pair_dist[p];
-        rank_ring[p] = (d == k + 1) ? n_ring++ : -1;
         rank_kept2[p] = (d > k && d <= k + 2) ? n_kept2++ : -1;
         rank_kept3[p] = (d > k) ? n3++ : -1;
+        edge_first[p] = q;
+        while (q < Q && edge_tgt[q] == p) q++;
     }
+    edge_first[P] = Q;
     const int64_t NL = N * L + N;
-    int64_t a = 0, b = 0, q = 0;
+
+    /* Ring rows (Vertex Conv 1 of a node on the ring): a node that loses the same in-edges
+     * in several copies gets one row, found through a hash table of (node, lost edges). */
+    for (int64_t t = 0; t < table_size; t++) table[t] = -1;
+    int64_t n_ring = 0, a = 0;
     op1_crow[0] = 0;
+    for (int64_t p = 0; p < P; p++) {
+        rank_ring[p] = -1;
+        if (pair_dist[p] != k + 1) continue;
+        int64_t j = pair_node[p];
+        uint64_t h = (uint64_t)j * 0x9E3779B97F4A7C15ULL;
+        for (int64_t e = edge_first[p]; e < edge_first[p + 1]; e++) {
+            if (edge_src_dist[e] > k) continue;
+            h = (h ^ (uint64_t)edge_id[e]) * 0x100000001B3ULL;
+            h ^= h >> 29;
+        }
+        int64_t slot = (int64_t)(h & (uint64_t)(table_size - 1));
+        while (table[slot] >= 0) {
+            int64_t r = first_pair[table[slot]];
+            if (pair_node[r] == j && same_losses(p, r, k, edge_first, edge_id, edge_src_dist))
+                break;
+            slot = (slot + 1) & (table_size - 1);
+        }
+        if (table[slot] >= 0) {
+            rank_ring[p] = table[slot];
+            continue;
+        }
+        int64_t u = n_ring++;
+        table[slot] = u;
+        first_pair[u] = p;
+        rank_ring[p] = u;
+        ring_node[u] = j;
+        for (int64_t e = edge_first[p]; e < edge_first[p + 1]; e++) {
+            if (edge_src_dist[e] > k) continue;
+            const float *w = attr + edge_id[e] * L;
+            for (int64_t l = 0; l < L; l++) {
+                op1_col[a] = (int32_t)(edge_src[e] * L + l);
+                op1_val[a++] = -w[l];
+            }
+        }
+        op1_col[a] = (int32_t)(N * L + j);
+        op1_val[a++] = 1.0f;
+        op1_crow[u + 1] = (int32_t)a;
+    }
+
+    int64_t b = 0;
     op2_crow[0] = 0;
     for (int64_t p = 0; p < P; p++) {
         int64_t d = pair_dist[p], j = pair_node[p];
         if (d <= k) continue;
-        int64_t first = q;
-        while (q < Q && edge_tgt[q] == p) q++;
+        int64_t first = edge_first[p], last = edge_first[p + 1];
         int64_t t = rank_kept3[p];
         for (int64_t l = 0; l < L; l++) op3_crow[l * n3 + t] = (int32_t)(l * Q + first);
-        for (int64_t e = first; e < q; e++) {
+        for (int64_t e = first; e < last; e++) {
             const float *w = attr + edge_id[e] * L;
             int64_t ds = edge_src_dist[e], s = edge_src[e];
             int gone = ds <= k;
@@ -190,12 +256,6 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
                 op3_col[l * Q + e] = (int32_t)col3;
                 op3_val[l * Q + e] = sign * w[l];
             }
-            if (d == k + 1 && gone) {
-                for (int64_t l = 0; l < L; l++) {
-                    op1_col[a] = (int32_t)(s * L + l);
-                    op1_val[a++] = -w[l];
-                }
-            }
             if (d <= k + 2 && ds <= k + 1) {
                 int64_t base = gone ? s * L : NL + rank_ring[edge_src_pair[e]] * (L + 1) + 1;
                 for (int64_t l = 0; l < L; l++) {
@@ -203,11 +263,6 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
                     op2_val[b++] = sign * w[l];
                 }
             }
-        }
-        if (d == k + 1) {
-            op1_col[a] = (int32_t)(N * L + j);
-            op1_val[a++] = 1.0f;
-            op1_crow[rank_ring[p] + 1] = (int32_t)a;
         }
         if (d <= k + 2) {
             op2_col[b] = (int32_t)(N * L + j);
@@ -220,11 +275,12 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
     op3_crow[L * n3] = (int32_t)(L * Q);
     nnz[0] = a;
     nnz[1] = b;
+    nnz[2] = n_ring;
 }
 
 /* The interface version: graph.py uses the library only when it matches its own, so a
  * library left over from an older build is never called with the wrong arguments. */
-int occlusion_index_abi(void) { return 3; }
+int occlusion_index_abi(void) { return 4; }
 
 /* Importable as a module, so that Python finds the library where it was installed. */
 #if defined(HISTOVIEW_PYTHON_MODULE)

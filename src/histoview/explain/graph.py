@@ -374,12 +374,12 @@ class _IncrementalOcclusion:
         i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
         masks = (ring1, kept2, kept3), (i_ring1, i_kept2, i_kept3)
         if self.use_c and _c_index() is not None:
-            op1, op2, op3 = self.operators_c(k, j3, d3, edges, masks, work)
+            op1, op2, op3, ring_nodes = self.operators_c(k, j3, d3, edges, masks, work)
         else:
-            op1, op2, op3 = self.operators_numpy(k, j3, d3, edges, masks)
+            op1, op2, op3, ring_nodes = self.operators_numpy(k, j3, d3, edges, masks)
         n3 = i_kept3.size
         plan = {"C": C, "op1": op1, "op2": op2, "op3": op3, "n3": n3}
-        plan["j_ring"] = index(j3[i_ring1])
+        plan["j_ring"] = index(ring_nodes)
         plan["j_kept2"], plan["j_kept3"] = index(j3[i_kept2]), index(j3[i_kept3])
         plan["kept2_in_3"] = index(np.flatnonzero(kept2[i_kept3]))
 
@@ -401,7 +401,8 @@ class _IncrementalOcclusion:
         """The three sparse operators of a chunk (see :meth:`plan`), in NumPy.
 
         * op1, Vertex Conv 1 on the ring k + 1: the cached pre-activation minus the removed
-          sources;
+          sources; one row per distinct ring row (a node that loses the same in-edges in
+          several copies of the chunk is computed once);
         * op2, Vertex Conv 2 and the assignment on kept nodes within k + 2 hops: the cached
           pre-activation, removed sources with minus their edge weight, and the transforms
           (root, edge 1..L) of the ring's feature changes, stacked after the cached rows;
@@ -420,23 +421,29 @@ class _IncrementalOcclusion:
         gone = d_src <= k
 
         sel = np.flatnonzero((d_tgt == k + 1) & gone)
+        ring_row, first = _distinct_ring_rows(j3[i_ring1], rank_ring1[tgt[sel]], eid[sel])
+        ring_nodes = j3[i_ring1[first]]
+        keep = np.flatnonzero(np.isin(rank_ring1[tgt[sel]], first))
+        sel = sel[keep]
         op1 = self._operator(
-            rank_ring1[tgt[sel]], src_node[sel] * L, -np.ones(sel.size, np.float32), eid[sel],
-            (N * L + j3[i_ring1])[:, None], np.ones((i_ring1.size, 1), np.float32), NL,
+            ring_row[rank_ring1[tgt[sel]]], src_node[sel] * L, -np.ones(sel.size, np.float32),
+            eid[sel], (N * L + ring_nodes)[:, None], np.ones((first.size, 1), np.float32), NL,
         )  # fmt: skip
+        ring_of_pair = np.full(d3.size, -1, np.int64)
+        ring_of_pair[i_ring1] = ring_row
 
         sel = np.flatnonzero((d_tgt <= k + 2) & (d_src <= k + 1))
         from_ring = ~gone[sel]
-        base = np.where(from_ring, NL + rank_ring1[src_pair[sel]] * (L + 1) + 1, src_node[sel] * L)
+        base = np.where(from_ring, NL + ring_of_pair[src_pair[sel]] * (L + 1) + 1, src_node[sel] * L)
         # Each row's own ring transforms (root); rows off the ring get a zero entry on their
         # own pre-activation's column instead, a column that always exists.
         on_ring = ring1[i_kept2]
-        own_root = np.where(on_ring, NL + rank_ring1[i_kept2] * (L + 1), N * L + j3[i_kept2])
+        own_root = np.where(on_ring, NL + ring_of_pair[i_kept2] * (L + 1), N * L + j3[i_kept2])
         op2 = self._operator(
             rank_kept2[tgt[sel]], base, from_ring.astype(np.float32) * 2 - 1, eid[sel],
             np.stack([N * L + j3[i_kept2], own_root], 1),
             np.stack([np.ones(i_kept2.size), on_ring], 1).astype(np.float32),
-            NL + i_ring1.size * (L + 1),
+            NL + first.size * (L + 1),
         )  # fmt: skip
 
         col = np.where(gone, src_node, N + rank_kept2[np.maximum(src_pair, 0)])
@@ -452,7 +459,7 @@ class _IncrementalOcclusion:
         op3 = _sparse_csr(
             index(crow), index(np.tile(col, L)), index(val), (L * n3, N + i_kept2.size)
         )
-        return op1, op2, op3
+        return op1, op2, op3, ring_nodes
 
     def operators_c(self, k: int, j3, d3, edges, masks, work: dict):
         """:meth:`operators_numpy` with the C kernel (one pass, the same arrays), in the
@@ -474,22 +481,29 @@ class _IncrementalOcclusion:
                 _scratch(store, name + "_col", (entries,), np.int32),
                 _scratch(store, name + "_val", (entries,), np.float32),
             )
-        nnz = np.zeros(2, np.int64)
-        rank = _scratch(work, "rank", (3 * max(P, 1),), np.int64)
+        nnz = np.zeros(3, np.int64)
+        rank = _scratch(work, "rank", (4 * max(P, 1),), np.int64)
+        edge_first = _scratch(work, "edge_first", (P + 1,), np.int64)
+        table = _scratch(work, "table", (1 << int(2 * n_ring + 1).bit_length(),), np.int64)
+        ring_nodes = _scratch(work, "ring_nodes", (n_ring,), np.int64)
         _c_index().occlusion_operators(
-            N, L, k, self.in_attr_np, P, j3, d3, Q, *edges, rank,
-            *arrays["op1"], *arrays["op2"], *arrays["op3"], nnz,
+            N, L, k, self.in_attr_np, P, j3, d3, Q, *edges, rank, edge_first, table, table.size,
+            ring_nodes, *arrays["op1"], *arrays["op2"], *arrays["op3"], nnz,
         )  # fmt: skip
         index = torch.from_numpy
+        n_rows = int(nnz[2])  # distinct ring rows
 
-        def csr(name, n_entries, size):
+        def csr(name, n_entries, rows, size):
             crow, col, val = arrays[name]
-            return _sparse_csr(index(crow), index(col[:n_entries]), index(val[:n_entries]), size)
+            return _sparse_csr(
+                index(crow[: rows + 1]), index(col[:n_entries]), index(val[:n_entries]), size
+            )
 
         return (
-            csr("op1", nnz[0], (n_ring, NL)),
-            csr("op2", nnz[1], (n2, NL + n_ring * (L + 1))),
-            csr("op3", Q * L, (L * n3, N + n2)),
+            csr("op1", nnz[0], n_rows, (n_rows, NL)),
+            csr("op2", nnz[1], n2, (n2, NL + n_rows * (L + 1))),
+            csr("op3", Q * L, L * n3, (L * n3, N + n2)),
+            ring_nodes[:n_rows].copy(),
         )
 
     def ring_transforms(self, plan: dict, out: Tensor | None = None) -> Tensor:
@@ -571,6 +585,26 @@ class _IncrementalOcclusion:
         return x1, a1, (mass / self.D).min(1).values.float(), empty
 
 
+def _distinct_ring_rows(nodes, ring_of_edge, edge_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Ring pairs (``nodes``, in pair order) that lose the same in-edges (``edge_ids`` of the
+    lost edges, grouped by their ring pair ``ring_of_edge``, sorted) share one Vertex Conv 1
+    row. Returns each pair's row, rows numbered in order of first appearance, and the first
+    pair of every row (what the C kernel's hash table gives)."""
+    n = nodes.size
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    counts = np.bincount(ring_of_edge, minlength=n)
+    keys = np.full((n, 1 + int(counts.max(initial=0))), -1, np.int64)
+    keys[:, 0] = nodes
+    slot = np.arange(ring_of_edge.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    keys[ring_of_edge, 1 + slot] = edge_ids
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    renumber = np.empty_like(order)
+    renumber[order] = np.arange(order.size)
+    return renumber[inverse.reshape(-1)], first[order]
+
+
 def _segments(counts, width: int, rows, size: int) -> dict:
     """Index part of :func:`_segment_outer`: C segments of ``counts`` consecutive rows of a
     ``width``-column left factor, and the rows of the right factor (``size`` rows) they pair
@@ -637,7 +671,7 @@ def _sparse_csr(crow, col, val, size) -> Tensor:
 
 
 _C_INDEX: list = []  # the loaded C library (or None), once looked up
-_C_ABI = 3  # occlusion_index_abi() of the C source this module matches
+_C_ABI = 4  # occlusion_index_abi() of the C source this module matches
 
 
 def _c_index():
@@ -678,8 +712,8 @@ def _c_index():
         i32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
         fn = lib.occlusion_operators
         fn.restype = None
-        fn.argtypes = [n, n, n, f32, n, i64, i64, n, i64, i64, i64, i64, i64, i64,
-                       i32, i32, f32, i32, i32, f32, i32, i32, f32, i64]  # fmt: skip
+        fn.argtypes = [n, n, n, f32, n, i64, i64, n, i64, i64, i64, i64, i64, i64, i64, i64,
+                       n, i64, i32, i32, f32, i32, i32, f32, i32, i32, f32, i64]  # fmt: skip
     _C_INDEX.append(lib)
     return lib
 
