@@ -248,16 +248,17 @@ class _IncrementalOcclusion:
         # Pooling 1 (eq. 3) per branch k: sums over nodes of u_ik s_i (x) z_i and
         # u_ik s_i (x) (A S)_i, both divided by the normaliser D_k = sum of v_ik (n without
         # softmax attention).
-        self.us = us = self._spread(self.u, self.s)  # (N, K * C1)
+        self.us_t = us_t = self._spread_t(self.u, self.s)  # (K * C1, N)
         self.v = v
-        self.U = (us.t() @ self.z).double()  # (K * C1, H)
+        self.U = (us_t @ self.z).double()  # (K * C1, H)
         self.D = v.double().sum(0)  # (K,)
-        self.A = (us.t() @ self.m).double()  # (K * C1, C1 * L)
+        self.A = (us_t @ self.m).double()  # (K * C1, C1 * L)
 
     @staticmethod
-    def _spread(u: Tensor, s: Tensor) -> Tensor:
-        """Per-branch weighted assignments: (R, K) and (R, C1) to (R, K * C1)."""
-        return (u.unsqueeze(2) * s.unsqueeze(1)).flatten(1)
+    def _spread_t(u: Tensor, s: Tensor) -> Tensor:
+        """Per-branch weighted assignments, transposed: (R, K) and (R, C1) to (K * C1, R)
+        (the layout :func:`_segment_outer` reads without a copy)."""
+        return (u.t().unsqueeze(1) * s.t().unsqueeze(0)).flatten(0, 1)
 
     def _normalised(self, U, A, D) -> tuple[Tensor, Tensor]:
         """Pooled sums of C graphs, (C, K * C1, H) and (C, K * C1, C1 * L), divided by their
@@ -540,8 +541,8 @@ class _IncrementalOcclusion:
         parts of the pooled sums' changes that do not depend on the new values."""
         C = plan["C"]
         j_ball2, j_ball3 = plan["j_ball2"], plan["j_ball3"]
-        base_u = _segment_outer(plan["old2"], -self.us.index_select(0, j_ball2), self.z)
-        base_a = _segment_outer(plan["old3"], -self.us.index_select(0, j_ball3), self.m)
+        base_u = _segment_outer(plan["old2"], -self.us_t.index_select(1, j_ball2), self.z)
+        base_a = _segment_outer(plan["old3"], -self.us_t.index_select(1, j_ball3), self.m)
         # The normaliser loses the removed nodes' weights and, with softmax attention, the
         # old weights of the changed ones (their new weights are added by pooled).
         if self.softmax:
@@ -567,9 +568,9 @@ class _IncrementalOcclusion:
         m3 = _spmm(plan["op3"], operand)
         m3 = m3.view(L, n3, C1).permute(1, 2, 0).reshape(n3, C1 * L)
         m3 += self.m.index_select(0, j_kept3)
-        us2 = self._spread(u, s)
-        us3 = self.us.index_select(0, j_kept3)
-        us3[plan["kept2_in_3"]] = us2
+        us2 = self._spread_t(u, s)
+        us3 = self.us_t.index_select(1, j_kept3)
+        us3[:, plan["kept2_in_3"]] = us2
 
         # Pooling 1 (eq. 3): the new terms of the changed nodes added to the old terms they
         # and the removed nodes lose (:meth:`old_terms`).
@@ -628,20 +629,20 @@ def _segments(counts, width: int, rows, size: int) -> dict:
     }
 
 
-def _segment_outer(seg: dict, a: Tensor, b: Tensor) -> Tensor:
+def _segment_outer(seg: dict, a_t: Tensor, b: Tensor) -> Tensor:
     """``out[c] = sum_r a[r] (x) b[rows[r]]`` over the rows r of segment c (see
-    :func:`_segments`).
+    :func:`_segments`), ``a`` given transposed.
 
     One sparse product: a (A * C, len(b)) CSR matrix whose row (alpha, c) holds column alpha
     of segment c of ``a`` at b's rows, times ``b``. No padding, and ``b`` is read in place
     (cached per-node tensors are indexed, never gathered).
 
     Shapes:
-        - input: a (R, A), b (M, B)
+        - input: a_t (A, R), b (M, B)
         - output: (C, A, B)
     """
     size = (seg["width"] * seg["C"], seg["size"])
-    op = _sparse_csr(seg["crow"], seg["col"], a.t().reshape(-1), size)
+    op = _sparse_csr(seg["crow"], seg["col"], a_t.reshape(-1), size)
     return _spmm(op, b).view(seg["width"], seg["C"], -1).transpose(0, 1)
 
 
