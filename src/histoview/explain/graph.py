@@ -201,6 +201,7 @@ class _IncrementalOcclusion:
         # the layer-2 operand.
         self._slots: dict[int, dict] = {}
 
+    @torch.no_grad()
     def cache(self) -> None:
         """The full graph's activations, transforms and pooling terms (torch arithmetic; the
         index structures of ``__init__`` suffice for :meth:`plan`)."""
