@@ -168,12 +168,14 @@ def occluded_graphs(data, keep: Tensor):
 class _IncrementalOcclusion:
     """Exact occlusion of an :class:`~histoview.models.graph_nets.RSFNet` (see module doc).
 
-    Caches the full graph's pre-activations, per-node transforms and per-node pooling terms
-    once. Per chunk of occluded copies it enumerates the (copy, node) pairs within k + 3 hops
-    of each copy's centre and computes the new pre-activations of the changed nodes as one
-    sparse product per layer, whose dense operand stacks the cached transforms (sources that
-    were removed enter with minus their edge weight), the cached pre-activations (one entry
-    per changed node) and the transforms of the feature changes of the ring k + 1.
+    Caches the full graph's pre-activations, per-node transforms and pooled sums once. Per
+    chunk of occluded copies (:meth:`plan`, :meth:`finish`, :meth:`pooled`) it enumerates
+    the (copy, node) pairs within k + 3 hops of each copy's centre and computes the new
+    pre-activations of the changed nodes as one sparse product per layer, whose dense operand
+    stacks the cached transforms (sources that were removed enter with minus their edge
+    weight), the cached pre-activations (one entry per changed node) and the transforms of
+    the feature changes of the ring k + 1; the pooled sums change by segment sums of new
+    minus old per-node terms.
     """
 
     def __init__(self, model, data):
