@@ -14,6 +14,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <string.h>
 
 static inline int lowest_bit(uint64_t x) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -278,9 +279,36 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
     nnz[2] = n_ring;
 }
 
+/*
+ * Per-copy sums of outer products (the pooled-sum changes of graph.py's _segment_outer,
+ * for factors on the same rows): out[c] (A, B) = sum over rows r of segment c of
+ * a[r] (x) b[r], segment c being rows starts[c] <= r < starts[c + 1]; ``a_t`` (A, R) is
+ * the left factor transposed, ``b`` (R, B). Each row of b is read once (a sparse product
+ * reads it A times). Compiled for AVX-512, AVX2 and the baseline where GCC can choose at
+ * load time.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void segment_outer(int64_t C, const int64_t *starts, int64_t A, int64_t R, const float *a_t,
+                   int64_t B, const float *b, float *out) {
+    for (int64_t c = 0; c < C; c++) {
+        float *o = out + c * A * B;
+        memset(o, 0, sizeof(float) * (size_t)(A * B));
+        for (int64_t r = starts[c]; r < starts[c + 1]; r++) {
+            const float *br = b + r * B;
+            for (int64_t al = 0; al < A; al++) {
+                const float coef = a_t[al * R + r];
+                float *oa = o + al * B;
+                for (int64_t x = 0; x < B; x++) oa[x] += coef * br[x];
+            }
+        }
+    }
+}
+
 /* The interface version: graph.py uses the library only when it matches its own, so a
  * library left over from an older build is never called with the wrong arguments. */
-int occlusion_index_abi(void) { return 4; }
+int occlusion_index_abi(void) { return 5; }
 
 /* Importable as a module, so that Python finds the library where it was installed. */
 #if defined(HISTOVIEW_PYTHON_MODULE)

@@ -377,7 +377,8 @@ class _IncrementalOcclusion:
         kept2 = kept3 & (d3 <= k + 2)
         i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
         masks = (ring1, kept2, kept3), (i_ring1, i_kept2, i_kept3)
-        if self.use_c and _c_index() is not None:
+        use_c = self.use_c and _c_index() is not None
+        if use_c:
             op1, op2, op3, ring_nodes = self.operators_c(k, j3, d3, edges, masks, work)
         else:
             op1, op2, op3, ring_nodes = self.operators_numpy(k, j3, d3, edges, masks)
@@ -391,8 +392,8 @@ class _IncrementalOcclusion:
         # over the nodes within k + 2 hops (U) and k + 3 hops (A S) of its centre.
         A = self.K * C1
         counts = [np.bincount(c3[i], minlength=C) for i in (i_kept2, i_kept3)]
-        plan["new2"] = _segments(counts[0], A, None, i_kept2.size)
-        plan["new3"] = _segments(counts[1], A, None, n3)
+        plan["new2"] = _segments(counts[0], A, None, i_kept2.size, use_c)
+        plan["new3"] = _segments(counts[1], A, None, n3, use_c)
         ball2 = np.flatnonzero(d3 <= k + 2)
         plan["old2"] = _segments(np.bincount(c3[ball2], minlength=C), A, j3[ball2], N)
         plan["old3"] = _segments(np.bincount(c3, minlength=C), A, j3, N)
@@ -609,27 +610,27 @@ def _distinct_ring_rows(nodes, ring_of_edge, edge_ids) -> tuple[np.ndarray, np.n
     return renumber[inverse.reshape(-1)], first[order]
 
 
-def _segments(counts, width: int, rows, size: int) -> dict:
+def _segments(counts, width: int, rows, size: int, kernel: bool = False) -> dict:
     """Index part of :func:`_segment_outer`: C segments of ``counts`` consecutive rows of a
     ``width``-column left factor, and the rows of the right factor (``size`` rows) they pair
     with (None: the same rows).
 
     The operator has a row (alpha, c) per column alpha and segment c holding the segment's
     rows, so its CSR rows and columns are ``width`` shifted copies of one segment layout (no
-    per-entry scatter) and its values are the left factor transposed.
+    per-entry scatter) and its values are the left factor transposed. With ``kernel`` (the C
+    library is there) factors on the same rows need no operator: the C kernel sums them.
     """
     C, R = len(counts), int(np.sum(counts))
     dtype = np.int32 if max(width * R, size) < _INT32_LIMIT else np.int64
     starts = np.append(0, np.cumsum(counts))[:-1]
     crow = np.append((R * np.arange(width)[:, None] + starts).reshape(-1), width * R)
+    seg = {"C": C, "width": width, "size": size, "starts": np.append(starts, R).astype(np.int64)}
+    if rows is None and kernel:
+        return seg
     rows = np.arange(R, dtype=dtype) if rows is None else rows.astype(dtype)
-    return {
-        "C": C,
-        "width": width,
-        "crow": torch.from_numpy(crow.astype(dtype)),
-        "col": torch.from_numpy(np.tile(rows, width)),
-        "size": size,
-    }
+    seg["crow"] = torch.from_numpy(crow.astype(dtype))
+    seg["col"] = torch.from_numpy(np.tile(rows, width))
+    return seg
 
 
 def _segment_outer(seg: dict, a_t: Tensor, b: Tensor) -> Tensor:
@@ -644,6 +645,15 @@ def _segment_outer(seg: dict, a_t: Tensor, b: Tensor) -> Tensor:
         - input: a_t (A, R), b (M, B)
         - output: (C, A, B)
     """
+    if "col" not in seg:  # factors on the same rows: the C kernel reads each row of b once
+        C, A = seg["C"], seg["width"]
+        a_t, b = a_t.contiguous(), b.contiguous()
+        out = b.new_empty(C, A, b.size(1))
+        _c_index().segment_outer(
+            C, seg["starts"], A, a_t.size(1), a_t.data_ptr(), b.size(1), b.data_ptr(),
+            out.data_ptr(),
+        )  # fmt: skip
+        return out
     size = (seg["width"] * seg["C"], seg["size"])
     op = _sparse_csr(seg["crow"], seg["col"], a_t.reshape(-1), size)
     return _spmm(op, b).view(seg["width"], seg["C"], -1).transpose(0, 1)
@@ -675,7 +685,7 @@ def _sparse_csr(crow, col, val, size) -> Tensor:
 
 
 _C_INDEX: list = []  # the loaded C library (or None), once looked up
-_C_ABI = 4  # occlusion_index_abi() of the C source this module matches
+_C_ABI = 5  # occlusion_index_abi() of the C source this module matches
 
 
 def _c_index():
@@ -718,6 +728,9 @@ def _c_index():
         fn.restype = None
         fn.argtypes = [n, n, n, f32, n, i64, i64, n, i64, i64, i64, i64, i64, i64, i64, i64,
                        n, i64, i32, i32, f32, i32, i32, f32, i32, i32, f32, i64]  # fmt: skip
+        fn = lib.segment_outer
+        fn.restype = None
+        fn.argtypes = [n, i64, n, n, ctypes.c_void_p, n, ctypes.c_void_p, ctypes.c_void_p]
     _C_INDEX.append(lib)
     return lib
 
