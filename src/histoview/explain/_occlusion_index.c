@@ -61,9 +61,10 @@ static void sort_nodes(int64_t *order, int64_t n, uint64_t *bits) {
  * on return).
  *
  * Outputs, capacities pair_cap and edge_cap:
- *   pairs, sorted by copy then node: pair_copy, pair_node, pair_dist (int64 each);
- *   edges, sorted by target pair then edge id: edge_tgt (target's pair index), edge_id,
- *   edge_src (source node), edge_src_dist, edge_src_pair (source's pair index).
+ *   pairs, sorted by copy then node: pair_copy, pair_node, pair_dist (int64 each), and
+ *   edge_first (pair_cap + 1): pair p's edges are edge_first[p] <= e < edge_first[p + 1];
+ *   edges, sorted by target pair then edge id: edge_id, edge_src_pair (the source's pair;
+ *   its node and distance are the pair's), int32 each.
  * counts[0], counts[1]: the numbers of pairs and edges. Returns 0, or 1 when a capacity was
  * too small (counts then hold the sizes needed; call again with larger arrays).
  */
@@ -72,8 +73,8 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
                     int64_t C, const int64_t *centres, int64_t k, int64_t max_hops,
                     uint8_t *dist, int64_t *pos, int64_t *order, uint64_t *bits,
                     int64_t pair_cap, int64_t *pair_copy, int64_t *pair_node, int64_t *pair_dist,
-                    int64_t edge_cap, int64_t *edge_tgt, int64_t *edge_id, int64_t *edge_src,
-                    int64_t *edge_src_dist, int64_t *edge_src_pair, int64_t *counts) {
+                    int64_t *edge_first, int64_t edge_cap, int32_t *edge_id,
+                    int32_t *edge_src_pair, int64_t *counts) {
     int64_t n_pairs = 0, n_edges = 0;
     int overflow = 0;
     (void)N; /* the work arrays' size */
@@ -110,17 +111,14 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
         }
         for (int64_t q = 0; q < tail; q++) {
             int64_t j = order[q];
+            if (first + q < pair_cap) edge_first[first + q] = n_edges;
             if (dist[j] <= k) continue;
             for (int64_t e = in_ptr[j]; e < in_ptr[j + 1]; e++) {
                 int64_t s = in_src[e];
-                uint8_t ds = dist[s];
-                if (ds >= max_hops) continue; /* 255 (farther) included */
+                if (dist[s] >= max_hops) continue; /* 255 (farther) included */
                 if (n_edges < edge_cap) {
-                    edge_tgt[n_edges] = first + q;
-                    edge_id[n_edges] = e;
-                    edge_src[n_edges] = s;
-                    edge_src_dist[n_edges] = ds;
-                    edge_src_pair[n_edges] = pos[s];
+                    edge_id[n_edges] = (int32_t)e;
+                    edge_src_pair[n_edges] = (int32_t)pos[s];
                 } else {
                     overflow = 1;
                 }
@@ -129,6 +127,7 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
         }
         for (int64_t q = 0; q < tail; q++) dist[order[q]] = 255;
     }
+    if (n_pairs <= pair_cap) edge_first[n_pairs] = n_edges;
     counts[0] = n_pairs;
     counts[1] = n_edges;
     return overflow;
@@ -141,8 +140,8 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
  * Operators' indices are int32 (what MKL's sparse products take without a conversion); the
  * caller makes sure that columns and entries fit.
  * Row counts n_ring, n_kept2, n_kept3 are the numbers of pairs with d = k + 1, k < d <= k + 2
- * and k < d. Work: rank (4 * P int64), edge_first (P + 1 int64), table (table_size int64, a
- * power of two above 2 * n_ring). Outputs (CSR, int32 crow/col, float32 val):
+ * and k < d. Work: rank (4 * P int64), table (table_size int64, a power of two above
+ * 2 * n_ring). Outputs (CSR, int32 crow/col, float32 val):
  *   op1: a row per distinct ring row (pairs with d = k + 1 whose node loses the same
  *        in-edges share one; ring_node gets its node, nnz[2] their number), its removed
  *        in-neighbours (d_src <= k; L entries each, column src * L + l, value -e_l) then
@@ -159,12 +158,13 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
  */
 /* Do ring pairs p and q (the same node) lose the same in-edges (sources within k hops)? */
 static int same_losses(int64_t p, int64_t q, int64_t k, const int64_t *edge_first,
-                       const int64_t *edge_id, const int64_t *edge_src_dist) {
+                       const int32_t *edge_id, const int32_t *edge_src_pair,
+                       const int64_t *pair_dist) {
     int64_t a = edge_first[p], a_end = edge_first[p + 1];
     int64_t b = edge_first[q], b_end = edge_first[q + 1];
     for (;;) {
-        while (a < a_end && edge_src_dist[a] > k) a++;
-        while (b < b_end && edge_src_dist[b] > k) b++;
+        while (a < a_end && pair_dist[edge_src_pair[a]] > k) a++;
+        while (b < b_end && pair_dist[edge_src_pair[b]] > k) b++;
         if (a == a_end || b == b_end) return a == a_end && b == b_end;
         if (edge_id[a] != edge_id[b]) return 0;
         a++;
@@ -174,9 +174,8 @@ static int same_losses(int64_t p, int64_t q, int64_t k, const int64_t *edge_firs
 
 void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
                          int64_t P, const int64_t *pair_node, const int64_t *pair_dist,
-                         int64_t Q, const int64_t *edge_tgt, const int64_t *edge_id,
-                         const int64_t *edge_src, const int64_t *edge_src_dist,
-                         const int64_t *edge_src_pair, int64_t *rank, int64_t *edge_first,
+                         const int64_t *edge_first, int64_t Q, const int32_t *edge_id,
+                         const int32_t *edge_src_pair, int64_t *rank,
                          int64_t *table, int64_t table_size, int64_t *ring_node,
                          int32_t *op1_crow, int32_t *op1_col, float *op1_val,
                          int32_t *op2_crow, int32_t *op2_col, float *op2_val,
@@ -184,15 +183,11 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
     int64_t *rank_ring = rank, *rank_kept2 = rank + P, *rank_kept3 = rank + 2 * P;
     int64_t *first_pair = rank + 3 * P; /* per distinct ring row: its first pair */
     int64_t n_kept2 = 0, n3 = 0;
-    int64_t q = 0;
     for (int64_t p = 0; p < P; p++) {
         int64_t d = pair_dist[p];
         rank_kept2[p] = (d > k && d <= k + 2) ? n_kept2++ : -1;
         rank_kept3[p] = (d > k) ? n3++ : -1;
-        edge_first[p] = q;
-        while (q < Q && edge_tgt[q] == p) q++;
     }
-    edge_first[P] = Q;
     const int64_t NL = N * L + N;
 
     /* Ring rows (Vertex Conv 1 of a node on the ring): a node that loses the same in-edges
@@ -206,14 +201,15 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
         int64_t j = pair_node[p];
         uint64_t h = (uint64_t)j * 0x9E3779B97F4A7C15ULL;
         for (int64_t e = edge_first[p]; e < edge_first[p + 1]; e++) {
-            if (edge_src_dist[e] > k) continue;
+            if (pair_dist[edge_src_pair[e]] > k) continue;
             h = (h ^ (uint64_t)edge_id[e]) * 0x100000001B3ULL;
             h ^= h >> 29;
         }
         int64_t slot = (int64_t)(h & (uint64_t)(table_size - 1));
         while (table[slot] >= 0) {
             int64_t r = first_pair[table[slot]];
-            if (pair_node[r] == j && same_losses(p, r, k, edge_first, edge_id, edge_src_dist))
+            if (pair_node[r] == j &&
+                same_losses(p, r, k, edge_first, edge_id, edge_src_pair, pair_dist))
                 break;
             slot = (slot + 1) & (table_size - 1);
         }
@@ -227,10 +223,11 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
         rank_ring[p] = u;
         ring_node[u] = j;
         for (int64_t e = edge_first[p]; e < edge_first[p + 1]; e++) {
-            if (edge_src_dist[e] > k) continue;
-            const float *w = attr + edge_id[e] * L;
+            int64_t sp = edge_src_pair[e];
+            if (pair_dist[sp] > k) continue;
+            const float *w = attr + (int64_t)edge_id[e] * L;
             for (int64_t l = 0; l < L; l++) {
-                op1_col[a] = (int32_t)(edge_src[e] * L + l);
+                op1_col[a] = (int32_t)(pair_node[sp] * L + l);
                 op1_val[a++] = -w[l];
             }
         }
@@ -248,17 +245,17 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
         int64_t t = rank_kept3[p];
         for (int64_t l = 0; l < L; l++) op3_crow[l * n3 + t] = (int32_t)(l * Q + first);
         for (int64_t e = first; e < last; e++) {
-            const float *w = attr + edge_id[e] * L;
-            int64_t ds = edge_src_dist[e], s = edge_src[e];
+            const float *w = attr + (int64_t)edge_id[e] * L;
+            int64_t sp = edge_src_pair[e], ds = pair_dist[sp], s = pair_node[sp];
             int gone = ds <= k;
-            int64_t col3 = gone ? s : N + rank_kept2[edge_src_pair[e]];
+            int64_t col3 = gone ? s : N + rank_kept2[sp];
             float sign = gone ? -1.0f : 1.0f;
             for (int64_t l = 0; l < L; l++) {
                 op3_col[l * Q + e] = (int32_t)col3;
                 op3_val[l * Q + e] = sign * w[l];
             }
             if (d <= k + 2 && ds <= k + 1) {
-                int64_t base = gone ? s * L : NL + rank_ring[edge_src_pair[e]] * (L + 1) + 1;
+                int64_t base = gone ? s * L : NL + rank_ring[sp] * (L + 1) + 1;
                 for (int64_t l = 0; l < L; l++) {
                     op2_col[b] = (int32_t)(base + l);
                     op2_val[b++] = sign * w[l];
@@ -308,7 +305,7 @@ void segment_outer(int64_t C, const int64_t *starts, int64_t A, int64_t R, const
 
 /* The interface version: graph.py uses the library only when it matches its own, so a
  * library left over from an older build is never called with the wrong arguments. */
-int occlusion_index_abi(void) { return 5; }
+int occlusion_index_abi(void) { return 6; }
 
 /* Importable as a module, so that Python finds the library where it was installed. */
 #if defined(HISTOVIEW_PYTHON_MODULE)

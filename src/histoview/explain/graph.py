@@ -322,18 +322,12 @@ class _IncrementalOcclusion:
             return {}
         return self._slots.setdefault(slot, {})
 
-    def pairs(self, centres, k: int, workspace: dict | None = None):
+    def pairs_numpy(self, centres, k: int):
         """The (copy, node) pairs within k + 3 hops of each centre, sorted, with their hop
         distance (three (P,) int64 arrays), and the in-edges of the kept pairs (k < d) whose
         source lies within k + 2 hops, sorted by target pair then edge id: target pair,
-        edge id, source node, source distance, source pair (five (Q,) int64 arrays). The C
-        kernel when it is available, else :meth:`pairs_numpy` (same output)."""
-        if self.use_c and _c_index() is not None:
-            return _c_pairs(self, centres, k, {} if workspace is None else workspace)
-        return self.pairs_numpy(centres, k)
-
-    def pairs_numpy(self, centres, k: int):
-        """:meth:`pairs` in NumPy (the reference of the C kernel)."""
+        edge id, source node, source distance, source pair (five (Q,) int64 arrays). In
+        NumPy; :func:`_c_pairs` is the C kernel's version."""
         N = self.N
         C = len(centres)
         c3, j3, d3, table = self.neighbours.balls(centres, k + 3, return_table=True)
@@ -372,16 +366,23 @@ class _IncrementalOcclusion:
         N, C1, C = self.N, self.C1, len(centres)
         index = torch.from_numpy
         work = self.workspace(slot)
-        c3, j3, d3, edges = self.pairs(centres, k, work)
-        kept3, ring1 = d3 > k, d3 == k + 1
-        kept2 = kept3 & (d3 <= k + 2)
-        i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
-        masks = (ring1, kept2, kept3), (i_ring1, i_kept2, i_kept3)
         use_c = self.use_c and _c_index() is not None
-        if use_c:
-            op1, op2, op3, ring_nodes = self.operators_c(k, j3, d3, edges, masks, work)
-        else:
-            op1, op2, op3, ring_nodes = self.operators_numpy(k, j3, d3, edges, masks)
+        for attempt in ("c", "numpy") if use_c else ("numpy",):
+            use_c = attempt == "c"
+            c3, j3, d3, edges = (_c_pairs if use_c else _numpy_pairs)(self, centres, k, work)
+            kept3, ring1 = d3 > k, d3 == k + 1
+            kept2 = kept3 & (d3 <= k + 2)
+            i_ring1, i_kept2, i_kept3 = map(np.flatnonzero, (ring1, kept2, kept3))
+            masks = (ring1, kept2, kept3), (i_ring1, i_kept2, i_kept3)
+            if not use_c:
+                op1, op2, op3, ring_nodes = self.operators_numpy(k, j3, d3, edges, masks)
+                break
+            # The C kernel writes int32 indices: they must fit (they do but for giant graphs).
+            Q, L = edges[1].size, self.L
+            columns = (self.N + i_ring1.size) * (L + 1)
+            if max(columns, Q * L + 2 * i_kept2.size) < _INT32_LIMIT:
+                op1, op2, op3, ring_nodes = self.operators_c(k, j3, d3, edges, masks, work)
+                break
         n3 = i_kept3.size
         plan = {"C": C, "op1": op1, "op2": op2, "op3": op3, "n3": n3}
         plan["j_ring"] = index(ring_nodes)
@@ -472,13 +473,11 @@ class _IncrementalOcclusion:
         N, L = self.N, self.L
         NL = N * L + N
         _, (i_ring1, i_kept2, i_kept3) = masks
-        P, Q = d3.size, edges[0].size
+        P, Q = d3.size, edges[1].size
         n_ring, n2, n3 = i_ring1.size, i_kept2.size, i_kept3.size
         store = work
         sizes = {"op1": (n_ring + 1, Q * L + n_ring), "op2": (n2 + 1, Q * L + 2 * n2),
                  "op3": (L * n3 + 1, Q * L)}  # fmt: skip
-        if max(NL + n_ring * (L + 1), Q * L + 2 * n2) >= _INT32_LIMIT:
-            return self.operators_numpy(k, j3, d3, edges, masks)  # int64 indices
         arrays = {}
         for name, (rows, entries) in sizes.items():
             arrays[name] = (
@@ -488,12 +487,11 @@ class _IncrementalOcclusion:
             )
         nnz = np.zeros(3, np.int64)
         rank = _scratch(work, "rank", (4 * max(P, 1),), np.int64)
-        edge_first = _scratch(work, "edge_first", (P + 1,), np.int64)
         table = _scratch(work, "table", (1 << int(2 * n_ring + 1).bit_length(),), np.int64)
         ring_nodes = _scratch(work, "ring_nodes", (n_ring,), np.int64)
         _c_index().occlusion_operators(
-            N, L, k, self.in_attr_np, P, j3, d3, Q, *edges, rank, edge_first, table, table.size,
-            ring_nodes, *arrays["op1"], *arrays["op2"], *arrays["op3"], nnz,
+            N, L, k, self.in_attr_np, P, j3, d3, edges[0], Q, edges[1], edges[2], rank, table,
+            table.size, ring_nodes, *arrays["op1"], *arrays["op2"], *arrays["op3"], nnz,
         )  # fmt: skip
         index = torch.from_numpy
         n_rows = int(nnz[2])  # distinct ring rows
@@ -685,7 +683,7 @@ def _sparse_csr(crow, col, val, size) -> Tensor:
 
 
 _C_INDEX: list = []  # the loaded C library (or None), once looked up
-_C_ABI = 5  # occlusion_index_abi() of the C source this module matches
+_C_ABI = 6  # occlusion_index_abi() of the C source this module matches
 
 
 def _c_index():
@@ -720,13 +718,13 @@ def _c_index():
         fn = lib.occlusion_pairs
         fn.restype = ctypes.c_int
         u64 = np.ctypeslib.ndpointer(np.uint64, flags="C_CONTIGUOUS")
-        fn.argtypes = [n, i64, i64, i64, i64, n, i64, n, n, u8, i64, i64, u64,
-                       n, i64, i64, i64, n, i64, i64, i64, i64, i64, i64]  # fmt: skip
         f32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
         i32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
+        fn.argtypes = [n, i64, i64, i64, i64, n, i64, n, n, u8, i64, i64, u64,
+                       n, i64, i64, i64, i64, n, i32, i32, i64]  # fmt: skip
         fn = lib.occlusion_operators
         fn.restype = None
-        fn.argtypes = [n, n, n, f32, n, i64, i64, n, i64, i64, i64, i64, i64, i64, i64, i64,
+        fn.argtypes = [n, n, n, f32, n, i64, i64, i64, n, i32, i32, i64, i64,
                        n, i64, i32, i32, f32, i32, i32, f32, i32, i32, f32, i64]  # fmt: skip
         fn = lib.segment_outer
         fn.restype = None
@@ -735,9 +733,16 @@ def _c_index():
     return lib
 
 
+def _numpy_pairs(engine, centres, k: int, scratch: dict):
+    """:meth:`_IncrementalOcclusion.pairs_numpy` (``scratch`` unused)."""
+    return engine.pairs_numpy(centres, k)
+
+
 def _c_pairs(engine, centres, k: int, scratch: dict):
-    """:meth:`_IncrementalOcclusion.pairs` with the C kernel (same output as NumPy). The
-    outputs are views of arrays in ``scratch``, valid until its next use."""
+    """:meth:`_IncrementalOcclusion.pairs_numpy` with the C kernel: the same pairs, and the edges in
+    a compact form (each pair's first edge (P + 1,), and per edge its id and source pair,
+    int32) that :meth:`_IncrementalOcclusion.operators_c` reads. The outputs are views of
+    arrays in ``scratch``, valid until its next use."""
     fn = _c_index().occlusion_pairs
     nb, N = engine.neighbours, engine.N
     centres = np.ascontiguousarray(centres, np.int64)
@@ -748,13 +753,13 @@ def _c_pairs(engine, centres, k: int, scratch: dict):
     work = scratch["dist"], scratch["pos"], scratch["order"], scratch["bits"]
     counts = np.zeros(2, np.int64)
     while True:
-        pairs = _scratch(scratch, "pairs", (3, engine.c_capacity[0]), np.int64)
-        edges = _scratch(scratch, "edges", (5, engine.c_capacity[1]), np.int64)
+        pairs = _scratch(scratch, "pairs", (4, engine.c_capacity[0] + 1), np.int64)
+        edges = _scratch(scratch, "edges", (2, engine.c_capacity[1]), np.int32)
         failed = fn(N, nb.ptr, nb.idx, engine.in_ptr, engine.in_src, centres.size, centres, k,
-                    k + 3, *work, pairs.shape[1], *pairs, edges.shape[1], *edges, counts)  # fmt: skip
+                    k + 3, *work, pairs.shape[1] - 1, *pairs, edges.shape[1], *edges, counts)  # fmt: skip
         P, Q = int(counts[0]), int(counts[1])
         if not failed:
-            return *(a[:P] for a in pairs), tuple(a[:Q] for a in edges)
+            return *(a[:P] for a in pairs[:3]), (pairs[3, : P + 1], *(a[:Q] for a in edges))
         engine.c_capacity = (int(P * 1.25) + 16, int(Q * 1.25) + 16)
 
 
