@@ -151,10 +151,12 @@ int occlusion_pairs(int64_t N, const int64_t *nb_ptr, const int64_t *nb_idx,
  *        NL + ring_row(src) * (L + 1) + 1 + l with +e_l, NL = N * L + N), then
  *        (N * L + node, 1) and, for ring nodes, (NL + ring_row(node) * (L + 1), 1), for
  *        the others a zero entry at N * L + node (two entries per row in both cases);
- *   op3: L * n_kept3 rows, lane-major (row l * n_kept3 + t), every listed edge of target t:
- *        removed sources at column src with -e_l, changed ones at N + rank_kept2(src) with +e_l.
- * nnz[0], nnz[1]: the entries of op1 and op2 (op3 has L * Q). Capacities: op1 Q * L + n_ring,
- * op2 Q * L + 2 * n_kept2 suffice; ring_node n_ring.
+ *   op3: n_kept3 * L rows (row t * L + l), every listed edge of target t: removed sources
+ *        at column src with -e_l, changed ones at N * (L + 1) + rank_kept2(src) with +e_l,
+ *        then the target's cached row (A_l S)_t at column N + l * N + node, 1 (the operand
+ *        stacks [S; (A_l S) for each l; S' - S]).
+ * nnz[0], nnz[1]: the entries of op1 and op2 (op3 has L * (Q + n_kept3)). Capacities: op1
+ * Q * L + n_ring, op2 Q * L + 2 * n_kept2 suffice; ring_node n_ring.
  */
 /* Do ring pairs p and q (the same node) lose the same in-edges (sources within k hops)? */
 static int same_losses(int64_t p, int64_t q, int64_t k, const int64_t *edge_first,
@@ -242,17 +244,23 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
         int64_t d = pair_dist[p], j = pair_node[p];
         if (d <= k) continue;
         int64_t first = edge_first[p], last = edge_first[p + 1];
-        int64_t t = rank_kept3[p];
-        for (int64_t l = 0; l < L; l++) op3_crow[l * n3 + t] = (int32_t)(l * Q + first);
+        int64_t t = rank_kept3[p], deg = last - first;
+        /* Rows t * L + l, each deg + 1 entries long, after those of earlier targets. */
+        int64_t row0 = L * (first + t);
+        for (int64_t l = 0; l < L; l++) {
+            op3_crow[t * L + l] = (int32_t)(row0 + l * (deg + 1));
+            op3_col[row0 + l * (deg + 1) + deg] = (int32_t)(N + l * N + j);
+            op3_val[row0 + l * (deg + 1) + deg] = 1.0f;
+        }
         for (int64_t e = first; e < last; e++) {
             const float *w = attr + (int64_t)edge_id[e] * L;
             int64_t sp = edge_src_pair[e], ds = pair_dist[sp], s = pair_node[sp];
             int gone = ds <= k;
-            int64_t col3 = gone ? s : N + rank_kept2[sp];
+            int64_t col3 = gone ? s : N * (L + 1) + rank_kept2[sp];
             float sign = gone ? -1.0f : 1.0f;
             for (int64_t l = 0; l < L; l++) {
-                op3_col[l * Q + e] = (int32_t)col3;
-                op3_val[l * Q + e] = sign * w[l];
+                op3_col[row0 + l * (deg + 1) + (e - first)] = (int32_t)col3;
+                op3_val[row0 + l * (deg + 1) + (e - first)] = sign * w[l];
             }
             if (d <= k + 2 && ds <= k + 1) {
                 int64_t base = gone ? s * L : NL + rank_ring[sp] * (L + 1) + 1;
@@ -270,7 +278,7 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
             op2_crow[rank_kept2[p] + 1] = (int32_t)b;
         }
     }
-    op3_crow[L * n3] = (int32_t)(L * Q);
+    op3_crow[L * n3] = (int32_t)(L * (Q + n3));
     nnz[0] = a;
     nnz[1] = b;
     nnz[2] = n_ring;
@@ -305,7 +313,7 @@ void segment_outer(int64_t C, const int64_t *starts, int64_t A, int64_t R, const
 
 /* The interface version: graph.py uses the library only when it matches its own, so a
  * library left over from an older build is never called with the wrong arguments. */
-int occlusion_index_abi(void) { return 6; }
+int occlusion_index_abi(void) { return 7; }
 
 /* Importable as a module, so that Python finds the library where it was installed. */
 #if defined(HISTOVIEW_PYTHON_MODULE)

@@ -193,7 +193,6 @@ class _IncrementalOcclusion:
         self.in_ptr = (adj.crow_indices() // L).numpy()
         self.in_src = (adj.col_indices()[::L] // L).numpy()
         self.in_attr_np = adj.values().view(-1, L).numpy()
-        self.in_attr_lanes = [np.ascontiguousarray(a) for a in self.in_attr_np.T]  # L x (E,)
         self.H, self.C1 = model.conv2.out_channels, model.assign1.out_channels
         self.K = model.branches if model.attention is not None else 1
         self._x, self._adj = x, adj
@@ -247,7 +246,11 @@ class _IncrementalOcclusion:
         self.softmax = att is not None and att.gate == "softmax"
         v = self.u if self.softmax else torch.ones_like(self.u)
         s_blocks = channel_blocks(self.s, L)
-        self.m = torch.sparse.mm(adj, s_blocks)  # (N, C1 * L): rows of A S
+        m = torch.sparse.mm(adj, s_blocks)  # (N, C1 * L): rows of A S, (c, l) order
+        # Kept in (l, c) order (rows of A_l S side by side), the layout plan's op3 gives;
+        # and the static rows of op3's dense operand: [S; A_1 S; ...; A_L S].
+        self.m = m.view(N, C1, L).transpose(1, 2).reshape(N, L * C1)
+        self.dense3 = torch.cat([self.s, m.view(N, C1, L).permute(2, 0, 1).reshape(L * N, C1)])
         # Pooling 1 (eq. 3) per branch k: sums over nodes of u_ik s_i (x) z_i and
         # u_ik s_i (x) (A S)_i, both divided by the normaliser D_k = sum of v_ik (n without
         # softmax attention).
@@ -255,7 +258,7 @@ class _IncrementalOcclusion:
         self.v = v
         self.U = (us_t @ self.z).double()  # (K * C1, H)
         self.D = v.double().sum(0)  # (K,)
-        self.A = (us_t @ self.m).double()  # (K * C1, C1 * L)
+        self.A = (us_t @ self.m).double()  # (K * C1, L * C1)
 
     @staticmethod
     def _spread_t(u: Tensor, s: Tensor) -> Tensor:
@@ -264,13 +267,14 @@ class _IncrementalOcclusion:
         return (u.t().unsqueeze(1) * s.t().unsqueeze(0)).flatten(0, 1)
 
     def _normalised(self, U, A, D) -> tuple[Tensor, Tensor]:
-        """Pooled sums of C graphs, (C, K * C1, H) and (C, K * C1, C1 * L), divided by their
-        branch weights D (C, K): (C, K, C1, H) and (C, K, C1, C1, L) float32."""
+        """Pooled sums of C graphs, (C, K * C1, H) and (C, K * C1, L * C1) (columns in
+        (l, c) order), divided by their branch weights D (C, K): (C, K, C1, H) and
+        (C, K, C1, C1, L) float32."""
         C, K, C1, L = D.size(0), self.K, self.C1, self.L
         norm = D.clamp(min=1e-300).view(C, K, 1, 1)
         x1 = U.view(C, K, C1, -1) / norm
-        a1 = A.view(C, K, C1, C1 * L) / norm
-        return x1.float(), a1.float().view(C, K, C1, C1, L)
+        a1 = A.view(C, K, C1, L * C1) / norm
+        return x1.float(), a1.float().view(C, K, C1, L, C1).transpose(3, 4).contiguous()
 
     def full_pooled(self) -> tuple[Tensor, Tensor]:
         """The unoccluded graph's Pooling 1 output, from the cached sums."""
@@ -379,8 +383,9 @@ class _IncrementalOcclusion:
                 break
             # The C kernel writes int32 indices: they must fit (they do but for giant graphs).
             Q, L = edges[1].size, self.L
-            columns = (self.N + i_ring1.size) * (L + 1)
-            if max(columns, Q * L + 2 * i_kept2.size) < _INT32_LIMIT:
+            columns = (self.N + i_ring1.size) * (L + 1) + i_kept2.size
+            entries = L * (Q + i_kept3.size) + 2 * i_kept2.size
+            if max(columns, entries) < _INT32_LIMIT:
                 op1, op2, op3, ring_nodes = self.operators_c(k, j3, d3, edges, masks, work)
                 break
         n3 = i_kept3.size
@@ -413,8 +418,9 @@ class _IncrementalOcclusion:
           pre-activation, removed sources with minus their edge weight, and the transforms
           (root, edge 1..L) of the ring's feature changes, stacked after the cached rows;
         * op3, rows of A S of kept nodes within k + 3 hops: (A_l S)_i changes by
-          e_ijl (s'_j - s_j) and loses the removed j. A row per (edge channel l, node), each
-          holding the node's in-edges (sorted by target) for that l, over [S; S' - S].
+          e_ijl (s'_j - s_j) and loses the removed j. A row per (node, edge channel l), each
+          holding the node's in-edges for that l and its cached row of A_l S, over
+          [S; A_1 S; ...; A_L S; S' - S]: the product is the new rows of A S.
         """
         N, L = self.N, self.L
         NL = N * L + N  # rows of the static part of the dense operands
@@ -452,18 +458,28 @@ class _IncrementalOcclusion:
             NL + first.size * (L + 1),
         )  # fmt: skip
 
-        col = np.where(gone, src_node, N + rank_kept2[np.maximum(src_pair, 0)])
+        # op3: rows t * L + l, each the target's listed edges then its cached row of A_l S.
+        col = np.where(gone, src_node, N * (L + 1) + rank_kept2[np.maximum(src_pair, 0)])
         sign = (~gone).astype(np.float32) * 2 - 1
         n3, E = i_kept3.size, tgt.size
-        crow = np.zeros(n3 + 1, np.int64)
-        crow[1:] = np.cumsum(np.bincount(rank_kept3[tgt], minlength=n3))
-        crow = np.append((crow[:-1] + E * np.arange(L)[:, None]).reshape(-1), L * E)
-        val = np.empty(L * E, np.float32)  # lane-major
-        for lane, attr in enumerate(self.in_attr_lanes):
-            np.multiply(attr[eid], sign, out=val[lane * E : (lane + 1) * E])
+        t_of_edge = rank_kept3[tgt]
+        deg = np.bincount(t_of_edge, minlength=n3)
+        first = np.cumsum(deg) - deg  # each target's first edge
+        row0 = L * (first + np.arange(n3))  # each target's first entry
+        lane = np.arange(L)
+        crow = np.append((row0[:, None] + lane * (deg + 1)[:, None]).reshape(-1), L * (E + n3))
+        at = row0[t_of_edge][:, None] + lane * (deg + 1)[t_of_edge][:, None]
+        at += (np.arange(E) - first[t_of_edge])[:, None]
+        cols = np.empty(L * (E + n3), np.int64)
+        vals = np.empty(L * (E + n3), np.float32)
+        cols[at] = col[:, None]
+        vals[at] = self.in_attr_np[eid] * sign[:, None]
+        own = row0[:, None] + lane * (deg + 1)[:, None] + deg[:, None]
+        cols[own] = N + lane * N + j3[i_kept3][:, None]
+        vals[own] = 1.0
         index = torch.from_numpy
         op3 = _sparse_csr(
-            index(crow), index(np.tile(col, L)), index(val), (L * n3, N + i_kept2.size)
+            index(crow), index(cols), index(vals), (L * n3, N * (L + 1) + i_kept2.size)
         )
         return op1, op2, op3, ring_nodes
 
@@ -477,7 +493,7 @@ class _IncrementalOcclusion:
         n_ring, n2, n3 = i_ring1.size, i_kept2.size, i_kept3.size
         store = work
         sizes = {"op1": (n_ring + 1, Q * L + n_ring), "op2": (n2 + 1, Q * L + 2 * n2),
-                 "op3": (L * n3 + 1, Q * L)}  # fmt: skip
+                 "op3": (L * n3 + 1, L * (Q + n3))}  # fmt: skip
         arrays = {}
         for name, (rows, entries) in sizes.items():
             arrays[name] = (
@@ -505,7 +521,7 @@ class _IncrementalOcclusion:
         return (
             csr("op1", nnz[0], n_rows, (n_rows, NL)),
             csr("op2", nnz[1], n2, (n2, NL + n_rows * (L + 1))),
-            csr("op3", Q * L, L * n3, (L * n3, N + n2)),
+            csr("op3", L * (Q + n3), L * n3, (L * n3, N * (L + 1) + n2)),
             ring_nodes[:n_rows].copy(),
         )
 
@@ -566,10 +582,8 @@ class _IncrementalOcclusion:
         z, s = self._activate(pre2)
         u, _ = self._weights(z, self.xn.index_select(0, j_kept2), self.gmax)
 
-        operand = torch.cat([self.s, s - self.s.index_select(0, j_kept2)])
-        m3 = _spmm(plan["op3"], operand)
-        m3 = m3.view(L, n3, C1).permute(1, 2, 0).reshape(n3, C1 * L)
-        m3 += self.m.index_select(0, j_kept3)
+        operand = torch.cat([self.dense3, s - self.s.index_select(0, j_kept2)])
+        m3 = _spmm(plan["op3"], operand).view(n3, L * C1)  # new rows of A S, (l, c) order
         us2 = self._spread_t(u, s)
         us3 = self.us_t.index_select(1, j_kept3)
         us3[:, plan["kept2_in_3"]] = us2
@@ -683,7 +697,7 @@ def _sparse_csr(crow, col, val, size) -> Tensor:
 
 
 _C_INDEX: list = []  # the loaded C library (or None), once looked up
-_C_ABI = 6  # occlusion_index_abi() of the C source this module matches
+_C_ABI = 7  # occlusion_index_abi() of the C source this module matches
 
 
 def _c_index():
