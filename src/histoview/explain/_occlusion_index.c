@@ -288,20 +288,20 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
  * Per-copy sums of outer products (the pooled-sum changes of graph.py's _segment_outer,
  * for factors on the same rows): out[c] (A, B) = sum over rows r of segment c of
  * a[r] (x) b[r], segment c being rows starts[c] <= r < starts[c + 1]; ``a_t`` (A, R) is
- * the left factor transposed, ``b`` (R, B). Each row of b is read once (a sparse product
- * reads it A times). Compiled for AVX-512, AVX2 and the baseline where GCC can choose at
+ * the left factor transposed, ``b`` (R, B) with rows ``ldb`` floats apart. Each row of b is
+ * read once (a sparse product reads it A times). Compiled for AVX-512, AVX2 and the baseline where GCC can choose at
  * load time.
  */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void segment_outer(int64_t C, const int64_t *starts, int64_t A, int64_t R, const float *a_t,
-                   int64_t B, const float *b, float *out) {
+                   int64_t B, const float *b, int64_t ldb, float *out) {
     for (int64_t c = 0; c < C; c++) {
         float *o = out + c * A * B;
         memset(o, 0, sizeof(float) * (size_t)(A * B));
         for (int64_t r = starts[c]; r < starts[c + 1]; r++) {
-            const float *br = b + r * B;
+            const float *br = b + r * ldb;
             for (int64_t al = 0; al < A; al++) {
                 const float coef = a_t[al * R + r];
                 float *oa = o + al * B;
@@ -313,7 +313,7 @@ void segment_outer(int64_t C, const int64_t *starts, int64_t A, int64_t R, const
 
 /* The interface version: graph.py uses the library only when it matches its own, so a
  * library left over from an older build is never called with the wrong arguments. */
-int occlusion_index_abi(void) { return 7; }
+int occlusion_index_abi(void) { return 8; }
 
 /* Importable as a module, so that Python finds the library where it was installed. */
 #if defined(HISTOVIEW_PYTHON_MODULE)

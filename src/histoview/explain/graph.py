@@ -280,11 +280,14 @@ class _IncrementalOcclusion:
         """The unoccluded graph's Pooling 1 output, from the cached sums."""
         return self._normalised(self.U[None], self.A[None], self.D[None])
 
-    def _activate(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+    def _activate(self, pre: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
         """Vertex Conv 2's ReLU and the assignment's softmax over the C1 clusters. The softmax
         runs over dim 0 of the transposed rows: over a last dimension of 8 torch's CPU kernel
-        is about ten times slower (the values are the same)."""
+        is about ten times slower (the values are the same). ``inplace``: the ReLU overwrites
+        ``pre`` and the embeddings are a view of it (rows H + C1 apart)."""
         s = torch.softmax(pre[:, self.H :].t().contiguous(), dim=0).t().contiguous()
+        if inplace:
+            return pre[:, : self.H].relu_(), s
         return torch.relu(pre[:, : self.H]), s
 
     def _weights(self, z: Tensor, xn: Tensor, gmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -579,7 +582,7 @@ class _IncrementalOcclusion:
             self.finish(plan, None)
         j_kept2, j_kept3 = plan["j_kept2"], plan["j_kept3"]
         pre2 = _spmm(plan["op2"], plan["dense2"])
-        z, s = self._activate(pre2)
+        z, s = self._activate(pre2, inplace=True)
         u, _ = self._weights(z, self.xn.index_select(0, j_kept2), self.gmax)
 
         operand = torch.cat([self.dense3, s - self.s.index_select(0, j_kept2)])
@@ -659,11 +662,13 @@ def _segment_outer(seg: dict, a_t: Tensor, b: Tensor) -> Tensor:
     """
     if "col" not in seg:  # factors on the same rows: the C kernel reads each row of b once
         C, A = seg["C"], seg["width"]
-        a_t, b = a_t.contiguous(), b.contiguous()
+        a_t = a_t.contiguous()
+        if b.stride(1) != 1:
+            b = b.contiguous()
         out = b.new_empty(C, A, b.size(1))
         _c_index().segment_outer(
             C, seg["starts"], A, a_t.size(1), a_t.data_ptr(), b.size(1), b.data_ptr(),
-            out.data_ptr(),
+            b.stride(0), out.data_ptr(),
         )  # fmt: skip
         return out
     size = (seg["width"] * seg["C"], seg["size"])
@@ -697,7 +702,7 @@ def _sparse_csr(crow, col, val, size) -> Tensor:
 
 
 _C_INDEX: list = []  # the loaded C library (or None), once looked up
-_C_ABI = 7  # occlusion_index_abi() of the C source this module matches
+_C_ABI = 8  # occlusion_index_abi() of the C source this module matches
 
 
 def _c_index():
@@ -742,7 +747,7 @@ def _c_index():
                        n, i64, i32, i32, f32, i32, i32, f32, i32, i32, f32, i64]  # fmt: skip
         fn = lib.segment_outer
         fn.restype = None
-        fn.argtypes = [n, i64, n, n, ctypes.c_void_p, n, ctypes.c_void_p, ctypes.c_void_p]
+        fn.argtypes = [n, i64, n, n, ctypes.c_void_p, n, ctypes.c_void_p, n, ctypes.c_void_p]
     _C_INDEX.append(lib)
     return lib
 
