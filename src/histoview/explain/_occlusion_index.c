@@ -174,7 +174,13 @@ static int same_losses(int64_t p, int64_t q, int64_t k, const int64_t *edge_firs
     }
 }
 
-void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+static ALWAYS_INLINE void operators_body(int64_t N, const int64_t L, int64_t k, const float *attr,
                          int64_t P, const int64_t *pair_node, const int64_t *pair_dist,
                          const int64_t *edge_first, int64_t Q, const int32_t *edge_id,
                          const int32_t *edge_src_pair, int64_t *rank,
@@ -282,6 +288,21 @@ void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
     nnz[0] = a;
     nnz[1] = b;
     nnz[2] = n_ring;
+}
+
+/* The edge-channel loops unroll when L is a constant: the RSF models have L = 4. */
+void occlusion_operators(int64_t N, int64_t L, int64_t k, const float *attr,
+                         int64_t P, const int64_t *pair_node, const int64_t *pair_dist,
+                         const int64_t *edge_first, int64_t Q, const int32_t *edge_id,
+                         const int32_t *edge_src_pair, int64_t *rank,
+                         int64_t *table, int64_t table_size, int64_t *ring_node,
+                         int32_t *op1_crow, int32_t *op1_col, float *op1_val,
+                         int32_t *op2_crow, int32_t *op2_col, float *op2_val,
+                         int32_t *op3_crow, int32_t *op3_col, float *op3_val, int64_t *nnz) {
+    if (L == 4)
+        operators_body(N, 4, k, attr, P, pair_node, pair_dist, edge_first, Q, edge_id, edge_src_pair, rank, table, table_size, ring_node, op1_crow, op1_col, op1_val, op2_crow, op2_col, op2_val, op3_crow, op3_col, op3_val, nnz);
+    else
+        operators_body(N, L, k, attr, P, pair_node, pair_dist, edge_first, Q, edge_id, edge_src_pair, rank, table, table_size, ring_node, op1_crow, op1_col, op1_val, op2_crow, op2_col, op2_val, op3_crow, op3_col, op3_val, nnz);
 }
 
 /*
