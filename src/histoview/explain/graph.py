@@ -323,8 +323,8 @@ class _IncrementalOcclusion:
         )
 
     def workspace(self, slot: int | None) -> dict:
-        """Reused arrays of ``slot`` (a fresh set for None). Fresh multi-megabyte arrays
-        for every chunk cost page faults, about 15 % of the run time."""
+        """Reused arrays of ``slot`` (a fresh set for None): fresh multi-megabyte arrays for
+        every chunk would cost page faults."""
         if slot is None:
             return {}
         return self._slots.setdefault(slot, {})
@@ -356,9 +356,9 @@ class _IncrementalOcclusion:
     def plan(self, centres, k: int, slot: int | None = None) -> dict:
         """The index work of one chunk of occluded copies (no model arithmetic): which nodes
         of each copy are removed or change, and the sparse operators that propagate the
-        changes. It does not depend on other chunks, so :func:`occlusion_importance`
-        prepares the next chunk in a worker thread while the arithmetic of this one runs
-        (the C kernel, NumPy and torch release the GIL in their loops).
+        changes. It does not depend on other chunks, so the threads of
+        :func:`occlusion_importance` plan and compute different chunks at the same time (the
+        C kernel, NumPy and torch release the GIL in their loops).
 
         Copies are the rows of ``centres``; within a copy, (copy, node) pairs are sorted by
         node and classified by hop distance d from the centre: removed (d <= k), ring
@@ -539,7 +539,7 @@ class _IncrementalOcclusion:
         torch.mm(d_h1, self.w2, out=out.view(d_h1.size(0), self.w2.size(1)))
         return out
 
-    def finish(self, plan: dict, slot: int) -> dict:
+    def finish(self, plan: dict, slot: int | None) -> dict:
         """The model arithmetic of a :meth:`plan` that needs no other chunk's results: the
         layer-2 operand (the cached rows ``dense2`` followed by the ring transforms, written
         into reused buffer ``slot``) and the old pooling terms that the copies lose."""
