@@ -494,15 +494,14 @@ class _IncrementalOcclusion:
         _, (i_ring1, i_kept2, i_kept3) = masks
         P, Q = d3.size, edges[1].size
         n_ring, n2, n3 = i_ring1.size, i_kept2.size, i_kept3.size
-        store = work
         sizes = {"op1": (n_ring + 1, Q * L + n_ring), "op2": (n2 + 1, Q * L + 2 * n2),
                  "op3": (L * n3 + 1, L * (Q + n3))}  # fmt: skip
         arrays = {}
         for name, (rows, entries) in sizes.items():
             arrays[name] = (
-                _scratch(store, name + "_crow", (rows,), np.int32),
-                _scratch(store, name + "_col", (entries,), np.int32),
-                _scratch(store, name + "_val", (entries,), np.float32),
+                _scratch(work, name + "_crow", (rows,), np.int32),
+                _scratch(work, name + "_col", (entries,), np.int32),
+                _scratch(work, name + "_val", (entries,), np.float32),
             )
         nnz = np.zeros(3, np.int64)
         rank = _scratch(work, "rank", (4 * max(P, 1),), np.int64)
@@ -528,14 +527,12 @@ class _IncrementalOcclusion:
             ring_nodes[:n_rows].copy(),
         )
 
-    def ring_transforms(self, plan: dict, out: Tensor | None = None) -> Tensor:
+    def ring_transforms(self, plan: dict, out: Tensor) -> Tensor:
         """Vertex Conv 1 on the ring k + 1 of every copy of a :meth:`plan`, and the ring's
-        feature changes through Vertex Conv 2 and the assignment: (R * (L + 1), H + C1), per
-        ring node its root and edge 1..L transforms (written into ``out`` if given)."""
+        feature changes through Vertex Conv 2 and the assignment, written into ``out``
+        (R * (L + 1), H + C1): per ring row its root and edge 1..L transforms."""
         d_h1 = torch.relu_(_spmm(plan["op1"], self.dense1))
         d_h1 -= self.h1.index_select(0, plan["j_ring"])
-        if out is None:
-            return (d_h1 @ self.w2).view(-1, self.H + self.C1)
         torch.mm(d_h1, self.w2, out=out.view(d_h1.size(0), self.w2.size(1)))
         return out
 
@@ -558,7 +555,7 @@ class _IncrementalOcclusion:
 
     def old_terms(self, plan: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Per copy, minus the cached Pooling 1 terms of its removed nodes and of the old
-        values of its changed nodes: (C, K * C1, H), (C, K) and (C, K * C1, C1 * L), the
+        values of its changed nodes: (C, K * C1, H), (C, K) and (C, K * C1, L * C1), the
         parts of the pooled sums' changes that do not depend on the new values."""
         C = plan["C"]
         j_ball2, j_ball3 = plan["j_ball2"], plan["j_ball3"]
@@ -636,12 +633,12 @@ def _segments(counts, width: int, rows, size: int, kernel: bool = False) -> dict
     library is there) factors on the same rows need no operator: the C kernel sums them.
     """
     C, R = len(counts), int(np.sum(counts))
-    dtype = np.int32 if max(width * R, size) < _INT32_LIMIT else np.int64
     starts = np.append(0, np.cumsum(counts))[:-1]
-    crow = np.append((R * np.arange(width)[:, None] + starts).reshape(-1), width * R)
     seg = {"C": C, "width": width, "size": size, "starts": np.append(starts, R).astype(np.int64)}
     if rows is None and kernel:
         return seg
+    dtype = np.int32 if max(width * R, size) < _INT32_LIMIT else np.int64
+    crow = np.append((R * np.arange(width)[:, None] + starts).reshape(-1), width * R)
     rows = np.arange(R, dtype=dtype) if rows is None else rows.astype(dtype)
     seg["crow"] = torch.from_numpy(crow.astype(dtype))
     seg["col"] = torch.from_numpy(np.tile(rows, width))
