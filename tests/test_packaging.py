@@ -22,7 +22,7 @@ def test_manifest_is_found_and_valid_in_this_install():
 def test_manifest_commands_point_at_real_symbols():
     import importlib
 
-    manifest = yaml.safe_load((REPO / "napari.yaml").read_text())
+    manifest = yaml.safe_load((REPO / "src" / "histoview" / "napari.yaml").read_text())
     for cmd in manifest["contributions"]["commands"]:
         module, _, attr = cmd["python_name"].partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), cmd["id"]
@@ -44,7 +44,7 @@ def test_wheel_ships_manifest_and_resources(tmp_path):
     # the manifest inside the wheel is a real file (not a link) and validates on its own
     shipped = tmp_path / "unpacked" / "histoview" / "napari.yaml"
     assert shipped.is_file() and not shipped.is_symlink()
-    assert shipped.read_text() == (REPO / "napari.yaml").read_text()
+    assert shipped.read_text() == (REPO / "src" / "histoview" / "napari.yaml").read_text()
     out = subprocess.run([*NPE2, "validate", str(shipped)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     # every module the manifest names is in the wheel

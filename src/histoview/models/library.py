@@ -55,7 +55,9 @@ class LibraryEntry:
 
 
 def bundled_weights_dir() -> Path:
-    return Path(str(files("histoview") / "resources" / "weights"))
+    """The bundled demo weights: package ``histoview.resources`` (the repository's
+    ``resources/``, mapped in pyproject.toml), ``weights/`` inside it."""
+    return Path(str(files("histoview.resources") / "weights"))
 
 
 def user_library_dir(create: bool = False) -> Path:
