@@ -1,4 +1,4 @@
-"""Seed 002's Table 1 baselines: AlexNet and the pixel-graph GNNs build, train, explain."""
+"""RMCG's Table 1 baselines: AlexNet and the pixel-graph GNNs build, train, explain."""
 
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def test_pretrained_true_without_cache_says_so(tmp_path, monkeypatch):
         create_model("alexnet", pretrained=True)
 
 
-def test_seed002_rows_are_available():
+def test_rmcg_table1_rows_are_available():
     assert set(NEW) <= set(list_models(kind="image"))
     listing = list_experiments()
-    block = listing[listing.index("seed002-table1"):].split("\n    rows:", 1)[1].splitlines()[0]
+    block = listing[listing.index("rmcg-table1"):].split("\n    rows:", 1)[1].splitlines()[0]
     for name in NEW:
         assert name in block
     assert NOT_AVAILABLE not in block

@@ -1,4 +1,4 @@
-"""Seed-paper experiments: the registry, reduced runs, leak labels, errors."""
+"""Paper-table experiments: the registry, old names, reduced runs, leak labels, errors."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from histoview.training.reproduce import (
     EXPERIMENTS,
     LEAK_LABEL,
     NOT_AVAILABLE,
+    OLD_NAMES,
     describe_experiment,
     format_table,
     list_experiments,
     run_experiment,
 )
 
-REQUIRED = ("seed000-table4", "seed001-table2", "seed002-table1", "seed003-tables2-5", "seed004")
+REQUIRED = ("patil2019-table4", "sureka2020-table2", "rmcg-table1", "cspresnet50-fpn-se-tables2-5",
+            "liu2023-breakhis")
 
 
 def _fake_breakhis(root, patients=4, per_patient=2):
@@ -42,17 +44,17 @@ def test_every_experiment_is_listed_with_the_papers_figures():
     for name in REQUIRED:
         assert name in listing
         assert "protocol" in describe_experiment(name)
-    e0 = EXPERIMENTS["seed000-table4"]
+    e0 = EXPERIMENTS["patil2019-table4"]
     assert e0.row("amil-100x").paper == {"accuracy": 86.45}
     assert e0.row("vgg16-400x").paper == {"accuracy": 72.16}
     assert {r.model for r in e0.rows} == {"customnet", "vgg16", "resnet18", "amil"}
-    assert [r.paper["accuracy"] for r in EXPERIMENTS["seed001-table2"].rows] == [94.0, 92.0, 90.0]
-    e2 = EXPERIMENTS["seed002-table1"]
+    assert [r.paper["accuracy"] for r in EXPERIMENTS["sureka2020-table2"].rows] == [94.0, 92.0, 90.0]
+    e2 = EXPERIMENTS["rmcg-table1"]
     assert e2.row("rmcg").paper == {"accuracy": 82.87, "f1_macro": 84.12, "precision_macro": 82.15,
                                     "recall_macro": 82.09}
     assert {"alexnet", "ecc", "gcnii"} <= {r.model for r in e2.rows}
-    assert NOT_AVAILABLE not in listing  # every seed-002 baseline is registered now
-    e3 = EXPERIMENTS["seed003-tables2-5"]
+    assert NOT_AVAILABLE not in listing  # every RMCG Table 1 baseline is registered now
+    e3 = EXPERIMENTS["cspresnet50-fpn-se-tables2-5"]
     assert len(e3.rows) == 10
     assert e3.row("cspresnet50_fpn_se-bin-all").paper["accuracy"] == 95.53
     assert e3.row("cspresnet50_fpn_se-mc-400x").paper["roc_auc"] == 92.91
@@ -60,7 +62,7 @@ def test_every_experiment_is_listed_with_the_papers_figures():
     for name in REQUIRED[:4]:  # every metric of every row has the paper's figure
         for row in EXPERIMENTS[name].rows:
             assert set(row.paper) == set(EXPERIMENTS[name].metrics), (name, row.key)
-    e4 = EXPERIMENTS["seed004"]
+    e4 = EXPERIMENTS["liu2023-breakhis"]
     assert set(e4.metrics) == {"accuracy", "f1_macro", "iba", "gmean"}
     assert e4.figures_note and not any(r.paper for r in e4.rows)
     assert e4.row("dalaresnet50-40x").train == {"epochs": 50, "batch_size": 32, "lr": 1e-4,
@@ -70,7 +72,7 @@ def test_every_experiment_is_listed_with_the_papers_figures():
 def test_reduced_amil_run_reports_ours_beside_the_paper_and_labels_the_leak(tmp_path):
     root = _fake_breakhis(tmp_path / "breakhis")
     events = []
-    results = run_experiment("seed000-table4", root, out_dir=tmp_path / "out", epochs=1,
+    results = run_experiment("patil2019-table4", root, out_dir=tmp_path / "out", epochs=1,
                              max_images=4, rows=["amil-100x"], split_by="image", device="cpu",
                              progress=events.append)
     (res,) = results
@@ -98,7 +100,7 @@ def test_unavailable_rows_are_skipped_with_a_note(tmp_path, monkeypatch):
     # every row's model is registered in this version: pretend two are not
     monkeypatch.setattr(rp, "_available", lambda model: model not in {"alexnet", "ecc"})
     (tmp_path / "grades" / "g1").mkdir(parents=True)
-    results = run_experiment("seed002-table1", tmp_path / "grades", out_dir=tmp_path / "out",
+    results = run_experiment("rmcg-table1", tmp_path / "grades", out_dir=tmp_path / "out",
                              rows=["alexnet", "ecc"], epochs=1)
     assert [r["status"] for r in results] == [NOT_AVAILABLE, NOT_AVAILABLE]
     table = format_table(results)
@@ -107,18 +109,31 @@ def test_unavailable_rows_are_skipped_with_a_note(tmp_path, monkeypatch):
 
 
 def test_errors_name_what_is_wrong(tmp_path):
-    with pytest.raises(KeyError, match="seed000-table4.*seed004"):
+    with pytest.raises(KeyError, match="patil2019-table4.*liu2023-breakhis"):
         run_experiment("seed999", tmp_path, out_dir=tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no-such-folder"):
-        run_experiment("seed000-table4", tmp_path / "no-such-folder", out_dir=tmp_path / "out")
+        run_experiment("patil2019-table4", tmp_path / "no-such-folder", out_dir=tmp_path / "out")
     with pytest.raises(KeyError, match="amil-100x"):
-        run_experiment("seed000-table4", tmp_path, out_dir=tmp_path / "out", rows=["amil-1000x"])
+        run_experiment("patil2019-table4", tmp_path, out_dir=tmp_path / "out", rows=["amil-1000x"])
+
+
+def test_old_experiment_names_still_work_with_a_one_line_note(tmp_path, capsys):
+    assert set(OLD_NAMES.values()) == set(REQUIRED)
+    for old, new in OLD_NAMES.items():
+        assert old not in EXPERIMENTS
+        assert describe_experiment(old) == describe_experiment(new)
+        note = capsys.readouterr().err.strip().splitlines()
+        assert len(note) == 1 and old in note[0] and new in note[0] and "deprecated" in note[0]
+    # a run under the old name runs (and labels its results with) the new one
+    with pytest.raises(FileNotFoundError, match="patil2019-table4"):
+        run_experiment("seed000-table4", tmp_path / "no-such-folder", out_dir=tmp_path / "out")
+    assert "seed000-table4" in capsys.readouterr().err
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_reduced_run_on_real_breakhis(breakhis_dir, tmp_path):
-    results = run_experiment("seed000-table4", breakhis_dir, out_dir=tmp_path, epochs=1,
+    results = run_experiment("patil2019-table4", breakhis_dir, out_dir=tmp_path, epochs=1,
                              max_images=4, rows=["amil-100x"], device="cpu")
     assert results[0]["status"] == "ok" and "accuracy" in results[0]["ours"]
     assert "patient-level split" in format_table(results)

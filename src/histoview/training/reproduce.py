@@ -1,19 +1,25 @@
-"""Reproduce the seed papers' tables: each row trained and tested, ours beside the paper's.
+"""Reproduce the tables of the papers behind histoview's methods, ours beside the paper's.
 
-:data:`EXPERIMENTS` holds one :class:`Experiment` per seed table: its dataset
-and task, its rows (model, data setting, the paper's training options) and the
-figures the paper reports, copied from the seed texts (values in %).
+:data:`EXPERIMENTS` holds one :class:`Experiment` per paper table (the papers are
+listed with full citations in ``docs/citations.md``): its dataset and task, its
+rows (model, data setting, the paper's training options) and the figures the
+paper reports, copied from the paper's text (values in %). Experiments are named
+``<first author><year>-<table>`` (``patil2019-table4``), or after the method where
+the paper's authors are not known to us (``rmcg-table1``); the names of earlier
+versions (``seed000-table4`` ...) are still accepted, with a note on stderr
+(:data:`OLD_NAMES`).
+
 :func:`run_experiment` trains every row with
 :func:`~histoview.training.run.train_from_config`, evaluates its test split and
 returns the rows with our figures beside the paper's; :func:`format_table`
 prints them.
 
-Splits are by patient by default. The seed papers split by image (seed 003
-says so, Sec. 5.1; seed 000 splits "80% for training and 20% for validation at
-each magnification"), which lets one patient's images sit on both sides;
-``split_by="image"`` reproduces that, and everything it produces is labelled
-"image-level split: LEAKS PATIENTS". Our figures are therefore not expected to
-match the papers' exactly.
+Splits are by patient by default. The papers split by image (the CSPResNet50-FPN-SE
+paper says so, Sec. 5.1; Patil et al., 2019 split "80% for training and 20% for
+validation at each magnification"), which lets one patient's images sit on both
+sides; ``split_by="image"`` reproduces that, and everything it produces is
+labelled "image-level split: LEAKS PATIENTS". Our figures are therefore not
+expected to match the papers' exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import functools
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +65,14 @@ class Row:
 class Experiment:
     name: str
     title: str
-    source: str  # seed paper and table
+    source: str  # paper (as cited in docs/citations.md) and table
     layout: str  # dataset layout (training.datasets)
     metrics: tuple[str, ...]
     rows: tuple[Row, ...]
     fractions: tuple[float, float, float]  # train / validation / test
     protocol: tuple[str, ...]  # what the paper did, and what histoview does differently
     data_note: str = ""
-    figures_note: str = ""  # set when the paper's numbers are not in the seed text
+    figures_note: str = ""  # set when the paper's numbers are not in its text
 
     def row(self, key: str) -> Row:
         for r in self.rows:
@@ -97,16 +104,16 @@ def _bin(s):
     return {"task": "binary", "magnification": _mag(s)}
 
 
-_SEED000_CNN = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "optimizer": "adam"}
-_SEED003 = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4,
+_PATIL2019_CNN = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "optimizer": "adam"}
+_CSP_TRAIN = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4,
             "loss": "focal", "label_smoothing": 0.1, "mixup_alpha": 0.2, "warmup_epochs": 1,
             "schedule": "cosine", "freeze_backbone_epochs": 5, "backbone_lr_scale": 0.1,
             "tta": True}
-_SEED002 = {"epochs": 30, "batch_size": 16, "lr": 1e-4, "optimizer": "adam", "weight_decay": 1e-4}
-_SEED003_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "f1_macro", "roc_auc",
+_RMCG_TRAIN = {"epochs": 30, "batch_size": 16, "lr": 1e-4, "optimizer": "adam", "weight_decay": 1e-4}
+_CSP_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "f1_macro", "roc_auc",
                     "sensitivity")
-# Seed 003, Tables 2-5 (8x TTA on the 15% test split): Acc., Bal. Acc., Prec., F1, AUC, Sens.
-_SEED003_PAPER = {
+# CSPResNet50-FPN-SE paper, Tables 2-5 (8x TTA on the 15% test split): Acc., Bal. Acc., Prec., F1, AUC, Sens.
+_CSP_PAPER = {
     "MC-All": (78.10, 81.40, 74.89, 76.76, 97.72, 81.40),
     "MC-40X": (77.00, 81.50, 74.24, 75.70, 97.03, 81.50),
     "MC-100X": (76.36, 75.43, 73.54, 73.39, 96.81, 75.43),
@@ -118,18 +125,18 @@ _SEED003_PAPER = {
     "Bin-200X": (93.71, 91.58, 93.50, 92.46, 97.30, 97.13),
     "Bin-400X": (90.84, 90.26, 89.16, 89.67, 94.59, 91.89),
 }
-_SEED002_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
+_RMCG_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment(
-        "seed000-table4", "A-MIL and CNNs on BreakHis per magnification, benign vs malignant",
-        "Patil et al. 2019, A-MIL (seed 000), Table IV", "breakhis", ("accuracy",),
-        tuple(_rows("customnet", "customNet", MAGS, _bin, _SEED000_CNN | {"lr": 1e-3},
+        "patil2019-table4", "A-MIL and CNNs on BreakHis per magnification, benign vs malignant",
+        "A-MIL (Patil et al., 2019), Table IV", "breakhis", ("accuracy",),
+        tuple(_rows("customnet", "customNet", MAGS, _bin, _PATIL2019_CNN | {"lr": 1e-3},
                     [(80.56,), (82.13,), (79.11,), (83.89,)], metrics=("accuracy",))
-              + _rows("vgg16", "VGG16 pretrained", MAGS, _bin, _SEED000_CNN,
+              + _rows("vgg16", "VGG16 pretrained", MAGS, _bin, _PATIL2019_CNN,
                       [(78.64,), (78.88,), (78.57,), (72.16,)], metrics=("accuracy",),
                       imagenet=True)
-              + _rows("resnet18", "ResNet18 pretrained", MAGS, _bin, _SEED000_CNN,
+              + _rows("resnet18", "ResNet18 pretrained", MAGS, _bin, _PATIL2019_CNN,
                       [(83.6,), (82.58,), (85.11,), (84.23,)], metrics=("accuracy",), imagenet=True)
               + _rows("amil", "A-MIL", MAGS, _bin,
                       {"epochs": 20, "batch_size": 1, "lr": 1e-3, "optimizer": "adam"},
@@ -149,8 +156,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         data_note="BreakHis folder (the BreaKHis_v1 tree or a flat folder of SOB_*.png)",
     ),
     Experiment(
-        "seed001-table2", "Nuclei-graph networks on BACH, in situ vs invasive",
-        "Graph networks with attention and node occlusion (seed 001), Table II", "bach",
+        "sureka2020-table2", "Nuclei-graph networks on BACH, in situ vs invasive",
+        "RSF nuclei-graph networks with attention and occlusion (Sureka et al., 2020), Table II", "bach",
         ("accuracy",),
         tuple(Row(m, label, m, "BACH", {"task": "in_situ_vs_invasive"},
                   {"epochs": 50, "batch_size": 8, "lr": 0.01, "optimizer": "adam"},
@@ -169,9 +176,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         data_note="BACH Photos folder (Normal, Benign, InSitu, Invasive)",
     ),
     Experiment(
-        "seed002-table1", "CNN and GNN baselines and RMCG on Databiox 40X, three IDC grades",
-        "RMCG (seed 002), Table 1", "folder", _SEED002_METRICS,
-        tuple(Row(key, label, key, "40X", {}, _SEED002, paper=dict(zip(_SEED002_METRICS, vals)))
+        "rmcg-table1", "CNN and GNN baselines and RMCG on Databiox 40X, three IDC grades",
+        "RMCG (relation-aware multi-channel attention GCN), Table 1", "folder", _RMCG_METRICS,
+        tuple(Row(key, label, key, "40X", {}, _RMCG_TRAIN, paper=dict(zip(_RMCG_METRICS, vals)))
               for key, label, vals in (
                   ("resnet18", "ResNet18", (78.26, 79.34, 78.29, 79.32)),
                   ("alexnet", "AlexNet", (77.35, 78.10, 77.06, 77.35)),
@@ -188,34 +195,34 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
          "Table 1 calls the GCNII row 'AlexNet-GCNII', the text 'Resnet-GCNII'.",
          "As printed, RMCG's F1 (84.12) exceeds both its precision (82.15) and recall (82.09), "
          "impossible when the three are averaged alike (per class F1 <= (P + R) / 2).",
-         "The seed does not describe its baselines: histoview's GNN rows are RMCG without "
+         "The paper does not describe its baselines: histoview's GNN rows are RMCG without "
          "multi-channel attention (ResNet18 pixels, the same MI graph, two GCNConv / NNConv / "
          "GATConv / GCN2Conv layers, mean pooling); GCNII uses the ResNet18 trunk."),
         data_note="Databiox has no reader: point at a folder with one sub-folder per grade "
                   "holding the 40X images",
     ),
     Experiment(
-        "seed003-tables2-5",
+        "cspresnet50-fpn-se-tables2-5",
         "CSPResNet50-FPN-SE on BreakHis: subtype/binary x all/per magnification",
-        "CSPResNet50-FPN-SE (seed 003), Tables 2-5", "breakhis", _SEED003_METRICS,
+        "CSPResNet50-FPN-SE (ICCK Journal of Image Analysis and Processing), Tables 2-5", "breakhis", _CSP_METRICS,
         tuple(Row(f"cspresnet50_fpn_se-{s}".lower(), "CSPResNet50-FPN-SE", "cspresnet50_fpn_se", s,
                   {"task": "subtype" if s.startswith("MC") else "binary", "magnification": _mag(s)},
-                  _SEED003, paper=dict(zip(_SEED003_METRICS, vals)), imagenet=True)
-              for s, vals in _SEED003_PAPER.items()),
+                  _CSP_TRAIN, paper=dict(zip(_CSP_METRICS, vals)), imagenet=True)
+              for s, vals in _CSP_PAPER.items()),
         (0.7, 0.15, 0.15),
         ("Paper: stratified 70/15/15 image-level split (its Sec. 5.1 names the patient leakage); "
          "ImageNet CSPResNet50; two-phase fine-tuning (head with the backbone frozen, then all "
          "layers with layer-wise lr), focal loss with label smoothing, MixUp, warm-up and cosine "
          "decay, mixed precision; 8x TTA and Youden's J threshold at test (Sec. 5).",
-         "Epochs, learning rates, batch size and MixUp/focal parameters are not in the seed text "
+         "Epochs, learning rates, batch size and MixUp/focal parameters are not in our copy "
          "(its methods section is missing): histoview uses 20 epochs (5 frozen), AdamW lr 1e-3, "
          "backbone x0.1, batch 32, gamma 2, smoothing 0.1, MixUp 0.2.",
          "Table 6 (inference time, 8.3-8.9 ms) and Table 7 (related work) are not reproduced."),
         data_note="BreakHis folder (the BreaKHis_v1 tree or a flat folder of SOB_*.png)",
     ),
     Experiment(
-        "seed004", "DALAResNet50 on BreakHis per magnification, benign vs malignant",
-        "DALAResNet50 and DT Grad-CAM (seed 004, arXiv 2308.13150)", "breakhis",
+        "liu2023-breakhis", "DALAResNet50 on BreakHis per magnification, benign vs malignant",
+        "DALAResNet50 and DT Grad-CAM (Liu et al., arXiv:2308.13150)", "breakhis",
         ("accuracy", "f1_macro", "iba", "gmean"),
         tuple(_rows("dalaresnet50", "DALAResNet50", MAGS, _bin,
                     {"epochs": 50, "batch_size": 32, "lr": 1e-4, "optimizer": "adam"},
@@ -230,12 +237,28 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
          "stated (histoview: Adam, 70/15/15).",
          "The ResNet50 rows are a baseline for comparison, not a row of the paper."),
         data_note="BreakHis folder (the BreaKHis_v1 tree or a flat folder of SOB_*.png)",
-        figures_note="the seed text is a summary without the result tables: no paper figures",
+        figures_note="our copy of the paper is a summary without the result tables: no paper "
+                     "figures",
     ),
 )}
 
 
+#: Experiment names of earlier versions -> today's; still accepted, with a note.
+OLD_NAMES = {
+    "seed000-table4": "patil2019-table4",
+    "seed001-table2": "sureka2020-table2",
+    "seed002-table1": "rmcg-table1",
+    "seed003-tables2-5": "cspresnet50-fpn-se-tables2-5",
+    "seed004": "liu2023-breakhis",
+}
+
+
 def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name`` (an old name from :data:`OLD_NAMES` prints a note)."""
+    if name in OLD_NAMES:
+        print(f"note: experiment {name!r} is now called {OLD_NAMES[name]!r}; the old name "
+              "is deprecated", file=sys.stderr)
+        name = OLD_NAMES[name]
     try:
         return EXPERIMENTS[name]
     except KeyError:
@@ -341,7 +364,7 @@ def iter_run_experiment(
     exp = get_experiment(name)
     root = Path(data_root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"{root}: data root for {name} not found ({exp.data_note})")
+        raise FileNotFoundError(f"{root}: data root for {exp.name} not found ({exp.data_note})")
     if split_by not in ("patient", "image"):
         raise ValueError(f"split_by must be 'patient' or 'image', got {split_by!r}")
     selected = [exp.row(k) for k in rows] if rows is not None else list(exp.rows)
@@ -441,7 +464,8 @@ def run_experiment(
     """Train and test the rows of experiment ``name``; returns them with ours beside the paper's.
 
     Args:
-        name: a key of :data:`EXPERIMENTS` (KeyError lists them).
+        name: a key of :data:`EXPERIMENTS` (KeyError lists them) or an old name of
+            :data:`OLD_NAMES`.
         data_root: the dataset folder (FileNotFoundError when absent).
         out_dir: each row trains in ``out_dir/<row key>``; a rerun resumes finished epochs.
             ``results.json`` and ``results.txt`` are written beside (never overwritten).
