@@ -62,7 +62,7 @@ def _names(explain_widget):
 
 def test_dataset_summary_recipes_and_errors(make_napari_viewer, tiny_dataset, tmp_path):
     from histoview.viewer._train_widget import TrainWidget
-    from histoview.viewer._train_widget_parts import fmt_duration, recipe_dir, recipe_for
+    from histoview.viewer._train_widget_parts import fmt_duration
 
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
@@ -81,20 +81,14 @@ def test_dataset_summary_recipes_and_errors(make_napari_viewer, tiny_dataset, tm
     assert config["data"] == {"type": "folder", "root": str(tiny_dataset), "task": "folder"}
     assert config["model_kwargs"]["patch_size"] == 28
 
-    # the model's recipe sets the starting values
+    # the model's recipe (histoview.training.recipes, tested in test_recipes.py) sets the
+    # starting values and says where they come from
     widget.model_choice.setCurrentText("resnet18")
     assert (widget.batch_size.value(), widget.lr.value()) == (32, pytest.approx(1e-4))
-    assert recipe_for("rsf", "bach")["input"]["graph_threshold_um"] == 42.0
-    # RSF+Attention's recipe trains sparse sigmoid gates, from training/ and built in alike
-    for folder in (None, tmp_path):
-        kwargs = recipe_for("rsf-attention", "phantom", folder=folder)["model_kwargs"]
-        assert kwargs["attention_gate"] == "sigmoid" and kwargs["attention_sparsity"] > 0
-    assert recipe_for("cspresnet50_fpn_se", folder=tmp_path)["train"]["loss"] == "focal"
-    assert recipe_for("amil", "folder")["train"]["batch_size"] == 1
-    assert recipe_for("amil", "folder", folder=tmp_path)["source"].startswith("built-in")
-    if recipe_dir() is not None:  # a source checkout: the repository's recipes win
-        assert recipe_for("amil", "breakhis")["source"] == "recipe training/amil-breakhis.yaml"
-        assert recipe_for("rsf", "bach")["source"] == "recipe training/rsf-bach.yaml"
+    assert "built-in defaults" in widget.recipe_label.text()
+    widget.model_choice.setCurrentText("rsf-attention")
+    assert (widget.epochs.value(), widget.batch_size.value()) == (30, 8)
+    assert "recipe training/rsf-attention-phantom.yaml" in widget.recipe_label.text()
     assert fmt_duration(65) == "1:05" and fmt_duration(3725) == "1:02:05"
 
     # errors are shown in the widget, never raised

@@ -2,7 +2,7 @@
 
 Choose a folder (BreakHis, BACH, one folder per class) or synthetic phantoms; the
 widget shows what it found before anything runs. Starting values come from the
-model's recipe (:func:`~histoview.viewer._train_widget_parts.recipe_for`). Training
+model's recipe (:func:`~histoview.training.recipes.recipe_for`). Training
 runs :func:`histoview.training.run.iter_train_from_config` in a napari generator
 worker: progress, elapsed / remaining time and live curves update on each event,
 Cancel stops after the current step keeping the last finished epoch, and Resume
@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from histoview import RESEARCH_NOTICE
+from histoview.training.recipes import recipe_for
 from histoview.viewer._compat import SignalQueue, avoid_triton_llvm_clash
 from histoview.viewer._evaluation_view import EvaluationActions
 from histoview.viewer._train_widget_parts import (
@@ -45,7 +46,6 @@ from histoview.viewer._train_widget_parts import (
     _wrapped_label,
     default_run_dir,
     devices,
-    recipe_for,
     summary_text,
 )
 

@@ -1,8 +1,7 @@
 """Pieces of the training dock (:mod:`histoview.viewer._train_widget`).
 
-* recipe defaults: starting epochs / batch size / learning rate / options per model,
-  read from the repository's ``training/<model>-*.yaml`` when the source tree is
-  there, else from a built-in table matching those recipes and the seed papers;
+* the devices and the default output folder of a run (the starting settings per model come
+  from the core, :func:`histoview.training.recipes.recipe_for`);
 * plain-text summaries (dataset, metrics, durations);
 * the run view: progress, live training curves, metrics and the confusion matrix;
 * the model library panel (rename, delete, export, evaluate on a dataset).
@@ -28,71 +27,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-_ADAM_1E3_B1 = {"epochs": 20, "batch_size": 1, "lr": 1e-3, "optimizer": "adam"}
-_SEED004 = {"epochs": 50, "batch_size": 32, "lr": 1e-4, "optimizer": "adam"}
-_GRAPH = {"epochs": 100, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4}
-_GRAPH_INPUT = {"graph_threshold_um": 42.0, "pixel_size_um": 0.42}
-
-#: model -> (train options, model kwargs, input options, where the values come from)
-BUILTIN_RECIPES: dict[str, tuple[dict, dict, dict, str]] = {
-    **{m: (_ADAM_1E3_B1, {"patch_size": 28}, {}, "seed 000 (A-MIL): batch 1, lr 0.001, Adam")
-       for m in ("amil", "amil-gated")},
-    "customnet": ({"epochs": 20, "batch_size": 16, "lr": 1e-3, "optimizer": "adam"}, {}, {},
-                  "seed 000 (customNet, Table III)"),
-    **{m: (_SEED004, {}, {}, "seed 004: batch 32, lr 0.0001, 50 epochs")
-       for m in ("resnet18", "resnet50", "vgg16", "dalaresnet50")},
-    "cspresnet50_fpn_se": (
-        {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4,
-         "loss": "focal", "label_smoothing": 0.1, "mixup_alpha": 0.2, "warmup_epochs": 1,
-         "schedule": "cosine", "freeze_backbone_epochs": 5, "backbone_lr_scale": 0.1, "tta": True},
-        {}, {}, "seed 003: two-phase fine-tuning, focal loss, MixUp, cosine decay"),
-    "rmcg": ({"epochs": 30, "batch_size": 16, "lr": 1e-4, "optimizer": "adam", "weight_decay": 1e-4},
-             {}, {}, "seed 002 (RMCG)"),
-    **{m: (_GRAPH, {}, _GRAPH_INPUT, "seed 001 (nuclei graphs): batch 8, lr 0.001")
-       for m in ("rsf", "rsf-edge")},
-    "rsf-attention": (
-        _GRAPH, {"attention_gate": "sigmoid", "attention_sparsity": 3.0, "attention_input": "morphology"},
-        _GRAPH_INPUT, "seed 001 (nuclei graphs): batch 8, lr 0.001; sparse sigmoid attention gates"),
-}
-_FALLBACK = ({"epochs": 10, "batch_size": 8, "lr": 1e-3}, {}, {}, "histoview defaults")
-
-
-def recipe_dir() -> Path | None:
-    """The repository's ``training/`` folder beside the source tree (absent in an installed wheel)."""
-    import histoview
-
-    path = Path(histoview.__file__).resolve().parents[2] / "training"
-    return path if path.is_dir() else None
-
-
-def recipe_for(model: str, layout: str | None = None, folder: Path | None = None) -> dict[str, Any]:
-    """Starting values for ``model``: ``{"train", "model_kwargs", "input", "split", "source"}``.
-
-    A ``training/<model>-<layout>.yaml`` recipe wins, then ``<model>-phantom.yaml``, then
-    any recipe for the model; without one, the built-in table.
-    """
-    import yaml
-
-    folder = recipe_dir() if folder is None else folder
-    found: list[tuple[int, Path, dict]] = []
-    for path in sorted(folder.glob(f"{model}-*.yaml")) if folder else []:
-        try:
-            cfg = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if not isinstance(cfg, dict) or cfg.get("model") != model:
-            continue  # rsf-*.yaml also matches rsf-attention-*.yaml
-        rank = 0 if layout and path.stem == f"{model}-{layout}" else 1 if path.stem == f"{model}-phantom" else 2
-        found.append((rank, path, cfg))
-    if found:
-        _, path, cfg = min(found, key=lambda t: t[0])
-        return {"train": dict(cfg.get("train") or {}), "model_kwargs": dict(cfg.get("model_kwargs") or {}),
-                "input": dict(cfg.get("input") or {}), "split": dict(cfg.get("split") or {}),
-                "source": f"recipe training/{path.name}"}
-    train, kwargs, inputs, source = BUILTIN_RECIPES.get(model, _FALLBACK)
-    return {"train": dict(train), "model_kwargs": dict(kwargs), "input": dict(inputs), "split": {},
-            "source": f"built-in defaults, {source}"}
 
 
 def devices() -> list[str]:

@@ -1,0 +1,99 @@
+"""Default training settings per model: the shipped recipes, then a built-in table.
+
+The recipes are the YAML training configs of the repository's ``training/`` folder. pyproject.toml
+maps that folder to the package ``histoview.recipes``, so a wheel ships them and an editable
+install reads them in place; :func:`recipe_dir` finds them through ``importlib.resources`` either
+way, and a wheel and a checkout start a model from the same values. :data:`BUILTIN_RECIPES`
+covers models without a recipe, with the settings of the papers in ``docs/citations.md``.
+The training dock (``histoview.viewer._train_widget``) takes its starting values from
+:func:`recipe_for`.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import Any
+
+_ADAM_1E3_B1 = {"epochs": 20, "batch_size": 1, "lr": 1e-3, "optimizer": "adam"}
+_LIU2023 = {"epochs": 50, "batch_size": 32, "lr": 1e-4, "optimizer": "adam"}
+_GRAPH = {"epochs": 100, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4}
+_GRAPH_INPUT = {"graph_threshold_um": 42.0, "pixel_size_um": 0.42}
+_RSF_ATTENTION = {"attention_gate": "sigmoid", "attention_sparsity": 3.0,
+                  "attention_input": "morphology"}
+_CSP_TRAIN = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
+              "weight_decay": 1e-4, "loss": "focal", "label_smoothing": 0.1, "mixup_alpha": 0.2,
+              "warmup_epochs": 1, "schedule": "cosine", "freeze_backbone_epochs": 5,
+              "backbone_lr_scale": 0.1, "tta": True}
+
+#: model -> (train options, model kwargs, input options, where the values come from)
+BUILTIN_RECIPES: dict[str, tuple[dict, dict, dict, str]] = {
+    **{m: (_ADAM_1E3_B1, {"patch_size": 28}, {},
+           "A-MIL (Patil et al., 2019): batch 1, lr 0.001, Adam")
+       for m in ("amil", "amil-gated")},
+    "customnet": ({"epochs": 20, "batch_size": 16, "lr": 1e-3, "optimizer": "adam"}, {}, {},
+                  "customNet (Patil et al., 2019, Table III)"),
+    **{m: (_LIU2023, {}, {}, "DALAResNet50 (Liu et al., 2023): batch 32, lr 0.0001, 50 epochs")
+       for m in ("resnet18", "resnet50", "vgg16", "dalaresnet50")},
+    "cspresnet50_fpn_se": (_CSP_TRAIN, {}, {},
+                           "CSPResNet50-FPN-SE: two-phase fine-tuning, focal loss, MixUp, "
+                           "cosine decay"),
+    "rmcg": ({"epochs": 30, "batch_size": 16, "lr": 1e-4, "optimizer": "adam",
+              "weight_decay": 1e-4}, {}, {}, "RMCG"),
+    **{m: (_GRAPH, {}, _GRAPH_INPUT, "nuclei graphs (Sureka et al., 2020): batch 8, lr 0.001")
+       for m in ("rsf", "rsf-edge")},
+    "rsf-attention": (_GRAPH, _RSF_ATTENTION, _GRAPH_INPUT,
+                      "nuclei graphs (Sureka et al., 2020): batch 8, lr 0.001; "
+                      "sparse sigmoid attention gates"),
+}
+_FALLBACK = ({"epochs": 10, "batch_size": 8, "lr": 1e-3}, {}, {}, "histoview defaults")
+#: the settings the training dock shows for every model; a recipe that omits one trains with
+#: :class:`~histoview.training.engine.TrainOptions`' default, so that is what it reports.
+SHOWN_OPTIONS = ("epochs", "batch_size", "lr")
+
+
+def recipe_dir() -> Traversable:
+    """The shipped recipes: package ``histoview.recipes`` (the repository's ``training/``)."""
+    return files("histoview.recipes")
+
+
+def recipe_for(model: str, layout: str | None = None,
+               folder: Traversable | None = None) -> dict[str, Any]:
+    """Starting values for ``model``: ``{"train", "model_kwargs", "input", "split", "source"}``.
+
+    Looks in ``folder`` (default :func:`recipe_dir`) for ``<model>-*.yaml`` configs whose
+    ``model`` is ``model``: ``<model>-<layout>.yaml`` wins, then ``<model>-phantom.yaml``, then
+    the first by name; without one, :data:`BUILTIN_RECIPES` (else histoview's defaults).
+    ``train`` always holds :data:`SHOWN_OPTIONS`; ``source`` says where the values came from.
+    """
+    import yaml
+
+    folder = recipe_dir() if folder is None else folder
+    found: list[tuple[int, str, dict]] = []
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    for name in names:
+        if not (name.startswith(f"{model}-") and name.endswith(".yaml")):
+            continue
+        try:
+            cfg = yaml.safe_load((folder / name).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not isinstance(cfg, dict) or cfg.get("model") != model:
+            continue  # rsf-*.yaml also matches rsf-attention-*.yaml
+        stem = name.removesuffix(".yaml")
+        rank = 0 if layout and stem == f"{model}-{layout}" else 1 if stem == f"{model}-phantom" else 2
+        found.append((rank, name, cfg))
+    if found:
+        _, name, cfg = min(found, key=lambda t: t[0])
+        train = dict(cfg.get("train") or {})
+        missing = [k for k in SHOWN_OPTIONS if k not in train]
+        if missing:
+            from histoview.training.engine import TrainOptions
+
+            train.update({k: getattr(TrainOptions, k) for k in missing})
+        return {"train": train, "model_kwargs": dict(cfg.get("model_kwargs") or {}),
+                "input": dict(cfg.get("input") or {}), "split": dict(cfg.get("split") or {}),
+                "source": f"recipe training/{name}"}
+    train, kwargs, inputs, source = BUILTIN_RECIPES.get(model, _FALLBACK)
+    return {"train": dict(train), "model_kwargs": dict(kwargs), "input": dict(inputs),
+            "split": {}, "source": f"built-in defaults, {source}"}
