@@ -73,3 +73,64 @@ def test_light_imports_do_not_load_torch_or_napari(module):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"importing {module} loaded {out.stdout.strip()}"
+
+
+def _module_name(rel: Path) -> str:
+    parts = list(rel.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(["histoview", *parts])
+
+
+def test_no_import_cycles_inside_a_layer():
+    """Modules of one layer import each other one way only (function-level imports included):
+    a cycle means two modules own one idea between them."""
+    modules = {_module_name(rel): tree for rel, tree in _modules()}
+    graph = {
+        name: {imp for imp in _imports(tree) if imp in modules and imp != name}
+        for name, tree in modules.items()
+    }
+
+    def layer(name):
+        parts = name.split(".")
+        return parts[1] if len(parts) > 2 else None
+
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if layer(nxt) != layer(start):
+                    continue
+                if nxt == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_every_method_is_defined_in_the_registry():
+    """The explanation methods are listed in one place: a tuple, list, set or dict literal
+    that names two or more methods anywhere else is a second list to keep in step."""
+    from histoview.explain.methods import METHODS
+
+    # gradcam.py maps its three variants to their weighting classes; the registry calls it
+    allowed = {Path("explain/methods.py"), Path("explain/gradcam.py")}
+    offenders = []
+    for rel, tree in _modules():
+        if rel in allowed:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                items = node.elts
+            elif isinstance(node, ast.Dict):
+                items = [k for k in node.keys if k is not None]
+            else:
+                continue
+            named = [i.value for i in items if isinstance(i, ast.Constant) and i.value in METHODS]
+            if len(named) >= 2:
+                offenders.append(f"{rel}:{node.lineno}: {named}")
+    assert not offenders, "method lists outside explain/methods.py:\n" + "\n".join(offenders)

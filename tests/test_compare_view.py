@@ -75,7 +75,7 @@ def _panels(viewer):
 def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, models, qtbot):
     from napari.layers import Image, Points
 
-    from histoview.explain.faithfulness import predict_fn_for
+    from histoview.explain.methods import predictor_for
     from histoview.viewer._compare_parts import role
 
     methods = ("amil", "graph", "gradcam", "dt-gradcam")
@@ -88,7 +88,7 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
     nets = {"amil": models["amil"], "graph": models["graph"], "gradcam": models["cnn"],
             "dt-gradcam": models["cnn"]}
     for m in methods:  # curves for the dock in the picture
-        widget.register_predictor(explanations[m], predict_fn_for(m, nets[m], META, pixel_size_um=mpp))
+        widget.register_predictor(explanations[m], predictor_for(m, nets[m], META, pixel_size_um=mpp))
     widget.steps = 3
     widget.analyse()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)

@@ -10,13 +10,14 @@ from PIL import Image
 
 from histoview.cli import main
 from histoview.explain.export import read_geojson_nuclei, validate_geojson
-from histoview.models.library import DEMO_CHECKPOINTS, bundled_weights_dir
+from histoview.explain.methods import get_method, list_methods
+from histoview.models.library import bundled_weights_dir
 from histoview.preprocessing.phantom import make_phantom
 
 
 def _available_methods():
-    return [m for m in ("amil", "graph", "gradcam", "dt-gradcam", "rmcg")
-            if (bundled_weights_dir() / f"{DEMO_CHECKPOINTS[m]}.safetensors").exists()]
+    return [m for m in list_methods(run_all=True)
+            if (bundled_weights_dir() / f"{get_method(m).demo_weights}.safetensors").exists()]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from histoview.explain.faithfulness import (
     baseline_image,
     deletion_insertion,
     element_rank_map,
-    predict_fn_for,
 )
+from histoview.explain.methods import predictor_for
 from histoview.preprocessing.patches import extract_patches
 
 CLASSES = ("benign", "malignant")
@@ -171,7 +171,7 @@ def test_predict_fn_matches_the_explainer(method, model):
     meta = {"classes": list(CLASSES)}
     img = small_tissue()
     explanation = explain_array(img, method, net, meta, None)
-    predict = predict_fn_for(method, net, meta, batch_size=2)
+    predict = predictor_for(method, net, meta, batch_size=2)
     probs = predict(np.stack([img, img, img[::-1]]))
     assert probs.shape == (3, 2)
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -179,7 +179,7 @@ def test_predict_fn_matches_the_explainer(method, model):
     assert np.allclose(probs[1], probs[0])
 
 
-def test_predict_fn_for_graph_models_detects_nuclei_and_batches_graphs():
+def test_predictor_for_graph_models_detects_nuclei_and_batches_graphs():
     from types import SimpleNamespace
 
     import torch
@@ -187,7 +187,7 @@ def test_predict_fn_for_graph_models_detects_nuclei_and_batches_graphs():
     class CountNuclei(torch.nn.Module):
         """A stand-in graph model: logit of class 1 = number of nodes of each graph."""
 
-        model_config = SimpleNamespace(name="count", mean=None, std=None, input_size=None)
+        model_config = SimpleNamespace(name="count", kind="graph", mean=None, std=None, input_size=None)
 
         def __init__(self):
             super().__init__()
@@ -199,7 +199,7 @@ def test_predict_fn_for_graph_models_detects_nuclei_and_batches_graphs():
 
     img = small_tissue()
     empty = np.full_like(img, 236)
-    predict = predict_fn_for("graph", CountNuclei(), {"classes": list(CLASSES)}, pixel_size_um=0.5)
+    predict = predictor_for("graph", CountNuclei(), {"classes": list(CLASSES)}, pixel_size_um=0.5)
     probs = predict(np.stack([img, empty]))
     n = np.log(probs[0, 1] / probs[0, 0])
     assert probs.shape == (2, 2) and n == pytest.approx(4, abs=1e-4)

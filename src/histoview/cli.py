@@ -149,6 +149,10 @@ def _cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from histoview.explain.methods import get_method, list_methods
+
+    method_names = list_methods()
+    graph_importance = [v for v in get_method("graph").options["importance"] if v != "auto"]
     parser = argparse.ArgumentParser(
         prog="histoview",
         description=f"See why a model calls breast tissue benign or malignant. {RESEARCH_NOTICE}",
@@ -181,14 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain a model's decision on one image")
     p.add_argument("image", type=Path)
-    p.add_argument("--method", required=True,
-                   choices=["amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg", "all"],
+    p.add_argument("--method", required=True, choices=[*method_names, "all"],
                    help="explanation method; 'all' runs every method with weights and writes a comparison")
     p.add_argument("--model", default=None, help="registry model name (default: the method's demo model)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a .safetensors checkpoint (default: the bundled synthetic demo weights)")
     p.add_argument("--class", dest="target_class", default=None, help="class to explain (name or index)")
-    p.add_argument("--importance", default=None, choices=["attention", "occlusion"],
+    p.add_argument("--importance", default=None, choices=list(graph_importance),
                    help="graph models: node importance method")
     p.add_argument("--pixel-size", type=float, default=None, help="override micrometres per pixel")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -197,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export an explanation as GeoJSON (QuPath) and/or CSV annotations")
     p.add_argument("image", type=Path)
-    p.add_argument("--method", required=True, choices=["amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg"])
+    p.add_argument("--method", required=True, choices=method_names)
     p.add_argument("--model", default=None)
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--class", dest="target_class", default=None)

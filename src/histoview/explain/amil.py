@@ -8,8 +8,6 @@ import numpy as np
 import torch
 
 from histoview.explain.base import Explanation, decide_class
-from histoview.preprocessing.patches import extract_patches
-from histoview.preprocessing.transforms import to_tensor
 
 
 @torch.no_grad()
@@ -41,16 +39,21 @@ def explain_amil(
         not depend on the class, so ``target_class`` is the predicted class (decided
         with the checkpoint's operating threshold for binary models, see ``decide_class``).
     """
+    from dataclasses import replace
+
+    from histoview.models.inputs import InputSpec
+
     meta = meta or {}
-    patch = meta.get("patch") or {}
-    size = int(getattr(model, "patch_size", patch.get("patch_size", 28)))
-    stride = int(stride or patch.get("stride") or size)
-    max_bg = max_background if max_background is not None else patch.get("max_background")
-    patches, grid = extract_patches(image, size, stride, max_background=max_bg, level=level,
-                                    downsample=downsample, image_shape=image_shape)
+    spec = InputSpec.from_checkpoint(meta, model)
+    if stride is not None:
+        spec = replace(spec, stride=int(stride))
+    if max_background is not None:
+        spec = replace(spec, max_background=max_background)
+    size, stride = spec.patch_size, spec.stride
+    bag, grid = spec.bag(image, level=level, downsample=downsample, image_shape=image_shape)
     cfg = model.model_config
     device = next(model.parameters()).device
-    x = to_tensor(patches, cfg.mean, cfg.std).to(device)
+    x = bag.to(device)
     model.eval()
     logits, attention = model(x, return_attention=True)
     probs = torch.softmax(logits.float(), -1)[0].cpu().numpy()

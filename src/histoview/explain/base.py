@@ -103,7 +103,7 @@ class Explanation:
     """One explanation of one model's decision on one image.
 
     Attributes:
-        method: ``"amil"``, ``"graph"``, ``"gradcam"``, ``"dt-gradcam"``, ``"rmcg"``, ...
+        method: a method name of :data:`histoview.explain.methods.METHODS`.
         model: registry name of the model.
         classes: class names, in the model's output order.
         probabilities: (C,) class probabilities.

@@ -20,8 +20,9 @@ colour. A nucleus is removed by painting its outline (or a disc of
 nuclei on the perturbed image, as they would on any image. Ties in the
 ranking are broken by a fixed pseudo-random order, not by position.
 
-:func:`predict_fn_for` builds the ``predict`` callable for a loaded histoview
-model; all perturbed images are predicted in batches.
+:func:`model_predictor` builds the ``predict`` callable for a loaded histoview
+model (through the same input path as explanation and training); all perturbed images are
+predicted in batches.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def deletion_insertion(
 
     Args:
         expl: the explanation; its values rank the elements.
-        predict: ``(B, H, W, 3) uint8 -> (B, C)`` class probabilities (see :func:`predict_fn_for`).
+        predict: ``(B, H, W, 3) uint8 -> (B, C)`` class probabilities (see :func:`model_predictor`).
         image: (H, W, 3) uint8, the image explained (any level of it: element positions
             are scaled from ``expl.image_shape``).
         steps: number of steps; step t removes / reveals ``round(t / steps * N)`` elements.
@@ -255,8 +256,7 @@ def deletion_insertion(
     )
 
 
-def predict_fn_for(
-    method: str,
+def model_predictor(
     net,
     meta: dict[str, Any] | None = None,
     *,
@@ -265,88 +265,39 @@ def predict_fn_for(
 ) -> Predict:
     """``predict(images (B, H, W, 3) uint8) -> (B, C) probabilities`` for a loaded model.
 
-    Mirrors :func:`histoview.explain.run.explain_array`: ``"amil"`` cuts each image into
-    the checkpoint's patch bag and runs A-MIL on it; ``"graph"`` detects nuclei, builds the
-    seed-001 graph and runs the graph model on a PyG batch; the image CNN methods
-    (Grad-CAM family, ``"rmcg"``) resize and normalise to ``net.model_config`` and run in
-    batches of ``batch_size``. The model is put in eval mode and run without autograd.
+    Each image becomes the model's input exactly as in explanation and training
+    (:class:`~histoview.models.inputs.InputSpec` from the checkpoint sidecar ``meta``):
+    a patch bag, a resized image or a nuclei graph detected at ``pixel_size_um`` (um/px
+    of the images; unknown: the input spec's policy). Inputs are run in batches of
+    ``batch_size`` (bags of different sizes one by one), in eval mode without autograd.
     """
     import torch
 
-    from histoview.explain.run import METHOD_KIND
-    from histoview.preprocessing.transforms import to_tensor
+    from histoview.models.inputs import InputSpec
 
-    if method not in METHOD_KIND:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_KIND)}")
-    meta = dict(meta or {})
-    cfg = net.model_config
-    kind = METHOD_KIND[method]
+    spec = InputSpec.from_checkpoint(dict(meta or {}), net)
+    mpp = spec.pixel_size(pixel_size_um)[0]
     device = next(net.parameters()).device
 
-    def softmax(logits) -> np.ndarray:
-        return torch.softmax(logits.float(), -1).cpu().numpy()
+    def run(batch) -> np.ndarray:
+        if spec.kind == "graph":
+            from torch_geometric.data import Batch
 
-    if kind == "bag":
-        from histoview.preprocessing.patches import extract_patches
-
-        patch = meta.get("patch") or {}
-        size = int(getattr(net, "patch_size", patch.get("patch_size", 28)))
-        stride = int(patch.get("stride") or size)
-
-        def one(image):
-            patches, _ = extract_patches(
-                image, size, stride, max_background=patch.get("max_background")
-            )
-            return to_tensor(patches, cfg.mean, cfg.std)
-    elif kind == "graph":
-        from histoview.preprocessing.graph import build_nuclei_graph
-        from histoview.preprocessing.nuclei import detect_nuclei
-
-        inp = meta.get("input") or {}
-        mpp = pixel_size_um or inp.get("pixel_size_um") or meta.get("pixel_size_um") or 0.5
-        threshold = inp.get("graph_threshold_um", 42.0)
-
-        def one(image):
-            nuclei = detect_nuclei(image, mpp)
-            return build_nuclei_graph(nuclei, threshold_um=threshold, pixel_size_um=mpp).to_pyg()
-    else:
-        one = None
+            batch = Batch.from_data_list(batch)
+        elif len({tuple(x.shape) for x in batch}) > 1:  # bags that lost different patches
+            return np.concatenate([run([x]) for x in batch])
+        else:
+            batch = torch.stack(batch)
+        return torch.softmax(net(batch.to(device)).float(), -1).cpu().numpy()
 
     def predict(images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
         was_training = net.training
         net.eval()
         try:
             with torch.no_grad():
-                if kind == "bag":
-                    bags = [one(img) for img in images]
-                    if len({len(b) for b in bags}) > 1:  # background filtering: bags differ
-                        return np.concatenate([softmax(net(b.to(device))) for b in bags])
-                    return np.concatenate(
-                        [
-                            softmax(net(torch.stack(bags[i : i + batch_size]).to(device)))
-                            for i in range(0, len(bags), batch_size)
-                        ]
-                    )
-                if kind == "graph":
-                    from torch_geometric.data import Batch
-
-                    graphs = [one(img) for img in images]
-                    return np.concatenate(
-                        [
-                            softmax(
-                                net(Batch.from_data_list(graphs[i : i + batch_size]).to(device))
-                            )
-                            for i in range(0, len(graphs), batch_size)
-                        ]
-                    )
-                out = []
-                for i in range(0, len(images), batch_size):
-                    x = to_tensor(
-                        images[i : i + batch_size], cfg.mean, cfg.std, size=cfg.input_size
-                    )
-                    out.append(softmax(net(x.to(device))))
-                return np.concatenate(out)
+                inputs = [spec.model_input(img, mpp) for img in np.asarray(images)]
+                step = max(1, batch_size)
+                return np.concatenate([run(inputs[i : i + step]) for i in range(0, len(inputs), step)])
         finally:
             net.train(was_training)
 

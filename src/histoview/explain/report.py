@@ -188,7 +188,7 @@ def render_figure(
     agreement: Mapping[str, Any] | None = None,
     faithfulness: Mapping[str, Any] | None = None,
     date: str | None = None,
-    cmap: str = "inferno",
+    cmap: str | None = None,
     alpha: float = 0.55,
     max_display_side: int = 1024,
 ):
@@ -204,7 +204,8 @@ def render_figure(
         faithfulness: name -> :class:`~histoview.explain.faithfulness.FaithfulnessResult`
             (or its ``to_dict()``).
         date: date shown (default today, ISO format).
-        cmap, alpha: colour map and opacity of the overlays.
+        cmap, alpha: colour map (default: each method's, as in the viewer) and opacity of
+            the overlays.
         max_display_side: the tissue is downsampled to at most this many pixels per side.
 
     Returns:
@@ -216,6 +217,7 @@ def render_figure(
     from matplotlib.figure import Figure
 
     from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE, __version__
+    from histoview.explain.methods import METHODS
 
     if isinstance(explanations, Explanation):
         explanations = [explanations]
@@ -246,11 +248,12 @@ def render_figure(
         2 if bottom else 1, 1, height_ratios=[panel_h, bottom_h] if bottom else [1]
     )
     top = gs[0].subgridspec(1, n)
-    mappable = ScalarMappable(Normalize(0, 1), cmap)
     for i, (expl, title) in enumerate(zip(explanations, titles)):
+        panel_cmap = cmap or (METHODS[expl.method].colormap if expl.method in METHODS else "inferno")
+        mappable = ScalarMappable(Normalize(0, 1), panel_cmap)
         ax = fig.add_subplot(top[0, i])
         ax.imshow(shown, extent=extent, interpolation="antialiased")
-        _draw_overlay(ax, expl, extent, shown.shape[:2], cmap, alpha)
+        _draw_overlay(ax, expl, extent, shown.shape[:2], panel_cmap, alpha)
         ax.set_xlim(0, W)
         ax.set_ylim(H, 0)
         ax.set_xticks([])

@@ -1,11 +1,7 @@
 """Explain a model's decision on an image file: choose checkpoint and level, run, write outputs.
 
-This is what ``histoview explain`` and the napari widgets call. Methods:
-
-* ``amil``: attention-MIL patch attention (seed 000);
-* ``graph``: nuclei-graph importance, by attention or k-hop occlusion (seed 001);
-* ``gradcam``, ``dt-gradcam``, ``gradcam++``: Grad-CAM family on CNNs (seeds 003, 004);
-* ``rmcg``: RMCG's per-pixel node attention (seed 002).
+This is what ``histoview explain`` and the napari widgets call. The methods and what they
+need are the records of :mod:`histoview.explain.methods`.
 
 Without ``checkpoint`` the method's bundled synthetic demo weights are used
 (and the outputs say so). Pyramidal slides are explained on the level whose
@@ -22,46 +18,57 @@ from typing import Any
 import numpy as np
 
 from histoview.explain.base import Explanation, write_explanation
+from histoview.explain.methods import ExplainContext, get_method, list_methods
 from histoview.models.checkpoint import CheckpointError, sha256_file
 
-METHODS = ("amil", "graph", "gradcam", "dt-gradcam", "gradcam++", "rmcg")
-METHOD_KIND = {"amil": "bag", "graph": "graph", "gradcam": "image", "dt-gradcam": "image",
-               "gradcam++": "image", "rmcg": "image"}
 #: largest level (pixels) explained in one piece
 MAX_LEVEL_PIXELS = 40_000_000
 
 
-def load_for_method(method: str, *, model: str | None = None, checkpoint: str | os.PathLike | None = None,
-                    device: str | None = None):
-    """(model, meta, sha256) for ``method``: the given checkpoint, else the demo weights."""
+def load_for_method(
+    method: str,
+    *,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | None = None,
+):
+    """(model, meta, sha256) for ``method``: the given checkpoint, else the newest checkpoint
+    of ``model`` in the library, else the method's bundled demo weights."""
     from histoview.models.checkpoint import load_model
-    from histoview.models.library import demo_checkpoint, find_checkpoint, list_checkpoints
+    from histoview.models.library import bundled_checkpoint, find_checkpoint, list_checkpoints
     from histoview.models.registry import get_model_config
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    spec = get_method(method)
     if checkpoint is not None:
         path = find_checkpoint(checkpoint)
     elif model is not None:
         entries = list_checkpoints(model=model)
         if not entries:
-            raise CheckpointError(f"no checkpoint for model {model!r}: train one (histoview train) and pass --checkpoint")
+            raise CheckpointError(
+                f"no checkpoint for model {model!r}: train one (histoview train) and pass "
+                "--checkpoint"
+            )
         path = entries[0].path
     else:
-        path = demo_checkpoint(method)
+        path = bundled_checkpoint(spec.demo_weights, purpose=f"method {method!r}")
     net, meta = load_model(path, device=device, model_name=model)
-    kind = get_model_config(meta["model"]).kind
-    if kind != METHOD_KIND[method]:
-        raise CheckpointError(f"{path}: method {method!r} needs a {METHOD_KIND[method]} model, "
-                              f"but the checkpoint holds {meta['model']!r} ({kind})")
-    if method == "rmcg" and meta["model"] != "rmcg":
-        raise CheckpointError(f"{path}: method 'rmcg' needs an RMCG checkpoint, got {meta['model']!r}")
+    config = get_model_config(meta["model"])
+    if not spec.accepts(config):
+        wanted = f"{spec.kind} model" + (f" with {spec.requires}" if spec.requires else "")
+        raise CheckpointError(
+            f"{path}: method {method!r} needs a {wanted}, but the checkpoint holds "
+            f"{meta['model']!r} ({config.kind})"
+        )
     return net, meta, sha256_file(path)
 
 
 def choose_level(src, meta: dict[str, Any]) -> int:
+    """The pyramid level to explain: the model's pixel size or finer, small enough to fit."""
     level = src.best_level_for(meta["pixel_size_um"]) if meta.get("pixel_size_um") else 0
-    while level < src.n_levels - 1 and src.levels[level].height * src.levels[level].width > MAX_LEVEL_PIXELS:
+    while (
+        level < src.n_levels - 1
+        and src.levels[level].height * src.levels[level].width > MAX_LEVEL_PIXELS
+    ):
         level += 1
     return level
 
@@ -71,7 +78,9 @@ def _class_index(target_class, classes) -> int | None:
         return None
     if isinstance(target_class, str) and not target_class.isdigit():
         if target_class not in classes:
-            raise ValueError(f"unknown class {target_class!r}; the model's classes are {list(classes)}")
+            raise ValueError(
+                f"unknown class {target_class!r}; the model's classes are {list(classes)}"
+            )
         return list(classes).index(target_class)
     idx = int(target_class)
     if not 0 <= idx < len(classes):
@@ -79,42 +88,36 @@ def _class_index(target_class, classes) -> int | None:
     return idx
 
 
-def explain_array(image: np.ndarray, method: str, net, meta: dict[str, Any], sha: str | None, *,
-                  pixel_size_um: float | None = None, target_class=None, importance: str | None = None,
-                  downsample: float = 1.0, level: int = 0, image_shape: tuple[int, int] | None = None,
-                  progress=None) -> Explanation:
-    """Run ``method`` with a loaded model on an (H, W, 3) uint8 image."""
-    classes = tuple(meta["classes"])
-    tc = _class_index(target_class, classes)
-    if method == "amil":
-        from histoview.explain.amil import explain_amil
+def explain_array(
+    image: np.ndarray,
+    method: str,
+    net,
+    meta: dict[str, Any],
+    sha: str | None,
+    *,
+    pixel_size_um: float | None = None,
+    target_class=None,
+    importance: str | None = None,
+    downsample: float = 1.0,
+    level: int = 0,
+    image_shape: tuple[int, int] | None = None,
+) -> Explanation:
+    """Run ``method`` with a loaded model on an (H, W, 3) uint8 image.
 
-        return explain_amil(net, image, meta=meta, checkpoint_sha256=sha, downsample=downsample, level=level,
-                            image_shape=image_shape)
-    if method == "graph":
-        from histoview.explain.graph import explain_graph
-        from histoview.preprocessing.graph import build_nuclei_graph
-        from histoview.preprocessing.nuclei import detect_nuclei
-
-        mpp = pixel_size_um or (meta.get("input") or {}).get("pixel_size_um") or meta.get("pixel_size_um") or 0.5
-        threshold = (meta.get("input") or {}).get("graph_threshold_um", 42.0)
-        nuclei = detect_nuclei(image, mpp)
-        graph = build_nuclei_graph(nuclei, threshold_um=threshold, pixel_size_um=mpp)
-        cfg = net.model_config
-        imp = importance or ("attention" if cfg.explanation == "attention" else "occlusion")
-        return explain_graph(net, graph, importance=imp, target_class=tc, classes=classes, checkpoint_sha256=sha,
-                             synthetic=bool(meta.get("synthetic")), image_shape=image.shape[:2],
-                             outlines=nuclei.outlines)
-    if method == "rmcg":
-        from histoview.explain.rmcg import explain_rmcg
-
-        return explain_rmcg(net, image, target_class=tc, checkpoint_meta=meta, checkpoint_sha256=sha)
-    from histoview.explain.gradcam import explain_cnn
-
-    return explain_cnn(net, image, method=method, target_class=tc, checkpoint_meta=meta, checkpoint_sha256=sha)
-
-
-ALL_METHODS = ("amil", "graph", "gradcam", "dt-gradcam", "rmcg")
+    ``pixel_size_um`` is the image's (um/px; None: unknown); ``target_class`` a class name
+    or index (None: the predicted class); ``importance`` the graph method's option;
+    ``downsample``, ``level`` and ``image_shape`` place the image in a pyramid.
+    """
+    options = {"importance": importance} if importance else {}
+    context = ExplainContext(
+        pixel_size_um=pixel_size_um,
+        target_class=_class_index(target_class, tuple(meta["classes"])),
+        options=options,
+        downsample=downsample,
+        level=level,
+        image_shape=image_shape,
+    )
+    return get_method(method).explain(image, net, meta, sha, context)
 
 
 def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], *, model: str | None = None,
@@ -168,7 +171,7 @@ def explain_file(path: str | os.PathLike, *, method: str, model: str | None = No
     from histoview.explain.base import unique_path
     from histoview.explain.geojson import explanation_to_geojson, write_geojson
 
-    methods = ALL_METHODS if method == "all" else (method,)
+    methods = tuple(list_methods(run_all=True)) if method == "all" else (method,)
     rgb, explanations, info = explain_path(
         path, methods, model=None if method == "all" else model, checkpoint=None if method == "all" else checkpoint,
         target_class=target_class, importance=importance, pixel_size_um=pixel_size_um,
@@ -193,14 +196,15 @@ def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image
     """Side-by-side figure (PNG) and one-page report (PDF) with agreement and faithfulness."""
     from histoview.explain.agreement import agreement_table, method_labels
     from histoview.explain.base import unique_path
-    from histoview.explain.faithfulness import deletion_insertion, predict_fn_for
+    from histoview.explain.faithfulness import deletion_insertion
+    from histoview.explain.methods import predictor_for
     from histoview.explain.report import render_figure, save_pdf, save_png
 
     agreement = agreement_table(explanations) if len(explanations) > 1 else None
     faithfulness = {}
     for label, expl in zip(method_labels(explanations), explanations):
         net, meta = info["models"][expl.method]
-        predict = predict_fn_for(expl.method, net, meta, pixel_size_um=info["pixel_size_um"])
+        predict = predictor_for(expl.method, net, meta, pixel_size_um=info["pixel_size_um"])
         faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
     fig = render_figure(rgb, explanations, pixel_size_um=info["pixel_size_um"], image_name=image_name,
                         agreement=agreement, faithfulness=faithfulness)

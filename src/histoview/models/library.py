@@ -18,17 +18,6 @@ from typing import Any
 
 from histoview.models.checkpoint import CheckpointError, read_metadata, sidecar_path
 
-#: the demo checkpoint each explanation method uses when none is given.
-DEMO_CHECKPOINTS = {
-    "amil": "amil-phantom",
-    "graph": "rsf-attention-phantom",
-    "gradcam": "customnet-phantom",
-    "dt-gradcam": "customnet-phantom",
-    "gradcam++": "customnet-phantom",
-    "rmcg": "rmcg-phantom",
-}
-
-
 @dataclass(frozen=True)
 class LibraryEntry:
     name: str
@@ -109,12 +98,14 @@ def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
     raise CheckpointError(f"no checkpoint named {name_or_path!r} in the model library or bundled weights")
 
 
-def demo_checkpoint(method: str) -> Path:
-    name = DEMO_CHECKPOINTS.get(method)
+def bundled_checkpoint(name: str | None, *, purpose: str = "this") -> Path:
+    """The bundled checkpoint ``name`` (e.g. an explanation method's demo weights).
+
+    CheckpointError when there is none (``purpose`` names what wanted it)."""
     path = bundled_weights_dir() / f"{name}.safetensors" if name else None
     if path is None or not path.exists():
         raise CheckpointError(
-            f"no checkpoint given and no bundled demo weights for method {method!r}; "
+            f"no checkpoint given and no bundled demo weights for {purpose}; "
             "train one with `histoview train CONFIG` and pass --checkpoint"
         )
     return path

@@ -1,7 +1,9 @@
-"""How a sample becomes a model input, for each kind of model (bag, image, graph).
+"""Training samples as model inputs: augmentation, caching and batching around the one
+input path (:class:`~histoview.models.inputs.InputSpec`, shared with explanation).
 
-* bag (A-MIL): the image is augmented (seed 000's flips and 90/180/270
-  rotations), cut into a patch grid (patch size from the model), normalised.
+* bag (A-MIL): the image is augmented (the eight flips and 90/180/270 rotations that
+  Patil et al., 2019 use), cut into the spec's patch grid, normalised; optional instance
+  dropout.
 * image (CNNs): resized to the model's input size, augmented the same way,
   normalised with the model's mean/std.
 * graph (nuclei graphs): nuclei detected and the cell graph built once per
@@ -20,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from histoview.models.inputs import InputSpec
 from histoview.models.registry import ModelConfig
-from histoview.preprocessing.patches import extract_patches
-from histoview.preprocessing.transforms import DIHEDRAL, dihedral, random_dihedral, to_tensor
+from histoview.preprocessing.transforms import DIHEDRAL, dihedral, random_dihedral
 from histoview.training.datasets import Sample
 
 
@@ -70,6 +72,7 @@ class InputAdapter:
         self.config = config
         self.model_kwargs = model_kwargs
         self.options = dict(options or {})
+        self.spec = InputSpec.for_model(config, model_kwargs, self.options)
         self.cache = _ImageCache(self.options.get("cache_images", 512))
 
     def prepare(self, sample: Sample, *, train: bool, rng: np.random.Generator, view: tuple | None = None):
@@ -93,9 +96,6 @@ class InputAdapter:
 class BagAdapter(InputAdapter):
     def __init__(self, config, model_kwargs, options=None):
         super().__init__(config, model_kwargs, options)
-        self.patch_size = int(model_kwargs.get("patch_size", (config.input_size or (28, 28))[0]))
-        self.stride = int(self.options.get("stride") or self.patch_size)
-        self.max_background = self.options.get("max_background")
         # Instance dropout (training only): keep a random subset of each bag, so the
         # classifier cannot rely on a few patches and attention spreads over all the
         # evidence; this sharpens attention maps as localisers. 0 disables it.
@@ -107,13 +107,12 @@ class BagAdapter(InputAdapter):
             image = random_dihedral(image, rng)
         elif view is not None:
             image = dihedral(image, *view)
-        patches, _ = extract_patches(np.ascontiguousarray(image), self.patch_size, self.stride,
-                                     max_background=self.max_background)
-        if train and self.instance_dropout > 0 and len(patches) > 1:
-            keep = rng.random(len(patches)) >= self.instance_dropout
-            keep[rng.integers(len(patches))] = True
-            patches = patches[keep]
-        return to_tensor(patches, self.config.mean, self.config.std)
+        bag, _ = self.spec.bag(image)
+        if train and self.instance_dropout > 0 and len(bag) > 1:
+            keep = rng.random(len(bag)) >= self.instance_dropout
+            keep[rng.integers(len(bag))] = True
+            bag = bag[torch.from_numpy(keep)]
+        return bag
 
     def collate(self, items):
         return items  # bags may differ in size after background filtering
@@ -125,14 +124,13 @@ class BagAdapter(InputAdapter):
         return torch.cat([model(b.to(device)) for b in batch])
 
     def describe(self):
-        return {"patch_size": self.patch_size, "stride": self.stride, "max_background": self.max_background,
-                "instance_dropout": self.instance_dropout}
+        return self.spec.describe() | {"instance_dropout": self.instance_dropout}
 
 
 class ImageAdapter(InputAdapter):
     def prepare(self, sample, *, train, rng, view=None):
         image, _ = self.cache.load(sample)
-        x = to_tensor(image, self.config.mean, self.config.std, size=self.config.input_size)
+        x = self.spec.images(image)
         if train:
             x = random_dihedral(x, rng)
         elif view is not None:
@@ -148,16 +146,17 @@ class ImageAdapter(InputAdapter):
         return model(batch.to(device))
 
     def describe(self):
-        return {"input_size": list(self.config.input_size) if self.config.input_size else None}
+        return self.spec.describe()
 
 
 class GraphAdapter(InputAdapter):
-    """Nuclei graphs, built once per image and cached on disk (seed 001)."""
+    """Nuclei graphs, built once per image and cached on disk."""
 
     def __init__(self, config, model_kwargs, options=None):
         super().__init__(config, model_kwargs, options)
-        self.threshold_um = float(self.options.get("graph_threshold_um", 42.0))
-        self.default_pixel_size = float(self.options.get("pixel_size_um", 0.42))
+        self.threshold_um = self.spec.graph_threshold_um
+        # for images without a pixel size of their own (the input path's policy)
+        self.default_pixel_size = self.spec.pixel_size(None)[0]
         cache = self.options.get("cache_dir", default_cache_dir() / "graphs")
         self.cache_dir = Path(cache) if cache else None
         self.node_dropout = float(self.options.get("node_dropout", 0.0))
@@ -170,7 +169,7 @@ class GraphAdapter(InputAdapter):
         return ((0, False),)  # node features are rotation-invariant: no image TTA for graphs
 
     def graph_for(self, sample: Sample):
-        from histoview.preprocessing.graph import graph_from_image, load_graph, save_graph
+        from histoview.preprocessing.graph import load_graph, save_graph
 
         if sample.key in self._graphs:
             return self._graphs[sample.key]
@@ -182,7 +181,7 @@ class GraphAdapter(InputAdapter):
                 self._graphs[sample.key] = graph
                 return graph
         image, mpp = sample.load()
-        graph = graph_from_image(image, mpp or self.default_pixel_size, threshold_um=self.threshold_um)
+        graph, _ = self.spec.graph(image, self.spec.pixel_size(mpp)[0])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_graph(graph, path)

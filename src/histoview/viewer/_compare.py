@@ -32,12 +32,13 @@ from qtpy import QtWidgets as qw
 from qtpy.QtCore import Qt
 
 from histoview import RESEARCH_NOTICE
+from histoview.explain.methods import list_methods
 from histoview.viewer import _compare_parts as parts
 from histoview.viewer.overlays import add_explanation_layers, layer_pixel_size
 
 HELP = {
-    "run": "Explain the image with every method that has weights (amil, graph, gradcam, "
-           "dt-gradcam, rmcg), then compute agreement and faithfulness. Runs in the background.",
+    "run": f"Explain the image with every method that has weights ({', '.join(list_methods(run_all=True))}), "
+           "then compute agreement and faithfulness. Runs in the background.",
     "analyse": "Agreement (Spearman, top-10 % IoU) and faithfulness (deletion / insertion) "
                "of the explanations already shown over this image.",
     "side": "One panel per method, linked pan and zoom, one colour scale (normalised 0-1).",
@@ -71,7 +72,7 @@ class CompareWidget(qw.QWidget):
         self.viewer = viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS
-        self.methods = parts.RUN_ALL_METHODS
+        self.methods = tuple(list_methods(run_all=True))
         self.agreement = None
         self.faithfulness: dict = {}
         self._worker = None

@@ -22,8 +22,6 @@ import numpy as np
 
 from histoview.viewer.overlays import fading_colormap, read_layer_for_model, viewer_text_overlay
 
-#: every method "Run all methods" tries (Grad-CAM++ repeats Grad-CAM's model and idea)
-RUN_ALL_METHODS = ("amil", "graph", "gradcam", "dt-gradcam", "rmcg")
 #: faithfulness steps: enough for a curve, few enough to stay interactive
 FAITHFULNESS_STEPS = 10
 #: per-layer state kept by the compare view: metadata key
@@ -39,9 +37,8 @@ def run_all_work(data, multiscale: bool, pixel_size_um: float | None, methods: S
     returns :func:`analysis_work`'s record plus ``"skipped"``: one line per method whose
     ``load(method)`` raised (e.g. no bundled weights).
     """
-    from histoview.explain.faithfulness import predict_fn_for
+    from histoview.explain.methods import method_title, predictor_for
     from histoview.explain.run import explain_array
-    from histoview.viewer.overlays import METHOD_TITLES
 
     total = len(methods) + 1
     items, skipped = [], []
@@ -54,10 +51,10 @@ def run_all_work(data, multiscale: bool, pixel_size_um: float | None, methods: S
             continue
         rgb, ds, level, shape0 = read_layer_for_model(data, multiscale, pixel_size_um, meta)
         mpp = pixel_size_um * ds if pixel_size_um else None
-        yield "progress", i, total, f"running {METHOD_TITLES.get(method, method)}"
+        yield "progress", i, total, f"running {method_title(method)}"
         expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp, downsample=ds,
                              level=level, image_shape=shape0)
-        predict = predict_fn_for(method, net, meta, pixel_size_um=mpp)
+        predict = predictor_for(method, net, meta, pixel_size_um=mpp)
         yield "explanation", expl, predict, rgb
         items.append((expl, predict, rgb))
     if not items:
@@ -321,7 +318,8 @@ def comparison_figure(base, expls, agreement, faithfulness):
     from histoview.explain.agreement import method_labels
     from histoview.explain.report import render_figure
     from histoview.io import to_rgb8
-    from histoview.viewer.overlays import METHOD_TITLES, layer_pixel_size
+    from histoview.explain.methods import method_title
+    from histoview.viewer.overlays import layer_pixel_size
 
     data = base.data
     if base.multiscale:  # the coarsest level that still fills the figure
@@ -331,7 +329,7 @@ def comparison_figure(base, expls, agreement, faithfulness):
     if mpp and base.multiscale:
         mpp *= base.data[0].shape[0] / image.shape[0]
     labels = method_labels(expls)
-    titles = [METHOD_TITLES.get(e.method, e.method) for e in expls]
+    titles = [method_title(e.method) for e in expls]
     if len(set(titles)) < len(titles):
         titles = labels
     faith = {k: v for k, v in (faithfulness or {}).items() if k in labels}

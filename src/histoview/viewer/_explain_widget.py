@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
 
 from histoview import RESEARCH_NOTICE
-from histoview.explain.run import METHOD_KIND, METHODS
+from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer.overlays import (
-    METHOD_TITLES,
     add_explanation_layers,
     explanation_title,
     layer_pixel_size,
@@ -47,11 +46,12 @@ class ExplainWidget(Container):
         self.last_explanation = None
         self.last_layers: list = []
         self.image_choice = ComboBox(label="image", choices=self._image_layers)
-        self.method_choice = ComboBox(label="method", choices=list(METHODS), value=method or "amil")
+        self.method_choice = ComboBox(label="method", choices=list_methods(), value=method or "amil")
         self.model_choice = ComboBox(label="model", choices=[])
         self.class_choice = ComboBox(label="explain class", choices=["predicted"], value="predicted")
-        self.importance_choice = ComboBox(label="importance", choices=["auto", "attention", "occlusion"],
-                                          value="auto")
+        importance = get_method("graph").options["importance"]
+        self.importance_choice = ComboBox(label="importance", choices=list(importance),
+                                          value=importance[0])
         self.outlines = CheckBox(label="outlines", value=False)
         self.run_button = PushButton(text="Explain")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -81,13 +81,10 @@ class ExplainWidget(Container):
 
     def refresh_models(self) -> None:
         from histoview.models.library import list_checkpoints
+        from histoview.models.registry import get_model_config
 
-        method = self.method_choice.value
-        entries = list_checkpoints(kind=METHOD_KIND[method])
-        if method == "rmcg":
-            entries = [e for e in entries if e.model == "rmcg"]
-        elif method == "amil":
-            entries = [e for e in entries if e.model.startswith("amil")]
+        spec = get_method(self.method_choice.value)
+        entries = [e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))]
         current = self.model_choice.value
         self.model_choice.choices = [(e.label(), e) for e in entries]
         for e in entries:
@@ -96,9 +93,9 @@ class ExplainWidget(Container):
 
     def _method_changed(self, _event=None):
         method = self.method_choice.value
-        self.importance_choice.visible = method == "graph"
-        self.outlines.visible = method == "graph"
-        self.run_button.text = f"Explain with {METHOD_TITLES[method]}"
+        self.importance_choice.visible = "importance" in get_method(method).options
+        self.outlines.visible = get_method(method).kind == "graph"
+        self.run_button.text = f"Explain with {method_title(method)}"
         self.refresh_models()
         self._model_changed()
 
@@ -107,7 +104,7 @@ class ExplainWidget(Container):
         classes = list(entry.meta.get("classes", [])) if entry is not None else []
         self.class_choice.choices = ["predicted", *classes]
         self.class_choice.value = "predicted"
-        self.class_choice.visible = self.method_choice.value not in ("amil",)
+        self.class_choice.visible = get_method(self.method_choice.value).class_specific
 
     # -- running ----------------------------------------------------------------------------------
     def _work(self, image_layer, method, entry, target_class, importance):
@@ -119,7 +116,7 @@ class ExplainWidget(Container):
         yield 2, "reading image"
         mpp = layer_pixel_size(image_layer)
         rgb, downsample, level, shape0 = read_layer_for_model(image_layer.data, image_layer.multiscale, mpp, meta)
-        yield 3, f"running {METHOD_TITLES[method]} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
+        yield 3, f"running {method_title(method)} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
         expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=(mpp * downsample) if mpp else None,
                              target_class=target_class, importance=importance, downsample=downsample,
                              level=level, image_shape=shape0)

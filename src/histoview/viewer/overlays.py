@@ -20,18 +20,15 @@ import numpy as np
 
 from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
 from histoview.explain.base import DenseMap, Explanation, NucleiPoints
+from histoview.explain.methods import method_title
 from histoview.preprocessing.patches import PatchGrid
 
-METHOD_TITLES = {
-    "amil": "A-MIL attention",
-    "graph": "Nuclei importance",
-    "gradcam": "Grad-CAM",
-    "dt-gradcam": "DT Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "rmcg": "RMCG node attention",
-}
-METHOD_COLORMAPS = {"amil": "inferno", "graph": "magma", "gradcam": "turbo", "dt-gradcam": "turbo",
-                    "gradcam++": "turbo", "rmcg": "viridis"}
+
+def method_colormap(method: str) -> str:
+    """The overlay colormap of a method (its registry record's), inferno for unknown ones."""
+    from histoview.explain.methods import METHODS
+
+    return METHODS[method].colormap if method in METHODS else "inferno"
 
 
 def fading_colormap(colormap, floor: float = 0.0):
@@ -77,7 +74,7 @@ def layer_pixel_size(layer) -> float | None:
 
 def explanation_title(expl: Explanation) -> str:
     p = float(expl.probabilities[expl.predicted_class])
-    return f"{METHOD_TITLES.get(expl.method, expl.method)}: {expl.predicted_label} ({p:.2f})"
+    return f"{method_title(expl.method)}: {expl.predicted_label} ({p:.2f})"
 
 
 def _metadata(expl: Explanation, image_layer) -> dict:
@@ -102,7 +99,7 @@ def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: 
     t = np.asarray(image_layer.translate[-2:], float)
     name = explanation_title(expl) + (" [synthetic demo weights]" if expl.synthetic else "")
     meta = _metadata(expl, image_layer)
-    cmap = METHOD_COLORMAPS.get(expl.method, "inferno")
+    cmap = method_colormap(expl.method)
     units = tuple(image_layer.units[-2:])
     geom = expl.geometry
     layers = []
@@ -175,17 +172,19 @@ def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlin
     return layers
 
 
-def add_demo_explanations(viewer, image_layer, methods=("amil", "graph", "gradcam")) -> list:
-    """Run every method with bundled demo weights on ``image_layer`` and add the overlays.
+def add_demo_explanations(viewer, image_layer, methods=None) -> list:
+    """Run ``methods`` (default: every "Run all" method) with bundled demo weights on
+    ``image_layer`` and add the overlays.
 
     Methods whose demo weights are not bundled are skipped with a message.
     """
+    from histoview.explain.methods import list_methods
     from histoview.explain.run import explain_array, load_for_method
     from histoview.io import to_rgb8
 
     added = []
     image = to_rgb8(np.asarray(image_layer.data))
-    for method in methods:
+    for method in methods if methods is not None else list_methods(run_all=True):
         try:
             net, meta, sha = load_for_method(method)
         except Exception as exc:  # missing demo weights: say so, keep going

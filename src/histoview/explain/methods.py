@@ -1,0 +1,265 @@
+"""The explanation methods: one record each, the only list of them in histoview.
+
+The CLI's choices, the explanation widgets (their method list, titles and model filters),
+"Run all methods" and the compare view, faithfulness and the report all read
+:data:`METHODS` through :func:`get_method` / :func:`list_methods`. Adding a method is one
+:class:`Method` record and its explain function::
+
+    register_method(Method(name="my-cam", title="My CAM", kind="image",
+                           explain=explain_my_cam, colormap="turbo"))
+
+An explain function takes ``(image, model, meta, checkpoint_sha256, context)``: the
+(H, W, 3) uint8 image the model sees, the loaded model, its checkpoint sidecar, the weights'
+hash and an :class:`ExplainContext` (pixel size, class to explain, options, where the image
+sits in a pyramid), and returns an :class:`~histoview.explain.base.Explanation`.
+Citations: ``docs/citations.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from histoview.explain.base import Explanation
+from histoview.explain.faithfulness import Predict, model_predictor
+
+ExplainFn = Callable[[np.ndarray, Any, dict, "str | None", "ExplainContext"], Explanation]
+
+
+@dataclass(frozen=True)
+class ExplainContext:
+    """Everything an explain function needs besides the image and the model.
+
+    Attributes:
+        pixel_size_um: micrometres per pixel of the image passed (None: unknown).
+        target_class: class index to explain (None: the predicted class).
+        options: method options chosen by the user (e.g. ``{"importance": "occlusion"}``).
+        downsample, level, image_shape: where the image sits in a pyramid (level-0 shape).
+    """
+
+    pixel_size_um: float | None = None
+    target_class: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    downsample: float = 1.0
+    level: int = 0
+    image_shape: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One explanation method.
+
+    Attributes:
+        name: the name users type (``histoview explain --method NAME``).
+        title: the name shown in the viewer, figures and reports.
+        kind: the model kind it explains (``"bag"``, ``"image"``, ``"graph"``).
+        explain: the explain function (module docstring).
+        requires: the built-in explanation a model must have (``ModelConfig.explanation``,
+            e.g. ``"node_attention"``); None: every model of ``kind``.
+        demo_weights: the bundled synthetic checkpoint used when none is chosen.
+        colormap: napari/matplotlib colormap of its overlay.
+        thresholded: the map is thresholded (zero below a threshold it chooses).
+        class_specific: the explanation depends on the class explained (A-MIL attention
+            does not: the widgets hide the class choice).
+        run_all: "Run all methods" and ``--method all`` include it.
+        options: option name -> allowed values (first = default) shown by the widgets.
+        values: what its values mean (0 and the maximum), for legends and docs.
+        citation: the paper it comes from (``docs/citations.md``).
+        predictor: builds ``predict(images) -> probabilities`` for faithfulness.
+    """
+
+    name: str
+    title: str
+    kind: str
+    explain: ExplainFn
+    requires: str | None = None
+    demo_weights: str | None = None
+    colormap: str = "inferno"
+    thresholded: bool = False
+    class_specific: bool = True
+    run_all: bool = True
+    options: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    values: str = ""
+    citation: str = ""
+    predictor: Callable[..., Predict] = model_predictor
+
+    def accepts(self, config) -> bool:
+        """Whether a model (its registry :class:`~histoview.models.registry.ModelConfig`)
+        can be explained by this method."""
+        return config.kind == self.kind and self.requires in (None, config.explanation)
+
+
+# -- the built-in methods' explain functions -----------------------------------------------------
+def _explain_amil(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
+    from histoview.explain.amil import explain_amil
+
+    return explain_amil(
+        model,
+        image,
+        meta=meta,
+        checkpoint_sha256=sha,
+        downsample=ctx.downsample,
+        level=ctx.level,
+        image_shape=ctx.image_shape,
+    )
+
+
+def _explain_graph(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
+    from histoview.explain.graph import explain_graph
+    from histoview.models.inputs import InputSpec
+
+    spec = InputSpec.from_checkpoint(meta, model)
+    mpp, source = spec.pixel_size(ctx.pixel_size_um)
+    graph, nuclei = spec.graph(image, mpp)
+    importance = ctx.options.get("importance") or "auto"
+    if importance == "auto":
+        importance = "attention" if model.model_config.explanation == "attention" else "occlusion"
+    expl = explain_graph(
+        model,
+        graph,
+        importance=importance,
+        target_class=ctx.target_class,
+        classes=tuple(meta["classes"]),
+        checkpoint_sha256=sha,
+        synthetic=bool(meta.get("synthetic")),
+        image_shape=image.shape[:2],
+        outlines=nuclei.outlines,
+    )
+    expl.extra.update(pixel_size_um=mpp, pixel_size_source=source, importance=importance)
+    return expl
+
+
+def _cam(method: str) -> ExplainFn:
+    def explain(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
+        from histoview.explain.gradcam import explain_cnn
+
+        return explain_cnn(
+            model,
+            image,
+            method=method,
+            target_class=ctx.target_class,
+            checkpoint_meta=meta,
+            checkpoint_sha256=sha,
+        )
+
+    return explain
+
+
+def _explain_rmcg(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
+    from histoview.explain.rmcg import explain_rmcg
+
+    return explain_rmcg(
+        model, image, target_class=ctx.target_class, checkpoint_meta=meta, checkpoint_sha256=sha
+    )
+
+
+_CAM_VALUES = "0: no evidence for the class; 1: the strongest evidence in the image"
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to :data:`METHODS`; a name can be registered once."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+for _method in (
+    Method(
+        name="amil",
+        title="A-MIL attention",
+        kind="bag",
+        explain=_explain_amil,
+        demo_weights="amil-phantom",
+        colormap="inferno",
+        class_specific=False,
+        values="attention weight of each patch (the weights sum to 1; shown relative to the "
+        "largest)",
+        citation="Ilse2018; Patil2019",
+    ),
+    Method(
+        name="graph",
+        title="Nuclei importance",
+        kind="graph",
+        explain=_explain_graph,
+        demo_weights="rsf-attention-phantom",
+        colormap="magma",
+        options={"importance": ("auto", "attention", "occlusion")},
+        values="per-nucleus attention, or the drop in the class probability when the nucleus "
+        "and its k-hop neighbours are removed (occlusion)",
+        citation="RSF nuclei graphs (docs/citations.md)",
+    ),
+    Method(
+        name="gradcam",
+        title="Grad-CAM",
+        kind="image",
+        explain=_cam("gradcam"),
+        demo_weights="customnet-phantom",
+        colormap="turbo",
+        values=_CAM_VALUES,
+        citation="Selvaraju2017",
+    ),
+    Method(
+        name="dt-gradcam",
+        title="DT Grad-CAM",
+        kind="image",
+        explain=_cam("dt-gradcam"),
+        demo_weights="customnet-phantom",
+        colormap="turbo",
+        thresholded=True,
+        values=_CAM_VALUES + "; zero below the dynamic (Otsu) threshold",
+        citation="DALAResNet50 and DT Grad-CAM (docs/citations.md)",
+    ),
+    Method(
+        name="gradcam++",
+        title="Grad-CAM++",
+        kind="image",
+        explain=_cam("gradcam++"),
+        demo_weights="customnet-phantom",
+        colormap="turbo",
+        run_all=False,  # the same model and idea as Grad-CAM
+        values=_CAM_VALUES,
+        citation="Chattopadhay2018",
+    ),
+    Method(
+        name="rmcg",
+        title="RMCG node attention",
+        kind="image",
+        explain=_explain_rmcg,
+        requires="node_attention",
+        demo_weights="rmcg-phantom",
+        colormap="viridis",
+        values="attention of each pixel-graph node (relative to the largest)",
+        citation="RMCG (docs/citations.md)",
+    ),
+):
+    register_method(_method)
+
+
+def get_method(name: str) -> Method:
+    """The :class:`Method` called ``name``; ValueError names the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def list_methods(*, run_all: bool | None = None) -> list[str]:
+    """Method names in registry order (``run_all=True``: those "Run all methods" includes)."""
+    return [n for n, m in METHODS.items() if run_all is None or m.run_all == run_all]
+
+
+def method_title(name: str) -> str:
+    """The display title of a method name (the name itself for unknown ones)."""
+    method = METHODS.get(name)
+    return method.title if method else name
+
+
+def predictor_for(name: str, model, meta: dict | None = None, **kwargs) -> Predict:
+    """The faithfulness ``predict`` callable of method ``name`` for a loaded model
+    (keyword arguments: ``pixel_size_um``, ``batch_size``)."""
+    return get_method(name).predictor(model, meta, **kwargs)
