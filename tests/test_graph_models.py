@@ -1,4 +1,4 @@
-"""RSF, RSF+Edge and RSF+Attention (seed 001, Table I): sizes, shapes, edge cases, training."""
+"""RSF, RSF+Edge and RSF+Attention (Sureka et al., 2020, Table I): sizes, shapes, edge cases, training."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_registry_configs():
     assert not set(TINY) & set(list_models("graph"))
     for name in FULL + TINY:
         cfg = get_model_config(name)
-        assert cfg.kind == "graph" and "seed 001" in cfg.paper
+        assert cfg.kind == "graph" and "Sureka et al." in cfg.paper
         assert cfg.explanation == ("attention" if "attention" in name else None)
         assert {"in_channels", "edge_dim"} <= set(cfg.defaults)
 
@@ -67,7 +67,7 @@ def test_default_inputs_match_graph_builder():
 
 @pytest.mark.parametrize("name", FULL)
 def test_about_300k_parameters(name):
-    # Seed 001, Sec. IV-B: "All the models contained nearly 300,000 parameters."
+    # Sureka et al., 2020, Sec. IV-B: "All the models contained nearly 300,000 parameters."
     n = sum(p.numel() for p in create_model(name).parameters())
     assert 255_000 <= n <= 345_000, n
 

@@ -24,7 +24,7 @@ def test_baseline_builds_trains_and_explains(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3)
     config = model.model_config
-    assert config.kind == "image" and config.input_size == (224, 224) and "seed 002" in config.paper
+    assert config.kind == "image" and config.input_size == (224, 224) and "RMCG paper, Table 1" in config.paper
     if name in LAYERS:  # the PyG layer named in the docs, and no RMCG attention
         assert {type(c).__name__ for c in model.convs} == {LAYERS[name]} and len(model.convs) == 2
         assert not hasattr(model, "channel_attention")

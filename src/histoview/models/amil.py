@@ -1,13 +1,17 @@
-"""Attention-based multiple-instance learning (A-MIL), seed 000 after Ilse et al. 2018.
+"""Attention-based multiple-instance learning (A-MIL) of Patil et al., 2019, after Ilse et al. 2018.
+
+Patil et al., "Breast cancer histopathology image classification and localization using
+multiple instance learning", WIECON-ECE 2019 (``docs/citations.md``); section, table and
+equation numbers below are theirs unless Ilse et al. is named.
 
 An image is a bag of patches (:mod:`histoview.preprocessing.patches`). Each
-patch goes through the feature extractor of seed 000, Table II::
+patch goes through the feature extractor of Table II::
 
     [3 x 28 x 28] conv 5x5 (20) -> ReLU -> max-pool 2 -> [20 x 12 x 12]
     conv 5x5 (50) -> ReLU -> max-pool 2 -> [50 x 4 x 4] -> flatten 800
     -> FC 500 -> ReLU                                   (500 features h_p)
 
-Attention pooling (seed 000, equations 2 and 3)::
+Attention pooling (equations 2 and 3)::
 
     a_p = exp(w^T tanh(V h_p)) / sum_j exp(w^T tanh(V h_j)),   z = sum_p a_p h_p
 
@@ -42,7 +46,7 @@ _STD = (0.5, 0.5, 0.5)
 
 
 class AttentionPool(nn.Module):
-    """Attention pooling of seed 000, equation 3 (optionally gated, Ilse et al. 2018).
+    """Attention pooling of Patil et al., 2019, equation 3 (optionally gated, Ilse et al. 2018).
 
     Args:
         in_features: size of each instance feature h_p (500 in the paper).
@@ -80,7 +84,7 @@ class AttentionPool(nn.Module):
 
 
 class AMIL(nn.Module):
-    """Attention-MIL bag classifier (seed 000, section III-D, Table II).
+    """Attention-MIL bag classifier (Patil et al., 2019, section III-D, Table II).
 
     Args:
         num_classes: bag classes.
@@ -134,12 +138,13 @@ class AMIL(nn.Module):
     mean=_MEAN,
     std=_STD,
     classifier="head",
-    paper="Seed 000 (A-MIL on BreakHis/BACH), section III-B/D, Table II; Ilse et al. 2018, eq. 2-3",
+    paper="Patil et al. 2019 (A-MIL on BreakHis/BACH), section III-B/D, Table II, eq. 2-3; "
+    "attention of Ilse et al. 2018",
     defaults={"patch_size": 28, "gated": False},
     explanation="attention",
 ))
 def amil(num_classes: int = 2, **kwargs) -> AMIL:
-    """A-MIL of seed 000 with equation 3's attention."""
+    """A-MIL of Patil et al., 2019 with equation 3's attention."""
     return AMIL(num_classes, **kwargs)
 
 
@@ -150,7 +155,7 @@ def amil(num_classes: int = 2, **kwargs) -> AMIL:
     mean=_MEAN,
     std=_STD,
     classifier="head",
-    paper="Seed 000 A-MIL with the gated attention of Ilse et al. 2018, section 2.4",
+    paper="A-MIL of Patil et al. 2019 with the gated attention of Ilse et al. 2018, section 2.4",
     defaults={"patch_size": 28, "gated": True},
     explanation="attention",
 ))

@@ -1,4 +1,8 @@
-"""ResNets with attention: DALAResNet50 (seed 004) and CSPResNet50 + FPN + SE (seed 003).
+"""ResNets with attention: DALAResNet50 (Liu et al., 2023) and CSPResNet50 + FPN + SE.
+
+The papers: Liu et al., arXiv:2308.13150 (DALAResNet50, DT Grad-CAM) and the
+CSPResNet50-FPN-SE paper (ICCK Journal of Image Analysis and Processing); full
+citations in ``docs/citations.md``.
 
 Both keep an ImageNet-compatible backbone (``model.backbone``, loaded by
 :func:`histoview.models.cnn.load_pretrained_backbone`) and put the paper's new
@@ -17,13 +21,14 @@ from torch import nn
 from histoview.models.cnn import ResNetTrunk, load_pretrained_backbone
 from histoview.models.registry import ModelConfig, register_model
 
-SEED_003 = (
-    "CSPNet-based BreaKHis classification with FPN-style aggregation, SE attention and "
-    "Grad-CAM (seed 003), Sec. 3 (architecture) and Sec. 5"
+CSP_FPN_SE_PAPER = (
+    "CSPResNet50-FPN-SE paper (ICCK Journal of Image Analysis and Processing): CSPNet-based "
+    "BreaKHis classification with FPN-style aggregation, SE attention and Grad-CAM, Sec. 3 "
+    "(architecture) and Sec. 5"
 )
-SEED_004 = (
-    "Breast cancer classification with enhanced interpretability: DALAResNet50 and DT "
-    "Grad-CAM, arXiv:2308.13150 (seed 004), Method: lightweight attention, classifier"
+LIU2023 = (
+    "Liu et al., Breast cancer classification with enhanced interpretability: DALAResNet50 and "
+    "DT Grad-CAM, arXiv:2308.13150 (2023), Method: lightweight attention, classifier"
 )
 
 
@@ -31,9 +36,9 @@ SEED_004 = (
 
 
 class LightweightAttention(nn.Module):
-    """Lightweight channel attention of DALAResNet50 (seed 004).
+    """Lightweight channel attention of DALAResNet50 (Liu et al., 2023, Method).
 
-    The seed lists its steps: channel-wise average pooling, a linear
+    The paper lists its steps: channel-wise average pooling, a linear
     transformation, element-wise multiplication, feature fusion, dropout. We
     read them as ``a = sigmoid(W avgpool(x) + b)`` (one linear map C -> C,
     sigmoid to keep weights in (0, 1)), ``x_att = x * a`` (broadcast over
@@ -68,18 +73,18 @@ class LightweightAttention(nn.Module):
 
 
 class DALAResNet(nn.Module):
-    """Dual-Activated Lightweight Attention ResNet (seed 004).
+    """Dual-Activated Lightweight Attention ResNet (Liu et al., 2023).
 
     ResNet trunk -> :class:`LightweightAttention` at the end of the fourth stage ->
     global average pooling -> FC + LeakyReLU -> dropout -> FC + ReLU -> linear
-    classifier. The seed names two fully connected layers with LeakyReLU and ReLU
+    classifier. The paper names two fully connected layers with LeakyReLU and ReLU
     and dropout 0.25 but not their widths: we use 512 and 256.
 
     Args:
         arch: torchvision ResNet of the trunk (``"resnet50"``; ``"resnet18"`` for tests).
         num_classes: number of output classes.
         hidden: widths of the two fully connected layers.
-        drop_rate: dropout rate (0.25 in the seed), in the attention module and the neck.
+        drop_rate: dropout rate (0.25 in the paper), in the attention module and the neck.
     """
 
     def __init__(
@@ -125,11 +130,11 @@ class DALAResNet(nn.Module):
         input_size=(224, 224),
         target_layer="attention",
         classifier="classifier",
-        paper=SEED_004,
+        paper=LIU2023,
     )
 )
 def dalaresnet50(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """DALAResNet50 (seed 004): ResNet50 + lightweight attention in stage 4 + two FC layers.
+    """DALAResNet50 (Liu et al., 2023): ResNet50 + lightweight attention in stage 4 + two FC layers.
 
     Args:
         num_classes: number of output classes.
@@ -199,10 +204,10 @@ class SqueezeExcite(nn.Module):
 
 
 class CSPFPNSE(nn.Module):
-    """CSPResNet50 + FPN-style aggregation + SE + dual pooling + dense neck (seed 003).
+    """CSPResNet50 + FPN-style aggregation + SE + dual pooling + dense neck.
 
-    The seed's architecture (Abstract, Sec. 5): an ImageNet CSPResNet50 backbone;
-    feature-pyramid aggregation over three scales (strides 8, 16, 32: 1 x 1
+    The CSPResNet50-FPN-SE paper's architecture (Abstract, Sec. 5): an ImageNet
+    CSPResNet50 backbone; feature-pyramid aggregation over three scales (strides 8, 16, 32: 1 x 1
     lateral convolutions to ``fpn_channels``, top-down nearest upsampling and
     sum, 3 x 3 smoothing); squeeze-and-excitation on each scale; global average
     AND global max pooling per scale, concatenated to a 3 x 2 x 256 = 1536-d
@@ -287,11 +292,11 @@ class CSPFPNSE(nn.Module):
         input_size=(224, 224),
         target_layer="backbone.stages.3",
         classifier="classifier",
-        paper=SEED_003,
+        paper=CSP_FPN_SE_PAPER,
     )
 )
 def cspresnet50_fpn_se(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """CSPResNet50 + FPN + SE with a 1536-d descriptor (seed 003).
+    """CSPResNet50 + FPN + SE with a 1536-d descriptor (CSPResNet50-FPN-SE paper, Sec. 3).
 
     Grad-CAM hooks the last backbone stage (stride 32), which feeds all three
     pyramid levels through the top-down pathway.

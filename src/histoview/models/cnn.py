@@ -27,9 +27,9 @@ from torch import nn
 
 from histoview.models.registry import ModelConfig, register_model
 
-SEED_000 = (
-    "Attention-based multiple-instance learning for breast histology (seed 000), "
-    "Sec. IV and Table III"
+PATIL2019 = (
+    "Patil et al., Breast cancer histopathology image classification and localization using "
+    "multiple instance learning, WIECON-ECE 2019, Sec. IV and Table III"
 )
 
 # torchvision weight enums whose IMAGENET1K_V1 file names the torch hub cache holds.
@@ -260,7 +260,7 @@ def _conv_stack(widths: Sequence[int], pool_after: Sequence[bool]) -> nn.Sequent
 class SmallConvNet(nn.Module):
     """Plain conv/ReLU/max-pool stack, flattened at 4 x 4, then two fully connected layers.
 
-    Used for customNet (seed 000, Table III) and the tiny ``test_cnn``.
+    Used for customNet (Patil et al., 2019, Table III) and the tiny ``test_cnn``.
 
     Args:
         widths: output channels of each 3x3 convolution ("same" padding).
@@ -309,16 +309,16 @@ _IMAGE = dict(kind="image", input_size=(224, 224))
         name="resnet18",
         target_layer="backbone.layer4",
         classifier="head",
-        paper="He et al., Deep residual learning, CVPR 2016; ResNet18 baseline of seed 000 "
-        "(Sec. IV, Table IV) and seed 002 (Table 1)",
+        paper="He et al., Deep residual learning, CVPR 2016; ResNet18 baseline of A-MIL "
+        "(Patil et al., 2019, Sec. IV, Table IV) and of RMCG (Table 1)",
         **_IMAGE,
     )
 )
 def resnet18(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
     """torchvision ResNet18 with a new ``num_classes`` final layer.
 
-    Seed 000 (Sec. IV) fine-tunes ImageNet ResNet18 on 224 x 224 crops as a
-    transfer-learning baseline; seed 002 uses it as baseline and RMCG backbone.
+    Patil et al., 2019 (Sec. IV) fine-tune ImageNet ResNet18 on 224 x 224 crops as a
+    transfer-learning baseline; the RMCG paper uses it as baseline and as RMCG's backbone.
 
     Args:
         num_classes: number of output classes.
@@ -338,12 +338,13 @@ def resnet18(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> n
         name="resnet50",
         target_layer="backbone.layer4",
         classifier="head",
-        paper="He et al., Deep residual learning, CVPR 2016; ResNet50 baseline of seed 004",
+        paper="He et al., Deep residual learning, CVPR 2016; baseline of DALAResNet50 "
+        "(Liu et al., arXiv:2308.13150)",
         **_IMAGE,
     )
 )
 def resnet50(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """torchvision ResNet50 with a new ``num_classes`` final layer (baseline of seed 004).
+    """torchvision ResNet50 with a new ``num_classes`` final layer (DALAResNet50's baseline).
 
     Args:
         num_classes: number of output classes.
@@ -362,13 +363,13 @@ def resnet50(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> n
         name="vgg16",
         target_layer="backbone.features.29",
         classifier="head",
-        paper="Simonyan and Zisserman, ICLR 2015; VGG16 baseline and Grad-CAM model of seed 000 "
-        "(Sec. IV, Fig. 3)",
+        paper="Simonyan and Zisserman, ICLR 2015; VGG16 baseline and Grad-CAM model of A-MIL "
+        "(Patil et al., 2019, Sec. IV, Fig. 3)",
         **_IMAGE,
     )
 )
 def vgg16(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """torchvision VGG16 with its last linear layer replaced (seed 000, Sec. IV).
+    """torchvision VGG16 with its last linear layer replaced (Patil et al., 2019, Sec. IV).
 
     Grad-CAM hooks the rectified output of the last convolution
     (``features.29``), before the last max-pool.
@@ -392,11 +393,11 @@ def vgg16(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.M
         input_size=(128, 128),
         target_layer="features.relu5",
         classifier="head",
-        paper=SEED_000,
+        paper=PATIL2019,
     )
 )
 def customnet(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """customNet, the small baseline CNN of seed 000 (Sec. IV, Table III).
+    """customNet, the small baseline CNN of Patil et al., 2019 (Sec. IV, Table III).
 
     As Table III gives it: input 3 x 128 x 128; Conv1 (64) - MaxPool - Conv2
     (64) - MaxPool - Conv3 (128) - MaxPool - Conv4 (128) - MaxPool - Conv5 -

@@ -1,4 +1,8 @@
-"""Layers of the robust spatial filtering (RSF) nuclei-graph networks (seed 001, Sec. III-C to E).
+"""Layers of the robust spatial filtering (RSF) nuclei-graph networks.
+
+Sureka et al., 2020, "Visualization for histopathology images using graph convolutional
+neural networks" (arXiv:2006.09464), Sec. III-C to E, adapting the RSF convolution of
+Such et al., 2017; equation numbers below are Sureka et al.'s.
 
 * :class:`RSFConv` - vertex convolution of eq. 2 on a sparse graph (PyG ``MessagePassing``);
 * :class:`DenseRSFConv` - the same convolution on dense, batched (pooled) graphs;
@@ -38,7 +42,7 @@ __all__ = [
 
 
 class RSFConv(MessagePassing):
-    r"""Robust spatial filtering vertex convolution (seed 001, eq. 2; Such et al., 2017).
+    r"""Robust spatial filtering vertex convolution (Sureka et al., 2020, eq. 2; Such et al., 2017).
 
     .. math::
         V_{conv} = \sum_{i=1}^{F} H^i V^i_{in} + b, \qquad
@@ -163,7 +167,7 @@ class DenseRSFConv(nn.Module):
 
 
 class EdgeConv(nn.Module):
-    r"""Edge convolution of RSF+Edge (seed 001, eq. 4; Gadiya et al.).
+    r"""Edge convolution of RSF+Edge (Sureka et al., 2020, eq. 4, after Gadiya et al.).
 
     :math:`A_{out} = \phi(W X)`, where for every ordered pair (i, j) the input X is the
     concatenation of the edge's features and both endpoints' vertex features:
@@ -207,7 +211,7 @@ class EdgeConv(nn.Module):
 
 
 class NodeAttention(nn.Module):
-    r"""Per-nucleus attention of RSF+Attention (seed 001, Sec. III-E and Fig. 1).
+    r"""Per-nucleus attention of RSF+Attention (Sureka et al., 2020, Sec. III-E and Fig. 1).
 
     The scoring network of Ilse et al.'s attention MIL (the ``gate_nn`` of PyG's
     :class:`~torch_geometric.nn.aggr.AttentionalAggregation`), :math:`e_{n,k} =

@@ -1,6 +1,8 @@
-r"""Nuclei-graph classifiers of seed 001 (Table I): RSF, RSF+Edge and RSF+Attention.
+r"""Nuclei-graph classifiers RSF, RSF+Edge and RSF+Attention (Sureka et al., 2020, Table I).
 
-All three follow Table I::
+Sureka et al., "Visualization for histopathology images using graph convolutional neural
+networks", arXiv:2006.09464 (``docs/citations.md``); equation, section and table numbers
+below are theirs. All three follow Table I::
 
     RSF              RSF+Edge            RSF+Attention
     Vertex Conv 1    Vertex Conv 1       Vertex Conv 1
@@ -35,21 +37,18 @@ attention of RSF+Attention: attention "before the first pooling" decides how muc
 nucleus, with its relations, contributes to it, Sec. III-E). The edge convolutions
 of RSF+Edge act on the pooled dense graphs, where Table I places them.
 
-What the paper leaves open about the attention, and the choices here. Seed 001 says only
-that the layer ranks vertices by importance. With Ilse et al.'s softmax attention (the
-default, ``attention_gate="softmax"``) trained on phantoms the scores turned out not to rank
-the lesion: the weights sum to 1, so the pooled graph can read *ratios* of attention mass
-(e.g. benign epithelium against everything else) and the model learned such counting
-shortcuts, with the tumour nuclei at or below chance in its top 20 %. The bundled weights use
-``attention_gate="sigmoid"`` with ``attention_sparsity``: an independent gate in (0, 1) per
-nucleus, pooled as a mean over the graph's nuclei, with an L1 penalty on the gates in
-training. Each open gate costs loss, so the model opens only the gates of the nuclei its
-decision needs. With ``attention_input="morphology"`` (the gate reads the nucleus's own
-features; the pooled embeddings still carry its neighbourhood) the gates pick one kind of
-nucleus: on phantoms the tumour cells (76-97 % of the top 20 % with ``attention_sparsity=3``,
-six seeds of six) or, with a weaker penalty and some seeds, the myoepithelial ring of in-situ
-ducts (seed 001's "gland-boundary nuclei"). ``benchmarks/bench_graph_importance.py``
-measures which.
+The attention (Sec. III-E says only that it ranks vertices by importance) comes in two
+forms (:class:`~histoview.models.graph_layers.NodeAttention`):
+
+* ``attention_gate="softmax"`` (the default): Ilse et al.'s attention, summing to 1 over a
+  graph's nuclei;
+* ``attention_gate="sigmoid"`` with ``attention_sparsity`` > 0: an independent gate in
+  (0, 1) per nucleus, the pooling averages the gated nuclei, and an L1 penalty on the gates
+  (:meth:`RSFNet.regularization_loss`) keeps open only the gates the decision needs. The
+  bundled RSF+Attention weights use it with ``attention_input="morphology"``.
+
+Why the sigmoid gate, and what each choice selected on phantoms: ``docs/design-notes.md``
+("Nuclei attention"); ``benchmarks/bench_graph_importance.py`` measures it.
 
 The model API follows timm: ``forward_features(data)`` returns the pooled graph after
 Pooling 1, ``forward_head(x, adj, pre_logits=False)`` the rest. ``forward(data)`` returns
@@ -68,9 +67,9 @@ from torch import Tensor, nn
 
 from histoview.models.registry import ModelConfig, register_model
 
-SEED_001 = (
-    "Nuclei-graph convolutional networks with attention and node occlusion for breast "
-    "histology (seed 001), Sec. III-C to F, eqs. 2-5, Table I"
+SUREKA2020 = (
+    "Sureka et al., Visualization for histopathology images using graph convolutional neural "
+    "networks, arXiv:2006.09464 (2020), Sec. III-C to F, eqs. 2-5, Table I"
 )
 
 
@@ -101,7 +100,7 @@ def edge_features(data, edge_dim: int) -> Tensor:
 
 
 class RSFNet(nn.Module):
-    """RSF / RSF+Edge / RSF+Attention of seed 001, Table I (see the module docstring).
+    """RSF / RSF+Edge / RSF+Attention of Sureka et al., 2020, Table I (see the module docstring).
 
     Args:
         num_classes: number of output classes.
@@ -383,7 +382,7 @@ def _config(name: str) -> ModelConfig:
         name=name,
         kind="graph",
         classifier="head",
-        paper=f"{SEED_001}: {label}",
+        paper=f"{SUREKA2020}: {label}",
         defaults=dict(_VARIANTS[name]),
         explanation="attention" if base == "rsf-attention" else None,
         test_only=name.startswith("test_"),

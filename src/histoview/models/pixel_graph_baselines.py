@@ -1,9 +1,10 @@
-"""Seed 002's Table 1 baselines: AlexNet and the pixel-graph GNNs (GCN, ECC, GAT, GCNII).
+"""The RMCG paper's Table 1 baselines: AlexNet and the pixel-graph GNNs (GCN, ECC, GAT, GCNII).
 
-Seed 002 (RMCG, Table 1) compares RMCG with two CNNs (ResNet18, in
+The RMCG paper (:mod:`histoview.models.rmcg`, ``docs/citations.md``), Table 1, compares RMCG
+with two CNNs (ResNet18, in
 :mod:`histoview.models.cnn`, and AlexNet) and four graph networks that
 "rely on pixel points to model the topology of the image itself":
-ResNet18-GCN, ECC, ResNet18-GAT and GCNII. The seed gives no details of the
+ResNet18-GCN, ECC, ResNet18-GAT and GCNII. The paper gives no details of the
 baselines, so the GNNs here are RMCG without its additions, differing only in
 the graph convolution:
 
@@ -42,7 +43,7 @@ from histoview.models.cnn import (
 from histoview.models.registry import ModelConfig, register_model
 from histoview.models.rmcg import mutual_information_graph
 
-SEED_002_TABLE_1 = "RMCG (seed 002), Table 1 baseline"
+RMCG_TABLE_1 = "baseline of RMCG (RMCG paper, Table 1)"
 
 GRAPH_CONVS = ("gcn", "ecc", "gat", "gcnii")
 
@@ -185,12 +186,12 @@ _GNN = dict(target_layer="backbone.layer4", classifier="classifier", **_IMAGE)
         target_layer="backbone.features.11",
         classifier="head",
         paper="Krizhevsky et al., ImageNet classification with deep CNNs, NeurIPS 2012; "
-        f"AlexNet {SEED_002_TABLE_1}",
+        f"AlexNet {RMCG_TABLE_1}",
         **_IMAGE,
     )
 )
 def alexnet(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """torchvision AlexNet with a new ``num_classes`` final layer (seed 002, Table 1).
+    """torchvision AlexNet with a new ``num_classes`` final layer (RMCG paper, Table 1).
 
     Grad-CAM hooks the rectified output of the last convolution
     (``features.11``), before the last max-pool.
@@ -217,12 +218,12 @@ def _pixel_graph(conv: str, num_classes: int, pretrained, kw) -> PixelGraphNet:
 @register_model(
     ModelConfig(
         name="resnet18-gcn",
-        paper=f"Kipf and Welling, GCN, ICLR 2017; ResNet18-GCN {SEED_002_TABLE_1}",
+        paper=f"Kipf and Welling, GCN, ICLR 2017; ResNet18-GCN {RMCG_TABLE_1}",
         **_GNN,
     )
 )
 def resnet18_gcn(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """ResNet18 + MI pixel graph + two GCNConv layers (seed 002, Table 1).
+    """ResNet18 + MI pixel graph + two GCNConv layers (RMCG paper, Table 1).
 
     Args:
         num_classes: number of output classes.
@@ -240,12 +241,12 @@ def resnet18_gcn(num_classes: int = 2, *, pretrained: str | bool = False, **kw) 
     ModelConfig(
         name="ecc",
         paper="Simonovsky and Komodakis, edge-conditioned convolution, CVPR 2017; "
-        f"ECC {SEED_002_TABLE_1}",
+        f"ECC {RMCG_TABLE_1}",
         **_GNN,
     )
 )
 def ecc(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """ResNet18 + MI pixel graph + two NNConv (ECC) layers, width 64 (seed 002, Table 1).
+    """ResNet18 + MI pixel graph + two NNConv (ECC) layers, width 64 (RMCG paper, Table 1).
 
     Args:
         num_classes: number of output classes.
@@ -262,12 +263,12 @@ def ecc(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Mod
 @register_model(
     ModelConfig(
         name="resnet18-gat",
-        paper=f"Velickovic et al., GAT, ICLR 2018; ResNet18-GAT {SEED_002_TABLE_1}",
+        paper=f"Velickovic et al., GAT, ICLR 2018; ResNet18-GAT {RMCG_TABLE_1}",
         **_GNN,
     )
 )
 def resnet18_gat(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """ResNet18 + MI pixel graph + two GATConv layers (seed 002, Table 1).
+    """ResNet18 + MI pixel graph + two GATConv layers (RMCG paper, Table 1).
 
     Args:
         num_classes: number of output classes.
@@ -285,12 +286,12 @@ def resnet18_gat(num_classes: int = 2, *, pretrained: str | bool = False, **kw) 
     ModelConfig(
         name="gcnii",
         paper="Chen et al., GCNII, ICML 2020; GCNII (Table 1: 'AlexNet-GCNII', text: "
-        f"'Resnet-GCNII'; ResNet18 trunk here) {SEED_002_TABLE_1}",
+        f"'Resnet-GCNII'; ResNet18 trunk here) {RMCG_TABLE_1}",
         **_GNN,
     )
 )
 def gcnii(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """ResNet18 + MI pixel graph + two GCN2Conv layers (seed 002, Table 1).
+    """ResNet18 + MI pixel graph + two GCN2Conv layers (RMCG paper, Table 1).
 
     Args:
         num_classes: number of output classes.

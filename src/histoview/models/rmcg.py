@@ -1,6 +1,7 @@
-"""RMCG: relation-aware multi-channel attention graph convolutional network (seed 002).
+"""RMCG: relation-aware multi-channel attention graph convolutional network.
 
-Seed 002 (Method, Fig. 2) has three modules: (1) ResNet18 features with a
+The RMCG paper (Databiox breast cancer grades; its authors and title are not in our copy,
+see ``docs/citations.md``), Method and Fig. 2, has three modules: (1) ResNet18 features with a
 multi-channel attention mechanism; (2) an image topology over feature-map
 pixels built from mutual information; (3) stacked graph convolution with
 attention, graph pooling and a classifier, trained with cross-entropy plus
@@ -23,17 +24,17 @@ from torch import nn
 from histoview.models.cnn import ResNetTrunk, load_pretrained_backbone
 from histoview.models.registry import ModelConfig, register_model
 
-SEED_002 = (
-    "Relation-aware multi-channel attention based graph convolutional network (RMCG) for "
-    "breast cancer image classification (seed 002), Method and Eq. 7"
+RMCG_PAPER = (
+    "RMCG paper: relation-aware multi-channel attention based graph convolutional network "
+    "for breast cancer image classification (Databiox), Method and Eq. 7"
 )
 
 
 class MultiChannelAttention(nn.Module):
-    """Cross-channel attention at every pixel (seed 002, "Multi-channel Attention Mechanism").
+    """Cross-channel attention at every pixel (RMCG paper, "Multi-channel Attention Mechanism").
 
     The C channels of a pixel are split into ``groups`` tokens of C / groups
-    channels. Per the seed, keys and values are computed from the cross-channel
+    channels. Per the paper, keys and values are computed from the cross-channel
     query fusion: ``Q = W_q h + b_q``, ``K = W_k Q + b_k``, ``V = W_v Q + b_v``;
     ``A = softmax(Q K^T / sqrt(d))`` mixes the groups. The result is fused with
     the input by an element-wise gate (``h + sigmoid(W_g h + b_g) * A V``),
@@ -94,7 +95,7 @@ def mutual_information_graph(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-node graph from mutual information between pixels' channel profiles.
 
-    Seed 002 builds the image topology "based on mutual information" without
+    The RMCG paper builds the image topology "based on mutual information" without
     the estimator in our copy. We estimate the MI of two pixels i, j from their
     C-dim feature vectors under a joint-Gaussian assumption:
     ``MI_ij = -1/2 log(1 - rho_ij^2)``, with ``rho_ij`` the Pearson correlation of
@@ -140,7 +141,7 @@ class RMCG(nn.Module):
 
     Graph convolution with attention is PyTorch Geometric's ``GATConv``
     (Velickovic et al., ICLR 2018) with the MI edge weight as edge feature and
-    a linear skip connection per layer (against over-smoothing, which the seed
+    a linear skip connection per layer (against over-smoothing, which the paper
     discusses). Graph pooling is gated attention pooling (Ilse et al. 2018;
     PyG's ``AttentionalAggregation``), computed densely because every image's
     graph has the same h * w nodes, so its per-node weights can be kept as
@@ -148,7 +149,7 @@ class RMCG(nn.Module):
 
     Args:
         num_classes: number of output classes.
-        arch: torchvision ResNet of the trunk (``"resnet18"`` in the seed).
+        arch: torchvision ResNet of the trunk (``"resnet18"`` in the paper).
         groups: channel groups of :class:`MultiChannelAttention`.
         hidden: node feature width after the graph layers.
         heads: GAT attention heads (concatenated; must divide ``hidden``).
@@ -219,7 +220,7 @@ class RMCG(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def regularization_loss(self) -> torch.Tensor:
-        """``lambda / 2 * ||w||^2`` on the last (prediction) layer's weights (seed 002, Eq. 7)."""
+        """``lambda / 2 * ||w||^2`` on the last (prediction) layer's weights (RMCG paper, Eq. 7)."""
         return 0.5 * self.l2_lambda * self.classifier.weight.square().sum()
 
 
@@ -230,12 +231,12 @@ class RMCG(nn.Module):
         input_size=(224, 224),
         target_layer="backbone.layer4",
         classifier="classifier",
-        paper=SEED_002,
+        paper=RMCG_PAPER,
         explanation="node_attention",
     )
 )
 def rmcg(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
-    """RMCG (seed 002): ResNet18 + multi-channel attention + MI pixel graph + GAT + pooling.
+    """RMCG: ResNet18 + multi-channel attention + MI pixel graph + GAT + pooling.
 
     Args:
         num_classes: number of output classes.

@@ -1,10 +1,10 @@
-"""The cell graph of seed 001: nuclei are nodes, nearby nuclei are joined by weighted edges.
+"""The cell graph of Sureka et al., 2020: nuclei are nodes, nearby nuclei joined by weighted edges.
 
-Seed 001 (Sureka et al., graph convolution with robust spatial filtering, RSF) joins two
-nuclei when their centroid distance is below 100 px and weights the edge
-``A_ij = 1 - dist(i, j) / 100`` (its Eq. 1). The threshold is given here in micrometres so
-that graphs of images at different resolutions agree: the paper's 100 px at BACH's
-0.42 um/px is the default 42 um. RSF takes several edge features (its ``L`` adjacency
+Sureka et al., 2020 (nuclei-graph convolution with robust spatial filtering, RSF;
+``docs/citations.md``) join two nuclei when their centroid distance is below 100 px and
+weight the edge ``A_ij = 1 - dist(i, j) / 100`` (their Eq. 1). The threshold is given here
+in micrometres so that graphs of images at different resolutions agree: the paper's 100 px
+at BACH's 0.42 um/px is the default 42 um. RSF takes several edge features (its ``L`` adjacency
 channels); :meth:`NucleiGraph.to_pyg` provides the weight, the normalised distance and the
 edge direction (cos, sin), see :data:`EDGE_FEATURE_NAMES`.
 
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 DEFAULT_THRESHOLD_UM = 42.0
-"""Seed 001's 100 px edge threshold at BACH's 0.42 um/px."""
+"""Sureka et al.'s 100 px edge threshold (their Eq. 1) at BACH's 0.42 um/px."""
 
 EDGE_FEATURE_NAMES: tuple[str, ...] = ("weight", "distance_norm", "cos_direction",
                                        "sin_direction")
@@ -52,7 +52,7 @@ _FORMAT_VERSION = 1
 
 @dataclass(frozen=True, eq=False)
 class NucleiGraph:
-    """Cell graph of one image (seed 001, Sec. III-B).
+    """Cell graph of one image (Sureka et al., 2020, Sec. III-B).
 
     Attributes:
         centroids: (N, 2) float64 (row, col) pixels.
@@ -102,8 +102,8 @@ class NucleiGraph:
         Returns:
             ``Data`` with ``x`` (N, F) float32, ``edge_index`` (2, E) long, ``edge_attr``
             (E, 4) float32 (:data:`EDGE_FEATURE_NAMES`), ``edge_weight`` (E,) float32 (the
-            seed-001 adjacency weight, for convolutions that take one), ``pos`` (N, 2)
-            float32 (row, col) pixels, and ``y`` when given.
+            adjacency weight of Sureka et al.'s Eq. 1, for convolutions that take one),
+            ``pos`` (N, 2) float32 (row, col) pixels, and ``y`` when given.
         """
         import torch
         from torch_geometric.data import Data
@@ -131,7 +131,7 @@ def build_nuclei_graph(
     include_position: bool = False,
     image_shape: tuple[int, int] | None = None,
 ) -> NucleiGraph:
-    """Build the seed-001 cell graph: edge when ``d < threshold``, weight ``1 - d/threshold``.
+    """Cell graph of Sureka et al.: an edge when ``d < threshold``, weight ``1 - d/threshold``.
 
     Args:
         nuclei: a :class:`Nuclei` (centroids, features and pixel size are taken from it) or

@@ -1,8 +1,8 @@
 """Nuclei instance segmentation in RGB H&E images, with per-nucleus morphology.
 
-The nuclei are the nodes of the cell graph of seed 001 (Sureka et al., "Visualization for
-histopathology images using graph convolutional neural networks"), which found them with a
-U-Net. Here the default detector is classical and needs no weights:
+The nuclei are the nodes of the cell graph of Sureka et al., 2020 ("Visualization for
+histopathology images using graph convolutional neural networks", arXiv:2006.09464), who
+found them with a U-Net. Here the default detector is classical and needs no weights:
 
 1. colour deconvolution (:func:`skimage.color.rgb2hed`), keep the haematoxylin channel;
 2. Gaussian smoothing, subtraction of the slowly varying background (grey opening larger
@@ -173,7 +173,7 @@ def detect_nuclei(
 
     Returns:
         :class:`Nuclei` with instance labels, centroids, outlines and morphology features,
-        the nodes of the cell graph of seed 001.
+        the nodes of the cell graph of Sureka et al., 2020.
 
     Raises:
         ValueError: for grayscale / wrongly shaped images or a non-positive pixel size.

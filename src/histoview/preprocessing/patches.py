@@ -1,6 +1,6 @@
-"""Patch grids and bags of patches for multiple-instance learning (seed 000).
+"""Patch grids and bags of patches for multiple-instance learning (A-MIL, Patil et al., 2019).
 
-Seed 000 (Ilse-style attention MIL on BreakHis and BACH) cuts each image into
+A-MIL (Patil et al., 2019: Ilse-style attention MIL on BreakHis and BACH) cuts each image into
 non-overlapping patches: 28 x 28 with stride 28 on a 700 x 460 BreakHis image
 (25 x 16 = 400 instances) and 124 x 124 on a 2048 x 1536 BACH image
 (16 x 12 = 192 instances; 2048 / 124 = 16.5, the remainder is dropped).
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 PATCH_PRESETS: dict[str, dict[str, int]] = {
-    # seed 000, section III-A: BreakHis 700 x 460 -> 28 x 28 patches, stride 28.
+    # Patil et al., 2019, section III-A: BreakHis 700 x 460 -> 28 x 28 patches, stride 28.
     "breakhis": {"patch_size": 28, "stride": 28},
-    # seed 000, section III-A: BACH 2048 x 1536 -> 124 x 124 patches.
+    # Patil et al., 2019, section III-A: BACH 2048 x 1536 -> 124 x 124 patches.
     "bach": {"patch_size": 124, "stride": 124},
 }
 

@@ -1,9 +1,9 @@
-"""Array <-> tensor conversion, normalisation and the paper's augmentations.
+"""Array <-> tensor conversion, normalisation and the papers' augmentations.
 
-Seed 000 augments with horizontal/vertical flips and 90/180/270-degree
+A-MIL (Patil et al., 2019) augments with horizontal/vertical flips and 90/180/270-degree
 rotations; together these are the eight symmetries of the square (the
 dihedral group D4), which also serve as 8-fold test-time augmentation
-(seed 003).
+(as in the CSPResNet50-FPN-SE paper).
 """
 
 from __future__ import annotations
