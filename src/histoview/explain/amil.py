@@ -1,4 +1,4 @@
-"""A-MIL's explanation: the attention weight of each patch (seed 000, equation 3)."""
+"""A-MIL's explanation: the attention weight of each patch (Patil et al., 2019, equation 3)."""
 
 from __future__ import annotations
 

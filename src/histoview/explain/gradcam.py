@@ -3,8 +3,9 @@
 Grad-CAM (Selvaraju et al., ICCV 2017): with ``A^k`` the target layer's
 activation maps and ``y^c`` the class score (logit), channel weights are
 ``alpha_k = mean_ij dy^c / dA^k_ij`` and the map is ``ReLU(sum_k alpha_k A^k)``,
-upsampled to the input. Seed 003 (Sec. 4.6) and seed 004 use it to show where
-the model looks; seed 004 adds a dynamic threshold (:func:`dynamic_threshold`).
+upsampled to the input. The CSPResNet50-FPN-SE paper (Sec. 4.6) and DALAResNet50
+(Liu et al., arXiv:2308.13150; both in ``docs/citations.md``) use it to show where the
+model looks; Liu et al. add a dynamic threshold (:func:`dynamic_threshold`).
 
 Design (template method, after pytorch-grad-cam's ``base_cam`` without its
 weak spots): :class:`BaseCAM` owns the hook and every piece of global state it
@@ -244,9 +245,9 @@ CAM_METHODS: dict[str, type[BaseCAM]] = {
 def dynamic_threshold(
     cam: np.ndarray, method: str = "otsu", percentile: float = 80.0
 ) -> tuple[np.ndarray, float]:
-    """Dynamic-Threshold Grad-CAM (seed 004): a per-image threshold on the map.
+    """Dynamic-Threshold Grad-CAM (Liu et al., arXiv:2308.13150): a per-image threshold on the map.
 
-    Seed 004 applies "adaptive thresholding" to each Grad-CAM map to keep only
+    Liu et al. apply "adaptive thresholding" to each Grad-CAM map to keep only
     the decision-relevant region, but does not state the rule. We use Otsu's
     threshold on the map's values by default: it is per image, parameter-free,
     and picks the value that best separates the map into a high and a low mode
@@ -323,7 +324,8 @@ def explain_cnn(
         target_class: class to explain; default the predicted class (by the
             operating threshold when ``checkpoint_meta`` has one, see
             :func:`decide_class`).
-        tta: average probabilities over the 8 dihedral transforms (seed 003);
+        tta: average probabilities over the 8 dihedral transforms (as the
+            CSPResNet50-FPN-SE paper does);
             each transform's map is mapped back and the maps averaged.
         checkpoint_meta: checkpoint sidecar (classes, threshold, synthetic...).
         checkpoint_sha256: weights hash recorded in the explanation (default

@@ -1,4 +1,4 @@
-"""RMCG's built-in explanation: the graph-pooling attention over pixel nodes (seed 002).
+"""RMCG's built-in explanation: the graph-pooling attention over pixel nodes (RMCG paper).
 
 RMCG pools its pixel-node graph with attention weights that sum to one per
 image (:class:`histoview.models.rmcg.RMCG`); the weight of each node says how

@@ -8,8 +8,9 @@ Layouts (:func:`discover_dataset`):
   mark several slides of one patient). Tasks ``binary`` (benign, malignant)
   and ``subtype`` (the 8 subtypes); ``magnification`` 40/100/200/400 or all.
 * ``bach``: one folder per class named Normal, Benign, InSitu, Invasive (any
-  case, ``in_situ`` etc. accepted). Tasks ``4class``, ``binary`` (seed 000:
-  normal+benign vs in situ+invasive) and ``in_situ_vs_invasive`` (seed 001).
+  case, ``in_situ`` etc. accepted). Tasks ``4class``, ``binary`` (A-MIL, Patil et
+  al., 2019: normal+benign vs in situ+invasive) and ``in_situ_vs_invasive`` (Sureka et
+  al., 2020).
   BACH file names carry no patient, so splits are by image (and say so).
 * ``folder``: one sub-folder per class, any names.
 * ``phantom``: synthetic phantoms generated on the fly (:mod:`~histoview.preprocessing.phantom`);

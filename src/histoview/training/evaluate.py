@@ -7,15 +7,16 @@ writes into ``out_dir``:
 
 * ``metrics.json``: the full metric set overall and per class (accuracy,
   balanced accuracy, precision, recall/sensitivity, specificity, F1, ROC AUC,
-  PR AUC, IBA and GMean as seed 004 reports them), the confusion matrix, the
+  PR AUC, IBA and GMean as Liu et al.'s DALAResNet50 paper reports them), the confusion matrix, the
   checkpoint's SHA-256, the data summary and the decision threshold;
 * ``metrics.csv``: one row per class and an overall (macro) row;
 * ``predictions.csv``: one row per image (true class, predicted class, probabilities);
-* ``confusion_matrix.png`` (counts and row-normalised, seed 003 Fig. 6),
+* ``confusion_matrix.png`` (counts and row-normalised, as Fig. 6 of the CSPResNet50-FPN-SE
+  paper),
   ``roc.png`` and ``pr.png`` (one-vs-rest for multi-class tasks).
 
 Binary tasks use the checkpoint's Youden threshold chosen on validation data
-(seed 003, Sec. 5), multi-class tasks the arg-max. Nothing is overwritten:
+(CSPResNet50-FPN-SE paper, Sec. 5), multi-class tasks the arg-max. Nothing is overwritten:
 an existing file gets a numbered sibling (``metrics-1.json``).
 """
 
@@ -252,7 +253,7 @@ def evaluate_checkpoint(
         out_dir: where the metrics and figures go (created; nothing overwritten).
         split: ``"test"`` rebuilds the checkpoint's own test split (the data must be
             its training data); ``"all"`` evaluates every image (external data).
-        tta: average the eight dihedral views (seed 003's 8x TTA).
+        tta: average the eight dihedral views (the CSPResNet50-FPN-SE paper's 8x TTA).
         device: default CUDA when present, else CPU.
         cache_dir: graph models: where nuclei graphs are cached on disk (e.g. the
             training run's ``graph_cache``); default: built in memory.

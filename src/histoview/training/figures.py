@@ -3,10 +3,10 @@
 Each function returns a :class:`matplotlib.figure.Figure` with an Agg canvas,
 so the CLI saves it (:func:`save_figure`) and the napari training dock can
 draw the same object into a Qt canvas. The figures follow the reporting of
-the seed papers: confusion matrices as raw counts beside row-normalised
-percentages (seed 003, Figs. 6, 8, 10, 12), one-vs-rest ROC and PR curves with
-the area in the legend, and training/validation curves per epoch (seed 003,
-Figs. 7, 9, 11).
+the CSPResNet50-FPN-SE paper (``docs/citations.md``): confusion matrices as raw
+counts beside row-normalised percentages (its Figs. 6, 8, 10, 12), one-vs-rest
+ROC and PR curves with the area in the legend, and training/validation curves
+per epoch (its Figs. 7, 9, 11).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120,
 def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = None) -> Figure:
     """Two panels: raw counts (left) and row-normalised percentages (right).
 
-    Rows are the true class, columns the predicted class (seed 003, Fig. 6).
+    Rows are the true class, columns the predicted class (CSPResNet50-FPN-SE paper, Fig. 6).
     """
     cm = np.asarray(cm, float)
     k = len(classes)
@@ -85,7 +85,8 @@ def roc_figure(y, probs, classes: Sequence[str], *, threshold: float | None = No
     """ROC curves, one-vs-rest per class for multi-class tasks, AUC in the legend.
 
     For binary tasks the positive class (index 1) is drawn and, when given, the
-    operating point of ``threshold`` (Youden's J from validation, seed 003) marked.
+    operating point of ``threshold`` (Youden's J from validation, as in the
+    CSPResNet50-FPN-SE paper) marked.
     """
     y = np.asarray(y, int)
     probs = np.asarray(probs, float)
@@ -156,7 +157,7 @@ def pr_figure(y, probs, classes: Sequence[str], *, title: str | None = None) -> 
 def training_curves_figure(history: Sequence[dict], *,
                            metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "roc_auc"),
                            title: str | None = None) -> Figure:
-    """Training loss and validation metrics per epoch (seed 003, Figs. 7, 9, 11).
+    """Training loss and validation metrics per epoch (CSPResNet50-FPN-SE paper, Figs. 7, 9, 11).
 
     ``history`` is the engine's list of ``{"epoch", "train_loss", "val": {...}, "lr"}``
     records (``fit``'s result, ``report.json``'s ``history``).
