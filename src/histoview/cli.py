@@ -183,32 +183,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
     p.set_defaults(func=_cmd_train)
 
+    def explanation_args(p, methods, method_help):
+        """The arguments ``explain`` and ``export`` share: image, method, weights, outputs."""
+        p.add_argument("image", type=Path)
+        p.add_argument("--method", required=True, choices=methods, help=method_help)
+        p.add_argument("--model", default=None,
+                       help="registry model name (default: the method's demo model)")
+        p.add_argument("--checkpoint", type=Path, default=None,
+                       help="a .safetensors checkpoint (default: the bundled synthetic demo weights)")
+        p.add_argument("--class", dest="target_class", default=None,
+                       help="class to explain (name or index)")
+        p.add_argument("--pixel-size", type=float, default=None, help="override micrometres per pixel")
+        p.add_argument("--out", type=Path, required=True, help="output folder")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace existing outputs instead of numbering")
+
     p = sub.add_parser("explain", help="explain a model's decision on one image")
-    p.add_argument("image", type=Path)
-    p.add_argument("--method", required=True, choices=[*method_names, "all"],
-                   help="explanation method; 'all' runs every method with weights and writes a comparison")
-    p.add_argument("--model", default=None, help="registry model name (default: the method's demo model)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="a .safetensors checkpoint (default: the bundled synthetic demo weights)")
-    p.add_argument("--class", dest="target_class", default=None, help="class to explain (name or index)")
+    explanation_args(p, [*method_names, "all"],
+                     "explanation method; 'all' runs every method with weights and writes a comparison")
     p.add_argument("--importance", default=None, choices=list(graph_importance),
                    help="graph models: node importance method")
-    p.add_argument("--pixel-size", type=float, default=None, help="override micrometres per pixel")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of numbering")
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("export", help="export an explanation as GeoJSON (QuPath) and/or CSV annotations")
-    p.add_argument("image", type=Path)
-    p.add_argument("--method", required=True, choices=method_names)
-    p.add_argument("--model", default=None)
-    p.add_argument("--checkpoint", type=Path, default=None)
-    p.add_argument("--class", dest="target_class", default=None)
+    explanation_args(p, method_names, "explanation method")
     p.add_argument("--format", default="both", choices=["geojson", "csv", "both"])
     p.add_argument("--threshold", type=float, default=None, help="dense maps: region threshold (default: Otsu)")
-    p.add_argument("--pixel-size", type=float, default=None)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset: metrics, confusion matrix, ROC/PR")
