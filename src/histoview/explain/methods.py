@@ -67,7 +67,7 @@ class Method:
         run_all: "Run all methods" and ``--method all`` include it.
         options: option name -> allowed values (first = default) shown by the widgets.
         values: what its values mean (0 and the maximum), for legends and docs.
-        citation: the paper it comes from (``docs/citations.md``).
+        citation: the paper it comes from (the key finds it in ``docs/citations.md``).
         predictor: builds ``predict(images) -> probabilities`` for faithfulness.
     """
 
@@ -179,7 +179,7 @@ for _method in (
         class_specific=False,
         values="attention weight of each patch (the weights sum to 1; shown relative to the "
         "largest)",
-        citation="Ilse2018; Patil2019",
+        citation="A-MIL: Ilse et al., 2018; Patil et al., 2019 (keys Ilse2018, Patil2019)",
     ),
     Method(
         name="graph",
@@ -191,7 +191,7 @@ for _method in (
         options={"importance": ("auto", "attention", "occlusion")},
         values="per-nucleus attention, or the drop in the class probability when the nucleus "
         "and its k-hop neighbours are removed (occlusion)",
-        citation="RSF nuclei graphs (docs/citations.md)",
+        citation="Sureka et al., 2020, Sec. III-F, Eq. 5 (key Sureka2020)",
     ),
     Method(
         name="gradcam",
@@ -201,7 +201,7 @@ for _method in (
         demo_weights="customnet-phantom",
         colormap="turbo",
         values=_CAM_VALUES,
-        citation="Selvaraju2017",
+        citation="Selvaraju et al., 2017 (key Selvaraju2017)",
     ),
     Method(
         name="dt-gradcam",
@@ -212,7 +212,7 @@ for _method in (
         colormap="turbo",
         thresholded=True,
         values=_CAM_VALUES + "; zero below the dynamic (Otsu) threshold",
-        citation="DALAResNet50 and DT Grad-CAM (docs/citations.md)",
+        citation="Liu et al., arXiv:2308.13150, 2023 (key Liu2023)",
     ),
     Method(
         name="gradcam++",
@@ -223,7 +223,7 @@ for _method in (
         colormap="turbo",
         run_all=False,  # the same model and idea as Grad-CAM
         values=_CAM_VALUES,
-        citation="Chattopadhay2018",
+        citation="Chattopadhay et al., 2018 (key Chattopadhay2018)",
     ),
     Method(
         name="rmcg",
@@ -234,7 +234,7 @@ for _method in (
         demo_weights="rmcg-phantom",
         colormap="viridis",
         values="attention of each pixel-graph node (relative to the largest)",
-        citation="RMCG (docs/citations.md)",
+        citation="RMCG, Eq. 7 (key RMCG)",
     ),
 ):
     register_method(_method)
