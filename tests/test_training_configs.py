@@ -14,7 +14,7 @@ from histoview.training.engine import TrainOptions
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "training").glob("*.yaml"))
 
 
-def test_there_are_recipes_for_every_seed():
+def test_there_are_recipes_for_every_paper():
     models = {load_config(p)["model"] for p in CONFIGS}
     assert {"amil", "rsf", "rsf-attention", "cspresnet50_fpn_se", "dalaresnet50", "customnet", "rmcg"} <= models
 
@@ -29,7 +29,7 @@ def test_recipe_is_valid(path):
     assert Path(cfg["output_dir"]).is_absolute()
 
 
-def test_seed_003_and_004_recipes_follow_the_papers():
+def test_cspresnet50_fpn_se_and_dalaresnet50_recipes_follow_the_papers():
     by_name = {p.stem: load_config(p) for p in CONFIGS}
     csp = by_name["cspresnet50-fpn-se-breakhis-bin-all"]["train"]
     assert csp["freeze_backbone_epochs"] > 0 and csp["backbone_lr_scale"] < 1
