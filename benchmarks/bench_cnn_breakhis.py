@@ -1,12 +1,12 @@
 """A short training run of every CNN in the registry on real BreakHis, split by patient.
 
-Each model trains for ``--epochs`` epochs (default 1) with seed 004's settings
-(Adam, learning rate 1e-4, batch 8 here to fit a laptop CPU) on the BreakHis
-images in ../shared/data/breakhis (benign vs malignant, all magnifications,
-patient-level 60/20/20 split), from random initialisation unless ImageNet weights
-are in the local cache. It prints each model's parameter count, training time and
+Each model trains for ``--epochs`` epochs (default 1) with DALAResNet50's settings
+(Liu et al., arXiv:2308.13150: Adam, learning rate 1e-4; batch 8 here to fit a laptop
+CPU) on the BreakHis images in ../shared/data/breakhis (benign vs malignant, all
+magnifications, patient-level 60/20/20 split), from random initialisation unless ImageNet
+weights are in the local cache. It prints each model's parameter count, training time and
 test metrics. These are smoke-test figures on a small development sample, not
-results: the seed papers train for 50 epochs from ImageNet weights.
+results: the papers train for 50 epochs from ImageNet weights.
 
 Usage: python benchmarks/bench_cnn_breakhis.py [--epochs 1] [--models resnet18,customnet]
 """

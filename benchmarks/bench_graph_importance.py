@@ -7,10 +7,11 @@ detected nucleus is matched to the phantom's ground truth by its centroid. Per i
 take the share of two kinds of nuclei among the top 20% most important against their share
 among all nuclei (what a random ranking gives):
 
-* malignant: the tumour cells (in situ and invasive). The issue's target: at least twice
-  the share expected by chance.
-* ring (in situ only): the myoepithelial ring that bounds each duct, seed 001's observation
-  that "in situ carcinoma lights up gland-boundary nuclei".
+* malignant: the tumour cells (in situ and invasive). The target: at least twice the
+  share expected by chance.
+* ring (in situ only): the myoepithelial ring that bounds each duct, after Sureka et al.,
+  2020 (Fig. 3): "nuclei on gland boundary are relatively more highlighted in the in-situ
+  breast cancer".
 
 Ratios are the mean top-20% share over the mean chance share of the images of a class.
 

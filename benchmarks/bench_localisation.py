@@ -1,6 +1,6 @@
 """Localisation table: Grad-CAM vs DT Grad-CAM vs A-MIL attention vs the phantom's ground truth.
 
-Seed 000 claims A-MIL attention localises malignant tissue better than Grad-CAM;
+Patil et al., 2019 claim A-MIL attention localises malignant tissue better than Grad-CAM;
 this script tests it on held-out phantoms (seeds never used in training), with
 the same metrics for every method, each explanation turned into a full-resolution
 map (``Explanation.to_dense``):

@@ -1,4 +1,4 @@
-"""The seed-001 cell graph (histoview.preprocessing.graph)."""
+"""The cell graph of Sureka et al., 2020 (histoview.preprocessing.graph)."""
 
 from __future__ import annotations
 
