@@ -23,17 +23,23 @@ def tiny_folder(tmp_path):
     rng = np.random.default_rng(0)
     for cls, colour in (("pale", (230, 200, 220)), ("dark", (90, 40, 120))):
         for i in range(8):
-            img = np.clip(np.array(colour) + rng.normal(0, 12, (56, 84, 3)), 0, 255).astype(np.uint8)
+            img = np.clip(np.array(colour) + rng.normal(0, 12, (56, 84, 3)), 0, 255).astype(
+                np.uint8
+            )
             (tmp_path / "data" / cls).mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(tmp_path / "data" / cls / f"{i}.png")
     return tmp_path
 
 
 def _config(root, epochs=2, out="run"):
-    return {"name": "tiny", "model": "amil", "data": {"type": "folder", "root": str(root / "data")},
-            "split": {"fractions": [0.5, 0.25, 0.25]},
-            "train": {"epochs": epochs, "batch_size": 2, "lr": 0.002, "device": "cpu"},
-            "output_dir": str(root / out)}
+    return {
+        "name": "tiny",
+        "model": "amil",
+        "data": {"type": "folder", "root": str(root / "data")},
+        "split": {"fractions": [0.5, 0.25, 0.25]},
+        "train": {"epochs": epochs, "batch_size": 2, "lr": 0.002, "device": "cpu"},
+        "output_dir": str(root / out),
+    }
 
 
 def test_train_reports_progress_and_writes_checkpoint_and_report(tiny_folder):
@@ -49,8 +55,17 @@ def test_train_reports_progress_and_writes_checkpoint_and_report(tiny_folder):
     assert meta["data"]["layout"] == "folder" and "test" in meta["metrics"]
     assert meta["code_version"] and meta["weights_sha256"]
     report = json.loads(result["report"].read_text())
-    assert {"accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "specificity", "f1_macro",
-            "roc_auc", "pr_auc", "confusion_matrix"} <= set(report["test"])
+    assert {
+        "accuracy",
+        "balanced_accuracy",
+        "precision_macro",
+        "recall_macro",
+        "specificity",
+        "f1_macro",
+        "roc_auc",
+        "pr_auc",
+        "confusion_matrix",
+    } <= set(report["test"])
     model, _ = load_model(result["checkpoint"], device="cpu")
     assert model.model_config.name == "amil"
 
@@ -92,11 +107,16 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_folder):
     cfg = _config(tiny_folder, epochs=40, out="killed")
     cfg_path = tiny_folder / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "histoview.cli", "train", str(cfg_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "histoview.cli", "train", str(cfg_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = tiny_folder / "killed" / "train_state.json"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
+    while time.monotonic() < deadline and not (
+        state.exists() and json.loads(state.read_text())["epoch"] >= 2
+    ):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

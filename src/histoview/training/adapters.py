@@ -68,14 +68,21 @@ class _ImageCache:
 class InputAdapter:
     """Base: load with a cache, augment, collate, forward."""
 
-    def __init__(self, config: ModelConfig, model_kwargs: dict[str, Any], options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        model_kwargs: dict[str, Any],
+        options: dict[str, Any] | None = None,
+    ):
         self.config = config
         self.model_kwargs = model_kwargs
         self.options = dict(options or {})
         self.spec = InputSpec.for_model(config, model_kwargs, self.options)
         self.cache = _ImageCache(self.options.get("cache_images", 512))
 
-    def prepare(self, sample: Sample, *, train: bool, rng: np.random.Generator, view: tuple | None = None):
+    def prepare(
+        self, sample: Sample, *, train: bool, rng: np.random.Generator, view: tuple | None = None
+    ):
         raise NotImplementedError
 
     def collate(self, items: list) -> Any:
@@ -135,8 +142,12 @@ class ImageAdapter(InputAdapter):
             x = random_dihedral(x, rng)
         elif view is not None:
             x = dihedral(x, *view)
-        if x.shape[-2:] != tuple(self.config.input_size or x.shape[-2:]):  # rot90 of a non-square input
-            x = torch.nn.functional.interpolate(x[None], size=self.config.input_size, mode="bilinear")[0]
+        if x.shape[-2:] != tuple(
+            self.config.input_size or x.shape[-2:]
+        ):  # rot90 of a non-square input
+            x = torch.nn.functional.interpolate(
+                x[None], size=self.config.input_size, mode="bilinear"
+            )[0]
         return x
 
     def collate(self, items):
@@ -194,7 +205,9 @@ class GraphAdapter(InputAdapter):
             h.update(Path(sample.path).read_bytes())
         else:
             h.update(repr(sample.phantom).encode())
-        h.update(json.dumps({"t": self.threshold_um, "mpp": self.default_pixel_size, "v": 1}).encode())
+        h.update(
+            json.dumps({"t": self.threshold_um, "mpp": self.default_pixel_size, "v": 1}).encode()
+        )
         return h.hexdigest()[:32]
 
     def prepare(self, sample, *, train, rng, view=None):
@@ -222,6 +235,8 @@ class GraphAdapter(InputAdapter):
         return out | ({"node_dropout": self.node_dropout} if self.node_dropout else {})
 
 
-def make_adapter(config: ModelConfig, model_kwargs: dict[str, Any], options: dict[str, Any] | None = None) -> InputAdapter:
+def make_adapter(
+    config: ModelConfig, model_kwargs: dict[str, Any], options: dict[str, Any] | None = None
+) -> InputAdapter:
     cls = {"bag": BagAdapter, "image": ImageAdapter, "graph": GraphAdapter}[config.kind]
     return cls(config, model_kwargs, options)

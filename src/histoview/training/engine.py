@@ -143,9 +143,15 @@ def save_train_state(path: Path, optimizer, info: dict[str, Any]) -> None:
             else:
                 scalars[f"{idx}.{k}"] = v
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors) if tensors else save({"_": torch.zeros(1)}))
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps(
-        {"param_groups": groups, "scalars": scalars, **info}, indent=1, default=float).encode())
+    atomic_write_bytes(
+        path.with_suffix(".safetensors"), save(tensors) if tensors else save({"_": torch.zeros(1)})
+    )
+    atomic_write_bytes(
+        path.with_suffix(".json"),
+        json.dumps(
+            {"param_groups": groups, "scalars": scalars, **info}, indent=1, default=float
+        ).encode(),
+    )
 
 
 def load_train_state(path: Path, optimizer) -> dict[str, Any]:
@@ -168,8 +174,16 @@ def load_train_state(path: Path, optimizer) -> dict[str, Any]:
 
 # -- prediction -------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(model, adapter: InputAdapter, samples: list[Sample], *, device: str, tta: bool = False,
-            batch_size: int = 8, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+def predict(
+    model,
+    adapter: InputAdapter,
+    samples: list[Sample],
+    *,
+    device: str,
+    tta: bool = False,
+    batch_size: int = 8,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
     """Class probabilities (n, C) for ``samples`` (averaged over 8 dihedral views with ``tta``)."""
     model.eval()
     views = adapter.views if tta else (None,)
@@ -181,17 +195,29 @@ def predict(model, adapter: InputAdapter, samples: list[Sample], *, device: str,
         chunk = samples[i : i + batch_size]
         probs = 0
         for view in views:
-            batch = adapter.collate([adapter.prepare(s, train=False, rng=rng, view=view) for s in chunk])
+            batch = adapter.collate(
+                [adapter.prepare(s, train=False, rng=rng, view=view) for s in chunk]
+            )
             probs = probs + torch.softmax(adapter.forward(model, batch, device).float(), -1).cpu()
         out.append((probs / len(views)).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def evaluate(model, adapter, samples, classes, *, device, tta=False, threshold=None, should_stop=None) -> dict:
+def evaluate(
+    model, adapter, samples, classes, *, device, tta=False, threshold=None, should_stop=None
+) -> dict:
     probs = predict(model, adapter, samples, device=device, tta=tta, should_stop=should_stop)
     y = np.array([s.label for s in samples])
-    nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float("nan")
-    return classification_metrics(y, probs, classes, threshold=threshold) | {"loss": nll, "_probs": probs, "_y": y}
+    nll = (
+        float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+        if len(y)
+        else float("nan")
+    )
+    return classification_metrics(y, probs, classes, threshold=threshold) | {
+        "loss": nll,
+        "_probs": probs,
+        "_y": y,
+    }
 
 
 def _finite(value, default: float = -np.inf) -> float:
@@ -242,15 +268,34 @@ def fit(
         model.load_state_dict(state)
         info = load_train_state(state_path, optimizer)
         start_epoch, history = info["epoch"], info["history"]
-        best_score = tuple(info["best_score"]) if isinstance(info["best_score"], list) else (info["best_score"], -np.inf)
-        yield {"event": "resumed", "epoch": start_epoch, "text": f"resumed from {last_path} after epoch {start_epoch}"}
+        best_score = (
+            tuple(info["best_score"])
+            if isinstance(info["best_score"], list)
+            else (info["best_score"], -np.inf)
+        )
+        yield {
+            "event": "resumed",
+            "epoch": start_epoch,
+            "text": f"resumed from {last_path} after epoch {start_epoch}",
+        }
     if start_epoch >= opts.epochs:
         yield {"event": "done", "epoch": start_epoch, "text": "already trained for all epochs"}
-        return {"best": best_path if best_path.exists() else last_path, "last": last_path, "history": history}
+        return {
+            "best": best_path if best_path.exists() else last_path,
+            "last": last_path,
+            "history": history,
+        }
     rng = np.random.default_rng(opts.seed + start_epoch)
     steps = max(1, math.ceil(len(train) / opts.batch_size))
-    yield {"event": "start", "epochs": opts.epochs, "steps": steps, "device": device,
-           "train": len(train), "val": len(val), "text": f"training on {device}: {len(train)} train, {len(val)} val"}
+    yield {
+        "event": "start",
+        "epochs": opts.epochs,
+        "steps": steps,
+        "device": device,
+        "train": len(train),
+        "val": len(val),
+        "text": f"training on {device}: {len(train)} train, {len(val)} val",
+    }
     t0 = time.monotonic()
     done_steps, total_steps = 0, steps * (opts.epochs - start_epoch)
     stop = should_stop or (lambda: False)
@@ -260,7 +305,11 @@ def fit(
         losses = []
         for step in range(steps):
             if stop():
-                yield {"event": "cancelled", "epoch": epoch, "text": f"cancelled; last finished epoch {epoch} kept"}
+                yield {
+                    "event": "cancelled",
+                    "epoch": epoch,
+                    "text": f"cancelled; last finished epoch {epoch} kept",
+                }
                 return {"best": best_path, "last": last_path, "history": history, "cancelled": True}
             _set_lr(optimizer, opts, epoch + step / steps, epoch)
             idx = order[step * opts.batch_size : (step + 1) * opts.batch_size]
@@ -275,8 +324,13 @@ def fit(
                 mix = (lam, perm.to(device))
             with torch.autocast("cuda", enabled=use_amp):
                 logits = adapter.forward(model, x, device)
-                loss = criterion(logits, y) if mix is None else (
-                    mix[0] * criterion(logits, y) + (1 - mix[0]) * criterion(logits, y[mix[1]]))
+                loss = (
+                    criterion(logits, y)
+                    if mix is None
+                    else (
+                        mix[0] * criterion(logits, y) + (1 - mix[0]) * criterion(logits, y[mix[1]])
+                    )
+                )
                 reg = getattr(model, "regularization_loss", None)
                 if reg is not None:
                     loss = loss + reg()
@@ -291,34 +345,71 @@ def fit(
             losses.append(float(loss.detach()))
             done_steps += 1
             elapsed = time.monotonic() - t0
-            yield {"event": "step", "epoch": epoch + 1, "epochs": opts.epochs, "step": step + 1, "steps": steps,
-                   "loss": losses[-1], "elapsed": elapsed,
-                   "eta": elapsed / done_steps * (total_steps - done_steps)}
+            yield {
+                "event": "step",
+                "epoch": epoch + 1,
+                "epochs": opts.epochs,
+                "step": step + 1,
+                "steps": steps,
+                "loss": losses[-1],
+                "elapsed": elapsed,
+                "eta": elapsed / done_steps * (total_steps - done_steps),
+            }
         try:
-            val_metrics = evaluate(model, adapter, val, classes, device=device, tta=opts.tta, should_stop=stop) if val else {}
+            val_metrics = (
+                evaluate(
+                    model, adapter, val, classes, device=device, tta=opts.tta, should_stop=stop
+                )
+                if val
+                else {}
+            )
         except TrainingCancelled:
-            yield {"event": "cancelled", "epoch": epoch, "text": f"cancelled; last finished epoch {epoch} kept"}
+            yield {
+                "event": "cancelled",
+                "epoch": epoch,
+                "text": f"cancelled; last finished epoch {epoch} kept",
+            }
             return {"best": best_path, "last": last_path, "history": history, "cancelled": True}
         threshold = None
         if val_metrics and len(classes) == 2 and len(set(val_metrics["_y"].tolist())) == 2:
             threshold = youden_threshold(val_metrics["_y"] == 1, val_metrics["_probs"][:, 1])
         public = {k: v for k, v in val_metrics.items() if not k.startswith("_")}
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val": public,
-                  "lr": optimizer.param_groups[-1]["lr"], "threshold": threshold}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            "val": public,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "threshold": threshold,
+        }
         history.append(record)
         # best = highest monitored metric, ties broken by the lower validation loss
         score = _finite(public.get(opts.monitor, -float(np.mean(losses))))
         key = (score, -_finite(public.get("loss"), np.inf))
-        ckpt_meta = {**meta, "epoch": epoch + 1, "metrics": {"validation": public}, "threshold": threshold,
-                     "train_options": asdict(opts)}
+        ckpt_meta = {
+            **meta,
+            "epoch": epoch + 1,
+            "metrics": {"validation": public},
+            "threshold": threshold,
+            "train_options": asdict(opts),
+        }
         save_checkpoint(last_path, model, ckpt_meta)
         is_best = key > tuple(best_score) or not best_path.exists()
         if is_best:
             best_score = key
             save_checkpoint(best_path, model, ckpt_meta)
-        save_train_state(state_path, optimizer, {"epoch": epoch + 1, "best_score": [float(v) for v in best_score],
-                                                 "history": history})
-        yield {"event": "epoch_end", "epoch": epoch + 1, "epochs": opts.epochs, "train_loss": record["train_loss"],
-               "val_metrics": public, "best": bool(is_best), "elapsed": time.monotonic() - t0}
+        save_train_state(
+            state_path,
+            optimizer,
+            {"epoch": epoch + 1, "best_score": [float(v) for v in best_score], "history": history},
+        )
+        yield {
+            "event": "epoch_end",
+            "epoch": epoch + 1,
+            "epochs": opts.epochs,
+            "train_loss": record["train_loss"],
+            "val_metrics": public,
+            "best": bool(is_best),
+            "elapsed": time.monotonic() - t0,
+        }
     yield {"event": "done", "epoch": opts.epochs, "text": "training finished"}
     return {"best": best_path, "last": last_path, "history": history}
