@@ -92,6 +92,11 @@ class AMIL(nn.Module):
         gated: gated attention instead of equation 3's plain tanh attention.
         attention_hidden: size of the attention network's hidden layer.
         dropout: dropout on the bag feature before the classifier (0 in the paper).
+
+    Shapes:
+        - input: one bag (N, 3, p, p) or B bags of equal size (B, N, 3, p, p), p the patch
+          size, pixels scaled to [0, 1] then normalised with mean and std 0.5
+        - output: logits (B, num_classes); ``last_attention`` (B, N), each row sums to 1
     """
 
     def __init__(self, num_classes: int = 2, *, patch_size: int = 28, gated: bool = False,

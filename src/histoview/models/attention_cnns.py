@@ -85,6 +85,12 @@ class DALAResNet(nn.Module):
         num_classes: number of output classes.
         hidden: widths of the two fully connected layers.
         drop_rate: dropout rate (0.25 in the paper), in the attention module and the neck.
+
+    Shapes:
+        - input: (B, 3, H, W), normalised RGB (224 x 224 in the paper)
+        - ``forward_features``: the attended stage-4 map (B, C, H/32, W/32), C = 2048 for
+          ResNet50 (the Grad-CAM target)
+        - output: logits (B, num_classes)
     """
 
     def __init__(
@@ -221,6 +227,13 @@ class CSPFPNSE(nn.Module):
         fpn_channels: channels per pyramid level (256 gives the 1536-d descriptor).
         neck: widths of the hidden dense stages.
         drop_rate: dropout in the neck.
+
+    Shapes:
+        - input: (B, 3, H, W), normalised RGB (224 x 224 in the paper)
+        - ``forward_features``: three pyramid levels after SE, (B, fpn_channels, H/s, W/s)
+          for s = 8, 16, 32
+        - ``forward_head(..., pre_logits=True)``: the descriptor (B, 6 * fpn_channels)
+        - output: logits (B, num_classes)
     """
 
     out_stages = (1, 2, 3)  # timm stage indices of strides 8, 16, 32 (features_only 2, 3, 4)

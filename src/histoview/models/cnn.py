@@ -189,7 +189,18 @@ class ResNetTrunk(nn.Module):
 
 
 class ResNetClassifier(nn.Module):
-    """A torchvision ResNet whose final layer is replaced by a ``num_classes`` linear head."""
+    """A torchvision ResNet whose final layer is replaced by a ``num_classes`` linear head.
+
+    Args:
+        arch: torchvision ResNet name (``"resnet18"``, ``"resnet50"``).
+        num_classes: number of output classes.
+
+    Shapes:
+        - input: (B, 3, H, W), normalised RGB
+        - ``forward_features``: the last stage's map (B, C, H/32, W/32), C = 512 (ResNet18)
+          or 2048 (ResNet50)
+        - output: logits (B, num_classes)
+    """
 
     def __init__(self, arch: str, num_classes: int = 2) -> None:
         super().__init__()
@@ -227,7 +238,18 @@ class PlainTrunk(nn.Module):
 
 
 class PlainClassifier(nn.Module):
-    """VGG16 or AlexNet with the last linear layer (4096 -> 1000) replaced by 4096 -> ``num_classes``."""
+    """VGG16 or AlexNet with the last linear layer (4096 -> 1000) replaced by 4096 -> classes.
+
+    Args:
+        num_classes: number of output classes.
+        arch: ``"vgg16"`` or ``"alexnet"``.
+
+    Shapes:
+        - input: (B, 3, H, W), normalised RGB (224 x 224 as in ImageNet training)
+        - ``forward_features``: the last convolutional block's map, (B, 512, H/32, W/32) for
+          VGG16 and (B, 256, 6, 6) for AlexNet at 224 x 224
+        - output: logits (B, num_classes)
+    """
 
     def __init__(self, num_classes: int = 2, arch: str = "vgg16") -> None:
         super().__init__()
@@ -267,6 +289,11 @@ class SmallConvNet(nn.Module):
         pool_after: whether a 2x2 max-pool follows each convolution.
         hidden: width of the first fully connected layer.
         num_classes: outputs of the second fully connected layer.
+
+    Shapes:
+        - input: (B, 3, H, W) (128 x 128 for customNet)
+        - ``forward_features``: (B, widths[-1], H / 2^k, W / 2^k), k the number of pools
+        - output: logits (B, num_classes)
     """
 
     def __init__(

@@ -142,8 +142,8 @@ class RMCG(nn.Module):
     Graph convolution with attention is PyTorch Geometric's ``GATConv``
     (Velickovic et al., ICLR 2018) with the MI edge weight as edge feature and
     a linear skip connection per layer (against over-smoothing, which the paper
-    discusses). Graph pooling is gated attention pooling (Ilse et al. 2018;
-    PyG's ``AttentionalAggregation``), computed densely because every image's
+    discusses). Graph pooling is attention pooling (Ilse et al. 2018; the
+    ``gate_nn`` of PyG's ``AttentionalAggregation``), computed densely because every image's
     graph has the same h * w nodes, so its per-node weights can be kept as
     the explanation.
 
@@ -157,6 +157,13 @@ class RMCG(nn.Module):
         k: MI neighbours per node.
         dropout: dropout in attention and between graph layers.
         l2_lambda: lambda of Eq. 7 (L2 on the classifier weights).
+
+    Shapes:
+        - input: (B, 3, H, W), normalised RGB (224 x 224: a 7 x 7 map, 49 pixel nodes)
+        - ``forward_features``: the trunk's map (B, C, h, w), h = H/32, w = W/32, C = 512
+          for ResNet18; its h * w pixels are the graph's nodes
+        - output: logits (B, num_classes); ``last_node_attention`` (B, h, w), summing to 1
+          per image
     """
 
     def __init__(
