@@ -61,3 +61,18 @@ def test_a_recipe_without_shown_options_reports_what_training_uses(tmp_path):
     defaults = TrainOptions()
     assert train == {"weight_decay": 0.001, "epochs": defaults.epochs,
                      "batch_size": defaults.batch_size, "lr": defaults.lr}
+
+
+def test_train_takes_a_shipped_recipe_by_name_and_writes_under_the_current_folder(
+    tmp_path, monkeypatch
+):
+    from histoview.training.config import load_config
+    from histoview.training.recipes import list_recipes
+
+    monkeypatch.chdir(tmp_path)
+    assert "amil-phantom" in list_recipes()
+    config = load_config("amil-phantom")
+    assert config["model"] == "amil"
+    assert config["output_dir"] == str(tmp_path / "runs" / "amil-phantom")
+    with pytest.raises(ValueError, match="neither a config file nor a shipped recipe"):
+        load_config("no-such-recipe")

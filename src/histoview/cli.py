@@ -176,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "stacked: the overlays on one view")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train a model from a YAML or TOML config (see training/)")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("train", help="train a model from a YAML or TOML config, or a shipped recipe")
+    p.add_argument("config", type=Path,
+                   help="a .yaml/.toml config, or the name of a shipped recipe (e.g. amil-phantom; "
+                        "the repository's training/ folder holds them)")
     p.add_argument("--out", type=Path, default=None, help="output folder (overrides the config)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")

@@ -25,8 +25,22 @@ SECTIONS = {"name", "model", "model_kwargs", "data", "split", "input", "train", 
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML (.yaml/.yml) or TOML (.toml) training config and check its sections."""
+    """Read a YAML (.yaml/.yml) or TOML (.toml) training config and check its sections.
+
+    ``path`` may also name a shipped recipe (``amil-phantom``, see
+    :func:`histoview.training.recipes.list_recipes`); its relative paths (``output_dir``)
+    are then relative to the current folder, never to the installed package.
+    """
     path = Path(path)
+    if not path.is_file() and path.suffix in ("", ".yaml") and len(path.parts) == 1:
+        from histoview.training.recipes import recipe_dir_path, recipe_path
+
+        recipe = recipe_path(path.name)
+        config = yaml.safe_load(recipe.read_text())
+        if isinstance(config, dict):  # outputs go to ./runs/<name>, not into the package
+            name = config.get("name") or recipe.name.removesuffix(".yaml")
+            config["output_dir"] = str(Path.cwd() / "runs" / name)
+        return validate_config(config, base_dir=str(recipe_dir_path()), source=f"recipe {recipe.name}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     text = path.read_text()

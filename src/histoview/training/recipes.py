@@ -97,3 +97,27 @@ def recipe_for(model: str, layout: str | None = None,
     train, kwargs, inputs, source = BUILTIN_RECIPES.get(model, _FALLBACK)
     return {"train": dict(train), "model_kwargs": dict(kwargs), "input": dict(inputs),
             "split": {}, "source": f"built-in defaults, {source}"}
+
+
+def list_recipes() -> list[str]:
+    """Names of the shipped recipes (``histoview train NAME`` takes them)."""
+    folder = recipe_dir()
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(name: str) -> Traversable:
+    """The shipped recipe called ``name`` (with or without ``.yaml``); ValueError lists them."""
+    stem = name.removesuffix(".yaml")
+    if stem not in list_recipes():
+        raise ValueError(
+            f"{name!r} is neither a config file nor a shipped recipe; recipes: "
+            + ", ".join(list_recipes())
+        )
+    return recipe_dir() / f"{stem}.yaml"
+
+
+def recipe_dir_path():
+    """The shipped recipes' folder as a path (data roots in recipes are relative to it)."""
+    from pathlib import Path
+
+    return Path(str(recipe_dir()))

@@ -1,6 +1,6 @@
 """Copy a run's best checkpoint into resources/weights as bundled synthetic demo weights.
 
-Usage: python training/install_demo_weights.py RUN_DIR NAME [--half]
+Usage: python scripts/install_demo_weights.py RUN_DIR NAME [--half]
 
 Only runs trained on generated phantoms (``synthetic: true`` in the sidecar) may be
 bundled: histoview never ships weights trained on patient data. ``--half`` stores
