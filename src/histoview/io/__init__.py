@@ -1,5 +1,8 @@
-"""Image input: open files, list pyramid levels, read regions lazily (no napari, no Qt)."""
+"""Image input: open files, list pyramid levels, read regions lazily; and the one writer of
+every output file (:mod:`histoview.io.files`: whole or absent, never over a user's file).
+No napari, no Qt."""
 
+from histoview.io.files import atomic_write, unique_path, write_bytes, write_text
 from histoview.io.image import (
     SUPPORTED_SUFFIXES,
     ImageReadError,
@@ -16,8 +19,12 @@ __all__ = [
     "ImageReadError",
     "ImageSource",
     "LevelInfo",
+    "atomic_write",
     "open_image",
     "read_rgb",
     "to_rgb8",
+    "unique_path",
+    "write_bytes",
     "write_pyramidal_tiff",
+    "write_text",
 ]

@@ -1,23 +1,249 @@
-"""Writing files so that a reader never sees a half-written one."""
+"""Writing output files whole or not at all, and never over a file a user made.
+
+One writer serves every output of histoview (maps, JSON records, GeoJSON and CSV exports,
+figures, reports, checkpoints, caches): :func:`atomic_write` writes into a temporary file
+in the target's folder, flushes it to disk (``fsync``) and only then moves it under its
+final name, so a reader sees the whole file or none, and an error (or a kill) mid-way
+leaves no partial file under the final name. The temporary is removed on any error.
+
+What happens when the final name is taken:
+
+* ``overwrite=True``: the new file replaces it (``os.replace``, atomic on POSIX and Windows);
+* else, ``numbered=True`` (the default): the file lands under the first free name of
+  :func:`unique_path` (``a.csv`` -> ``a-1.csv``, ``a-2.csv``...);
+* else FileExistsError, and the existing file is untouched.
+
+Without ``overwrite`` the final name is claimed with a hard link (``os.link``), which fails
+when the name exists, so two writers racing for one name never clobber each other: the
+second gets the next number (or FileExistsError). On file systems without hard links the
+name is reserved with ``O_CREAT | O_EXCL`` first, then replaced.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["AtomicWriter", "atomic_write", "unique_path", "write_bytes", "write_text"]
+
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation below Python's io
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a uniquely named temporary file in the same folder,
-    renamed into place: readers see the old file or the whole new one, and writers racing
-    for the same path (training runs sharing a cache) never mix their bytes."""
+def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``path`` itself when it is free (or ``overwrite``), else the first free name with
+    ``-1``, ``-2``... before the suffixes (``x.graph.geojson`` -> ``x-1.graph.geojson``).
+
+    A name is only a guess until something is written under it: :func:`atomic_write`
+    claims it without a race.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    if overwrite or not os.path.lexists(path):
+        return path
+    suffixes = "".join(path.suffixes)
+    base = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
+    i = 1
+    while os.path.lexists(cand := path.with_name(f"{base}-{i}{suffixes}")):
+        i += 1
+    return cand
+
+
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(f"{path} exists; choose another name (or pass overwrite=True)")
+
+
+class AtomicWriter:
+    """Context manager behind :func:`atomic_write`; :attr:`path` is where the file landed."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        mode: str | None = "wb",
+        *,
+        overwrite: bool = False,
+        numbered: bool = True,
+        encoding: str | None = "utf-8",
+        newline: str | None = None,
+    ) -> None:
+        if mode not in (None, "w", "wt", "wb"):
+            raise ValueError(f"mode must be 'w', 'wt', 'wb' or None, not {mode!r}")
+        self.target = Path(path)
+        self.mode = mode
+        self.overwrite = overwrite
+        self.numbered = numbered
+        self.encoding = encoding if mode in ("w", "wt") else None
+        self.newline = newline if mode in ("w", "wt") else None
+        #: the final name: a guess while the block runs, where the file is after it
+        self.path = self.target
+        #: the temporary file, in the target's folder (gone after the block)
+        self.tmp: Path | None = None
+        self._file: IO[Any] | None = None
+
+    def __enter__(self) -> IO[Any] | Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        if not self.overwrite:
+            if not self.numbered and os.path.lexists(self.target):
+                raise _exists_error(self.target)
+            self.path = unique_path(self.target)
+        fd = self._create_tmp()
+        if self.mode is None:
+            os.close(fd)  # the caller's library writes by name
+            return self.tmp
+        try:
+            self._file = os.fdopen(fd, self.mode, encoding=self.encoding, newline=self.newline)
+        except BaseException:
+            os.close(fd)
+            self._discard()
+            raise
+        return self._file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                return
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+            else:
+                _fsync_file(self.tmp)
+            self._commit()
+            _fsync_dir(self.path.parent)
+        finally:
+            if self._file is not None and not self._file.closed:
+                self._file.close()
+            self._discard()
+
+    def _create_tmp(self) -> int:
+        # Not mkstemp: its 0600 mode would stay on the final file; 0666 minus the umask is
+        # what a plain open() gives. The target's suffix is kept for libraries that pick
+        # the format from the name.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY
+        while True:
+            name = f".{self.target.name}.{secrets.token_hex(4)}.tmp{self.target.suffix}"
+            self.tmp = self.target.with_name(name)
+            try:
+                return os.open(self.tmp, flags, 0o666)
+            except FileExistsError:
+                continue
+
+    def _commit(self) -> None:
+        if self.overwrite:
+            os.replace(self.tmp, self.path)
+            return
+        while True:
+            try:
+                _link_new(self.tmp, self.path)
+                return
+            except FileExistsError:
+                if not self.numbered:
+                    raise _exists_error(self.path) from None
+                self.path = unique_path(self.target)  # taken since the guess: the next one
+
+    def _discard(self) -> None:
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    mode: str | None = "wb",
+    *,
+    overwrite: bool = False,
+    numbered: bool = True,
+    encoding: str | None = "utf-8",
+    newline: str | None = None,
+) -> AtomicWriter:
+    """Write a file whole or not at all, without replacing one that exists (module docstring).
+
+    Use as a context manager; it yields an open file object on the temporary file (``"wb"``
+    binary, ``"w"`` text with ``encoding`` and ``newline`` as in :func:`open`), or, with
+    ``mode=None``, the temporary's path (same folder, same suffix) for libraries that
+    write by name. After the block the writer's ``path`` is the name the file got::
+
+        writer = atomic_write(out / "metrics.csv", "w", newline="")
+        with writer as fh:
+            csv.writer(fh).writerows(rows)
+        print(writer.path)  # metrics.csv, or metrics-1.csv if that existed
+
+    An exception inside the block leaves no file under any final name. Missing parent
+    folders are created.
+
+    Args:
+        path: the wanted name.
+        mode: ``"wb"``, ``"w"`` (or ``"wt"``) or None.
+        overwrite: replace an existing ``path``.
+        numbered: without ``overwrite``, take the next free numbered name
+            (:func:`unique_path`) when ``path`` exists; False raises FileExistsError.
+    """
+    return AtomicWriter(
+        path, mode, overwrite=overwrite, numbered=numbered, encoding=encoding, newline=newline
+    )
+
+
+def write_bytes(
+    path: str | os.PathLike, data: bytes, *, overwrite: bool = False, numbered: bool = True
+) -> Path:
+    """Write ``data`` with :func:`atomic_write`; returns the path written."""
+    writer = atomic_write(path, "wb", overwrite=overwrite, numbered=numbered)
+    with writer as fh:
+        fh.write(data)
+    return writer.path
+
+
+def write_text(
+    path: str | os.PathLike,
+    text: str,
+    *,
+    overwrite: bool = False,
+    numbered: bool = True,
+    encoding: str = "utf-8",
+    newline: str | None = None,
+) -> Path:
+    """Write ``text`` with :func:`atomic_write`; returns the path written."""
+    writer = atomic_write(
+        path, "w", overwrite=overwrite, numbered=numbered, encoding=encoding, newline=newline
+    )
+    with writer as fh:
+        fh.write(text)
+    return writer.path
+
+
+def _link_new(src: Path, dest: Path) -> None:
+    """Give ``src``'s file the name ``dest`` (which must not exist) and drop ``src``."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.link(src, dest)
+    except FileExistsError:
         raise
-    return path
+    except OSError:  # no hard links here (FAT, some network shares): reserve, then replace
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            os.replace(src, dest)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+    else:
+        os.unlink(src)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR | _BINARY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the new name durable too (POSIX); folders cannot be opened on Windows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from histoview.io.files import atomic_write_bytes
+from histoview.io.files import write_bytes
 
 FORMAT = "histoview-checkpoint"
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = save(state, metadata={"format": FORMAT})
-    atomic_write_bytes(path, data)
+    write_bytes(path, data, overwrite=True)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -80,7 +80,11 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
         **meta,
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
-    atomic_write_bytes(sidecar_path(path), json.dumps(full, indent=2, default=_json_default).encode())
+    write_bytes(
+        sidecar_path(path),
+        json.dumps(full, indent=2, default=_json_default).encode(),
+        overwrite=True,
+    )
     return path
 
 

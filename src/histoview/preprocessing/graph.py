@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.spatial import cKDTree
 
-from histoview.io.files import atomic_write_bytes
+from histoview.io.files import write_bytes
 from histoview.preprocessing.nuclei import Nuclei, NucleiDetectorConfig, detect_nuclei
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -289,7 +289,7 @@ def save_graph(graph: NucleiGraph, path: str | Path) -> Path:
     # half-written file.
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return write_bytes(path, buffer.getvalue(), overwrite=True)
 
 
 def load_graph(path: str | Path) -> NucleiGraph:

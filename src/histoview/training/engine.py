@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from histoview.io.files import atomic_write_bytes
+from histoview.io.files import write_bytes
 from histoview.models.checkpoint import default_device, save_checkpoint
 from histoview.training.adapters import InputAdapter
 from histoview.training.datasets import Sample
@@ -143,14 +143,17 @@ def save_train_state(path: Path, optimizer, info: dict[str, Any]) -> None:
             else:
                 scalars[f"{idx}.{k}"] = v
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    atomic_write_bytes(
-        path.with_suffix(".safetensors"), save(tensors) if tensors else save({"_": torch.zeros(1)})
+    write_bytes(
+        path.with_suffix(".safetensors"),
+        save(tensors) if tensors else save({"_": torch.zeros(1)}),
+        overwrite=True,
     )
-    atomic_write_bytes(
+    write_bytes(
         path.with_suffix(".json"),
         json.dumps(
             {"param_groups": groups, "scalars": scalars, **info}, indent=1, default=float
         ).encode(),
+        overwrite=True,
     )
 
 
