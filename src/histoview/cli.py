@@ -5,7 +5,7 @@ with the phantom and explanations, or a screenshot), ``train`` (fit a model
 from a YAML/TOML config), ``explain`` (write an explanation's JSON and map),
 ``export`` (GeoJSON/CSV annotations), ``evaluate`` (metrics and figures of a
 checkpoint on a dataset) and
-``reproduce`` (a seed paper's experiment table on the user's data).
+``reproduce`` (the experiment table of a paper behind a method, on the user's data).
 Heavy libraries are imported by the subcommand that needs them.
 """
 
@@ -129,7 +129,6 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from histoview.explain.base import unique_path
     from histoview.explain.export import export_csv, export_geojson
     from histoview.explain.run import explain_path
 
@@ -140,11 +139,13 @@ def _cmd_export(args) -> int:
     for expl in explanations:
         base = args.out / f"{stem}.{expl.method}"
         if args.format in ("geojson", "both"):
-            path = unique_path(base.with_name(base.name + ".geojson"), overwrite=args.overwrite)
-            print(f"wrote {export_geojson(expl, path, threshold=args.threshold, overwrite=args.overwrite)}")
+            path = export_geojson(expl, base.with_name(base.name + ".geojson"),
+                                  threshold=args.threshold, overwrite=args.overwrite, numbered=True)
+            print(f"wrote {path}")
         if args.format in ("csv", "both"):
-            path = unique_path(base.with_name(base.name + ".csv"), overwrite=args.overwrite)
-            print(f"wrote {export_csv(expl, path, threshold=args.threshold, overwrite=args.overwrite)}")
+            path = export_csv(expl, base.with_name(base.name + ".csv"), threshold=args.threshold,
+                              overwrite=args.overwrite, numbered=True)
+            print(f"wrote {path}")
     return 0
 
 
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("reproduce", help="run a seed paper's experiment table on your copy of the data")
+    p = sub.add_parser("reproduce", help="run the experiment table of a paper behind a method (docs/citations.md) on your copy of the data")
     p.add_argument("experiment", nargs="?", default=None)
     p.add_argument("--list", action="store_true", help="list the available experiments")
     p.add_argument("--describe", action="store_true", help="print the experiment's protocol")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from histoview.io.files import atomic_write, write_text
 from histoview.preprocessing.patches import PatchGrid
 
 
@@ -185,7 +186,7 @@ def peak_normalised(values: np.ndarray) -> tuple[np.ndarray, float]:
 def decide_class(probabilities: np.ndarray, meta: dict) -> tuple[int, float | None]:
     """The predicted class, using a stored operating threshold for binary models.
 
-    Training stores Youden's J optimal threshold on P(class 1) (seed 003, Sec. 5)
+    Training stores Youden's J optimal threshold on P(class 1) (CSPResNet50-FPN-SE, Sec. 5)
     as ``meta["threshold"]``; for a binary model the prediction is class 1 when
     ``P(class 1) >= threshold``, else class 0. Without it (or with more
     classes) it is the arg-max. Explainers store it as ``Explanation.decided_class``,
@@ -205,41 +206,27 @@ def decide_class(probabilities: np.ndarray, meta: dict) -> tuple[int, float | No
     return int(np.argmax(probs)), None
 
 
-
-def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """``path`` itself, or with ``-1``, ``-2``... before the suffix if it exists.
-
-    Nothing a user made is silently overwritten: callers write to the returned path.
-    """
-    path = Path(path)
-    if overwrite or not path.exists():
-        return path
-    suffixes = "".join(path.suffixes)
-    base = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
-    i = 1
-    while True:
-        cand = path.with_name(f"{base}-{i}{suffixes}")
-        if not cand.exists():
-            return cand
-        i += 1
-
-
 def write_explanation(
     explanation: Explanation, out_dir: str | os.PathLike, stem: str, *, overwrite: bool = False
 ) -> dict[str, Path]:
     """Write ``<stem>.<method>.json`` and ``<stem>.<method>.tif`` (float32, full resolution).
 
-    Existing files are kept; the new ones get a numbered name unless ``overwrite``.
-    Returns the paths written.
+    Existing files are kept; the new ones get a numbered name unless ``overwrite``
+    (:func:`histoview.io.files.atomic_write`: each file is written whole or not at all).
+    The JSON record names the map file it belongs to (``map_file``). Returns the paths
+    written.
     """
     import tifffile
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tif_path = unique_path(out_dir / f"{stem}.{explanation.method}.tif", overwrite=overwrite)
-    json_path = unique_path(out_dir / f"{stem}.{explanation.method}.json", overwrite=overwrite)
-    dense = explanation.to_dense()
-    tifffile.imwrite(tif_path, dense.astype(np.float32), compression="zlib", metadata={"axes": "YX"})
-    record = explanation.summary() | {"map_file": tif_path.name}
-    json_path.write_text(json.dumps(record, indent=2))
-    return {"json": json_path, "tif": tif_path}
+    dense = explanation.to_dense().astype(np.float32)
+    tif = atomic_write(out_dir / f"{stem}.{explanation.method}.tif", overwrite=overwrite)
+    with tif as fh:
+        tifffile.imwrite(fh, dense, compression="zlib", metadata={"axes": "YX"})
+    record = explanation.summary() | {"map_file": tif.path.name}
+    json_path = write_text(
+        out_dir / f"{stem}.{explanation.method}.json",
+        json.dumps(record, indent=2),
+        overwrite=overwrite,
+    )
+    return {"json": json_path, "tif": tif.path}
