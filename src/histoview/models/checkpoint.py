@@ -15,9 +15,12 @@ A checkpoint ``NAME.safetensors`` has its description in ``NAME.json``::
       "weights_sha256": "..."
     }
 
-Loading checks the sidecar, the weights' hash and that every tensor name and
-shape matches the model the sidecar describes; any mismatch raises
-:class:`CheckpointError` naming the file and the problem.
+Loading checks the sidecar against its schema (:mod:`histoview.models.sidecar`: types,
+a registered model, distinct classes, positive sizes; unknown keys are kept), the
+weights' hash, that every floating tensor is finite (no NaN or infinity) and that every
+tensor name and shape matches the model the sidecar describes; any problem raises
+:class:`CheckpointError` with one line naming the file and the problem. Saving refuses
+the same problems, so histoview never writes a checkpoint it would not load.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,10 +72,10 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
     for key in ("model", "classes"):
         if key not in meta:
             raise CheckpointError(f"{path}: checkpoint metadata needs {key!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if bad := non_finite_tensors(state):
+        raise CheckpointError(f"{path}: refusing to save {_non_finite_message(bad)}")
     data = save(state, metadata={"format": FORMAT})
-    write_bytes(path, data, overwrite=True)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -80,11 +84,12 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
         **meta,
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
-    write_bytes(
-        sidecar_path(path),
-        json.dumps(full, indent=2, default=_json_default).encode(),
-        overwrite=True,
-    )
+    text = json.dumps(full, indent=2, default=_json_default)
+    if problem := _sidecar_problem(json.loads(text)):  # what a reader will see
+        raise CheckpointError(f"{sidecar_path(path)}: refusing to save: {problem}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, data, overwrite=True)
+    write_bytes(sidecar_path(path), text.encode(), overwrite=True)
     return path
 
 
@@ -103,9 +108,18 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a checkpoint's JSON sidecar (the weights are not read)."""
+    """Read a checkpoint's JSON sidecar and check it against the schema (the weights are
+    not read). Returns the sidecar as parsed; CheckpointError names the file and field."""
     path = Path(path)
     side = sidecar_path(path)
+    if path.suffix != ".safetensors":
+        from histoview.models.sidecar import PICKLE_SUFFIXES
+
+        what = " (histoview never unpickles)" if path.suffix.lower() in PICKLE_SUFFIXES else ""
+        raise CheckpointError(
+            f"{path}: not a histoview checkpoint: checkpoints are .safetensors files with a "
+            f".json sidecar{what}"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint weights not found")
     if not side.is_file():
@@ -116,16 +130,54 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{side}: metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{side}: not a histoview checkpoint sidecar")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{side}: checkpoint format {meta['format_version']} is newer than this histoview "
+            f"{side}: checkpoint format {version} is newer than this histoview "
             f"understands ({FORMAT_VERSION}); update histoview"
         )
+    if problem := _sidecar_problem(meta):
+        raise CheckpointError(f"{side}: {problem}")
     return meta
 
 
-def load_state_dict(path: str | os.PathLike, *, verify_hash: bool = True) -> tuple[dict, dict[str, Any]]:
-    """Load weights (safetensors, never pickle) and metadata; checks the hash."""
+def _sidecar_problem(meta: dict[str, Any]) -> str | None:
+    from histoview.models.sidecar import sidecar_problem  # pydantic: imported when needed
+
+    return sidecar_problem(meta)
+
+
+def non_finite_tensors(state: Mapping[str, Any]) -> list[tuple[str, int, int, int]]:
+    """``(name, NaN count, infinite count, size)`` of every floating (or complex) tensor of
+    ``state`` that holds NaN or +-inf, in ``state``'s order; integer tensors are skipped."""
+    import torch
+
+    bad = []
+    for name, tensor in state.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        bad.append((name, nan, tensor.numel() - int(finite.sum()) - nan, tensor.numel()))
+    return bad
+
+
+def _non_finite_message(bad: list[tuple[str, int, int, int]]) -> str:
+    name, nan, inf, size = bad[0]
+    more = f" ({len(bad)} tensors affected)" if len(bad) > 1 else ""
+    return (
+        f"non-finite weights: tensor {name!r} has {nan} NaN and {inf} infinite values of "
+        f"{size}{more}; the training diverged or the file was altered"
+    )
+
+
+def load_state_dict(
+    path: str | os.PathLike, *, verify_hash: bool = True
+) -> tuple[dict, dict[str, Any]]:
+    """Load weights (safetensors, never pickle) and metadata; checks the sidecar, the hash
+    and that every floating tensor is finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -133,11 +185,16 @@ def load_state_dict(path: str | os.PathLike, *, verify_hash: bool = True) -> tup
     meta = read_metadata(path)
     data = path.read_bytes()
     if verify_hash and meta.get("weights_sha256") not in (None, hashlib.sha256(data).hexdigest()):
-        raise CheckpointError(f"{path}: weights do not match the hash in {sidecar_path(path).name} (corrupted or replaced)")
+        raise CheckpointError(
+            f"{path}: weights do not match the hash in {sidecar_path(path).name} "
+            "(corrupted or replaced)"
+        )
     try:
         state = load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot read safetensors weights ({exc})") from None
+    if bad := non_finite_tensors(state):
+        raise CheckpointError(f"{path}: {_non_finite_message(bad)}")
     return state, meta
 
 
@@ -160,10 +217,14 @@ def check_state_dict(model, state: dict, source: str) -> None:
         if wrong:
             parts.append(f"shape mismatch in {len(wrong)} tensors (e.g. {wrong[:3]})")
         name = getattr(getattr(model, "model_config", None), "name", type(model).__name__)
-        raise CheckpointError(f"{source}: checkpoint does not match model {name!r}: " + "; ".join(parts))
+        raise CheckpointError(
+            f"{source}: checkpoint does not match model {name!r}: " + "; ".join(parts)
+        )
 
 
-def load_model(path: str | os.PathLike, *, device: str | None = None, model_name: str | None = None):
+def load_model(
+    path: str | os.PathLike, *, device: str | None = None, model_name: str | None = None
+):
     """Build the model a checkpoint describes and load its weights.
 
     Args:
@@ -180,10 +241,16 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, model_name
     name = meta["model"]
     if model_name is not None and name != model_name:
         raise CheckpointError(f"{path}: checkpoint is for model {name!r}, not {model_name!r}")
+    # the checkpoint holds every weight: no ImageNet initialisation to look for first
+    kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k != "pretrained"}
     try:
-        model = create_model(name, num_classes=len(meta["classes"]), **meta.get("model_kwargs", {}))
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot build model {name!r} from its metadata ({exc})") from None
+        model = create_model(name, num_classes=len(meta["classes"]), **kwargs)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        reason = " ".join(str(text).split())
+        raise CheckpointError(
+            f"{path}: cannot build model {name!r} from its metadata ({reason})"
+        ) from None
     check_state_dict(model, state, str(path))
     model.load_state_dict(state)
     model.eval()
