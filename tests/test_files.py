@@ -72,7 +72,8 @@ def test_an_error_midway_leaves_no_partial_file(tmp_path, exists, overwrite):
         with writer as fh:
             fh.write(b"half of it")
             fh.flush()
-            seen["tmp"] = writer.tmp
+            seen["tmp"] = Path(fh.name)
+            assert seen["tmp"] == writer.tmp
             assert seen["tmp"].parent == tmp_path and seen["tmp"].read_bytes() == b"half of it"
             assert not (tmp_path / "report-1.pdf").exists()
             raise RuntimeError("failed midway")

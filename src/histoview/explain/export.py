@@ -10,9 +10,10 @@
   LineStrings of >= 2 positions, closed linear rings of >= 4 positions.
 
 Coordinates are level-0 image pixels, x = column, y = row, the pixel (i, j)
-covering [j, j+1) x [i, i+1) as in QuPath. Existing files are never
-overwritten silently: FileExistsError unless ``overwrite`` (callers pick free
-names with :func:`histoview.explain.base.unique_path`).
+covering [j, j+1) x [i, i+1) as in QuPath. Files are written whole or not at
+all, and existing files are never overwritten silently: FileExistsError unless
+``overwrite``, or with ``numbered`` the next free name (``a-1.geojson``...), as
+:func:`histoview.io.files.atomic_write` does.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 
 from histoview.explain.base import DenseMap, Explanation, NucleiPoints
 from histoview.explain.geojson import explanation_to_geojson
+from histoview.io.files import write_text
 from histoview.preprocessing.patches import PatchGrid
 
 #: dense maps are traced on a raster whose longer side is at most this many pixels
@@ -177,28 +179,20 @@ def regions_to_geojson(expl: Explanation, threshold: float | None = None) -> dic
     return {"type": "FeatureCollection", "properties": common, "features": features}
 
 
-def _open_new(path: str | os.PathLike, overwrite: bool, mode: str = "w"):
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another name (or pass overwrite=True)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, open(
-        path, mode if overwrite else mode.replace("w", "x"), newline="", encoding="utf-8"
-    )
-
-
 def export_geojson(
     expl: Explanation,
     path: str | os.PathLike,
     *,
     threshold: float | None = None,
     overwrite: bool = False,
+    numbered: bool = False,
     include_edges: bool = True,
 ) -> Path:
     """Write ``expl`` as GeoJSON: nuclei (points, outlines, edges), patches, or dense-map regions.
 
     ``threshold`` applies to dense maps only (default :func:`region_threshold`); nuclei
-    and patches are all written, their values as measurements.
+    and patches are all written, their values as measurements. ``overwrite`` and
+    ``numbered`` as in the module docstring; returns the path written.
     """
     from histoview import RESEARCH_NOTICE
 
@@ -208,10 +202,7 @@ def export_geojson(
         collection = explanation_to_geojson(expl, include_edges=include_edges)
     collection["properties"]["notice"] = RESEARCH_NOTICE
     text = json.dumps(collection, allow_nan=False)
-    path, fh = _open_new(path, overwrite)
-    with fh:
-        fh.write(text)
-    return path
+    return write_text(path, text, overwrite=overwrite, numbered=numbered)
 
 
 def _csv_rows(expl: Explanation, threshold: float | None) -> tuple[list[str], list[list[Any]]]:
@@ -251,22 +242,21 @@ def export_csv(
     *,
     threshold: float | None = None,
     overwrite: bool = False,
+    numbered: bool = False,
 ) -> Path:
-    """Write one CSV row per element, level-0 pixel coordinates.
+    """Write one CSV row per element, level-0 pixel coordinates; returns the path written.
 
     Columns: nuclei ``id, x, y, importance`` and the morphology features; patches
     ``id, x, y, width, height, weight`` (x, y = top-left corner); dense-map regions
     ``id, area_px, mean_importance, max_importance, centroid_x, centroid_y``.
+    ``overwrite`` and ``numbered`` as in the module docstring.
     """
     header, rows = _csv_rows(expl, threshold)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    path, fh = _open_new(path, overwrite)
-    with fh:
-        fh.write(buf.getvalue())
-    return path
+    return write_text(path, buf.getvalue(), overwrite=overwrite, numbered=numbered, newline="")
 
 
 def _measurements(props: dict) -> dict:

@@ -9,9 +9,6 @@ in QuPath's measurement tables; the same values are plain properties too.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,9 +82,3 @@ def explanation_to_geojson(expl: Explanation, *, include_edges: bool = True, inc
     else:
         raise ValueError(f"{expl.method}: dense maps are exported as thresholded regions (see region_features)")
     return {"type": "FeatureCollection", "properties": common, "features": features}
-
-
-def write_geojson(collection: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(collection, allow_nan=False))
-    return path

@@ -30,6 +30,7 @@ import numpy as np
 
 from histoview.explain.agreement import method_labels, normalise
 from histoview.explain.base import Explanation, NucleiPoints
+from histoview.io.files import atomic_write
 
 #: scale bar lengths to choose from, micrometres
 SCALE_BAR_LENGTHS_UM = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -284,54 +285,57 @@ def render_figure(
     return fig
 
 
-def _save(fig, path: str | os.PathLike, fmt: str, overwrite: bool, **kwargs) -> Path:
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another name (or pass overwrite=True)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # "x" creates the file only if it is still absent: no race with another writer.
-        with open(path, "wb" if overwrite else "xb") as fh:
-            fig.savefig(fh, format=fmt, **kwargs)
-    except FileExistsError:
-        raise FileExistsError(
-            f"{path} exists; choose another name (or pass overwrite=True)"
-        ) from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path
+def _write_figure(fig, path, fmt: str, overwrite: bool, numbered: bool, **kwargs) -> Path:
+    writer = atomic_write(path, "wb", overwrite=overwrite, numbered=numbered)
+    with writer as fh:
+        fig.savefig(fh, format=fmt, **kwargs)
+    return writer.path
 
 
-def save_png(fig, path: str | os.PathLike, *, overwrite: bool = False, dpi: int = 150) -> Path:
-    """Write ``fig`` as a PNG; an existing ``path`` raises FileExistsError unless ``overwrite``."""
+def save_png(
+    fig,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    numbered: bool = False,
+    dpi: int = 150,
+) -> Path:
+    """Write ``fig`` as a PNG, whole or not at all; returns the path written.
+
+    An existing ``path`` raises FileExistsError, unless ``overwrite`` (replace it) or
+    ``numbered`` (take the next free name, ``a-1.png``...: :func:`histoview.io.files.unique_path`).
+    """
     from histoview import RESEARCH_NOTICE
 
-    return _save(
+    return _write_figure(
         fig,
         path,
         "png",
         overwrite,
+        numbered,
         dpi=dpi,
         metadata={"Software": "histoview", "Disclaimer": RESEARCH_NOTICE},
     )
 
 
-def save_pdf(fig, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_pdf(
+    fig, path: str | os.PathLike, *, overwrite: bool = False, numbered: bool = False
+) -> Path:
     """Write ``fig`` as a one-page PDF with extractable text (TrueType fonts, ``pdf.fonttype`` 42).
 
-    An existing ``path`` raises FileExistsError unless ``overwrite``.
+    Existing files as in :func:`save_png`; returns the path written.
     """
     from matplotlib import rc_context
 
     from histoview import RESEARCH_NOTICE, __version__
 
     with rc_context({"pdf.fonttype": 42}):
-        return _save(
+        return _write_figure(
             fig,
             path,
             "pdf",
             overwrite,
+            numbered,
             dpi=200,
             metadata={"Creator": f"histoview {__version__}", "Subject": RESEARCH_NOTICE},
         )

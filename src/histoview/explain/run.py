@@ -168,8 +168,7 @@ def explain_file(path: str | os.PathLike, *, method: str, model: str | None = No
     ``<stem>.compare.png`` (the side-by-side figure with agreement and
     faithfulness) and ``<stem>.report.pdf``.
     """
-    from histoview.explain.base import unique_path
-    from histoview.explain.geojson import explanation_to_geojson, write_geojson
+    from histoview.explain.export import export_geojson
 
     methods = tuple(list_methods(run_all=True)) if method == "all" else (method,)
     rgb, explanations, info = explain_path(
@@ -183,8 +182,8 @@ def explain_file(path: str | os.PathLike, *, method: str, model: str | None = No
         written = write_explanation(expl, out_dir, stem, overwrite=overwrite)
         paths += [written["json"], written["tif"]]
         if expl.method == "graph":
-            gj = unique_path(out_dir / f"{stem}.graph.geojson", overwrite=overwrite)
-            paths.append(write_geojson(explanation_to_geojson(expl), gj))
+            gj = out_dir / f"{stem}.graph.geojson"
+            paths.append(export_geojson(expl, gj, overwrite=overwrite, numbered=True))
     if method == "all":
         paths += write_comparison(rgb, explanations, info, out_dir, stem, image_name=Path(path).name,
                                   overwrite=overwrite)
@@ -195,7 +194,6 @@ def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image
                      overwrite: bool = False, steps: int = 10) -> list[Path]:
     """Side-by-side figure (PNG) and one-page report (PDF) with agreement and faithfulness."""
     from histoview.explain.agreement import agreement_table, method_labels
-    from histoview.explain.base import unique_path
     from histoview.explain.faithfulness import deletion_insertion
     from histoview.explain.methods import predictor_for
     from histoview.explain.report import render_figure, save_pdf, save_png
@@ -208,6 +206,6 @@ def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image
         faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
     fig = render_figure(rgb, explanations, pixel_size_um=info["pixel_size_um"], image_name=image_name,
                         agreement=agreement, faithfulness=faithfulness)
-    png = save_png(fig, unique_path(out_dir / f"{stem}.compare.png", overwrite=overwrite), overwrite=overwrite)
-    pdf = save_pdf(fig, unique_path(out_dir / f"{stem}.report.pdf", overwrite=overwrite), overwrite=overwrite)
+    png = save_png(fig, out_dir / f"{stem}.compare.png", overwrite=overwrite, numbered=True)
+    pdf = save_pdf(fig, out_dir / f"{stem}.report.pdf", overwrite=overwrite, numbered=True)
     return [png, pdf]

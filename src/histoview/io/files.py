@@ -28,9 +28,6 @@ from typing import IO, Any
 
 __all__ = ["AtomicWriter", "atomic_write", "unique_path", "write_bytes", "write_text"]
 
-_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation below Python's io
-
-
 def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """``path`` itself when it is free (or ``overwrite``), else the first free name with
     ``-1``, ``-2``... before the suffixes (``x.graph.geojson`` -> ``x-1.graph.geojson``).
@@ -86,16 +83,11 @@ class AtomicWriter:
             if not self.numbered and os.path.lexists(self.target):
                 raise _exists_error(self.target)
             self.path = unique_path(self.target)
-        fd = self._create_tmp()
+        self._file = self._create_tmp()
         if self.mode is None:
-            os.close(fd)  # the caller's library writes by name
+            self._file.close()  # the caller's library writes by name
+            self._file = None
             return self.tmp
-        try:
-            self._file = os.fdopen(fd, self.mode, encoding=self.encoding, newline=self.newline)
-        except BaseException:
-            os.close(fd)
-            self._discard()
-            raise
         return self._file
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -115,16 +107,17 @@ class AtomicWriter:
                 self._file.close()
             self._discard()
 
-    def _create_tmp(self) -> int:
-        # Not mkstemp: its 0600 mode would stay on the final file; 0666 minus the umask is
-        # what a plain open() gives. The target's suffix is kept for libraries that pick
-        # the format from the name.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY
+    def _create_tmp(self) -> IO[Any]:
+        # Not mkstemp: its 0600 mode would stay on the final file, where a plain open()
+        # gives 0666 minus the umask; opened by name, so ``file.name`` is a path (tifffile
+        # needs one). The target's suffix is kept for libraries that pick the format from
+        # the name.
+        mode = "xb" if self.mode in (None, "wb") else "x"
         while True:
             name = f".{self.target.name}.{secrets.token_hex(4)}.tmp{self.target.suffix}"
             self.tmp = self.target.with_name(name)
             try:
-                return os.open(self.tmp, flags, 0o666)
+                return open(self.tmp, mode, encoding=self.encoding, newline=self.newline)
             except FileExistsError:
                 continue
 
@@ -228,7 +221,7 @@ def _link_new(src: Path, dest: Path) -> None:
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR | _BINARY)
+    fd = os.open(path, os.O_RDWR)
     try:
         os.fsync(fd)
     finally:

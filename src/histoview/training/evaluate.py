@@ -276,16 +276,15 @@ def write_evaluation(out_dir: str | os.PathLike, result: dict[str, Any], y: np.n
     """Write metrics.json/.csv, predictions.csv and the three figures; returns their paths."""
     import json
 
-    from histoview.explain.base import unique_path
+    from histoview.io.files import write_text
     from histoview.training.figures import save_figure
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     classes = result["classes"]
-    files = {"metrics_json": unique_path(out / "metrics.json")}
-    files["metrics_json"].write_text(json.dumps(_finite(result), indent=2, default=_json_default))
-    files["metrics_csv"] = write_metrics_csv(unique_path(out / "metrics.csv"), result)
-    files["predictions_csv"] = _write_predictions(unique_path(out / "predictions.csv"), samples,
+    files = {"metrics_json": write_text(
+        out / "metrics.json", json.dumps(_finite(result), indent=2, default=_json_default))}
+    files["metrics_csv"] = write_metrics_csv(out / "metrics.csv", result)
+    files["predictions_csv"] = _write_predictions(out / "predictions.csv", samples,
                                                   y, probs, classes, result["metrics"])
     for key, fig in evaluation_figures(result, y, probs).items():
         files[f"{key}_png"] = save_figure(fig, out / f"{key}.png")
@@ -305,29 +304,38 @@ def evaluation_figures(result: dict[str, Any], y: np.ndarray, probs: np.ndarray)
     }
 
 
-def write_metrics_csv(path: str | os.PathLike, result: dict[str, Any]) -> Path:
-    """One row per class, then ``overall`` (macro averages, accuracy, balanced accuracy)."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
+def write_metrics_csv(path: str | os.PathLike, result: dict[str, Any], *,
+                      overwrite: bool = False) -> Path:
+    """One row per class, then ``overall`` (macro averages, accuracy, balanced accuracy).
+
+    An existing ``path`` is kept and the table gets a numbered name unless ``overwrite``;
+    returns the path written."""
+    from histoview.io.files import atomic_write
+
+    out = atomic_write(path, "w", overwrite=overwrite, newline="")
+    with out as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for name, pc in result["per_class"].items():
             writer.writerow([name] + [_fmt(pc.get(c)) for c in CSV_COLUMNS[1:]])
         overall = result["overall"]
         writer.writerow(["overall", overall["n"]] + [_fmt(overall.get(c)) for c in CSV_COLUMNS[2:]])
-    return path
+    return out.path
 
 
 def _write_predictions(path: Path, samples, y, probs, classes, metrics) -> Path:
+    from histoview.io.files import atomic_write
+
     threshold = metrics.get("threshold")
     pred = (probs[:, 1] >= threshold).astype(int) if threshold is not None else probs.argmax(1)
-    with path.open("w", newline="") as f:
+    out = atomic_write(path, "w", newline="")
+    with out as f:
         writer = csv.writer(f)
         writer.writerow(["image", "patient", "true", "predicted"] + [f"p_{c}" for c in classes])
         for s, t, p, row in zip(samples, y, pred, probs):
             writer.writerow([s.key, s.patient or "", classes[t], classes[p]]
                             + [f"{v:.6f}" for v in row])
-    return path
+    return out.path
 
 
 def _fmt(value) -> str:

@@ -30,15 +30,16 @@ def _figure(width: float, height: float) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120,
                 overwrite: bool = False) -> Path:
-    """Write ``fig`` as PNG to ``path`` (or a numbered name beside it when it exists)."""
-    from histoview.explain.base import unique_path
+    """Write ``fig`` as PNG to ``path`` (or a numbered name beside it when it exists; the
+    format follows the suffix); returns the path written."""
+    from histoview.io.files import atomic_write
 
-    path = unique_path(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi)
-    return path
+    writer = atomic_write(path, "wb", overwrite=overwrite)
+    with writer as fh:
+        fig.savefig(fh, format=Path(path).suffix[1:].lower() or "png", dpi=dpi)
+    return writer.path
 
 
 def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = None) -> Figure:

@@ -547,10 +547,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def _write_results(out: Path, exp: Experiment, results: list[dict[str, Any]]) -> None:
-    from histoview.explain.base import unique_path
+    from histoview.io.files import write_text
 
-    out.mkdir(parents=True, exist_ok=True)
-    unique_path(out / "results.json").write_text(json.dumps(
+    write_text(out / "results.json", json.dumps(
         {"experiment": exp.name, "source": exp.source, "protocol": list(exp.protocol),
          "results": results}, indent=2))
-    unique_path(out / "results.txt").write_text(format_table(results) + "\n")
+    write_text(out / "results.txt", format_table(results) + "\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from histoview import SYNTHETIC_NOTICE
+from histoview.io.files import write_text
 from histoview.training.config import validate_config
 from histoview.training.events import drain
 
@@ -94,7 +95,7 @@ def iter_train_from_config(
         "synthetic": synthetic,
     }
     report_path = out_dir / "report.json"
-    report_path.write_text(json.dumps(report, indent=2, default=_np_default))
+    write_text(report_path, json.dumps(report, indent=2, default=_np_default), overwrite=True)
     _write_history_csv(out_dir / "history.csv", result["history"])
     return {**result, "checkpoint": best, "report": report_path, "test": test_metrics}
 
@@ -150,4 +151,4 @@ def _write_history_csv(path: Path, history: list[dict]) -> None:
         vals = [h["val"].get(k, "") for k in keys]
         lines.append(f"{h['epoch']},{h['train_loss']:.6f},{h['lr']:.3g}," + ",".join(
             f"{v:.6f}" if isinstance(v, float) else str(v) for v in vals))
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n", overwrite=True)

@@ -343,8 +343,8 @@ def comparison_figure(base, expls, agreement, faithfulness):
 
 def resolve_targets(paths: list, confirm: Callable[[str], bool]) -> tuple[list, bool]:
     """``(paths, overwrite)``: the paths when none exists or ``confirm`` allows overwriting,
-    else free names (:func:`histoview.explain.base.unique_path`) - never a silent overwrite."""
-    from histoview.explain.base import unique_path
+    else free names (:func:`histoview.io.files.unique_path`) - never a silent overwrite."""
+    from histoview.io.files import unique_path
 
     existing = [p for p in paths if p.exists()]
     if not existing:

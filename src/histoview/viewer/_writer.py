@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from histoview.explain.base import unique_path
-
 
 def _explanation(attributes: dict[str, Any]):
     expl = (attributes.get("metadata") or {}).get("histoview_explanation")
@@ -30,7 +28,7 @@ def _write(export, path: str, attributes: dict[str, Any]) -> list[str]:
 
         show_error(f"histoview: {exc}")
         return []
-    return [str(export(expl, unique_path(path)))]
+    return [str(export(expl, path, numbered=True))]
 
 
 def write_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
