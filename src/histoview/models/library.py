@@ -5,6 +5,11 @@
 * User library: a per-user data folder (``platformdirs.user_data_dir("histoview")/models``,
   or ``$HISTOVIEW_DATA_DIR/models``), never inside the installed package.
   Models trained from the plugin are added here.
+
+Listing reads only the sidecars (:func:`~histoview.models.checkpoint.read_metadata`, the
+schema included); a checkpoint whose sidecar is missing or invalid is left out of
+:func:`list_checkpoints` and reported, with the reason, by :func:`skipped_checkpoints`.
+The weights (hash, finiteness, tensor shapes) are checked when a model is loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from histoview.models.checkpoint import CheckpointError, read_metadata, sidecar_path
+
 
 @dataclass(frozen=True)
 class LibraryEntry:
@@ -35,12 +41,25 @@ class LibraryEntry:
 
     def label(self) -> str:
         """One line for lists: name, model, classes, data, key metric."""
-        val = (self.meta.get("metrics") or {}).get("test") or (self.meta.get("metrics") or {}).get("validation") or {}
+        metrics = self.meta.get("metrics") or {}
+        val = metrics.get("test") or metrics.get("validation") or {}
         acc = val.get("balanced_accuracy")
         data = (self.meta.get("data") or {}).get("layout", "?")
         tag = " [synthetic demo]" if self.synthetic else ""
         metric = f", bal. acc {acc:.2f}" if isinstance(acc, (int, float)) else ""
-        return f"{self.name} ({self.model}; {'/'.join(self.meta.get('classes', []))}; {data}{metric}){tag}"
+        classes = "/".join(self.meta.get("classes", []))
+        return f"{self.name} ({self.model}; {classes}; {data}{metric}){tag}"
+
+
+@dataclass(frozen=True)
+class SkippedCheckpoint:
+    """A checkpoint in the library that cannot be used, and why (one line naming the file
+    and the problem, as :class:`~histoview.models.checkpoint.CheckpointError` says it)."""
+
+    name: str
+    path: Path
+    source: str  # "bundled" | "user"
+    reason: str
 
 
 def bundled_weights_dir() -> Path:
@@ -63,22 +82,39 @@ def user_library_dir(create: bool = False) -> Path:
 
 
 def list_checkpoints(*, kind: str | None = None, model: str | None = None) -> list[LibraryEntry]:
-    """Every usable checkpoint, user library first, then bundled demos; unreadable ones are skipped."""
+    """Every usable checkpoint (of a model ``kind`` or registry name ``model``, if given),
+    user library first, then bundled demos; invalid ones are left out
+    (:func:`skipped_checkpoints` says which and why)."""
     from histoview.models.registry import get_model_config
 
-    entries = []
+    entries, _ = _scan()
+    return [
+        e
+        for e in entries
+        if (kind is None or get_model_config(e.model).kind == kind)
+        and (model is None or e.model == model)
+    ]
+
+
+def skipped_checkpoints() -> list[SkippedCheckpoint]:
+    """The checkpoints :func:`list_checkpoints` leaves out, each with the reason (missing
+    or invalid sidecar, unknown model...), user library first, then bundled demos."""
+    return _scan()[1]
+
+
+def _scan() -> tuple[list[LibraryEntry], list[SkippedCheckpoint]]:
+    entries, skipped = [], []
     for source, folder in (("user", user_library_dir()), ("bundled", bundled_weights_dir())):
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.safetensors")):
             try:
                 meta = read_metadata(path)
-                cfg = get_model_config(meta["model"])
-            except (CheckpointError, KeyError):
+            except CheckpointError as exc:
+                skipped.append(SkippedCheckpoint(path.stem, path, source, str(exc)))
                 continue
-            if (kind is None or cfg.kind == kind) and (model is None or meta["model"] == model):
-                entries.append(LibraryEntry(path.stem, path, meta, source))
-    return entries
+            entries.append(LibraryEntry(path.stem, path, meta, source))
+    return entries, skipped
 
 
 def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -92,10 +128,16 @@ def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
         if not p.exists():
             raise CheckpointError(f"{p}: checkpoint not found")
         return p
-    for entry in list_checkpoints():
+    entries, skipped = _scan()
+    for entry in entries:
         if entry.name == str(name_or_path):
             return entry.path
-    raise CheckpointError(f"no checkpoint named {name_or_path!r} in the model library or bundled weights")
+    for bad in skipped:
+        if bad.name == str(name_or_path):
+            raise CheckpointError(bad.reason)
+    raise CheckpointError(
+        f"no checkpoint named {name_or_path!r} in the model library or bundled weights"
+    )
 
 
 def bundled_checkpoint(name: str | None, *, purpose: str = "this") -> Path:
