@@ -8,8 +8,10 @@ phase 1 of two-phase fine-tuning) and ``head`` the new classification part.
 
 Backbones keep torchvision's/timm's own parameter names, so an ImageNet file
 loads into ``model.backbone`` unchanged (:func:`load_pretrained_backbone`).
-Nothing here downloads anything: ``pretrained=True`` only uses a file already
-in the local cache.
+Nothing here downloads anything, and nothing loads a file the user names with
+``torch.load``: ``pretrained`` is a ``.safetensors`` file, or ``True`` for the
+torchvision/timm ImageNet weights already in the local cache, found by the library's
+own name for them and checked against the hash that name carries.
 
 The attention-based ResNets (DALAResNet50, CSPResNet50-FPN-SE) live in
 :mod:`histoview.models.attention_cnns`, RMCG in :mod:`histoview.models.rmcg`.
@@ -18,8 +20,9 @@ The attention-based ResNets (DALAResNet50, CSPResNet50-FPN-SE) live in
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,65 +47,106 @@ _TORCHVISION_WEIGHTS = {
 # --------------------------------------------------------------------------- weights
 
 
+# torch.hub's convention: a cached file's name carries the start of its SHA-256
+_HUB_HASH = re.compile(r"-([a-f0-9]{6,})\.")
+
+
 def _torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _cached_imagenet_file(arch: str) -> Path:
-    """The local ImageNet weight file for ``arch``, or RuntimeError; never downloads."""
-    candidates: list[Path] = []
+def _imagenet_url(arch: str) -> str | None:
+    """Where torchvision or timm publish ``arch``'s ImageNet weights (None: not there)."""
     if arch in _TORCHVISION_WEIGHTS:
         import torchvision
 
-        enum = getattr(torchvision.models, _TORCHVISION_WEIGHTS[arch])
-        candidates.append(_torch_hub_checkpoints() / enum.IMAGENET1K_V1.url.rsplit("/", 1)[-1])
-    else:
+        return getattr(torchvision.models, _TORCHVISION_WEIGHTS[arch]).IMAGENET1K_V1.url
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    return (cfg.url or None) if cfg is not None else None
+
+
+def _cached_imagenet_state(arch: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """``(state_dict, file)``: ``arch``'s ImageNet weights from the local caches only.
+
+    timm weights come from the Hugging Face cache's ``model.safetensors``; torchvision's
+    (and timm's older releases) from torch.hub's cache, under the file name of the
+    library's own URL, whose hash prefix is checked before torch.hub loads it
+    (``weights_only=True``). Never downloads: RuntimeError says how to provide the file.
+    """
+    looked: list[str] = []
+    if arch not in _TORCHVISION_WEIGHTS:
         from timm.models import get_pretrained_cfg
 
         cfg = get_pretrained_cfg(arch)
         if cfg is None or not (cfg.url or cfg.hf_hub_id):
             raise RuntimeError(
                 f"timm publishes no ImageNet weights for {arch!r}; pass pretrained='/path/to/"
-                "weights.safetensors' (or a .pth state_dict) instead"
+                "weights.safetensors' instead"
             )
-        if cfg.url:
-            candidates.append(_torch_hub_checkpoints() / cfg.url.rsplit("/", 1)[-1])
         if cfg.hf_hub_id:
             from huggingface_hub import try_to_load_from_cache
 
             hf_cache = os.environ.get("HF_HUB_CACHE")  # read now, so tests can redirect it
-            for fname in ("model.safetensors", "pytorch_model.bin"):
-                hit = try_to_load_from_cache(cfg.hf_hub_id, fname, cache_dir=hf_cache)
-                if isinstance(hit, str):
-                    return Path(hit)
-            candidates.append(Path(hf_cache or "~/.cache/huggingface/hub") / cfg.hf_hub_id)
-    for path in candidates:
-        if path.is_file():
-            return path
-    where = "\n  ".join(str(p) for p in candidates)
+            hit = try_to_load_from_cache(cfg.hf_hub_id, "model.safetensors", cache_dir=hf_cache)
+            if isinstance(hit, str):
+                return _read_state_file(hit), Path(hit)
+            where = Path(hf_cache or "~/.cache/huggingface/hub") / cfg.hf_hub_id
+            looked.append(f"{where} (model.safetensors)")
+    url = _imagenet_url(arch)
+    if url:
+        cached = _torch_hub_checkpoints() / url.rsplit("/", 1)[-1]
+        if cached.is_file():
+            _check_hub_hash(cached)
+            state = torch.hub.load_state_dict_from_url(
+                url, model_dir=str(cached.parent), map_location="cpu", progress=False,
+                check_hash=True, weights_only=True,
+            )
+            return dict(state), cached
+        looked.append(str(cached))
+    where = "; ".join(looked)
+    source = f" (download {url} once on a machine with network)" if url else ""
     raise RuntimeError(
         f"ImageNet weights for {arch!r} are not available offline (histoview never downloads "
-        f"weights). Looked for:\n  {where}\nEither copy the file there, or pass "
-        f"pretrained='/path/to/{arch}.safetensors' (or a .pth state_dict) holding the "
-        "backbone's ImageNet weights."
+        f"weights). Looked for: {where}. Either put the file there{source}, or pass "
+        f"pretrained='/path/to/{arch}.safetensors' holding the backbone's ImageNet weights."
     )
 
 
+def _check_hub_hash(path: Path) -> None:
+    """RuntimeError unless ``path``'s SHA-256 starts with the hash prefix in its name."""
+    from histoview.models.checkpoint import sha256_file
+
+    match = _HUB_HASH.search(path.name)
+    if match is None:
+        raise RuntimeError(f"{path}: no hash in the file name, so it cannot be verified")
+    digest = sha256_file(path)
+    if not digest.startswith(match.group(1)):
+        raise RuntimeError(
+            f"{path}: its SHA-256 ({digest[:12]}...) does not match the {match.group(1)} in its "
+            "name: a damaged or replaced download; delete it and fetch it again"
+        )
+
+
 def _read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` state_dict (never a pickle: ``.pth`` and the like are refused)."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(
+            f"{path}: pretrained weights must be a .safetensors file; histoview never loads "
+            "pickle files (.pth, .pt, .bin) with torch.load. If you trust the file, convert "
+            "its state_dict once with safetensors.torch.save_file(state_dict, 'NAME.safetensors')"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
+    try:
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping):
-        raise RuntimeError(f"{path}: expected a state_dict, got {type(state).__name__}")
-    return dict(state)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RuntimeError(f"{path}: cannot read safetensors weights ({exc})") from None
 
 
 def load_pretrained_backbone(
@@ -117,11 +161,12 @@ def load_pretrained_backbone(
     Args:
         module: the pretrained part of a model (``model.backbone``).
         pretrained: ``False`` does nothing (random weights); a path to a
-            ``.safetensors`` or ``.pth`` state_dict loads it (``.pth`` with
-            ``torch.load(weights_only=True)``; a ``module.`` prefix is
-            stripped); ``True`` uses the torchvision/timm ImageNet file only if
-            it is already in the local cache (``torch.hub.get_dir()`` or the
-            Hugging Face cache), else raises RuntimeError saying how to provide one.
+            ``.safetensors`` state_dict loads it (a ``module.`` prefix is stripped;
+            any other suffix is refused with ValueError: histoview never unpickles);
+            ``True`` uses the torchvision/timm ImageNet weights only if they are
+            already in the local cache (``torch.hub.get_dir()``, hash-checked, or the
+            Hugging Face cache's safetensors), else raises RuntimeError saying how to
+            provide them.
         arch: torchvision/timm architecture name of the weights, e.g. ``"resnet50"``.
         ignore: parameter-name prefixes of ``module`` not required in the file.
 
@@ -129,14 +174,27 @@ def load_pretrained_backbone(
         The names of the tensors loaded (empty when ``pretrained`` is False).
 
     Raises:
-        RuntimeError: weights not cached, or the file misses tensors of the
-            backbone or has them with other shapes.
+        RuntimeError: weights not cached, a cached file whose hash does not match, or a
+            file that misses tensors of the backbone, has them with other shapes or
+            holds NaN or infinite values.
+        ValueError: a weights file that is not ``.safetensors``.
     """
+    from histoview.models.checkpoint import non_finite_tensors
+
     if pretrained is False or pretrained is None:
         return []
-    path = _cached_imagenet_file(arch) if pretrained is True else Path(pretrained)
-    state = _read_state_file(path)
+    if pretrained is True:
+        state, path = _cached_imagenet_state(arch)
+    else:
+        path = Path(pretrained)
+        state = _read_state_file(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if bad := non_finite_tensors(state):
+        name, nan, inf, size = bad[0]
+        raise RuntimeError(
+            f"{path}: not usable ImageNet weights: tensor {name!r} has {nan} NaN and {inf} "
+            f"infinite values of {size}"
+        )
     own = module.state_dict()
     wanted = [
         k for k in own if not k.startswith(tuple(ignore)) and not k.endswith("num_batches_tracked")
