@@ -1,4 +1,5 @@
-"""Benchmark the nuclei detector on MoNuSeg and the cell-graph builder (seed 001).
+"""Benchmark the nuclei detector on MoNuSeg and the cell-graph builder (the nuclei graphs of
+Sureka et al., 2020).
 
 Prints, per MoNuSeg tile, the detection precision / recall / F1 (a detected centroid is a
 true positive when it falls inside a not-yet-matched annotated nucleus outline, one-to-one;
@@ -22,16 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _monuseg import dice, match_detections, polygons_to_labels, read_aperio_xml
 
 from histoview.preprocessing.graph import DEFAULT_THRESHOLD_UM, build_nuclei_graph
-from histoview.preprocessing.nuclei import (
-    FEATURE_NAMES,
-    detect_nuclei,
-    dice,
-    match_detections,
-    polygons_to_labels,
-    read_aperio_xml,
-)
+from histoview.preprocessing.nuclei import FEATURE_NAMES, detect_nuclei
 
 REPO = Path(__file__).resolve().parents[1]
 MONUSEG_PX = 0.2456  # um per pixel, MoNuSeg 40X

@@ -1,4 +1,5 @@
-"""Nuclei detection, features and detection metrics (histoview.preprocessing.nuclei)."""
+"""Nuclei detection and features (histoview.preprocessing.nuclei), scored with the MoNuSeg
+helpers of benchmarks/_monuseg.py (detection matching, Dice, annotation XML)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _monuseg import dice, match_detections, polygons_to_labels, read_aperio_xml  # benchmarks/
 from skimage import draw, transform
 
 from histoview.preprocessing.nuclei import (
@@ -13,11 +15,7 @@ from histoview.preprocessing.nuclei import (
     Nuclei,
     NucleiDetectorConfig,
     detect_nuclei,
-    dice,
-    match_detections,
     nucleus_features,
-    polygons_to_labels,
-    read_aperio_xml,
 )
 
 PX = 0.25  # um per pixel of the synthetic tissue
