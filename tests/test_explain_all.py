@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _geojson import read_geojson_nuclei, validate_geojson
 from histoview.cli import main
-from histoview.explain.export import read_geojson_nuclei, validate_geojson
 from histoview.explain.methods import get_method, list_methods
 from histoview.models.library import bundled_weights_dir
 from histoview.preprocessing.phantom import make_phantom

@@ -1,4 +1,4 @@
-"""GeoJSON / CSV export and GeoJSON validation (histoview.explain.export)."""
+"""GeoJSON / CSV export (histoview.explain.export), and the tests' GeoJSON checks (_geojson.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from _geojson import read_geojson_nuclei, validate_geojson
 from histoview.explain.base import DenseMap, Explanation, NucleiPoints
-from histoview.explain.export import (
-    dense_regions,
-    export_csv,
-    export_geojson,
-    read_geojson_nuclei,
-    region_threshold,
-    validate_geojson,
-)
+from histoview.explain.export import dense_regions, export_csv, export_geojson, region_threshold
 from histoview.preprocessing.patches import extract_patches
 
 CLASSES = ("benign", "malignant")

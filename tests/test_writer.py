@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from histoview.explain.export import read_geojson_nuclei, validate_geojson
+from _geojson import read_geojson_nuclei, validate_geojson
 
 pytestmark = pytest.mark.gui
 
