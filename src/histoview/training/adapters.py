@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,25 @@ def default_cache_dir() -> Path:
 
 
 class _ImageCache:
-    """Decoded images kept in memory (bounded), so epochs do not re-decode or re-generate."""
+    """Decoded images kept in memory (at most ``max_items``, least recently used dropped), so
+    epochs do not re-decode or re-generate. One per process: a copy sent to a worker process
+    (pickled) starts empty, so each data-loader worker keeps the images it decodes."""
 
     def __init__(self, max_items: int = 512):
         self.max_items = max_items
         self._items: OrderedDict[str, tuple[np.ndarray, float | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_items": self.max_items}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_items"])
 
     def load(self, sample: Sample) -> tuple[np.ndarray, float | None]:
         key = sample.key
@@ -66,7 +81,11 @@ class _ImageCache:
 
 
 class InputAdapter:
-    """Base: load with a cache, augment, collate, forward."""
+    """Base: load with a cache, augment, collate, forward.
+
+    Adapters run in data-loader worker processes (:mod:`histoview.training.loader`): they
+    pickle, and their in-memory caches are per process.
+    """
 
     def __init__(
         self,
@@ -93,6 +112,11 @@ class InputAdapter:
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+    def release_memory(self) -> None:
+        """Empty the in-memory caches that worker processes rebuild on their own (the
+        decoded images), before workers take over loading, so this process keeps no copy."""
+        self.cache.clear()
 
     @property
     def views(self) -> tuple:
@@ -142,12 +166,9 @@ class ImageAdapter(InputAdapter):
             x = random_dihedral(x, rng)
         elif view is not None:
             x = dihedral(x, *view)
-        if x.shape[-2:] != tuple(
-            self.config.input_size or x.shape[-2:]
-        ):  # rot90 of a non-square input
-            x = torch.nn.functional.interpolate(
-                x[None], size=self.config.input_size, mode="bilinear"
-            )[0]
+        size = tuple(self.config.input_size or x.shape[-2:])
+        if x.shape[-2:] != size:  # rot90 of a non-square input
+            x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear")[0]
         return x
 
     def collate(self, items):
@@ -179,7 +200,36 @@ class GraphAdapter(InputAdapter):
     def views(self) -> tuple:
         return ((0, False),)  # node features are rotation-invariant: no image TTA for graphs
 
+    def release_memory(self) -> None:
+        """As the base; graphs too when the disk cache holds them (without a disk cache the
+        graphs in memory are the only copy: workers inherit or receive them)."""
+        super().release_memory()
+        if self.cache_dir is not None:
+            self._graphs.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self.cache_dir is not None:  # a worker reads them from the disk cache
+            state["_graphs"] = {}
+        return state
+
+    def build_graphs(self, samples: list[Sample], *, num_workers: int = 0) -> Iterator:
+        """The graphs of ``samples`` in order (:meth:`graph_for`), built in ``num_workers``
+        data-loader worker processes (0: here). With a disk cache the workers' graphs stay on
+        disk (read again where needed); without one they are kept in memory here."""
+        from histoview.training.loader import map_samples
+
+        graphs = map_samples(self.graph_for, samples, num_workers=num_workers)
+        for sample, graph in zip(samples, graphs, strict=True):
+            if num_workers and self.cache_dir is None:
+                self._graphs[sample.key] = graph
+            yield graph
+
     def graph_for(self, sample: Sample):
+        """The sample's :class:`~histoview.preprocessing.graph.NucleiGraph`: from memory,
+        else from the disk cache, else built (nuclei detection and graph building) and
+        written to the disk cache (atomically, by ``save_graph``: concurrent workers and
+        runs never read a half-written file)."""
         from histoview.preprocessing.graph import load_graph, save_graph
 
         if sample.key in self._graphs:

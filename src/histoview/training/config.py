@@ -8,8 +8,12 @@ A config names the model, the data, the split and the training options::
     data: {type: phantom, task: binary, n_per_class: 40}   # see training.datasets
     split: {by: patient, fractions: [0.7, 0.15, 0.15], seed: 0}
     input: {max_background: 0.9}    # adapter options (patch stride, graph threshold, cache dir...)
-    train: {epochs: 10, batch_size: 1, lr: 0.001}          # see training.engine.TrainOptions
+    train: {epochs: 10, batch_size: 1, lr: 0.001, num_workers: 0}  # training.engine.TrainOptions
     output_dir: runs/amil-phantom   # relative paths are relative to the config file
+
+``train: {num_workers: n}`` reads and augments samples in ``n`` data-loader worker processes
+(default 0: on the training thread); the trained weights do not depend on it
+(:mod:`histoview.training.loader`).
 """
 
 from __future__ import annotations

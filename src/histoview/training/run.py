@@ -36,6 +36,9 @@ def iter_train_from_config(
         raise ValueError("the training split is empty: the dataset is too small")
     mcfg = get_model_config(config["model"])
     model_kwargs = {**mcfg.defaults, **config.get("model_kwargs", {})}
+    import torch
+
+    torch.manual_seed(opts.seed)  # the same config initialises the same weights, in any process
     model = create_model(config["model"], num_classes=len(dataset.classes), **model_kwargs)
     input_opts = dict(config.get("input", {}))
     adapter = make_adapter(mcfg, model_kwargs, input_opts)
@@ -62,7 +65,7 @@ def iter_train_from_config(
     if leak:
         yield {"event": "message", "text": "WARNING: image-level split leaks patients across train/val/test"}
     if hasattr(model, "set_node_normalisation"):
-        yield from _fit_node_normalisation(model, adapter, train)
+        yield from _fit_node_normalisation(model, adapter, train, opts.num_workers)
     result = yield from fit(model, adapter, train, val, dataset.classes, opts, config["output_dir"], meta,
                             resume=resume, should_stop=should_stop)
     out_dir = Path(config["output_dir"])
@@ -76,7 +79,7 @@ def iter_train_from_config(
     if test:
         yield {"event": "message", "text": f"evaluating {best.name} on {len(test)} test images"}
         m = evaluate(model, adapter, test, dataset.classes, device=device, tta=opts.tta,
-                     threshold=best_meta.get("threshold"))
+                     threshold=best_meta.get("threshold"), num_workers=opts.num_workers)
         test_metrics = {k: v for k, v in m.items() if not k.startswith("_")}
     best_meta["metrics"] = {**best_meta.get("metrics", {}), "test": test_metrics}
     for key in ("format", "format_version", "weights_sha256", "created", "code_version"):
@@ -100,16 +103,19 @@ def iter_train_from_config(
     return {**result, "checkpoint": best, "report": report_path, "test": test_metrics}
 
 
-def _fit_node_normalisation(model, adapter, train) -> Generator[dict[str, Any], None, None]:
+def _fit_node_normalisation(
+    model, adapter, train, num_workers: int = 0
+) -> Generator[dict[str, Any], None, None]:
     """Graph models standardise node features with training-set statistics (saved as buffers).
 
-    Building the training graphs here also fills the graph cache before the first epoch.
+    Building the training graphs here (in ``num_workers`` data-loader workers) also fills
+    the graph cache before the first epoch.
     """
     import numpy as np
 
     feats = []
-    for i, sample in enumerate(train):
-        feats.append(adapter.graph_for(sample).node_features)
+    for i, graph in enumerate(adapter.build_graphs(train, num_workers=num_workers)):
+        feats.append(graph.node_features)
         if (i + 1) % 10 == 0 or i + 1 == len(train):
             yield {"event": "message", "text": f"nuclei graphs built: {i + 1}/{len(train)}"}
     x = np.concatenate([f for f in feats if len(f)]) if feats else np.zeros((0, 1))
