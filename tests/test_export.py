@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _geojson import read_geojson_nuclei, validate_geojson
-from histoview.explain.base import DenseMap, Explanation, NucleiPoints
+from histoview.explain.base import DenseMap, Explanation, NucleiPoints, write_explanation
 from histoview.explain.export import dense_regions, export_csv, export_geojson, region_threshold
 from histoview.preprocessing.patches import extract_patches
 
@@ -185,6 +185,32 @@ def test_existing_files_are_never_overwritten(tmp_path):
         assert path.read_text() == "mine"
         export(patch_explanation(), path, overwrite=True)
         assert path.read_text() != "mine"
+
+
+def test_numbered_exports_keep_existing_files(tmp_path):
+    for export, name, numbered_name in (
+        (export_geojson, "a.geojson", "a-1.geojson"),
+        (export_csv, "a.csv", "a-1.csv"),
+    ):
+        path = tmp_path / name
+        path.write_text("mine")
+        assert export(patch_explanation(), path, numbered=True) == tmp_path / numbered_name
+        assert path.read_text() == "mine"
+    assert len(list(tmp_path.iterdir())) == 4  # no temporaries left
+
+
+def test_explanation_record_names_its_numbered_map(tmp_path):
+    import tifffile
+
+    first = write_explanation(patch_explanation(), tmp_path, "duct")
+    second = write_explanation(patch_explanation(), tmp_path, "duct")
+    assert (first["tif"].name, first["json"].name) == ("duct.amil.tif", "duct.amil.json")
+    assert (second["tif"].name, second["json"].name) == ("duct-1.amil.tif", "duct-1.amil.json")
+    assert json.loads(second["json"].read_text())["map_file"] == "duct-1.amil.tif"
+    dense = tifffile.imread(second["tif"])
+    assert dense.dtype == np.float32 and dense.shape == (64, 96)
+    again = write_explanation(patch_explanation(), tmp_path, "duct", overwrite=True)
+    assert again == first and len(list(tmp_path.iterdir())) == 4
 
 
 @pytest.mark.parametrize(

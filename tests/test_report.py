@@ -166,6 +166,24 @@ def test_existing_files_are_never_overwritten(tmp_path):
         assert path.read_bytes() != b"mine"
 
 
+def test_numbered_names_and_no_partial_file_on_error(tmp_path):
+    fig = render_figure(tissue(), explanations()[1])
+    (tmp_path / "a.png").write_bytes(b"mine")
+    assert save_png(fig, tmp_path / "a.png", numbered=True) == tmp_path / "a-1.png"
+    assert save_pdf(fig, tmp_path / "a.pdf", numbered=True) == tmp_path / "a.pdf"
+    assert (tmp_path / "a.png").read_bytes() == b"mine"
+
+    def fails_midway(fh, **kwargs):
+        fh.write(b"%PDF-1.4 half a page")
+        raise RuntimeError("renderer failed")
+
+    fig.savefig = fails_midway
+    for save, name in ((save_png, "b.png"), (save_pdf, "b.pdf")):
+        with pytest.raises(RuntimeError, match="renderer failed"):
+            save(fig, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "a.pdf", "a.png"]
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="no explanations"):
         render_figure(tissue(), [])
