@@ -34,6 +34,7 @@ from qtpy.QtCore import Qt
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import list_methods
 from histoview.viewer import _compare_parts as parts
+from histoview.viewer._layer_choice import is_explanation, is_tissue_image, layer_choice, same_layer
 from histoview.viewer.overlays import add_explanation_layers, layer_pixel_size
 
 HELP = {
@@ -51,6 +52,11 @@ HELP = {
 }
 
 
+def _key(layer):
+    """A dictionary key for ``layer`` that a proxy of it shares."""
+    return layer.unique_id
+
+
 def _button(text: str, tip: str, slot) -> qw.QPushButton:
     b = qw.QPushButton(text)
     b.setToolTip(tip)
@@ -63,13 +69,13 @@ class CompareWidget(qw.QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        # From the plugin menu napari passes a proxy that re-wraps every layer it returns;
-        # the widget keeps layers by identity, so it works on the viewer itself.
-        viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        # From the plugin menu ``napari_viewer`` is napari's PublicOnlyProxy, whose layers are
+        # proxies too: layers are matched by ``unique_id`` (same_layer), never by identity.
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
+        from napari.layers import Image, Layer
 
-        self.viewer = viewer
+        self.viewer = viewer = napari_viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS
         self.methods = tuple(list_methods(run_all=True))
@@ -79,8 +85,12 @@ class CompareWidget(qw.QWidget):
         self._saved: dict = {}
         self._predictors: dict[int, tuple] = {}  # id(expl) -> (expl, predict, rgb)
         self._resume_side = False
+        self._shown_heatmap = None
 
-        self.image_combo = qw.QComboBox()
+        # napari keeps both lists current while the widget is docked (see reset_choices)
+        self.image_choice = layer_choice(Image, is_tissue_image, label="image")
+        self.heatmap_choice = layer_choice(Layer, is_explanation, label="heatmap")
+        self.heatmap_choice.changed.connect(self._heatmap_changed)
         self.run_button = _button("Run all methods", HELP["run"], self.run_all)
         self.cancel_button = _button("Cancel", "Stop after the current step", self.cancel)
         self.cancel_button.setEnabled(False)
@@ -90,8 +100,6 @@ class CompareWidget(qw.QWidget):
         self.status.setWordWrap(True)
         self.side_button = _button("Side by side", HELP["side"], self.side_by_side)
         self.stacked_button = _button("Stacked", HELP["stacked"], self.stacked)
-        self.heatmap_combo = qw.QComboBox()
-        self.heatmap_combo.currentIndexChanged.connect(self._heatmap_changed)
         self.threshold_slider = qw.QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0, 100)
         self.threshold_slider.setToolTip(HELP["threshold"])
@@ -115,9 +123,11 @@ class CompareWidget(qw.QWidget):
         notice.setStyleSheet("color: #e0a040;")
         self._layout(notice)
         parts.draw_faithfulness(self.figure, {})
-        self._refresh_choices()
-        viewer.layers.events.inserted.connect(self._refresh_choices)
-        viewer.layers.events.removed.connect(self._refresh_choices)
+        self.reset_choices()
+        # also when not docked (scripts, tests); napari's own connection to reset_choices,
+        # made when it docks the widget, is then not added twice
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
         viewer.layers.selection.events.active.connect(self._active_changed)
 
     def _layout(self, notice) -> None:
@@ -137,10 +147,12 @@ class CompareWidget(qw.QWidget):
             return holder
 
         main = qw.QVBoxLayout(self)
-        for w in (row(qw.QLabel("image"), self.image_combo), row(self.run_button, self.cancel_button),
+        for w in (row(qw.QLabel("image"), self.image_choice.native),
+                  row(self.run_button, self.cancel_button),
                   self.analyse_button, self.progress, self.status,
                   row(self.side_button, self.stacked_button),
-                  box("Threshold", self.heatmap_combo, self.threshold_slider, self.threshold_label),
+                  box("Threshold", self.heatmap_choice.native, self.threshold_slider,
+                      self.threshold_label),
                   box("Agreement", self.table_note, self.table),
                   box("Faithfulness: deletion and insertion", self.canvas),
                   row(self.png_button, self.pdf_button, self.annotations_button), notice):
@@ -149,36 +161,40 @@ class CompareWidget(qw.QWidget):
 
     # -- choices ----------------------------------------------------------------------------------
     def image_layer(self):
-        return self.image_combo.currentData()
+        return self.image_choice.value
 
     def heatmap_layer(self):
-        return self.heatmap_combo.currentData()
+        return self.heatmap_choice.value
 
-    def _refresh_choices(self, _event=None) -> None:
-        from napari.layers import Image
+    @property
+    def running(self) -> bool:
+        """Whether a run or an analysis is in progress in the worker thread."""
+        return self._worker is not None
 
-        for combo, wanted in (
-            (self.image_combo, lambda lay: isinstance(lay, Image) and parts.role(lay) is None
-             and "histoview_explanation" not in lay.metadata),
-            (self.heatmap_combo, lambda lay: lay in parts.explanation_layers(self.viewer.layers)),
-        ):
-            current = combo.currentData()
-            combo.blockSignals(True)
-            combo.clear()
-            for lay in self.viewer.layers:
-                if wanted(lay):
-                    combo.addItem(lay.name, lay)
-            idx = next((i for i in range(combo.count()) if combo.itemData(i) is current), -1)
-            combo.setCurrentIndex(idx if idx >= 0 else combo.count() - 1)
-            combo.blockSignals(False)
-        if self.heatmap_layer() is not getattr(self, "_shown_heatmap", None):
+    def reset_choices(self, _event=None) -> None:
+        """Refresh the image and heatmap lists from the viewer's layers.
+
+        napari calls this on a docked widget when layers are inserted, removed, reordered or
+        renamed (as for magicgui widgets).
+        """
+        before = self._shown_heatmap
+        with self.heatmap_choice.changed.blocked():
+            self.image_choice.reset_choices()
+            self.heatmap_choice.reset_choices()
+            choices = [c for c in self.heatmap_choice.choices if c is not None]
+            if choices and not any(same_layer(c, before) for c in choices):
+                # a new list: the selected explanation, else the newest (top) one
+                active = self.viewer.layers.selection.active
+                self.heatmap_choice.value = next(
+                    (c for c in choices if same_layer(c, active)), choices[-1])
+        if not same_layer(self.heatmap_layer(), self._shown_heatmap):
             self._heatmap_changed()
 
     def _active_changed(self, event=None) -> None:
         active = self.viewer.layers.selection.active
-        for i in range(self.heatmap_combo.count()):
-            if self.heatmap_combo.itemData(i) is active:
-                self.heatmap_combo.setCurrentIndex(i)
+        match = next((c for c in self.heatmap_choice.choices if same_layer(c, active)), None)
+        if match is not None:
+            self.heatmap_choice.value = match
 
     # -- threshold --------------------------------------------------------------------------------
     def _heatmap_changed(self, _index=None) -> None:
@@ -222,7 +238,7 @@ class CompareWidget(qw.QWidget):
             self._error(f"no explanations over {base.name!r}: run all methods first")
             return
         layers, grid = self.viewer.layers, parts.grid_of(self.viewer)
-        self._saved = {"order": list(layers), "visible": {id(lay): lay.visible for lay in layers},
+        self._saved = {"order": list(layers), "visible": {_key(lay): lay.visible for lay in layers},
                        "grid": (grid.stride, grid.shape, grid.spacing),
                        "overlays": {}}
         stride = 1 + max(len(g) for g in groups)
@@ -233,12 +249,12 @@ class CompareWidget(qw.QWidget):
             spacers = [parts.spacer(self.viewer, base) for _ in range(stride - 1 - len(group))]
             panels.append([*spacers, tissue, *group])
             for lay in group:
-                self._saved["overlays"][id(lay)] = (lay, parts.look(lay))
+                self._saved["overlays"][_key(lay)] = (lay, parts.look(lay))
                 if lay is main:
                     parts.refresh_overlay(lay, True)
                     parts.panel_look(lay)
-        in_panels = {id(lay) for p in panels for lay in p}
-        others = [lay for lay in layers if id(lay) not in in_panels]
+        in_panels = {_key(lay) for p in panels for lay in p}
+        others = [lay for lay in layers if _key(lay) not in in_panels]
         for lay in others:
             lay.visible = False
         # negative stride: the grid fills from the top of the layer list, first panel top-left
@@ -273,8 +289,8 @@ class CompareWidget(qw.QWidget):
                         parts.refresh_overlay(lay, False)
                     parts.restore_look(lay, saved_look)
             for lay in layers:
-                if id(lay) in saved["visible"]:
-                    lay.visible = saved["visible"][id(lay)]
+                if _key(lay) in saved["visible"]:
+                    lay.visible = saved["visible"][_key(lay)]
             order = [lay for lay in saved["order"] if lay in layers]
             parts.reorder(layers, order + [lay for lay in layers if lay not in order])
         self.side_by_side_on = False

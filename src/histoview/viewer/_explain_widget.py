@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
+from histoview.viewer._layer_choice import is_tissue_image, layer_choice
 from histoview.viewer.overlays import (
     add_explanation_layers,
     explanation_title,
@@ -45,7 +46,11 @@ class ExplainWidget(Container):
         self._worker = None
         self.last_explanation = None
         self.last_layers: list = []
-        self.image_choice = ComboBox(label="image", choices=self._image_layers)
+        from napari.layers import Image
+
+        # napari lists the viewer's Image layers (explanation overlays left out) and keeps the
+        # list current while the widget is docked
+        self.image_choice = layer_choice(Image, is_tissue_image, label="image")
         self.method_choice = ComboBox(label="method", choices=list_methods(), value=method or "amil")
         self.model_choice = ComboBox(label="model", choices=[])
         self.class_choice = ComboBox(label="explain class", choices=["predicted"], value="predicted")
@@ -65,20 +70,13 @@ class ExplainWidget(Container):
         self.model_choice.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        viewer.layers.events.inserted.connect(self._refresh_images)
-        viewer.layers.events.removed.connect(self._refresh_images)
+        # the image list also follows the layers when the widget is not docked (scripts, tests)
+        viewer.layers.events.inserted.connect(self.image_choice.reset_choices)
+        viewer.layers.events.removed.connect(self.image_choice.reset_choices)
         self._method_changed()
         _LIVE.add(self)
 
     # -- choices ----------------------------------------------------------------------------------
-    def _image_layers(self, _widget=None):
-        from napari.layers import Image
-
-        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and "histoview_explanation" not in lay.metadata]
-
-    def _refresh_images(self, _event=None):
-        self.image_choice.reset_choices()
-
     def refresh_models(self) -> None:
         from histoview.models.library import list_checkpoints
         from histoview.models.registry import get_model_config

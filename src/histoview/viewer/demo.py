@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+DEMO_TITLE = "histoview demo - research use only, not for diagnosis"
+
 
 def populate_demo(viewer, *, label: str = "invasive", seed: int = 0, explanations: bool = True,
                   view: str = "compare"):
@@ -62,7 +64,7 @@ def run_demo(*, screenshot: str | Path | None = None, label: str = "invasive", s
         return _screenshot(Path(screenshot), label, seed, explanations, view)
     import napari
 
-    viewer = napari.Viewer(title="histoview demo - research use only, not for diagnosis")
+    viewer = napari.Viewer(title=DEMO_TITLE)
     populate_demo(viewer, label=label, seed=seed, explanations=explanations, view=view)
     napari.run()
     return None
@@ -72,20 +74,18 @@ def _screenshot(path: Path, label: str, seed: int, explanations: bool, view: str
     import time
 
     import napari
+    from napari.utils.notifications import notification_manager
     from qtpy.QtWidgets import QApplication
 
-    try:  # keep napari's one-off PyQt5 deprecation toast out of exported pictures
-        import napari._qt.qt_main_window as qmw
-
-        qmw.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
-    viewer = napari.Viewer(show=True, title="histoview demo - research use only, not for diagnosis")
+    # napari shows a one-off toast when its window first appears (on PyQt5 a deprecation
+    # notice); keep it out of the exported picture
+    with notification_manager.notification_ready.blocker():
+        viewer = napari.Viewer(show=True, title=DEMO_TITLE)
     try:
         viewer.window.resize(1600, 1000)
         widget = populate_demo(viewer, label=label, seed=seed, explanations=explanations, view=view)
         deadline = time.monotonic() + 900
-        while widget is not None and (widget._worker is not None or not widget.side_by_side_on):
+        while widget is not None and (widget.running or not widget.side_by_side_on):
             QApplication.processEvents()
             time.sleep(0.05)
             if time.monotonic() > deadline:

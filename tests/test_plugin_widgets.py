@@ -1,0 +1,98 @@
+"""The docks as napari opens them from the plugin menu: with napari's PublicOnlyProxy viewer.
+
+Each dock's image choice is magicgui's list for a ``napari.layers.Image`` annotation: it must
+list an image opened after the dock, never an explanation overlay, and the widgets must not
+reach napari's private attributes through the proxy (napari warns on each such access).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.gui
+
+MANIFEST = Path(__file__).resolve().parents[1] / "src" / "histoview" / "napari.yaml"
+EXPLANATION_DOCKS = ["Explain (all methods)", "Attention-MIL", "Nuclei graph", "Grad-CAM"]
+
+
+def _widget_names() -> list[str]:
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    return [w["display_name"] for w in manifest["contributions"]["widgets"]]
+
+
+def _gradcam_explanation(shape=(46, 70)):
+    """A Grad-CAM explanation of an image of ``shape`` (no model needed to draw it)."""
+    from histoview.explain.base import DenseMap, Explanation
+
+    values = np.linspace(0, 1, shape[0] * shape[1], dtype=np.float32).reshape(shape)
+    return Explanation(method="gradcam", model="test_cnn", classes=("benign", "malignant"),
+                       probabilities=np.array([0.3, 0.7]), target_class=1, values=values,
+                       geometry=DenseMap(shape))
+
+
+@pytest.fixture
+def no_private_access():
+    """Fail on napari's warning about private attribute access through the proxy."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Private attribute access")
+        yield
+
+
+def test_every_layer_dock_is_covered():
+    assert set(_widget_names()) == {*EXPLANATION_DOCKS, "Compare methods", "Train a model"}
+
+
+@pytest.mark.parametrize("name", [*EXPLANATION_DOCKS, "Compare methods"])
+def test_image_choice_follows_the_viewer(make_napari_viewer, no_private_access, name):
+    from histoview.viewer.overlays import add_explanation_layers
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("histoview", name)
+    assert not widget.image_choice.choices
+    image = viewer.add_image(np.zeros((46, 70, 3), np.uint8), rgb=True, name="opened later")
+    assert image in widget.image_choice.choices
+    [overlay] = add_explanation_layers(viewer, image, _gradcam_explanation())
+    assert "histoview_explanation" in overlay.metadata
+    assert overlay not in widget.image_choice.choices and image in widget.image_choice.choices
+    assert widget.image_choice.value == image
+    viewer.layers.remove(image)
+    assert image not in widget.image_choice.choices
+
+
+def test_compare_dock_through_the_proxy(make_napari_viewer, no_private_access):
+    """Side by side and back: the layers the proxy hands out are matched to napari's own."""
+    from histoview.viewer._compare_parts import role
+    from histoview.viewer.overlays import add_explanation_layers
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Compare methods")
+    assert type(widget.viewer).__name__ == "PublicOnlyProxy"  # what this test is about
+    image = viewer.add_image(np.zeros((46, 70, 3), np.uint8), rgb=True, name="tissue")
+    other = viewer.add_image(np.ones((46, 70), np.float32), name="other image")
+    widget.image_choice.value = image
+    layers = [*add_explanation_layers(viewer, image, _gradcam_explanation()),
+              *add_explanation_layers(viewer, image, _gradcam_explanation())]
+    assert list(widget.heatmap_choice.choices) == layers
+    viewer.layers.selection.active = layers[0]
+    assert widget.heatmap_layer() == layers[0]  # follows the selected layer
+    order = [lay.name for lay in viewer.layers]
+
+    widget.side_by_side()
+    assert widget.side_by_side_on and viewer.canvas.grid.enabled, widget.status.text()
+    assert "2 panels" in widget.status.text()
+    assert not other.visible and not image.visible  # only the panels show
+    tissues = [lay for lay in viewer.layers if role(lay) == "tissue"]
+    assert len(tissues) == 2 and all(t.visible and t.data is image.data for t in tissues)
+    assert all(lay.visible for lay in layers)
+    assert widget.image_choice.value == image  # panel copies are not offered as images
+    assert all(role(c) is None for c in widget.image_choice.choices)
+
+    widget.stacked()
+    assert not viewer.canvas.grid.enabled and not widget.side_by_side_on
+    assert [lay.name for lay in viewer.layers] == order
+    assert other.visible and image.visible
