@@ -70,24 +70,33 @@ def _fmt(value, spec: str) -> str:
 
 def print_monuseg(rows: list[dict]) -> None:
     print(f"MoNuSeg, {MONUSEG_PX} um/px, default NucleiDetectorConfig")
-    head = f"{'tile':<26}{'true':>6}{'found':>7}{'prec':>7}{'recall':>8}{'F1':>7}{'Dice':>7}{'sec':>7}{'cpu s':>7}"
+    head = (
+        f"{'tile':<26}{'true':>6}{'found':>7}{'prec':>7}{'recall':>8}{'F1':>7}{'Dice':>7}"
+        f"{'sec':>7}{'cpu s':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['tile']:<26}{_fmt(r.get('n_true'), 'd'):>6}{r['n']:>7}"
-              f"{_fmt(r.get('precision'), '.3f'):>7}{_fmt(r.get('recall'), '.3f'):>8}"
-              f"{_fmt(r.get('f1'), '.3f'):>7}{_fmt(r['dice'], '.3f'):>7}{r['seconds']:>7.2f}"
-              f"{r['cpu']:>7.2f}")
+        print(
+            f"{r['tile']:<26}{_fmt(r.get('n_true'), 'd'):>6}{r['n']:>7}"
+            f"{_fmt(r.get('precision'), '.3f'):>7}{_fmt(r.get('recall'), '.3f'):>8}"
+            f"{_fmt(r.get('f1'), '.3f'):>7}{_fmt(r['dice'], '.3f'):>7}{r['seconds']:>7.2f}"
+            f"{r['cpu']:>7.2f}"
+        )
     with_xml = [r for r in rows if "f1" in r]
     dices = [r["dice"] for r in rows if r["dice"] is not None]
     print("-" * len(head))
     if with_xml:
         mean = {k: float(np.mean([r[k] for r in with_xml])) for k in ("precision", "recall", "f1")}
-        print(f"{f'mean of {len(with_xml)} tiles with XML':<39}{mean['precision']:>7.3f}"
-              f"{mean['recall']:>8.3f}{mean['f1']:>7.3f}"
-              f"{np.mean([r['dice'] for r in with_xml if r['dice'] is not None]):>7.3f}")
-    print(f"{f'mean of all {len(rows)} tiles':<61}{_fmt(np.mean(dices) if dices else None, '.3f'):>7}"
-          f"{np.mean([r['seconds'] for r in rows]):>7.2f}{np.mean([r['cpu'] for r in rows]):>7.2f}")
+        print(
+            f"{f'mean of {len(with_xml)} tiles with XML':<39}{mean['precision']:>7.3f}"
+            f"{mean['recall']:>8.3f}{mean['f1']:>7.3f}"
+            f"{np.mean([r['dice'] for r in with_xml if r['dice'] is not None]):>7.3f}"
+        )
+    print(
+        f"{f'mean of all {len(rows)} tiles':<61}{_fmt(np.mean(dices) if dices else None, '.3f'):>7}"
+        f"{np.mean([r['seconds'] for r in rows]):>7.2f}{np.mean([r['cpu'] for r in rows]):>7.2f}"
+    )
     print("(sec: wall-clock detector time; cpu s: its process CPU time, unaffected by other load)")
 
 
@@ -96,8 +105,9 @@ def _time_graph(centroids, features, px: float, repeats: int = 3):
     best, graph = np.inf, None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        graph = build_nuclei_graph(centroids, threshold_um=DEFAULT_THRESHOLD_UM,
-                                   pixel_size_um=px, features=features)
+        graph = build_nuclei_graph(
+            centroids, threshold_um=DEFAULT_THRESHOLD_UM, pixel_size_um=px, features=features
+        )
         best = min(best, time.perf_counter() - t0)
     return graph, best
 
@@ -109,14 +119,19 @@ def bench_graphs(tile: Path | None) -> None:
     print("-" * len(head))
     if tile is not None:
         image = _read_image(tile)
-        big = np.pad(image, ((0, max(0, 2048 - image.shape[0])), (0, max(0, 1536 - image.shape[1])),
-                             (0, 0)), mode="reflect")[:2048, :1536]
+        big = np.pad(
+            image,
+            ((0, max(0, 2048 - image.shape[0])), (0, max(0, 1536 - image.shape[1])), (0, 0)),
+            mode="reflect",
+        )[:2048, :1536]
         t0, c0 = time.perf_counter(), time.process_time()
         nuclei = detect_nuclei(big, MONUSEG_PX)
         detect_s, detect_cpu = time.perf_counter() - t0, time.process_time() - c0
         graph, graph_s = _time_graph(nuclei.centroids, nuclei.features, MONUSEG_PX)
-        print(f"{'2048x1536 (MoNuSeg tile mirror-padded), detected':<52}{len(graph):>7}"
-              f"{graph.num_edges // 2:>9}{detect_s:>10.2f}{detect_cpu:>7.2f}{graph_s:>9.3f}")
+        print(
+            f"{'2048x1536 (MoNuSeg tile mirror-padded), detected':<52}{len(graph):>7}"
+            f"{graph.num_edges // 2:>9}{detect_s:>10.2f}{detect_cpu:>7.2f}{graph_s:>9.3f}"
+        )
     # 5000 uniform random nuclei at MoNuSeg density (~400 nuclei per 1000 x 1000 px tile)
     density = 400 / (1000 * MONUSEG_PX) ** 2  # nuclei per um^2
     side_px = np.sqrt(5000 / density) / MONUSEG_PX
@@ -131,8 +146,12 @@ def bench_graphs(tile: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
-                        help="folder holding monuseg/ (default: ../shared/data from the repo)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="folder holding monuseg/ (default: ../shared/data from the repo)",
+    )
     args = parser.parse_args(argv)
     root = args.data / "monuseg"
     if not (root / "images").is_dir():

@@ -39,8 +39,7 @@ def synthetic_tissue(seed: int = 0, n_side: int = 6, spacing_px: int = 60):
             r = spacing_px * (i + 0.5) + rng.uniform(-8, 8)
             c = spacing_px * (j + 0.5) + rng.uniform(-8, 8)
             a, b = rng.uniform(2.5, 3.5, size=2) / PX
-            rr, cc = draw.ellipse(r, c, a, b, shape=labels.shape,
-                                  rotation=rng.uniform(0, np.pi))
+            rr, cc = draw.ellipse(r, c, a, b, shape=labels.shape, rotation=rng.uniform(0, np.pi))
             img[rr, cc] = PURPLE
             labels[rr, cc] = len(centres) + 1
             centres.append((r, c))
@@ -187,8 +186,9 @@ def test_match_detections_on_centroids_is_one_to_one_and_maximal():
     pred = np.array([[2.1, 0.0], [-2.0, 0.0]])
     res = match_detections(pred, true_c, radius_px=3.0)
     assert res["tp"] == 2 and res["fp"] == 0 and res["fn"] == 0
-    res = match_detections(np.array([[1.0, 0.0], [-1.0, 0.0], [50.0, 50.0]]),
-                           np.array([[0.0, 0.0]]), radius_px=3.0)
+    res = match_detections(
+        np.array([[1.0, 0.0], [-1.0, 0.0], [50.0, 50.0]]), np.array([[0.0, 0.0]]), radius_px=3.0
+    )
     assert (res["tp"], res["fp"], res["fn"]) == (1, 2, 0)
     res = match_detections(np.zeros((0, 2)), true_c, radius_px=3.0)
     assert (res["tp"], res["fn"], res["f1"]) == (0, 2, 0.0)

@@ -23,8 +23,15 @@ def _add_explanations(viewer):
     meta = {"classes": ["benign", "malignant"]}
     amil = explain_array(data, "amil", create_model("amil").eval(), meta, None)
     graph_meta = {"classes": ["in_situ", "invasive"]}
-    graph = explain_array(data, "graph", create_model("rsf-attention").eval(), graph_meta, None,
-                          pixel_size_um=0.5, importance="attention")
+    graph = explain_array(
+        data,
+        "graph",
+        create_model("rsf-attention").eval(),
+        graph_meta,
+        None,
+        pixel_size_um=0.5,
+        importance="attention",
+    )
     [grid] = add_explanation_layers(viewer, image, amil)
     points = add_explanation_layers(viewer, image, graph)[-1]
     return grid, points, graph

@@ -56,7 +56,9 @@ class NucleiPoints:
     def __len__(self) -> int:
         return len(self.centroids)
 
-    def rasterize(self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None) -> np.ndarray:
+    def rasterize(
+        self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None
+    ) -> np.ndarray:
         """Paint each nucleus's value over its outline (or a disc of ``radius``)."""
         from skimage.draw import disk, polygon
 
@@ -74,7 +76,9 @@ class NucleiPoints:
                 rr, cc = polygon(poly[:, 0] * sy, poly[:, 1] * sx, (out_h, out_w))
             else:
                 r, c = self.centroids[i]
-                rr, cc = disk((r * sy, c * sx), max(self.radius * min(sy, sx), 1.0), shape=(out_h, out_w))
+                rr, cc = disk(
+                    (r * sy, c * sx), max(self.radius * min(sy, sx), 1.0), shape=(out_h, out_w)
+                )
             out[rr, cc] = values[i]
         return out
 
@@ -85,7 +89,9 @@ class DenseMap:
 
     image_shape: tuple[int, int]
 
-    def rasterize(self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None) -> np.ndarray:
+    def rasterize(
+        self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None
+    ) -> np.ndarray:
         """Bilinear resize of the map to the image (or ``shape``)."""
         from skimage.transform import resize
 
@@ -93,7 +99,9 @@ class DenseMap:
         target = tuple(shape or self.image_shape)
         if values.shape == target:
             return values.astype(np.float32)
-        return resize(values, target, order=1, mode="edge", anti_aliasing=False, preserve_range=True).astype(np.float32)
+        return resize(
+            values, target, order=1, mode="edge", anti_aliasing=False, preserve_range=True
+        ).astype(np.float32)
 
 
 Geometry = PatchGrid | NucleiPoints | DenseMap

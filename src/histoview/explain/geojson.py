@@ -36,25 +36,47 @@ def _num(v) -> float | int | None:
     return v
 
 
-def explanation_to_geojson(expl: Explanation, *, include_edges: bool = True, include_outlines: bool = True) -> dict:
+def explanation_to_geojson(
+    expl: Explanation, *, include_edges: bool = True, include_outlines: bool = True
+) -> dict:
     """A FeatureCollection for an explanation (nuclei graph or patch grid)."""
-    common = {"method": expl.method, "model": expl.model, "predicted_class": expl.predicted_label,
-              "checkpoint_sha256": expl.checkpoint_sha256}
+    common = {
+        "method": expl.method,
+        "model": expl.model,
+        "predicted_class": expl.predicted_label,
+        "checkpoint_sha256": expl.checkpoint_sha256,
+    }
     features: list[dict[str, Any]] = []
     geom = expl.geometry
     if isinstance(geom, NucleiPoints):
         for i, (r, c) in enumerate(geom.centroids):
             meas = {"importance": _num(float(expl.values[i]))}
             meas.update({k: _num(v[i]) for k, v in geom.features.items()})
-            props = {"objectType": "detection", "name": f"nucleus {i}", "id": i, "kind": "nucleus",
-                     "measurements": meas, **meas}
-            features.append({"type": "Feature", "id": f"nucleus-{i}",
-                             "geometry": {"type": "Point", "coordinates": [float(c), float(r)]},
-                             "properties": props})
+            props = {
+                "objectType": "detection",
+                "name": f"nucleus {i}",
+                "id": i,
+                "kind": "nucleus",
+                "measurements": meas,
+                **meas,
+            }
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": f"nucleus-{i}",
+                    "geometry": {"type": "Point", "coordinates": [float(c), float(r)]},
+                    "properties": props,
+                }
+            )
             if include_outlines and geom.outlines and len(geom.outlines[i]) >= 3:
-                features.append({"type": "Feature", "id": f"outline-{i}",
-                                 "geometry": {"type": "Polygon", "coordinates": [_ring(geom.outlines[i])]},
-                                 "properties": {**props, "kind": "nucleus_outline", "nucleus": i}})
+                features.append(
+                    {
+                        "type": "Feature",
+                        "id": f"outline-{i}",
+                        "geometry": {"type": "Polygon", "coordinates": [_ring(geom.outlines[i])]},
+                        "properties": {**props, "kind": "nucleus_outline", "nucleus": i},
+                    }
+                )
         if include_edges:
             ei, w = geom.edge_index, geom.edge_weight
             for e in range(ei.shape[1]):
@@ -62,23 +84,52 @@ def explanation_to_geojson(expl: Explanation, *, include_edges: bool = True, inc
                 if a >= b:  # undirected: one LineString per pair
                     continue
                 (ra, ca), (rb, cb) = geom.centroids[a], geom.centroids[b]
-                features.append({"type": "Feature", "id": f"edge-{a}-{b}",
-                                 "geometry": {"type": "LineString",
-                                              "coordinates": [[float(ca), float(ra)], [float(cb), float(rb)]]},
-                                 "properties": {"objectType": "annotation", "kind": "edge", "source": a,
-                                                "target": b, "weight": float(w[e]),
-                                                "measurements": {"weight": float(w[e])}}})
+                features.append(
+                    {
+                        "type": "Feature",
+                        "id": f"edge-{a}-{b}",
+                        "geometry": {
+                            "type": "LineString",
+                            "coordinates": [[float(ca), float(ra)], [float(cb), float(rb)]],
+                        },
+                        "properties": {
+                            "objectType": "annotation",
+                            "kind": "edge",
+                            "source": a,
+                            "target": b,
+                            "weight": float(w[e]),
+                            "measurements": {"weight": float(w[e])},
+                        },
+                    }
+                )
     elif isinstance(geom, PatchGrid):
         ph, pw = geom.patch_size
         for i, (r, c) in enumerate(geom.origins):
             v = _num(float(expl.values[i]))
-            ring = [[float(c), float(r)], [float(c), float(r + ph)], [float(c + pw), float(r + ph)],
-                    [float(c + pw), float(r)], [float(c), float(r)]]
-            features.append({"type": "Feature", "id": f"patch-{i}",
-                             "geometry": {"type": "Polygon", "coordinates": [ring[::-1]]},
-                             "properties": {"objectType": "detection", "kind": "patch", "id": i,
-                                            "name": f"patch {i}", "weight": v,
-                                            "measurements": {"weight": v}}})
+            ring = [
+                [float(c), float(r)],
+                [float(c), float(r + ph)],
+                [float(c + pw), float(r + ph)],
+                [float(c + pw), float(r)],
+                [float(c), float(r)],
+            ]
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": f"patch-{i}",
+                    "geometry": {"type": "Polygon", "coordinates": [ring[::-1]]},
+                    "properties": {
+                        "objectType": "detection",
+                        "kind": "patch",
+                        "id": i,
+                        "name": f"patch {i}",
+                        "weight": v,
+                        "measurements": {"weight": v},
+                    },
+                }
+            )
     else:
-        raise ValueError(f"{expl.method}: dense maps are exported as thresholded regions (see region_features)")
+        raise ValueError(
+            f"{expl.method}: dense maps are exported as thresholded regions (see region_features)"
+        )
     return {"type": "FeatureCollection", "properties": common, "features": features}

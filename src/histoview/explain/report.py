@@ -250,7 +250,9 @@ def render_figure(
     )
     top = gs[0].subgridspec(1, n)
     for i, (expl, title) in enumerate(zip(explanations, titles)):
-        panel_cmap = cmap or (METHODS[expl.method].colormap if expl.method in METHODS else "inferno")
+        panel_cmap = cmap or (
+            METHODS[expl.method].colormap if expl.method in METHODS else "inferno"
+        )
         mappable = ScalarMappable(Normalize(0, 1), panel_cmap)
         ax = fig.add_subplot(top[0, i])
         ax.imshow(shown, extent=extent, interpolation="antialiased")

@@ -15,8 +15,10 @@ from typing import Any
 def _explanation(attributes: dict[str, Any]):
     expl = (attributes.get("metadata") or {}).get("histoview_explanation")
     if expl is None:
-        raise ValueError(f"layer {attributes.get('name')!r} is not a histoview explanation layer; "
-                         "run an explanation widget first")
+        raise ValueError(
+            f"layer {attributes.get('name')!r} is not a histoview explanation layer; "
+            "run an explanation widget first"
+        )
     return expl
 
 
