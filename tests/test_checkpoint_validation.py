@@ -82,6 +82,19 @@ def test_non_finite_weights_are_refused_at_load(tmp_path, bad_value, word):
     assert msg.startswith(f"{path}: non-finite weights: tensor {name!r} has {word} values")
 
 
+def test_non_finite_tensors_counts_and_skips_what_is_fine():
+    from histoview.models.checkpoint import non_finite_tensors
+
+    state = {
+        "huge": torch.full((4,), 1e308, dtype=torch.float64),  # its sum overflows: still finite
+        "steps": torch.tensor([3, 4]),  # integers cannot be NaN
+        "half": torch.tensor([1.0, float("nan"), float("inf"), -float("inf")], dtype=torch.float16),
+        "fine": torch.zeros(3),
+        "complex": torch.tensor([1 + 1j, complex(float("nan"), 0)]),
+    }
+    assert non_finite_tensors(state) == [("half", 1, 2, 4), ("complex", 1, 0, 2)]
+
+
 def test_saving_non_finite_weights_is_refused_and_writes_nothing(tmp_path):
     model = create_model("amil")
     with torch.no_grad():
