@@ -31,8 +31,11 @@ def models():
     from histoview.models import create_model
 
     torch.manual_seed(0)
-    return {"amil": create_model("amil"), "cnn": create_model("test_cnn"),
-            "graph": create_model("test_rsf_attention")}
+    return {
+        "amil": create_model("amil"),
+        "cnn": create_model("test_cnn"),
+        "graph": create_model("test_rsf_attention"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +44,24 @@ def explanations(phantom, models):
 
     image, kwargs, _ = phantom[0]
     mpp = kwargs["metadata"]["histoview"]["pixel_size_um"]
-    nets = {"amil": models["amil"], "graph": models["graph"], "gradcam": models["cnn"],
-            "dt-gradcam": models["cnn"]}
-    return {m: explain_array(image, m, net, META, None, pixel_size_um=mpp) for m, net in nets.items()}
+    nets = {
+        "amil": models["amil"],
+        "graph": models["graph"],
+        "gradcam": models["cnn"],
+        "dt-gradcam": models["cnn"],
+    }
+    return {
+        m: explain_array(image, m, net, META, None, pixel_size_um=mpp) for m, net in nets.items()
+    }
 
 
-def _setup(make_napari_viewer, phantom, explanations, methods=("amil", "gradcam", "dt-gradcam"),
-           **viewer_kw):
+def _setup(
+    make_napari_viewer,
+    phantom,
+    explanations,
+    methods=("amil", "gradcam", "dt-gradcam"),
+    **viewer_kw,
+):
     from histoview.viewer._compare import CompareWidget
     from histoview.viewer.overlays import add_explanation_layers
 
@@ -85,10 +99,16 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
     viewer.window.resize(1600, 1000)
     viewer.window.add_dock_widget(widget, name="Compare methods", area="right")
     mpp = base.metadata["histoview"]["pixel_size_um"]
-    nets = {"amil": models["amil"], "graph": models["graph"], "gradcam": models["cnn"],
-            "dt-gradcam": models["cnn"]}
+    nets = {
+        "amil": models["amil"],
+        "graph": models["graph"],
+        "gradcam": models["cnn"],
+        "dt-gradcam": models["cnn"],
+    }
     for m in methods:  # curves for the dock in the picture
-        widget.register_predictor(explanations[m], predictor_for(m, nets[m], META, pixel_size_um=mpp))
+        widget.register_predictor(
+            explanations[m], predictor_for(m, nets[m], META, pixel_size_um=mpp)
+        )
     widget.steps = 3
     widget.analyse()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
@@ -128,8 +148,11 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
     assert not viewer.canvas.grid.enabled and not widget.side_by_side_on
     assert len(viewer.layers) == n_before and not [lay for lay in viewer.layers if role(lay)]
     assert list(viewer.layers) == order_before and base.visible
-    amil = next(lay for lay in viewer.layers
-                if lay.metadata.get("histoview_explanation") is explanations["amil"])
+    amil = next(
+        lay
+        for lay in viewer.layers
+        if lay.metadata.get("histoview_explanation") is explanations["amil"]
+    )
     grid = explanations["amil"].geometry.to_grid(explanations["amil"].values, fill=0.0)
     np.testing.assert_allclose(amil.data, grid)  # raw values are back
     assert not amil.colorbar.visible and not amil.name_overlay.visible
@@ -137,8 +160,11 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
 
 def test_threshold_slider(make_napari_viewer, phantom, explanations):
     viewer, base, widget = _setup(make_napari_viewer, phantom, explanations)
-    dt = next(lay for lay in viewer.layers
-              if lay.metadata.get("histoview_explanation") is explanations["dt-gradcam"])
+    dt = next(
+        lay
+        for lay in viewer.layers
+        if lay.metadata.get("histoview_explanation") is explanations["dt-gradcam"]
+    )
     viewer.layers.selection.active = dt
     assert widget.heatmap_layer() is dt
     # DT Grad-CAM starts at its own threshold (its values are in [0, 1])
@@ -152,8 +178,11 @@ def test_threshold_slider(make_napari_viewer, phantom, explanations):
     widget.set_threshold(0)
     assert "off" in widget.threshold_label.text() and np.isfinite(dt.data).all()
 
-    gc = next(lay for lay in viewer.layers
-              if lay.metadata.get("histoview_explanation") is explanations["gradcam"])
+    gc = next(
+        lay
+        for lay in viewer.layers
+        if lay.metadata.get("histoview_explanation") is explanations["gradcam"]
+    )
     viewer.layers.selection.active = gc
     assert widget.threshold_slider.value() == 0
     widget.set_threshold(0.5)
@@ -170,8 +199,12 @@ def test_run_all_methods_in_worker(make_napari_viewer, phantom, models, qtbot):
     data, kwargs, _ = phantom[0]
     viewer.add_image(data, **kwargs)
     widget = CompareWidget(viewer)
-    nets = {"amil": models["amil"], "graph": models["graph"], "gradcam": models["cnn"],
-            "dt-gradcam": models["cnn"]}
+    nets = {
+        "amil": models["amil"],
+        "graph": models["graph"],
+        "gradcam": models["cnn"],
+        "dt-gradcam": models["cnn"],
+    }
 
     def load(method):
         if method not in nets:
@@ -239,8 +272,12 @@ def test_exports_never_overwrite_silently(make_napari_viewer, phantom, explanati
     asked[:] = ["slide.geojson"]
     files = widget.export_annotations()
     names = sorted(p.name for p in files)
-    assert names == ["slide.amil.csv", "slide.amil.geojson", "slide.dt-gradcam.csv",
-                     "slide.dt-gradcam.geojson"]
+    assert names == [
+        "slide.amil.csv",
+        "slide.amil.geojson",
+        "slide.dt-gradcam.csv",
+        "slide.dt-gradcam.geojson",
+    ]
     assert json.loads((tmp_path / "slide.amil.geojson").read_text())["type"] == "FeatureCollection"
     asked[:] = ["slide.geojson"]
     assert all("-1." in p.name for p in widget.export_annotations())

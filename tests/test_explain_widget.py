@@ -48,7 +48,9 @@ def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot):
     world = np.asarray(image.translate) + s * np.array([r, c])
     cell = np.round(grid_layer.world_to_data(world)).astype(int)
     assert tuple(cell) == (r // 28, c // 28)
-    assert grid_layer.data[tuple(cell)] == pytest.approx(expl.geometry.to_grid(expl.values, fill=0)[r // 28, c // 28])
+    assert grid_layer.data[tuple(cell)] == pytest.approx(
+        expl.geometry.to_grid(expl.values, fill=0)[r // 28, c // 28]
+    )
     assert "A-MIL attention" in grid_layer.name and "synthetic" in grid_layer.name
     from histoview.viewer.overlays import viewer_text_overlay
 

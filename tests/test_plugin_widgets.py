@@ -30,9 +30,15 @@ def _gradcam_explanation(shape=(46, 70)):
     from histoview.explain.base import DenseMap, Explanation
 
     values = np.linspace(0, 1, shape[0] * shape[1], dtype=np.float32).reshape(shape)
-    return Explanation(method="gradcam", model="test_cnn", classes=("benign", "malignant"),
-                       probabilities=np.array([0.3, 0.7]), target_class=1, values=values,
-                       geometry=DenseMap(shape))
+    return Explanation(
+        method="gradcam",
+        model="test_cnn",
+        classes=("benign", "malignant"),
+        probabilities=np.array([0.3, 0.7]),
+        target_class=1,
+        values=values,
+        geometry=DenseMap(shape),
+    )
 
 
 @pytest.fixture
@@ -75,8 +81,10 @@ def test_compare_dock_through_the_proxy(make_napari_viewer, no_private_access):
     image = viewer.add_image(np.zeros((46, 70, 3), np.uint8), rgb=True, name="tissue")
     other = viewer.add_image(np.ones((46, 70), np.float32), name="other image")
     widget.image_choice.value = image
-    layers = [*add_explanation_layers(viewer, image, _gradcam_explanation()),
-              *add_explanation_layers(viewer, image, _gradcam_explanation())]
+    layers = [
+        *add_explanation_layers(viewer, image, _gradcam_explanation()),
+        *add_explanation_layers(viewer, image, _gradcam_explanation()),
+    ]
     assert list(widget.heatmap_choice.choices) == layers
     viewer.layers.selection.active = layers[0]
     assert widget.heatmap_layer() == layers[0]  # follows the selected layer

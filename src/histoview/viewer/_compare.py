@@ -38,15 +38,16 @@ from histoview.viewer._layer_choice import is_explanation, is_tissue_image, laye
 from histoview.viewer.overlays import add_explanation_layers, layer_pixel_size
 
 HELP = {
-    "run": f"Explain the image with every method that has weights ({', '.join(list_methods(run_all=True))}), "
-           "then compute agreement and faithfulness. Runs in the background.",
+    "run": "Explain the image with every method that has weights "
+    f"({', '.join(list_methods(run_all=True))}), then compute agreement and faithfulness. "
+    "Runs in the background.",
     "analyse": "Agreement (Spearman, top-10 % IoU) and faithfulness (deletion / insertion) "
-               "of the explanations already shown over this image.",
+    "of the explanations already shown over this image.",
     "side": "One panel per method, linked pan and zoom, one colour scale (normalised 0-1).",
     "stacked": "Back to one view with all overlays stacked over the tissue.",
     "threshold": "Hide values below this fraction of the selected heatmap's range.",
     "png": "The comparison figure (panels, colour bars, methods, prediction, model hash, scale "
-           "bar, file name, date, research-use notice) as a PNG.",
+    "bar, file name, date, research-use notice) as a PNG.",
     "pdf": "The comparison figure as a one-page PDF with agreement and faithfulness.",
     "annotations": "GeoJSON (QuPath) and CSV per explanation: <name>.<method>.geojson / .csv.",
 }
@@ -108,16 +109,19 @@ class CompareWidget(qw.QWidget):
         self.threshold_label.setWordWrap(True)
         self.table = qw.QTableWidget(0, 0)
         self.table.setFixedHeight(60)
-        self.table_note = qw.QLabel("Spearman rank correlation above the diagonal, "
-                                    "top-10 % IoU below (hover a cell for both).")
+        self.table_note = qw.QLabel(
+            "Spearman rank correlation above the diagonal, "
+            "top-10 % IoU below (hover a cell for both)."
+        )
         self.table_note.setWordWrap(True)
         self.figure = Figure(figsize=(4.2, 2.4), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.png_button = _button("Save figure PNG", HELP["png"], self.save_png)
         self.pdf_button = _button("Save report PDF", HELP["pdf"], self.save_pdf)
-        self.annotations_button = _button("Export annotations", HELP["annotations"],
-                                          self.export_annotations)
+        self.annotations_button = _button(
+            "Export annotations", HELP["annotations"], self.export_annotations
+        )
         notice = qw.QLabel(RESEARCH_NOTICE)
         notice.setWordWrap(True)
         notice.setStyleSheet("color: #e0a040;")
@@ -147,15 +151,21 @@ class CompareWidget(qw.QWidget):
             return holder
 
         main = qw.QVBoxLayout(self)
-        for w in (row(qw.QLabel("image"), self.image_choice.native),
-                  row(self.run_button, self.cancel_button),
-                  self.analyse_button, self.progress, self.status,
-                  row(self.side_button, self.stacked_button),
-                  box("Threshold", self.heatmap_choice.native, self.threshold_slider,
-                      self.threshold_label),
-                  box("Agreement", self.table_note, self.table),
-                  box("Faithfulness: deletion and insertion", self.canvas),
-                  row(self.png_button, self.pdf_button, self.annotations_button), notice):
+        for w in (
+            row(qw.QLabel("image"), self.image_choice.native),
+            row(self.run_button, self.cancel_button),
+            self.analyse_button,
+            self.progress,
+            self.status,
+            row(self.side_button, self.stacked_button),
+            box(
+                "Threshold", self.heatmap_choice.native, self.threshold_slider, self.threshold_label
+            ),
+            box("Agreement", self.table_note, self.table),
+            box("Faithfulness: deletion and insertion", self.canvas),
+            row(self.png_button, self.pdf_button, self.annotations_button),
+            notice,
+        ):
             main.addWidget(w)
         main.addStretch(1)
 
@@ -186,7 +196,8 @@ class CompareWidget(qw.QWidget):
                 # a new list: the selected explanation, else the newest (top) one
                 active = self.viewer.layers.selection.active
                 self.heatmap_choice.value = next(
-                    (c for c in choices if same_layer(c, active)), choices[-1])
+                    (c for c in choices if same_layer(c, active)), choices[-1]
+                )
         if not same_layer(self.heatmap_layer(), self._shown_heatmap):
             self._heatmap_changed()
 
@@ -238,9 +249,12 @@ class CompareWidget(qw.QWidget):
             self._error(f"no explanations over {base.name!r}: run all methods first")
             return
         layers, grid = self.viewer.layers, parts.grid_of(self.viewer)
-        self._saved = {"order": list(layers), "visible": {_key(lay): lay.visible for lay in layers},
-                       "grid": (grid.stride, grid.shape, grid.spacing),
-                       "overlays": {}}
+        self._saved = {
+            "order": list(layers),
+            "visible": {_key(lay): lay.visible for lay in layers},
+            "grid": (grid.stride, grid.shape, grid.spacing),
+            "overlays": {},
+        }
         stride = 1 + max(len(g) for g in groups)
         panels = []
         for group in groups:
@@ -269,8 +283,10 @@ class CompareWidget(qw.QWidget):
         self._saved["notice"] = parts.notice_for_grid(self.viewer)
         self.side_by_side_on = True
         self.viewer.reset_view()
-        self.status.setText(f"side by side: {len(panels)} panels, grid {grid.shape[0]} x "
-                            f"{grid.shape[1]}; colour scale: importance normalised per method")
+        self.status.setText(
+            f"side by side: {len(panels)} panels, grid {grid.shape[0]} x "
+            f"{grid.shape[1]}; colour scale: importance normalised per method"
+        )
 
     def stacked(self, _checked=False) -> None:
         """One view, all overlays stacked over the base image (undoes :meth:`side_by_side`)."""
@@ -327,8 +343,16 @@ class CompareWidget(qw.QWidget):
         if self.side_by_side_on:
             self.stacked()
         data = base.data if base.multiscale else np.asarray(base.data)
-        self._start(parts.run_all_work, data, base.multiscale, layer_pixel_size(base),
-                    tuple(self.methods), self._load, self.steps, base=base)
+        self._start(
+            parts.run_all_work,
+            data,
+            base.multiscale,
+            layer_pixel_size(base),
+            tuple(self.methods),
+            self._load,
+            self.steps,
+            base=base,
+        )
 
     def analyse(self, _checked=False) -> None:
         from histoview.io import to_rgb8
@@ -432,9 +456,12 @@ class CompareWidget(qw.QWidget):
         base = self.image_layer()
         if base is None:
             raise ValueError("select an image layer first")
-        expls = [lay.metadata["histoview_explanation"]
-                 for g in parts.explanation_groups(self.viewer.layers, base) for lay in g
-                 if "histoview_explanation" in lay.metadata]
+        expls = [
+            lay.metadata["histoview_explanation"]
+            for g in parts.explanation_groups(self.viewer.layers, base)
+            for lay in g
+            if "histoview_explanation" in lay.metadata
+        ]
         if not expls:
             raise ValueError(f"no explanations over {base.name!r}: run all methods first")
         return base, expls
@@ -444,8 +471,11 @@ class CompareWidget(qw.QWidget):
 
         try:
             base, expls = self._explanations()  # nothing to save: say so before asking
-            path = self._ask_save_path(f"Save comparison {kind.upper()}",
-                                       f"histoview-compare.{kind}", f"{kind.upper()} (*.{kind})")
+            path = self._ask_save_path(
+                f"Save comparison {kind.upper()}",
+                f"histoview-compare.{kind}",
+                f"{kind.upper()} (*.{kind})",
+            )
             if not path:
                 return None
             path = Path(path).with_suffix(f".{kind}")
@@ -470,13 +500,17 @@ class CompareWidget(qw.QWidget):
 
         try:
             base, expls = self._explanations()
-            path = self._ask_save_path("Export annotations (one file per method)",
-                                       f"{base.name.split(' ')[0]}.geojson", "GeoJSON (*.geojson)")
+            path = self._ask_save_path(
+                "Export annotations (one file per method)",
+                f"{base.name.split(' ')[0]}.geojson",
+                "GeoJSON (*.geojson)",
+            )
             if not path:
                 return []
             path = Path(path)
-            targets, overwrite = parts.resolve_targets(parts.annotation_paths(path, expls),
-                                                        self._confirm)
+            targets, overwrite = parts.resolve_targets(
+                parts.annotation_paths(path, expls), self._confirm
+            )
             written = []
             for k, expl in enumerate(expls):
                 written.append(export_geojson(expl, targets[2 * k], overwrite=overwrite))

@@ -3,7 +3,8 @@
 :func:`evaluation_job` runs :func:`histoview.training.evaluate.iter_evaluate_checkpoint`
 (which writes metrics.json/.csv, predictions.csv and the three PNGs, numbering files
 rather than overwriting them) and then builds the same figures from the labels and
-probabilities it returns: the confusion matrix (counts and row-normalised), ROC and precision-recall curves.
+probabilities it returns: the confusion matrix (counts and row-normalised), ROC and
+precision-recall curves.
 :class:`EvaluationView` runs that job in a napari worker, shows its progress, draws the
 figures in Qt canvases and lists the per-class metrics in a table.
 """
@@ -31,8 +32,18 @@ from histoview.viewer._compat import SignalQueue
 
 #: figure key -> tab title (the keys match the files evaluate writes: ``<key>.png``)
 FIGURES = (("confusion_matrix", "Confusion matrix"), ("roc", "ROC"), ("pr", "Precision-recall"))
-TABLE_COLUMNS = ("class", "support", "precision", "recall", "specificity", "f1", "roc_auc",
-                 "pr_auc", "iba", "gmean")
+TABLE_COLUMNS = (
+    "class",
+    "support",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "iba",
+    "gmean",
+)
 
 
 def choose_split(checkpoint, data) -> tuple[str, str | None]:
@@ -51,9 +62,16 @@ def choose_split(checkpoint, data) -> tuple[str, str | None]:
     return "test", None
 
 
-def evaluation_job(checkpoint, data, *, out_dir, split: str | None = None, device: str | None = None,
-                   should_stop=None):
-    """Generator of evaluate's events; returns its result plus ``figures`` (built off the UI thread).
+def evaluation_job(
+    checkpoint,
+    data,
+    *,
+    out_dir,
+    split: str | None = None,
+    device: str | None = None,
+    should_stop=None,
+):
+    """Generator of evaluate's events; returns its result plus ``figures`` (drawn off the UI).
 
     ``split=None`` picks ``"test"`` when the checkpoint's test split can be rebuilt on
     ``data`` and ``"all"`` otherwise (the checkpoint was trained elsewhere).
@@ -64,8 +82,9 @@ def evaluation_job(checkpoint, data, *, out_dir, split: str | None = None, devic
         split, why = choose_split(checkpoint, data)
         if why:
             yield {"event": "message", "text": f"evaluating every image of the dataset ({why})"}
-    result = yield from iter_evaluate_checkpoint(checkpoint, data, out_dir=out_dir, split=split,
-                                                 device=device, should_stop=should_stop)
+    result = yield from iter_evaluate_checkpoint(
+        checkpoint, data, out_dir=out_dir, split=split, device=device, should_stop=should_stop
+    )
     if result.get("cancelled"):
         return result
     y, probs = result["y_true"], result["probabilities"]
@@ -94,8 +113,10 @@ class EvaluationView(QWidget):
         self._stop = threading.Event()
         self._pbar = None
         self._signals = SignalQueue(lambda message: self.report_error(message))
-        self.status = QLabel("Evaluations appear here: after a training run (its test split), or "
-                             "from the model library's 'Evaluate on dataset...'.")
+        self.status = QLabel(
+            "Evaluations appear here: after a training run (its test split), or "
+            "from the model library's 'Evaluate on dataset...'."
+        )
         self.status.setWordWrap(True)
         self.progress = QProgressBar()
         self.cancel_button = QPushButton("Cancel evaluation")
@@ -123,8 +144,16 @@ class EvaluationView(QWidget):
     def running(self) -> bool:
         return self.worker is not None
 
-    def evaluate(self, checkpoint, data, out_dir, *, split: str | None = None,
-                 device: str | None = None, what: str = "") -> bool:
+    def evaluate(
+        self,
+        checkpoint,
+        data,
+        out_dir,
+        *,
+        split: str | None = None,
+        device: str | None = None,
+        what: str = "",
+    ) -> bool:
         """Start evaluating ``checkpoint`` on ``data`` in a worker; False when one is running."""
         from napari.qt.threading import create_worker
 
@@ -137,14 +166,26 @@ class EvaluationView(QWidget):
         self._stop.clear()
         self.clear()
         self.progress.setRange(0, 0)  # busy until the worker reports its size
-        self.status.setText(f"Evaluating {what or Path(str(checkpoint)).name}: loading the model "
-                            "and reading the data...")
-        worker = create_worker(evaluation_job, checkpoint, data, out_dir=out_dir, split=split,
-                               device=device, should_stop=self._stop.is_set, _start_thread=False,
-                               _ignore_errors=True)
+        self.status.setText(
+            f"Evaluating {what or Path(str(checkpoint)).name}: loading the model "
+            "and reading the data..."
+        )
+        worker = create_worker(
+            evaluation_job,
+            checkpoint,
+            data,
+            out_dir=out_dir,
+            split=split,
+            device=device,
+            should_stop=self._stop.is_set,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
         worker.yielded.connect(lambda ev: self._post(self._on_event, ev))
         worker.returned.connect(lambda result: self._post(self._on_returned, result))
-        worker.errored.connect(lambda exc: self._post(self.report_error, f"evaluation failed: {exc}"))
+        worker.errored.connect(
+            lambda exc: self._post(self.report_error, f"evaluation failed: {exc}")
+        )
         worker.finished.connect(lambda: self._post(self._on_finished))
         self.worker = worker
         self.cancel_button.setEnabled(True)
@@ -209,7 +250,7 @@ class EvaluationView(QWidget):
             self._pbar.close()
             self._pbar = None
 
-    # -- results ------------------------------------------------------------------------------------
+    # -- results ----------------------------------------------------------------------------------
     def show_result(self, result: dict) -> None:
         """The per-class table, overall metrics, warnings and the three figures."""
         from histoview.viewer._train_widget_parts import _canvas_class
@@ -219,12 +260,16 @@ class EvaluationView(QWidget):
         overall = result.get("overall") or {}
         data = result.get("data") or {}
         which = "test split" if result.get("split") == "test" else "every image of the dataset"
-        lines = [f"{result['model']} on {data.get('evaluated', overall.get('n'))} images "
-                 f"({which}, {data.get('layout', '?')}): "
-                 + ", ".join(f"{k.replace('_', ' ')} {_cell(overall.get(k))}"
-                             for k in ("accuracy", "balanced_accuracy", "roc_auc", "f1")),
-                 *(f"Warning: {w}" for w in result.get("warnings") or []),
-                 result.get("notice", "")]
+        lines = [
+            f"{result['model']} on {data.get('evaluated', overall.get('n'))} images "
+            f"({which}, {data.get('layout', '?')}): "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {_cell(overall.get(k))}"
+                for k in ("accuracy", "balanced_accuracy", "roc_auc", "f1")
+            ),
+            *(f"Warning: {w}" for w in result.get("warnings") or []),
+            result.get("notice", ""),
+        ]
         files = result.get("files") or {}
         if files.get("metrics_json"):
             lines.append(f"Files: {Path(files['metrics_json']).parent}")
@@ -245,8 +290,10 @@ class EvaluationView(QWidget):
             canvas.setMinimumHeight(340)
             self.canvases[key] = canvas
             self.figure_tabs.addTab(canvas, label)
-        self.status.setText(f"Evaluated {Path(result['checkpoint']).name} on the {which}; "
-                            f"files written to {result.get('out_dir', '?')}.")
+        self.status.setText(
+            f"Evaluated {Path(result['checkpoint']).name} on the {which}; "
+            f"files written to {result.get('out_dir', '?')}."
+        )
 
 
 class EvaluationActions:
@@ -267,10 +314,17 @@ class EvaluationActions:
         """The finished run's best model on its own test split; files in ``<run>/evaluation``."""
         config = self._config
         out = Path(config["output_dir"]) / "evaluation"
-        if self.evaluation.evaluate(checkpoint, dict(config["data"]), out, split="test",
-                                    device=config["train"].get("device"), what=config["model"]):
-            self.status.setText(self.status.text() + " Evaluating it on the test split: see the "
-                                "Evaluation tab.")
+        if self.evaluation.evaluate(
+            checkpoint,
+            dict(config["data"]),
+            out,
+            split="test",
+            device=config["train"].get("device"),
+            what=config["model"],
+        ):
+            self.status.setText(
+                self.status.text() + " Evaluating it on the test split: see the Evaluation tab."
+            )
 
     def evaluate_entry(self, entry=None) -> None:
         """Evaluate a library model on the dataset chosen in the Train tab (its test split when
@@ -281,12 +335,18 @@ class EvaluationActions:
         if entry is None:
             return self.library.status.setText("Select a model to evaluate.")
         if self._dataset is None:
-            return self.library.status.setText("Choose a dataset folder in the Train tab first: "
-                                               "the model is evaluated on it.")
+            return self.library.status.setText(
+                "Choose a dataset folder in the Train tab first: the model is evaluated on it."
+            )
         data = self._data_spec() if self.phantom else self._data_spec()["root"]
         base = Path(self.output_edit.text().strip() or default_run_dir(entry.name)).expanduser()
         out = base / f"evaluation-{entry.name}"
-        if self.evaluation.evaluate(entry.path, data, out, device=self.device_choice.currentText(),
-                                    what=f"{entry.name} on {'phantoms' if self.phantom else Path(data).name}"):
+        if self.evaluation.evaluate(
+            entry.path,
+            data,
+            out,
+            device=self.device_choice.currentText(),
+            what=f"{entry.name} on {'phantoms' if self.phantom else Path(data).name}",
+        ):
             self.library.status.setText(f"Evaluating {entry.name}: see the Evaluation tab.")
             self.tabs.setCurrentWidget(self._eval_page)

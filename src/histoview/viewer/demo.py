@@ -7,8 +7,14 @@ from pathlib import Path
 DEMO_TITLE = "histoview demo - research use only, not for diagnosis"
 
 
-def populate_demo(viewer, *, label: str = "invasive", seed: int = 0, explanations: bool = True,
-                  view: str = "compare"):
+def populate_demo(
+    viewer,
+    *,
+    label: str = "invasive",
+    seed: int = 0,
+    explanations: bool = True,
+    view: str = "compare",
+):
     """Add the phantom sample and the demo explanations to ``viewer``.
 
     ``view="compare"`` docks the compare widget, runs every method with bundled
@@ -41,9 +47,18 @@ def populate_demo(viewer, *, label: str = "invasive", seed: int = 0, explanation
     return widget
 
 
-def run_demo(*, screenshot: str | Path | None = None, label: str = "invasive", seed: int = 0,
-             explanations: bool = True, view: str = "compare") -> Path | None:
-    """Open napari with the demo; with ``screenshot`` (or without a display) write a PNG and return its path."""
+def run_demo(
+    *,
+    screenshot: str | Path | None = None,
+    label: str = "invasive",
+    seed: int = 0,
+    explanations: bool = True,
+    view: str = "compare",
+) -> Path | None:
+    """Open napari with the demo; with ``screenshot`` (or without a display) write a PNG.
+
+    Returns the PNG's path when it was rendered in this process (None otherwise).
+    """
     from histoview.viewer._display import has_display, virtual_display
 
     if screenshot is None and not has_display():
@@ -54,8 +69,20 @@ def run_demo(*, screenshot: str | Path | None = None, label: str = "invasive", s
         import subprocess
         import sys
 
-        cmd = [sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(screenshot),
-               "--label", label, "--seed", str(seed), "--view", view]
+        cmd = [
+            sys.executable,
+            "-m",
+            "histoview.cli",
+            "demo",
+            "--screenshot",
+            str(screenshot),
+            "--label",
+            label,
+            "--seed",
+            str(seed),
+            "--view",
+            view,
+        ]
         cmd += [] if explanations else ["--no-explanations"]
         with virtual_display():
             subprocess.run(cmd, check=True)
