@@ -21,7 +21,21 @@ def test_recipes_are_the_package_histoview_recipes():
 
 def test_a_recipe_wins_by_layout_then_phantom():
     assert recipe_for("amil", "breakhis")["source"] == "recipe training/amil-breakhis.yaml"
-    assert recipe_for("amil", "folder")["source"] == "recipe training/amil-phantom.yaml"
+    assert recipe_for("amil", "phantom")["source"] == "recipe training/amil-phantom.yaml"
+    # real data without a recipe of its own: the paper's settings, not the phantom recipe
+    assert recipe_for("amil", "folder")["source"].startswith("built-in defaults, A-MIL")
+    assert recipe_for("customnet", "breakhis")["source"].startswith("built-in defaults, customNet")
+    assert recipe_for("customnet", None)["source"] == "recipe training/customnet-phantom.yaml"
+    # file names spell the model's "_" as "-"; the data's task and magnification pick one
+    csp = "recipe training/cspresnet50-fpn-se-breakhis-"
+    assert recipe_for("cspresnet50_fpn_se", "breakhis", task="binary", magnification="all")[
+        "source"] == csp + "bin-all.yaml"
+    assert recipe_for("cspresnet50_fpn_se", "breakhis", task="subtype", magnification=40)[
+        "source"] == csp + "mc-40.yaml"
+    assert recipe_for("rsf-attention", "phantom")["source"] == (
+        "recipe training/rsf-attention-phantom.yaml")
+    assert recipe_for("rsf-attention", "phantom", task="in_situ_vs_invasive")["source"] == (
+        "recipe training/rsf-attention-phantom-in-situ-vs-invasive.yaml")
     assert recipe_for("rsf", "bach")["source"] == "recipe training/rsf-bach.yaml"
     assert recipe_for("rsf", "bach")["input"]["graph_threshold_um"] == 42.0
     # rsf-*.yaml also matches rsf-attention-*.yaml: the config's model decides

@@ -57,22 +57,28 @@ def recipe_dir() -> Traversable:
     return files("histoview.recipes")
 
 
-def recipe_for(model: str, layout: str | None = None,
-               folder: Traversable | None = None) -> dict[str, Any]:
+def recipe_for(model: str, layout: str | None = None, folder: Traversable | None = None, *,
+               task: str | None = None, magnification: str | int | None = None) -> dict[str, Any]:
     """Starting values for ``model``: ``{"train", "model_kwargs", "input", "split", "source"}``.
 
-    Looks in ``folder`` (default :func:`recipe_dir`) for ``<model>-*.yaml`` configs whose
-    ``model`` is ``model``: ``<model>-<layout>.yaml`` wins, then ``<model>-phantom.yaml``, then
-    the first by name; without one, :data:`BUILTIN_RECIPES` (else histoview's defaults).
+    Looks in ``folder`` (default :func:`recipe_dir`) for ``<model>-*.yaml`` configs (``_`` in
+    the model's name may be ``-`` in the file's) whose ``model`` is ``model``. A recipe for
+    ``layout`` (``<model>-<layout>.yaml``, or its ``data.type`` is ``layout``) wins, the one
+    whose data ``task`` and ``magnification`` match first; then, for synthetic phantoms or no
+    layout, ``<model>-phantom.yaml``, then the first by name. Real data (``breakhis``,
+    ``bach``, ``folder``) without a recipe of its own starts from :data:`BUILTIN_RECIPES` (the
+    papers' settings), never from a recipe tuned on phantoms; a model missing there takes
+    its recipes as above, else histoview's defaults.
     ``train`` always holds :data:`SHOWN_OPTIONS`; ``source`` says where the values came from.
     """
     import yaml
 
     folder = recipe_dir() if folder is None else folder
-    found: list[tuple[int, str, dict]] = []
+    found: list[tuple[tuple[int, bool, bool, bool], str, dict]] = []
+    prefixes = (f"{model}-", f"{model.replace('_', '-')}-")
     names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     for name in names:
-        if not (name.startswith(f"{model}-") and name.endswith(".yaml")):
+        if not (name.startswith(prefixes) and name.endswith(".yaml")):
             continue
         try:
             cfg = yaml.safe_load((folder / name).read_text())
@@ -81,10 +87,20 @@ def recipe_for(model: str, layout: str | None = None,
         if not isinstance(cfg, dict) or cfg.get("model") != model:
             continue  # rsf-*.yaml also matches rsf-attention-*.yaml
         stem = name.removesuffix(".yaml")
-        rank = 0 if layout and stem == f"{model}-{layout}" else 1 if stem == f"{model}-phantom" else 2
-        found.append((rank, name, cfg))
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        named = bool(layout) and stem in (f"{m}{layout}" for m in prefixes)
+        phantom = stem in (f"{m}phantom" for m in prefixes)
+        rank = 0 if named or (layout and data.get("type") == layout) else 1 if (
+            phantom or data.get("type") == "phantom") else 2
+        fit = (rank, task is not None and data.get("task") != task,
+               magnification is not None and _mag(data.get("magnification")) != _mag(magnification),
+               not (named or phantom))  # then <model>-<layout>.yaml, <model>-phantom.yaml
+        found.append((fit, name, cfg))
+    real = layout not in (None, "phantom")
+    if found and real and model in BUILTIN_RECIPES and min(f[0][0] for f in found) > 0:
+        found = []  # real data: the papers' settings rather than another layout's recipe
     if found:
-        _, name, cfg = min(found, key=lambda t: t[0])
+        _, name, cfg = min(found, key=lambda t: (t[0], t[1]))
         train = dict(cfg.get("train") or {})
         missing = [k for k in SHOWN_OPTIONS if k not in train]
         if missing:
@@ -97,6 +113,12 @@ def recipe_for(model: str, layout: str | None = None,
     train, kwargs, inputs, source = BUILTIN_RECIPES.get(model, _FALLBACK)
     return {"train": dict(train), "model_kwargs": dict(kwargs), "input": dict(inputs),
             "split": {}, "source": f"built-in defaults, {source}"}
+
+
+def _mag(value) -> str:
+    """A magnification as the data spec writes it: ``"all"`` or digits (``100X`` -> ``100``)."""
+    text = "all" if value in (None, "", "all") else str(value).rstrip("xX")
+    return text.lower()
 
 
 def list_recipes() -> list[str]:
