@@ -16,6 +16,10 @@ Layouts (:func:`discover_dataset`):
 * ``phantom``: synthetic phantoms generated on the fly (:mod:`~histoview.preprocessing.phantom`);
   tasks ``binary`` (benign vs in situ+invasive), ``in_situ_vs_invasive`` and ``3class``.
   Each phantom is its own "patient".
+
+Before training, :func:`check_trainable` refuses data with images of fewer than two classes
+and :func:`split_warnings` names each split with under :data:`MIN_IMAGES_PER_CLASS` images of
+a class (``histoview train`` and the training dock say the same).
 """
 
 from __future__ import annotations
@@ -119,6 +123,9 @@ def detect_layout(root: str | Path) -> str:
         return "bach"
     if len(subdirs) >= 2:
         return "folder"
+    if len(subdirs) == 1:
+        raise ValueError(f"{root}: one class folder only ({next(iter(subdirs))}): training needs "
+                         "images of at least two classes (one sub-folder per class)")
     raise ValueError(f"{root}: cannot recognise the layout (expected BreakHis file names, BACH class "
                      "folders, or one sub-folder per class)")
 
@@ -255,3 +262,56 @@ def split_samples(
             part = 0 if i < n_train else 1 if i < n_train + n_val else 2
             splits[part].extend(groups[key])
     return splits[0], splits[1], splits[2]
+
+
+#: train / validation / test defaults of a run (a config's ``split`` section overrides them)
+DEFAULT_SPLIT = {"by": "patient", "fractions": (0.7, 0.15, 0.15), "seed": 0}
+#: fewer images of a class than this in a split: its metrics for that class mean little
+MIN_IMAGES_PER_CLASS = 5
+
+
+def check_trainable(dataset: Dataset) -> None:
+    """Raise ValueError unless at least two of ``dataset``'s classes have images.
+
+    A classifier trained on one class learns nothing (every prediction is that class), yet
+    a BreakHis folder of benign images only, or a class folder left empty, discovers fine.
+    """
+    counts = Counter(s.label for s in dataset.samples)
+    present = [c for i, c in enumerate(dataset.classes) if counts.get(i)]
+    if len(present) >= 2:
+        return
+    found = ", ".join(f"{c}: {counts.get(i, 0)}" for i, c in enumerate(dataset.classes))
+    raise ValueError(f"images of {len(present)} class{'es' if len(present) != 1 else ''} only "
+                     f"({found}): training needs images of at least two classes")
+
+
+def split_dataset(
+    dataset: Dataset, split: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], tuple[list[Sample], list[Sample], list[Sample]]]:
+    """The split settings (:data:`DEFAULT_SPLIT` updated by ``split``) and train / val / test."""
+    settings = {**DEFAULT_SPLIT, **(split or {})}
+    parts = split_samples(dataset.samples, settings["fractions"], seed=settings["seed"],
+                          by=settings["by"])
+    return settings, parts
+
+
+def split_warnings(
+    classes, parts, *, minimum: int = MIN_IMAGES_PER_CLASS,
+) -> list[str]:
+    """One line per split (train, validation, test) where a class has under ``minimum`` images.
+
+    ``parts`` are the three sample lists of :func:`split_samples`. A test split of 2 or 3
+    images per class gives accuracies of 0, 50 or 100 %: the numbers are noise, so say so.
+    """
+    out = []
+    for name, samples in zip(("training", "validation", "test"), parts):
+        counts = Counter(s.label for s in samples)
+        few = [(c, counts.get(i, 0)) for i, c in enumerate(classes) if counts.get(i, 0) < minimum]
+        if not few:
+            continue
+        listed = ", ".join(f"{n} of {c}" for c, n in few)
+        which = "that class" if len(few) == 1 else "these classes"
+        why = (f"too few to learn {which} from" if name == "training"
+               else f"its metrics for {which} mean little")
+        out.append(f"{name} split too small: {listed} (under {minimum} images per class); {why}")
+    return out

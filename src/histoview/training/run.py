@@ -21,19 +21,27 @@ def iter_train_from_config(
     from histoview.models.checkpoint import default_device, load_state_dict, save_checkpoint
     from histoview.models.registry import create_model, get_model_config
     from histoview.training.adapters import make_adapter
-    from histoview.training.datasets import discover_dataset, split_samples
+    from histoview.training.datasets import (
+        check_trainable,
+        discover_dataset,
+        split_dataset,
+        split_warnings,
+    )
     from histoview.training.engine import TrainOptions, evaluate, fit
 
     if "output_dir" not in config or not Path(config["output_dir"]).is_absolute():
         config = validate_config(config)
     opts = TrainOptions.from_dict(config.get("train", {}))
     dataset = discover_dataset(config["data"])
-    split = {"by": "patient", "fractions": (0.7, 0.15, 0.15), "seed": 0, **config.get("split", {})}
+    check_trainable(dataset)  # one class: refuse before anything is built
+    split, (train, val, test) = split_dataset(dataset, config.get("split"))
     if split["by"] == "patient" and not dataset.has_patients:
         yield {"event": "message", "text": f"{dataset.layout} has no patient ids: splitting by image"}
-    train, val, test = split_samples(dataset.samples, split["fractions"], seed=split["seed"], by=split["by"])
     if not train:
         raise ValueError("the training split is empty: the dataset is too small")
+    warnings = split_warnings(dataset.classes, (train, val, test))
+    for text in warnings:
+        yield {"event": "message", "text": f"WARNING: {text}", "warning": text}
     mcfg = get_model_config(config["model"])
     model_kwargs = {**mcfg.defaults, **config.get("model_kwargs", {})}
     import torch
@@ -57,7 +65,7 @@ def iter_train_from_config(
         "data": dataset.summary() | {"split": {"by": split["by"], "seed": split["seed"],
                                                "fractions": list(split["fractions"]),
                                                "train": len(train), "val": len(val), "test": len(test),
-                                               "leaks_patients": leak}},
+                                               "leaks_patients": leak, "warnings": warnings}},
         "name": config.get("name"),
         "synthetic": synthetic,
         "notice": SYNTHETIC_NOTICE if synthetic else "Research use only, not for diagnosis.",
@@ -96,6 +104,7 @@ def iter_train_from_config(
         "test": test_metrics,
         "history": result["history"],
         "synthetic": synthetic,
+        "warnings": warnings,
     }
     report_path = out_dir / "report.json"
     write_text(report_path, json.dumps(report, indent=2, default=_np_default), overwrite=True)
