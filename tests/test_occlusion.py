@@ -1,6 +1,8 @@
-"""Per-nucleus importance (seed 001, Sec. III-F, eq. 5): occlusion and attention."""
+"""Per-nucleus importance (Sureka et al., 2020, Sec. III-F, eq. 5): occlusion and attention."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -77,81 +79,27 @@ def plain_occlusion(model, data: Data, k: int, target: int) -> np.ndarray:
     return np.array(scores)
 
 
-@pytest.fixture(params=["c", "numpy"])
-def index_kernel(request, monkeypatch):
-    """Run with the C index kernel, then with the NumPy reference."""
-    from histoview.explain import graph
-
-    if request.param == "c" and graph._c_index() is None:
-        pytest.skip("the C extension histoview.explain._occlusion_index is not built here")
-    if request.param == "numpy":
-        monkeypatch.setattr(graph, "_C_INDEX", [None])
-    return request.param
-
-
 @pytest.mark.parametrize("name", TINY + ("rsf-attention",))
-def test_occlusion_matches_plain_definition(name, index_kernel):
+def test_occlusion_matches_plain_definition(name):
     model = sharpened(name)
     data = random_graph()
     with torch.no_grad():
         target = int(model(data).argmax())
-    for k in (1, 2, 3):
+    for k in (0, 1, 2, 3):
         expected = plain_occlusion(model, data, k, target)
         assert np.abs(expected).max() > 1e-3  # the check is not vacuous
         for method in ("incremental", "batched"):
-            got = occlusion_importance(model, data, k=k, method=method, batch_size=11)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)  # the engine's check passes
+                got = occlusion_importance(model, data, k=k, method=method, batch_size=11)
             assert got.shape == (data.num_nodes,) and got.dtype == np.float32
             np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{method} k={k}")
 
 
-def _same(a, b) -> bool:
-    """Plan entries equal: tensors (sparse CSR by their three arrays), dicts, sequences."""
-    if isinstance(a, torch.Tensor):
-        if a.layout == torch.sparse_csr:
-            parts = (a.crow_indices(), a.col_indices(), a.values())
-            other = (b.crow_indices(), b.col_indices(), b.values())
-            return a.shape == b.shape and all(torch.equal(x, y) for x, y in zip(parts, other))
-        return torch.equal(a, b)
-    if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and np.array_equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def test_c_index_kernel_gives_the_numpy_plan():
-    """The C kernel builds exactly the arrays of the NumPy reference: every k, chunks with
-    isolated nodes and a separate chain, chunks whose copies have no ring, and output
-    buffers too small at first (the kernel reports the sizes and is called again)."""
-    from histoview.explain import graph
-
-    if graph._c_index() is None:
-        pytest.skip("the C extension histoview.explain._occlusion_index is not built here")
-    model = sharpened("test_rsf_attention")
-    for seed, n in ((0, 40), (3, 120)):
-        engine = graph._IncrementalOcclusion(model, random_graph(n, seed=seed))
-        N = engine.N
-        chunks = (np.arange(N), np.array([n, n + 1, n + 2]), np.arange(0, N, 7)[::-1])
-        for k in (0, 1, 2, 3):
-            for centres in chunks:
-                engine.use_c, engine.c_capacity = False, (1, 1)
-                expected = engine.plan(centres, k)
-                engine.use_c = True
-                got = engine.plan(centres, k)
-                # Segments of factors on the same rows: the C path sums them with its kernel
-                # and builds no operator; their layout must agree.
-                for key in ("new2", "new3"):
-                    expected[key] = {name: expected[key][name] for name in got[key]}
-                bad = [key for key in expected if not _same(expected[key], got[key])]
-                assert not bad, f"k={k}, {len(centres)} centres: {bad} differ"
-
-
-def test_sparse_product_ignores_what_its_output_held():
+def test_sparse_product_ignores_what_its_output_held(monkeypatch):
     """The engine's sparse products write into uninitialised tensors (``addmm`` with
-    beta=0): whatever the output held before, NaN included, must not leak into the result."""
-    from histoview.explain.graph import _spmm
+    beta=0): whatever the memory held before, NaN included, must not leak into the result."""
+    from histoview.explain import occlusion
     from histoview.models.graph_layers import sparse_csr
 
     rng = np.random.default_rng(0)
@@ -160,62 +108,91 @@ def test_sparse_product_ignores_what_its_output_held():
     op = torch.tensor(dense_op, dtype=torch.float32).to_sparse_csr()
     op = sparse_csr(op.crow_indices(), op.col_indices(), op.values(), op.shape)
     b = torch.tensor(rng.normal(size=(40, 9)), dtype=torch.float32)
-    out = torch.full((30, 9), float("nan"))
-    got = _spmm(op, b, out=out)
-    assert got.data_ptr() == out.data_ptr() and torch.isfinite(got).all()
+    real_new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(
+        torch.Tensor, "new_empty", lambda t, *a, **kw: real_new_empty(t, *a, **kw).fill_(np.nan)
+    )
+    got = occlusion._spmm(op, b)
+    assert torch.isfinite(got).all()
     torch.testing.assert_close(got, torch.tensor(dense_op, dtype=torch.float32) @ b)
 
 
-def test_c_segment_sums_match_the_sparse_product():
-    """The C kernel's per-copy sums of outer products equal the sparse-product version,
-    empty segments included."""
-    from histoview.explain import graph
+def test_edge_operators_sum_over_edges():
+    """Both layouts of the engine's edge operators give sum_j e_ijl y_jl (rows with no
+    edges included)."""
+    from histoview.explain.occlusion import _edge_operator
 
-    if graph._c_index() is None:
-        pytest.skip("the C extension histoview.explain._occlusion_index is not built here")
-    rng = np.random.default_rng(1)
-    counts = np.array([3, 0, 5, 1, 0, 7])
-    R = int(counts.sum())
-    a_t = torch.tensor(rng.normal(size=(8, R)), dtype=torch.float32)
-    b = torch.tensor(rng.normal(size=(R, 33)), dtype=torch.float32)
-    with_kernel = graph._segment_outer(graph._segments(counts, 8, None, R, True), a_t, b)
-    with_product = graph._segment_outer(graph._segments(counts, 8, None, R, False), a_t, b)
-    expected = torch.stack([
-        a_t[:, start:stop] @ b[start:stop]
-        for start, stop in zip(np.cumsum(counts) - counts, np.cumsum(counts))
-    ])  # fmt: skip
-    torch.testing.assert_close(with_kernel, expected)
-    torch.testing.assert_close(with_product, expected)
-
-
-def test_c_extension_built_where_a_compiler_is():
-    """The package builds its optional C kernel whenever a C compiler is available (as on
-    CI), so the fast path is what the tests and benchmarks use there."""
-    import shutil
-    import sysconfig
-
-    from histoview.explain import graph
-
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None:
-        pytest.skip(f"no C compiler ({compiler}) here: histoview falls back to NumPy")
-    assert graph._c_index() is not None, "reinstall histoview (pip install -e .) to build it"
+    rng = np.random.default_rng(2)
+    n_rows, n_cols, L, E = 7, 5, 3, 12
+    rows = np.sort(rng.integers(0, n_rows, E))
+    rows[rows == 3] = 4  # row 3 has no edges
+    cols = rng.integers(0, n_cols, E)
+    attr = rng.normal(size=(E, L)).astype(np.float32)
+    y = torch.tensor(rng.normal(size=(n_cols, L, 6)), dtype=torch.float32)
+    expected = torch.zeros(n_rows, L, 6)
+    for r, c, a in zip(rows, cols, attr):
+        expected[r] += torch.from_numpy(a)[:, None] * y[c]
+    op = _edge_operator(rows, cols, attr, n_rows, n_cols)
+    torch.testing.assert_close(op @ y.reshape(n_cols * L, 6), expected.sum(1))
+    per = _edge_operator(rows, cols, attr, n_rows, n_cols, per_channel=True)
+    for lane in range(L):
+        got = (per @ y[:, lane]).view(L, n_rows, 6)[lane]
+        torch.testing.assert_close(got, expected[:, lane])
 
 
-def test_c_library_of_another_version_is_not_called(monkeypatch):
-    """A compiled kernel left over from another version (other arguments) would crash if
-    called: histoview checks its interface version, warns and uses NumPy instead."""
-    from histoview.explain import graph
+def test_check_catches_a_modified_layer(monkeypatch):
+    """A layer whose arithmetic differs from what the engine assumes (a vertex convolution
+    made non-linear: the full graph still matches, since the engine runs the layer itself,
+    but its linear updates of the occluded graphs do not) is caught on the occluded graphs
+    checked: a warning, and the scores of the definition."""
+    from histoview.explain import graph as graph_module
+    from histoview.models.graph_layers import RSFConv
 
-    if graph._c_index() is None:
-        pytest.skip("the C extension histoview.explain._occlusion_index is not built here")
-    monkeypatch.setattr(graph, "_C_INDEX", [])
-    monkeypatch.setattr(graph, "_C_ABI", graph._C_ABI + 1)
-    with pytest.warns(RuntimeWarning, match="another histoview version"):
-        assert graph._c_index() is None
-    model, data = sharpened("test_rsf"), random_graph()
-    got = occlusion_importance(model, data, k=1)  # the NumPy path, still exact
-    expected = occlusion_importance(model, data, k=1, method="batched")
+    model = sharpened("test_rsf_attention")
+    data = random_graph()
+    with torch.no_grad():
+        target = int(model(data).argmax())
+    linear = RSFConv.forward
+    monkeypatch.setattr(
+        RSFConv, "forward", lambda self, x, adj: 3 * torch.tanh(linear(self, x, adj))
+    )
+    expected = plain_occlusion(model, data, 1, target)
+    checked = []
+    real = graph_module._occluded_logits
+
+    def spy(model, data, neighbours, centres, k):
+        checked.append(np.asarray(centres).tolist())
+        return real(model, data, neighbours, centres, k)
+
+    monkeypatch.setattr(graph_module, "_occluded_logits", spy)
+    with pytest.warns(RuntimeWarning, match="occluded graphs of nuclei"):
+        got = occlusion_importance(model, data, k=1, target_class=target)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert 1 <= len(checked[0]) <= 3  # the nuclei checked; then the definition's chunks
+
+
+def test_check_catches_a_changed_node_stage(monkeypatch):
+    """A model whose node stage no longer matches the engine (Vertex Conv 2 with a leaky
+    ReLU) is caught on the full graph already."""
+    import torch.nn.functional as F
+
+    from histoview.models.graph_nets import RSFNet
+
+    model = sharpened("test_rsf")
+    data = random_graph()
+    before = plain_occlusion(model, data, 1, 0)
+    original = RSFNet.node_stage
+
+    def node_stage(self, x, adj):
+        out = original(self, x, adj)
+        out["z"] = F.leaky_relu(self.conv2(out["h1"], adj), 0.3)
+        return out
+
+    monkeypatch.setattr(RSFNet, "node_stage", node_stage)
+    expected = plain_occlusion(model, data, 1, 0)
+    assert np.abs(expected - before).max() > 1e-3  # the change matters
+    with pytest.warns(RuntimeWarning, match="on the full graph"):
+        got = occlusion_importance(model, data, k=1, target_class=0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -241,7 +218,10 @@ def test_sigmoid_gate_occlusion_exact_and_gates_independent(classwise):
     """Sigmoid-gated attention (pooling averages the gated nuclei): occlusion stays exact and
     a nucleus's gate does not depend on nuclei outside its receptive field."""
     model = sharpened(
-        "test_rsf_attention", num_classes=3, attention_gate="sigmoid", classwise_attention=classwise,
+        "test_rsf_attention",
+        num_classes=3,
+        attention_gate="sigmoid",
+        classwise_attention=classwise,
         attention_input="both" if classwise else "embedding",
     )
     data = random_graph(seed=4)
@@ -377,29 +357,18 @@ def test_model_mode_restored():
     assert model.training
 
 
-def test_torch_thread_count_restored():
-    """The engine runs torch single-threaded in its worker and with one thread fewer in the
-    caller; afterwards the caller (and threads started later) get the count set before."""
-    import threading
-
-    def in_new_thread() -> int:
-        seen = []
-        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        thread.start()
-        thread.join()
-        return seen[0]
-
+def test_torch_thread_count_unchanged(monkeypatch):
+    """Occlusion never changes torch's process-wide thread settings, even when it fails."""
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.setattr(torch, "set_num_interop_threads", lambda n: calls.append(n))
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
     model, data = create_model("test_rsf"), random_graph()
-    try:
-        occlusion_importance(model, data, method="incremental")
-        assert torch.get_num_threads() == 2 and in_new_thread() == 2
-        with pytest.raises(ValueError, match="out of range"):  # fails after the worker started
-            occlusion_importance(model, data, method="incremental", target_class=7)
-        assert torch.get_num_threads() == 2 and in_new_thread() == 2
-    finally:
-        torch.set_num_threads(before)
+    occlusion_importance(model, data, method="incremental")
+    occlusion_importance(model, data, method="batched")
+    with pytest.raises(ValueError, match="out of range"):
+        occlusion_importance(model, data, method="incremental", target_class=7)
+    assert calls == [] and torch.get_num_threads() == before
 
 
 class _Graph:
