@@ -42,37 +42,59 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120,
     return writer.path
 
 
-def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = None) -> Figure:
-    """Two panels: raw counts (left) and row-normalised percentages (right).
+def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = None,
+                            stacked: bool = False) -> Figure:
+    """Two panels: raw counts and row-normalised percentages, side by side or ``stacked``.
 
     Rows are the true class, columns the predicted class (CSPResNet50-FPN-SE paper, Fig. 6).
+    Class names are wrapped at about 12 characters (``_`` read as a space) and the column
+    labels turn 45 degrees when they would touch; the figure grows with the number of classes
+    and the longest name (about 0.5 inch a cell), so its labels never overlap at its own size.
+    ``stacked`` puts the panels one above the other, for narrow docks.
     """
+    import textwrap
+
     cm = np.asarray(cm, float)
     k = len(classes)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) * 100
-    size = 3.2 + 0.45 * k
-    fig = _figure(2 * size + 0.8, size)
-    axes = fig.subplots(1, 2)
+    labels = [textwrap.fill(str(c).replace("_", " "), 12, break_long_words=False)
+              for c in classes]
+    fontsize = 9 if k <= 4 else 8 if k <= 8 else 6
+    cell = 0.55 if k <= 4 else 0.45 if k <= 8 else 0.32
+    char = 0.0085 * fontsize  # inches per character, roughly
+    longest = max((len(line) for label in labels for line in label.split("\n")), default=1)
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    rotate = k > 2 or longest * char > 0.9 * cell
+    y_labels = longest * char + 0.45  # tick labels and the "true" axis label
+    x_labels = (0.75 * longest * char if rotate else lines * fontsize / 60) + 0.45
+    panel_w = y_labels + k * cell + 0.9  # + colour bar
+    panel_h = k * cell + x_labels + 0.35  # + panel title
+    top = 0.35 if title else 0.0
+    fig = _figure(panel_w, 2 * panel_h + top) if stacked else _figure(2 * panel_w, panel_h + top)
+    axes = fig.subplots(2, 1) if stacked else fig.subplots(1, 2)
     panels = ((cm, "counts", "Blues", "{:.0f}"), (norm, "row-normalised (%)", "Greens", "{:.1f}"))
     for ax, (values, name, cmap, fmt) in zip(axes, panels):
         vmax = values.max() if values.size and values.max() > 0 else 1.0
         im = ax.imshow(values, cmap=cmap, vmin=0, vmax=vmax)
-        ax.set_title(name)
-        ax.set_xticks(range(k), classes, rotation=45 if k > 2 else 0,
-                      ha="right" if k > 2 else "center")
-        ax.set_yticks(range(k), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        fontsize = 10 if k <= 4 else 7
+        ax.set_title(name, fontsize=fontsize + 1)
+        if rotate:
+            ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor",
+                          fontsize=fontsize)
+        else:
+            ax.set_xticks(range(k), labels, fontsize=fontsize)
+        ax.set_yticks(range(k), labels, fontsize=fontsize)
+        ax.set_xlabel("predicted", fontsize=fontsize)
+        ax.set_ylabel("true", fontsize=fontsize)
         for i in range(k):
             for j in range(k):
                 colour = "white" if values[i, j] > 0.6 * vmax else "black"
                 ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", color=colour,
-                        fontsize=fontsize)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+                        fontsize=fontsize if k <= 8 else fontsize - 1)
+        bar = fig.colorbar(im, ax=ax, shrink=0.8)
+        bar.ax.tick_params(labelsize=fontsize - 1)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=fontsize + 2)
     return fig
 
 
