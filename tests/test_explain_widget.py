@@ -1,4 +1,6 @@
-"""The explanation dock widget in a real napari viewer: worker thread, aligned overlays."""
+"""The explanation dock widgets as a user meets them: opened from the Plugins menu with
+nothing preset, the main button pressed with the defaults, then again after layers change;
+worker thread, aligned overlays, cancel, honest labels."""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ from histoview.models.library import list_checkpoints
 
 pytestmark = pytest.mark.gui
 
+#: the explanation docks of napari.yaml and the method each starts with
+DOCKS = {"Attention-MIL": "amil", "Nuclei graph": "graph", "Grad-CAM": "gradcam",
+         "Explain (all methods)": "amil"}
+
 
 def _bundled(method_kind):
     if not list_checkpoints(kind=method_kind):
@@ -16,7 +22,118 @@ def _bundled(method_kind):
 
 
 def _wait_for_result(qtbot, widget, timeout=120_000):
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def _explanations(viewer):
+    return [lay for lay in viewer.layers if "histoview_explanation" in lay.metadata]
+
+
+def _open_png(viewer, tmp_path, name="tissue.png", seed=5):
+    """A BreakHis-sized image opened through histoview's reader, as File > Open does."""
+    from PIL import Image
+
+    from histoview.preprocessing.phantom import make_phantom
+
+    path = tmp_path / name
+    Image.fromarray(make_phantom("invasive", preset="breakhis", seed=seed).image).save(path)
+    [layer] = viewer.open(path, plugin="histoview")
+    return layer
+
+
+@pytest.mark.parametrize("display", list(DOCKS))
+def test_each_dock_explains_at_the_first_click_and_after_layers_change(
+    display, make_napari_viewer, qtbot, tmp_path
+):
+    viewer = make_napari_viewer()
+    image = _open_png(viewer, tmp_path)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", display)
+    assert widget.method_choice.value == DOCKS[display]
+    assert widget.model_choice.value is not None, "the model box is empty at first"
+    model = widget.model_choice.value
+    widget.run()  # the defaults, nothing preset
+    _wait_for_result(qtbot, widget)
+    assert not widget.result.value.startswith("error"), widget.result.value
+    first = _explanations(viewer)
+    assert first and widget.last_explanation.method == DOCKS[display]
+    # another layer arrives (a second image) and one goes: choices survive, the next click works
+    other = _open_png(viewer, tmp_path, "second.png", seed=6)
+    viewer.layers.remove(first[0])
+    assert widget.model_choice.value == model, "adding a layer changed or emptied the model"
+    widget.image_choice.value = other
+    widget.run()
+    _wait_for_result(qtbot, widget)
+    assert not widget.result.value.startswith("error"), widget.result.value
+    assert widget.last_explanation.extra is not None
+    over = [lay for lay in _explanations(viewer)
+            if lay.metadata["histoview"]["explanation"]["image_layer"] == "second.png"]
+    assert over, "no overlay over the second image"
+    assert image in viewer.layers
+
+
+def test_cancel_stops_and_adds_nothing(make_napari_viewer, qtbot, tmp_path):
+    _bundled("image")
+    viewer = make_napari_viewer()
+    _open_png(viewer, tmp_path)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
+    widget.run()
+    widget.cancel()  # stops at the run's next step
+    _wait_for_result(qtbot, widget)
+    qtbot.wait(200)
+    assert widget.result.value == "cancelled"
+    assert not _explanations(viewer)
+    assert widget.run_button.enabled
+    widget.run()  # and the widget still works afterwards
+    _wait_for_result(qtbot, widget)
+    assert _explanations(viewer)
+
+
+def test_demo_weights_on_a_real_image_warn_visibly(make_napari_viewer, tmp_path):
+    _bundled("bag")
+    from histoview.viewer._sample_data import phantom_layers
+
+    viewer = make_napari_viewer()
+    _open_png(viewer, tmp_path)  # a file: not a phantom the demo weights know
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    assert widget.model_choice.value.synthetic
+    assert not widget.warning.native.isHidden() and "mean nothing" in widget.warning.value
+    data, kwargs, _ = phantom_layers("invasive", seed=3)[0]
+    widget.image_choice.value = viewer.add_image(data, **kwargs)
+    assert widget.warning.native.isHidden()
+
+
+def test_pixel_size_entered_is_remembered_per_layer(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    first = _open_png(viewer, tmp_path)
+    second = _open_png(viewer, tmp_path, "second.png", seed=6)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Nuclei graph")
+    widget.image_choice.value = first
+    widget.pixel_size.value = 0.25
+    assert first.metadata["histoview"]["pixel_size_um"] == 0.25
+    assert first.metadata["histoview"]["pixel_size_source"] == "user"
+    widget.image_choice.value = second
+    assert widget.pixel_size.value == 0.0
+    widget.image_choice.value = first
+    assert widget.pixel_size.value == pytest.approx(0.25)
+    widget.pixel_size.value = 0.0  # forget it: back to what the file said
+    assert first.metadata["histoview"]["pixel_size_source"] != "user"
+
+
+def test_the_chosen_model_stays_when_the_library_changes(make_napari_viewer, tmp_path,
+                                                        monkeypatch):
+    _bundled("bag")
+    from histoview.models.library import add_to_library, bundled_checkpoint
+    from histoview.viewer._explain_widget import refresh_all
+
+    monkeypatch.setenv("HISTOVIEW_DATA_DIR", str(tmp_path / "data"))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    chosen = widget.model_choice.value
+    add_to_library(bundled_checkpoint("amil-phantom"), "my-new-amil")  # a model just trained
+    refresh_all()
+    names = [entry.name for _, entry in widget._model_choices()]
+    assert "my-new-amil" in names
+    assert widget.model_choice.value.path == chosen.path, "switched to the new model silently"
 
 
 def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot):
@@ -33,7 +150,7 @@ def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot):
     widget.image_choice.value = image
     widget.run()
     # run() returns at once; the explanation arrives later from the worker
-    assert widget._worker is not None and widget.last_explanation is None
+    assert widget.busy and widget.last_explanation is None
     _wait_for_result(qtbot, widget)
     expl = widget.last_explanation
     assert expl is not None and expl.method == "amil"
@@ -58,16 +175,10 @@ def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot):
     assert expl.predicted_label in widget.result.value
 
 
-def test_widget_from_plugin_menu(make_napari_viewer):
-    viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
-    assert widget.method_choice.value == "amil"
-
-
 def test_error_is_reported_not_raised(make_napari_viewer):
     from histoview.viewer._explain_widget import ExplainWidget
 
     viewer = make_napari_viewer()
     widget = ExplainWidget(viewer, "amil")
     widget.run()  # no image layer
-    assert "select an image layer" in widget.result.value
+    assert "open an image first" in widget.result.value

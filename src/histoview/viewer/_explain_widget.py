@@ -12,15 +12,23 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+)
 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._layer_choice import is_tissue_image, layer_choice
 from histoview.viewer.overlays import (
-    add_explanation_layers,
     explanation_title,
+    insert_layers_stepwise,
     layer_pixel_size,
     read_layer_for_model,
 )
@@ -34,16 +42,41 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 def refresh_all() -> None:
     """Refresh the model list of every open explanation widget (after training or library edits)."""
     for w in list(_LIVE):
-        w.refresh_models()
+        try:
+            w.refresh_models()
+        except RuntimeError:  # its Qt widget is gone (viewer closed)
+            _LIVE.discard(w)
+
+
+#: what the synthetic demo weights say on an image that is not a phantom
+DEMO_WEIGHTS_WARNING = (
+    "Synthetic demo weights on a real image: they were trained on generated phantoms, so "
+    "this prediction and map mean nothing here. Train a model on your data (Plugins > "
+    "histoview > Train a model) or choose one from your library."
+)
+
+
+def _is_phantom(layer) -> bool:
+    return (layer.metadata.get("histoview") or {}).get("source") == "phantom"
 
 
 class ExplainWidget(Container):
-    """Dock widget: image layer, method, model, target class, run/cancel, progress, result."""
+    """Dock widget: image layer, method, model, pixel size, target class, run/cancel, result.
+
+    Opened from the Plugins menu with nothing preset it explains the selected image with the
+    newest model of the library that fits the method, or the method's bundled demo weights;
+    the model list follows the library and keeps the user's choice when layers or models
+    are added. The work (model, image, method, the overlay's layer data) runs in a worker
+    thread; the main thread only adds the ready layers. Cancel stops between steps and adds
+    nothing.
+    """
 
     def __init__(self, viewer, method: str | None = None):
         super().__init__(labels=True)
         self.viewer = viewer
         self._worker = None
+        self._cancelled = False
+        self._adding = False
         self.last_explanation = None
         self.last_layers: list = []
         from napari.layers import Image
@@ -52,82 +85,157 @@ class ExplainWidget(Container):
         # list current while the widget is docked
         self.image_choice = layer_choice(Image, is_tissue_image, label="image")
         self.method_choice = ComboBox(label="method", choices=list_methods(), value=method or "amil")
-        self.model_choice = ComboBox(label="model", choices=[])
-        self.class_choice = ComboBox(label="explain class", choices=["predicted"], value="predicted")
+        # a function, so that every reset (napari calls it when layers change) re-reads the
+        # library and keeps the current choice when it is still there
+        self.model_choice = ComboBox(label="model", choices=self._model_choices)
+        self.pixel_size = FloatSpinBox(
+            label="pixel size (µm/px)", min=0.0, max=20.0, step=0.01, value=0.0,
+            tooltip="Micrometres per pixel of the image. 0: use the file's calibration, or "
+                    "estimate it from the nuclei when the file has none. A value you enter is "
+                    "remembered for this layer.")
+        self.pixel_size_info = Label(value="")
+        self.class_choice = ComboBox(label="explain class", choices=self._class_choices,
+                                     value="predicted")
         importance = get_method("graph").options["importance"]
         self.importance_choice = ComboBox(label="importance", choices=list(importance),
                                           value=importance[0])
         self.outlines = CheckBox(label="outlines", value=False)
         self.run_button = PushButton(text="Explain")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", min=0, max=4, value=0)
+        self.progress = ProgressBar(label="progress", min=0, max=5, value=0)
         self.result = Label(label="result", value="")
+        self.warning = Label(value="")
+        self.warning.native.setWordWrap(True)
+        self.warning.native.setStyleSheet("color: #ffb000; font-weight: bold")
         self.notice = Label(value=RESEARCH_NOTICE)
-        self.extend([self.image_choice, self.method_choice, self.model_choice, self.class_choice,
-                     self.importance_choice, self.outlines, self.run_button, self.cancel_button,
-                     self.progress, self.result, self.notice])
+        self.extend([self.image_choice, self.method_choice, self.model_choice, self.pixel_size,
+                     self.pixel_size_info, self.class_choice, self.importance_choice,
+                     self.outlines, self.run_button, self.cancel_button, self.progress,
+                     self.result, self.warning, self.notice])
         self.method_choice.changed.connect(self._method_changed)
         self.model_choice.changed.connect(self._model_changed)
+        self.image_choice.changed.connect(self._image_changed)
+        self.pixel_size.changed.connect(self._pixel_size_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         # the image list also follows the layers when the widget is not docked (scripts, tests)
         viewer.layers.events.inserted.connect(self.image_choice.reset_choices)
         viewer.layers.events.removed.connect(self.image_choice.reset_choices)
         self._method_changed()
+        self._image_changed()
         _LIVE.add(self)
 
     # -- choices ----------------------------------------------------------------------------------
-    def refresh_models(self) -> None:
+    def _model_choices(self, _widget=None) -> list:
+        """(label, entry) of every checkpoint the method can use: user library, then bundled."""
         from histoview.models.library import list_checkpoints
         from histoview.models.registry import get_model_config
 
         spec = get_method(self.method_choice.value)
         entries = [e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))]
+        return [(e.label(), e) for e in entries]
+
+    def refresh_models(self) -> None:
+        """Re-read the model library; the chosen model stays chosen while it exists."""
         current = self.model_choice.value
-        self.model_choice.choices = [(e.label(), e) for e in entries]
-        for e in entries:
-            if current is not None and e.path == getattr(current, "path", None):
-                self.model_choice.value = e
+        self.model_choice.reset_choices()
+        if current is not None:
+            for _, entry in self._model_choices():
+                if entry.path == current.path:
+                    self.model_choice.value = entry
+                    break
 
     def _method_changed(self, _event=None):
         method = self.method_choice.value
         self.importance_choice.visible = "importance" in get_method(method).options
         self.outlines.visible = get_method(method).kind == "graph"
         self.run_button.text = f"Explain with {method_title(method)}"
-        self.refresh_models()
+        self.run_button.tooltip = get_method(method).citation
+        self.model_choice.reset_choices()
         self._model_changed()
 
+    def _class_choices(self, _widget=None) -> list[str]:
+        entry = getattr(self, "model_choice", None) and self.model_choice.value
+        return ["predicted", *(entry.meta.get("classes", []) if entry else [])]
+
     def _model_changed(self, _event=None):
-        entry = self.model_choice.value
-        classes = list(entry.meta.get("classes", [])) if entry is not None else []
-        self.class_choice.choices = ["predicted", *classes]
-        self.class_choice.value = "predicted"
+        self.class_choice.reset_choices()
         self.class_choice.visible = get_method(self.method_choice.value).class_specific
+        self._update_warning()
+
+    def _image_changed(self, _event=None):
+        layer = self.image_choice.value
+        info = (layer.metadata.get("histoview") or {}) if layer is not None else {}
+        mpp, source = info.get("pixel_size_um"), info.get("pixel_size_source")
+        with self.pixel_size.changed.blocked():
+            self.pixel_size.value = float(mpp) if mpp and source == "user" else 0.0
+        if layer is None:
+            self.pixel_size_info.value = ""
+        elif mpp:
+            self.pixel_size_info.value = f"{mpp:.4g} µm/px ({source or 'file'})"
+        else:
+            self.pixel_size_info.value = "unknown: estimated from the nuclei when needed"
+        self._update_warning()
+
+    def _pixel_size_changed(self, _event=None):
+        """A pixel size the user enters is remembered in the layer (0 forgets it)."""
+        layer = self.image_choice.value
+        if layer is None:
+            return
+        info = dict(layer.metadata.get("histoview") or {})
+        value = float(self.pixel_size.value)
+        if value > 0:
+            info.setdefault("file_pixel_size_um", info.get("pixel_size_um"))
+            info.setdefault("file_pixel_size_source", info.get("pixel_size_source"))
+            info.update(pixel_size_um=value, pixel_size_source="user")
+        elif info.get("pixel_size_source") == "user":
+            info.update(pixel_size_um=info.pop("file_pixel_size_um", None),
+                        pixel_size_source=info.pop("file_pixel_size_source", None))
+        layer.metadata = {**layer.metadata, "histoview": info}
+        self._image_changed()
+
+    def _update_warning(self) -> None:
+        entry, layer = self.model_choice.value, self.image_choice.value
+        demo_on_real = entry is not None and entry.synthetic and layer is not None and not _is_phantom(layer)
+        self.warning.value = DEMO_WEIGHTS_WARNING if demo_on_real else ""
+        self.warning.visible = bool(self.warning.value)
 
     # -- running ----------------------------------------------------------------------------------
-    def _work(self, image_layer, method, entry, target_class, importance):
-        """Generator run in a worker thread: yields (step, text), returns the explanation."""
+    @property
+    def busy(self) -> bool:
+        """A run is in progress (working, or still inserting its layers)."""
+        return self._worker is not None or self._adding
+
+    def _work(self, data, multiscale, where, method, entry, target_class, importance, mpp, outlines):
+        """Generator run in a worker thread: yields (step, text), returns (explanation, layer
+        data). Every yield is a point where Cancel stops it."""
         from histoview.explain.run import explain_array, load_for_method
+        from histoview.viewer.overlays import build_layers, explanation_layer_data
 
         yield 1, "loading model"
         net, meta, sha = load_for_method(method, checkpoint=entry.path)
         yield 2, "reading image"
-        mpp = layer_pixel_size(image_layer)
-        rgb, downsample, level, shape0 = read_layer_for_model(image_layer.data, image_layer.multiscale, mpp, meta)
+        rgb, downsample, level, shape0 = read_layer_for_model(data, multiscale, mpp, meta)
         yield 3, f"running {method_title(method)} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
         expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=(mpp * downsample) if mpp else None,
                              target_class=target_class, importance=importance, downsample=downsample,
                              level=level, image_shape=shape0)
-        yield 4, "done"
-        return expl, downsample
+        yield 4, "drawing"
+        layers = build_layers(explanation_layer_data(expl, where, outlines=outlines))
+        yield 5, "adding the overlay"
+        return expl, layers
 
     def run(self, _event=None):
         from napari.qt.threading import create_worker
 
+        from histoview.viewer.overlays import Placement
+
+        if self._worker is not None or self._adding:
+            return
         image_layer = self.image_choice.value
         entry = self.model_choice.value
         if image_layer is None:
-            self._report_error("select an image layer first")
+            self._report_error("open an image first (File > Open, or File > Open Sample > histoview)")
             return
         if entry is None:
             self._report_error(f"no model available for {self.method_choice.value}: train one or add a checkpoint")
@@ -136,10 +244,15 @@ class ExplainWidget(Container):
         tc = None if self.class_choice.value == "predicted" else self.class_choice.value
         imp = None if self.importance_choice.value == "auto" else self.importance_choice.value
         avoid_triton_llvm_clash()
-        worker = create_worker(self._work, image_layer, method, entry, tc, imp, _start_thread=False)
+        self._cancelled = False
+        worker = create_worker(self._work, image_layer.data, image_layer.multiscale,
+                               Placement.of(image_layer), method, entry, tc, imp,
+                               layer_pixel_size(image_layer), bool(self.outlines.value),
+                               _start_thread=False)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_done(image_layer, result))
+        worker.returned.connect(self._on_done)
         worker.errored.connect(lambda exc: self._report_error(str(exc)))
+        worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.run_button.enabled = False
@@ -149,25 +262,47 @@ class ExplainWidget(Container):
         worker.start()
 
     def cancel(self, _event=None):
+        """Stop the run at its next step; nothing is added."""
         if self._worker is not None:
+            self._cancelled = True
             self._worker.quit()
-            self.result.value = "cancelled"
+            self.result.value = "cancelling..."
 
     def _on_progress(self, item):
+        if self._cancelled:
+            return
         step, text = item
         self.progress.value = step
         self.result.value = text
 
-    def _on_done(self, image_layer, result):
-        expl, _ = result
+    def _on_aborted(self):
+        self.progress.value = 0
+        self.result.value = "cancelled"
+
+    def _on_done(self, result):
+        if self._cancelled:  # finished before it saw the request: drop the result
+            self._on_aborted()
+            return
+        expl, layers = result
+        self._adding = True
+        insert_layers_stepwise(self.viewer, layers, lambda added: self._on_added(expl, added))
+
+    def _on_added(self, expl, layers):
+        self._adding = False
         self.last_explanation = expl
-        layers = add_explanation_layers(self.viewer, image_layer, expl, outlines=bool(self.outlines.value))
         self.last_layers = layers
-        from histoview.viewer.overlays import _set_notice
+        from histoview.viewer.overlays import _set_notice, format_probability
 
         _set_notice(self.viewer, [lay for lay in self.viewer.layers if "histoview_explanation" in lay.metadata])
-        probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(expl.classes, expl.probabilities))
-        self.result.value = f"{explanation_title(expl)}\n{probs}" + ("\nsynthetic demo weights" if expl.synthetic else "")
+        probs = ", ".join(f"{c} {format_probability(p)}" for c, p in zip(expl.classes, expl.probabilities))
+        lines = [explanation_title(expl), probs]
+        mpp, source = (expl.extra or {}).get("pixel_size_um"), (expl.extra or {}).get("pixel_size_source")
+        if mpp:
+            lines.append(f"pixel size {mpp:.3g} µm/px ({source})")
+        lines += list((expl.extra or {}).get("warnings") or [])
+        if expl.synthetic:
+            lines.append("synthetic demo weights")
+        self.result.value = "\n".join(lines)
 
     def _on_finished(self):
         self._worker = None

@@ -16,6 +16,8 @@ to the method's maximum, so every overlay uses its full colour range.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
@@ -72,14 +74,28 @@ def layer_pixel_size(layer) -> float | None:
     return info.get("pixel_size_um")
 
 
+def format_probability(p: float) -> str:
+    """A probability as people read it: two decimals, never a false 1.00 or 0.00."""
+    p = float(p)
+    if p >= 0.995:
+        return "> 0.99"
+    if p <= 0.005:
+        return "< 0.01"
+    return f"{p:.2f}"
+
+
 def explanation_title(expl: Explanation) -> str:
+    """``"<method> [(<importance>)]: <predicted class> (<probability>)"``: distinct settings
+    (attention or occlusion) get distinct names."""
     p = float(expl.probabilities[expl.predicted_class])
-    return f"{method_title(expl.method)}: {expl.predicted_label} ({p:.2f})"
+    importance = (expl.extra or {}).get("importance")
+    setting = f" ({importance})" if importance else ""
+    return f"{method_title(expl.method)}{setting}: {expl.predicted_label} ({format_probability(p)})"
 
 
-def _metadata(expl: Explanation, image_layer) -> dict:
+def _metadata(expl: Explanation, image_name: str) -> dict:
     summary = expl.summary()
-    summary["image_layer"] = image_layer.name
+    summary["image_layer"] = image_name
     return {"histoview": {"explanation": summary, "notice": RESEARCH_NOTICE,
                           **({"weights_notice": SYNTHETIC_NOTICE} if expl.synthetic else {})},
             "histoview_explanation": expl}
@@ -92,17 +108,57 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
     return lo, hi if hi > lo else lo + 1e-6
 
 
-def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: bool = False,
-                           opacity: float = 1.0) -> list:
-    """Add ``expl`` over ``image_layer``; returns the new layers."""
-    s = np.asarray(image_layer.scale[-2:], float)
-    t = np.asarray(image_layer.translate[-2:], float)
+#: a map whose values differ by less than this share of their largest magnitude has no contrast
+NO_CONTRAST = 0.05
+
+
+def has_contrast(values: np.ndarray) -> bool:
+    """Whether a map's values differ enough to show where the evidence is (see NO_CONTRAST)."""
+    finite = np.asarray(values, float)[np.isfinite(values)]
+    if finite.size < 2:
+        return False
+    spread = float(finite.max() - finite.min())
+    return spread > NO_CONTRAST * max(abs(float(finite.max())), abs(float(finite.min())), 1e-12)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How an image layer maps its level-0 pixels to the world: what overlays copy."""
+
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    units: tuple[str, str]
+    name: str
+
+    @classmethod
+    def of(cls, image_layer) -> Placement:
+        return cls(tuple(float(v) for v in image_layer.scale[-2:]),
+                   tuple(float(v) for v in image_layer.translate[-2:]),
+                   tuple(str(u) for u in image_layer.units[-2:]), str(image_layer.name))
+
+
+#: nuclei graphs with more edges than this show their edges hidden at first (toggle the layer)
+MAX_VISIBLE_EDGES = 3000
+
+
+def explanation_layer_data(expl: Explanation, where: Placement, *, outlines: bool = False,
+                           opacity: float = 1.0) -> list[tuple]:
+    """napari layer data tuples ``(data, kwargs, layer_type)`` that draw ``expl`` over the
+    image placed by ``where``. Pure data: build it in a worker thread, add it on the main one
+    (:func:`add_layer_data`)."""
+    s = np.asarray(where.scale, float)
+    t = np.asarray(where.translate, float)
     name = explanation_title(expl) + (" [synthetic demo weights]" if expl.synthetic else "")
-    meta = _metadata(expl, image_layer)
+    contrast = has_contrast(expl.values)
+    if not contrast:
+        name += " [no contrast]"
+        opacity = min(opacity, 0.25)
+    meta = _metadata(expl, where.name)
+    meta["histoview"]["contrast"] = contrast
     cmap = method_colormap(expl.method)
-    units = tuple(image_layer.units[-2:])
+    units = where.units
     geom = expl.geometry
-    layers = []
+    common = {"name": name, "opacity": opacity, "metadata": meta, "units": units}
     if isinstance(geom, PatchGrid):
         ph, pw = geom.patch_size
         step = _grid_step(geom) if len(geom) > 1 else np.array([ph, pw], float)
@@ -116,23 +172,58 @@ def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: 
             data = geom.rasterize(expl.values, shape=shape)
             scale = s * np.array(geom.image_shape, float) / np.array(shape, float)
             translate = t + (scale - s) / 2
-        layers.append(viewer.add_image(data, name=name, colormap=fading_colormap(cmap), opacity=opacity,
-                                       blending="translucent", contrast_limits=_limits(expl.values),
-                                       gamma=0.5, scale=scale, translate=translate, metadata=meta,
-                                       units=units))
-    elif isinstance(geom, DenseMap):
+        return [(data, {**common, "colormap": fading_colormap(cmap), "blending": "translucent",
+                        "contrast_limits": _limits(expl.values), "gamma": 0.5, "scale": scale,
+                        "translate": translate}, "image")]
+    if isinstance(geom, DenseMap):
         values = np.asarray(expl.values, np.float32)
         H, W = geom.image_shape
         cell = np.array([H / values.shape[0], W / values.shape[1]], float)
-        layers.append(viewer.add_image(values, name=name, colormap=fading_colormap(cmap), opacity=opacity,
-                                       blending="translucent", contrast_limits=_limits(values), scale=s * cell,
-                                       translate=t + s * (cell - 1) / 2, metadata=meta,
-                                       interpolation2d="linear", units=units))
-    elif isinstance(geom, NucleiPoints):
-        layers.extend(_add_nuclei(viewer, expl, geom, name, meta, s, t, cmap, outlines, units))
-    else:
-        raise TypeError(f"cannot draw geometry {type(geom).__name__}")
-    return layers
+        return [(values, {**common, "colormap": fading_colormap(cmap), "blending": "translucent",
+                          "contrast_limits": _limits(values), "scale": s * cell,
+                          "translate": t + s * (cell - 1) / 2, "interpolation2d": "linear"},
+                 "image")]
+    if isinstance(geom, NucleiPoints):
+        return _nuclei_layer_data(expl, geom, common, s, t, cmap, outlines)
+    raise TypeError(f"cannot draw geometry {type(geom).__name__}")
+
+
+def add_layer_data(viewer, layer_data: list[tuple]) -> list:
+    """Add prepared layer data tuples to ``viewer`` (main thread); returns the new layers."""
+    return [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in layer_data]
+
+
+def build_layers(layer_data: list[tuple]) -> list:
+    """napari layers made from layer data tuples: models only, no Qt, so a worker thread can
+    build them (thumbnails, colour mapping) and the main thread only inserts them."""
+    from napari.layers import Layer
+
+    return [Layer.create(data, kwargs, kind) for data, kwargs, kind in layer_data]
+
+
+def insert_layers_stepwise(viewer, layers: list, done=None) -> None:
+    """Insert ``layers`` into ``viewer`` one per turn of the event loop (napari builds each
+    layer's canvas visual and controls on insertion), then call ``done(layers)``."""
+    from qtpy.QtCore import QTimer
+
+    pending = list(layers)
+
+    def step():
+        if pending:
+            viewer.layers.append(pending.pop(0))
+            QTimer.singleShot(0, step)
+        elif done is not None:
+            done(layers)
+
+    step()
+
+
+def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: bool = False,
+                           opacity: float = 1.0) -> list:
+    """Add ``expl`` over ``image_layer``; returns the new layers."""
+    data = explanation_layer_data(expl, Placement.of(image_layer), outlines=outlines,
+                                  opacity=opacity)
+    return add_layer_data(viewer, data)
 
 
 def _grid_step(geom: PatchGrid) -> np.ndarray:
@@ -141,12 +232,16 @@ def _grid_step(geom: PatchGrid) -> np.ndarray:
     for axis in (0, 1):
         idx = geom.grid_index[:, axis]
         span = idx.max() - idx.min()
-        step.append((geom.origins[:, axis].max() - geom.origins[:, axis].min()) / span if span else geom.patch_size[axis])
+        step.append((geom.origins[:, axis].max() - geom.origins[:, axis].min()) / span
+                    if span else geom.patch_size[axis])
     return np.array(step, float)
 
 
-def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlines, units) -> list:
-    layers = []
+def _nuclei_layer_data(expl, geom: NucleiPoints, common, s, t, cmap, outlines) -> list[tuple]:
+    """Edges (thin, faint; hidden above MAX_VISIBLE_EDGES), outlines, then the nuclei as
+    points the size of a nucleus, coloured by importance, on top."""
+    out = []
+    name, meta, units = common["name"], common["metadata"], common["units"]
     values = np.asarray(expl.values, np.float32)
     if geom.edge_index.size:
         ei = geom.edge_index
@@ -154,22 +249,25 @@ def _add_nuclei(viewer, expl, geom: NucleiPoints, name, meta, s, t, cmap, outlin
         a, b = ei[0, keep], ei[1, keep]
         vecs = np.stack([geom.centroids[a], geom.centroids[b] - geom.centroids[a]], axis=1)
         weights = np.asarray(geom.edge_weight, np.float32)[keep]
-        layers.append(viewer.add_vectors(
-            vecs, name=f"{name}: graph edges", edge_width=0.7,
-            vector_style="line", features={"weight": weights}, edge_color="weight",
-            edge_colormap=fading_colormap("gray"), opacity=0.7, scale=s, translate=t, metadata={"histoview": meta["histoview"]}, units=units))
+        out.append((vecs, {"name": f"{name}: graph edges", "edge_width": 0.4,
+                           "vector_style": "line", "features": {"weight": weights},
+                           "edge_color": "weight", "edge_colormap": fading_colormap("gray"),
+                           "opacity": 0.35, "visible": len(vecs) <= MAX_VISIBLE_EDGES,
+                           "scale": s, "translate": t,
+                           "metadata": {"histoview": meta["histoview"]}, "units": units},
+                    "vectors"))
     if outlines and geom.outlines:
         polys = [np.asarray(p, float) for p in geom.outlines if len(p) >= 3]
-        layers.append(viewer.add_shapes(polys, shape_type="polygon", name=f"{name}: outlines",
-                                        edge_color="cyan", face_color="transparent", edge_width=0.8,
-                                        scale=s, translate=t, visible=True, units=units))
+        out.append((polys, {"shape_type": "polygon", "name": f"{name}: outlines",
+                            "edge_color": "cyan", "face_color": "transparent", "edge_width": 0.8,
+                            "scale": s, "translate": t, "units": units}, "shapes"))
     features = {"importance": values, **{k: np.asarray(v) for k, v in geom.features.items()}}
-    layers.append(viewer.add_points(
-        geom.centroids, name=name, features=features, face_color="importance",
-        face_colormap=fading_colormap(cmap, floor=0.35), face_contrast_limits=_limits(values),
-        size=max(4.0, geom.radius * 1.2), border_width=0, opacity=1.0,
-        scale=s, translate=t, metadata=meta, units=units))
-    return layers
+    out.append((geom.centroids, {**common, "features": features, "face_color": "importance",
+                                 "face_colormap": fading_colormap(cmap, floor=0.35),
+                                 "face_contrast_limits": _limits(values),
+                                 "size": max(4.0, 2.0 * geom.radius), "border_width": 0,
+                                 "scale": s, "translate": t}, "points"))
+    return out
 
 
 def add_demo_explanations(viewer, image_layer, methods=None) -> list:
