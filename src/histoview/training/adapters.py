@@ -151,8 +151,8 @@ class BagAdapter(InputAdapter):
     def forward(self, model, batch, device):
         sizes = {b.shape[0] for b in batch}
         if len(sizes) == 1:
-            return model(torch.stack(batch).to(device))
-        return torch.cat([model(b.to(device)) for b in batch])
+            return model(torch.stack([b.to(device, non_blocking=True) for b in batch]))
+        return torch.cat([model(b.to(device, non_blocking=True)) for b in batch])
 
     def describe(self):
         return self.spec.describe() | {"instance_dropout": self.instance_dropout}
@@ -175,7 +175,7 @@ class ImageAdapter(InputAdapter):
         return torch.stack(items)
 
     def forward(self, model, batch, device):
-        return model(batch.to(device))
+        return model(batch.to(device, non_blocking=True))
 
     def describe(self):
         return self.spec.describe()
@@ -278,7 +278,7 @@ class GraphAdapter(InputAdapter):
         return Batch.from_data_list(items)
 
     def forward(self, model, batch, device):
-        return model(batch.to(device))
+        return model(batch.to(device, non_blocking=True))
 
     def describe(self):
         out = {"graph_threshold_um": self.threshold_um, "pixel_size_um": self.default_pixel_size}

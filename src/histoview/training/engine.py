@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, fields
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,11 @@ class TrainOptions:
     def __post_init__(self) -> None:
         for name, low in (("num_workers", 0), ("seed", 0), ("batch_size", 1), ("epochs", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
                 raise ValueError(
                     f"training option {name} must be an integer >= {low}, got {value!r}"
                 )
+            setattr(self, name, int(value))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainOptions:
@@ -213,7 +215,7 @@ def _train_step(
 ) -> float:
     """One optimisation step on the batch ``(x, y)`` (MixUp, Zhang et al., 2018, drawn from
     ``mix_rng`` when ``mixup_alpha`` > 0 and ``x`` is one tensor); returns the loss."""
-    y = y.to(device)
+    y = y.to(device, non_blocking=True)
     mix = None
     if opts.mixup_alpha > 0 and torch.is_tensor(x) and len(y) > 1:
         lam = float(mix_rng.beta(opts.mixup_alpha, opts.mixup_alpha))

@@ -167,7 +167,7 @@ def make_loader(
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
-    views = (adapter.views if tta else (None,)) if not train else (None,)
+    views = adapter.views if tta and not train else (None,)
     if num_workers > 0:
         adapter.release_memory()
     return DataLoader(
