@@ -182,3 +182,27 @@ def test_error_is_reported_not_raised(make_napari_viewer):
     widget = ExplainWidget(viewer, "amil")
     widget.run()  # no image layer
     assert "open an image first" in widget.result.value
+
+
+def test_scale_bar_in_micrometres_and_shortcuts(make_napari_viewer, qtbot, tmp_path):
+    _bundled("image")
+    from histoview.viewer._pathology_view import SHORTCUTS, scale_bar, show_only, toggle_current
+    from histoview.viewer._sample_data import phantom_layers
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = phantom_layers("invasive", seed=3)[0]  # calibrated: 0.5 um/px
+    viewer.add_image(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
+    assert scale_bar(viewer).visible and tuple(map(str, viewer.layers[0].units)) == ("micrometer", "micrometer")
+    assert set(SHORTCUTS) <= set(viewer.keymap)
+    viewer.keymap["Control-Shift-E"](viewer)  # run with the keyboard
+    _wait_for_result(qtbot, widget)
+    widget.method_choice.value = "dt-gradcam"
+    widget.run()
+    _wait_for_result(qtbot, widget)
+    first, second = _explanations(viewer)
+    show_only(viewer, 1)
+    assert sum(lay.visible for lay in (first, second)) == 1
+    shown = viewer.layers.selection.active
+    toggle_current(viewer)
+    assert not shown.visible

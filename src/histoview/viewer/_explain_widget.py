@@ -124,6 +124,10 @@ class ExplainWidget(Container):
         self._method_changed()
         self._image_changed()
         _LIVE.add(self)
+        from histoview.viewer._pathology_view import SHORTCUTS, install
+
+        install(viewer, self)
+        self.notice.tooltip = "Shortcuts: " + "; ".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
 
     # -- choices ----------------------------------------------------------------------------------
     def _model_choices(self, _widget=None) -> list:
@@ -232,6 +236,9 @@ class ExplainWidget(Container):
 
         if self._worker is not None or self._adding:
             return
+        from histoview.viewer._pathology_view import remember_dock
+
+        remember_dock(self.viewer, self)
         image_layer = self.image_choice.value
         entry = self.model_choice.value
         if image_layer is None:

@@ -1,0 +1,109 @@
+"""What a pathologist expects of the viewer once a histoview dock is open.
+
+* napari's scale bar on, in micrometres, when an image's pixel size is known (histoview's
+  reader gives such layers a scale in µm, so the cursor position in the status bar reads in
+  µm too);
+* keyboard shortcuts (:data:`SHORTCUTS`): run and cancel the last-used explanation dock,
+  step to the next or previous overlay, show or hide the current overlay;
+* the view re-fitted after the dock has taken its room on the side.
+
+:func:`install` does this once per viewer, through napari's public API only.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+#: key (napari's notation) -> what it does
+SHORTCUTS = {
+    "Control-Shift-E": "explain with the last-used histoview dock",
+    "Control-Shift-X": "cancel that explanation",
+    "Control-Shift-Down": "next overlay (only it shown)",
+    "Control-Shift-Up": "previous overlay (only it shown)",
+    "Control-Shift-V": "show / hide the current overlay",
+}
+
+_INSTALLED: weakref.WeakSet = weakref.WeakSet()
+_LAST_DOCK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def overlays(viewer) -> list:
+    """The explanation layers (heatmaps and nuclei points), bottom to top."""
+    return [lay for lay in viewer.layers if "histoview_explanation" in lay.metadata]
+
+
+def show_only(viewer, step: int) -> None:
+    """Make the overlay ``step`` places after the current one the only one shown."""
+    layers = overlays(viewer)
+    if not layers:
+        return
+    active = viewer.layers.selection.active
+    index = layers.index(active) if active in layers else (-1 if step > 0 else 0)
+    target = layers[(index + step) % len(layers)]
+    for lay in layers:
+        lay.visible = lay is target
+    viewer.layers.selection.active = target
+
+
+def toggle_current(viewer) -> None:
+    active = viewer.layers.selection.active
+    if active is not None and "histoview_explanation" in active.metadata:
+        active.visible = not active.visible
+
+
+def update_scale_bar(viewer, _event=None) -> None:
+    """Scale bar on, in micrometres, when an image layer is calibrated in µm."""
+    calibrated = any(
+        str(getattr(lay, "units", ("",))[-1]) in ("um", "micrometer", "µm")
+        and (lay.metadata.get("histoview") or {}).get("pixel_size_um")
+        for lay in viewer.layers
+    )
+    if calibrated:  # the bar's units come from the layers' units (napari >= 0.9)
+        scale_bar(viewer).visible = True
+
+
+def scale_bar(viewer):
+    """napari's scale bar overlay (``viewer.canvas.overlays`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    if canvas is not None:
+        return canvas.overlays["scale_bar"]
+    return viewer.scale_bar
+
+
+def remember_dock(viewer, dock) -> None:
+    """``dock`` (an explanation widget) is the one the run/cancel shortcuts act on."""
+    _LAST_DOCK[viewer] = dock
+
+
+def install(viewer, dock=None) -> None:
+    """Scale bar, shortcuts and a re-fit of the view for ``viewer`` (once per viewer)."""
+    from qtpy.QtCore import QTimer
+
+    if dock is not None:
+        remember_dock(viewer, dock)
+    QTimer.singleShot(0, viewer.reset_view)  # after the dock has been laid out
+    if viewer in _INSTALLED:
+        return
+    _INSTALLED.add(viewer)
+    update_scale_bar(viewer)
+    viewer.layers.events.inserted.connect(lambda e: update_scale_bar(viewer))
+
+    def run(_viewer=None):
+        dock = _LAST_DOCK.get(viewer)
+        if dock is not None:
+            dock.run()
+
+    def cancel(_viewer=None):
+        dock = _LAST_DOCK.get(viewer)
+        if dock is not None:
+            dock.cancel()
+
+    actions = {
+        "Control-Shift-E": run,
+        "Control-Shift-X": cancel,
+        "Control-Shift-Down": lambda _v=None: show_only(viewer, 1),
+        "Control-Shift-Up": lambda _v=None: show_only(viewer, -1),
+        "Control-Shift-V": lambda _v=None: toggle_current(viewer),
+    }
+    for key, action in actions.items():
+        viewer.bind_key(key, action, overwrite=True)
