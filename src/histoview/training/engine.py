@@ -347,52 +347,42 @@ def fit(
         done_steps, total_steps = 0, steps * (opts.epochs - start_epoch)
         stop = should_stop or (lambda: False)
         for epoch in range(start_epoch, opts.epochs):
-            model.train()
-            train_loader.batch_sampler.set_epoch(epoch)
-            batches = iter(train_loader)
-            losses = []
-            for step in range(steps):
-                if stop():
+            try:  # cancel between steps and between validation batches
+                model.train()
+                train_loader.batch_sampler.set_epoch(epoch)
+                batches = iter(train_loader)
+                losses = []
+                for step in range(steps):
+                    if stop():
+                        raise TrainingCancelled
+                    set_lr(optimizer, opts, epoch + step / steps, epoch)
+                    x, y = next(batches)
+                    mix_rng = rng_for(opts.seed, MIXUP, epoch, step)
+                    loss = _train_step(
+                        model,
+                        adapter,
+                        optimizer,
+                        scaler,
+                        criterion,
+                        opts,
+                        x,
+                        y,
+                        device=device,
+                        mix_rng=mix_rng,
+                    )
+                    losses.append(loss)
+                    done_steps += 1
+                    elapsed = time.monotonic() - t0
                     yield {
-                        "event": "cancelled",
-                        "epoch": epoch,
-                        "text": f"cancelled; last finished epoch {epoch} kept",
+                        "event": "step",
+                        "epoch": epoch + 1,
+                        "epochs": opts.epochs,
+                        "step": step + 1,
+                        "steps": steps,
+                        "loss": losses[-1],
+                        "elapsed": elapsed,
+                        "eta": elapsed / done_steps * (total_steps - done_steps),
                     }
-                    return {
-                        "best": best_path,
-                        "last": last_path,
-                        "history": history,
-                        "cancelled": True,
-                    }
-                set_lr(optimizer, opts, epoch + step / steps, epoch)
-                x, y = next(batches)
-                mix_rng = rng_for(opts.seed, MIXUP, epoch, step)
-                loss = _train_step(
-                    model,
-                    adapter,
-                    optimizer,
-                    scaler,
-                    criterion,
-                    opts,
-                    x,
-                    y,
-                    device=device,
-                    mix_rng=mix_rng,
-                )
-                losses.append(loss)
-                done_steps += 1
-                elapsed = time.monotonic() - t0
-                yield {
-                    "event": "step",
-                    "epoch": epoch + 1,
-                    "epochs": opts.epochs,
-                    "step": step + 1,
-                    "steps": steps,
-                    "loss": losses[-1],
-                    "elapsed": elapsed,
-                    "eta": elapsed / done_steps * (total_steps - done_steps),
-                }
-            try:
                 val_metrics = {}
                 if val_loader is not None:
                     val_metrics = evaluate(
