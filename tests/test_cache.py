@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import histoview.preprocessing.graph as graph_mod
+import histoview.preprocessing.nuclei as nuclei_mod
 from histoview.training.run import train_from_config
 
 
@@ -17,13 +17,13 @@ def _config(tmp_path, out, threshold=42.0):
 
 def test_second_run_reuses_the_graphs_and_new_settings_rebuild(tmp_path, monkeypatch):
     calls = []
-    real = graph_mod.graph_from_image
+    real = nuclei_mod.detect_nuclei
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("threshold_um"))
+    def counting(*args, **kwargs):  # building a graph starts with detecting its nuclei
+        calls.append(args[1:2])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(graph_mod, "graph_from_image", counting)
+    monkeypatch.setattr(nuclei_mod, "detect_nuclei", counting)
     train_from_config(_config(tmp_path, "first"))
     built = len(calls)
     assert built >= 4  # every image of the first run
