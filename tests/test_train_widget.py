@@ -1,4 +1,5 @@
-"""The training dock in a real napari viewer: dataset summary, train, cancel, resume, library."""
+"""The training dock in a real napari viewer: dataset summary, checks, recipes, train, cancel,
+resume, library, and its layout beside the explanation dock."""
 
 from __future__ import annotations
 
@@ -81,14 +82,23 @@ def test_dataset_summary_recipes_and_errors(make_napari_viewer, tiny_dataset, tm
     assert config["data"] == {"type": "folder", "root": str(tiny_dataset), "task": "folder"}
     assert config["model_kwargs"]["patch_size"] == 28
 
-    # the model's recipe (histoview.training.recipes, tested in test_recipes.py) sets the
-    # starting values and says where they come from
+    # the split the run will use, and a warning where it is too small to mean anything
+    assert "Split by image (no patient ids; 0.7/0.15/0.15, seed 0): 12 training, 2 " \
+        "validation, 2 test images" in widget.checks.text()
+    assert "Warning: validation split too small: 1 of pink, 1 of purple" in widget.checks.text()
+    assert len(widget.split_warnings) == 2 and widget.train_button.isEnabled()  # warns only
+
+    # the recipe for the model and the data (histoview.training.recipes, test_recipes.py) sets
+    # the starting values and says where they come from: a class-folder tree is real data,
+    # so the papers' settings, not a recipe tuned on phantoms
+    assert "built-in defaults, A-MIL" in widget.recipe_label.text()
+    assert (widget.epochs.value(), widget.batch_size.value()) == (20, 1)
     widget.model_choice.setCurrentText("resnet18")
     assert (widget.batch_size.value(), widget.lr.value()) == (32, pytest.approx(1e-4))
     assert "built-in defaults" in widget.recipe_label.text()
     widget.model_choice.setCurrentText("rsf-attention")
-    assert (widget.epochs.value(), widget.batch_size.value()) == (30, 8)
-    assert "recipe training/rsf-attention-phantom.yaml" in widget.recipe_label.text()
+    assert (widget.epochs.value(), widget.batch_size.value()) == (100, 8)
+    assert "sparse sigmoid attention gates" in widget.recipe_label.text()
     assert fmt_duration(65) == "1:05" and fmt_duration(3725) == "1:02:05"
 
     # errors are shown in the widget, never raised
@@ -97,13 +107,17 @@ def test_dataset_summary_recipes_and_errors(make_napari_viewer, tiny_dataset, tm
     empty = tmp_path / "one-class"
     (empty / "only").mkdir(parents=True)
     widget.set_dataset_folder(empty)
-    assert "cannot recognise" in widget.summary.text()
+    assert "one class folder only (only)" in widget.summary.text()
+    assert "at least two classes" in widget.summary.text()
 
     # synthetic phantoms say the result is synthetic
     widget.source_choice.setCurrentText("synthetic phantoms")
     assert not widget.synthetic_notice.isHidden()
     assert "synthetic phantoms" in widget.summary.text()
     assert widget.task_choice.currentText() == "binary"
+    assert "recipe training/rsf-attention-phantom.yaml" in widget.recipe_label.text()
+    widget.task_choice.setCurrentText("in_situ_vs_invasive")  # that task has its own recipe
+    assert "rsf-attention-phantom-in-situ-vs-invasive.yaml" in widget.recipe_label.text()
 
 
 def test_train_cancel_resume_then_explain(make_napari_viewer, qtbot, tiny_dataset, monkeypatch):
@@ -258,7 +272,7 @@ def test_evaluate_library_checkpoint(make_napari_viewer, qtbot, tiny_dataset, tm
     widget.output_edit.setText(str(tmp_path / "run"))
     for i in range(2):
         panel.evaluate_button.click()
-        assert evaluation.running and widget.tabs.currentIndex() == 2
+        assert evaluation.running and widget.tabs.currentWidget() is widget._eval_page
         qtbot.waitUntil(lambda: not evaluation.running, timeout=60_000)
         result = evaluation.last_result
         assert result is not None, evaluation.status.text()
@@ -288,4 +302,147 @@ def test_widget_from_plugin_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Train a model")
     assert isinstance(widget, TrainWidget)
-    assert widget.tabs.count() == 3
+    assert [widget.tabs.tabText(i) for i in range(widget.tabs.count())] == [
+        "Settings", "Run", "Model library", "Evaluation"]
+    # before any dataset, the model's own values (not the spin boxes' minimums)
+    assert "Starting values: recipe training/amil-phantom.yaml" in widget.recipe_label.text()
+    assert widget.lr.value() == pytest.approx(5e-4) and not widget.train_button.isEnabled()
+
+
+def _breakhis_folder(root: Path, groups=("B", "M"), patients=3, per_patient=4) -> Path:
+    """BreakHis-named PNGs (``SOB_<B|M>_<subtype>-<year>-<slide>-<mag>-<seq>.png``)."""
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(2)
+    for g, colour in zip(groups, COLOURS.values()):
+        sub = "A" if g == "B" else "DC"
+        for k in range(patients):
+            for mag in (40, 100):
+                for i in range(per_patient):
+                    name = f"SOB_{g}_{sub}-14-{1000 * (g == 'M') + k}-{mag}-{i:03d}.png"
+                    path = root / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    imsave(path, _noise_image(colour, rng, (24, 36)), check_contrast=False)
+    return root
+
+
+def test_breakhis_recipe_and_one_class_refusal(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Train a model")
+    widget.set_dataset_folder(_breakhis_folder(tmp_path / "breakhis"))
+    assert "Layout: BreakHis" in widget.summary.text() and not widget.mag_choice.isHidden()
+    # BreakHis data starts from the BreakHis recipe (its split too), not the phantom one
+    assert "recipe training/amil-breakhis.yaml" in widget.recipe_label.text()
+    assert widget.build_config()["split"]["fractions"] == [0.6, 0.2, 0.2]
+    assert "Split by patient (0.6/0.2/0.2" in widget.checks.text()
+    widget.epochs.setValue(7)
+    widget.mag_choice.setCurrentText("100")  # the same recipe: the user's values stay
+    assert widget.epochs.value() == 7 and "at 100X" not in widget.summary.text()
+    widget.model_choice.setCurrentText("customnet")  # no BreakHis recipe: the paper's values
+    assert "built-in defaults, customNet (Patil et al., 2019, Table III)" in (
+        widget.recipe_label.text())
+    assert (widget.epochs.value(), widget.batch_size.value()) == (20, 16)
+
+    # a folder of benign BreakHis images only (12 at 100X) has one class: refused, saying why
+    widget.set_dataset_folder(_breakhis_folder(tmp_path / "benign", groups=("B",)))
+    assert "Layout: BreakHis" in widget.summary.text()  # what was found is still shown
+    text = widget.checks.text()
+    assert text.startswith("Cannot train on this data: images of 1 class only") and (
+        "benign: 12, malignant: 0" in text and "at least two classes" in text)
+    assert not widget.train_button.isEnabled()
+    widget.train()  # even if called directly: nothing starts
+    assert widget._worker is None and "at least two classes" in widget.status.text()
+
+
+def test_user_path_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
+    """Open the dock from the menu, nothing preset: a one-class folder is refused; a small
+    two-class folder trains with the defaults (1 epoch), warns about its small splits before
+    and after, and the model lands in the library and in the explanation dock."""
+    from histoview.models.library import list_checkpoints
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1400, 860)
+    rng = np.random.default_rng(3)
+    viewer.add_image(_noise_image(COLOURS["pink"], rng, (460, 700)), rgb=True, name="tissue")
+    _, explain = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Train a model")
+    assert not widget.train_button.isEnabled()
+
+    one = tmp_path / "one-class" / "tumour"
+    one.mkdir(parents=True)
+    (one / "a.png").write_bytes((tiny_dataset / "pink" / "pink_0.png").read_bytes())
+    widget.folder_edit.setText(str(one.parent))
+    widget.folder_edit.editingFinished.emit()  # what typing a path and pressing Enter does
+    assert "at least two classes" in widget.summary.text()
+    assert widget.summary.styleSheet() == "color: #e05050" and not widget.train_button.isEnabled()
+
+    widget.folder_edit.setText(str(tiny_dataset))
+    widget.folder_edit.editingFinished.emit()
+    assert widget.train_button.isEnabled()
+    before = widget.checks.text()
+    assert "Warning: test split too small: 1 of pink, 1 of purple" in before
+    assert widget.checks.isVisible() or not widget.isVisible()
+    widget.epochs.setValue(1)  # the only change: keep the test short
+    widget.train_button.click()
+    assert widget.tabs.currentWidget() is widget._run_page  # the curves, while it runs
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.last_result and widget.last_result.get("report"), widget.status.text()
+    view = widget.run_view
+    assert [w.split(":")[0] for w in view.warnings] == ["validation split too small",
+                                                         "test split too small"]
+    assert "Warning: test split too small: 1 of pink, 1 of purple" in view.warning_label.text()
+    assert "2 warnings about the split" in widget.status.text()
+    name = widget.library_path.stem
+    assert name == "amil-colours" and name in [e.name for e in list_checkpoints(model="amil")]
+    assert name in _names(explain)
+    # the confusion matrix is never drawn smaller than its own size (labels would overlap)
+    canvas = view._cm_box.itemAt(0).widget()
+    w, h = view.cm_figure.get_size_inches() * view.cm_figure.dpi
+    assert canvas.minimumWidth() >= round(w) - 1 and canvas.minimumHeight() >= round(h) - 1
+    qtbot.waitUntil(lambda: not widget.evaluation.running, timeout=60_000)
+    assert "Warning: under 5 images of a class (pink: 1, purple: 1)" in (
+        widget.evaluation.summary.text())
+
+    # beside the explanation dock (the two share the right side): the buttons, progress and
+    # status stay in view above the tabs; the Run tab shows the curves at its top
+    _assert_in_view(widget.train_button, widget.run_view.progress, widget.status)
+    assert widget.tabs.currentWidget() is widget._run_page
+    _assert_in_view(widget.run_view.curves.canvas)
+    assert widget.height() < 700  # it really shares the side with the explanation dock
+    for tab in ("Run", "Settings"):
+        widget.tabs.setCurrentIndex([widget.tabs.tabText(i) for i in range(4)].index(tab))
+        qtbot.wait(50)
+        path = viewer.screenshot(str(tmp_path / f"train-dock-{tab.lower()}.png"),
+                                 canvas_only=False)
+        assert path.shape[0] >= 800 and path.shape[1] >= 1300  # the whole window
+    _assert_in_view(widget.checks)  # the split warning, in the Settings tab's first screen
+    widget.tabs.setCurrentWidget(widget._run_page)
+    widget._run_page.ensureWidgetVisible(canvas)  # scrolled down to the confusion matrix
+    qtbot.wait(50)
+    _assert_in_view(canvas)
+    viewer.screenshot(str(tmp_path / "train-dock-matrix.png"), canvas_only=False)
+
+
+def _assert_in_view(*widgets):
+    """Each widget is shown and not scrolled or clipped out of sight."""
+    for w in widgets:
+        assert w.isVisible() and not w.visibleRegion().isEmpty(), w
+
+
+def test_confusion_matrix_fits_a_narrow_dock(qtbot):
+    from histoview.training.datasets import BREAKHIS_SUBTYPE_NAMES
+    from histoview.viewer._train_widget_parts import RunView
+
+    classes = list(BREAKHIS_SUBTYPE_NAMES.values())
+    cm = np.random.default_rng(0).integers(0, 9, (8, 8)).tolist()
+    report = {"best_epoch": 3, "test": {"n": 40, "confusion_matrix": cm, "classes": classes},
+              "warnings": ["test split too small: 2 of adenosis"]}
+    for width, stacked in ((360, True), (1400, False)):
+        view = RunView()
+        qtbot.addWidget(view)
+        view.resize(width, 600)
+        view.show_report(report, "")
+        panels = [ax for ax in view.cm_figure.axes if ax.get_title()]
+        (x0, y0), (x1, y1) = (ax.get_position().p0 for ax in panels)
+        assert (y1 < y0 and x1 == pytest.approx(x0, abs=0.05)) if stacked else (x1 > x0)
+        assert "Warning: test split too small: 2 of adenosis." in view.warning_label.text()

@@ -3,10 +3,12 @@
 :func:`evaluation_job` runs :func:`histoview.training.evaluate.iter_evaluate_checkpoint`
 (which writes metrics.json/.csv, predictions.csv and the three PNGs, numbering files
 rather than overwriting them) and then builds the same figures from the labels and
-probabilities it returns: the confusion matrix (counts and row-normalised), ROC and
-precision-recall curves.
+probabilities it returns: the confusion matrix (counts and row-normalised, the panels
+stacked for the narrow dock), ROC and precision-recall curves.
 :class:`EvaluationView` runs that job in a napari worker, shows its progress, draws the
-figures in Qt canvases and lists the per-class metrics in a table.
+figures in Qt canvases at their own size (a scroll area shows the rest) and lists the
+per-class metrics in a table; classes with under
+:data:`~histoview.training.datasets.MIN_IMAGES_PER_CLASS` images get a warning.
 """
 
 from __future__ import annotations
@@ -87,8 +89,16 @@ def evaluation_job(
     )
     if result.get("cancelled"):
         return result
+    from histoview.training.figures import confusion_matrix_figure
+
     y, probs = result["y_true"], result["probabilities"]
-    return {**result, "out_dir": str(out_dir), "figures": evaluation_figures(result, y, probs)}
+    figures = evaluation_figures(result, y, probs)
+    # the same matrix as confusion_matrix.png, its two panels one above the other
+    title = figures["confusion_matrix"].get_suptitle() or None
+    figures["confusion_matrix"] = confusion_matrix_figure(
+        result["confusion_matrix"], result["classes"], title=title, stacked=True
+    )
+    return {**result, "out_dir": str(out_dir), "figures": figures}
 
 
 def _cell(value) -> str:
@@ -253,13 +263,24 @@ class EvaluationView(QWidget):
     # -- results ----------------------------------------------------------------------------------
     def show_result(self, result: dict) -> None:
         """The per-class table, overall metrics, warnings and the three figures."""
-        from histoview.viewer._train_widget_parts import _canvas_class
+        from histoview.training.datasets import MIN_IMAGES_PER_CLASS
+        from histoview.viewer._train_widget_parts import figure_canvas
 
         self.clear()
         self.last_result = result
         overall = result.get("overall") or {}
         data = result.get("data") or {}
         which = "test split" if result.get("split") == "test" else "every image of the dataset"
+        few = [
+            f"{name}: {pc.get('support')}"
+            for name, pc in (result.get("per_class") or {}).items()
+            if isinstance(pc.get("support"), int) and pc["support"] < MIN_IMAGES_PER_CLASS
+        ]
+        if few:
+            few = [
+                f"under {MIN_IMAGES_PER_CLASS} images of a class ({', '.join(few)}): "
+                "its metrics mean little"
+            ]
         lines = [
             f"{result['model']} on {data.get('evaluated', overall.get('n'))} images "
             f"({which}, {data.get('layout', '?')}): "
@@ -267,7 +288,7 @@ class EvaluationView(QWidget):
                 f"{k.replace('_', ' ')} {_cell(overall.get(k))}"
                 for k in ("accuracy", "balanced_accuracy", "roc_auc", "f1")
             ),
-            *(f"Warning: {w}" for w in result.get("warnings") or []),
+            *(f"Warning: {w}" for w in [*(result.get("warnings") or []), *few]),
             result.get("notice", ""),
         ]
         files = result.get("files") or {}
@@ -286,8 +307,7 @@ class EvaluationView(QWidget):
         for key, label in FIGURES:
             if self.figures.get(key) is None:
                 continue
-            canvas = _canvas_class()(self.figures[key])
-            canvas.setMinimumHeight(340)
+            canvas = figure_canvas(self.figures[key])
             self.canvases[key] = canvas
             self.figure_tabs.addTab(canvas, label)
         self.status.setText(

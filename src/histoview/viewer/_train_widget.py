@@ -1,11 +1,19 @@
 """The training dock widget: train a model on a dataset folder from napari, off the UI thread.
 
 Choose a folder (BreakHis, BACH, one folder per class) or synthetic phantoms; the
-widget shows what it found before anything runs. Starting values come from the
-model's recipe (:func:`~histoview.training.recipes.recipe_for`). Training
-runs :func:`histoview.training.run.iter_train_from_config` in a napari generator
-worker: progress, elapsed / remaining time and live curves update on each event,
-Cancel stops after the current step keeping the last finished epoch, and Resume
+widget shows what it found and how it splits before anything runs: data with images of
+fewer than two classes is refused, and a split with under
+:data:`~histoview.training.datasets.MIN_IMAGES_PER_CLASS` images of a class is named in a
+warning (the checks of ``histoview train``: :func:`~histoview.training.datasets.check_trainable`,
+:func:`~histoview.training.datasets.split_warnings`). Starting values come from the recipe
+for the model and the data's layout, task and magnification
+(:func:`~histoview.training.recipes.recipe_for`). Training runs
+:func:`histoview.training.run.iter_train_from_config` in a napari generator worker.
+
+The buttons, the progress bar and the status line sit above the tabs, so they stay in view
+when the dock shares the side with other docks; the tabs are Settings, Run (live curves,
+metrics, warnings, the confusion matrix), Model library and Evaluation, each scrolling on
+its own. Cancel stops after the current step keeping the last finished epoch, and Resume
 continues from it. The finished model joins the user model library and every open
 explanation widget lists it at once (:func:`histoview.viewer._explain_widget.refresh_all`).
 The Evaluation tab shows what ``histoview evaluate`` writes for the finished model (test
@@ -29,7 +37,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QTabWidget,
     QVBoxLayout,
@@ -46,6 +53,8 @@ from histoview.viewer._train_widget_parts import (
     _wrapped_label,
     default_run_dir,
     devices,
+    scrolling,
+    split_text,
     summary_text,
 )
 
@@ -56,6 +65,7 @@ SOURCES = ("image folder", "synthetic phantoms")
 MAGNIFICATIONS = ("all", "40", "100", "200", "400")
 SYNTHETIC_WARNING = ("Synthetic data: this model learns generated phantom images, not patient "
                      "tissue; its metrics say nothing about real slides.")
+ERROR_STYLE, WARNING_STYLE = "color: #e05050", "color: #d08000"
 
 
 def _row(*widgets) -> QHBoxLayout:
@@ -96,6 +106,8 @@ class TrainWidget(EvaluationActions, QWidget):
         self._layout: str | None = None
         self._dataset = None
         self._recipe: dict = {}
+        self.refusal: str | None = None  # why this dataset cannot be trained on
+        self.split_warnings: list[str] = []
         self._auto = {"name": "", "output": ""}
         self._steps, self._resumed_epoch = 1, 0
         self._signals = SignalQueue(lambda message: self._report_error(message))
@@ -111,10 +123,12 @@ class TrainWidget(EvaluationActions, QWidget):
         self.browse_button = QPushButton("Browse...")
         self.phantom_count = _spin(4, 500, 20)
         self.summary = _wrapped_label("Choose a dataset folder.")
+        self.checks = _wrapped_label("")  # the split, and why it cannot train or may mislead
         self._folder_label, self._count_label = QLabel("folder"), QLabel("phantoms per class")
         self._data_box = _group("Dataset", [
-            ("source", self.source_choice), (self._folder_label, _row(self.folder_edit, self.browse_button)),
-            (self._count_label, self.phantom_count), self.summary])
+            ("source", self.source_choice),
+            (self._folder_label, _row(self.folder_edit, self.browse_button)),
+            (self._count_label, self.phantom_count), self.summary, self.checks])
 
         self.model_choice = QComboBox()
         self.model_choice.addItems(list_models())
@@ -136,41 +150,46 @@ class TrainWidget(EvaluationActions, QWidget):
         self.name_edit = QLineEdit()
         self.recipe_label = _wrapped_label("")
         self._options_box = _group("Model and training", [
-            ("model", self.model_choice), ("task", self.task_choice), (self._mag_label, self.mag_choice),
-            ("epochs", self.epochs), ("batch size", self.batch_size), ("learning rate", self.lr),
-            ("device", self.device_choice), ("output folder", _row(self.output_edit, self.output_browse)),
+            ("model", self.model_choice), ("task", self.task_choice),
+            (self._mag_label, self.mag_choice), ("epochs", self.epochs),
+            ("batch size", self.batch_size), ("learning rate", self.lr),
+            ("device", self.device_choice),
+            ("output folder", _row(self.output_edit, self.output_browse)),
             ("library name", self.name_edit), self.recipe_label])
 
         self.train_button = QPushButton("Train")
         self.cancel_button = QPushButton("Cancel")
         self.resume_button = QPushButton("Resume")
         self.run_view = RunView()
-        self.notice = QLabel(RESEARCH_NOTICE)
-        self.synthetic_notice = _wrapped_label(SYNTHETIC_WARNING, "color: #d08000")
-        page = QWidget()
-        col = QVBoxLayout(page)
+        self.notice = _wrapped_label(RESEARCH_NOTICE)
+        self.synthetic_notice = _wrapped_label(SYNTHETIC_WARNING, WARNING_STYLE)
+        settings = QWidget()
+        col = QVBoxLayout(settings)
         for w in (self.notice, self.synthetic_notice, self._data_box, self._options_box):
             col.addWidget(w)
-        col.addLayout(_row(self.train_button, self.cancel_button, self.resume_button))
-        col.addWidget(self.run_view)
         col.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(page)
         self.library = LibraryPanel()
         self.tabs = QTabWidget()
-        self.tabs.addTab(scroll, "Train")
+        self._settings_page = scrolling(settings)
+        self._run_page = scrolling(self.run_view)
+        self.tabs.addTab(self._settings_page, "Settings")
+        self.tabs.addTab(self._run_page, "Run")
         self.tabs.addTab(self.library, "Model library")
         self._add_evaluation_tab()
-        self.tabs.currentChanged.connect(lambda i: i == 1 and self.library.refresh())
-        QVBoxLayout(self).addWidget(self.tabs)
+        self.tabs.currentChanged.connect(
+            lambda i: self.tabs.widget(i) is self.library and self.library.refresh())
+        # always in view, above the tabs: what to press and how the run is going
+        layout = QVBoxLayout(self)
+        layout.addLayout(_row(self.train_button, self.cancel_button, self.resume_button))
+        layout.addWidget(self.run_view.header)
+        layout.addWidget(self.tabs, 1)
 
         self.source_choice.currentIndexChanged.connect(self._dataset_changed)
         self.folder_edit.editingFinished.connect(self._dataset_changed)
         self.browse_button.clicked.connect(self._browse_dataset)
-        for signal in (self.phantom_count.valueChanged, self.task_choice.currentIndexChanged,
-                       self.mag_choice.currentIndexChanged):
-            signal.connect(self._update_summary)
+        self.phantom_count.valueChanged.connect(self._update_summary)
+        for signal in (self.task_choice.currentIndexChanged, self.mag_choice.currentIndexChanged):
+            signal.connect(self._data_options_changed)
         self.model_choice.currentIndexChanged.connect(self._apply_recipe)
         self.output_edit.textChanged.connect(self._update_buttons)
         self.output_browse.clicked.connect(self._browse_output)
@@ -178,6 +197,7 @@ class TrainWidget(EvaluationActions, QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.resume_button.clicked.connect(self.resume)
         self.destroyed.connect(self._stop.set)  # a closed dock stops its run
+        self._apply_recipe()  # the model's values before a dataset is chosen
         self._dataset_changed()
 
     @property
@@ -231,14 +251,20 @@ class TrainWidget(EvaluationActions, QWidget):
             self.task_choice.blockSignals(False)
             self._mag_label.setVisible(layout == "breakhis")
             self.mag_choice.setVisible(layout == "breakhis")
-            self._apply_recipe()
+            self._apply_recipe(update=False)
+        self._update_summary()
+
+    def _data_options_changed(self, *_):
+        """A new task or magnification: its own recipe if it has one, then the new data."""
+        self._apply_recipe(keep_same=True, update=False)
         self._update_summary()
 
     def _data_spec(self) -> dict:
         if self.phantom:
             return {"type": "phantom", "task": self.task_choice.currentText(),
                     "n_per_class": self.phantom_count.value(), "preset": "breakhis", "seed": 0}
-        spec = {"type": self._layout, "root": str(Path(self.folder_edit.text().strip()).expanduser()),
+        spec = {"type": self._layout,
+                "root": str(Path(self.folder_edit.text().strip()).expanduser()),
                 "task": self.task_choice.currentText()}
         if self._layout == "breakhis":
             spec["magnification"] = self.mag_choice.currentText()
@@ -256,30 +282,66 @@ class TrainWidget(EvaluationActions, QWidget):
         self.summary.setStyleSheet("")
         self.summary.setText(summary_text(self._dataset.summary()))
         self.synthetic_notice.setVisible(self.phantom)
+        self._update_checks()
+
+    def _update_checks(self) -> None:
+        """Refuse one-class data; show the split the run will use and warn where it is small."""
+        from histoview.training.datasets import check_trainable, split_dataset, split_warnings
+
+        self.refusal, self.split_warnings = None, []
+        if self._dataset is None:
+            return self._update_buttons()
+        try:
+            check_trainable(self._dataset)
+        except ValueError as exc:
+            self.refusal = f"Cannot train on this data: {exc}."
+            self.checks.setStyleSheet(ERROR_STYLE)
+            self.checks.setText(self.refusal)
+            return self._update_auto_fields()
+        settings, parts = split_dataset(self._dataset, self._recipe.get("split"))
+        self.split_warnings = split_warnings(self._dataset.classes, parts)
+        lines = [split_text(settings, parts, self._dataset.has_patients)]
+        lines += [f"Warning: {w}." for w in self.split_warnings]
+        self.checks.setStyleSheet(WARNING_STYLE if self.split_warnings else "")
+        self.checks.setText("\n".join(lines))
         self._update_auto_fields()
 
     def _dataset_error(self, message: str) -> None:
         self._dataset, self._layout = None, None
-        self.summary.setStyleSheet("color: #e05050")
+        self.refusal, self.split_warnings = message, []
+        self.summary.setStyleSheet(ERROR_STYLE)
         self.summary.setText(message)
+        self.checks.setText("")
         self.synthetic_notice.setVisible(self.phantom)
         self._update_buttons()
 
     # -- options ----------------------------------------------------------------------------------
-    def _apply_recipe(self, *_):
+    def _apply_recipe(self, *_, keep_same: bool = False, update: bool = True):
+        """Starting values from the recipe for the model and the data (layout, task, mag).
+
+        ``keep_same`` leaves the user's values alone when the recipe stays the same;
+        ``update`` re-checks the split (the recipe's own ``split`` settings).
+        """
         model = self.model_choice.currentText()
-        self._recipe = r = recipe_for(model, self._layout)
-        train = r["train"]
-        self.epochs.setValue(int(train.get("epochs", 10)))
-        self.batch_size.setValue(int(train.get("batch_size", 1)))
-        self.lr.setValue(float(train.get("lr", 1e-3)))
-        extra = {k: v for k, v in train.items() if k not in ("epochs", "batch_size", "lr", "device")}
+        breakhis = self._layout == "breakhis"
+        r = recipe_for(model, self._layout, task=self.task_choice.currentText() or None,
+                       magnification=self.mag_choice.currentText() if breakhis else None)
+        if keep_same and r["source"] == self._recipe.get("source"):
+            return
+        self._recipe = r
+        train = r["train"]  # holds SHOWN_OPTIONS (TrainOptions' defaults where a recipe omits one)
+        self.epochs.setValue(int(train["epochs"]))
+        self.batch_size.setValue(int(train["batch_size"]))
+        self.lr.setValue(float(train["lr"]))
+        extra = {k: v for k, v in train.items()
+                 if k not in ("epochs", "batch_size", "lr", "device")}
         extra.update({f"model {k}": v for k, v in r["model_kwargs"].items()})
         text = f"Starting values: {r['source']}."
         if extra:
             text += " Also used: " + ", ".join(f"{k} {v}" for k, v in extra.items()) + "."
         self.recipe_label.setText(text)
-        self._update_auto_fields()
+        if update:
+            self._update_checks()
 
     def _update_auto_fields(self) -> None:
         """Default library name and output folder, unless the user typed their own."""
@@ -299,16 +361,20 @@ class TrainWidget(EvaluationActions, QWidget):
         """The training config the current choices describe (see histoview.training.config)."""
         if self._dataset is None:
             raise ValueError("choose a dataset first")
+        if self.refusal:
+            raise ValueError(self.refusal)
         out = self.output_edit.text().strip()
         if not out:
             raise ValueError("choose an output folder")
         r = self._recipe
-        train = {**r["train"], "epochs": self.epochs.value(), "batch_size": self.batch_size.value(),
-                 "lr": self.lr.value(), "device": self.device_choice.currentText()}
+        train = {**r["train"], "epochs": self.epochs.value(),
+                 "batch_size": self.batch_size.value(), "lr": self.lr.value(),
+                 "device": self.device_choice.currentText()}
         return {"name": self.name_edit.text().strip() or self._auto["name"],
-                "model": self.model_choice.currentText(), "model_kwargs": dict(r["model_kwargs"]),
-                "data": self._data_spec(), "split": dict(r["split"]), "input": dict(r["input"]),
-                "train": train, "output_dir": str(Path(out).expanduser().resolve())}
+                "model": self.model_choice.currentText(),
+                "model_kwargs": dict(r["model_kwargs"]), "data": self._data_spec(),
+                "split": dict(r["split"]), "input": dict(r["input"]), "train": train,
+                "output_dir": str(Path(out).expanduser().resolve())}
 
     def _resumable(self) -> bool:
         out = Path(self.output_edit.text().strip() or ".").expanduser()
@@ -316,7 +382,7 @@ class TrainWidget(EvaluationActions, QWidget):
 
     def _update_buttons(self, *_):
         running = self._worker is not None
-        ready = self._dataset is not None
+        ready = self._dataset is not None and not self.refusal
         self.train_button.setEnabled(ready and not running)
         self.cancel_button.setEnabled(running)
         self.resume_button.setEnabled(ready and not running and self._resumable())
@@ -363,15 +429,18 @@ class TrainWidget(EvaluationActions, QWidget):
         self._steps, self._resumed_epoch = 1, 0
         self._config = config
         state = Path(config["output_dir"]) / "train_state.json"
-        history = json.loads(state.read_text()).get("history", []) if resume and state.exists() else []
+        history = (json.loads(state.read_text()).get("history", [])
+                   if resume and state.exists() else [])
         self.run_view.begin(("Resuming" if resume else "Starting") + f" {config['model']}: "
                             "reading the data and building the model...", history)
+        self.tabs.setCurrentWidget(self._run_page)  # the curves, not the settings, while it runs
         worker = create_worker(iter_train_from_config, config, resume=resume,
                                should_stop=self._should_stop, _start_thread=False,
                                _ignore_errors=True)
         worker.yielded.connect(lambda ev: self._post(self._on_event, ev))
         worker.returned.connect(lambda result: self._post(self._on_returned, result))
-        worker.errored.connect(lambda exc: self._post(self._report_error, f"training failed: {exc}"))
+        worker.errored.connect(
+            lambda exc: self._post(self._report_error, f"training failed: {exc}"))
         worker.finished.connect(lambda: self._post(self._on_finished))
         self._worker = worker
         self._update_buttons()
@@ -394,6 +463,8 @@ class TrainWidget(EvaluationActions, QWidget):
             return self.run_view.step(ev, self._steps)
         elif kind == "epoch_end":
             return self.run_view.epoch_end(ev)
+        elif ev.get("warning"):
+            self.run_view.add_warning(ev["warning"])
         if ev.get("text"):
             self.status.setText(ev["text"][:1].upper() + ev["text"][1:])
 
@@ -405,11 +476,12 @@ class TrainWidget(EvaluationActions, QWidget):
             last = Path(result["last"])
             if last.exists():
                 epoch = read_metadata(last).get("epoch")
-                self.status.setText(f"Cancelled. The model after epoch {epoch} of {self.epochs.value()} "
-                                    f"is kept in {last}; press Resume to continue from it.")
+                self.status.setText(f"Cancelled. The model after epoch {epoch} of "
+                                    f"{self.epochs.value()} is kept in {last}; press Resume to "
+                                    "continue from it.")
             else:
-                self.status.setText("Cancelled before the first epoch finished: nothing was kept. "
-                                    "Press Train to start again.")
+                self.status.setText("Cancelled before the first epoch finished: nothing was "
+                                    "kept. Press Train to start again.")
             return
         report = json.loads(Path(result["report"]).read_text()) if result.get("report") else {}
         self.run_view.show_report(report, SYNTHETIC_WARNING)
@@ -429,8 +501,12 @@ class TrainWidget(EvaluationActions, QWidget):
         refresh_all()
         self.library.refresh()
         self.library.select(self.library_path.stem)
-        self.status.setText(f"Finished. Added to your model library as '{self.library_path.stem}'; "
-                            "the explanation widgets list it now.")
+        warned = len(self.run_view.warnings)
+        caveat = (f" {warned} warning{'s' if warned > 1 else ''} about the split: see the Run "
+                  "tab." if warned else "")
+        self.status.setText(f"Finished. Added to your model library as "
+                            f"'{self.library_path.stem}'; the explanation widgets list it "
+                            f"now.{caveat}")
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -2,8 +2,9 @@
 
 * the devices and the default output folder of a run (the starting settings per model come
   from the core, :func:`histoview.training.recipes.recipe_for`);
-* plain-text summaries (dataset, metrics, durations);
-* the run view: progress, live training curves, metrics and the confusion matrix;
+* plain-text summaries (dataset, split, metrics, durations);
+* the run view: progress (a header the dock keeps above its tabs), live training curves,
+  metrics, warnings and the confusion matrix;
 * the model library panel (rename, delete, export, evaluate on a dataset).
 """
 
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -54,8 +56,8 @@ def fmt_duration(seconds: float | None) -> str:
 
 def summary_text(summary: dict[str, Any]) -> str:
     """What a dataset holds, in a few lines (from ``Dataset.summary()``)."""
-    layouts = {"breakhis": "BreakHis", "bach": "BACH (class folders)", "folder": "one folder per class",
-               "phantom": "synthetic phantoms (generated)"}
+    layouts = {"breakhis": "BreakHis", "bach": "BACH (class folders)",
+               "folder": "one folder per class", "phantom": "synthetic phantoms (generated)"}
     counts = ", ".join(f"{c}: {n}" for c, n in summary["images_per_class"].items())
     patients = summary.get("patients")
     lines = [f"Layout: {layouts.get(summary['layout'], summary['layout'])}",
@@ -63,8 +65,38 @@ def summary_text(summary: dict[str, Any]) -> str:
              f"Images: {summary['images']}",
              f"Patients: {patients}" if patients else "Patients: not known (the split is by image)"]
     if summary.get("magnifications"):
-        lines.append("Magnifications: " + ", ".join(f"{m} {n}" for m, n in summary["magnifications"].items()))
+        lines.append("Magnifications: " + ", ".join(
+            f"{m} {n}" for m, n in summary["magnifications"].items()))
     return "\n".join(lines)
+
+
+def split_text(settings: dict[str, Any], parts, has_patients: bool = True) -> str:
+    """The split a run will use, e.g. ``"Split by patient (0.7/0.15/0.15, seed 0): 50
+    training, 11 validation, 11 test images"`` (by image when the data has no patients)."""
+    sizes = ", ".join(f"{len(p)} {name}" for p, name in zip(parts, ("training", "validation",
+                                                                     "test")))
+    how = f"{'/'.join(f'{f:g}' for f in settings['fractions'])}, seed {settings['seed']}"
+    if settings["by"] == "patient" and not has_patients:
+        return f"Split by image (no patient ids; {how}): {sizes} images"
+    return f"Split by {settings['by']} ({how}): {sizes} images"
+
+
+def scrolling(widget: QWidget) -> QScrollArea:
+    """``widget`` in a vertical scroll area that resizes it to its width."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setWidget(widget)
+    return area
+
+
+def figure_canvas(fig, min_width: int = 0):
+    """A Qt canvas for ``fig`` never drawn smaller than the figure's own size (its labels
+    were laid out for that size: squeezed into a narrow dock they overlap); a scroll area
+    around it shows the rest."""
+    canvas = _canvas_class()(fig)
+    w, h = (fig.get_size_inches() * fig.dpi).round().astype(int)
+    canvas.setMinimumSize(max(int(w), min_width), int(h))
+    return canvas
 
 
 METRIC_NAMES = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
@@ -138,31 +170,48 @@ class LiveCurves:
 
 
 class RunView(QWidget):
-    """Progress bar, elapsed / remaining time, status line, live curves, metrics, confusion matrix."""
+    """Warnings, metrics, live curves and the confusion matrix of a run; its ``header``
+    (progress bar, elapsed / remaining time, status line) is a separate widget the dock keeps
+    in view above its tabs."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.progress = QProgressBar()
         self.time_label = QLabel("")
         self.status = _wrapped_label("")
+        self.header = QWidget()
+        top = QVBoxLayout(self.header)
+        top.setContentsMargins(0, 0, 0, 0)
+        for w in (self.progress, self.time_label, self.status):
+            top.addWidget(w)
         self.curves = LiveCurves()
+        self.warnings: list[str] = []
+        self.warning_label = _wrapped_label("", "color: #d08000")
         self.results = _wrapped_label("")
         self.cm_figure = None
         self._pbar = None
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        for w in (self.progress, self.time_label, self.status, self.curves.canvas, self.results):
+        for w in (self.warning_label, self.results, self.curves.canvas):  # short text first
             layout.addWidget(w)
         self._cm_box = QVBoxLayout()
         layout.addLayout(self._cm_box)
+        layout.addStretch(1)
 
     def begin(self, text: str, history: list[dict]) -> None:
         self.progress.setValue(0)
         self.time_label.setText("")
         self.results.setText("")
+        self.warnings = []
+        self.warning_label.setText("")
         self.set_figure(None)
         self.curves.reset(history)
         self.status.setText(text)
+
+    def add_warning(self, text: str) -> None:
+        """A warning of the run (a split too small...), kept in view until the next run."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+        self.warning_label.setText("\n".join(f"Warning: {w}." for w in self.warnings))
 
     def start(self, total: int, done: int, desc: str) -> None:
         """Progress across all epochs (``done`` steps already trained), also in napari's activity dock."""
@@ -196,14 +245,21 @@ class RunView(QWidget):
         """Validation and test metrics, and the confusion matrix (test set, else validation)."""
         from histoview.training.figures import confusion_matrix_figure
 
+        for text in report.get("warnings") or []:
+            self.add_warning(text)
         val, test = report.get("validation") or {}, report.get("test") or {}
         lines = [metrics_text(f"Validation (best epoch {report.get('best_epoch')})", val),
-                 metrics_text("Test", test)] + ([synthetic_warning] if report.get("synthetic") else [])
+                 metrics_text("Test", test)]
+        lines += [synthetic_warning] if report.get("synthetic") else []
         self.results.setText("\n".join(lines))
         source, which = (test, "test") if test.get("confusion_matrix") else (val, "validation")
         if source.get("confusion_matrix"):
-            self.set_figure(confusion_matrix_figure(source["confusion_matrix"], source["classes"],
-                                                    title=f"Confusion matrix, {which} set"))
+            args = (source["confusion_matrix"], source["classes"])
+            title = f"Confusion matrix, {which} set ({source.get('n', '?')} images)"
+            fig = confusion_matrix_figure(*args, title=title)
+            if fig.get_size_inches()[0] * fig.dpi > self.width() - 30:  # a narrow dock
+                fig = confusion_matrix_figure(*args, title=title, stacked=True)
+            self.set_figure(fig)
 
     def set_figure(self, fig) -> None:
         while self._cm_box.count():
@@ -212,9 +268,7 @@ class RunView(QWidget):
                 item.widget().deleteLater()
         self.cm_figure = fig
         if fig is not None:
-            canvas = _canvas_class()(fig)
-            canvas.setMinimumHeight(260)
-            self._cm_box.addWidget(canvas)
+            self._cm_box.addWidget(figure_canvas(fig), 0, Qt.AlignLeft)
 
     def close_pbar(self) -> None:
         if self._pbar is not None:
