@@ -18,8 +18,12 @@ CASES = {
 
 
 def _overlaps(boxes) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
-            if boxes[i].overlaps(boxes[j])]
+    return [
+        (i, j)
+        for i in range(len(boxes))
+        for j in range(i + 1, len(boxes))
+        if boxes[i].overlaps(boxes[j])
+    ]
 
 
 @pytest.mark.parametrize("stacked", [False, True])
@@ -39,7 +43,8 @@ def test_tick_labels_do_not_overlap(case, stacked):
     for ax in panels:
         for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
             assert [t.get_text().replace("\n", " ") for t in ticks] == [
-                c.replace("_", " ") for c in classes]
+                c.replace("_", " ") for c in classes
+            ]
             boxes = [t.get_window_extent(renderer) for t in ticks]
             angle = ticks[0].get_rotation()
             if angle == 0:
@@ -52,8 +57,9 @@ def test_tick_labels_do_not_overlap(case, stacked):
                 for t in ticks:
                     t.set_rotation(angle)
                 assert max(heights) < gap, (case, max(heights), gap)
-            assert all(page.x0 - 1 <= b.x0 and b.x1 <= page.x1 + 1 and page.y0 - 1 <= b.y0
-                       for b in boxes), "a label runs off the figure"
+            assert all(
+                page.x0 - 1 <= b.x0 and b.x1 <= page.x1 + 1 and page.y0 - 1 <= b.y0 for b in boxes
+            ), "a label runs off the figure"
         # the cell values sit inside their cells, one per cell
         assert len(ax.texts) == k * k
     # the two panels do not overlap each other either

@@ -72,7 +72,8 @@ def test_small_splits_warn_per_class(tmp_path):
     assert split_warnings(dataset.classes, parts, minimum=3) == []
     # a class missing from the training split is named there
     assert split_warnings(("a", "b"), ([], [], []), minimum=1)[0].startswith(
-        "training split too small: 0 of a, 0 of b")
+        "training split too small: 0 of a, 0 of b"
+    )
 
 
 def test_train_refuses_one_class_and_reports_small_splits(tmp_path):
@@ -80,8 +81,12 @@ def test_train_refuses_one_class_and_reports_small_splits(tmp_path):
 
     one = tmp_path / "one"
     _folders(one, {"a": 6, "b": 0})
-    config = {"model": "test_cnn", "data": {"root": str(one)}, "output_dir": str(tmp_path / "r1"),
-              "train": {"epochs": 1, "batch_size": 4, "device": "cpu"}}
+    config = {
+        "model": "test_cnn",
+        "data": {"root": str(one)},
+        "output_dir": str(tmp_path / "r1"),
+        "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+    }
     with pytest.raises(ValueError, match="at least two classes"):
         train_from_config(config)
     assert not (tmp_path / "r1").exists()  # refused before anything was written

@@ -51,9 +51,16 @@ def _library_checkpoint(name="colours-amil"):
     from histoview.models.registry import create_model
 
     src = user_library_dir().parent / "made" / "m.safetensors"
-    save_checkpoint(src, create_model("amil"), {"model": "amil", "classes": ["pink", "purple"],
-                                                "model_kwargs": {"patch_size": 28},
-                                                "data": {"layout": "folder", "images": 16}})
+    save_checkpoint(
+        src,
+        create_model("amil"),
+        {
+            "model": "amil",
+            "classes": ["pink", "purple"],
+            "model_kwargs": {"patch_size": 28},
+            "data": {"layout": "folder", "images": 16},
+        },
+    )
     return add_to_library(src, name)
 
 
@@ -83,8 +90,10 @@ def test_dataset_summary_recipes_and_errors(make_napari_viewer, tiny_dataset, tm
     assert config["model_kwargs"]["patch_size"] == 28
 
     # the split the run will use, and a warning where it is too small to mean anything
-    assert "Split by image (no patient ids; 0.7/0.15/0.15, seed 0): 12 training, 2 " \
+    assert (
+        "Split by image (no patient ids; 0.7/0.15/0.15, seed 0): 12 training, 2 "
         "validation, 2 test images" in widget.checks.text()
+    )
     assert "Warning: validation split too small: 1 of pink, 1 of purple" in widget.checks.text()
     assert len(widget.split_warnings) == 2 and widget.train_button.isEnabled()  # warns only
 
@@ -190,8 +199,14 @@ def test_train_cancel_resume_then_explain(make_napari_viewer, qtbot, tiny_datase
     _assert_curves(evaluation)
     assert evaluation.table.rowCount() == 3  # pink, purple, overall
     folder = out / "evaluation"
-    assert {f.name for f in folder.iterdir()} >= {"metrics.json", "metrics.csv", "confusion_matrix.png",
-                                                  "roc.png", "pr.png", "predictions.csv"}
+    assert {f.name for f in folder.iterdir()} >= {
+        "metrics.json",
+        "metrics.csv",
+        "confusion_matrix.png",
+        "roc.png",
+        "pr.png",
+        "predictions.csv",
+    }
     assert all(Path(f).parent == folder for f in result["files"].values())
 
     # the explanation widget explains an image with the new model
@@ -238,7 +253,8 @@ def test_library_rename_delete_export(make_napari_viewer, tmp_path, monkeypatch)
     monkeypatch.setattr(panel, "_confirm", lambda *a: True)
     panel.delete_button.click()
     assert "renamed-amil" not in _names(explain) and "renamed-amil" not in [
-        e.name for e in panel.entries]
+        e.name for e in panel.entries
+    ]
 
     bundled = LibraryEntry("demo", tmp_path / "demo.safetensors", {"model": "amil"}, "bundled")
     monkeypatch.setattr(panel, "selected", lambda: bundled)
@@ -282,7 +298,10 @@ def test_evaluate_library_checkpoint(make_napari_viewer, qtbot, tiny_dataset, tm
         assert evaluation.table.rowCount() == 3
         assert evaluation.table.item(2, 1).text() == "16"
         name = "metrics.json" if i == 0 else "metrics-1.json"  # never overwritten
-        assert Path(result["files"]["metrics_json"]) == tmp_path / "run" / "evaluation-colours-amil" / name
+        assert (
+            Path(result["files"]["metrics_json"])
+            == tmp_path / "run" / "evaluation-colours-amil" / name
+        )
 
     # a dataset whose classes differ: the error is shown, not raised
     other = tmp_path / "other"
@@ -303,7 +322,11 @@ def test_widget_from_plugin_menu(make_napari_viewer):
     _dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Train a model")
     assert isinstance(widget, TrainWidget)
     assert [widget.tabs.tabText(i) for i in range(widget.tabs.count())] == [
-        "Settings", "Run", "Model library", "Evaluation"]
+        "Settings",
+        "Run",
+        "Model library",
+        "Evaluation",
+    ]
     # before any dataset, the model's own values (not the spin boxes' minimums)
     assert "Starting values: recipe training/amil-phantom.yaml" in widget.recipe_label.text()
     assert widget.lr.value() == pytest.approx(5e-4) and not widget.train_button.isEnabled()
@@ -340,7 +363,8 @@ def test_breakhis_recipe_and_one_class_refusal(make_napari_viewer, tmp_path):
     assert widget.epochs.value() == 7 and "at 100X" not in widget.summary.text()
     widget.model_choice.setCurrentText("customnet")  # no BreakHis recipe: the paper's values
     assert "built-in defaults, customNet (Patil et al., 2019, Table III)" in (
-        widget.recipe_label.text())
+        widget.recipe_label.text()
+    )
     assert (widget.epochs.value(), widget.batch_size.value()) == (20, 16)
 
     # a folder of benign BreakHis images only (12 at 100X) has one class: refused, saying why
@@ -348,7 +372,8 @@ def test_breakhis_recipe_and_one_class_refusal(make_napari_viewer, tmp_path):
     assert "Layout: BreakHis" in widget.summary.text()  # what was found is still shown
     text = widget.checks.text()
     assert text.startswith("Cannot train on this data: images of 1 class only") and (
-        "benign: 12, malignant: 0" in text and "at least two classes" in text)
+        "benign: 12, malignant: 0" in text and "at least two classes" in text
+    )
     assert not widget.train_button.isEnabled()
     widget.train()  # even if called directly: nothing starts
     assert widget._worker is None and "at least two classes" in widget.status.text()
@@ -388,8 +413,10 @@ def test_user_path_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_dataset,
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
     assert widget.last_result and widget.last_result.get("report"), widget.status.text()
     view = widget.run_view
-    assert [w.split(":")[0] for w in view.warnings] == ["validation split too small",
-                                                         "test split too small"]
+    assert [w.split(":")[0] for w in view.warnings] == [
+        "validation split too small",
+        "test split too small",
+    ]
     assert "Warning: test split too small: 1 of pink, 1 of purple" in view.warning_label.text()
     assert "2 warnings about the split" in widget.status.text()
     name = widget.library_path.stem
@@ -401,7 +428,8 @@ def test_user_path_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_dataset,
     assert canvas.minimumWidth() >= round(w) - 1 and canvas.minimumHeight() >= round(h) - 1
     qtbot.waitUntil(lambda: not widget.evaluation.running, timeout=60_000)
     assert "Warning: under 5 images of a class (pink: 1, purple: 1)" in (
-        widget.evaluation.summary.text())
+        widget.evaluation.summary.text()
+    )
 
     # beside the explanation dock (the two share the right side): the buttons, progress and
     # status stay in view above the tabs; the Run tab shows the curves at its top
@@ -412,8 +440,7 @@ def test_user_path_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_dataset,
     for tab in ("Run", "Settings"):
         widget.tabs.setCurrentIndex([widget.tabs.tabText(i) for i in range(4)].index(tab))
         qtbot.wait(50)
-        path = viewer.screenshot(str(tmp_path / f"train-dock-{tab.lower()}.png"),
-                                 canvas_only=False)
+        path = viewer.screenshot(str(tmp_path / f"train-dock-{tab.lower()}.png"), canvas_only=False)
         assert path.shape[0] >= 800 and path.shape[1] >= 1300  # the whole window
     _assert_in_view(widget.checks)  # the split warning, in the Settings tab's first screen
     widget.tabs.setCurrentWidget(widget._run_page)
@@ -435,8 +462,11 @@ def test_confusion_matrix_fits_a_narrow_dock(qtbot):
 
     classes = list(BREAKHIS_SUBTYPE_NAMES.values())
     cm = np.random.default_rng(0).integers(0, 9, (8, 8)).tolist()
-    report = {"best_epoch": 3, "test": {"n": 40, "confusion_matrix": cm, "classes": classes},
-              "warnings": ["test split too small: 2 of adenosis"]}
+    report = {
+        "best_epoch": 3,
+        "test": {"n": 40, "confusion_matrix": cm, "classes": classes},
+        "warnings": ["test split too small: 2 of adenosis"],
+    }
     for width, stacked in ((360, True), (1400, False)):
         view = RunView()
         qtbot.addWidget(view)

@@ -63,8 +63,10 @@ if TYPE_CHECKING:
 
 SOURCES = ("image folder", "synthetic phantoms")
 MAGNIFICATIONS = ("all", "40", "100", "200", "400")
-SYNTHETIC_WARNING = ("Synthetic data: this model learns generated phantom images, not patient "
-                     "tissue; its metrics say nothing about real slides.")
+SYNTHETIC_WARNING = (
+    "Synthetic data: this model learns generated phantom images, not patient "
+    "tissue; its metrics say nothing about real slides."
+)
 ERROR_STYLE, WARNING_STYLE = "color: #e05050", "color: #d08000"
 
 
@@ -125,10 +127,16 @@ class TrainWidget(EvaluationActions, QWidget):
         self.summary = _wrapped_label("Choose a dataset folder.")
         self.checks = _wrapped_label("")  # the split, and why it cannot train or may mislead
         self._folder_label, self._count_label = QLabel("folder"), QLabel("phantoms per class")
-        self._data_box = _group("Dataset", [
-            ("source", self.source_choice),
-            (self._folder_label, _row(self.folder_edit, self.browse_button)),
-            (self._count_label, self.phantom_count), self.summary, self.checks])
+        self._data_box = _group(
+            "Dataset",
+            [
+                ("source", self.source_choice),
+                (self._folder_label, _row(self.folder_edit, self.browse_button)),
+                (self._count_label, self.phantom_count),
+                self.summary,
+                self.checks,
+            ],
+        )
 
         self.model_choice = QComboBox()
         self.model_choice.addItems(list_models())
@@ -149,13 +157,21 @@ class TrainWidget(EvaluationActions, QWidget):
         self.output_browse = QPushButton("Browse...")
         self.name_edit = QLineEdit()
         self.recipe_label = _wrapped_label("")
-        self._options_box = _group("Model and training", [
-            ("model", self.model_choice), ("task", self.task_choice),
-            (self._mag_label, self.mag_choice), ("epochs", self.epochs),
-            ("batch size", self.batch_size), ("learning rate", self.lr),
-            ("device", self.device_choice),
-            ("output folder", _row(self.output_edit, self.output_browse)),
-            ("library name", self.name_edit), self.recipe_label])
+        self._options_box = _group(
+            "Model and training",
+            [
+                ("model", self.model_choice),
+                ("task", self.task_choice),
+                (self._mag_label, self.mag_choice),
+                ("epochs", self.epochs),
+                ("batch size", self.batch_size),
+                ("learning rate", self.lr),
+                ("device", self.device_choice),
+                ("output folder", _row(self.output_edit, self.output_browse)),
+                ("library name", self.name_edit),
+                self.recipe_label,
+            ],
+        )
 
         self.train_button = QPushButton("Train")
         self.cancel_button = QPushButton("Cancel")
@@ -177,7 +193,8 @@ class TrainWidget(EvaluationActions, QWidget):
         self.tabs.addTab(self.library, "Model library")
         self._add_evaluation_tab()
         self.tabs.currentChanged.connect(
-            lambda i: self.tabs.widget(i) is self.library and self.library.refresh())
+            lambda i: self.tabs.widget(i) is self.library and self.library.refresh()
+        )
         # always in view, above the tabs: what to press and how the run is going
         layout = QVBoxLayout(self)
         layout.addLayout(_row(self.train_button, self.cancel_button, self.resume_button))
@@ -261,11 +278,18 @@ class TrainWidget(EvaluationActions, QWidget):
 
     def _data_spec(self) -> dict:
         if self.phantom:
-            return {"type": "phantom", "task": self.task_choice.currentText(),
-                    "n_per_class": self.phantom_count.value(), "preset": "breakhis", "seed": 0}
-        spec = {"type": self._layout,
-                "root": str(Path(self.folder_edit.text().strip()).expanduser()),
-                "task": self.task_choice.currentText()}
+            return {
+                "type": "phantom",
+                "task": self.task_choice.currentText(),
+                "n_per_class": self.phantom_count.value(),
+                "preset": "breakhis",
+                "seed": 0,
+            }
+        spec = {
+            "type": self._layout,
+            "root": str(Path(self.folder_edit.text().strip()).expanduser()),
+            "task": self.task_choice.currentText(),
+        }
         if self._layout == "breakhis":
             spec["magnification"] = self.mag_choice.currentText()
         return spec
@@ -324,8 +348,12 @@ class TrainWidget(EvaluationActions, QWidget):
         """
         model = self.model_choice.currentText()
         breakhis = self._layout == "breakhis"
-        r = recipe_for(model, self._layout, task=self.task_choice.currentText() or None,
-                       magnification=self.mag_choice.currentText() if breakhis else None)
+        r = recipe_for(
+            model,
+            self._layout,
+            task=self.task_choice.currentText() or None,
+            magnification=self.mag_choice.currentText() if breakhis else None,
+        )
         if keep_same and r["source"] == self._recipe.get("source"):
             return
         self._recipe = r
@@ -333,8 +361,9 @@ class TrainWidget(EvaluationActions, QWidget):
         self.epochs.setValue(int(train["epochs"]))
         self.batch_size.setValue(int(train["batch_size"]))
         self.lr.setValue(float(train["lr"]))
-        extra = {k: v for k, v in train.items()
-                 if k not in ("epochs", "batch_size", "lr", "device")}
+        extra = {
+            k: v for k, v in train.items() if k not in ("epochs", "batch_size", "lr", "device")
+        }
         extra.update({f"model {k}": v for k, v in r["model_kwargs"].items()})
         text = f"Starting values: {r['source']}."
         if extra:
@@ -367,14 +396,23 @@ class TrainWidget(EvaluationActions, QWidget):
         if not out:
             raise ValueError("choose an output folder")
         r = self._recipe
-        train = {**r["train"], "epochs": self.epochs.value(),
-                 "batch_size": self.batch_size.value(), "lr": self.lr.value(),
-                 "device": self.device_choice.currentText()}
-        return {"name": self.name_edit.text().strip() or self._auto["name"],
-                "model": self.model_choice.currentText(),
-                "model_kwargs": dict(r["model_kwargs"]), "data": self._data_spec(),
-                "split": dict(r["split"]), "input": dict(r["input"]), "train": train,
-                "output_dir": str(Path(out).expanduser().resolve())}
+        train = {
+            **r["train"],
+            "epochs": self.epochs.value(),
+            "batch_size": self.batch_size.value(),
+            "lr": self.lr.value(),
+            "device": self.device_choice.currentText(),
+        }
+        return {
+            "name": self.name_edit.text().strip() or self._auto["name"],
+            "model": self.model_choice.currentText(),
+            "model_kwargs": dict(r["model_kwargs"]),
+            "data": self._data_spec(),
+            "split": dict(r["split"]),
+            "input": dict(r["input"]),
+            "train": train,
+            "output_dir": str(Path(out).expanduser().resolve()),
+        }
 
     def _resumable(self) -> bool:
         out = Path(self.output_edit.text().strip() or ".").expanduser()
@@ -429,18 +467,28 @@ class TrainWidget(EvaluationActions, QWidget):
         self._steps, self._resumed_epoch = 1, 0
         self._config = config
         state = Path(config["output_dir"]) / "train_state.json"
-        history = (json.loads(state.read_text()).get("history", [])
-                   if resume and state.exists() else [])
-        self.run_view.begin(("Resuming" if resume else "Starting") + f" {config['model']}: "
-                            "reading the data and building the model...", history)
+        history = (
+            json.loads(state.read_text()).get("history", []) if resume and state.exists() else []
+        )
+        self.run_view.begin(
+            ("Resuming" if resume else "Starting") + f" {config['model']}: "
+            "reading the data and building the model...",
+            history,
+        )
         self.tabs.setCurrentWidget(self._run_page)  # the curves, not the settings, while it runs
-        worker = create_worker(iter_train_from_config, config, resume=resume,
-                               should_stop=self._should_stop, _start_thread=False,
-                               _ignore_errors=True)
+        worker = create_worker(
+            iter_train_from_config,
+            config,
+            resume=resume,
+            should_stop=self._should_stop,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
         worker.yielded.connect(lambda ev: self._post(self._on_event, ev))
         worker.returned.connect(lambda result: self._post(self._on_returned, result))
         worker.errored.connect(
-            lambda exc: self._post(self._report_error, f"training failed: {exc}"))
+            lambda exc: self._post(self._report_error, f"training failed: {exc}")
+        )
         worker.finished.connect(lambda: self._post(self._on_finished))
         self._worker = worker
         self._update_buttons()
@@ -457,8 +505,11 @@ class TrainWidget(EvaluationActions, QWidget):
         elif kind == "start":
             self._steps = int(ev["steps"])
             total = int(ev["epochs"]) * self._steps
-            self.run_view.start(total, min(self._resumed_epoch * self._steps, total),
-                                f"histoview: training {self.model_choice.currentText()}")
+            self.run_view.start(
+                total,
+                min(self._resumed_epoch * self._steps, total),
+                f"histoview: training {self.model_choice.currentText()}",
+            )
         elif kind == "step":
             return self.run_view.step(ev, self._steps)
         elif kind == "epoch_end":
@@ -476,12 +527,16 @@ class TrainWidget(EvaluationActions, QWidget):
             last = Path(result["last"])
             if last.exists():
                 epoch = read_metadata(last).get("epoch")
-                self.status.setText(f"Cancelled. The model after epoch {epoch} of "
-                                    f"{self.epochs.value()} is kept in {last}; press Resume to "
-                                    "continue from it.")
+                self.status.setText(
+                    f"Cancelled. The model after epoch {epoch} of "
+                    f"{self.epochs.value()} is kept in {last}; press Resume to "
+                    "continue from it."
+                )
             else:
-                self.status.setText("Cancelled before the first epoch finished: nothing was "
-                                    "kept. Press Train to start again.")
+                self.status.setText(
+                    "Cancelled before the first epoch finished: nothing was "
+                    "kept. Press Train to start again."
+                )
             return
         report = json.loads(Path(result["report"]).read_text()) if result.get("report") else {}
         self.run_view.show_report(report, SYNTHETIC_WARNING)
@@ -502,11 +557,16 @@ class TrainWidget(EvaluationActions, QWidget):
         self.library.refresh()
         self.library.select(self.library_path.stem)
         warned = len(self.run_view.warnings)
-        caveat = (f" {warned} warning{'s' if warned > 1 else ''} about the split: see the Run "
-                  "tab." if warned else "")
-        self.status.setText(f"Finished. Added to your model library as "
-                            f"'{self.library_path.stem}'; the explanation widgets list it "
-                            f"now.{caveat}")
+        caveat = (
+            f" {warned} warning{'s' if warned > 1 else ''} about the split: see the Run tab."
+            if warned
+            else ""
+        )
+        self.status.setText(
+            f"Finished. Added to your model library as "
+            f"'{self.library_path.stem}'; the explanation widgets list it "
+            f"now.{caveat}"
+        )
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -56,25 +56,33 @@ def fmt_duration(seconds: float | None) -> str:
 
 def summary_text(summary: dict[str, Any]) -> str:
     """What a dataset holds, in a few lines (from ``Dataset.summary()``)."""
-    layouts = {"breakhis": "BreakHis", "bach": "BACH (class folders)",
-               "folder": "one folder per class", "phantom": "synthetic phantoms (generated)"}
+    layouts = {
+        "breakhis": "BreakHis",
+        "bach": "BACH (class folders)",
+        "folder": "one folder per class",
+        "phantom": "synthetic phantoms (generated)",
+    }
     counts = ", ".join(f"{c}: {n}" for c, n in summary["images_per_class"].items())
     patients = summary.get("patients")
-    lines = [f"Layout: {layouts.get(summary['layout'], summary['layout'])}",
-             f"Classes ({len(summary['classes'])}): {counts}",
-             f"Images: {summary['images']}",
-             f"Patients: {patients}" if patients else "Patients: not known (the split is by image)"]
+    lines = [
+        f"Layout: {layouts.get(summary['layout'], summary['layout'])}",
+        f"Classes ({len(summary['classes'])}): {counts}",
+        f"Images: {summary['images']}",
+        f"Patients: {patients}" if patients else "Patients: not known (the split is by image)",
+    ]
     if summary.get("magnifications"):
-        lines.append("Magnifications: " + ", ".join(
-            f"{m} {n}" for m, n in summary["magnifications"].items()))
+        lines.append(
+            "Magnifications: " + ", ".join(f"{m} {n}" for m, n in summary["magnifications"].items())
+        )
     return "\n".join(lines)
 
 
 def split_text(settings: dict[str, Any], parts, has_patients: bool = True) -> str:
     """The split a run will use, e.g. ``"Split by patient (0.7/0.15/0.15, seed 0): 50
     training, 11 validation, 11 test images"`` (by image when the data has no patients)."""
-    sizes = ", ".join(f"{len(p)} {name}" for p, name in zip(parts, ("training", "validation",
-                                                                     "test")))
+    sizes = ", ".join(
+        f"{len(p)} {name}" for p, name in zip(parts, ("training", "validation", "test"))
+    )
     how = f"{'/'.join(f'{f:g}' for f in settings['fractions'])}, seed {settings['seed']}"
     if settings["by"] == "patient" and not has_patients:
         return f"Split by image (no patient ids; {how}): {sizes} images"
@@ -99,15 +107,22 @@ def figure_canvas(fig, min_width: int = 0):
     return canvas
 
 
-METRIC_NAMES = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                ("roc_auc", "ROC AUC"), ("f1_macro", "F1 (macro)"))
+METRIC_NAMES = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("roc_auc", "ROC AUC"),
+    ("f1_macro", "F1 (macro)"),
+)
 
 
 def metrics_text(title: str, metrics: dict[str, Any]) -> str:
     if not metrics:
         return f"{title}: none (split too small)"
-    vals = ", ".join(f"{label} {metrics[k]:.3f}" for k, label in METRIC_NAMES
-                     if isinstance(metrics.get(k), (int, float)))
+    vals = ", ".join(
+        f"{label} {metrics[k]:.3f}"
+        for k, label in METRIC_NAMES
+        if isinstance(metrics.get(k), (int, float))
+    )
     n = metrics.get("n")
     return f"{title}{f' ({n} images)' if n else ''}: {vals}"
 
@@ -130,8 +145,10 @@ class LiveCurves:
         ax, av = self.ax_loss, self.ax_val = self.figure.subplots(1, 2)
         (self._step_line,) = ax.plot([], [], lw=0.8, color="0.6", label="step")
         (self._epoch_line,) = ax.plot([], [], "o-", label="epoch mean")
-        self._val_lines = {key: av.plot([], [], "o-", label=label)[0]
-                           for key, label in (("balanced_accuracy", "bal. acc."), ("roc_auc", "AUC"))}
+        self._val_lines = {
+            key: av.plot([], [], "o-", label=label)[0]
+            for key, label in (("balanced_accuracy", "bal. acc."), ("roc_auc", "AUC"))
+        }
         ax.set(title="training loss", xlabel="epoch")
         av.set(title="validation", xlabel="epoch", ylim=(0, 1.02))
         for a in (ax, av):
@@ -142,8 +159,10 @@ class LiveCurves:
     def reset(self, history: list[dict] | None = None) -> None:
         """Clear the curves; a resumed run starts from the epochs it already has."""
         self.steps: list[tuple[float, float]] = []
-        self.epochs = [{"epoch": h["epoch"], "train_loss": h.get("train_loss"), "val": h.get("val") or {}}
-                       for h in history or []]
+        self.epochs = [
+            {"epoch": h["epoch"], "train_loss": h.get("train_loss"), "val": h.get("val") or {}}
+            for h in history or []
+        ]
         self.redraw()
 
     def add_step(self, x: float, loss: float) -> None:
@@ -157,10 +176,15 @@ class LiveCurves:
     def redraw(self) -> None:
         # update the lines' data (no axes rebuild), then let Qt draw when it is idle
         self._step_line.set_data([x for x, _ in self.steps], [y for _, y in self.steps])
-        self._epoch_line.set_data([e["epoch"] for e in self.epochs], [e["train_loss"] for e in self.epochs])
+        self._epoch_line.set_data(
+            [e["epoch"] for e in self.epochs], [e["train_loss"] for e in self.epochs]
+        )
         for key, line in self._val_lines.items():
-            pts = [(e["epoch"], e["val"][key]) for e in self.epochs
-                   if isinstance(e["val"].get(key), (int, float))]
+            pts = [
+                (e["epoch"], e["val"][key])
+                for e in self.epochs
+                if isinstance(e["val"].get(key), (int, float))
+            ]
             line.set_data([p[0] for p in pts], [p[1] for p in pts])
         self.ax_loss.relim()
         self.ax_loss.autoscale_view()
@@ -214,7 +238,8 @@ class RunView(QWidget):
         self.warning_label.setText("\n".join(f"Warning: {w}." for w in self.warnings))
 
     def start(self, total: int, done: int, desc: str) -> None:
-        """Progress across all epochs (``done`` steps already trained), also in napari's activity dock."""
+        """Progress across all epochs (``done`` steps already trained), also in napari's
+        activity dock."""
         from napari.utils import progress
 
         self.progress.setRange(0, total)
@@ -228,18 +253,22 @@ class RunView(QWidget):
         if self._pbar is not None:
             self._pbar.update(max(value - self.progress.value(), 0))
         self.progress.setValue(value)
-        self.time_label.setText(f"epoch {ev['epoch']}/{ev['epochs']}, step {ev['step']}/{ev['steps']}"
-                                f" - elapsed {fmt_duration(ev.get('elapsed'))}, "
-                                f"remaining about {fmt_duration(ev.get('eta'))}")
+        self.time_label.setText(
+            f"epoch {ev['epoch']}/{ev['epochs']}, step {ev['step']}/{ev['steps']}"
+            f" - elapsed {fmt_duration(ev.get('elapsed'))}, "
+            f"remaining about {fmt_duration(ev.get('eta'))}"
+        )
         self.curves.add_step(ev["epoch"] - 1 + ev["step"] / ev["steps"], ev["loss"])
 
     def epoch_end(self, ev: dict) -> None:
         val = ev.get("val_metrics") or {}
         self.curves.add_epoch(ev["epoch"], ev["train_loss"], val)
         bacc = val.get("balanced_accuracy")
-        self.status.setText(f"Epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f}"
-                            + (f", validation balanced accuracy {bacc:.3f}" if bacc is not None else "")
-                            + (" (best so far)" if ev.get("best") else ""))
+        self.status.setText(
+            f"Epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f}"
+            + (f", validation balanced accuracy {bacc:.3f}" if bacc is not None else "")
+            + (" (best so far)" if ev.get("best") else "")
+        )
 
     def show_report(self, report: dict, synthetic_warning: str) -> None:
         """Validation and test metrics, and the confusion matrix (test set, else validation)."""
@@ -248,8 +277,10 @@ class RunView(QWidget):
         for text in report.get("warnings") or []:
             self.add_warning(text)
         val, test = report.get("validation") or {}, report.get("test") or {}
-        lines = [metrics_text(f"Validation (best epoch {report.get('best_epoch')})", val),
-                 metrics_text("Test", test)]
+        lines = [
+            metrics_text(f"Validation (best epoch {report.get('best_epoch')})", val),
+            metrics_text("Test", test),
+        ]
         lines += [synthetic_warning] if report.get("synthetic") else []
         self.results.setText("\n".join(lines))
         source, which = (test, "test") if test.get("confusion_matrix") else (val, "validation")
@@ -306,12 +337,21 @@ class LibraryPanel(QWidget):
         self.export_button = QPushButton("Export...")
         self.refresh_button = QPushButton("Refresh")
         self.evaluate_button = QPushButton("Evaluate on dataset...")
-        self.evaluate_button.setToolTip("Metrics and figures on the dataset chosen in the Train tab")
-        for b in (self.rename_button, self.delete_button, self.export_button, self.evaluate_button,
-                  self.refresh_button):
+        self.evaluate_button.setToolTip(
+            "Metrics and figures on the dataset chosen in the Train tab"
+        )
+        for b in (
+            self.rename_button,
+            self.delete_button,
+            self.export_button,
+            self.evaluate_button,
+            self.refresh_button,
+        ):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Your models (trained here) and the bundled synthetic demo weights:"))
+        layout.addWidget(
+            QLabel("Your models (trained here) and the bundled synthetic demo weights:")
+        )
         layout.addWidget(self.model_list)
         layout.addWidget(self.details)
         layout.addLayout(buttons)
@@ -322,7 +362,8 @@ class LibraryPanel(QWidget):
         self.export_button.clicked.connect(self.export_selected)
         self.refresh_button.clicked.connect(self.refresh)
         self.evaluate_button.clicked.connect(
-            lambda *_: self.selected() is not None and self.evaluate_requested.emit(self.selected()))
+            lambda *_: self.selected() is not None and self.evaluate_requested.emit(self.selected())
+        )
         self.refresh()
 
     # -- dialogs (tests override these) ----------------------------------------------------------
@@ -331,8 +372,9 @@ class LibraryPanel(QWidget):
         return value if ok else None
 
     def _confirm(self, title: str, question: str) -> bool:
-        answer = QMessageBox.question(self, title, question, QMessageBox.Yes | QMessageBox.No,
-                                      QMessageBox.No)
+        answer = QMessageBox.question(
+            self, title, question, QMessageBox.Yes | QMessageBox.No, QMessageBox.No
+        )
         return answer == QMessageBox.Yes
 
     def _ask_folder(self, title: str) -> str | None:
@@ -375,11 +417,13 @@ class LibraryPanel(QWidget):
             return
         metrics = e.meta.get("metrics") or {}
         data = e.meta.get("data") or {}
-        lines = [f"{e.name}: {e.model}, classes {', '.join(e.meta.get('classes', []))}",
-                 f"data: {data.get('layout', '?')}, {data.get('images', '?')} images",
-                 metrics_text("validation", metrics.get("validation") or {}),
-                 metrics_text("test", metrics.get("test") or {}),
-                 f"file: {e.path}"]
+        lines = [
+            f"{e.name}: {e.model}, classes {', '.join(e.meta.get('classes', []))}",
+            f"data: {data.get('layout', '?')}, {data.get('images', '?')} images",
+            metrics_text("validation", metrics.get("validation") or {}),
+            metrics_text("test", metrics.get("test") or {}),
+            f"file: {e.path}",
+        ]
         if e.synthetic:
             lines.append("Synthetic: trained on generated phantom images, not on patient data.")
         self.details.setText("\n".join(lines))
@@ -397,7 +441,9 @@ class LibraryPanel(QWidget):
 
         e = self.selected()
         if e is None or e.source != "user":
-            self.status.setText("Select one of your models (bundled demo weights cannot be renamed).")
+            self.status.setText(
+                "Select one of your models (bundled demo weights cannot be renamed)."
+            )
             return
         name = self._ask_text("Rename model", "New name:", e.name)
         if not name or name.strip() == e.name:
