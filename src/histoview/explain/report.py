@@ -1,45 +1,159 @@
-"""A one-page figure comparing explanations of one image, saved as PNG or PDF.
+"""The explanation report: every method on one image, on A4 or US Letter pages (PNG or PDF).
 
-:func:`render_figure` draws the tissue once per explanation, each with its
-overlay, colour bar, method, predicted class and probability, model and short
-weights hash, a micrometre scale bar (when the pixel size is known), and
-optionally the agreement table (:mod:`histoview.explain.agreement`) and
-faithfulness curves (:mod:`histoview.explain.faithfulness`) below. The page
-names the image and the date and carries histoview's research-use notice
-(plus the synthetic-weights notice where it applies).
+:func:`render_figure` lays out a :class:`Report` of one page (several when there are many
+methods) of the paper size of the user's locale (:func:`default_paper`) or the one asked for:
 
-Values are min-max normalised per explanation (:func:`~histoview.explain.agreement.normalise`)
-so that all panels share one colour scale ("normalised importance"); patch and
-dense maps are semi-transparent colour maps over the tissue, nuclei are points
-coloured by importance with their graph's edges as thin lines.
+* a header with the file name, image size and pixel size, the date, histoview's version
+  and the research-use line (plus the synthetic-weights notice where it applies);
+* per explanation a panel: its title, the prediction with its probability, the model and
+  the short weights hash, the tissue with the overlay, a micrometre scale bar (when the pixel
+  size is known), the colour bar beside the tissue and a legend of what its values mean
+  (the registry's :attr:`~histoview.explain.methods.Method.values`); a thresholded map
+  (DT Grad-CAM) shows only the region above its threshold, outlined, with the threshold
+  marked on the colour bar; a map without contrast says so instead of painting the tissue;
+* the agreement table (Spearman rank correlation and top-10 % IoU,
+  :func:`~histoview.explain.agreement.agreement_table`), computed here when not given;
+* faithfulness as small multiples: one deletion + insertion plot per method with its areas
+  under the curves (:mod:`histoview.explain.faithfulness`), so overlapping curves of
+  different methods never hide each other.
 
-Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas,
-never with pyplot, so rendering never touches a GUI backend. PDFs keep their
-text as text (TrueType, ``pdf.fonttype`` 42), so it can be searched and extracted.
+Colours follow the viewer's side-by-side convention: each overlay uses its method's colour
+map (:attr:`~histoview.explain.methods.Method.colormap`) with values min-max normalised per
+explanation to [0, 1] (:func:`~histoview.explain.agreement.normalise`): 0 is the lowest value
+of that explanation on this image, 1 the highest. Patch and dense maps are blended into the
+tissue with an opacity growing with the value; nuclei are their outlines filled by value.
+
+The page layout and drawing live in :mod:`histoview.explain._report_pages`. Pages are
+:class:`matplotlib.figure.Figure` objects on the Agg canvas, never pyplot, so
+rendering never touches a GUI backend. PDFs keep their text as text (TrueType,
+``pdf.fonttype`` 42), so it can be searched and extracted; every file goes through
+:func:`histoview.io.files.atomic_write` (whole or not at all, never a silent overwrite).
 """
 
 from __future__ import annotations
 
 import datetime
+import io
+import locale
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from histoview.explain.agreement import method_labels, normalise
-from histoview.explain.base import Explanation, NucleiPoints
+from histoview.explain.agreement import method_labels
+from histoview.explain.base import Explanation
 from histoview.io.files import atomic_write
 
 #: scale bar lengths to choose from, micrometres
 SCALE_BAR_LENGTHS_UM = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 COLORBAR_LABEL = "normalised importance"
+#: page sizes, inches (width, height) in portrait
+PAPER_SIZES_IN = {"a4": (210 / 25.4, 297 / 25.4), "letter": (8.5, 11.0)}
+#: territories whose default paper is US Letter (Unicode CLDR, supplementalData.xml, paperSize)
+LETTER_TERRITORIES = frozenset("BZ CA CL CO CR GT MX NI PA PH PR SV US VE".split())
+_LETTER_NAMES = ("united states", "canada", "mexico", "philippines", "chile", "colombia")
+#: a map whose values differ by less than this share of their largest magnitude has no
+#: contrast (the viewer's rule, histoview.viewer.overlays.NO_CONTRAST)
+NO_CONTRAST = 0.05
+#: graphs with more (undirected) edges than this are drawn without their edges
+MAX_EDGES_DRAWN = 3000
+#: resolution of the tissue pictures in the PDF, dots per inch
+TISSUE_DPI = 200
+#: tissue sizes tried, as fractions of the largest a column allows: the largest on fewest pages
+SHRINK = tuple(1 - 0.04 * k for k in range(9))  # 1.0 ... 0.68
 
 
+# -- paper ---------------------------------------------------------------------------------------
+def check_paper(paper: str) -> str:
+    """``"a4"`` or ``"letter"`` from a user's spelling (``"A4"``, ``"US Letter"``...)."""
+    key = str(paper).strip().lower().replace("-", " ").replace("_", " ")
+    if key == "a4":
+        return "a4"
+    if key in ("letter", "us letter", "usletter"):
+        return "letter"
+    raise ValueError(f"unknown paper {paper!r}: use 'a4' or 'letter'")
+
+
+def _territory(locale_name: str) -> str:
+    """The territory of a locale name (``en_US.UTF-8`` -> ``US``; ``C`` -> ``""``)."""
+    base = locale_name.split(".")[0].split("@")[0]
+    return base.split("_", 1)[1].upper() if "_" in base else ""
+
+
+def default_paper(environ: Mapping[str, str] | None = None) -> str:
+    """The paper size of the user's setting or locale: ``"letter"`` or ``"a4"``.
+
+    ``$HISTOVIEW_PAPER`` (``a4`` or ``letter``) decides when set. Otherwise the paper locale,
+    looked up as POSIX does (``LC_ALL``, then ``LC_PAPER``, then ``LANG``; without any,
+    Python's :func:`locale.getlocale`), gives US Letter in the territories of
+    :data:`LETTER_TERRITORIES` (the United States, Canada, Mexico, the Philippines...) and A4
+    everywhere else, the ``C`` locale included.
+    """
+    env = os.environ if environ is None else environ
+    setting = (env.get("HISTOVIEW_PAPER") or "").strip()
+    if setting:
+        return check_paper(setting)
+    name = next((env[v] for v in ("LC_ALL", "LC_PAPER", "LANG") if env.get(v)), None)
+    if name is None:
+        try:
+            name = locale.getlocale()[0] or ""
+        except ValueError:  # an unparsable locale: the international default
+            name = ""
+    territory = _territory(name)
+    if territory in LETTER_TERRITORIES or any(n in territory.lower() for n in _LETTER_NAMES):
+        return "letter"
+    return "a4"
+
+
+def page_size(paper: str, orientation: str) -> tuple[float, float]:
+    """(width, height) in inches of ``paper`` (``"a4"``/``"letter"``) in ``orientation``."""
+    w, h = PAPER_SIZES_IN[check_paper(paper)]
+    if orientation not in ("portrait", "landscape"):
+        raise ValueError(f"orientation must be 'portrait' or 'landscape', got {orientation!r}")
+    return (w, h) if orientation == "portrait" else (h, w)
+
+
+# -- what the panels say ---------------------------------------------------------------------------
 def short_hash(sha256: str | None, n: int = 8) -> str:
     """First ``n`` hex digits of a weights hash, or a note that there is none."""
     return sha256[:n] if sha256 else "no checkpoint"
+
+
+def format_probability(p: float) -> str:
+    """A probability with two decimals, never a false 1.00 or 0.00 (``> 0.99``, ``< 0.01``)."""
+    p = float(p)
+    if p >= 0.995:
+        return "> 0.99"
+    if p <= 0.005:
+        return "< 0.01"
+    return f"{p:.2f}"
+
+
+def has_contrast(values: np.ndarray) -> bool:
+    """Whether a map's finite values spread over more than :data:`NO_CONTRAST` of their
+    largest magnitude (a near-constant map says nothing about where the evidence is)."""
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size < 2:
+        return False
+    hi, lo = float(finite.max()), float(finite.min())
+    return hi - lo > NO_CONTRAST * max(abs(hi), abs(lo), 1e-12)
+
+
+def normalised_threshold(expl: Explanation) -> float | None:
+    """The explanation's own threshold (DT Grad-CAM's ``Explanation.threshold``) on its
+    [0, 1] normalised scale, ``(threshold - min) / (max - min)``; None without one."""
+    if expl.threshold is None:
+        return None
+    values = np.asarray(expl.values, np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size or values.max() <= values.min():
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    return float(np.clip((float(expl.threshold) - lo) / (hi - lo), 0.0, 1.0))
 
 
 def scale_bar_length_um(width_px: float, pixel_size_um: float, max_fraction: float = 0.25) -> float:
@@ -49,134 +163,69 @@ def scale_bar_length_um(width_px: float, pixel_size_um: float, max_fraction: flo
     return float(fitting[-1] if fitting else SCALE_BAR_LENGTHS_UM[0])
 
 
-def _display_image(image: np.ndarray, max_side: int) -> np.ndarray:
-    H, W = image.shape[:2]
-    scale = max_side / max(H, W)
-    if scale >= 1:
-        return image
-    from skimage.transform import resize
+def panel_titles(explanations: Sequence[Explanation]) -> list[str]:
+    """Each method's registry title; where titles repeat, the model, then ``#k``, added."""
+    from histoview.explain.methods import method_title
 
-    shape = (max(1, round(H * scale)), max(1, round(W * scale)))
-    small = resize(image, shape, order=1, anti_aliasing=True, preserve_range=True)
-    return np.clip(np.round(small), 0, 255).astype(np.uint8)
-
-
-def _panel_text(expl: Explanation) -> str:
-    prob = float(expl.probabilities[expl.predicted_class])
-    lines = [f"predicted: {expl.predicted_label} (p = {prob:.2f})"]
-    if expl.target_class != expl.predicted_class:
-        lines.append(f"explains: {expl.classes[expl.target_class]}")
-    lines.append(f"model: {expl.model}, weights {short_hash(expl.checkpoint_sha256)}")
-    return "\n".join(lines)
-
-
-def _draw_overlay(ax, expl: Explanation, extent, display_shape, cmap: str, alpha: float) -> None:
-    H, W = extent[2], extent[1]
-    geom = expl.geometry
-    if isinstance(geom, NucleiPoints):
-        from matplotlib.collections import LineCollection
-
-        gh, gw = geom.image_shape
-        xy = np.asarray(geom.centroids, np.float64)[:, ::-1] * (W / gw, H / gh)
-        ei = np.asarray(geom.edge_index)
-        if ei.size:
-            keep = ei[0] < ei[1]
-            segs = np.stack([xy[ei[0, keep]], xy[ei[1, keep]]], axis=1)
-            ax.add_collection(LineCollection(segs, colors="white", linewidths=0.4, alpha=0.6))
-        values = normalise(np.asarray(expl.values, np.float32).reshape(-1))
-        order = np.argsort(values, kind="stable")  # most important drawn on top
-        ax.scatter(
-            xy[order, 0],
-            xy[order, 1],
-            c=values[order],
-            cmap=cmap,
-            vmin=0,
-            vmax=1,
-            s=14,
-            edgecolors="black",
-            linewidths=0.25,
-        )
-        return
-    dense = normalise(expl.to_dense(display_shape, fill=np.nan))
-    # Opacity grows with importance so that unimportant tissue stays visible; uncovered
-    # pixels (NaN: background patches) are fully transparent.
-    opacity = np.where(np.isfinite(dense), alpha * (0.2 + 0.8 * np.nan_to_num(dense)), 0.0)
-    ax.imshow(
-        dense, cmap=cmap, vmin=0, vmax=1, alpha=opacity, extent=extent, interpolation="nearest"
-    )
-
-
-def _draw_scale_bar(ax, width_px: float, height_px: float, pixel_size_um: float) -> None:
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
-    length = scale_bar_length_um(width_px, pixel_size_um)
-    bar = AnchoredSizeBar(
-        ax.transData,
-        length / pixel_size_um,
-        f"{length:g} µm",
-        "lower left",
-        pad=0.3,
-        borderpad=0.5,
-        sep=3,
-        color="black",
-        frameon=True,
-        size_vertical=max(height_px * 0.008, 1.0),
-        fontproperties={"size": 8},
-    )
-    bar.patch.set_alpha(0.75)
-    ax.add_artist(bar)
-
-
-def _draw_agreement(ax, agreement: Mapping[str, Any]) -> None:
-    methods = list(agreement["methods"])
-
-    def fmt(v):
-        return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
-
-    cells = [
-        [
-            f"{fmt(agreement['spearman'][i][j])} / {fmt(agreement['topk_iou'][i][j])}"
-            for j in range(len(methods))
+    titles = [method_title(e.method) for e in explanations]
+    if len(set(titles)) < len(titles):
+        titles = [
+            t if titles.count(t) == 1 else f"{t} ({e.model})" for t, e in zip(titles, explanations)
         ]
-        for i in range(len(methods))
-    ]
-    ax.axis("off")
-    table = ax.table(
-        cellText=cells, rowLabels=methods, colLabels=methods, loc="center", cellLoc="center"
-    )
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    pct = round(100 * float(agreement.get("topk_fraction", 0.1)))
-    ax.set_title(f"Agreement: Spearman rank correlation / top-{pct} % IoU", fontsize=9)
+    seen: dict[str, int] = {}
+    out = []
+    for t in titles:
+        seen[t] = seen.get(t, 0) + 1
+        out.append(t if titles.count(t) == 1 else f"{t} #{seen[t]}")
+    return out
 
 
-def _draw_faithfulness(ax, faithfulness: Mapping[str, Any]) -> None:
-    colours = [f"C{i}" for i in range(10)]
-    for i, (name, res) in enumerate(faithfulness.items()):
-        r = res.to_dict() if hasattr(res, "to_dict") else dict(res)
-        c = colours[i % 10]
-        ax.plot(
-            r["fractions"],
-            r["deletion"],
-            color=c,
-            lw=1.2,
-            label=f"{name} deletion (AUC {r['deletion_auc']:.2f})",
-        )
-        ax.plot(
-            r["fractions"],
-            r["insertion"],
-            color=c,
-            lw=1.2,
-            ls="--",
-            label=f"{name} insertion (AUC {r['insertion_auc']:.2f})",
-        )
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("fraction of elements removed (deletion) / revealed (insertion)", fontsize=8)
-    ax.set_ylabel("probability of explained class", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.set_title("Faithfulness (deletion: lower AUC is better; insertion: higher)", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+# -- the report ------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    """The pages of a report, :class:`matplotlib.figure.Figure` objects of one paper size.
+
+    ``savefig(fh, format="pdf")`` writes every page into one PDF; ``format="png"`` writes the
+    pages one below the other in one picture (one page: exactly that page).
+    """
+
+    pages: list
+    paper: str
+    orientation: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def axes(self) -> list:
+        return [ax for page in self.pages for ax in page.axes]
+
+    def savefig(self, fh, *, format: str, dpi: float = 150, metadata: dict | None = None):
+        if format == "pdf":
+            from matplotlib.backends.backend_pdf import PdfPages
+
+            with PdfPages(fh, metadata=metadata) as pdf:
+                for page in self.pages:
+                    pdf.savefig(page, dpi=TISSUE_DPI)  # the tissue pictures' resolution
+            return
+        if format != "png":
+            raise ValueError(f"format must be 'pdf' or 'png', got {format!r}")
+        if len(self.pages) == 1:
+            self.pages[0].savefig(fh, format="png", dpi=dpi, metadata=metadata)
+            return
+        from PIL import Image, PngImagePlugin
+
+        pictures = []
+        for page in self.pages:
+            buf = io.BytesIO()
+            page.savefig(buf, format="png", dpi=dpi)
+            buf.seek(0)
+            with Image.open(buf) as im:
+                pictures.append(np.asarray(im.convert("RGB")))
+        gap = np.full((max(2, round(dpi * 0.1)), pictures[0].shape[1], 3), 160, np.uint8)
+        stacked = np.concatenate([x for p in pictures for x in (p, gap)][:-1], axis=0)
+        info = PngImagePlugin.PngInfo()
+        for k, v in (metadata or {}).items():
+            info.add_text(k, str(v))
+        Image.fromarray(stacked).save(fh, format="PNG", pnginfo=info)
 
 
 def render_figure(
@@ -186,38 +235,44 @@ def render_figure(
     titles: Sequence[str] | None = None,
     pixel_size_um: float | None = None,
     image_name: str = "",
-    agreement: Mapping[str, Any] | None = None,
+    agreement: Mapping[str, Any] | bool | None = None,
     faithfulness: Mapping[str, Any] | None = None,
     date: str | None = None,
     cmap: str | None = None,
     alpha: float = 0.55,
     max_display_side: int = 1024,
-):
-    """One figure: a panel per explanation, side by side, plus optional agreement and faithfulness.
+    paper: str | None = None,
+    orientation: str = "auto",
+) -> Report:
+    """The report of ``explanations`` of ``image``, laid out on A4 or US Letter pages.
 
     Args:
         image: (H, W, 3) uint8, the image explained (any level: overlays are scaled to it).
-        explanations: one explanation or several of the same image.
-        titles: panel titles (default: :func:`~histoview.explain.agreement.method_labels`).
+        explanations: one explanation or several of the same image, in panel order.
+        titles: panel titles (default :func:`panel_titles`: the registry's titles).
         pixel_size_um: micrometres per pixel of ``image``, for the scale bar (none if unknown).
         image_name: file name shown on the page.
-        agreement: a record from :func:`~histoview.explain.agreement.agreement_table`.
-        faithfulness: name -> :class:`~histoview.explain.faithfulness.FaithfulnessResult`
-            (or its ``to_dict()``).
+        agreement: a record of :func:`~histoview.explain.agreement.agreement_table` whose
+            methods are the explanations' :func:`~histoview.explain.agreement.method_labels`
+            (shown in panel order); None, or a record of other explanations: computed here
+            for two or more explanations; False: left out.
+        faithfulness: method label -> :class:`~histoview.explain.faithfulness.FaithfulnessResult`
+            (or its ``to_dict()``); labels of other explanations are left out.
         date: date shown (default today, ISO format).
-        cmap, alpha: colour map (default: each method's, as in the viewer) and opacity of
-            the overlays.
+        cmap: one colour map for every overlay (default: each method's, as in the viewer).
+        alpha: the overlays' largest opacity.
         max_display_side: the tissue is downsampled to at most this many pixels per side.
+        paper: ``"a4"`` or ``"letter"`` (default :func:`default_paper`: setting or locale).
+        orientation: ``"portrait"``, ``"landscape"`` or ``"auto"``: the layout with the fewest
+            pages, then the largest tissue panels, then portrait.
 
     Returns:
-        A :class:`matplotlib.figure.Figure` on an Agg canvas.
+        A :class:`Report`; its ``pages`` are figures of exactly the paper size.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
+    from matplotlib import colormaps
 
-    from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE, __version__
+    from histoview import __version__
+    from histoview.explain import _report_pages as pages
     from histoview.explain.methods import METHODS
 
     if isinstance(explanations, Explanation):
@@ -228,65 +283,69 @@ def render_figure(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    titles = list(titles) if titles is not None else method_labels(explanations)
+    titles = list(titles) if titles is not None else panel_titles(explanations)
     if len(titles) != len(explanations):
         raise ValueError(f"{len(titles)} titles for {len(explanations)} explanations")
+    paper = check_paper(paper) if paper else default_paper()
+    if orientation not in ("auto", "portrait", "landscape"):
+        raise ValueError(f"orientation must be auto, portrait or landscape, got {orientation!r}")
+    labels = method_labels(explanations)
+
+    def colormap(expl: Explanation):
+        name = cmap or (METHODS[expl.method].colormap if expl.method in METHODS else "inferno")
+        return colormaps[name]
+
     H, W = image.shape[:2]
-    shown = _display_image(image, max_display_side)
-    extent = (0, W, H, 0)
     n = len(explanations)
-    aspect = float(np.clip(H / W, 0.3, 3.0))
-    panel_w = 4.2
-    panel_h = panel_w * aspect + 1.1
-    bottom = [b for b in (agreement, faithfulness) if b]
-    bottom_h = 3.0 if bottom else 0.0
-    fig = Figure(
-        figsize=(max(panel_w * n, 7.5 if bottom else 0), panel_h + bottom_h + 1.0),
-        layout="constrained",
-    )
-    FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(
-        2 if bottom else 1, 1, height_ratios=[panel_h, bottom_h] if bottom else [1]
-    )
-    top = gs[0].subgridspec(1, n)
-    for i, (expl, title) in enumerate(zip(explanations, titles)):
-        panel_cmap = cmap or (
-            METHODS[expl.method].colormap if expl.method in METHODS else "inferno"
-        )
-        mappable = ScalarMappable(Normalize(0, 1), panel_cmap)
-        ax = fig.add_subplot(top[0, i])
-        ax.imshow(shown, extent=extent, interpolation="antialiased")
-        _draw_overlay(ax, expl, extent, shown.shape[:2], panel_cmap, alpha)
-        ax.set_xlim(0, W)
-        ax.set_ylim(H, 0)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=11, fontweight="bold")
-        ax.set_xlabel(_panel_text(expl), fontsize=8)
-        if pixel_size_um:
-            _draw_scale_bar(ax, W, H, float(pixel_size_um))
-        cb = fig.colorbar(mappable, ax=ax, shrink=0.8, pad=0.02)
-        cb.set_label(COLORBAR_LABEL, fontsize=8)
-        cb.ax.tick_params(labelsize=7)
-    if bottom:
-        low = gs[1].subgridspec(1, len(bottom))
-        k = 0
-        if agreement:
-            _draw_agreement(fig.add_subplot(low[0, k]), agreement)
-            k += 1
-        if faithfulness:
-            _draw_faithfulness(fig.add_subplot(low[0, k]), faithfulness)
+    size = f"{W} x {H} px" + (f", {pixel_size_um:.3g} µm/px" if pixel_size_um else "")
     date = date or datetime.date.today().isoformat()
-    fig.suptitle(
-        f"{image_name or '(unnamed image)'}   {date}   histoview {__version__}", fontsize=10
+    content = pages.Content(
+        image=image,
+        explanations=explanations,
+        titles=titles,
+        label_title=dict(zip(labels, titles)),
+        pixel_size_um=pixel_size_um,
+        image_name=image_name or "(unnamed image)",
+        subtitle=f"{size}   {date}   histoview {__version__}   "
+        f"{n} explanation{'s' if n > 1 else ''}",
+        synthetic=any(e.synthetic for e in explanations),
+        agreement=_agreement_in_panel_order(explanations, labels, agreement),
+        faithfulness={k: v for k, v in (faithfulness or {}).items() if k in labels},
+        colormap=colormap,
+        alpha=alpha,
+        max_display_side=max_display_side,
     )
-    notices = [RESEARCH_NOTICE] + (
-        [SYNTHETIC_NOTICE] if any(e.synthetic for e in explanations) else []
-    )
-    fig.supxlabel("\n".join(notices), fontsize=9, color="darkred")
-    return fig
+    options = ("portrait", "landscape") if orientation == "auto" else (orientation,)
+    layouts = [pages.lay_out(content, paper, o, s) for o in options for s in SHRINK]
+    best = min(layouts, key=lambda lay: (len(lay.pages), -lay.tissue_in[1]))  # first of ties
+    figures = pages.draw_pages(best, content)
+    info = {
+        "tissue_in": best.tissue_in,
+        "labels": labels,
+        "titles": titles,
+        "agreement": content.agreement,
+    }
+    return Report(figures, best.paper, best.orientation, info)
 
 
+def _agreement_in_panel_order(explanations, labels, agreement) -> dict | None:
+    """The agreement record in panel order: the one given when it covers the same labels,
+    else computed (two or more explanations); None when left out."""
+    from histoview.explain.agreement import agreement_table
+
+    if agreement is False or len(explanations) < 2:
+        return None
+    if agreement and sorted(agreement["methods"]) == sorted(labels):
+        index = [list(agreement["methods"]).index(lab) for lab in labels]
+        out = dict(agreement)
+        out["methods"] = list(labels)
+        for key in ("spearman", "topk_iou"):
+            out[key] = [[agreement[key][i][j] for j in index] for i in index]
+        return out
+    return agreement_table(dict(zip(labels, explanations)))
+
+
+# -- files -----------------------------------------------------------------------------------------
 def _write_figure(fig, path, fmt: str, overwrite: bool, numbered: bool, **kwargs) -> Path:
     writer = atomic_write(path, "wb", overwrite=overwrite, numbered=numbered)
     with writer as fh:
@@ -302,28 +361,23 @@ def save_png(
     numbered: bool = False,
     dpi: int = 150,
 ) -> Path:
-    """Write ``fig`` as a PNG, whole or not at all; returns the path written.
+    """Write a :class:`Report` (its pages one below the other) or a figure as a PNG, whole or
+    not at all; returns the path written.
 
     An existing ``path`` raises FileExistsError, unless ``overwrite`` (replace it) or
     ``numbered`` (take the next free name, ``a-1.png``...: :func:`histoview.io.files.unique_path`).
     """
     from histoview import RESEARCH_NOTICE
 
-    return _write_figure(
-        fig,
-        path,
-        "png",
-        overwrite,
-        numbered,
-        dpi=dpi,
-        metadata={"Software": "histoview", "Disclaimer": RESEARCH_NOTICE},
-    )
+    metadata = {"Software": "histoview", "Disclaimer": RESEARCH_NOTICE}
+    return _write_figure(fig, path, "png", overwrite, numbered, dpi=dpi, metadata=metadata)
 
 
 def save_pdf(
     fig, path: str | os.PathLike, *, overwrite: bool = False, numbered: bool = False
 ) -> Path:
-    """Write ``fig`` as a one-page PDF with extractable text (TrueType fonts, ``pdf.fonttype`` 42).
+    """Write a :class:`Report` (a PDF page per page) or a figure as a PDF with extractable
+    text (TrueType fonts, ``pdf.fonttype`` 42).
 
     Existing files as in :func:`save_png`; returns the path written.
     """
@@ -331,13 +385,7 @@ def save_pdf(
 
     from histoview import RESEARCH_NOTICE, __version__
 
+    metadata = {"Creator": f"histoview {__version__}", "Subject": RESEARCH_NOTICE}
+    kwargs = {} if isinstance(fig, Report) else {"dpi": TISSUE_DPI}
     with rc_context({"pdf.fonttype": 42}):
-        return _write_figure(
-            fig,
-            path,
-            "pdf",
-            overwrite,
-            numbered,
-            dpi=200,
-            metadata={"Creator": f"histoview {__version__}", "Subject": RESEARCH_NOTICE},
-        )
+        return _write_figure(fig, path, "pdf", overwrite, numbered, metadata=metadata, **kwargs)

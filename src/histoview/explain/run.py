@@ -191,8 +191,11 @@ def explain_file(path: str | os.PathLike, *, method: str, model: str | None = No
 
 
 def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image_name: str,
-                     overwrite: bool = False, steps: int = 10) -> list[Path]:
-    """Side-by-side figure (PNG) and one-page report (PDF) with agreement and faithfulness."""
+                     overwrite: bool = False, steps: int = 10,
+                     paper: str | None = None) -> list[Path]:
+    """The report (:func:`histoview.explain.report.render_figure`: every method, agreement,
+    faithfulness) as ``<stem>.compare.png`` and ``<stem>.report.pdf``, on ``paper`` ("a4" or
+    "letter"; default: ``$HISTOVIEW_PAPER``, else the locale's)."""
     from histoview.explain.agreement import agreement_table, method_labels
     from histoview.explain.faithfulness import deletion_insertion
     from histoview.explain.methods import predictor_for
@@ -204,8 +207,9 @@ def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image
         net, meta = info["models"][expl.method]
         predict = predictor_for(expl.method, net, meta, pixel_size_um=info["pixel_size_um"])
         faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
-    fig = render_figure(rgb, explanations, pixel_size_um=info["pixel_size_um"], image_name=image_name,
-                        agreement=agreement, faithfulness=faithfulness)
+    fig = render_figure(rgb, explanations, pixel_size_um=info["pixel_size_um"],
+                        image_name=image_name, agreement=agreement, faithfulness=faithfulness,
+                        paper=paper)
     png = save_png(fig, out_dir / f"{stem}.compare.png", overwrite=overwrite, numbered=True)
     pdf = save_pdf(fig, out_dir / f"{stem}.report.pdf", overwrite=overwrite, numbered=True)
     return [png, pdf]
