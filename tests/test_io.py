@@ -69,7 +69,7 @@ def test_pyramidal_tiff_levels_regions_and_pixel_size(tmp_path):
         assert src.format == "bigtiff"
         assert [lv.shape[:2] for lv in src.levels] == [(3000, 2200), (1500, 1100), (750, 550)]
         assert src.pixel_size_um == pytest.approx(0.25)
-        assert src.pixel_size_source == "tiff-resolution"
+        assert src.pixel_size_source == "file" and src.pixel_size_origin.startswith("TIFF resolution")
         assert src.level_pixel_size(2) == pytest.approx(1.0)
         np.testing.assert_array_equal(src.read_region(0, (1000, 700), (50, 60)), arr[1000:1050, 700:760])
         np.testing.assert_array_equal(src.read_region(1, (100, 100), (10, 10)), arr[::2, ::2][100:110, 100:110])
@@ -91,7 +91,7 @@ def test_ome_tiff_pixel_size(tmp_path):
     with open_image(path) as src:
         assert src.format == "ome-tiff"
         assert src.pixel_size_um == pytest.approx(0.42)
-        assert src.pixel_size_source == "ome"
+        assert src.pixel_size_source == "file" and src.pixel_size_origin.startswith("OME")
 
 
 def test_large_pyramid_opens_lazily(tmp_path):

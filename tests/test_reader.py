@@ -63,7 +63,7 @@ def test_napari_open_uses_histoview(make_napari_viewer, tmp_path, suffix):
     assert layers[0].data.shape == (300, 400, 3)
     if suffix in (".tif", ".tiff"):
         np.testing.assert_allclose(layers[0].scale, (0.25, 0.25))
-        assert layers[0].metadata["histoview"]["pixel_size_source"] == "tiff-resolution"
+        assert layers[0].metadata["histoview"]["pixel_size_source"] == "file"
 
 
 @pytest.mark.gui

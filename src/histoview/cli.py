@@ -31,8 +31,19 @@ def _cmd_info(args) -> int:
     print(f"file:        {info['path']}")
     print(f"format:      {info['format']}")
     print(f"dtype:       {info['dtype']}")
-    size = f"{mpp:.4g} um/px (from {info['pixel_size_source']})" if mpp else "unknown (give --pixel-size)"
+    yx, origin = info["pixel_size_yx"], info["pixel_size_origin"]
+    where = f"{info['pixel_size_source']}" + (f": {origin}" if origin else "")
+    if mpp:
+        size = f"{mpp:.4g} um/px ({where})"
+    elif yx:
+        size = f"{yx[0]:.4g} um (y) x {yx[1]:.4g} um (x) per pixel ({where}); not square: not analysable"
+    else:
+        size = "unknown (explanations estimate it from the nuclei; or give --pixel-size)"
     print(f"pixel size:  {size}")
+    if info["objective_power"]:
+        print(f"objective:   {info['objective_power']:g}X")
+    if info["pixel_size_note"]:
+        print(f"note:        {info['pixel_size_note']}")
     print(f"levels:      {len(info['levels'])}")
     for i, lv in enumerate(info["levels"]):
         shape = " x ".join(map(str, lv["shape"]))
@@ -51,12 +62,14 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from histoview.io.files import check_writable_dir
     from histoview.training.config import load_config
     from histoview.training.run import train_from_config
 
     config = load_config(args.config)
     if args.out:
         config["output_dir"] = args.out
+    check_writable_dir(config["output_dir"])  # relative: to this folder, as the run resolves it
     if args.epochs is not None:
         config.setdefault("train", {})["epochs"] = args.epochs
     result = train_from_config(config, resume=not args.restart, progress=_print_progress)
@@ -79,7 +92,9 @@ def _print_progress(event: dict) -> None:
 
 def _cmd_explain(args) -> int:
     from histoview.explain.run import explain_file
+    from histoview.io.files import check_writable_dir
 
+    check_writable_dir(args.out)
     written = explain_file(
         args.image, method=args.method, model=args.model, checkpoint=args.checkpoint, out_dir=args.out,
         target_class=args.target_class, importance=args.importance, pixel_size_um=args.pixel_size,
@@ -91,8 +106,10 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from histoview.io.files import check_writable_dir
     from histoview.training.evaluate import evaluate_checkpoint
 
+    check_writable_dir(args.out)
     data: str | dict = str(args.data)
     if args.task or args.magnification:
         data = {"root": str(args.data), **({"task": args.task} if args.task else {}),
@@ -120,6 +137,12 @@ def _cmd_reproduce(args) -> int:
         return 0
     if args.data is None:
         raise ValueError("give --data PATH (your copy of the experiment's dataset)")
+    from histoview.io.files import check_writable_dir
+
+    check_writable_dir(args.out)
+    from histoview.io.files import check_writable_dir
+
+    check_writable_dir(args.out)
     rows = args.rows.split(",") if args.rows else None
     results = reproduce.run_experiment(args.experiment, args.data, out_dir=args.out, split_by=args.split_by,
                                        epochs=args.epochs, max_images=args.max_images, rows=rows,
@@ -131,10 +154,12 @@ def _cmd_reproduce(args) -> int:
 def _cmd_export(args) -> int:
     from histoview.explain.export import export_csv, export_geojson
     from histoview.explain.run import explain_path
+    from histoview.io.files import check_writable_dir, output_stem
 
+    check_writable_dir(args.out)
     _, explanations, _ = explain_path(args.image, (args.method,), model=args.model, checkpoint=args.checkpoint,
                                       target_class=args.target_class, pixel_size_um=args.pixel_size)
-    stem = Path(args.image).name.split(".")[0]
+    stem = output_stem(args.image)
     args.out.mkdir(parents=True, exist_ok=True)
     for expl in explanations:
         base = args.out / f"{stem}.{expl.method}"
@@ -247,11 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        # ImageReadError and CheckpointError are ValueErrors that name the file.
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"histoview {args.command}: error: {msg}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        # ImageReadError, CheckpointError and OutputDirError are ValueErrors that name the
+        # file; an OSError (a full disk, no permission) names it through its filename.
+        print(f"histoview {args.command}: error: {_error_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _error_line(exc: BaseException) -> str:
+    """The user's one line for ``exc``: no "[Errno 28]", no multi-line library text."""
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -8,10 +8,20 @@ of any level. TIFFs are read through tifffile's zarr store, tile by tile, so a
 50,000 x 50,000 slide opens in milliseconds and panning reads only what is
 shown.
 
-Pixel size comes, in this order, from the caller's override, OME-XML
-``PhysicalSizeX``, an Aperio ``MPP =`` entry in the image description, or the
-TIFF resolution tags (when their unit is inch or centimetre). PNG/JPEG have
-no reliable pixel size; it is ``None`` unless given.
+**Pixel size** (micrometres per pixel of level 0, kept as (y, x)) comes, in this order, from
+the caller's override, OME-XML ``PhysicalSizeX`` / ``PhysicalSizeY`` with their units, an
+Aperio ``MPP =`` entry in the image description, or the resolution tags (TIFF
+``XResolution`` / ``YResolution`` / ``ResolutionUnit``, PNG ``pHYs``, JPEG JFIF density).
+Only a value that can be a microscope calibration is trusted: resolution tags without a
+unit, round screen/print values (72, 96, 150, 300, 600... pixels per inch, what most image
+tools write by default: 72 dpi would be 352.8 um/px) and anything outside
+:data:`PLAUSIBLE_PIXEL_SIZE_UM` are ignored, and :attr:`ImageSource.pixel_size_note` says
+so. Pixels whose y and x sizes differ by more than :data:`ANISOTROPY_TOLERANCE` keep both
+(the viewer shows them to scale) but :meth:`ImageSource.check_square_pixels` refuses them
+for analysis: histoview's models assume square pixels. An unknown pixel size is ``None``;
+:func:`histoview.models.inputs.resolve_pixel_size` decides what to do then (estimate it from
+the image). The objective power (Aperio ``AppMag``, OME ``NominalMagnification``) is kept
+when the file says it.
 
 Any file that cannot be read raises :class:`ImageReadError`, whose message
 starts with the file name and says what is wrong.
@@ -34,6 +44,56 @@ SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".svs")
 MIN_SIZE = 8
 #: PNG/JPEG files are decoded whole; refuse ones whose header claims more pixels than this.
 MAX_PLAIN_PIXELS = 400_000_000
+#: pixel sizes (um/px) a histology image can have: ~0.04 (BreakHis 400X, oil objectives) to 20
+#: (a slide thumbnail); a file's value outside this range is not a microscope calibration.
+PLAUSIBLE_PIXEL_SIZE_UM = (0.04, 20.0)
+#: pixels per inch that screen and print software write by default (not a calibration).
+DPI_DEFAULTS = (
+    72,
+    96,
+    100,
+    120,
+    144,
+    150,
+    180,
+    200,
+    240,
+    250,
+    300,
+    350,
+    360,
+    400,
+    480,
+    600,
+    720,
+    800,
+    1200,
+    2400,
+    4800,
+)
+#: y and x pixel sizes further apart than this fraction of their mean are anisotropic.
+ANISOTROPY_TOLERANCE = 0.02
+# micrometres per unit of OME-XML UnitsLength and of the TIFF/PNG resolution units
+_UM_PER_UNIT = {
+    "pm": 1e-6,
+    "Å": 1e-4,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "um": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "dm": 1e5,
+    "m": 1e6,
+    "in": 25_400.0,
+}
+_TIFF_UNITS = {
+    2: ("inch", 25_400.0),
+    3: ("centimetre", 1e4),
+    4: ("millimetre", 1e3),
+    5: ("micrometre", 1.0),
+}
 
 
 class ImageReadError(ValueError):
@@ -43,6 +103,70 @@ class ImageReadError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class PixelCalibration:
+    """What a file says about its physical pixel size.
+
+    Attributes:
+        yx_um: trusted (y, x) micrometres per pixel of level 0, or None (unknown).
+        origin: where the value came from (e.g. ``"OME-XML PhysicalSizeX/Y"``), or None.
+        note: why a value in the file was ignored or adjusted, or None.
+        objective_power: the objective's magnification when the file says it (e.g. 40.0).
+    """
+
+    yx_um: tuple[float, float] | None = None
+    origin: str | None = None
+    note: str | None = None
+    objective_power: float | None = None
+
+
+def _fmt_um(v: float) -> str:
+    return f"{v:.4g} um/px"
+
+
+def _plausible(
+    y_um: float, x_um: float, what: str
+) -> tuple[tuple[float, float] | None, str | None]:
+    """``((y, x), None)`` when both can be a microscope calibration, else ``(None, note)``."""
+    lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
+    for v in (y_um, x_um):
+        if not (np.isfinite(v) and lo <= v <= hi):
+            size = _fmt_um(x_um) if x_um == y_um else f"{_fmt_um(y_um)} (y) x {_fmt_um(x_um)} (x)"
+            return None, (
+                f"{what}: {size} is outside the {lo:g}-{hi:g} um/px of histology images, not a "
+                "microscope calibration; ignored"
+            )
+    return (float(y_um), float(x_um)), None
+
+
+def _from_resolution(
+    x_per_unit: float, y_per_unit: float, unit: str | None, um_per_unit: float | None, what: str
+) -> tuple[tuple[float, float] | None, str | None]:
+    """Trusted (y, x) um/px from pixels-per-unit resolution values, or ``(None, note)``."""
+    if not (x_per_unit > 0 and y_per_unit > 0):
+        return None, f"{what}: zero or missing; ignored"
+    if um_per_unit is None:
+        if x_per_unit == y_per_unit == 1:
+            return None, None  # tifffile's and libtiff's placeholder: no resolution given
+        return None, f"{what}: {x_per_unit:.6g} pixels per unspecified unit, no unit; ignored"
+    y_um, x_um = um_per_unit / y_per_unit, um_per_unit / x_per_unit
+    if unit == "inch":
+        for value in {x_per_unit, y_per_unit}:
+            dpi = min(DPI_DEFAULTS, key=lambda d: abs(d - value))
+            if abs(dpi - value) <= 0.005 * dpi:
+                return None, (
+                    f"{what}: {value:.4g} pixels per inch ({_fmt_um(25_400.0 / value)}) is a "
+                    "screen/print default that image tools write, not a microscope calibration; "
+                    "ignored"
+                )
+    return _plausible(y_um, x_um, what)
+
+
+def _is_anisotropic(yx: tuple[float, float]) -> bool:
+    y, x = yx
+    return abs(y - x) > ANISOTROPY_TOLERANCE * 0.5 * (y + x)
 
 
 @dataclass(frozen=True)
@@ -67,6 +191,12 @@ class ImageSource:
     Arrays are (height, width) or (height, width, samples) with samples 3 (RGB)
     or 4 (RGBA); palette images come back as RGB. Close it (or use ``with``)
     to release the file.
+
+    Pixel size (module docstring): :attr:`pixel_size_yx` is the trusted (y, x) um/px of level 0
+    or None; :attr:`pixel_size_um` the square pixel size (None when unknown or anisotropic);
+    :attr:`pixel_size_source` ``"file"``, ``"user"`` or None (unknown); :attr:`pixel_size_origin`
+    which metadata it came from; :attr:`pixel_size_note` why a value in the file was ignored
+    (or None); :attr:`objective_power` the objective's magnification when the file says it.
     """
 
     def __init__(
@@ -74,8 +204,7 @@ class ImageSource:
         path: Path,
         arrays: list,
         *,
-        pixel_size_um: float | None,
-        pixel_size_source: str | None,
+        calibration: PixelCalibration | None = None,
         fmt: str,
         closer=None,
         colormap: np.ndarray | None = None,
@@ -86,8 +215,12 @@ class ImageSource:
         self._arrays = list(arrays)
         self._closer = closer
         self._colormap = colormap
-        self.pixel_size_um = pixel_size_um
-        self.pixel_size_source = pixel_size_source
+        cal = calibration or PixelCalibration()
+        self.pixel_size_yx: tuple[float, float] | None = cal.yx_um
+        self.pixel_size_source: str | None = "file" if cal.yx_um else None
+        self.pixel_size_origin: str | None = cal.origin
+        self.pixel_size_note: str | None = cal.note
+        self.objective_power: float | None = cal.objective_power
         self.format = fmt
         shapes = [tuple(a.shape) for a in arrays]
         self._dtype = np.dtype(np.uint8) if colormap is not None else np.dtype(arrays[0].dtype)
@@ -111,10 +244,63 @@ class ImageSource:
     def is_rgb(self) -> bool:
         return len(self.shape) == 3 and self.shape[2] in (3, 4)
 
+    # -- pixel size ---------------------------------------------------------------------------
+    @property
+    def square_pixels(self) -> bool:
+        """False when the file's y and x pixel sizes differ by more than the tolerance."""
+        return self.pixel_size_yx is None or not _is_anisotropic(self.pixel_size_yx)
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Micrometres per (square) pixel of level 0; None when unknown or anisotropic."""
+        if self.pixel_size_yx is None or not self.square_pixels:
+            return None
+        return 0.5 * (self.pixel_size_yx[0] + self.pixel_size_yx[1])
+
+    def set_pixel_size(self, pixel_size_um: float) -> None:
+        """Use ``pixel_size_um`` (square pixels), given by the user, instead of the file's."""
+        v = float(pixel_size_um)
+        if not (v > 0 and np.isfinite(v)):
+            raise ValueError(
+                f"pixel size must be a positive number of micrometres, got {pixel_size_um}"
+            )
+        if self.pixel_size_yx is not None and (
+            _is_anisotropic(self.pixel_size_yx)
+            or abs(self.pixel_size_um - v) > ANISOTROPY_TOLERANCE * v
+        ):
+            y, x = self.pixel_size_yx
+            self.pixel_size_note = (
+                f"given by the user; the file says {y:.4g} (y) x {x:.4g} (x) um/px"
+            )
+        self.pixel_size_yx, self.pixel_size_source = (v, v), "user"
+
+    def check_square_pixels(self) -> None:
+        """Raise :class:`ImageReadError` when the pixels are not square (analysis refuses them)."""
+        if not self.square_pixels:
+            y, x = self.pixel_size_yx
+            raise ImageReadError(
+                self.path,
+                f"pixels are not square ({y:.4g} um high x {x:.4g} um wide, from "
+                f"{self.pixel_size_origin}); histoview's models assume square pixels: resample the "
+                "image to square pixels, or give --pixel-size if the file's values are wrong",
+            )
+
     def level_pixel_size(self, level: int) -> float | None:
+        """Micrometres per (square) pixel of ``level``; None when unknown or anisotropic."""
         if self.pixel_size_um is None:
             return None
         return self.pixel_size_um * self.levels[level].downsample
+
+    def level_pixel_size_yx(self, level: int) -> tuple[float, float] | None:
+        """(y, x) micrometres per pixel of ``level``, or None when unknown."""
+        if self.pixel_size_yx is None:
+            return None
+        lv = self.levels[level]
+        base = self.levels[0]
+        return (
+            self.pixel_size_yx[0] * base.height / lv.height,
+            self.pixel_size_yx[1] * base.width / lv.width,
+        )
 
     def describe(self) -> dict:
         """Plain-data summary (what ``histoview info`` prints)."""
@@ -123,8 +309,16 @@ class ImageSource:
             "format": self.format,
             "dtype": str(self.dtype),
             "pixel_size_um": self.pixel_size_um,
-            "pixel_size_source": self.pixel_size_source,
-            "levels": [{"shape": list(lv.shape), "downsample": round(lv.downsample, 4)} for lv in self.levels],
+            "pixel_size_yx": list(self.pixel_size_yx) if self.pixel_size_yx else None,
+            "pixel_size_source": self.pixel_size_source or "unknown",
+            "pixel_size_origin": self.pixel_size_origin,
+            "pixel_size_note": self.pixel_size_note,
+            "square_pixels": self.square_pixels,
+            "objective_power": self.objective_power,
+            "levels": [
+                {"shape": list(lv.shape), "downsample": round(lv.downsample, 4)}
+                for lv in self.levels
+            ],
         }
 
     # -- reading -------------------------------------------------------------------------------
@@ -151,11 +345,15 @@ class ImageSource:
         r1, c1 = min(r0 + h, lv.height), min(c0 + w, lv.width)
         r0, c0 = max(r0, 0), max(c0, 0)
         if r1 <= r0 or c1 <= c0:
-            raise ValueError(f"region {origin} + {size} lies outside level {level} of shape {lv.shape[:2]}")
+            raise ValueError(
+                f"region {origin} + {size} lies outside level {level} of shape {lv.shape[:2]}"
+            )
         try:
             return np.asarray(self.level_array(level)[r0:r1, c0:c1])
         except Exception as exc:  # decoding errors from tifffile/imagecodecs
-            raise ImageReadError(self.path, f"cannot decode pixels of level {level} ({exc})") from exc
+            raise ImageReadError(
+                self.path, f"cannot decode pixels of level {level} ({exc})"
+            ) from exc
 
     def read_level(self, level: int = 0, *, max_pixels: int = 120_000_000) -> np.ndarray:
         """Read a whole level (refuses levels above ``max_pixels``: pick a lower level)."""
@@ -178,7 +376,9 @@ class ImageSource:
 
     def _check_level(self, level: int):
         if not 0 <= level < self.n_levels:
-            raise IndexError(f"{self.path}: level {level} does not exist (levels 0..{self.n_levels - 1})")
+            raise IndexError(
+                f"{self.path}: level {level} does not exist (levels 0..{self.n_levels - 1})"
+            )
 
     def close(self) -> None:
         if self._closer is not None:
@@ -241,7 +441,9 @@ def open_image(path: str | os.PathLike, *, pixel_size_um: float | None = None) -
     """
     path = Path(path)
     if pixel_size_um is not None and not (pixel_size_um > 0 and np.isfinite(pixel_size_um)):
-        raise ValueError(f"pixel size must be a positive number of micrometres, got {pixel_size_um}")
+        raise ValueError(
+            f"pixel size must be a positive number of micrometres, got {pixel_size_um}"
+        )
     if not path.exists():
         raise ImageReadError(path, "file not found")
     if path.is_dir():
@@ -257,13 +459,17 @@ def open_image(path: str | os.PathLike, *, pixel_size_um: float | None = None) -
         src = _open_plain(path)
     else:
         kind = "text" if _looks_like_text(path) else "unknown binary data"
-        raise ImageReadError(path, f"not a PNG, JPEG or TIFF image (content is {kind}, starts with {magic[:8]!r})")
+        raise ImageReadError(
+            path, f"not a PNG, JPEG or TIFF image (content is {kind}, starts with {magic[:8]!r})"
+        )
     h, w = src.shape[:2]
     if h < MIN_SIZE or w < MIN_SIZE:
         src.close()
-        raise ImageReadError(path, f"image is {h} x {w} pixels; histoview needs at least {MIN_SIZE} x {MIN_SIZE}")
+        raise ImageReadError(
+            path, f"image is {h} x {w} pixels; histoview needs at least {MIN_SIZE} x {MIN_SIZE}"
+        )
     if pixel_size_um is not None:
-        src.pixel_size_um, src.pixel_size_source = float(pixel_size_um), "user"
+        src.set_pixel_size(pixel_size_um)
     return src
 
 
@@ -284,16 +490,43 @@ def _open_plain(path: Path) -> ImageSource:
         with Image.open(path) as im:
             w, h = im.size
             if w * h > MAX_PLAIN_PIXELS:
-                raise ImageReadError(path, f"header claims {w} x {h} pixels, too many for a PNG/JPEG; use a tiled TIFF")
+                raise ImageReadError(
+                    path,
+                    f"header claims {w} x {h} pixels, too many for a PNG/JPEG; use a tiled TIFF",
+                )
             im.load()
             arr = _pil_to_array(im)
+            calibration = _plain_calibration(im)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"header claims too many pixels for a PNG/JPEG ({exc}); use a tiled TIFF") from exc
+        raise ImageReadError(
+            path, f"header claims too many pixels for a PNG/JPEG ({exc}); use a tiled TIFF"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"cannot decode image ({exc})") from exc
-    return ImageSource(path, [arr], pixel_size_um=None, pixel_size_source=None, fmt=path.suffix.lower().lstrip("."))
+    return ImageSource(path, [arr], calibration=calibration, fmt=path.suffix.lower().lstrip("."))
+
+
+def _plain_calibration(im) -> PixelCalibration:
+    """PNG ``pHYs`` / JPEG JFIF density as a calibration (Pillow gives per-inch ``dpi`` when
+    the file has a unit, only ``aspect`` when it has none)."""
+    what = "PNG pHYs" if im.format == "PNG" else f"{im.format} density"
+    dpi = im.info.get("dpi")
+    if dpi:
+        try:
+            x, y = (float(v) for v in dpi)
+        except (TypeError, ValueError):
+            return PixelCalibration(note=f"{what}: not a pair of numbers ({dpi!r}); ignored")
+        yx, note = _from_resolution(x, y, "inch", 25_400.0, what)
+        if yx is not None and im.format == "PNG":
+            # pHYs stores pixels per metre; Pillow's dpi rounds through inches
+            x_m, y_m = x / 0.0254, y / 0.0254
+            yx = (1e6 / y_m, 1e6 / x_m)
+        return PixelCalibration(yx, what if yx else None, note)
+    if im.info.get("aspect"):
+        return PixelCalibration(note=f"{what}: an aspect ratio without a unit; no pixel size")
+    return PixelCalibration()
 
 
 def _pil_to_array(im) -> np.ndarray:
@@ -334,20 +567,29 @@ def _open_tiff(path: Path, size: int) -> ImageSource:
         arrays = []
         for i, lv in enumerate(series.levels):
             if lv.ndim > 3 or (lv.ndim == 3 and lv.shape[-1] not in (3, 4) and "S" not in lv.axes):
-                raise ImageReadError(path, f"unsupported TIFF layout: axes {lv.axes} shape {lv.shape}")
+                raise ImageReadError(
+                    path, f"unsupported TIFF layout: axes {lv.axes} shape {lv.shape}"
+                )
             arrays.append(_LazyLevel(tf, i, lv.shape, lv.dtype))
         if len(arrays[0].shape) == 3 and arrays[0].shape[-1] not in (3, 4):
             raise ImageReadError(path, f"unsupported TIFF layout: {arrays[0].shape}")
-        mpp, source = _tiff_pixel_size(tf, page)
-        fmt = "ome-tiff" if tf.is_ome else ("svs" if tf.is_svs else ("bigtiff" if tf.is_bigtiff else "tiff"))
-        return ImageSource(path, arrays, pixel_size_um=mpp, pixel_size_source=source, fmt=fmt,
-                           closer=tf.close, colormap=colormap)
+        calibration = tiff_calibration(tf, page)
+        fmt = (
+            "ome-tiff"
+            if tf.is_ome
+            else ("svs" if tf.is_svs else ("bigtiff" if tf.is_bigtiff else "tiff"))
+        )
+        return ImageSource(
+            path, arrays, calibration=calibration, fmt=fmt, closer=tf.close, colormap=colormap
+        )
     except ImageReadError:
         tf.close()
         raise
     except Exception as exc:
         tf.close()
-        raise ImageReadError(path, f"cannot read TIFF structure ({type(exc).__name__}: {exc})") from exc
+        raise ImageReadError(
+            path, f"cannot read TIFF structure ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _check_tiff_data(path: Path, series, size: int) -> None:
@@ -359,7 +601,9 @@ def _check_tiff_data(path: Path, series, size: int) -> None:
             offsets = np.asarray(page.dataoffsets, dtype=np.int64)
             counts = np.asarray(page.databytecounts, dtype=np.int64)
             if len(offsets) == 0 or counts.sum() == 0:
-                raise ImageReadError(path, f"TIFF header describes a {page.shape} image but holds no pixel data")
+                raise ImageReadError(
+                    path, f"TIFF header describes a {page.shape} image but holds no pixel data"
+                )
             expected = int(np.prod(page.chunked))
             if len(offsets) < expected:
                 raise ImageReadError(
@@ -368,7 +612,9 @@ def _check_tiff_data(path: Path, series, size: int) -> None:
                     f"but lists only {len(offsets)}",
                 )
             if page.compression == 1 and counts.sum() < page.size * page.bitspersample // 8:
-                raise ImageReadError(path, f"TIFF header describes a {page.shape} image but holds too few bytes")
+                raise ImageReadError(
+                    path, f"TIFF header describes a {page.shape} image but holds too few bytes"
+                )
             end = int((offsets + counts).max())
             if end > size:
                 missing = int(((offsets + counts) > size).sum())
@@ -379,27 +625,98 @@ def _check_tiff_data(path: Path, series, size: int) -> None:
                 )
 
 
-def _tiff_pixel_size(tf, page) -> tuple[float | None, str | None]:
+def tiff_calibration(tf, page) -> PixelCalibration:
+    """The pixel size a TIFF states (module docstring): OME-XML, then Aperio, then resolution
+    tags; the first trusted value wins, and notes of ignored ones are kept."""
+    notes = []
+    power = None
     if tf.is_ome and tf.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
-        if m:
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
-            factor = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm")
-            if factor is not None and float(m.group(1)) > 0:
-                return float(m.group(1)) * factor, "ome"
+        yx, note, power = _ome_pixel_size(tf.ome_metadata)
+        if yx is not None:
+            return PixelCalibration(yx, "OME-XML PhysicalSizeX/PhysicalSizeY", note, power)
+        notes.append(note)
     desc = page.description or ""
-    m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
-    if m and float(m.group(1)) > 0:
-        return float(m.group(1)), "aperio"
+    m = re.search(r"(?:^|\|)\s*AppMag\s*=\s*([0-9.]+)", desc)
+    if m:
+        try:
+            power = float(m.group(1)) or power
+        except ValueError:
+            pass
+    m = re.search(r"(?:^|\|)\s*MPP\s*=\s*([0-9.eE+-]+)", desc)
+    if m:
+        try:
+            mpp = float(m.group(1))
+        except ValueError:
+            mpp = float("nan")
+        yx, note = _plausible(mpp, mpp, "Aperio MPP")
+        if yx is not None:
+            return PixelCalibration(yx, "Aperio MPP", _join(notes), power)
+        notes.append(note)
     tags = page.tags
-    if "XResolution" in tags and "ResolutionUnit" in tags:
-        unit = int(tags["ResolutionUnit"].value)
-        num, den = tags["XResolution"].value
-        per_unit = num / den if den else 0
-        unit_um = {2: 25_400.0, 3: 10_000.0}.get(unit)
-        if unit_um and per_unit > 1:  # 1 pixel per unit is a writer's placeholder
-            return unit_um / per_unit, "tiff-resolution"
-    return None, None
+    if "XResolution" in tags:
+        unit_code = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2  # TIFF 6.0
+        unit, um_per_unit = _TIFF_UNITS.get(unit_code, (None, None))
+        x = _rational(tags["XResolution"].value)
+        y = _rational(tags["YResolution"].value) if "YResolution" in tags else x
+        yx, note = _from_resolution(x, y, unit, um_per_unit, "TIFF resolution tags")
+        if yx is not None:
+            return PixelCalibration(yx, f"TIFF resolution tags (per {unit})", _join(notes), power)
+        notes.append(note)
+    return PixelCalibration(None, None, _join(notes), power)
+
+
+def _rational(value) -> float:
+    if isinstance(value, tuple):
+        num, den = value[:2]
+        return num / den if den else 0.0
+    return float(value)
+
+
+def _join(notes: list) -> str | None:
+    notes = [n for n in notes if n]
+    return "; ".join(notes) if notes else None
+
+
+def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str | None, float | None]:
+    """``((y, x) um/px or None, note, objective power)`` of the first OME image."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        return None, f"OME-XML: cannot be parsed ({exc}); pixel size ignored", None
+    local = {el: el.tag.rsplit("}", 1)[-1] for el in root.iter()}
+    power = None
+    for el, tag in local.items():
+        if tag == "Objective" and el.get("NominalMagnification"):
+            try:
+                power = float(el.get("NominalMagnification"))
+            except ValueError:
+                pass
+            break
+    pixels = next((el for el, tag in local.items() if tag == "Pixels"), None)
+    if pixels is None or pixels.get("PhysicalSizeX") is None:
+        return None, None, power
+    sizes = []
+    for axis in ("X", "Y"):
+        raw = pixels.get(f"PhysicalSize{axis}")
+        if raw is None:
+            sizes.append(None)
+            continue
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        factor = _UM_PER_UNIT.get(unit)
+        if factor is None:
+            return None, f"OME-XML PhysicalSize{axis}: unknown unit {unit!r}; ignored", power
+        try:
+            sizes.append(float(raw) * factor)
+        except ValueError:
+            return None, f"OME-XML PhysicalSize{axis}: {raw!r} is not a number; ignored", power
+    x, y = sizes
+    note = None
+    if y is None:
+        y, note = x, "OME-XML: PhysicalSizeX only, square pixels assumed"
+    yx, bad = _plausible(y, x, "OME-XML PhysicalSizeX/PhysicalSizeY")
+    return yx, bad or note, power
 
 
 def to_rgb8(array: np.ndarray) -> np.ndarray:
@@ -431,7 +748,11 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
     return (np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def read_rgb(path: str | os.PathLike, *, level: int = 0, pixel_size_um: float | None = None) -> tuple[np.ndarray, ImageSource]:
-    """Read a whole level as (H, W, 3) uint8 RGB; returns ``(rgb, source)`` (source closed)."""
+def read_rgb(
+    path: str | os.PathLike, *, level: int = 0, pixel_size_um: float | None = None
+) -> tuple[np.ndarray, ImageSource]:
+    """Read a whole level as (H, W, 3) uint8 RGB for a model; returns ``(rgb, source)`` (source
+    closed). Refuses anisotropic pixels (:meth:`ImageSource.check_square_pixels`)."""
     with open_image(path, pixel_size_um=pixel_size_um) as src:
+        src.check_square_pixels()
         return to_rgb8(src.read_level(level)), src

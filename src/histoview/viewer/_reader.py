@@ -3,8 +3,12 @@
 PNG/JPEG open as plain arrays; TIFFs (BigTIFF, OME-TIFF, tiled pyramids) open
 as multiscale layers whose levels are tifffile zarr stores, so napari reads
 only the tiles on screen. A large TIFF without a pyramid gets lazy 2x
-decimated levels. The pixel size sets the layer's scale (micrometres) and is
-stored in ``layer.metadata["histoview"]``.
+decimated levels. The file's pixel size, (y, x) micrometres (anisotropic pixels are shown to
+scale), sets the layer's scale; ``layer.metadata["histoview"]`` holds
+:meth:`~histoview.io.image.ImageSource.describe`: the pixel size, where it came from
+(``pixel_size_source`` ``"file"`` or ``"unknown"``, ``pixel_size_origin``), why a value in the
+file was ignored (``pixel_size_note``) and the objective power. An unknown pixel size leaves the
+layer in pixels; explanations then estimate it (:func:`histoview.models.inputs.resolve_pixel_size`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ def napari_get_reader(path):
 
     Never raises: napari asks every reader plugin about every dropped path.
     """
-    paths = [path] if isinstance(path, (str, Path)) else list(path) if isinstance(path, (list, tuple)) else []
+    paths = (
+        [path]
+        if isinstance(path, (str, Path))
+        else list(path)
+        if isinstance(path, (list, tuple))
+        else []
+    )
     if not paths:
         return None
     for p in paths:
@@ -57,8 +67,8 @@ def layer_data_from_source(src: ImageSource) -> tuple:
         "multiscale": multiscale,
         "metadata": {"histoview": info},
     }
-    if src.pixel_size_um:
-        kwargs["scale"] = (src.pixel_size_um, src.pixel_size_um)
+    if src.pixel_size_yx:
+        kwargs["scale"] = tuple(float(v) for v in src.pixel_size_yx)
         kwargs["units"] = ("um", "um")
     if src.dtype != np.uint8:
         kwargs["contrast_limits"] = _contrast_limits(arrays[-1], src.dtype)
@@ -82,5 +92,7 @@ def _contrast_limits(array, dtype) -> tuple[float, float]:
     lo, hi = np.percentile(sample, [0.5, 99.5])
     if hi <= lo:
         info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
-        lo, hi = (0.0, float(info.max)) if info else (float(sample.min()), float(sample.max()) + 1.0)
+        lo, hi = (
+            (0.0, float(info.max)) if info else (float(sample.min()), float(sample.max()) + 1.0)
+        )
     return float(lo), float(hi)
