@@ -187,7 +187,9 @@ def test_predictor_for_graph_models_detects_nuclei_and_batches_graphs():
     class CountNuclei(torch.nn.Module):
         """A stand-in graph model: logit of class 1 = number of nodes of each graph."""
 
-        model_config = SimpleNamespace(name="count", kind="graph", mean=None, std=None, input_size=None)
+        model_config = SimpleNamespace(
+            name="count", kind="graph", mean=None, std=None, input_size=None
+        )
 
         def __init__(self):
             super().__init__()
@@ -204,3 +206,122 @@ def test_predictor_for_graph_models_detects_nuclei_and_batches_graphs():
     n = np.log(probs[0, 1] / probs[0, 0])
     assert probs.shape == (2, 2) and n == pytest.approx(4, abs=1e-4)
     assert probs[1] == pytest.approx([0.5, 0.5])
+
+
+# -- removal in the model's own input (model_predictor's predictors) --------------------------
+class CountNuclei:
+    """Factory of a stand-in graph model: logit of class 1 = number of nodes of each graph."""
+
+    @staticmethod
+    def make():
+        from types import SimpleNamespace
+
+        import torch
+
+        class Net(torch.nn.Module):
+            model_config = SimpleNamespace(
+                name="count", kind="graph", mean=None, std=None, input_size=None
+            )
+
+            def __init__(self):
+                super().__init__()
+                self.scale = torch.nn.Parameter(torch.ones(()))
+
+            def forward(self, data):
+                counts = torch.bincount(data.batch, minlength=data.num_graphs).float()
+                return torch.stack([torch.zeros_like(counts), counts * self.scale], 1)
+
+        return Net()
+
+
+def test_graph_faithfulness_drops_nodes_in_one_batched_pass(monkeypatch):
+    """Nuclei are removed from the graph itself: one detection, one forward pass for all
+    steps of both curves, and exactly the probabilities of the smaller graphs."""
+    import histoview.preprocessing.nuclei as nuclei_module
+
+    img = small_tissue()
+    predict = predictor_for(
+        "graph", CountNuclei.make(), {"classes": list(CLASSES)}, pixel_size_um=0.5
+    )
+    graph, _ = predict.spec.graph(img, 0.5)
+    assert len(graph) == 4
+    geom = NucleiPoints(np.asarray(graph.centroids, float), img.shape[:2], radius=6.0)
+    detections = []
+    real_detect = nuclei_module.detect_nuclei
+    monkeypatch.setattr(
+        nuclei_module, "detect_nuclei", lambda *a, **k: detections.append(1) or real_detect(*a, **k)
+    )
+    res = deletion_insertion(expl([4.0, 3.0, 2.0, 1.0], geom), predict, img, steps=4)
+    assert res.perturbation == "model input" and res.elements == "nuclei"
+    assert len(detections) == 1 and predict.forward_passes == 1
+    sigmoid = 1 / (1 + np.exp(-np.arange(5.0)))  # p(class 1) of a graph of k nodes
+    np.testing.assert_allclose(res.deletion, sigmoid[::-1], atol=1e-6)
+    np.testing.assert_allclose(res.insertion, sigmoid, atol=1e-6)
+
+    # the image definition paints and re-detects on every step: kept for comparison
+    detections.clear()
+    by_image = deletion_insertion(
+        expl([4.0, 3.0, 2.0, 1.0], geom), predict, img, steps=4, space="image"
+    )
+    assert by_image.perturbation == "image" and len(detections) == 10
+    assert by_image.deletion[0] == pytest.approx(res.deletion[0], abs=1e-6)
+
+
+def test_graph_faithfulness_falls_back_to_the_image_for_other_nuclei():
+    img = small_tissue()
+    predict = predictor_for(
+        "graph", CountNuclei.make(), {"classes": list(CLASSES)}, pixel_size_um=0.5
+    )
+    elsewhere = NucleiPoints(np.array([[5.0, 5.0], [50.0, 50.0]]), img.shape[:2], radius=6.0)
+    res = deletion_insertion(expl([1.0, 0.0], elsewhere), predict, img, steps=2)
+    assert res.perturbation == "image"
+
+
+def test_bag_faithfulness_in_the_bag_is_the_image_definition():
+    import torch
+
+    from histoview.explain.run import explain_array
+    from histoview.models.registry import create_model
+
+    torch.manual_seed(0)
+    net = create_model("amil").eval()
+    img = np.concatenate([small_tissue(), small_tissue()[:, ::-1]], axis=1)  # 56 x 112
+    explanation = explain_array(img, "amil", net, {"classes": list(CLASSES)}, None)
+    assert len(explanation.geometry) == 8
+    predict = predictor_for("amil", net, {"classes": list(CLASSES)})
+    fast = deletion_insertion(explanation, predict, img, steps=4)
+    assert fast.perturbation == "model input"
+    assert predict.forward_passes == 2  # the two bags' embeddings, then every step's pooling
+    slow = deletion_insertion(explanation, predict, img, steps=4, space="image")
+    np.testing.assert_allclose(fast.deletion, slow.deletion, atol=1e-5)
+    np.testing.assert_allclose(fast.insertion, slow.insertion, atol=1e-5)
+
+
+def test_image_model_faithfulness_mixes_resized_inputs_in_one_pass():
+    import torch
+
+    from histoview.explain.run import explain_array
+    from histoview.models.registry import create_model
+
+    torch.manual_seed(0)
+    net = create_model("test_cnn").eval()
+    img = small_tissue()
+    explanation = explain_array(img, "gradcam", net, {"classes": list(CLASSES)}, None)
+    predict = predictor_for("gradcam", net, {"classes": list(CLASSES)})
+    fast = deletion_insertion(explanation, predict, img, steps=5)
+    assert fast.perturbation == "model input" and predict.forward_passes == 1
+    slow = deletion_insertion(explanation, predict, img, steps=5, space="image")
+    np.testing.assert_allclose(fast.deletion, slow.deletion, atol=0.02)
+    np.testing.assert_allclose(fast.insertion, slow.insertion, atol=0.02)
+    # the untouched and the emptied input are predicted once for both curves, and again
+    # never: a second explanation of the same image reuses what this one computed
+    before = predict.forward_passes
+    deletion_insertion(explanation, predict, img, steps=5)
+    assert predict.forward_passes == before
+
+
+def test_unknown_space_is_refused():
+    img = red_block_image()
+    _, grid = extract_patches(img, 16)
+    with pytest.raises(ValueError, match="space"):
+        deletion_insertion(expl(np.ones(len(grid)), grid), red_fraction_model, img, space="x")

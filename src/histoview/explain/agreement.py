@@ -124,22 +124,28 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _centred_ranks(m: np.ndarray) -> np.ndarray:
+    """Average ranks of a map's pixels (ties at their mean rank), minus their mean."""
+    from scipy.stats import rankdata
+
+    r = rankdata(np.asarray(m, np.float64).ravel(), method="average")
+    return r - r.mean()
+
+
+def _rank_correlation(ra: np.ndarray, rb: np.ndarray) -> float:
+    denom = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    if denom == 0:
+        return float("nan")
+    return float(np.clip((ra @ rb) / denom, -1.0, 1.0))
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two maps' pixels, ties at their average rank.
 
     Returns NaN when either map is constant (the correlation is undefined).
     """
-    from scipy.stats import rankdata
-
     a, b = _check_pair(a, b)
-    ra = rankdata(a, method="average")
-    rb = rankdata(b, method="average")
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    if denom == 0:
-        return float("nan")
-    return float(np.clip((ra @ rb) / denom, -1.0, 1.0))
+    return _rank_correlation(_centred_ranks(a), _centred_ranks(b))
 
 
 def top_fraction_mask(m: np.ndarray, fraction: float = 0.1) -> np.ndarray:
@@ -165,7 +171,10 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> float:
     Top pixels as in :func:`top_fraction_mask`; NaN when neither map has any (both constant).
     """
     a, b = _check_pair(a, b)
-    ma, mb = top_fraction_mask(a, fraction), top_fraction_mask(b, fraction)
+    return _mask_iou(top_fraction_mask(a, fraction), top_fraction_mask(b, fraction))
+
+
+def _mask_iou(ma: np.ndarray, mb: np.ndarray) -> float:
     union = int(np.count_nonzero(ma | mb))
     if union == 0:
         return float("nan")
@@ -197,10 +206,14 @@ def agreement_table(
     n = len(names)
     rho = np.full((n, n), np.nan)
     iou = np.full((n, n), np.nan)
+    # each map's ranks and top pixels once, not once per pair
+    flat = [_check_pair(maps[k], maps[k])[0] for k in names]
+    ranks = [_centred_ranks(m) for m in flat]
+    tops = [top_fraction_mask(m, fraction) for m in flat]
     for i in range(n):
         for j in range(i, n):
-            rho[i, j] = rho[j, i] = spearman(maps[names[i]], maps[names[j]])
-            iou[i, j] = iou[j, i] = topk_overlap(maps[names[i]], maps[names[j]], fraction)
+            rho[i, j] = rho[j, i] = _rank_correlation(ranks[i], ranks[j])
+            iou[i, j] = iou[j, i] = _mask_iou(tops[i], tops[j])
     first = next(iter(maps.values()))
     return {
         "methods": names,
