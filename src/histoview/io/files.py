@@ -17,6 +17,11 @@ Without ``overwrite`` the final name is claimed with a hard link (``os.link``), 
 when the name exists, so two writers racing for one name never clobber each other: the
 second gets the next number (or FileExistsError). On file systems without hard links the
 name is reserved with ``O_CREAT | O_EXCL`` first, then replaced.
+
+An operating-system error while writing (a full disk, ``EFBIG`` past a file-size limit)
+reaches the caller as an :class:`OSError` whose ``filename`` is the wanted name, never the
+temporary's. :func:`check_writable_dir` lets a command refuse an output folder it cannot
+write to before it starts its work, and :func:`output_stem` names outputs after an input.
 """
 
 from __future__ import annotations
@@ -26,11 +31,41 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AtomicWriter", "atomic_write", "unique_path", "write_bytes", "write_text"]
+__all__ = [
+    "AtomicWriter",
+    "OutputDirError",
+    "atomic_write",
+    "check_writable_dir",
+    "output_stem",
+    "unique_path",
+    "write_bytes",
+    "write_text",
+]
+
+#: suffixes of image files besides histoview's own (``histoview.io.image``), stripped by
+#: :func:`output_stem` (the longest that matches: ``.ome.btf`` before ``.btf``).
+OTHER_IMAGE_SUFFIXES = (
+    ".ome.btf",
+    ".btf",
+    ".ndpi",
+    ".scn",
+    ".bif",
+    ".qptiff",
+    ".mrxs",
+    ".vsi",
+    ".jp2",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".dcm",
+)
+
 
 def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """``path`` itself when it is free (or ``overwrite``), else the first free name with
-    ``-1``, ``-2``... before the suffixes (``x.graph.geojson`` -> ``x-1.graph.geojson``).
+    ``-1``, ``-2``... before the last two suffixes at most (``x.graph.geojson`` ->
+    ``x-1.graph.geojson``; an input's own dots stay with its name: ``case.1.amil.json`` ->
+    ``case.1-1.amil.json``, never a name that reads as another input's).
 
     A name is only a guess until something is written under it: :func:`atomic_write`
     claims it without a race.
@@ -38,7 +73,7 @@ def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     path = Path(path)
     if overwrite or not os.path.lexists(path):
         return path
-    suffixes = "".join(path.suffixes)
+    suffixes = "".join(path.suffixes[-2:])
     base = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
     i = 1
     while os.path.lexists(cand := path.with_name(f"{base}-{i}{suffixes}")):
@@ -92,20 +127,46 @@ class AtomicWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None:
-                return
-            if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-            else:
-                _fsync_file(self.tmp)
-            self._commit()
-            _fsync_dir(self.path.parent)
+            if exc_type is None:
+                self._finish()
+        except OSError as err:
+            named = self._named(err)
+            if named is err:
+                raise
+            raise named from err
         finally:
             if self._file is not None and not self._file.closed:
-                self._file.close()
+                try:  # closing flushes what is buffered: on a full disk that fails again
+                    self._file.close()
+                except OSError:
+                    pass
             self._discard()
+        if isinstance(exc, OSError) and (named := self._named(exc)) is not exc:
+            raise named from exc
+
+    def _finish(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        else:
+            _fsync_file(self.tmp)
+        self._commit()
+        _fsync_dir(self.path.parent)
+
+    def _named(self, err: OSError) -> OSError:
+        """``err`` naming the wanted file: an error of the write itself (``EFBIG``, ``ENOSPC``,
+        or a library's partial write: NumPy's ``tofile`` says "10000 requested and 956
+        written") carries no file name, or the temporary's, which the user never asked for."""
+        if err.filename not in (None, str(self.tmp)):
+            return err
+        if err.errno is not None:
+            return OSError(err.errno, err.strerror or os.strerror(err.errno), str(self.target))
+        if type(err) is not OSError:  # a library's own error type: keep it
+            return err
+        named = OSError(f"cannot write {self.target}: {err}")
+        named.filename = str(self.target)
+        return named
 
     def _create_tmp(self) -> IO[Any]:
         # Not mkstemp: its 0600 mode would stay on the final file, where a plain open()
@@ -201,6 +262,77 @@ def write_text(
     with writer as fh:
         fh.write(text)
     return writer.path
+
+
+class OutputDirError(ValueError):
+    """An output folder histoview cannot write to; the message names it and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"output folder {path}: {problem}")
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Make sure files can be written in the folder ``path`` (made later if missing).
+
+    For commands to call before their work: a folder that is a file, lies under a file, or
+    where (or, when missing, in whose nearest existing parent) nothing can be created is
+    refused at once. The check creates and removes a probe file, so it sees what a write
+    would see (read-only file systems, access lists, root), not only the permission bits.
+    Nothing is left behind; a missing folder is not made.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputDirError: (a ValueError) naming the folder and what is wrong.
+    """
+    path = Path(path)
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        raise OutputDirError(path, f"{existing} is a broken symbolic link")
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise OutputDirError(path, f"{where}, not a folder")
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows): the usual limit
+        name_max = 255
+    missing = path.relative_to(existing).parts if existing != path else ()
+    for part in missing:
+        if len(os.fsencode(part)) > name_max:
+            raise OutputDirError(path, f"the name {part[:40]!r}... is longer than {name_max} bytes")
+    probe = existing / f".histoview-write-test.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = "" if existing == path else f" (its nearest existing parent {existing})"
+        raise OutputDirError(path, f"cannot write files{where}: {reason}") from None
+    os.unlink(probe)
+    return path
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """The name outputs of the input ``path`` start with: its file name without its image
+    suffix, so inputs that differ anywhere in their names get different outputs
+    (``case.1.png`` -> ``case.1``, ``slide.ome.tif`` -> ``slide``, ``x.TIFF`` -> ``x``).
+
+    Only a known image suffix (:mod:`histoview.io.image`'s and :data:`OTHER_IMAGE_SUFFIXES`,
+    any case) is removed; any other name is kept whole (``scan.v2`` -> ``scan.v2``).
+    """
+    from histoview.io.image import PLAIN_SUFFIXES, SUPPORTED_SUFFIXES, TIFF_SUFFIXES
+
+    name = Path(path).name
+    known = {*TIFF_SUFFIXES, *PLAIN_SUFFIXES, *SUPPORTED_SUFFIXES, *OTHER_IMAGE_SUFFIXES}
+    lower = name.lower()
+    for suffix in sorted(known, key=len, reverse=True):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _link_new(src: Path, dest: Path) -> None:
