@@ -96,6 +96,30 @@ def test_occlusion_matches_plain_definition(name):
             np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{method} k={k}")
 
 
+def test_incremental_exact_on_one_way_and_repeated_edges():
+    """Edges in one direction only, repeated edges and self-loops: the engine still gives
+    the definition (hops counted along edges in either direction), for k up to the whole
+    graph (empty occluded graphs)."""
+    rng = np.random.default_rng(5)
+    g = random_graph(60, seed=3)
+    keep = torch.from_numpy(rng.uniform(size=g.num_edges) < 0.6)
+    ei, ea = g.edge_index[:, keep], g.edge_attr[keep]
+    again = torch.arange(0, ei.size(1), 7)
+    loops = torch.arange(5).repeat(2, 1)
+    ei = torch.cat([ei, ei[:, again], loops], 1)
+    ea = torch.cat([ea, 0.5 * ea[again], torch.rand(5, EDGE_FEATURES)])
+    data = Data(x=g.x, edge_index=ei, edge_attr=ea)
+    for name in TINY:
+        model = sharpened(name)
+        for k in (1, 2, 9):
+            expected = occlusion_importance(model, data, k=k, method="batched", target_class=1)
+            assert np.abs(expected).max() > 1e-3
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                got = occlusion_importance(model, data, k=k, method="incremental", target_class=1)
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{name} k={k}")
+
+
 def test_sparse_product_ignores_what_its_output_held(monkeypatch):
     """The engine's sparse products write into uninitialised tensors (``addmm`` with
     beta=0): whatever the memory held before, NaN included, must not leak into the result."""
@@ -160,9 +184,9 @@ def test_check_catches_a_modified_layer(monkeypatch):
     checked = []
     real = graph_module._occluded_logits
 
-    def spy(model, data, neighbours, centres, k):
+    def spy(model, data, neighbours, centres, k, batch_size=128):
         checked.append(np.asarray(centres).tolist())
-        return real(model, data, neighbours, centres, k)
+        return real(model, data, neighbours, centres, k, batch_size)
 
     monkeypatch.setattr(graph_module, "_occluded_logits", spy)
     with pytest.warns(RuntimeWarning, match="occluded graphs of nuclei"):

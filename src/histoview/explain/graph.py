@@ -147,8 +147,9 @@ def occlusion_importance(
 
     :math:`\mathrm{score}_i = p(M(G)) - p(M(G_i))`, p the probability of ``target_class``
     (default: the class predicted on G) and :math:`G_i` the graph without nucleus i, its
-    k-hop neighbours and all their edges. A positive score: the region supports the class.
-    A graph left without nuclei gets the model's prediction for an empty graph.
+    k-hop neighbours (hops along edges in either direction) and all their edges. A positive
+    score: the region supports the class. A graph left without nuclei gets the model's
+    prediction for an empty graph.
 
     Args:
         model: a graph model (``kind="graph"``) taking a PyG ``Data``/``Batch``.
@@ -191,20 +192,23 @@ def occlusion_importance(
             logits = _incremental_logits(model, data, k, full, batch_size)
         if logits is None:
             neighbours = Neighbours(data.edge_index, N)
-            chunks = [np.arange(i, min(i + batch_size, N)) for i in range(0, N, batch_size)]
-            logits = torch.cat([_occluded_logits(model, data, neighbours, c, k) for c in chunks])
+            logits = _occluded_logits(model, data, neighbours, np.arange(N), k, batch_size)
         p = torch.softmax(logits, -1)[:, target]
         scores = torch.softmax(full, -1)[target] - p
     return scores.cpu().numpy().astype(np.float32)
 
 
-def _occluded_logits(model, data, neighbours: Neighbours, centres, k: int) -> Tensor:
+def _occluded_logits(model, data, neighbours: Neighbours, centres, k: int, batch_size=128):
     """Eq. 5's occluded graphs by definition: the model's logits (C, classes) on the graphs
-    without each centre's k-hop ball, one batch and one forward pass."""
-    copy, node, _, _ = neighbours.balls(centres, k)
-    keep = torch.ones(len(centres), data.x.size(0), dtype=torch.bool)
-    keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
-    return model(occluded_graphs(data, keep.to(data.x.device))).float()
+    without each centre's k-hop ball, ``batch_size`` graphs per batch and forward pass."""
+    out = []
+    for start in range(0, len(centres), batch_size):
+        chunk = centres[start : start + batch_size]
+        copy, node, _, _ = neighbours.balls(chunk, k)
+        keep = torch.ones(len(chunk), data.x.size(0), dtype=torch.bool)
+        keep[torch.from_numpy(copy), torch.from_numpy(node)] = False
+        out.append(model(occluded_graphs(data, keep.to(data.x.device))).float())
+    return torch.cat(out)
 
 
 def _incremental_logits(model, data, k: int, full: Tensor, batch_size: int):
@@ -229,7 +233,7 @@ def _incremental_logits(model, data, k: int, full: Tensor, batch_size: int):
         unstable.append(centres[redo])
     unstable = np.concatenate(unstable)
     if unstable.size:
-        direct = _occluded_logits(model, data, engine.neighbours, unstable, k)
+        direct = _occluded_logits(model, data, engine.neighbours, unstable, k, batch_size)
         logits[torch.from_numpy(unstable)] = direct
     degree = np.diff(engine.neighbours.ptr)
     largest = int((logits - full).abs().max(1).values.argmax())

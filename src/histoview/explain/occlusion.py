@@ -2,36 +2,36 @@ r"""Exact incremental occlusion importance for the RSF nuclei-graph networks.
 
 Occlusion importance (Sureka, Patil, Anand and Sethi, "Visualization for Histopathology
 Images using Graph Convolutional Neural Networks", arXiv:2006.09464, 2020, Sec. III-F,
-eq. 5) is :math:`\mathrm{score}_i = p(M(G)) - p(M(G_i))`, where :math:`G_i` is the graph without
-nucleus i, its k-hop neighbours and their edges: one prediction per nucleus, each on a
-different graph. :func:`histoview.explain.graph.occlusion_importance` is the public entry
-point; it computes the definition directly (a PyG ``Batch`` of occluded graphs) and uses
-this module's engine for :class:`~histoview.models.graph_nets.RSFNet` models on the CPU,
-checking the engine against the definition on every call.
+eq. 5) is :math:`\mathrm{score}_i = p(M(G)) - p(M(G_i))`, where :math:`G_i` is the graph
+without nucleus i, its k-hop neighbours and their edges: one prediction per nucleus, each
+on a different graph. The public entry point is
+:func:`histoview.explain.graph.occlusion_importance`; it runs this module's engine for
+:class:`~histoview.models.graph_nets.RSFNet` models on the CPU, checks it against the
+definition (the model's forward pass on a PyG ``Batch`` of occluded graphs) on every call,
+and uses the definition everywhere else.
 
-The engine computes the same predictions as the model's forward pass on every occluded
-graph, from cached activations of the full graph. In the RSF networks everything before
-Pooling 1 is local, and Pooling 1's outputs are sums over nuclei of local terms (eq. 3,
-:func:`~histoview.models.graph_layers.sparse_embed_pool`). With hop distance d from the
+The engine gives the model's logits on every occluded graph from cached activations of the
+full graph. In an RSF network everything before Pooling 1 is local and Pooling 1's outputs
+are sums over nuclei of local terms (eq. 3,
+:func:`~histoview.models.graph_layers.sparse_embed_pool`). With d the hop distance from the
 occluded nucleus (removed: d <= k):
 
-* Vertex Conv 1 changes only on the ring d = k + 1 (it loses the removed neighbours);
-* Vertex Conv 2, the assignment S and the attention change only for k < d <= k + 2: their
+* Vertex Conv 1 changes only on the ring d = k + 1, which loses the removed neighbours;
+* Vertex Conv 2, the assignment S and the attention change only for k < d <= k + 2. Their
   pre-activations are linear in Vertex Conv 1's output (eq. 2), so the new ones are the
-  cached ones plus the convolution of the ring's feature changes (minus the removed
-  neighbours' cached transforms);
-* the rows of :math:`A_l S` change only for k < d <= k + 3.
+  cached ones, minus what the removed neighbours sent, plus the convolution of the ring's
+  changes;
+* the rows of :math:`A_l S` change only for k < d <= k + 3;
+* each occluded graph's pooled sums are the cached ones minus the old terms of its nuclei
+  within k + 2 (k + 3 for :math:`A_l S`) hops plus their new terms. The layers after
+  Pooling 1 run on the pooled graphs of a chunk of occluded graphs at once.
 
-Each occluded graph's pooled sums are the cached ones minus the old terms of its nuclei
-within k + 2 (k + 3) hops plus their new terms; the layers after Pooling 1 then run on all
-pooled graphs of a chunk at once (``model.forward_head``). The convolutions use the model's
-own layers (``forward`` for the full graph, ``transform`` for the linear changes) and the
-model's attention scoring; the caller compares a few nuclei with the definition.
-
-Work per occluded graph is proportional to its (k + 3)-hop ball (about 80 nuclei at k = 1
-with 10 neighbours each) instead of the whole graph. Index bookkeeping is NumPy (faster than
-torch for small 1-D integer operations); the arithmetic is torch on the calling thread
-(torch's own intra-op threads included).
+The convolutions are the model's own layers (``forward`` on the full graph, the linear maps
+of ``RSFConv.transform`` for the changes), and so are the attention scoring and the layers
+after Pooling 1. The work per occluded graph is proportional to its (k + 3)-hop ball (about
+80 nuclei at k = 1 with 10 neighbours each) instead of the whole graph. Index bookkeeping
+is NumPy (faster than torch for small 1-D integer operations); the arithmetic is torch, on
+the calling thread and torch's own intra-op threads.
 """
 
 from __future__ import annotations
@@ -115,12 +115,14 @@ def supports_incremental(model) -> bool:
 class IncrementalOcclusion:
     """Logits of an :class:`~histoview.models.graph_nets.RSFNet` on occluded graphs.
 
-    Construction runs the node stage on the full graph once and caches, per node: the
-    pre-activations and outputs of Vertex Conv 1 and 2 and of the assignment, their edge
-    transforms (``RSFConv.transform``), the rows of :math:`A S`, the pooling weights and
-    Pooling 1's sums. :meth:`logits` then gives the model's output on the graphs without
-    the k-hop ball of each of a chunk of centres. Call it under ``torch.no_grad()`` with
-    the model in evaluation mode.
+    Construction runs the model's layers before Pooling 1 on the full graph once and
+    caches, per node: the pre-activations and outputs of Vertex Conv 1 and 2 and of the
+    assignment, what each node sends along its edges (``RSFConv.transform``), the rows of
+    :math:`A S`, the pooling weights and the node's terms of Pooling 1's sums;
+    ``full_logits`` (classes,) is the model's output on the full graph computed from them.
+    :meth:`logits` then gives the output on the graphs without the k-hop ball of each of a
+    chunk of centres. Call both under ``torch.no_grad()`` with the model in evaluation
+    mode.
 
     Args:
         model: an RSFNet on the CPU (:func:`supports_incremental`).
@@ -233,13 +235,17 @@ class IncrementalOcclusion:
             k: hops removed around each centre.
 
         Returns:
-            logits (C, classes) float32, and a (C,) bool mask of the graphs that lost more
-            than 99.9 % of their pooling weight (subtracting nearly everything loses
-            float32 precision: the caller recomputes those by definition).
+            logits (C, classes) float32, and a (C,) bool mask of graphs the caller must
+            recompute by definition: those that lost more than 99.9 % of their pooling
+            weight (subtracting nearly everything loses float32 precision) and any with
+            non-finite logits.
         """
         N, L, H = self.N, self.L, self.H
         centres = np.asarray(centres, np.int64).reshape(-1)
         C = centres.size
+        # The C occluded graphs ("copies") as (copy, node) pairs within k + 3 hops of the
+        # copy's centre, sorted; index arrays name the pairs of the ring (d = k + 1), of i2
+        # (k < d <= k + 2) and of i3 (k < d <= k + 3).
         copy, node, dist, table = self.neighbours.balls(centres, k + 3)
         P = dist.size
         i_ring = np.flatnonzero(dist == k + 1)
@@ -301,17 +307,18 @@ class IncrementalOcclusion:
         in_ball3 = _indicator(copy, node, C, N)
         dU = _per_copy_outer(C, copy[i2], us, z) - _spmm(in_ball2, self.terms_u).view(C, -1, H)
         dA = _per_copy_outer(C, copy[i3], us3, m) - _spmm(in_ball3, self.terms_a).view(C, -1, CL)
-        if self.softmax:
+        removed = torch.from_numpy(np.bincount(copy[dist <= k], minlength=C))
+        if self.softmax:  # the normaliser is the sum of the weights, else the node count
             dD = torch.zeros(C, self.K).index_add_(0, torch.from_numpy(copy[i2]), u)
             dD = (dD - _spmm(in_ball2, self.u)).double()
         else:
-            removed = np.bincount(copy[dist <= k], minlength=C)
-            dD = -torch.from_numpy(removed).double()[:, None].expand(C, self.K)
+            dD = -removed.double()[:, None].expand(C, self.K)
         D = self.D + dD
-        left = torch.from_numpy(N - np.bincount(copy[dist <= k], minlength=C))
+        left = N - removed
         D[left == 0] = 0  # empty graphs
         logits = self._head(self.U + dU.double(), self.A + dA.double(), D)
         unstable = ((D / self.D).min(1).values < 1e-3) & (left > 0)
+        unstable |= ~torch.isfinite(logits).all(1)  # e.g. exp overflow of a new attention logit
         return logits, unstable.numpy()
 
 
