@@ -70,6 +70,7 @@ class Content:
 
     def __post_init__(self):
         self._display: dict[int, np.ndarray] = {}
+        self._panels: dict[float, list[_Panel]] = {}
 
     @property
     def aspect(self) -> float:
@@ -198,20 +199,31 @@ def _panel(expl: Explanation, title: str, text_w: float) -> _Panel:
     return _Panel(expl, title, lines, wrapped, thr, contrast)
 
 
-def lay_out(content: Content, paper: str, orientation: str, shrink: float = 1.0) -> Layout:
-    """The blocks of ``content`` on pages of ``paper`` in ``orientation``, the tissue panels at
-    ``shrink`` times the largest size a column allows; a block that does not fit the rest of a
-    page starts the next one."""
+def column_choices(n: int, orientation: str) -> list[int]:
+    """How many panel columns to try for ``n`` explanations (1-3 portrait, 2-4 landscape)."""
+    wanted = (1, 2, 3) if orientation == "portrait" else (2, 3, 4)
+    return sorted({min(c, n) for c in wanted})
+
+
+def lay_out(
+    content: Content, paper: str, orientation: str, ncols: int, shrink: float = 1.0
+) -> Layout:
+    """The blocks of ``content`` on pages of ``paper`` in ``orientation``: panels in ``ncols``
+    columns, the tissue at ``shrink`` times the largest size a column allows; a block that
+    does not fit the rest of a page starts the next one."""
     pw, ph = page_size(paper, orientation)
     content_w = pw - 2 * MARGIN_X
     n = len(content.explanations)
-    ncols = min(n, 1 if n == 1 else (2 if orientation == "portrait" else 3))
     col_w = (content_w - (ncols - 1) * COL_GAP) / ncols
     tw = col_w - CB_GAP - CB_W - CB_LABELS
-    max_th = (5.0 if ncols == 1 else 3.3) if orientation == "portrait" else 2.6
+    max_th = {"portrait": 5.0, "landscape": 3.6}[orientation] if ncols == 1 else 3.3
     th = min(tw * content.aspect, max_th) * shrink
     tw = th / content.aspect
-    panels = [_panel(e, t, col_w) for e, t in zip(content.explanations, content.titles)]
+    if col_w not in content._panels:  # the same for every shrink factor
+        content._panels[col_w] = [
+            _panel(e, t, col_w) for e, t in zip(content.explanations, content.titles)
+        ]
+    panels = content._panels[col_w]
     head = TITLE_PT * LINE + 2 * SUB_PT * LINE + 0.03
     blocks: list[Block] = []
     for r in range(math.ceil(n / ncols)):

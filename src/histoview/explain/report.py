@@ -62,6 +62,8 @@ NO_CONTRAST = 0.05
 MAX_EDGES_DRAWN = 3000
 #: resolution of the tissue pictures in the PDF, dots per inch
 TISSUE_DPI = 200
+#: a layout whose tissue panels are smaller than this (longer side, inches) takes more pages
+MIN_TISSUE_IN = 2.0
 #: tissue sizes tried, as fractions of the largest a column allows: the largest on fewest pages
 SHRINK = tuple(1 - 0.04 * k for k in range(9))  # 1.0 ... 0.68
 
@@ -263,8 +265,9 @@ def render_figure(
         alpha: the overlays' largest opacity.
         max_display_side: the tissue is downsampled to at most this many pixels per side.
         paper: ``"a4"`` or ``"letter"`` (default :func:`default_paper`: setting or locale).
-        orientation: ``"portrait"``, ``"landscape"`` or ``"auto"``: the layout with the fewest
-            pages, then the largest tissue panels, then portrait.
+        orientation: ``"portrait"``, ``"landscape"`` or ``"auto"``. Layouts (orientation,
+            1 to 4 columns, tissue sizes :data:`SHRINK`) are ranked by: tissue panels at least
+            :data:`MIN_TISSUE_IN` inches, the fewest pages, the largest tissue, portrait.
 
     Returns:
         A :class:`Report`; its ``pages`` are figures of exactly the paper size.
@@ -297,7 +300,9 @@ def render_figure(
 
     H, W = image.shape[:2]
     n = len(explanations)
-    size = f"{W} x {H} px" + (f", {pixel_size_um:.3g} µm/px" if pixel_size_um else "")
+    size = f"{W} x {H} px, " + (
+        f"{pixel_size_um:.3g} µm/px" if pixel_size_um else "pixel size unknown (no scale bar)"
+    )
     date = date or datetime.date.today().isoformat()
     content = pages.Content(
         image=image,
@@ -316,8 +321,13 @@ def render_figure(
         max_display_side=max_display_side,
     )
     options = ("portrait", "landscape") if orientation == "auto" else (orientation,)
-    layouts = [pages.lay_out(content, paper, o, s) for o in options for s in SHRINK]
-    best = min(layouts, key=lambda lay: (len(lay.pages), -lay.tissue_in[1]))  # first of ties
+    layouts = [
+        pages.lay_out(content, paper, o, c, s)
+        for o in options
+        for c in pages.column_choices(len(explanations), o)
+        for s in SHRINK
+    ]
+    best = min(layouts, key=_layout_rank)
     figures = pages.draw_pages(best, content)
     info = {
         "tissue_in": best.tissue_in,
@@ -326,6 +336,13 @@ def render_figure(
         "agreement": content.agreement,
     }
     return Report(figures, best.paper, best.orientation, info)
+
+
+def _layout_rank(layout) -> tuple:
+    """Layouts compared: tissue panels not too small, then the fewest pages, then the largest
+    tissue panels (``min`` keeps the first of ties: portrait, fewer columns)."""
+    tw, th = layout.tissue_in
+    return (max(tw, th) < MIN_TISSUE_IN, len(layout.pages), -tw * th)
 
 
 def _agreement_in_panel_order(explanations, labels, agreement) -> dict | None:
