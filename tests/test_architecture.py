@@ -28,6 +28,8 @@ def _imports(tree):
                 yield alias.name
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.module
+            for alias in node.names:  # ``from histoview.explain import report`` imports a module
+                yield f"{node.module}.{alias.name}"
 
 
 def test_package_is_found():

@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 
 from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
+from histoview.explain._report_common import MAX_EDGES_DRAWN, scale_bar_length_um
 from histoview.explain.agreement import agreement_table
 from histoview.explain.base import DenseMap, Explanation, NucleiPoints
 from histoview.explain.faithfulness import deletion_insertion
 from histoview.explain.methods import METHODS
 from histoview.explain.report import (
-    MAX_EDGES_DRAWN,
     Report,
     default_paper,
     render_figure,
     save_pdf,
     save_png,
-    scale_bar_length_um,
 )
 from histoview.preprocessing.patches import extract_patches
 

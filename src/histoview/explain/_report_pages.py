@@ -16,19 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from histoview.explain.agreement import normalise
-from histoview.explain.base import Explanation, NucleiPoints
-from histoview.explain.report import (
+from histoview.explain._report_common import (
     COLORBAR_LABEL,
     MAX_EDGES_DRAWN,
     TISSUE_DPI,
-    format_probability,
-    has_contrast,
     normalised_threshold,
     page_size,
     scale_bar_length_um,
     short_hash,
 )
+from histoview.explain.agreement import normalise
+from histoview.explain.base import Explanation, NucleiPoints
+from histoview.explain.display import format_probability, has_contrast
 
 COLOUR_NOTE = (
     f"Colour bars: {COLORBAR_LABEL}, each map scaled to its own range on this image "

@@ -1,8 +1,10 @@
 """The compare view's parts that need no widget: the worker generators, layer grouping, display.
 
 * :func:`run_all_work` / :func:`analysis_work` - generators run in a napari worker thread:
-  they yield progress and new explanations and return the agreement table and the
-  faithfulness curves; they never touch layers.
+  they yield progress and new explanations *with their layer data ready*
+  (:func:`~histoview.viewer.overlays.explanation_layer_data`) and return the agreement
+  table, the faithfulness curves and the faithfulness figure already drawn (Agg); they
+  never touch layers, so the main thread only adds prepared layers.
 * :func:`explanation_groups` - the layers each explanation drew (nuclei: points, edges and
   outlines), so that the side-by-side grid keeps them in one panel.
 * :func:`refresh_overlay` - what an overlay layer shows: raw values (stacked) or values
@@ -10,6 +12,14 @@
   colour scale), with values under the live threshold hidden.
 * :func:`grid_shape` - the rows x columns that make the panels largest.
 * :func:`draw_faithfulness` / :func:`fill_agreement_table` - the results in the dock.
+
+**The colour scale** (viewer side by side, PNG and PDF report alike,
+:mod:`histoview.explain.report`): each explanation's values are min-max normalised on this
+image, 0 its lowest value and 1 its highest, drawn with its method's colour map
+(:attr:`~histoview.explain.methods.Method.colormap`); what the raw values are, per method,
+is :attr:`~histoview.explain.methods.Method.values` (:func:`colour_legend`). A map whose
+values barely differ (:func:`~histoview.explain.display.has_contrast`) is not painted and
+says "no contrast".
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from histoview.viewer.overlays import fading_colormap, read_layer_for_model, viewer_text_overlay
+from histoview.viewer.overlays import read_layer_for_model, viewer_text_overlay
 
 #: faithfulness steps: enough for a curve, few enough to stay interactive
 FAITHFULNESS_STEPS = 10
@@ -29,19 +39,30 @@ STATE_KEY = "histoview_compare"
 
 
 # -- worker generators ------------------------------------------------------------------------
-def run_all_work(data, multiscale: bool, pixel_size_um: float | None, methods: Sequence[str],
-                 load: Callable, steps: int = FAITHFULNESS_STEPS):
+def run_all_work(
+    data,
+    multiscale: bool,
+    pixel_size_um: float | None,
+    methods: Sequence[str],
+    load: Callable,
+    steps: int = FAITHFULNESS_STEPS,
+    where=None,
+):
     """Explain with every method whose weights load, then compare them.
 
-    Yields ``("progress", done, total, text)`` and ``("explanation", expl, predict, rgb)``;
-    returns :func:`analysis_work`'s record plus ``"skipped"``: one line per method whose
-    ``load(method)`` raised (e.g. no bundled weights).
+    ``where``: the :class:`~histoview.viewer.overlays.Placement` of the image layer, for the
+    overlays' layer data (None: no layer data). Yields ``("progress", done, total, text)``
+    and ``("explanation", expl, layer_data, predict, rgb)``; returns :func:`analysis_work`'s
+    record plus ``"skipped"``: one line per method whose ``load(method)`` raised (e.g. no
+    bundled weights). Methods whose weights are one checkpoint (Grad-CAM and DT Grad-CAM)
+    share one predictor, so faithfulness predicts an input they share once.
     """
-    from histoview.explain.methods import method_title, predictor_for
+    from histoview.explain.methods import get_method, method_title
     from histoview.explain.run import explain_array
+    from histoview.viewer.overlays import explanation_layer_data
 
     total = len(methods) + 1
-    items, skipped = [], []
+    items, skipped, predictors = [], [], {}
     for i, method in enumerate(methods):
         yield "progress", i, total, f"{method}: loading weights"
         try:
@@ -51,25 +72,54 @@ def run_all_work(data, multiscale: bool, pixel_size_um: float | None, methods: S
             continue
         rgb, ds, level, shape0 = read_layer_for_model(data, multiscale, pixel_size_um, meta)
         mpp = pixel_size_um * ds if pixel_size_um else None
+        factory = get_method(method).predictor
+        key = (sha, factory, mpp) if sha else (id(net), factory, mpp)
+        if key in predictors:
+            net = predictors[key][0]  # the same weights: one model, one predictor
         yield "progress", i, total, f"running {method_title(method)}"
-        expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp, downsample=ds,
-                             level=level, image_shape=shape0)
-        predict = predictor_for(method, net, meta, pixel_size_um=mpp)
-        yield "explanation", expl, predict, rgb
+        expl = explain_array(
+            rgb,
+            method,
+            net,
+            meta,
+            sha,
+            pixel_size_um=mpp,
+            downsample=ds,
+            level=level,
+            image_shape=shape0,
+        )
+        if key not in predictors:
+            predictors[key] = (net, factory(net, meta, pixel_size_um=mpp))
+        predict = predictors[key][1]
+        layer_data = explanation_layer_data(expl, where) if where is not None else None
+        yield "explanation", expl, layer_data, predict, rgb
         items.append((expl, predict, rgb))
     if not items:
-        return {"agreement": None, "faithfulness": {}, "notes": [], "labels": [], "skipped": skipped}
+        return {
+            "agreement": None,
+            "faithfulness": {},
+            "notes": [],
+            "labels": [],
+            "skipped": skipped,
+            "figure": render_faithfulness({}),
+        }
     result = yield from analysis_work(items, steps, done=len(methods), total=total + len(items))
     result["skipped"] = skipped
     return result
 
 
-def analysis_work(items: Sequence[tuple], steps: int = FAITHFULNESS_STEPS, *, done: int = 0,
-                  total: int | None = None):
+def analysis_work(
+    items: Sequence[tuple],
+    steps: int = FAITHFULNESS_STEPS,
+    *,
+    done: int = 0,
+    total: int | None = None,
+):
     """Agreement table and faithfulness curves of ``items`` = ``(expl, predict or None, rgb)``.
 
     Yields ``("progress", done, total, text)``; returns ``{"agreement", "faithfulness",
-    "notes", "labels"}`` (faithfulness: label -> FaithfulnessResult, for items with a model).
+    "notes", "labels", "figure"}`` (faithfulness: label -> FaithfulnessResult, for items with
+    a model; figure: :func:`render_faithfulness`).
     """
     from histoview.explain.agreement import agreement_table, method_labels
     from histoview.explain.faithfulness import deletion_insertion
@@ -86,12 +136,19 @@ def analysis_work(items: Sequence[tuple], steps: int = FAITHFULNESS_STEPS, *, do
             continue
         yield "progress", done + 1 + k, total, f"faithfulness: {label}"
         faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
-    return {"agreement": agreement, "faithfulness": faithfulness, "notes": notes, "labels": labels}
+    yield "progress", done + len(items), total, "drawing the faithfulness curves"
+    return {
+        "agreement": agreement,
+        "faithfulness": faithfulness,
+        "notes": notes,
+        "labels": labels,
+        "figure": render_faithfulness(faithfulness),
+    }
 
 
 # -- layers -----------------------------------------------------------------------------------
 def role(layer) -> str | None:
-    """``"tissue"`` / ``"spacer"`` for the layers the compare view adds, else None."""
+    """``"tissue"`` / ``"outline"`` for the panel layers the compare view adds, else None."""
     return (layer.metadata.get(STATE_KEY) or {}).get("role")
 
 
@@ -123,17 +180,23 @@ def explanation_groups(layers, base) -> list[list]:
     groups = []
     for main in mine:
         summary = (main.metadata.get("histoview") or {}).get("explanation")
-        members = [
-            lay for lay in layers
-            if lay is main or (role(lay) is None and "histoview_explanation" not in lay.metadata and (
-                (summary is not None and (lay.metadata.get("histoview") or {}).get("explanation") is summary)
-                or lay.name.startswith(main.name + ": ")))
-        ]
+
+        def member(lay, main=main, summary=summary) -> bool:
+            if lay.unique_id == main.unique_id:
+                return True
+            if role(lay) is not None or "histoview_explanation" in lay.metadata:
+                return False
+            own = (lay.metadata.get("histoview") or {}).get("explanation")
+            return (summary is not None and own is summary) or lay.name.startswith(main.name + ": ")
+
+        members = [lay for lay in layers if member(lay)]
         groups.append(members)
     return groups
 
 
-def grid_shape(n: int, canvas_hw: tuple[float, float] | None, image_hw: tuple[float, float]) -> tuple[int, int]:
+def grid_shape(
+    n: int, canvas_hw: tuple[float, float] | None, image_hw: tuple[float, float]
+) -> tuple[int, int]:
     """Rows and columns for ``n`` panels that make each panel largest on the canvas."""
     if n <= 1:
         return 1, 1
@@ -225,63 +288,12 @@ def grid_of(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
-def tissue_copy(viewer, base, title: str):
-    """An image layer sharing ``base``'s data (the same array object, not a copy)."""
-    kw = {"rgb": True} if base.rgb else {"colormap": base.colormap.name,
-                                         "contrast_limits": base.contrast_limits}
-    return viewer.add_image(base.data, name=f"{title} | tissue", scale=base.scale,
-                            translate=base.translate, units=base.units, multiscale=base.multiscale,
-                            metadata={STATE_KEY: {"role": "tissue"}}, **kw)
-
-
-def spacer(viewer, base):
-    """A hidden 1-pixel layer that pads a grid cell to the common stride."""
-    return viewer.add_image(np.zeros((1, 1), np.float32), name="compare spacer", visible=False,
-                            scale=base.scale, translate=base.translate, units=base.units,
-                            metadata={STATE_KEY: {"role": "spacer"}})
-
-
 def colorbar(layer):
     """The colour bar overlay of an image layer (``colorbar``) or points (``face_colorbar``)."""
-    for attr in ("colorbar", "face_colorbar"):
+    for attr in ("face_colorbar", "colorbar"):
         if hasattr(layer, attr):
             return getattr(layer, attr)
     return None
-
-
-def look(layer) -> dict:
-    """What :func:`panel_look` changes, to put back with :func:`restore_look`."""
-    bar = colorbar(layer)
-    out = {"name": layer.name_overlay.visible, "bar": bar is not None and bar.visible,
-           "bar_position": bar.position if bar is not None else None}
-    if hasattr(layer, "colormap") and hasattr(layer, "contrast_limits"):
-        out["colormap"] = layer.colormap
-    return out
-
-
-def panel_look(layer) -> None:
-    """The panel's title (napari's layer-name overlay), a colour bar and a fading colour map."""
-    layer.name_overlay.visible = True
-    layer.name_overlay.font_size = 10
-    layer.name_overlay.color = "white"
-    bar = colorbar(layer)
-    if bar is not None:
-        bar.position = "bottom_right"  # the title takes the top
-        bar.size = (12, 90)
-        bar.font_size = 8
-        bar.visible = True
-    if "colormap" in look(layer):
-        layer.colormap = fading_colormap(layer.colormap)
-
-
-def restore_look(layer, saved: dict) -> None:
-    layer.name_overlay.visible = saved["name"]
-    bar = colorbar(layer)
-    if bar is not None:
-        bar.visible = saved["bar"]
-        bar.position = saved["bar_position"]
-    if "colormap" in saved:
-        layer.colormap = saved["colormap"]
 
 
 def notice_for_grid(viewer) -> dict:
@@ -316,9 +328,9 @@ def comparison_figure(base, expls, agreement, faithfulness):
     from pathlib import Path
 
     from histoview.explain.agreement import method_labels
+    from histoview.explain.methods import method_title
     from histoview.explain.report import render_figure
     from histoview.io import to_rgb8
-    from histoview.explain.methods import method_title
     from histoview.viewer.overlays import layer_pixel_size
 
     data = base.data
@@ -336,9 +348,15 @@ def comparison_figure(base, expls, agreement, faithfulness):
     if not agreement or list(agreement["methods"]) != labels:
         agreement = None  # computed for other explanations: leave it out
     source = getattr(getattr(base, "source", None), "path", None)
-    return render_figure(image, expls, titles=titles, pixel_size_um=mpp,
-                         image_name=Path(source).name if source else base.name,
-                         agreement=agreement, faithfulness=faith or None)
+    return render_figure(
+        image,
+        expls,
+        titles=titles,
+        pixel_size_um=mpp,
+        image_name=Path(source).name if source else base.name,
+        agreement=agreement,
+        faithfulness=faith or None,
+    )
 
 
 def resolve_targets(paths: list, confirm: Callable[[str], bool]) -> tuple[list, bool]:
@@ -364,8 +382,9 @@ def annotation_paths(path, expls) -> list:
 
     path = Path(path)
     stem = path.name.split(".")[0] or "annotations"
-    names = ["".join(c if c.isalnum() or c in "-_" else "-" for c in lab)
-             for lab in method_labels(expls)]
+    names = [
+        "".join(c if c.isalnum() or c in "-_" else "-" for c in lab) for lab in method_labels(expls)
+    ]
     return [path.with_name(f"{stem}.{n}.{ext}") for n in names for ext in ("geojson", "csv")]
 
 
@@ -390,7 +409,9 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
             rho, iou = agreement["spearman"][i][j], agreement["topk_iou"][i][j]
             item = QTableWidgetItem("-" if i == j else fmt(rho if j > i else iou))
             item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-            item.setToolTip(f"{names[i]} vs {names[j]}: Spearman {fmt(rho)}, top-10 % IoU {fmt(iou)}")
+            item.setToolTip(
+                f"{names[i]} vs {names[j]}: Spearman {fmt(rho)}, top-10 % IoU {fmt(iou)}"
+            )
             table.setItem(i, j, item)
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
     table.resizeRowsToContents()
@@ -398,21 +419,82 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
     table.setFixedHeight(table.horizontalHeader().height() + rows + 2 * table.frameWidth() + 2)
 
 
+#: the dock's faithfulness figure: width (inches) and resolution
+FAITHFULNESS_FIG_WIDTH_IN = 4.2
+FAITHFULNESS_FIG_DPI = 100
+
+
 def draw_faithfulness(fig, faithfulness: dict[str, Any]) -> None:
-    """Deletion (left) and insertion (right) curves on a Figure; one legend with the AUCs."""
+    """Deletion and insertion curves as small multiples: one plot per method (deletion
+    solid, insertion dashed, their areas in the title), so curves of different methods that
+    coincide (e.g. flat at 1) never hide each other."""
     fig.clear()
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
-        for i, (name, res) in enumerate(faithfulness.items()):
-            ax.plot(res.fractions, getattr(res, mode), color=f"C{i % 10}", lw=1.3,
-                    label=f"{name}: AUC del {res.deletion_auc:.2f}, ins {res.insertion_auc:.2f}")
-        ax.set_title(f"{mode} ({better} AUC is better)", fontsize=8)
+    if not faithfulness:
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            "Faithfulness curves appear here after Run all methods\nor Agreement & faithfulness.",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="0.4",
+        )
+        return
+    n = len(faithfulness)
+    cols = 1 if n == 1 else 2
+    rows = math.ceil(n / cols)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    for ax, (name, res) in zip(axes.flat, faithfulness.items()):
+        ax.plot(res.fractions, res.deletion, color="C3", lw=1.3, label="deletion")
+        ax.plot(res.fractions, res.insertion, color="C0", lw=1.3, ls="--", label="insertion")
+        ax.set_title(
+            f"{name}\ndel {res.deletion_auc:.2f} (lower is better), ins {res.insertion_auc:.2f}",
+            fontsize=6.5,
+            pad=2,
+        )
         ax.set_xlim(0, 1)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("fraction removed" if mode == "deletion" else "fraction revealed", fontsize=7)
-        ax.tick_params(labelsize=6)
-    axes[0].set_ylabel("p(explained class)", fontsize=7)
-    if faithfulness:
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=1,
-                   fontsize=6.5, frameon=False)
-    fig.canvas.draw_idle()
+        ax.set_ylim(-0.04, 1.04)
+        ax.tick_params(labelsize=5.5, length=2, pad=1)
+        ax.grid(alpha=0.25, lw=0.5)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("fraction removed / revealed", fontsize=6)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("p(class)", fontsize=6)
+    handles, texts = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="outside lower center", ncols=2, fontsize=6, frameon=False)
+
+
+def render_faithfulness(faithfulness: dict[str, Any]):
+    """``(figure, rgba)``: :func:`draw_faithfulness` on a new Agg figure (any thread) and its
+    pixels, (h, w, 4) uint8, for the dock to show without drawing on the main thread."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = max(1, math.ceil(len(faithfulness) / 2)) if len(faithfulness) > 1 else 1
+    height = 0.55 + 1.25 * rows if faithfulness else 0.8
+    fig = Figure(
+        figsize=(FAITHFULNESS_FIG_WIDTH_IN, height), dpi=FAITHFULNESS_FIG_DPI, layout="constrained"
+    )
+    canvas = FigureCanvasAgg(fig)
+    draw_faithfulness(fig, faithfulness)
+    canvas.draw()
+    return fig, np.asarray(canvas.buffer_rgba()).copy()
+
+
+def colour_legend(methods: Sequence[str]) -> str:
+    """One line per method: what 0 and 1 of the side-by-side colour scale are, and what its
+    values are (:attr:`~histoview.explain.methods.Method.values`)."""
+    from histoview.explain.methods import METHODS, method_title
+
+    lines = [
+        "Colour bars: each map scaled to its own range on this image "
+        "(0 = its lowest value, 1 = its highest)."
+    ]
+    for m in dict.fromkeys(methods):
+        values = METHODS[m].values if m in METHODS else ""
+        lines.append(f"{method_title(m)}: {values}." if values else f"{method_title(m)}.")
+    return "\n".join(lines)

@@ -298,7 +298,8 @@ class ExplainWidget(Container):
         self._adding = False
         self.last_explanation = expl
         self.last_layers = layers
-        from histoview.viewer.overlays import _set_notice, format_probability
+        from histoview.explain.display import format_probability
+        from histoview.viewer.overlays import _set_notice
 
         _set_notice(self.viewer, [lay for lay in self.viewer.layers if "histoview_explanation" in lay.metadata])
         probs = ", ".join(f"{c} {format_probability(p)}" for c, p in zip(expl.classes, expl.probabilities))

@@ -22,6 +22,7 @@ import numpy as np
 
 from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
 from histoview.explain.base import DenseMap, Explanation, NucleiPoints
+from histoview.explain.display import MAX_VISIBLE_EDGES, format_probability, has_contrast
 from histoview.explain.methods import method_title
 from histoview.preprocessing.patches import PatchGrid
 
@@ -74,16 +75,6 @@ def layer_pixel_size(layer) -> float | None:
     return info.get("pixel_size_um")
 
 
-def format_probability(p: float) -> str:
-    """A probability as people read it: two decimals, never a false 1.00 or 0.00."""
-    p = float(p)
-    if p >= 0.995:
-        return "> 0.99"
-    if p <= 0.005:
-        return "< 0.01"
-    return f"{p:.2f}"
-
-
 def explanation_title(expl: Explanation) -> str:
     """``"<method> [(<importance>)]: <predicted class> (<probability>)"``: distinct settings
     (attention or occlusion) get distinct names."""
@@ -108,19 +99,6 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
     return lo, hi if hi > lo else lo + 1e-6
 
 
-#: a map whose values differ by less than this share of their largest magnitude has no contrast
-NO_CONTRAST = 0.05
-
-
-def has_contrast(values: np.ndarray) -> bool:
-    """Whether a map's values differ enough to show where the evidence is (see NO_CONTRAST)."""
-    finite = np.asarray(values, float)[np.isfinite(values)]
-    if finite.size < 2:
-        return False
-    spread = float(finite.max() - finite.min())
-    return spread > NO_CONTRAST * max(abs(float(finite.max())), abs(float(finite.min())), 1e-12)
-
-
 @dataclass(frozen=True)
 class Placement:
     """How an image layer maps its level-0 pixels to the world: what overlays copy."""
@@ -135,10 +113,6 @@ class Placement:
         return cls(tuple(float(v) for v in image_layer.scale[-2:]),
                    tuple(float(v) for v in image_layer.translate[-2:]),
                    tuple(str(u) for u in image_layer.units[-2:]), str(image_layer.name))
-
-
-#: nuclei graphs with more edges than this show their edges hidden at first (toggle the layer)
-MAX_VISIBLE_EDGES = 3000
 
 
 def explanation_layer_data(expl: Explanation, where: Placement, *, outlines: bool = False,
