@@ -26,6 +26,7 @@ write to before it starts its work, and :func:`output_stem` names outputs after 
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -143,6 +144,12 @@ class AtomicWriter:
             self._discard()
         if isinstance(exc, OSError) and (named := self._named(exc)) is not exc:
             raise named from exc
+        full = _storage_full(exc)
+        if full is not None and full is not exc:
+            # A library's clean-up failed on the full disk and hid the error that matters
+            # (Matplotlib's PDF writer raises AttributeError 'Stream' object has no
+            # attribute 'pos' while handling EFBIG): the user gets the full disk.
+            raise self._named(full) from exc
 
     def _finish(self) -> None:
         if self._file is not None:
@@ -333,6 +340,22 @@ def output_stem(path: str | os.PathLike) -> str:
         if lower.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+#: errors that say the storage is full (a file-size limit, no space, a quota)
+_FULL = {errno.EFBIG, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _storage_full(exc: BaseException | None) -> OSError | None:
+    """The first "storage is full" OSError in ``exc`` or the exceptions it was raised while
+    handling (``__cause__``/``__context__``), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _link_new(src: Path, dest: Path) -> None:
