@@ -28,7 +28,7 @@ assignment :math:`V_{emb} = \mathrm{softmax}(\mathrm{RSFConv}(V, A))` and the em
 pools (Vertex Conv 2) both read Vertex Conv 1's output, so every per-nucleus term depends on
 the nucleus's 2-hop neighbourhood only. Removing a few nuclei then changes the pooled graph
 by a sum of local corrections, and occlusion importance (eq. 5) is computed exactly from
-cached activations (:mod:`histoview.explain.graph`). Top-k, SAG or graclus pooling would make
+cached activations (:mod:`histoview.explain.occlusion`). Top-k, SAG or graclus pooling would make
 every occluded graph a global recomputation, and a global softmax inside the node stage
 would make every nucleus depend on all others.
 
