@@ -125,6 +125,8 @@ class Explanation:
         extra: further method-specific data (JSON-serialisable).
         decided_class: the class decided with the checkpoint's operating threshold
             (binary models; :func:`decide_class`), None for the arg-max.
+        source_path: the image file explained (absolute), None for an in-memory image;
+            recorded in every JSON output so two outputs are never confused.
     """
 
     method: str
@@ -139,6 +141,7 @@ class Explanation:
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     decided_class: int | None = None
+    source_path: str | None = None
 
     @property
     def predicted_class(self) -> int:
@@ -167,6 +170,7 @@ class Explanation:
         out: dict[str, Any] = {
             "method": self.method,
             "model": self.model,
+            "source_path": self.source_path,
             "predicted_class": self.predicted_label,
             "predicted_probability": float(self.probabilities[self.predicted_class]),
             "probabilities": probs,

@@ -129,6 +129,8 @@ def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], 
     pixel size, the level-0 shape and the methods skipped (with the reason)
     when ``skip_missing`` is set and a method has no weights.
     """
+    from dataclasses import replace
+
     from histoview.io import open_image, to_rgb8
 
     loaded, skipped = [], {}
@@ -148,9 +150,11 @@ def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], 
         ds = src.levels[level].downsample
         mpp = src.level_pixel_size(level)
         shape0 = src.shape[:2]
+    source = str(Path(path).resolve())
     explanations = [
-        explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp, target_class=target_class,
-                      importance=importance, downsample=ds, level=level, image_shape=shape0)
+        replace(explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp,
+                              target_class=target_class, importance=importance, downsample=ds,
+                              level=level, image_shape=shape0), source_path=source)
         for method, net, meta, sha in loaded
     ]
     info = {"level": level, "pixel_size_um": mpp, "image_shape": shape0, "skipped": skipped,
@@ -166,17 +170,21 @@ def explain_file(path: str | os.PathLike, *, method: str, model: str | None = No
 
     ``method="all"`` runs every method that has weights and also writes
     ``<stem>.compare.png`` (the side-by-side figure with agreement and
-    faithfulness) and ``<stem>.report.pdf``.
+    faithfulness) and ``<stem>.report.pdf``. ``<stem>`` is the file name without its image
+    suffix (:func:`histoview.io.files.output_stem`: ``case.1.png`` -> ``case.1``); each JSON
+    record names the image in ``source_path``. ``out_dir`` is checked for writing before
+    any work (:func:`histoview.io.files.check_writable_dir`).
     """
     from histoview.explain.export import export_geojson
+    from histoview.io.files import check_writable_dir, output_stem
 
+    out_dir = check_writable_dir(out_dir)
     methods = tuple(list_methods(run_all=True)) if method == "all" else (method,)
     rgb, explanations, info = explain_path(
         path, methods, model=None if method == "all" else model, checkpoint=None if method == "all" else checkpoint,
         target_class=target_class, importance=importance, pixel_size_um=pixel_size_um,
         skip_missing=method == "all", report=report)
-    out_dir = Path(out_dir)
-    stem = Path(path).name.split(".")[0]
+    stem = output_stem(path)
     paths: list[Path] = []
     for expl in explanations:
         written = write_explanation(expl, out_dir, stem, overwrite=overwrite)

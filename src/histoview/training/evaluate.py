@@ -163,6 +163,7 @@ def iter_evaluate_checkpoint(
     carries ``step``, ``steps``, ``elapsed`` and ``eta`` (seconds).
     """
     from histoview import SYNTHETIC_NOTICE
+    from histoview.io.files import check_writable_dir
     from histoview.models.checkpoint import default_device, load_model, sha256_file
     from histoview.models.library import find_checkpoint
     from histoview.models.registry import get_model_config
@@ -172,6 +173,7 @@ def iter_evaluate_checkpoint(
 
     if split not in ("test", "all"):
         raise ValueError(f"split must be 'test' or 'all', got {split!r}")
+    check_writable_dir(out_dir)  # before the work, not after it
     path = find_checkpoint(checkpoint)
     device = device or default_device()
     model, meta = load_model(path, device=device)
@@ -250,7 +252,8 @@ def evaluate_checkpoint(
         checkpoint: ``.safetensors`` file with its ``.json`` sidecar, or a library name.
         data: a dataset spec (``{"type": "breakhis", "root": ..., "task": "binary"}``)
             or a folder (layout detected; see :func:`dataset_for_checkpoint`).
-        out_dir: where the metrics and figures go (created; nothing overwritten).
+        out_dir: where the metrics and figures go (created; nothing overwritten); a folder
+            that cannot be written is refused before anything runs.
         split: ``"test"`` rebuilds the checkpoint's own test split (the data must be
             its training data); ``"all"`` evaluates every image (external data).
         tta: average the eight dihedral views (the CSPResNet50-FPN-SE paper's 8x TTA).
@@ -264,7 +267,8 @@ def evaluate_checkpoint(
 
     Raises:
         ValueError: the data's classes differ from the checkpoint's, or the test
-            split cannot be rebuilt on this data.
+            split cannot be rebuilt on this data; ``out_dir`` cannot be written
+            (:class:`histoview.io.files.OutputDirError`).
     """
     gen = iter_evaluate_checkpoint(checkpoint, data, out_dir=out_dir, split=split, tta=tta,
                                    device=device, cache_dir=cache_dir, should_stop=should_stop)

@@ -356,12 +356,14 @@ def iter_run_experiment(
     device: str | None = None, should_stop: Callable[[], bool] | None = None,
 ) -> Generator[dict[str, Any], None, list[dict[str, Any]]]:
     """Generator form of :func:`run_experiment`: yields the rows' progress events."""
+    from histoview.io.files import check_writable_dir
     from histoview.training.datasets import discover_dataset
     from histoview.training.evaluate import evaluate_checkpoint
     from histoview.training.figures import save_figure, training_curves_figure
     from histoview.training.run import iter_train_from_config
 
     exp = get_experiment(name)
+    check_writable_dir(Path(out_dir).expanduser())  # before any row trains
     root = Path(data_root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"{root}: data root for {exp.name} not found ({exp.data_note})")
@@ -468,7 +470,8 @@ def run_experiment(
             :data:`OLD_NAMES`.
         data_root: the dataset folder (FileNotFoundError when absent).
         out_dir: each row trains in ``out_dir/<row key>``; a rerun resumes finished epochs.
-            ``results.json`` and ``results.txt`` are written beside (never overwritten).
+            ``results.json`` and ``results.txt`` are written beside (never overwritten). A
+            folder that cannot be written is refused before any row runs.
         split_by: ``"patient"`` (default) or ``"image"`` (as the papers; labelled as leaking).
         epochs: override every row's epochs (reduced runs; frozen/warm-up epochs scale along).
         max_images: reduced runs: at most this many images per class, chosen deterministically.
