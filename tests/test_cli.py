@@ -60,3 +60,38 @@ def test_demo_without_display_renders_offscreen(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "no display" in proc.stdout
     _png_is_a_picture(tmp_path / "histoview-demo.png")
+
+
+def _phantom_png(path):
+    from PIL import Image
+
+    from histoview.preprocessing.phantom import make_phantom
+
+    Image.fromarray(make_phantom("in_situ", preset="breakhis", seed=15_007).image).save(path)
+    return path
+
+
+def test_inputs_differing_after_the_first_dot_get_their_own_outputs(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "out"
+    one, two = _phantom_png(tmp_path / "case.1.png"), _phantom_png(tmp_path / "case.2.png")
+    for image in (one, two, one):
+        assert main(["explain", str(image), "--method", "amil", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["case.1-1.amil.json", "case.1-1.amil.tif", "case.1.amil.json",
+                     "case.1.amil.tif", "case.2.amil.json", "case.2.amil.tif"]
+    for name, image in [("case.1", one), ("case.2", two), ("case.1-1", one)]:
+        record = json.loads((out / f"{name}.amil.json").read_text())
+        assert record["source_path"] == str(image.resolve())
+        assert record["map_file"] == f"{name}.amil.tif"
+
+
+def test_errors_are_one_line_naming_the_file(tmp_path):
+    """An OSError reads "<file>: <problem>" (no "[Errno 21]"); several lines become one."""
+    from histoview.cli import _error_line
+
+    err = IsADirectoryError(21, "Is a directory", str(tmp_path))
+    assert _error_line(err) == f"{tmp_path}: Is a directory"
+    assert _error_line(ValueError("first\n  second\n")) == "first; second"
+    assert _error_line(KeyError("no model 'x'")) == "no model 'x'"

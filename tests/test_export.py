@@ -271,3 +271,38 @@ def test_validate_geojson_accepts_valid_geometries():
         ],
     }
     assert validate_geojson(obj) == []
+
+
+@pytest.mark.parametrize(
+    "name, stem",
+    [
+        ("case.1.png", "case.1"),
+        ("case.2.PNG", "case.2"),
+        ("slide.ome.tif", "slide"),
+        ("slide.ome.tiff", "slide"),
+        ("x.tif", "x"),
+        ("TCGA-A7.svs", "TCGA-A7"),
+        ("b.v2.jpeg", "b.v2"),
+        ("scan.v2", "scan.v2"),  # no image suffix: the name is kept whole
+        (".png", ".png"),
+    ],
+)
+def test_output_stem_drops_only_the_image_suffix(name, stem):
+    from histoview.io.files import output_stem
+
+    assert output_stem(f"/data/{name}") == stem
+
+
+def test_export_cli_names_outputs_after_the_whole_input_name(tmp_path):
+    from PIL import Image
+
+    from histoview.cli import main
+    from histoview.preprocessing.phantom import make_phantom
+
+    image = make_phantom("benign", preset="breakhis", seed=15_009).image
+    for name in ("case.1.png", "case.2.png"):
+        Image.fromarray(image).save(tmp_path / name)
+        assert main(["export", str(tmp_path / name), "--method", "amil", "--format", "csv",
+                     "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "case.1.amil.csv", "case.2.amil.csv"]
