@@ -8,19 +8,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from histoview.training.experiments import EXPERIMENTS, OLD_NAMES
 from histoview.training.reproduce import (
-    EXPERIMENTS,
     LEAK_LABEL,
     NOT_AVAILABLE,
-    OLD_NAMES,
     describe_experiment,
     format_table,
     list_experiments,
     run_experiment,
 )
 
-REQUIRED = ("patil2019-table4", "sureka2020-table2", "rmcg-table1", "cspresnet50-fpn-se-tables2-5",
-            "liu2023-breakhis")
+REQUIRED = (
+    "patil2019-table4",
+    "sureka2020-table2",
+    "rmcg-table1",
+    "cspresnet50-fpn-se-tables2-5",
+    "liu2023-breakhis",
+)
 
 
 def _fake_breakhis(root, patients=4, per_patient=2):
@@ -48,10 +52,18 @@ def test_every_experiment_is_listed_with_the_papers_figures():
     assert e0.row("amil-100x").paper == {"accuracy": 86.45}
     assert e0.row("vgg16-400x").paper == {"accuracy": 72.16}
     assert {r.model for r in e0.rows} == {"customnet", "vgg16", "resnet18", "amil"}
-    assert [r.paper["accuracy"] for r in EXPERIMENTS["sureka2020-table2"].rows] == [94.0, 92.0, 90.0]
+    assert [r.paper["accuracy"] for r in EXPERIMENTS["sureka2020-table2"].rows] == [
+        94.0,
+        92.0,
+        90.0,
+    ]
     e2 = EXPERIMENTS["rmcg-table1"]
-    assert e2.row("rmcg").paper == {"accuracy": 82.87, "f1_macro": 84.12, "precision_macro": 82.15,
-                                    "recall_macro": 82.09}
+    assert e2.row("rmcg").paper == {
+        "accuracy": 82.87,
+        "f1_macro": 84.12,
+        "precision_macro": 82.15,
+        "recall_macro": 82.09,
+    }
     assert {"alexnet", "ecc", "gcnii"} <= {r.model for r in e2.rows}
     assert NOT_AVAILABLE not in listing  # every RMCG Table 1 baseline is registered now
     e3 = EXPERIMENTS["cspresnet50-fpn-se-tables2-5"]
@@ -65,16 +77,28 @@ def test_every_experiment_is_listed_with_the_papers_figures():
     e4 = EXPERIMENTS["liu2023-breakhis"]
     assert set(e4.metrics) == {"accuracy", "f1_macro", "iba", "gmean"}
     assert e4.figures_note and not any(r.paper for r in e4.rows)
-    assert e4.row("dalaresnet50-40x").train == {"epochs": 50, "batch_size": 32, "lr": 1e-4,
-                                                 "optimizer": "adam"}
+    assert e4.row("dalaresnet50-40x").train == {
+        "epochs": 50,
+        "batch_size": 32,
+        "lr": 1e-4,
+        "optimizer": "adam",
+    }
 
 
 def test_reduced_amil_run_reports_ours_beside_the_paper_and_labels_the_leak(tmp_path):
     root = _fake_breakhis(tmp_path / "breakhis")
     events = []
-    results = run_experiment("patil2019-table4", root, out_dir=tmp_path / "out", epochs=1,
-                             max_images=4, rows=["amil-100x"], split_by="image", device="cpu",
-                             progress=events.append)
+    results = run_experiment(
+        "patil2019-table4",
+        root,
+        out_dir=tmp_path / "out",
+        epochs=1,
+        max_images=4,
+        rows=["amil-100x"],
+        split_by="image",
+        device="cpu",
+        progress=events.append,
+    )
     (res,) = results
     assert res["status"] == "ok" and res["model"] == "amil" and res["setting"] == "100X"
     assert res["paper"] == {"accuracy": 86.45}
@@ -100,8 +124,13 @@ def test_unavailable_rows_are_skipped_with_a_note(tmp_path, monkeypatch):
     # every row's model is registered in this version: pretend two are not
     monkeypatch.setattr(rp, "_available", lambda model: model not in {"alexnet", "ecc"})
     (tmp_path / "grades" / "g1").mkdir(parents=True)
-    results = run_experiment("rmcg-table1", tmp_path / "grades", out_dir=tmp_path / "out",
-                             rows=["alexnet", "ecc"], epochs=1)
+    results = run_experiment(
+        "rmcg-table1",
+        tmp_path / "grades",
+        out_dir=tmp_path / "out",
+        rows=["alexnet", "ecc"],
+        epochs=1,
+    )
     assert [r["status"] for r in results] == [NOT_AVAILABLE, NOT_AVAILABLE]
     table = format_table(results)
     assert "AlexNet" in table and "77.35" in table and NOT_AVAILABLE in table
@@ -133,7 +162,14 @@ def test_old_experiment_names_still_work_with_a_one_line_note(tmp_path, capsys):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_reduced_run_on_real_breakhis(breakhis_dir, tmp_path):
-    results = run_experiment("patil2019-table4", breakhis_dir, out_dir=tmp_path, epochs=1,
-                             max_images=4, rows=["amil-100x"], device="cpu")
+    results = run_experiment(
+        "patil2019-table4",
+        breakhis_dir,
+        out_dir=tmp_path,
+        epochs=1,
+        max_images=4,
+        rows=["amil-100x"],
+        device="cpu",
+    )
     assert results[0]["status"] == "ok" and "accuracy" in results[0]["ours"]
     assert "patient-level split" in format_table(results)

@@ -17,6 +17,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ".engine": ["TrainOptions", "TrainingCancelled", "fit", "predict"],
         ".evaluate": ["evaluate_checkpoint"],
         ".metrics": ["classification_metrics", "confusion_matrix", "roc_auc"],
-        ".reproduce": ["get_experiment", "list_experiments", "run_experiment"],
+        ".experiments": ["get_experiment"],
+        ".reproduce": ["list_experiments", "run_experiment"],
     },
 )
