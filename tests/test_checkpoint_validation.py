@@ -370,7 +370,7 @@ def test_pth_as_checkpoint_or_pretrained_file_is_refused(tmp_path, monkeypatch, 
 
 def test_no_code_path_calls_torch_load_or_pickle():
     """Static: histoview's sources never call torch.load or import pickle (torch.hub loads
-    torchvision/timm's own hash-checked cache files, see models/cnn.py)."""
+    torchvision/timm's own hash-checked cache files, see models/pretrained.py)."""
     offenders = []
     pattern = re.compile(
         r"torch\.load\(|^\s*(import|from)\s+(c?pickle|dill|joblib)\b|"
@@ -381,9 +381,9 @@ def test_no_code_path_calls_torch_load_or_pickle():
         for match in pattern.finditer(path.read_text()):
             line = path.read_text()[: match.start()].count("\n") + 1
             offenders.append(f"{path.relative_to(SRC)}:{line}: {match.group(0).strip()}")
-    allowed = {"models/cnn.py"}  # the one torch.hub cache load, checked by the next tests
+    allowed = {"models/pretrained.py"}  # the one torch.hub cache load, checked by the next tests
     assert [o for o in offenders if o.split(":")[0] not in allowed] == []
-    assert len([o for o in offenders if o.startswith("models/cnn.py")]) == 1
+    assert len([o for o in offenders if o.startswith("models/pretrained.py")]) == 1
 
 
 # -- ImageNet weights from the cache, by name, hash-checked ------------------------------------
@@ -392,7 +392,7 @@ def _fake_imagenet(tmp_path, monkeypatch, *, good_hash: bool):
     matches the file (or not)."""
     import torchvision
 
-    from histoview.models import cnn
+    from histoview.models import pretrained
 
     state = torchvision.models.resnet18(weights=None).state_dict()
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
@@ -405,7 +405,9 @@ def _fake_imagenet(tmp_path, monkeypatch, *, good_hash: bool):
         digest = f"{int(digest, 16) ^ 1:08x}"
     cached = tmp.rename(hub / "checkpoints" / f"resnet18-{digest}.pth")
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
-    monkeypatch.setattr(cnn, "_imagenet_url", lambda arch: f"https://example.invalid/{cached.name}")
+    monkeypatch.setattr(
+        pretrained, "_imagenet_url", lambda arch: f"https://example.invalid/{cached.name}"
+    )
     monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
     return state, cached
 

@@ -13,7 +13,7 @@ import histoview.models.attention_cnns  # noqa: E402,F401  (registers until mode
 from histoview.explain.gradcam import explain_cnn  # noqa: E402
 from histoview.explain.rmcg import explain_rmcg  # noqa: E402
 from histoview.models import create_model, list_models  # noqa: E402
-from histoview.models.cnn import load_pretrained_backbone  # noqa: E402
+from histoview.models.pretrained import load_pretrained_backbone  # noqa: E402
 from histoview.models.rmcg import mutual_information_graph  # noqa: E402
 
 FULL_SIZE = {

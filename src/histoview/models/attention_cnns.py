@@ -5,7 +5,7 @@ CSPResNet50-FPN-SE paper (ICCK Journal of Image Analysis and Processing); full
 citations in ``docs/citations.md``.
 
 Both keep an ImageNet-compatible backbone (``model.backbone``, loaded by
-:func:`histoview.models.cnn.load_pretrained_backbone`) and put the paper's new
+:func:`histoview.models.pretrained.load_pretrained_backbone`) and put the paper's new
 parts in front of the classifier. Grad-CAM hooks the last spatial map before
 global pooling (``ModelConfig.target_layer``).
 """
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoview.models.cnn import ResNetTrunk, load_pretrained_backbone
+from histoview.models.cnn import ResNetTrunk
+from histoview.models.pretrained import load_pretrained_backbone
 from histoview.models.registry import ModelConfig, register_model
 
 CSP_FPN_SE_PAPER = (
@@ -145,7 +146,7 @@ def dalaresnet50(num_classes: int = 2, *, pretrained: str | bool = False, **kw) 
     Args:
         num_classes: number of output classes.
         pretrained: False, an ImageNet ResNet50 weights file, or True (local cache only);
-            see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
         **kw: ``hidden``, ``drop_rate`` of :class:`DALAResNet`.
 
     Returns:
@@ -317,7 +318,7 @@ def cspresnet50_fpn_se(num_classes: int = 2, *, pretrained: str | bool = False, 
     Args:
         num_classes: number of output classes.
         pretrained: False, a timm ``cspresnet50`` ImageNet file, or True (local
-            cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            cache only); see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
         **kw: ``fpn_channels``, ``neck``, ``drop_rate`` of :class:`CSPFPNSE`.
 
     Returns:

@@ -35,11 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoview.models.cnn import (
-    PlainClassifier,
-    ResNetTrunk,
-    load_pretrained_backbone,
-)
+from histoview.models.cnn import PlainClassifier, ResNetTrunk
+from histoview.models.pretrained import load_pretrained_backbone
 from histoview.models.registry import ModelConfig, register_model
 from histoview.models.rmcg import mutual_information_graph
 
@@ -199,7 +196,7 @@ def alexnet(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn
     Args:
         num_classes: number of output classes.
         pretrained: False (random), a weights file, or True (torchvision's
-            local cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            local cache only); see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
 
     Returns:
         :class:`~histoview.models.cnn.PlainClassifier`.
@@ -228,7 +225,7 @@ def resnet18_gcn(num_classes: int = 2, *, pretrained: str | bool = False, **kw) 
     Args:
         num_classes: number of output classes.
         pretrained: False, an ImageNet ResNet18 weights file, or True (local
-            cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            cache only); see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
         **kw: further arguments of :class:`PixelGraphNet`.
 
     Returns:
@@ -251,7 +248,7 @@ def ecc(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Mod
     Args:
         num_classes: number of output classes.
         pretrained: False, an ImageNet ResNet18 weights file, or True (local
-            cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            cache only); see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
         **kw: further arguments of :class:`PixelGraphNet`.
 
     Returns:
@@ -273,7 +270,7 @@ def resnet18_gat(num_classes: int = 2, *, pretrained: str | bool = False, **kw) 
     Args:
         num_classes: number of output classes.
         pretrained: False, an ImageNet ResNet18 weights file, or True (local
-            cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            cache only); see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
         **kw: further arguments of :class:`PixelGraphNet`.
 
     Returns:
@@ -296,7 +293,7 @@ def gcnii(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.M
     Args:
         num_classes: number of output classes.
         pretrained: False, an ImageNet ResNet18 weights file, or True (local
-            cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            cache only); see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
         **kw: further arguments of :class:`PixelGraphNet`.
 
     Returns:

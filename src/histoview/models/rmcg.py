@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoview.models.cnn import ResNetTrunk, load_pretrained_backbone
+from histoview.models.cnn import ResNetTrunk
+from histoview.models.pretrained import load_pretrained_backbone
 from histoview.models.registry import ModelConfig, register_model
 
 RMCG_PAPER = (
@@ -248,7 +249,7 @@ def rmcg(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Mo
     Args:
         num_classes: number of output classes.
         pretrained: False, an ImageNet ResNet18 weights file, or True (local
-            cache only); see :func:`~histoview.models.cnn.load_pretrained_backbone`.
+            cache only); see :func:`~histoview.models.pretrained.load_pretrained_backbone`.
         **kw: further arguments of :class:`RMCG`.
 
     Returns:
