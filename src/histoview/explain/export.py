@@ -196,6 +196,7 @@ def export_geojson(
     else:
         collection = explanation_to_geojson(expl, include_edges=include_edges)
     collection["properties"]["notice"] = RESEARCH_NOTICE
+    collection["properties"]["source_path"] = expl.source_path
     text = json.dumps(collection, allow_nan=False)
     return write_text(path, text, overwrite=overwrite, numbered=numbered)
 
