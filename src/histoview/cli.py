@@ -66,13 +66,14 @@ def _cmd_train(args) -> int:
     from histoview.training.config import load_config
     from histoview.training.run import train_from_config
 
-    config = load_config(args.config)
+    config = load_config(args.config)  # ConfigError: one line naming the file and the key
     if args.out:
-        config["output_dir"] = args.out
+        config["output_dir"] = str(args.out)
     check_writable_dir(config["output_dir"])  # relative: to this folder, as the run resolves it
     if args.epochs is not None:
         config.setdefault("train", {})["epochs"] = args.epochs
-    result = train_from_config(config, resume=not args.restart, progress=_print_progress)
+    result = train_from_config(config, resume=not args.restart, progress=_print_progress,
+                               source=str(args.config))
     print(f"checkpoint: {result['checkpoint']}")
     print(f"report:     {result['report']}")
     return 0

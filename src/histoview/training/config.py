@@ -14,6 +14,11 @@ A config names the model, the data, the split and the training options::
 ``train: {num_workers: n}`` reads and augments samples in ``n`` data-loader worker processes
 (default 0: on the training thread); the trained weights do not depend on it
 (:mod:`histoview.training.loader`).
+
+Every config is checked against one schema (:mod:`histoview.training.schema`): an unknown
+key (with the closest known one as a suggestion), a wrong type or an impossible value
+raises :class:`~histoview.training.schema.ConfigError`, one line naming the file, the key
+and the reason (``histoview train`` prints it and exits with status 2).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 import yaml
 
-SECTIONS = {"name", "model", "model_kwargs", "data", "split", "input", "train", "output_dir", "description"}
+from histoview.training.schema import validate_training_config
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -47,29 +52,28 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         return validate_config(config, base_dir=str(recipe_dir_path()), source=f"recipe {recipe.name}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix == ".toml":
             config = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
             config = yaml.safe_load(text)
         else:
             raise ValueError(f"{path}: config must be .yaml, .yml or .toml")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot parse config ({exc})") from None
     return validate_config(config, base_dir=path.parent, source=str(path))
 
 
-def validate_config(config: Any, *, base_dir: str | os.PathLike = ".", source: str = "config") -> dict[str, Any]:
-    if not isinstance(config, dict):
-        raise ValueError(f"{source}: a config is a mapping of sections")
-    unknown = set(config) - SECTIONS
-    if unknown:
-        raise ValueError(f"{source}: unknown sections {sorted(unknown)}; known: {sorted(SECTIONS)}")
-    for key in ("model", "data"):
-        if key not in config:
-            raise ValueError(f"{source}: missing section {key!r}")
-    config = dict(config)
+def validate_config(
+    config: Any, *, base_dir: str | os.PathLike = ".", source: str = "config"
+) -> dict[str, Any]:
+    """Check ``config`` against the schema (:func:`~histoview.training.schema.
+    validate_training_config`: ConfigError names ``source``, the key and the problem) and
+    return a copy with absolute paths: ``data.root`` (``~`` and ``$VARS`` expanded) and
+    ``output_dir`` (default ``runs/<name or model>``) relative to ``base_dir``; ``name``
+    defaults to the output folder's name. Validating a validated config changes nothing."""
+    config = validate_training_config(config, source=source)
     base = Path(base_dir)
     data = dict(config["data"])
     if "root" in data:

@@ -147,6 +147,13 @@ def discover_dataset(spec: dict[str, Any]) -> Dataset:
     root = Path(spec.pop("root")).expanduser()
     if kind in (None, "auto"):
         kind = detect_layout(root)
+        if kind != "breakhis" and spec.get("magnification") not in (None, "all", ""):
+            raise ValueError(f"{root}: data.magnification is for BreakHis data; this folder "
+                             f"is a {kind} dataset")
+        if kind != "breakhis":
+            spec.pop("magnification", None)
+        if spec.get("task") is None:
+            spec.pop("task", None)
     if kind == "breakhis":
         return _breakhis_dataset(root, **spec)
     if kind == "bach":

@@ -15,8 +15,15 @@ from histoview.training.events import drain
 
 def iter_train_from_config(
     config: dict[str, Any], *, resume: bool = True, should_stop: Callable[[], bool] | None = None,
+    source: str = "config",
 ) -> Generator[dict[str, Any], None, dict[str, Any]]:
-    """Generator version of :func:`train_from_config` (yields the engine's progress events)."""
+    """Generator version of :func:`train_from_config` (yields the engine's progress events).
+
+    ``config`` is checked against the schema first (:func:`~histoview.training.config.
+    validate_config`; ConfigError, a ValueError, names the key), so a typo or an impossible
+    value stops the run before any data is read or anything is written; messages start
+    with ``source`` (the config file's name).
+    """
 
     from histoview.models.checkpoint import default_device, load_state_dict, save_checkpoint
     from histoview.models.registry import create_model, get_model_config
@@ -29,8 +36,7 @@ def iter_train_from_config(
     )
     from histoview.training.engine import TrainOptions, evaluate, fit
 
-    if "output_dir" not in config or not Path(config["output_dir"]).is_absolute():
-        config = validate_config(config)
+    config = validate_config(config, source=source)  # (absolute paths stay as they are)
     opts = TrainOptions.from_dict(config.get("train", {}))
     dataset = discover_dataset(config["data"])
     check_trainable(dataset)  # one class: refuse before anything is built
@@ -47,7 +53,14 @@ def iter_train_from_config(
     import torch
 
     torch.manual_seed(opts.seed)  # the same config initialises the same weights, in any process
-    model = create_model(config["model"], num_classes=len(dataset.classes), **model_kwargs)
+    try:
+        model = create_model(config["model"], num_classes=len(dataset.classes), **model_kwargs)
+    except TypeError as exc:  # an unknown model_kwargs key: name it, not the factory's call
+        from histoview.training.schema import ConfigError, model_kwargs_problem
+
+        if (problem := model_kwargs_problem(exc, config["model"])) is None:
+            raise
+        raise ConfigError(f"{source}: {problem}") from None
     input_opts = dict(config.get("input", {}))
     adapter = make_adapter(mcfg, model_kwargs, input_opts)
     synthetic = dataset.layout == "phantom"
@@ -134,10 +147,10 @@ def _fit_node_normalisation(
 
 def train_from_config(
     config: dict[str, Any], *, resume: bool = True, progress: Callable[[dict], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, source: str = "config",
 ) -> dict[str, Any]:
     """Train as ``config`` says; ``progress`` receives each event. Returns checkpoint and report paths."""
-    gen = iter_train_from_config(config, resume=resume, should_stop=should_stop)
+    gen = iter_train_from_config(config, resume=resume, should_stop=should_stop, source=source)
     return drain(gen, progress)
 
 
