@@ -1,4 +1,5 @@
-"""The compare view in a real napari viewer, with small untrained models (no bundled weights)."""
+"""The compare view in a real napari viewer: small untrained models, and the bundled demo
+weights from the plugin menu with nothing preset."""
 
 from __future__ import annotations
 
@@ -86,6 +87,22 @@ def _panels(viewer):
     return out
 
 
+def _user_layers(viewer):
+    from histoview.viewer._compare_parts import role
+
+    return [lay for lay in viewer.layers if role(lay) is None]
+
+
+def _layer_list_rows(viewer, widget):
+    """Names of the rows napari's layer list shows (hidden rows left out), top first."""
+    from histoview.viewer._compare_panels import layer_list_view
+
+    view = layer_list_view(widget)
+    assert view is not None, "napari's layer list view was not found"
+    model = view.model()
+    return [model.index(r, 0).data() for r in range(model.rowCount()) if not view.isRowHidden(r)]
+
+
 def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, models, qtbot):
     from napari.layers import Image, Points
 
@@ -94,8 +111,7 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
 
     methods = ("amil", "graph", "gradcam", "dt-gradcam")
     viewer, base, widget = _setup(make_napari_viewer, phantom, explanations, methods, show=True)
-    n_before = len(viewer.layers)
-    order_before = list(viewer.layers)
+    user_before = [lay.unique_id for lay in viewer.layers]
     viewer.window.resize(1600, 1000)
     viewer.window.add_dock_widget(widget, name="Compare methods", area="right")
     mpp = base.metadata["histoview"]["pixel_size_um"]
@@ -111,13 +127,15 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
         )
     widget.steps = 3
     widget.analyse()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-    widget.side_by_side()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    widget.side_button.click()  # as a user: panel layers made one per event-loop turn
+    assert not widget.side_by_side_on  # not at once: the viewer stays responsive
+    qtbot.waitUntil(lambda: widget.side_by_side_on and not widget.running, timeout=60_000)
 
-    assert viewer.canvas.grid.enabled and widget.side_by_side_on
+    assert viewer.canvas.grid.enabled
     panels = _panels(viewer)
     assert len(panels) == len(methods)
-    assert viewer.canvas.grid.stride == -3  # tissue + nuclei points + edges
+    assert viewer.canvas.grid.stride == -3  # tissue + overlay + edges or threshold outline
     rows, cols = viewer.canvas.grid.actual_shape(viewer.layers)
     assert rows * cols >= len(methods) and (rows - 1) * cols < len(methods)
     seen = []
@@ -126,19 +144,32 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
         assert len(tissue) == 1 and tissue[0].data is base.data  # shared, never copied
         assert lays[0] is tissue[0]  # the tissue is under the overlays
         [main] = [lay for lay in lays if "histoview_explanation" in lay.metadata]
-        seen.append(main.metadata["histoview_explanation"].method)
-        assert main.name_overlay.visible  # the panel's title
+        method = main.metadata["histoview_explanation"].method
+        seen.append(method)
+        title = tissue[0].name
+        assert tissue[0].name_overlay.visible and "\n" in title  # the full title, wrapped
+        assert title.split("\n")[0] == main.name.split(": ")[0]
+        contrast = main.metadata["histoview"]["contrast"]
+        if not contrast:  # a near-constant map is not painted, and the title says so
+            assert main.opacity == 0 and "no contrast" in title
         if isinstance(main, Image):
-            assert tuple(main.contrast_limits) == (0.0, 1.0) and main.colorbar.visible
+            assert tuple(main.contrast_limits) == (0.0, 1.0)
+            assert main.colorbar.visible == contrast
+            assert main.colorbar.position == "middle_right"  # beside the tissue
             assert np.nanmax(main.data) == pytest.approx(1.0) and np.nanmin(main.data) >= 0
+            [outline] = [lay for lay in lays if role(lay) == "outline"]
+            assert lays.index(outline) > lays.index(main)
+            drawn = np.isfinite(outline.data).any()
+            assert drawn == (method == "dt-gradcam")  # only DT Grad-CAM has a threshold
         else:
             assert isinstance(main, Points) and tuple(main.face_contrast_limits) == (0.0, 1.0)
-            assert main.face_colorbar.visible and len(lays) == 3  # points + edges in one panel
+            assert main.face_colorbar.visible == contrast
+            assert len(lays) == 3  # points + edges in one panel
     assert sorted(seen) == sorted(methods)
     assert not base.visible  # the base is in no panel
 
     qtbot.wait(300)  # let the dock settle the canvas size, then fit the panels
-    viewer.reset_view()
+    widget.side_by_side()
     qtbot.wait(100)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(SCREENSHOT), canvas_only=False, flash=False)
@@ -146,8 +177,8 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
 
     widget.stacked()
     assert not viewer.canvas.grid.enabled and not widget.side_by_side_on
-    assert len(viewer.layers) == n_before and not [lay for lay in viewer.layers if role(lay)]
-    assert list(viewer.layers) == order_before and base.visible
+    assert [lay.unique_id for lay in _user_layers(viewer)] == user_before
+    assert base.visible and all(not lay.visible for lay in viewer.layers if role(lay))
     amil = next(
         lay
         for lay in viewer.layers
@@ -156,6 +187,52 @@ def test_side_by_side_then_stacked(make_napari_viewer, phantom, explanations, mo
     grid = explanations["amil"].geometry.to_grid(explanations["amil"].values, fill=0.0)
     np.testing.assert_allclose(amil.data, grid)  # raw values are back
     assert not amil.colorbar.visible and not amil.name_overlay.visible
+
+
+def test_switching_keeps_the_same_layers(make_napari_viewer, phantom, explanations, qtbot):
+    """Side by side and back, twice: the same layer objects, the tissue data never copied,
+    no layer made or removed after the first time."""
+    from histoview.viewer._compare_parts import role
+
+    viewer, base, widget = _setup(
+        make_napari_viewer, phantom, explanations, ("amil", "graph", "gradcam")
+    )
+    widget.side_by_side()
+    first = {lay.unique_id: lay for lay in viewer.layers}
+    tissue_data = [lay.data for lay in viewer.layers if role(lay) == "tissue"]
+    assert len(tissue_data) == 3 and all(d is base.data for d in tissue_data)
+    inserted, removed = [], []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value))
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value))
+    for _ in range(2):
+        widget.stacked()
+        assert not widget.side_by_side_on
+        widget.side_by_side()
+        assert widget.side_by_side_on and len(_panels(viewer)) == 3
+    widget.stacked()
+    assert not inserted and not removed
+    assert {lay.unique_id: lay for lay in viewer.layers} == first
+    assert all(lay.data is base.data for lay in viewer.layers if role(lay) == "tissue")
+
+
+def test_no_helper_layers_in_the_layer_list(make_napari_viewer, phantom, explanations, qtbot):
+    """napari's layer list shows the user's layers only, side by side and stacked, and the
+    layer controls never show a panel layer."""
+    from histoview.viewer._compare_parts import role
+
+    viewer, base, widget = _setup(make_napari_viewer, phantom, explanations, ("amil", "graph"))
+    viewer.window.add_dock_widget(widget, name="Compare methods", area="right")
+    names = [lay.name for lay in reversed(_user_layers(viewer))]
+    assert _layer_list_rows(viewer, widget) == names
+    widget.side_button.click()
+    qtbot.waitUntil(lambda: widget.side_by_side_on and not widget.running, timeout=60_000)
+    assert any(role(lay) for lay in viewer.layers)  # the panels' layers exist ...
+    assert _layer_list_rows(viewer, widget) == names  # ... but are not listed
+    assert role(viewer.layers.selection.active) is None
+    assert not any("spacer" in lay.name for lay in viewer.layers)
+    widget.stacked()
+    qtbot.wait(50)
+    assert _layer_list_rows(viewer, widget) == names
 
 
 def test_threshold_slider(make_napari_viewer, phantom, explanations):
@@ -215,7 +292,7 @@ def test_run_all_methods_in_worker(make_napari_viewer, phantom, models, qtbot):
     widget.steps = 3
     widget.run_all()
     assert widget._worker is not None  # returns at once; the work runs in a thread
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=80_000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=80_000)
     assert "skipped" in widget.status.text() and "rmcg" in widget.status.text()
     assert "error" not in widget.status.text()
     n = len(nets)
@@ -227,10 +304,55 @@ def test_run_all_methods_in_worker(make_napari_viewer, phantom, models, qtbot):
     assert set(widget.faithfulness) == set(nets)
     for res in widget.faithfulness.values():
         assert len(res.deletion) == 4 and 0 <= res.deletion_auc <= 1
-    assert len(widget.figure.axes) == 2 and widget.figure.axes[0].lines
+    # small multiples, one plot per method, drawn in the worker and shown as a picture
+    drawn = [ax for ax in widget.figure.axes if ax.lines]
+    assert len(drawn) == n and all(len(ax.lines) == 2 for ax in drawn)
+    assert not widget.figure_view.pixmap().isNull()
     from histoview.viewer._compare_parts import explanation_layers
 
     assert len(explanation_layers(viewer.layers)) == n
+
+
+def test_run_all_from_the_menu_with_defaults(make_napari_viewer, phantom, qtbot, monkeypatch):
+    """The Plugins menu's dock, nothing preset, bundled demo weights: one click adds every
+    method's overlay; the graph method's faithfulness drops nodes from its graph, with one
+    nuclei detection for all steps and one batched forward pass."""
+    import histoview.preprocessing.nuclei as nuclei_module
+    from histoview.explain.methods import list_methods
+    from histoview.explain.run import load_for_method
+    from histoview.viewer._compare_parts import explanation_layers
+
+    available = []
+    for method in list_methods(run_all=True):
+        try:
+            load_for_method(method)
+        except Exception:  # not bundled (the status line lists it)
+            continue
+        available.append(method)
+    assert {"amil", "graph", "gradcam", "dt-gradcam"} <= set(available)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Compare methods")
+    data, kwargs, _ = phantom[0]
+    viewer.add_image(data, **kwargs)
+    detections = []
+    real = nuclei_module.detect_nuclei
+    monkeypatch.setattr(
+        nuclei_module, "detect_nuclei", lambda *a, **k: detections.append(1) or real(*a, **k)
+    )
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert "error" not in widget.status.text(), widget.status.text()
+    drawn = sorted(
+        lay.metadata["histoview_explanation"].method for lay in explanation_layers(viewer.layers)
+    )
+    assert drawn == sorted(available)
+    assert set(widget.faithfulness) == set(available)
+    assert all(r.perturbation == "model input" for r in widget.faithfulness.values())
+    graph = widget.faithfulness["graph"]
+    assert graph.elements == "nuclei" and len(graph.deletion) == widget.steps + 1
+    assert len(detections) == 2  # the explanation's, then faithfulness's: not one per step
+    [(_, predict, _)] = [v for v in widget._predictors.values() if v[0].method == "graph"]
+    assert predict.forward_passes == 1  # every step of both curves in one batch
 
 
 def test_analyse_existing_with_tiny_predictor(make_napari_viewer, phantom, explanations, qtbot):
@@ -243,7 +365,7 @@ def test_analyse_existing_with_tiny_predictor(make_napari_viewer, phantom, expla
     widget.register_predictor(explanations["gradcam"], predict)
     widget.steps = 4
     widget.analyse()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
     assert widget.table.rowCount() == 2
     assert list(widget.faithfulness) == ["gradcam"]
     assert "amil: no model" in widget.status.text()

@@ -325,3 +325,33 @@ def test_unknown_space_is_refused():
     _, grid = extract_patches(img, 16)
     with pytest.raises(ValueError, match="space"):
         deletion_insertion(expl(np.ones(len(grid)), grid), red_fraction_model, img, space="x")
+
+
+def test_graph_faithfulness_uses_the_pixel_size_the_explanation_was_made_at(monkeypatch):
+    """An image without a pixel size is explained at an estimated one: the graph whose nodes
+    faithfulness drops is detected at that pixel size, not at the predictor's default."""
+    import histoview.preprocessing.nuclei as nuclei_module
+
+    img = small_tissue()
+    predict = predictor_for("graph", CountNuclei.make(), {"classes": list(CLASSES)})
+    graph, _ = predict.spec.graph(img, 0.7)
+    geom = NucleiPoints(np.asarray(graph.centroids, float), img.shape[:2], radius=6.0)
+    explanation = Explanation(
+        "graph",
+        "count",
+        CLASSES,
+        PROBS,
+        1,
+        np.arange(len(graph), dtype=np.float32),
+        geom,
+        extra={"pixel_size_um": 0.7},
+    )
+    sizes = []
+    real_detect = nuclei_module.detect_nuclei
+    monkeypatch.setattr(
+        nuclei_module,
+        "detect_nuclei",
+        lambda image, mpp, *a, **k: sizes.append(mpp) or real_detect(image, mpp, *a, **k),
+    )
+    res = deletion_insertion(explanation, predict, img, steps=2)
+    assert res.perturbation == "model input" and sizes == [0.7]

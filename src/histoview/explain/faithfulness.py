@@ -480,9 +480,10 @@ class ModelPredictor:
         geom = expl.geometry
         if not isinstance(geom, NucleiPoints):
             return None
-        data = self._cached(
-            image, "graph", lambda: self.spec.model_input(image, self.pixel_size_um)
-        )
+        # the pixel size the explanation's graph was built at (it may have been estimated
+        # from the image), else the predictor's
+        mpp = float((expl.extra or {}).get("pixel_size_um") or self.pixel_size_um)
+        data = self._cached(image, f"graph@{mpp}", lambda: self.spec.model_input(image, mpp))
         scale = np.array(image.shape[:2], float) / np.array(geom.image_shape, float)
         pos = data.pos.cpu().numpy().astype(np.float64) if data.pos is not None else None
         centroids = np.asarray(geom.centroids, np.float64).reshape(-1, 2) * scale

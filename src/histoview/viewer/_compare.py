@@ -1,23 +1,23 @@
 """The compare dock widget: every explanation method on one image, side by side.
 
-* **Side by side** uses napari's grid mode: one camera for all panels, so they pan and
-  zoom together. Each panel gets its own view of the tissue - an image layer sharing the
-  base layer's data array (no copy) - under one explanation's layers. Grid cells hold a
-  fixed number of layers (``viewer.grid.stride``), so panels with fewer layers (a heatmap
-  beside nuclei points + edges) are padded with hidden 1-pixel spacer layers; a negative
-  stride puts the first method top-left. Every overlay then shows its values min-max
-  normalised per method to [0, 1] (layer data for heatmaps, a ``normalised importance``
-  feature for nuclei) with contrast limits (0, 1), so one colour means the same relative
-  importance in every panel; each panel shows napari's colour bar (0 to 1) and, as its
-  title, napari's layer-name overlay of the explanation (method, class, probability).
-* **Stacked** removes the panel tissue layers and spacers (the data was shared), turns
-  the grid off, and puts the overlays back over the base image with their raw values.
 * **Run all methods** explains with every method whose weights load (others are listed
-  and skipped) in a worker thread, then computes agreement (Spearman, top-10 % IoU) and
-  faithfulness (deletion / insertion) there too; **Agreement & faithfulness** does the
-  same for the explanations already in the viewer.
+  and skipped) in a worker thread, which also prepares each overlay's layer data and then
+  computes agreement (Spearman, top-10 % IoU), faithfulness (deletion / insertion,
+  :mod:`histoview.explain.faithfulness`) and draws the faithfulness figure; the main thread
+  only adds the prepared layers, one per event-loop turn, so the viewer never waits on a
+  computation. **Agreement & faithfulness** does the same for the explanations already
+  in the viewer.
+* **Side by side** shows one panel per explanation in napari's grid, panned and zoomed
+  together (:mod:`histoview.viewer._compare_panels`): the tissue (the image's data, shared)
+  titled with the method and prediction, the overlay on the common colour scale of the
+  report (each map min-max normalised on this image: 0 its lowest value, 1 its highest;
+  :func:`~histoview.viewer._compare_parts.colour_legend` says what the values are per
+  method) and its colour bar beside the tissue. A panel's layers are made the first time
+  (one per event-loop turn) and kept, hidden from the layer list; **Stacked** and side by
+  side then only switch visibility, colour limits and the grid in one scene update.
 * The **threshold** slider hides values under a fraction of the selected heatmap's range
-  (NaN is transparent in napari's colour maps); DT Grad-CAM starts at its own threshold.
+  (NaN is transparent in napari's colour maps) and outlines what is left in its panel;
+  DT Grad-CAM starts at its own threshold.
 * Exports: the report figure (:func:`histoview.explain.report.render_figure`) as PNG or
   PDF, and GeoJSON + CSV annotations per explanation. An existing file is overwritten only
   when the user confirms; otherwise a free name is used.
@@ -25,17 +25,19 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 from qtpy import QtWidgets as qw
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import list_methods
+from histoview.viewer import _compare_panels as panels
 from histoview.viewer import _compare_parts as parts
 from histoview.viewer._layer_choice import is_explanation, is_tissue_image, layer_choice, same_layer
-from histoview.viewer.overlays import add_explanation_layers, layer_pixel_size
+from histoview.viewer.overlays import add_layer_data, layer_pixel_size
 
 HELP = {
     "run": "Explain the image with every method that has weights "
@@ -43,9 +45,11 @@ HELP = {
     "Runs in the background.",
     "analyse": "Agreement (Spearman, top-10 % IoU) and faithfulness (deletion / insertion) "
     "of the explanations already shown over this image.",
-    "side": "One panel per method, linked pan and zoom, one colour scale (normalised 0-1).",
+    "side": "One panel per explanation, linked pan and zoom; every map on its own 0-1 scale "
+    "(0 = its lowest value on this image, 1 = its highest).",
     "stacked": "Back to one view with all overlays stacked over the tissue.",
-    "threshold": "Hide values below this fraction of the selected heatmap's range.",
+    "threshold": "Hide values below this fraction of the selected heatmap's range; side by "
+    "side, the rest is outlined.",
     "png": "The comparison figure (panels, colour bars, methods, prediction, model hash, scale "
     "bar, file name, date, research-use notice) as a PNG.",
     "pdf": "The comparison figure as a one-page PDF with agreement and faithfulness.",
@@ -72,8 +76,6 @@ class CompareWidget(qw.QWidget):
         super().__init__(parent)
         # From the plugin menu ``napari_viewer`` is napari's PublicOnlyProxy, whose layers are
         # proxies too: layers are matched by ``unique_id`` (same_layer), never by identity.
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
         from napari.layers import Image, Layer
 
         self.viewer = viewer = napari_viewer
@@ -82,11 +84,23 @@ class CompareWidget(qw.QWidget):
         self.methods = tuple(list_methods(run_all=True))
         self.agreement = None
         self.faithfulness: dict = {}
+        self.figure = None  # the last faithfulness figure (matplotlib, drawn in the worker)
         self._worker = None
         self._saved: dict = {}
         self._predictors: dict[int, tuple] = {}  # id(expl) -> (expl, predict, rgb)
         self._resume_side = False
+        self._side_wanted = False  # a side-by-side switch waits for its panels
         self._shown_heatmap = None
+        # main-thread work in small steps, one per event-loop turn (see _pump)
+        self._jobs: deque = deque()
+        self._pump_timer = QTimer(self)
+        self._pump_timer.setSingleShot(True)
+        self._pump_timer.setInterval(0)
+        self._pump_timer.timeout.connect(self._pump)
+        self._rows_timer = QTimer(self)
+        self._rows_timer.setSingleShot(True)
+        self._rows_timer.setInterval(0)
+        self._rows_timer.timeout.connect(self._hide_panel_rows)
 
         # napari keeps both lists current while the widget is docked (see reset_choices)
         self.image_choice = layer_choice(Image, is_tissue_image, label="image")
@@ -99,8 +113,13 @@ class CompareWidget(qw.QWidget):
         self.progress = qw.QProgressBar()
         self.status = qw.QLabel("")
         self.status.setWordWrap(True)
-        self.side_button = _button("Side by side", HELP["side"], self.side_by_side)
+        self.side_button = _button(
+            "Side by side", HELP["side"], lambda _checked=False: self.side_by_side(wait=False)
+        )
         self.stacked_button = _button("Stacked", HELP["stacked"], self.stacked)
+        self.legend = qw.QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setStyleSheet("color: #a0a0a0;")
         self.threshold_slider = qw.QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0, 100)
         self.threshold_slider.setToolTip(HELP["threshold"])
@@ -114,9 +133,12 @@ class CompareWidget(qw.QWidget):
             "top-10 % IoU below (hover a cell for both)."
         )
         self.table_note.setWordWrap(True)
-        self.figure = Figure(figsize=(4.2, 2.4), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
+        self.figure_view = qw.QLabel(
+            "Faithfulness curves appear here after Run all methods or Agreement & faithfulness."
+        )
+        self.figure_view.setWordWrap(True)
+        self.figure_view.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.figure_view.setMinimumHeight(60)
         self.png_button = _button("Save figure PNG", HELP["png"], self.save_png)
         self.pdf_button = _button("Save report PDF", HELP["pdf"], self.save_pdf)
         self.annotations_button = _button(
@@ -126,12 +148,13 @@ class CompareWidget(qw.QWidget):
         notice.setWordWrap(True)
         notice.setStyleSheet("color: #e0a040;")
         self._layout(notice)
-        parts.draw_faithfulness(self.figure, {})
         self.reset_choices()
         # also when not docked (scripts, tests); napari's own connection to reset_choices,
         # made when it docks the widget, is then not added twice
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
+        for event in ("inserted", "removed", "moved"):
+            getattr(viewer.layers.events, event).connect(self._layers_changed)
         viewer.layers.selection.events.active.connect(self._active_changed)
 
     def _layout(self, notice) -> None:
@@ -158,11 +181,12 @@ class CompareWidget(qw.QWidget):
             self.progress,
             self.status,
             row(self.side_button, self.stacked_button),
+            self.legend,
             box(
                 "Threshold", self.heatmap_choice.native, self.threshold_slider, self.threshold_label
             ),
             box("Agreement", self.table_note, self.table),
-            box("Faithfulness: deletion and insertion", self.canvas),
+            box("Faithfulness: deletion and insertion", self.figure_view),
             row(self.png_button, self.pdf_button, self.annotations_button),
             notice,
         ):
@@ -178,8 +202,8 @@ class CompareWidget(qw.QWidget):
 
     @property
     def running(self) -> bool:
-        """Whether a run or an analysis is in progress in the worker thread."""
-        return self._worker is not None
+        """Whether a run, an analysis or a switch is in progress (worker or pending steps)."""
+        return self._worker is not None or bool(self._jobs)
 
     def reset_choices(self, _event=None) -> None:
         """Refresh the image and heatmap lists from the viewer's layers.
@@ -230,88 +254,259 @@ class CompareWidget(qw.QWidget):
         parts.state(layer)["threshold"] = thr if thr > 0 else None
         try:
             parts.refresh_overlay(layer, self.side_by_side_on)
+            outline = self._panel_layer(layer, "outline")
+            if outline is not None:
+                base = self._base_of(layer)
+                if base is not None:
+                    data, _, _ = panels.outline_data(
+                        layer.metadata["histoview_explanation"], thr if thr > 0 else None, base
+                    )
+                    outline.data = data
         except Exception as exc:
             self._error(f"threshold: {exc}")
             return
         self.threshold_label.setText(parts.threshold_text(layer, thr))
 
+    # -- main-thread work in small steps ----------------------------------------------------------
+    def _queue(self, *jobs, first: bool = False) -> None:
+        """Run ``jobs`` (callables) on the main thread, one per event-loop turn, in order
+        (``first``: before the jobs already waiting)."""
+        if first:
+            self._jobs.extendleft(reversed(jobs))
+        else:
+            self._jobs.extend(jobs)
+        if self._jobs and not self._pump_timer.isActive():
+            self._pump_timer.start()
+
+    def _pump(self) -> None:
+        if not self._jobs:
+            return
+        job = self._jobs.popleft()
+        try:
+            job()
+        except Exception as exc:  # report, keep the viewer usable, drop nothing else
+            self._error(str(exc))
+        if self._jobs:
+            self._pump_timer.start()
+
+    def _drain(self) -> None:
+        """Run every waiting job now (scripts and tests that do not run an event loop)."""
+        while self._jobs:
+            self._pump()
+
     # -- side by side / stacked -------------------------------------------------------------------
-    def side_by_side(self, _checked=False) -> None:
-        """One grid panel per explanation of the selected image: [tissue, its overlays]."""
+    def _layers_of(self, main, role: str) -> list:
+        return [
+            lay
+            for lay in self.viewer.layers
+            if parts.role(lay) == role and panels.main_of(lay) == _key(main)
+        ]
+
+    def _panel_layer(self, main, role: str):
+        found = self._layers_of(main, role)
+        return found[0] if found else None
+
+    def _base_of(self, main):
+        name = ((main.metadata.get("histoview") or {}).get("explanation") or {}).get("image_layer")
+        base = self.image_layer()
+        if base is not None and (name is None or base.name == name):
+            return base
+        return next((lay for lay in self.viewer.layers if lay.name == name), None)
+
+    @staticmethod
+    def _main(group):
+        return next(lay for lay in group if "histoview_explanation" in lay.metadata)
+
+    def _panel_jobs(self, base, groups) -> list:
+        """One job per panel layer still to make: a tissue under each group, a threshold
+        outline over each group that has no second layer."""
+        jobs = []
+        for group in groups:
+            main = self._main(group)
+            if self._panel_layer(main, "tissue") is None:
+                jobs.append(lambda m=main, g=group: self._add_tissue(base, m, g))
+            if len(group) == 1 and self._panel_layer(main, "outline") is None:
+                jobs.append(lambda m=main: self._insert_at(panels.outline_layer(m, base), m, 1))
+        return jobs
+
+    def _add_tissue(self, base, main, group) -> None:
+        """The panel's tissue under ``group``; the overlay's colour bar is styled for the
+        panel once here, so that switching only shows and hides it."""
+        self._insert_at(panels.tissue_layer(base, main), group[0], 0)
+        panels.style_colorbar(parts.colorbar(main))
+
+    def _insert_at(self, layer, anchor, offset: int) -> None:
+        """Insert ``layer`` below (``offset`` 0) or above (1) ``anchor``, or on top when
+        ``anchor`` is gone."""
+        layers = self.viewer.layers
+        index = layers.index(anchor) + offset if anchor in layers else len(layers)
+        layers.insert(index, layer)
+        panels.hide_rows(panels.layer_list_view(self), layers)
+
+    def side_by_side(self, _checked=False, *, wait: bool = True) -> None:
+        """One grid panel per explanation of the selected image (tissue, overlay, companion).
+
+        Panel layers still missing are made first: all at once (``wait``, for scripts), or
+        one per event-loop turn (the button), the switch following when they are ready.
+        """
         base = self.image_layer()
         if base is None:
             self._error("select an image layer first")
             return
-        if self.side_by_side_on:
-            self.stacked()
-        groups = parts.explanation_groups(self.viewer.layers, base)
-        if not groups:
+        if not parts.explanation_groups(self.viewer.layers, base):
             self._error(f"no explanations over {base.name!r}: run all methods first")
             return
+        self._side_wanted = True
+        if wait:
+            self._drain()
+            for job in self._panel_jobs(base, parts.explanation_groups(self.viewer.layers, base)):
+                job()
+            self._show_panels(base)
+        else:
+            self._queue(lambda: self._plan_side_by_side(base))
+
+    def _plan_side_by_side(self, base) -> None:
+        """Queue the panel layers still missing, then the switch (jobs run after the layers
+        that were waiting, so new explanations get their panels too)."""
+        if not self._side_wanted or base not in self.viewer.layers:
+            return
+        jobs = self._panel_jobs(base, parts.explanation_groups(self.viewer.layers, base))
+        self._selection_before = self.viewer.layers.selection.active
+        if jobs:
+            self.status.setText(f"preparing {len(jobs)} panel layers...")
+        self._queue(*jobs, lambda: self._show_panels(base), first=True)
+
+    def _panels_of(self, base):
+        """``(panels, extras)``: each panel's layers, bottom to top - [tissue, edges, nuclei]
+        or [tissue, map, threshold outline] - and the group layers that stay out of the
+        panels (a nuclei explanation's outlines)."""
+        rows, extras = [], []
+        for group in parts.explanation_groups(self.viewer.layers, base):
+            main = self._main(group)
+            rest = [lay for lay in group if _key(lay) != _key(main)]
+            tissue = self._panel_layer(main, "tissue")
+            outline = None if rest else self._panel_layer(main, "outline")
+            if tissue is None or (not rest and outline is None):
+                raise RuntimeError(f"the panel of {main.name!r} is not ready")
+            rows.append([tissue, rest[0], main] if rest else [tissue, main, outline])
+            extras.extend(rest[1:])
+        return rows, extras
+
+    def _show_panels(self, base) -> None:
+        """Switch to the grid: only visibility, colour limits, overlays and grid settings
+        change, in one scene update (every panel layer exists already)."""
+        if not self._side_wanted:
+            return
+        self._side_wanted = False
         layers, grid = self.viewer.layers, parts.grid_of(self.viewer)
+        if self.side_by_side_on:
+            self.stacked()
+        rows, extras = self._panels_of(base)
+        mains = {_key(lay) for lay in parts.explanation_layers(layers)}
+        in_panels = {_key(lay) for r in rows for lay in r}
+        orphans = [
+            lay
+            for lay in layers
+            if parts.role(lay) in panels.PANEL_ROLES and panels.main_of(lay) not in mains
+        ]
+        order = panels.panel_order([lay for lay in layers if lay not in orphans], rows, extras)
+        others = [lay for lay in order if _key(lay) not in in_panels]
         self._saved = {
-            "order": list(layers),
-            "visible": {_key(lay): lay.visible for lay in layers},
+            "order": [_key(lay) for lay in layers if lay not in orphans],
+            "visible": {_key(lay): lay.visible for lay in others},
             "grid": (grid.stride, grid.shape, grid.spacing),
-            "overlays": {},
+            "mains": {
+                _key(m): (m.opacity, m.name_overlay.visible, m.visible)
+                for m in (self._main(r) for r in rows)
+            },
         }
-        stride = 1 + max(len(g) for g in groups)
-        panels = []
-        for group in groups:
-            main = next(lay for lay in group if "histoview_explanation" in lay.metadata)
-            tissue = parts.tissue_copy(self.viewer, base, main.name.split(":")[0])
-            spacers = [parts.spacer(self.viewer, base) for _ in range(stride - 1 - len(group))]
-            panels.append([*spacers, tissue, *group])
-            for lay in group:
-                self._saved["overlays"][_key(lay)] = (lay, parts.look(lay))
-                if lay is main:
-                    parts.refresh_overlay(lay, True)
-                    parts.panel_look(lay)
-        in_panels = {_key(lay) for p in panels for lay in p}
-        others = [lay for lay in layers if _key(lay) not in in_panels]
-        for lay in others:
-            lay.visible = False
-        # negative stride: the grid fills from the top of the layer list, first panel top-left
-        parts.reorder(layers, others + [lay for p in reversed(panels) for lay in p])
-        canvas_hw = self._canvas_size()
+        n = len(rows)
         shape0 = parts.base_shape(base)
         world_hw = (shape0[0] * abs(base.scale[-2]), shape0[1] * abs(base.scale[-1]))
-        grid.stride = -stride
-        grid.shape = parts.grid_shape(len(panels), canvas_hw, world_hw)
-        grid.spacing = 0.02
-        grid.enabled = True
+        with panels.one_scene_update(layers):
+            for lay in orphans:  # panels of explanations that are gone
+                layers.remove(lay)
+            if [_key(lay) for lay in layers] != [_key(lay) for lay in order]:
+                parts.reorder(layers, order)
+            for lay in others:
+                lay.visible = False
+            for row in rows:
+                main = self._main(row)
+                for lay in row:
+                    if parts.role(lay) in panels.PANEL_ROLES:
+                        lay.visible = True
+                main.visible = True
+                main.name_overlay.visible = False
+                parts.refresh_overlay(main, True)
+                contrast = (main.metadata.get("histoview") or {}).get("contrast", True)
+                bar = parts.colorbar(main)
+                if bar is not None:
+                    bar.visible = bool(contrast)
+                if not contrast:  # nothing to paint: the title says "no contrast"
+                    main.opacity = 0.0
+            grid.stride = -panels.STRIDE
+            grid.shape = parts.grid_shape(n, self._canvas_size(), world_hw)
+            grid.spacing = 0.02
+            grid.enabled = True
         self._saved["notice"] = parts.notice_for_grid(self.viewer)
         self.side_by_side_on = True
-        self.viewer.reset_view()
+        panels.fit_panels(self.viewer, base, panels.title_lines(r[0] for r in rows))
+        self._restore_selection()
+        self._hide_panel_rows()
+        methods = [self._main(r).metadata["histoview_explanation"].method for r in rows]
+        self.legend.setText(parts.colour_legend(methods))
         self.status.setText(
-            f"side by side: {len(panels)} panels, grid {grid.shape[0]} x "
-            f"{grid.shape[1]}; colour scale: importance normalised per method"
+            f"side by side: {n} panels, grid {grid.shape[0]} x {grid.shape[1]}; colour: "
+            "each map from 0 (its lowest value) to 1 (its highest)"
         )
 
     def stacked(self, _checked=False) -> None:
-        """One view, all overlays stacked over the base image (undoes :meth:`side_by_side`)."""
+        """One view, all overlays stacked over the base image (undoes :meth:`side_by_side`);
+        the panel layers stay, hidden, for the next time."""
+        self._side_wanted = False
         layers = self.viewer.layers
-        for lay in [lay for lay in layers if parts.role(lay) is not None]:
-            layers.remove(lay)
         saved, self._saved = self._saved, {}
         grid = parts.grid_of(self.viewer)
-        grid.enabled = False
-        if saved:
-            grid.stride, grid.shape, grid.spacing = saved["grid"]
-            parts.restore_notice(self.viewer, saved.get("notice", {}))
-            for lay, saved_look in saved["overlays"].values():
-                if lay in layers:
-                    if "histoview_explanation" in lay.metadata:
-                        parts.refresh_overlay(lay, False)
-                    parts.restore_look(lay, saved_look)
+        with panels.one_scene_update(layers):
+            grid.enabled = False
             for lay in layers:
-                if _key(lay) in saved["visible"]:
-                    lay.visible = saved["visible"][_key(lay)]
-            order = [lay for lay in saved["order"] if lay in layers]
-            parts.reorder(layers, order + [lay for lay in layers if lay not in order])
+                if parts.role(lay) in panels.PANEL_ROLES:
+                    lay.visible = False
+            if saved:
+                grid.stride, grid.shape, grid.spacing = saved["grid"]
+                for lay in layers:
+                    key = _key(lay)
+                    if key in saved["mains"]:
+                        parts.refresh_overlay(lay, False)
+                        lay.opacity, lay.name_overlay.visible, lay.visible = saved["mains"][key]
+                        bar = parts.colorbar(lay)
+                        if bar is not None:
+                            bar.visible = False
+                    elif key in saved["visible"]:
+                        lay.visible = saved["visible"][key]
+                position = {k: i for i, k in enumerate(saved["order"])}
+                order = sorted(layers, key=lambda lay: position.get(_key(lay), len(position)))
+                if [_key(lay) for lay in layers] != [_key(lay) for lay in order]:
+                    parts.reorder(layers, order)
+        if saved:
+            parts.restore_notice(self.viewer, saved.get("notice", {}))
         self.side_by_side_on = False
         self.viewer.reset_view()
         self.status.setText("stacked: all overlays over the tissue")
+
+    def _restore_selection(self) -> None:
+        before = getattr(self, "_selection_before", None)
+        self._selection_before = None
+        active = self.viewer.layers.selection.active
+        if active is not None and parts.role(active) in panels.PANEL_ROLES:
+            keep = before if before is not None and before in self.viewer.layers else None
+            self.viewer.layers.selection.active = keep or self.image_layer()
+
+    def _layers_changed(self, _event=None) -> None:
+        self._rows_timer.start()  # once the list settles: hide the panel layers' rows
+
+    def _hide_panel_rows(self) -> None:
+        panels.hide_rows(panels.layer_list_view(self), self.viewer.layers)
 
     def _canvas_size(self):
         canvas = getattr(self.viewer, "canvas", None)
@@ -335,9 +530,14 @@ class CompareWidget(qw.QWidget):
 
         ``then_side_by_side``: show the panels when done (default: if they were shown before).
         """
+        from histoview.viewer.overlays import Placement
+
         base = self.image_layer()
         if base is None:
             self._error("select an image layer first")
+            return
+        if self._worker is not None:
+            self._error("already running: cancel it first")
             return
         self._resume_side = self.side_by_side_on if then_side_by_side is None else then_side_by_side
         if self.side_by_side_on:
@@ -351,6 +551,7 @@ class CompareWidget(qw.QWidget):
             tuple(self.methods),
             self._load,
             self.steps,
+            Placement.of(base),
             base=base,
         )
 
@@ -382,7 +583,7 @@ class CompareWidget(qw.QWidget):
         avoid_triton_llvm_clash()
         worker = create_worker(func, *args, _start_thread=False)
         worker.yielded.connect(lambda item: self._on_yielded(base, item))
-        worker.returned.connect(self._on_returned)
+        worker.returned.connect(lambda result: self._queue(lambda: self._show_results(result)))
         worker.errored.connect(lambda exc: self._error(str(exc)))
         worker.aborted.connect(lambda: self.status.setText("cancelled"))
         worker.finished.connect(self._on_finished)
@@ -406,26 +607,48 @@ class CompareWidget(qw.QWidget):
             self.progress.setValue(done)
             self.status.setText(text)
         elif item[0] == "explanation":
-            _, expl, predict, rgb = item
-            if base in self.viewer.layers:
-                add_explanation_layers(self.viewer, base, expl)
+            _, expl, layer_data, predict, rgb = item
             self.register_predictor(expl, predict, rgb)
+            # the worker prepared the layers; add them one per event-loop turn
+            for one in layer_data or []:
+                self._queue(lambda one=one: self._add_prepared(base, one))
 
-    def _on_returned(self, result) -> None:
+    def _add_prepared(self, base, layer_data) -> None:
+        if base in self.viewer.layers:
+            add_layer_data(self.viewer, [layer_data])
+
+    def _show_results(self, result) -> None:
         from histoview.viewer.overlays import _set_notice
 
         self.agreement = result.get("agreement")
         self.faithfulness = dict(result.get("faithfulness") or {})
         parts.fill_agreement_table(self.table, self.agreement)
-        parts.draw_faithfulness(self.figure, self.faithfulness)
+        figure = result.get("figure")
+        if figure is not None:
+            self.figure, rgba = figure
+            self._show_figure(rgba)
         self.progress.setValue(self.progress.maximum())
         lines = [f"compared {len(result.get('labels', []))} explanations"]
         if result.get("skipped"):
             lines.append("skipped (no weights): " + "; ".join(result["skipped"]))
         lines += result.get("notes", [])
         self.status.setText("\n".join(lines))
+        base = self.image_layer()
+        if base is not None:
+            groups = parts.explanation_groups(self.viewer.layers, base)
+            methods = [self._main(g).metadata["histoview_explanation"].method for g in groups]
+            self.legend.setText(parts.colour_legend(methods) if methods else "")
         if not self.side_by_side_on:  # side by side keeps the notice clear of the panel titles
             _set_notice(self.viewer, parts.explanation_layers(self.viewer.layers))
+
+    def _show_figure(self, rgba: np.ndarray) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        h, w = rgba.shape[:2]
+        image = QImage(rgba.tobytes(), w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
+        self.figure_view.setText("")
+        self.figure_view.setPixmap(QPixmap.fromImage(image))
+        self.figure_view.setMinimumHeight(h)
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -434,7 +657,7 @@ class CompareWidget(qw.QWidget):
         self.cancel_button.setEnabled(False)
         if self._resume_side:
             self._resume_side = False
-            self.side_by_side()
+            self._queue(lambda: self.side_by_side(wait=False))
 
     # -- exports ----------------------------------------------------------------------------------
     def _ask_save_path(self, caption: str, suggested: str, filters: str) -> str | None:
