@@ -271,7 +271,7 @@ def test_dt_gradcam_shows_its_threshold(tmp_path):
 def test_below_the_threshold_the_tissue_stays_bare():
     from matplotlib import colormaps
 
-    from histoview.explain._report_pages import _blend
+    from histoview.explain._report_panels import _blend
 
     img = tissue()
     dt = dt_gradcam()

@@ -1,5 +1,6 @@
 """Page sizes, paper choice and small helpers shared by the report's modules
-(:mod:`histoview.explain.report` and its page layout :mod:`histoview.explain._report_pages`)."""
+(:mod:`histoview.explain.report`, its page layout :mod:`histoview.explain._report_pages` and
+the modules that draw the pages' blocks)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,9 @@ explanation to [0, 1] (:func:`~histoview.explain.agreement.normalise`): 0 is the
 of that explanation on this image, 1 the highest. Patch and dense maps are blended into the
 tissue with an opacity growing with the value; nuclei are their outlines filled by value.
 
-The page layout and drawing live in :mod:`histoview.explain._report_pages`. Pages are
+The page layout lives in :mod:`histoview.explain._report_pages`, the drawing of its
+blocks in :mod:`histoview.explain._report_panels` and
+:mod:`histoview.explain._report_comparison`. Pages are
 :class:`matplotlib.figure.Figure` objects on the Agg canvas, never pyplot, so
 rendering never touches a GUI backend. PDFs keep their text as text (TrueType,
 ``pdf.fonttype`` 42), so it can be searched and extracted; every file goes through
@@ -165,6 +167,7 @@ def render_figure(
 
     from histoview import __version__
     from histoview.explain import _report_pages as pages
+    from histoview.explain._report_canvas import Content
     from histoview.explain.methods import METHODS
 
     if isinstance(explanations, Explanation):
@@ -193,7 +196,7 @@ def render_figure(
         f"{pixel_size_um:.3g} µm/px" if pixel_size_um else "pixel size unknown (no scale bar)"
     )
     date = date or datetime.date.today().isoformat()
-    content = pages.Content(
+    content = Content(
         image=image,
         explanations=explanations,
         titles=titles,
