@@ -458,7 +458,7 @@ def _assert_in_view(*widgets):
 
 def test_confusion_matrix_fits_a_narrow_dock(qtbot):
     from histoview.training.datasets import BREAKHIS_SUBTYPE_NAMES
-    from histoview.viewer._train_widget_parts import RunView
+    from histoview.viewer._train_run_view import RunView
 
     classes = list(BREAKHIS_SUBTYPE_NAMES.values())
     cm = np.random.default_rng(0).integers(0, 9, (8, 8)).tolist()

@@ -47,9 +47,9 @@ from histoview import RESEARCH_NOTICE
 from histoview.training.recipes import recipe_for
 from histoview.viewer._compat import SignalQueue, avoid_triton_llvm_clash
 from histoview.viewer._evaluation_view import EvaluationActions
+from histoview.viewer._train_library import LibraryPanel
+from histoview.viewer._train_run_view import RunView
 from histoview.viewer._train_widget_parts import (
-    LibraryPanel,
-    RunView,
     _wrapped_label,
     default_run_dir,
     devices,
