@@ -3,10 +3,12 @@
 * the devices and the default output folder of a run (the starting settings per model come
   from the core, :func:`histoview.training.recipes.recipe_for`);
 * plain-text summaries (dataset, split, metrics, durations);
-* Qt helpers: a scroll area, a figure canvas at the figure's own size, a wrapped label.
+* Qt helpers: a row of widgets, a scroll area, a figure canvas at the figure's own size, a
+  wrapped label.
 
 The tabs are widgets of their own: the run view in :mod:`histoview.viewer._train_run_view`,
-the model library in :mod:`histoview.viewer._train_library`, the evaluation in
+the model library in :mod:`histoview.viewer._train_library`, the settings form in
+:mod:`histoview.viewer._train_settings`, the evaluation in
 :mod:`histoview.viewer._evaluation_view`.
 """
 
@@ -16,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtWidgets import QLabel, QScrollArea, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QWidget
 
 
 def devices() -> list[str]:
@@ -75,6 +77,13 @@ def split_text(settings: dict[str, Any], parts, has_patients: bool = True) -> st
     if settings["by"] == "patient" and not has_patients:
         return f"Split by image (no patient ids; {how}): {sizes} images"
     return f"Split by {settings['by']} ({how}): {sizes} images"
+
+
+def _row(*widgets) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for w in widgets:
+        row.addWidget(w)
+    return row
 
 
 def scrolling(widget: QWidget) -> QScrollArea:
