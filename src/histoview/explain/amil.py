@@ -51,6 +51,7 @@ def explain_amil(
         spec = replace(spec, max_background=max_background)
     size, stride = spec.patch_size, spec.stride
     bag, grid = spec.bag(image, level=level, downsample=downsample, image_shape=image_shape)
+    warnings = _tissue_warnings(image, grid, spec)
     cfg = model.model_config
     device = next(model.parameters()).device
     x = bag.to(device)
@@ -71,5 +72,32 @@ def explain_amil(
         checkpoint_sha256=checkpoint_sha256,
         synthetic=bool(meta.get("synthetic", False)),
         extra={"patch_size": size, "stride": stride, "num_patches": len(grid), "level": level,
-               "grid_shape": list(grid.grid_shape), "operating_threshold": operating},
+               "grid_shape": list(grid.grid_shape), "operating_threshold": operating,
+               **({"warnings": warnings} if warnings else {})},
     )
+
+
+def _tissue_warnings(image: np.ndarray, grid, spec) -> list[str]:
+    """Refuse a bag without tissue; warn when few patches hold tissue.
+
+    :func:`~histoview.preprocessing.patches.extract_patches` keeps at least one patch even
+    when every patch is more glass than ``max_background``: that is no tissue, not a bag.
+    """
+    if spec.max_background is None:
+        return []
+    from histoview.preprocessing.patches import glass_fraction
+
+    total = int(np.prod(grid.grid_shape))
+    if len(grid) == 1 and total > 1:
+        r, c = (int(v) * spec.stride for v in grid.grid_index[0])
+        patch = np.asarray(image)[r : r + spec.patch_size, c : c + spec.patch_size, :3]
+        if float(glass_fraction(patch[None])[0]) > spec.max_background:
+            raise ValueError(
+                f"no tissue patches: all {total} patches are more than "
+                f"{spec.max_background:.0%} glass (a blank image, or tissue too faint to "
+                "detect); no prediction is made from an empty bag"
+            )
+    if len(grid) < 0.1 * total:
+        return [f"only {len(grid)} of {total} patches hold tissue: the prediction rests on "
+                "little tissue"]
+    return []

@@ -27,6 +27,8 @@ from histoview.explain.base import Explanation
 from histoview.explain.faithfulness import Predict, model_predictor
 
 ExplainFn = Callable[[np.ndarray, Any, dict, "str | None", "ExplainContext"], Explanation]
+#: a nuclei graph with fewer nodes than this gets a visible warning
+FEW_NUCLEI = 10
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,14 @@ class ExplainContext:
 
     Attributes:
         pixel_size_um: micrometres per pixel of the image passed (None: unknown).
+        pixel_size_source: where it came from, ``"file"`` or ``"user"`` (None: the file).
         target_class: class index to explain (None: the predicted class).
         options: method options chosen by the user (e.g. ``{"importance": "occlusion"}``).
         downsample, level, image_shape: where the image sits in a pyramid (level-0 shape).
     """
 
     pixel_size_um: float | None = None
+    pixel_size_source: str | None = None
     target_class: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     downsample: float = 1.0
@@ -112,8 +116,22 @@ def _explain_graph(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
     from histoview.models.inputs import InputSpec
 
     spec = InputSpec.from_checkpoint(meta, model)
-    mpp, source = spec.pixel_size(ctx.pixel_size_um)
+    # unknown pixel size: estimated from the image, or PixelSizeError asking for --pixel-size
+    choice = spec.resolve_pixel_size(ctx.pixel_size_um, source=ctx.pixel_size_source, image=image)
+    mpp, source = choice.pixel_size_um, choice.source
     graph, nuclei = spec.graph(image, mpp)
+    if len(nuclei) == 0:
+        raise ValueError(
+            f"no nuclei found at {choice.describe()}: the image may be blank or not H&E, or its "
+            "pixel size wrong (give the right one with --pixel-size); no prediction is made "
+            "from an empty graph"
+        )
+    warnings = []
+    if len(nuclei) < FEW_NUCLEI:
+        warnings.append(
+            f"only {len(nuclei)} nuclei found at {mpp:.4g} um/px ({source}): the prediction "
+            "rests on very little tissue; check the image and its pixel size"
+        )
     importance = ctx.options.get("importance") or "auto"
     if importance == "auto":
         importance = "attention" if model.model_config.explanation == "attention" else "occlusion"
@@ -129,6 +147,10 @@ def _explain_graph(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
         outlines=nuclei.outlines,
     )
     expl.extra.update(pixel_size_um=mpp, pixel_size_source=source, importance=importance)
+    if choice.estimate is not None:
+        expl.extra["pixel_size_estimate"] = choice.estimate.describe()
+    if warnings:
+        expl.extra["warnings"] = [*expl.extra.get("warnings", []), *warnings]
     return expl
 
 

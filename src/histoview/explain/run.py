@@ -101,23 +101,54 @@ def explain_array(
     downsample: float = 1.0,
     level: int = 0,
     image_shape: tuple[int, int] | None = None,
+    pixel_size_source: str | None = None,
 ) -> Explanation:
     """Run ``method`` with a loaded model on an (H, W, 3) uint8 image.
 
     ``pixel_size_um`` is the image's (um/px; None: unknown); ``target_class`` a class name
     or index (None: the predicted class); ``importance`` the graph method's option;
-    ``downsample``, ``level`` and ``image_shape`` place the image in a pyramid.
+    ``downsample``, ``level`` and ``image_shape`` place the image in a pyramid;
+    ``pixel_size_source`` says where ``pixel_size_um`` came from (``"file"``, ``"user"``).
+    A blank image (:func:`~histoview.preprocessing.scale.is_blank`) is refused: no method's
+    prediction means anything on it. Every explanation records ``pixel_size_um`` and
+    ``pixel_size_source`` in ``extra`` (``"unknown"`` where the method needs none).
     """
+    from histoview.preprocessing.scale import is_blank
+
+    blank = is_blank(image)
+    if blank:
+        raise ValueError(f"{blank}; no explanation is made of an image without tissue")
     options = {"importance": importance} if importance else {}
     context = ExplainContext(
         pixel_size_um=pixel_size_um,
+        pixel_size_source=pixel_size_source,
         target_class=_class_index(target_class, tuple(meta["classes"])),
         options=options,
         downsample=downsample,
         level=level,
         image_shape=image_shape,
     )
-    return get_method(method).explain(image, net, meta, sha, context)
+    expl = get_method(method).explain(image, net, meta, sha, context)
+    expl.extra.setdefault("pixel_size_um", pixel_size_um)
+    expl.extra.setdefault(
+        "pixel_size_source", (pixel_size_source or "file") if pixel_size_um else "unknown"
+    )
+    return expl
+
+
+def pixel_size_line(expl: Explanation) -> str:
+    """The line ``histoview explain`` prints: which pixel size a method used, and from where."""
+    mpp, source = expl.extra.get("pixel_size_um"), expl.extra.get("pixel_size_source")
+    if not mpp:
+        return f"{expl.method}: pixel size unknown (this method does not use it)"
+    est = expl.extra.get("pixel_size_estimate") or {}
+    detail = {
+        "estimated": "estimated from the nuclei's size"
+        + (f", +-{est['relative_error']:.0%}, {est['n_nuclei']} nuclei" if est else ""),
+        "file": "from the file's calibration",
+        "user": "given with --pixel-size",
+    }.get(source, source)
+    return f"{expl.method}: pixel size {mpp:.4g} um/px ({detail})"
 
 
 def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], *, model: str | None = None,
@@ -145,21 +176,53 @@ def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], 
     if not loaded:
         raise CheckpointError(f"no method could run on {path}: " + "; ".join(f"{m}: {r}" for m, r in skipped.items()))
     with open_image(path, pixel_size_um=pixel_size_um) as src:
+        src.check_square_pixels()  # the models assume square pixels
         level = choose_level(src, loaded[0][2])
         rgb = to_rgb8(src.read_level(level))
         ds = src.levels[level].downsample
         mpp = src.level_pixel_size(level)
+        mpp_source = src.pixel_size_source
         shape0 = src.shape[:2]
+    mpp, mpp_source, estimate = _estimate_if_unknown(rgb, mpp, mpp_source, loaded)
     source = str(Path(path).resolve())
     explanations = [
         replace(explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp,
                               target_class=target_class, importance=importance, downsample=ds,
-                              level=level, image_shape=shape0), source_path=source)
+                              level=level, image_shape=shape0,
+                              pixel_size_source=mpp_source), source_path=source)
         for method, net, meta, sha in loaded
     ]
+    for expl in explanations:
+        if estimate is not None and expl.extra.get("pixel_size_source") == "estimated":
+            expl.extra.setdefault("pixel_size_estimate", estimate.describe())
+        report(pixel_size_line(expl))
+        for warning in expl.extra.get("warnings", []):
+            report(f"{expl.method}: warning: {warning}")
     info = {"level": level, "pixel_size_um": mpp, "image_shape": shape0, "skipped": skipped,
             "models": {m: (net, meta) for m, net, meta, _ in loaded}}
     return rgb, explanations, info
+
+
+def _estimate_if_unknown(rgb, mpp, source, loaded):
+    """``(pixel size, source, estimate)`` for an image: the file's or user's, else the estimate
+    from its nuclei (:func:`~histoview.models.inputs.resolve_pixel_size`), which every output
+    then records. An unreliable estimate stops the run when a method needs the pixel size
+    (graphs); other methods go on with it unknown."""
+    from histoview.models.inputs import PixelSizeError, resolve_pixel_size
+    from histoview.preprocessing.scale import is_blank
+
+    if mpp is not None:
+        return mpp, source, None
+    blank = is_blank(rgb)
+    if blank:
+        raise ValueError(f"{blank}; no explanation is made of an image without tissue")
+    try:
+        choice = resolve_pixel_size(None, image=rgb)
+    except PixelSizeError:
+        if any(get_method(m).kind == "graph" for m, *_ in loaded):
+            raise
+        return None, None, None
+    return choice.pixel_size_um, choice.source, choice.estimate
 
 
 def explain_file(path: str | os.PathLike, *, method: str, model: str | None = None,
@@ -213,7 +276,8 @@ def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image
     faithfulness = {}
     for label, expl in zip(method_labels(explanations), explanations):
         net, meta = info["models"][expl.method]
-        predict = predictor_for(expl.method, net, meta, pixel_size_um=info["pixel_size_um"])
+        mpp = expl.extra.get("pixel_size_um") or info["pixel_size_um"]  # the one it used
+        predict = predictor_for(expl.method, net, meta, pixel_size_um=mpp)
         faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
     fig = render_figure(rgb, explanations, pixel_size_um=info["pixel_size_um"],
                         image_name=image_name, agreement=agreement, faithfulness=faithfulness,

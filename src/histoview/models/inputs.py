@@ -11,18 +11,21 @@ through an :class:`InputSpec`, so a model sees the same input wherever it runs:
 * ``graph`` (nuclei graphs): nuclei detected at the image's pixel size and joined when
   closer than ``graph_threshold_um`` micrometres, as a torch-geometric ``Data``.
 
-**Unknown pixel size.** Only the graph input depends on the physical scale (the nuclei
-detector and the edge threshold work in micrometres). When the image's pixel size is
-unknown, :meth:`InputSpec.pixel_size` assumes the image was taken at the pixel size the
-model was trained at (the checkpoint records it), and :data:`DEFAULT_PIXEL_SIZE_UM`
-(0.5 um/px, about 20X) when the checkpoint does not say; it returns where the value came
-from, and callers record it.
+**Pixel size** (:func:`resolve_pixel_size`, the one policy). Only the graph input depends
+on the physical scale (the nuclei detector and the edge threshold work in micrometres). The
+pixel size used is, in this order: the user's (``--pixel-size``, a widget field: source
+``"user"``), the file's calibration when :mod:`histoview.io.image` trusts it (``"file"``),
+else an estimate from the image's nuclei (:func:`histoview.preprocessing.scale.estimate_pixel_size`,
+``"estimated"``); an unreliable estimate raises :class:`PixelSizeError`, asking for
+``--pixel-size``, instead of guessing. Only where no image is at hand (a training cache key)
+does it fall back to the model's training pixel size (``"checkpoint-default"``) or
+:data:`DEFAULT_PIXEL_SIZE_UM` (``"default"``). Callers record the value and its source.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -38,10 +41,77 @@ if TYPE_CHECKING:
 
 #: edge threshold of nuclei graphs, micrometres (the one constant every caller uses)
 GRAPH_THRESHOLD_UM = DEFAULT_THRESHOLD_UM
-#: pixel size assumed when neither the image nor the checkpoint gives one (um/px, ~20X)
+#: pixel size assumed without an image, a file value or a checkpoint value (um/px, ~20X)
 DEFAULT_PIXEL_SIZE_UM = 0.5
-#: where a pixel size came from: the image (or the user), the checkpoint, the default
-PIXEL_SIZE_SOURCES = ("image", "checkpoint", "default")
+#: where a pixel size came from (:func:`resolve_pixel_size`)
+PIXEL_SIZE_SOURCES = ("user", "file", "estimated", "checkpoint-default", "default")
+
+
+class PixelSizeError(ValueError):
+    """No pixel size can be trusted for an image: the user must give one (``--pixel-size``)."""
+
+
+class PixelSizeChoice(NamedTuple):
+    """A pixel size (um/px), where it came from (:data:`PIXEL_SIZE_SOURCES`) and, when it was
+    estimated, the :class:`~histoview.preprocessing.scale.PixelSizeEstimate`."""
+
+    pixel_size_um: float
+    source: str
+    estimate: Any = None
+
+    def describe(self) -> str:
+        """One line: ``0.2456 um/px (estimated from the nuclei's size, +-12 %, 380 nuclei)``."""
+        what = {
+            "user": "given by the user",
+            "file": "from the file's calibration",
+            "estimated": "estimated from the nuclei's size",
+            "checkpoint-default": "the model's training pixel size (the image has none)",
+            "default": f"histoview's default {DEFAULT_PIXEL_SIZE_UM} um/px (the image has none)",
+        }.get(self.source, self.source)
+        est = self.estimate
+        if est is not None and est.relative_error is not None:
+            what += f", +-{est.relative_error:.0%}, {est.n_nuclei} nuclei"
+        return f"{self.pixel_size_um:.4g} um/px ({what})"
+
+
+def resolve_pixel_size(
+    image_pixel_size_um: float | None,
+    *,
+    source: str | None = None,
+    image: np.ndarray | None = None,
+    model_pixel_size_um: float | None = None,
+) -> PixelSizeChoice:
+    """The pixel size to analyse an image at (the module docstring's policy).
+
+    Args:
+        image_pixel_size_um: the image's own pixel size (um/px; None: unknown or untrusted).
+        source: where it came from, ``"file"`` (default) or ``"user"``.
+        image: the (H, W, 3) uint8 image, to estimate the pixel size from when it is unknown.
+        model_pixel_size_um: the model's training pixel size, used only without an image.
+
+    Raises:
+        PixelSizeError: the pixel size is unknown and the estimate is unreliable; the message
+            gives the reason and asks for ``--pixel-size``.
+    """
+    if image_pixel_size_um:
+        value = float(image_pixel_size_um)
+        if not (value > 0 and np.isfinite(value)):
+            raise PixelSizeError(f"pixel size must be a positive number of um, got {value}")
+        return PixelSizeChoice(value, source or "file")
+    if image is not None:
+        from histoview.preprocessing.scale import estimate_pixel_size
+
+        est = estimate_pixel_size(image)
+        if not est.reliable:
+            raise PixelSizeError(
+                "the image has no trustworthy pixel size and it cannot be estimated reliably: "
+                f"{est.reason}. Give it with --pixel-size (micrometres per pixel: about 0.25 "
+                "at 40X, 0.5 at 20X)"
+            )
+        return PixelSizeChoice(float(est.pixel_size_um), "estimated", est)
+    if model_pixel_size_um:
+        return PixelSizeChoice(float(model_pixel_size_um), "checkpoint-default")
+    return PixelSizeChoice(DEFAULT_PIXEL_SIZE_UM, "default")
 
 
 @dataclass(frozen=True)
@@ -122,14 +192,28 @@ class InputSpec:
         return out
 
     # -- the policy for the physical scale ----------------------------------------------------
-    def pixel_size(self, image_pixel_size_um: float | None) -> tuple[float, str]:
-        """``(um/px, source)`` to use for an image: its own pixel size when known, else the
-        model's training pixel size, else :data:`DEFAULT_PIXEL_SIZE_UM` (module docstring)."""
-        if image_pixel_size_um:
-            return float(image_pixel_size_um), "image"
-        if self.pixel_size_um:
-            return float(self.pixel_size_um), "checkpoint"
-        return DEFAULT_PIXEL_SIZE_UM, "default"
+    def pixel_size(
+        self,
+        image_pixel_size_um: float | None,
+        *,
+        source: str | None = None,
+        image: np.ndarray | None = None,
+    ) -> tuple[float, str]:
+        """``(um/px, source)`` for an image: :meth:`resolve_pixel_size` without the estimate."""
+        choice = self.resolve_pixel_size(image_pixel_size_um, source=source, image=image)
+        return choice.pixel_size_um, choice.source
+
+    def resolve_pixel_size(
+        self,
+        image_pixel_size_um: float | None,
+        *,
+        source: str | None = None,
+        image: np.ndarray | None = None,
+    ) -> PixelSizeChoice:
+        """:func:`resolve_pixel_size` with this model's training pixel size as the fallback."""
+        return resolve_pixel_size(
+            image_pixel_size_um, source=source, image=image, model_pixel_size_um=self.pixel_size_um
+        )
 
     # -- inputs -------------------------------------------------------------------------------
     def bag(
