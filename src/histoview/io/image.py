@@ -8,6 +8,16 @@ of any level. TIFFs are read through tifffile's zarr store, tile by tile, so a
 50,000 x 50,000 slide opens in milliseconds and panning reads only what is
 shown.
 
+**Images as they are** (:mod:`histoview.io.tiff_layout`): a multi-image TIFF is read as its
+main image, the largest series (an SVS's slide pyramid, not its thumbnail, label or macro);
+planar (separate-plane) TIFFs come back with samples last; CMYK, YCbCr, palette and
+min-is-white images are converted (CMYK by the naive, ICC-free ``R = 255 (1 - C)(1 - K)``,
+the rule Pillow uses for PNG/JPEG) and other colour models refused by name; the TIFF
+Orientation tag and the EXIF orientation of PNG/JPEG are applied. Uncompressed TIFF pixels are
+memory-mapped, so a region of a single-strip 20,000 x 20,000 TIFF reads in a few MB;
+compressed strips too large to decode for a region are refused with how to convert the file.
+:attr:`ImageSource.image_note` says what was chosen, converted or turned.
+
 **Pixel size** (micrometres per pixel of level 0, kept as (y, x)) comes, in this order, from
 the caller's override, OME-XML ``PhysicalSizeX`` / ``PhysicalSizeY`` with their units, an
 Aperio ``MPP =`` entry in the image description, or the resolution tags (TIFF
@@ -31,7 +41,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -189,8 +199,11 @@ class ImageSource:
     """An opened image: levels, pixel size, lazy region reads. Use :func:`open_image`.
 
     Arrays are (height, width) or (height, width, samples) with samples 3 (RGB)
-    or 4 (RGBA); palette images come back as RGB. Close it (or use ``with``)
-    to release the file.
+    or 4 (RGBA), as the image is meant to be seen: palette, CMYK and YCbCr images come back
+    as RGB, planar TIFFs with samples last, EXIF / TIFF orientation applied (module
+    docstring). :attr:`image_note` says which image of a multi-image TIFF was chosen and what
+    was converted or turned (None when nothing was). Close it (or use ``with``) to release
+    the file.
 
     Pixel size (module docstring): :attr:`pixel_size_yx` is the trusted (y, x) um/px of level 0
     or None; :attr:`pixel_size_um` the square pixel size (None when unknown or anisotropic);
@@ -207,14 +220,14 @@ class ImageSource:
         calibration: PixelCalibration | None = None,
         fmt: str,
         closer=None,
-        colormap: np.ndarray | None = None,
+        image_note: str | None = None,
     ):
         self.path = path
         # Level arrays, or zero-argument callables that open them on first use (zarr stores),
         # so describing a file does not import or build zarr.
         self._arrays = list(arrays)
         self._closer = closer
-        self._colormap = colormap
+        self.image_note = image_note
         cal = calibration or PixelCalibration()
         self.pixel_size_yx: tuple[float, float] | None = cal.yx_um
         self.pixel_size_source: str | None = "file" if cal.yx_um else None
@@ -223,8 +236,8 @@ class ImageSource:
         self.objective_power: float | None = cal.objective_power
         self.format = fmt
         shapes = [tuple(a.shape) for a in arrays]
-        self._dtype = np.dtype(np.uint8) if colormap is not None else np.dtype(arrays[0].dtype)
-        samples = (3,) if colormap is not None else shapes[0][2:]
+        self._dtype = np.dtype(arrays[0].dtype)
+        samples = shapes[0][2:]
         self.levels = [LevelInfo((sh[0], sh[1], *samples), shapes[0][0] / sh[0]) for sh in shapes]
 
     # -- description -------------------------------------------------------------------------
@@ -303,7 +316,8 @@ class ImageSource:
         )
 
     def describe(self) -> dict:
-        """Plain-data summary (what ``histoview info`` prints)."""
+        """Plain-data summary (what ``histoview info`` prints); ``image_note`` says which image of
+        a multi-image TIFF was chosen and what was converted or turned."""
         return {
             "path": str(self.path),
             "format": self.format,
@@ -315,6 +329,7 @@ class ImageSource:
             "pixel_size_note": self.pixel_size_note,
             "square_pixels": self.square_pixels,
             "objective_power": self.objective_power,
+            "image_note": self.image_note,
             "levels": [
                 {"shape": list(lv.shape), "downsample": round(lv.downsample, 4)}
                 for lv in self.levels
@@ -328,8 +343,6 @@ class ImageSource:
         array = self._arrays[level]
         if isinstance(array, _LazyLevel):
             array = self._arrays[level] = array.open()
-        if self._colormap is not None:
-            return _PaletteArray(array, self._colormap)
         return array
 
     def read_region(self, level: int, origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
@@ -350,6 +363,8 @@ class ImageSource:
             )
         try:
             return np.asarray(self.level_array(level)[r0:r1, c0:c1])
+        except ImageReadError:
+            raise
         except Exception as exc:  # decoding errors from tifffile/imagecodecs
             raise ImageReadError(
                 self.path, f"cannot decode pixels of level {level} ({exc})"
@@ -397,35 +412,21 @@ class ImageSource:
 
 
 class _LazyLevel:
-    """Shape and dtype of a TIFF pyramid level; ``open()`` makes its zarr array."""
+    """Shown shape and dtype of a TIFF pyramid level; ``open()`` makes its array (a memory map
+    or tifffile's zarr store, seen through :class:`~histoview.io.tiff_layout.LevelView`)."""
 
-    def __init__(self, tf, level: int, shape: tuple[int, ...], dtype):
-        self._tf, self._level = tf, level
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+    def __init__(self, path: Path, tf, series: int, level: int, layout):
+        self._path, self._tf, self._series, self._level = path, tf, series, level
+        self._layout = layout
+        self.shape, self.dtype = tuple(layout.shape), np.dtype(layout.dtype)
 
     def open(self):
-        import zarr
+        from histoview.io.tiff_layout import UnsupportedTiff, open_level
 
-        return zarr.open(self._tf.aszarr(series=0, level=self._level), mode="r")
-
-
-class _PaletteArray:
-    """Lazy view applying a TIFF palette (colormap) to index pixels on read."""
-
-    def __init__(self, indices, colormap: np.ndarray):
-        self._indices = indices
-        self._cmap = colormap
-        self.shape = (*indices.shape[:2], 3)
-        self.dtype = np.dtype(np.uint8)
-        self.ndim = 3
-
-    def __getitem__(self, key):
-        idx = np.asarray(self._indices[key[:2] if isinstance(key, tuple) else key])
-        return self._cmap[idx]
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[:, :]
-        return out.astype(dtype) if dtype is not None else out
+        try:
+            return open_level(self._tf, self._series, self._level, self._layout, self._path.name)
+        except UnsupportedTiff as exc:
+            raise ImageReadError(self._path, str(exc)) from exc
 
 
 def open_image(path: str | os.PathLike, *, pixel_size_um: float | None = None) -> ImageSource:
@@ -495,8 +496,10 @@ def _open_plain(path: Path) -> ImageSource:
                     f"header claims {w} x {h} pixels, too many for a PNG/JPEG; use a tiled TIFF",
                 )
             im.load()
-            arr = _pil_to_array(im)
             calibration = _plain_calibration(im)
+            arr, image_note, transposed = _pil_to_array(path, im)
+            if transposed and calibration.yx_um:
+                calibration = replace(calibration, yx_um=calibration.yx_um[::-1])
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -505,7 +508,8 @@ def _open_plain(path: Path) -> ImageSource:
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"cannot decode image ({exc})") from exc
-    return ImageSource(path, [arr], calibration=calibration, fmt=path.suffix.lower().lstrip("."))
+    fmt = path.suffix.lower().lstrip(".")
+    return ImageSource(path, [arr], calibration=calibration, fmt=fmt, image_note=image_note)
 
 
 def _plain_calibration(im) -> PixelCalibration:
@@ -529,14 +533,52 @@ def _plain_calibration(im) -> PixelCalibration:
     return PixelCalibration()
 
 
-def _pil_to_array(im) -> np.ndarray:
+def _pil_to_array(path: Path, im) -> tuple[np.ndarray, str | None, bool]:
+    """A decoded PNG/JPEG as it is meant to be seen: ``(array, note, transposed)``.
+
+    The EXIF orientation is applied (Pillow's ``ImageOps.exif_transpose``; ``transposed`` when
+    it swapped rows and columns); palette images become RGB(A); CMYK becomes RGB by Pillow's
+    ICC-free rule ``R = 255 (1 - C)(1 - K)`` (G with M, B with Y). Pillow reads every CMYK JPEG
+    with Adobe's inverted polarity; one without Adobe's APP14 marker stores plain CMYK, so its
+    inversion is undone first. YCbCr, LAB and HSV become RGB, 1-bit images 0 / 255, gray with
+    alpha gray; any other mode is refused (:class:`ImageReadError`).
+    """
+    from PIL import ImageOps
+
+    from histoview.io.tiff_layout import ORIENTATION_NAMES
+
+    notes = []
+    orientation = im.getexif().get(0x0112, 1)
+    transposed = False
+    if orientation in ORIENTATION_NAMES:
+        im = ImageOps.exif_transpose(im)
+        transposed = orientation >= 5
+        notes.append(
+            f"EXIF orientation {orientation} applied: shown "
+            f"{ORIENTATION_NAMES[orientation]} from how it is stored"
+        )
     mode = im.mode
     if mode == "P" or mode == "PA":
         im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
     elif mode in ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "RGB", "RGBA"):
         pass
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+    elif mode in ("RGBa", "RGBX", "La"):
+        im = im.convert({"RGBa": "RGBA", "RGBX": "RGB", "La": "LA"}[mode])
+    elif mode == "CMYK":
+        if im.format == "JPEG" and "adobe" not in im.info:
+            im = im.point(lambda v: 255 - v)
+            notes.append("CMYK JPEG without an Adobe marker: read as plain (not inverted) CMYK")
         im = im.convert("RGB")
+        notes.append("CMYK converted to RGB without an ICC profile: R = (1 - C)(1 - K) etc.")
+    elif mode in ("YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+        notes.append(f"{mode} converted to RGB")
+    else:
+        raise ImageReadError(
+            path,
+            f"{im.format} colour mode {mode!r} is not supported; histoview reads gray, RGB, RGBA, "
+            "palette and CMYK images: convert it to RGB first",
+        )
     arr = np.asarray(im)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -544,11 +586,13 @@ def _pil_to_array(im) -> np.ndarray:
         arr = arr[..., 0]
     if im.mode.startswith("I;16"):
         arr = arr.astype(np.uint16)
-    return arr
+    return arr, _join(notes), transposed
 
 
 def _open_tiff(path: Path, size: int) -> ImageSource:
     import tifffile
+
+    from histoview.io.tiff_layout import UnsupportedTiff, main_series, tiff_layout
 
     try:
         tf = tifffile.TiffFile(path)
@@ -557,30 +601,31 @@ def _open_tiff(path: Path, size: int) -> ImageSource:
     try:
         if not tf.series or not tf.pages:
             raise ImageReadError(path, "TIFF holds no image")
-        series = tf.series[0]
+        index, series_note = main_series(tf)
+        series = tf.series[index]
         _check_tiff_data(path, series, size)
         page = series.levels[0].keyframe
-        colormap = None
-        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
-            cmap = np.asarray(page.colormap)
-            colormap = (cmap.T >> 8 if cmap.max() > 255 else cmap.T).astype(np.uint8)
-        arrays = []
-        for i, lv in enumerate(series.levels):
-            if lv.ndim > 3 or (lv.ndim == 3 and lv.shape[-1] not in (3, 4) and "S" not in lv.axes):
-                raise ImageReadError(
-                    path, f"unsupported TIFF layout: axes {lv.axes} shape {lv.shape}"
-                )
-            arrays.append(_LazyLevel(tf, i, lv.shape, lv.dtype))
-        if len(arrays[0].shape) == 3 and arrays[0].shape[-1] not in (3, 4):
-            raise ImageReadError(path, f"unsupported TIFF layout: {arrays[0].shape}")
+        try:
+            layouts = [tiff_layout(lv, path.name) for lv in series.levels]
+        except UnsupportedTiff as exc:
+            raise ImageReadError(path, str(exc)) from exc
+        first = (layouts[0].shape[2:], layouts[0].orientation)
+        for i, lay in enumerate(layouts):
+            if (lay.shape[2:], lay.orientation) != first:  # a stray level ends the pyramid
+                layouts = layouts[:i]
+                break
+        arrays = [_LazyLevel(path, tf, index, i, lay) for i, lay in enumerate(layouts)]
         calibration = tiff_calibration(tf, page)
+        if layouts[0].transposed and calibration.yx_um:
+            calibration = replace(calibration, yx_um=calibration.yx_um[::-1])
+        image_note = _join([series_note, *layouts[0].notes])
         fmt = (
             "ome-tiff"
             if tf.is_ome
             else ("svs" if tf.is_svs else ("bigtiff" if tf.is_bigtiff else "tiff"))
         )
         return ImageSource(
-            path, arrays, calibration=calibration, fmt=fmt, closer=tf.close, colormap=colormap
+            path, arrays, calibration=calibration, fmt=fmt, closer=tf.close, image_note=image_note
         )
     except ImageReadError:
         tf.close()
