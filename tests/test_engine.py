@@ -128,3 +128,66 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_folder):
     events = [e for e in events if e["event"] != "message"]
     assert events[0]["event"] == "resumed" and events[0]["epoch"] == epoch_at_kill
     assert read_metadata(tiny_folder / "killed" / "last.safetensors")["epoch"] == epoch_at_kill + 1
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tiny_folder, monkeypatch):
+    import torch
+
+    import histoview.training.engine as engine
+    from histoview.training.engine import TrainingDiverged
+
+    real, calls = engine._train_step, []
+
+    def poisoned(model, *args, **kwargs):  # a weight turns NaN before epoch 2's 2nd step
+        calls.append(1)
+        if len(calls) == 6:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("nan")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_step", poisoned)
+    cfg = _config(tiny_folder, epochs=3)
+    out = tiny_folder / "run"
+    events, saved = [], {}
+
+    def progress(event):  # the run folder as epoch 1 left it
+        events.append(event)
+        if event["event"] == "epoch_end":
+            saved.update({p.name: p.read_bytes() for p in out.iterdir() if p.is_file()})
+
+    with pytest.raises(TrainingDiverged) as info:
+        train_from_config(cfg, progress=progress)
+    assert str(info.value).startswith(
+        "training stopped: the loss became nan at epoch 2, step 2 of 4; nothing of epoch 2 was "
+        "saved, last.safetensors (epoch 1) and best.safetensors are kept as they were"
+    )
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == [1]
+    assert {"last.safetensors", "best.safetensors", "train_state.safetensors"} <= set(saved)
+    for name, data in saved.items():  # not a byte of epoch 1's files changed
+        assert (out / name).read_bytes() == data, name
+    assert read_metadata(out / "last.safetensors")["epoch"] == 1
+    load_model(out / "best.safetensors", device="cpu")  # whole and finite
+    # the cause fixed, the run resumes from epoch 1
+    monkeypatch.setattr(engine, "_train_step", real)
+    events = []
+    train_from_config(cfg, progress=events.append)
+    assert [e["epoch"] for e in events if e["event"] == "resumed"] == [1]
+    assert read_metadata(out / "last.safetensors")["epoch"] == 3
+
+
+
+def test_histoview_train_refuses_a_diverging_run(tmp_path, capsys):
+    from histoview.cli import main
+
+    path = tmp_path / "diverge.yaml"
+    path.write_text(
+        "model: test_cnn\ndata: {type: phantom, task: binary, n_per_class: 4}\n"
+        "split: {fractions: [0.5, 0.25, 0.25]}\n"
+        "train: {epochs: 2, batch_size: 2, device: cpu, optimizer: sgd, lr: 1e6}\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+    )
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("histoview train: error: training stopped: ")
+    assert "epoch 1" in err[0] and "no checkpoint was written" in err[0]
+    assert not list((tmp_path / "out").glob("*.safetensors"))

@@ -3,12 +3,18 @@
 :func:`fit` is a generator: it yields progress events (dicts) as it goes and
 returns the result, so the CLI prints them and the napari widget runs it in a
 worker thread and can stop it between steps. State is saved at the end of
-every epoch, atomically, as safetensors plus JSON (never pickle):
+every epoch as safetensors plus JSON (never pickle):
 
 * ``last.safetensors`` / ``last.json``: the model after the last finished epoch;
-* ``best.safetensors`` / ``best.json``: the model with the best validation score;
-* ``train_state.safetensors`` / ``train_state.json``: optimizer moments, epoch,
-  history, so a killed or cancelled run resumes from its last finished epoch.
+* ``train_state.safetensors``: the resume unit, one file written atomically (model weights,
+  optimizer moments, epoch, history: :mod:`histoview.training.resume`), so a run killed at
+  any instant, or cancelled, resumes from its last finished epoch;
+* ``best.safetensors`` / ``best.json``: the model with the best validation score
+  (a kill between a checkpoint's two files is repaired from the unit on resume).
+
+A loss that becomes NaN or infinite stops the run at once (:class:`TrainingDiverged`, naming
+the epoch and step); that epoch saves nothing, so the checkpoints of the last good epoch
+stay as they were. Weights that become non-finite are refused the same way.
 
 Samples are read and augmented through a :class:`torch.utils.data.DataLoader`
 (:mod:`histoview.training.loader`), in ``num_workers`` worker processes (0: on the
@@ -27,78 +33,37 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, fields
-from numbers import Integral
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from histoview.models.checkpoint import default_device, save_checkpoint
+from histoview.models.checkpoint import default_device, non_finite_tensors, save_checkpoint
 from histoview.training.adapters import InputAdapter
 from histoview.training.datasets import Sample
 from histoview.training.loader import MIXUP, close_loader, make_loader, rng_for
 from histoview.training.metrics import classification_metrics, youden_threshold
-from histoview.training.optim import (
-    load_train_state,
-    loss_function,
-    make_optimizer,
+from histoview.training.optim import loss_function, make_optimizer, set_lr
+from histoview.training.resume import (
+    discard_train_state,
+    load_resume_state,
+    remove_partial_files,
+    repair_checkpoints,
     save_train_state,
-    set_lr,
 )
+from histoview.training.schema import TrainOptions
 
-
-@dataclass
-class TrainOptions:
-    """The ``train`` section of a training config (every field optional).
-
-    ``num_workers``: data-loader worker processes that read and augment samples (0: on the
-    training thread; a few, up to the number of CPU cores less one, help when decoding
-    or augmenting takes longer than a training step). Results do not depend on it. Each
-    worker keeps its own decoded-image cache (``input: {cache_images: n}`` per worker).
-    """
-
-    epochs: int = 20
-    batch_size: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"  # adam | adamw | sgd
-    loss: str = "cross_entropy"  # cross_entropy | focal
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0  # > 0 enables MixUp (image models)
-    warmup_epochs: float = 0.0
-    schedule: str = "constant"  # constant | cosine
-    freeze_backbone_epochs: int = 0  # CSPResNet50-FPN-SE phase 1: head only
-    backbone_lr_scale: float = 1.0  # phase 2: layer-wise lr (backbone lr = lr * scale)
-    amp: bool = True  # mixed precision, CUDA only
-    device: str | None = None  # default: CUDA when present, else CPU
-    seed: int = 0
-    monitor: str = "balanced_accuracy"
-    tta: bool = False  # 8-fold dihedral TTA at validation/test
-    num_workers: int = 0  # data-loader worker processes (0: load on the training thread)
-
-    def __post_init__(self) -> None:
-        for name, low in (("num_workers", 0), ("seed", 0), ("batch_size", 1), ("epochs", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-                raise ValueError(
-                    f"training option {name} must be an integer >= {low}, got {value!r}"
-                )
-            setattr(self, name, int(value))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+__all__ = ["TrainOptions", "TrainingCancelled", "TrainingDiverged", "evaluate", "fit", "predict"]
 
 
 class TrainingCancelled(Exception):
     """Raised inside :func:`fit` when the caller asked it to stop."""
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or the weights) became NaN or infinite; the message names epoch and step."""
 
 
 # -- prediction ------------------------------------------------------------------------------
@@ -241,6 +206,21 @@ def _train_step(
     return float(loss.detach())
 
 
+def _kept(epoch: int) -> str:
+    """What a run stopped during epoch ``epoch + 1`` keeps (epochs counted from 0)."""
+    if epoch == 0:
+        return "no checkpoint was written"
+    return f"last.safetensors (epoch {epoch}) and best.safetensors are kept as they were"
+
+
+def _diverged(loss: float, epoch: int, step: int, steps: int, opts: TrainOptions) -> str:
+    return (
+        f"training stopped: the loss became {loss} at epoch {epoch + 1}, step {step + 1} of "
+        f"{steps}; nothing of epoch {epoch + 1} was saved, {_kept(epoch)}; try a lower "
+        f"learning rate (lr {opts.lr:g})"
+    )
+
+
 def _finite(value, default: float = -np.inf) -> float:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return default
@@ -270,6 +250,10 @@ def fit(
     its last finished epoch saved and raises nothing (a ``cancelled`` event is yielded).
     Batches come from :func:`~histoview.training.loader.make_loader` with
     ``opts.num_workers`` workers, stopped when the run ends (finished, cancelled or failed).
+    A NaN or infinite loss (checked after every step), validation output or weight raises
+    :class:`TrainingDiverged` before that epoch writes anything. With ``resume``, the run
+    continues from the folder's resume unit (:mod:`histoview.training.resume`); without, it
+    starts afresh and discards it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,26 +265,31 @@ def fit(
     use_amp = opts.amp and device.startswith("cuda")  # mixed precision: CUDA only
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     history: list[dict[str, Any]] = []
-    start_epoch, best_score = 0, (-np.inf, -np.inf)
+    start_epoch, best_score, best_epoch = 0, (-np.inf, -np.inf), None
     state_path = out_dir / "train_state.safetensors"
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
-    if resume and state_path.exists() and last_path.exists():
-        from histoview.models.checkpoint import check_state_dict, load_state_dict
-
-        state, _ = load_state_dict(last_path)
-        check_state_dict(model, state, str(last_path))
-        model.load_state_dict(state)
-        info = load_train_state(state_path, optimizer)
-        start_epoch, history = info["epoch"], info["history"]
+    remove_partial_files(out_dir)  # what a kill during a write left behind
+    if not resume:
+        discard_train_state(out_dir)  # a fresh run: a kill before epoch 1 must not resume it
+    record, notes = load_resume_state(out_dir, model, optimizer) if resume else (None, [])
+    for text in notes:
+        yield {"event": "message", "text": text}
+    if record is not None:
+        start_epoch, history = record["epoch"], record["history"]
         best_score = (
-            tuple(info["best_score"])
-            if isinstance(info["best_score"], list)
-            else (info["best_score"], -np.inf)
+            tuple(record["best_score"])
+            if isinstance(record["best_score"], list)
+            else (record["best_score"], -np.inf)
         )
+        best_epoch = record.get("best_epoch")
+        for text in repair_checkpoints(model, record, last_path, best_path):
+            yield {"event": "message", "text": text}
+        if not best_path.exists():
+            best_score, best_epoch = (-np.inf, -np.inf), None
         yield {
             "event": "resumed",
             "epoch": start_epoch,
-            "text": f"resumed from {last_path} after epoch {start_epoch}",
+            "text": f"resumed from {state_path} after epoch {start_epoch}",
         }
     if start_epoch >= opts.epochs:
         yield {"event": "done", "epoch": start_epoch, "text": "already trained for all epochs"}
@@ -370,6 +359,8 @@ def fit(
                         device=device,
                         mix_rng=mix_rng,
                     )
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(_diverged(loss, epoch, step, steps, opts))
                     losses.append(loss)
                     done_steps += 1
                     elapsed = time.monotonic() - t0
@@ -394,6 +385,13 @@ def fit(
                         should_stop=stop,
                         loader=val_loader,
                     )
+                    if not np.isfinite(val_metrics["_probs"]).all():
+                        raise TrainingDiverged(
+                            f"training stopped: after epoch {epoch + 1} the model's outputs on "
+                            f"the validation images are not finite (NaN or infinite); "
+                            f"nothing of epoch {epoch + 1} was saved, {_kept(epoch)}; try a "
+                            f"lower learning rate (lr {opts.lr:g})"
+                        )
             except TrainingCancelled:
                 yield {
                     "event": "cancelled",
@@ -423,20 +421,35 @@ def fit(
                 "threshold": threshold,
                 "train_options": asdict(opts),
             }
-            save_checkpoint(last_path, model, ckpt_meta)
             is_best = key > tuple(best_score) or not best_path.exists()
             if is_best:
-                best_score = key
-                save_checkpoint(best_path, model, ckpt_meta)
+                best_score, best_epoch = key, epoch + 1
+            weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+            if bad := non_finite_tensors(weights):
+                raise TrainingDiverged(
+                    f"training stopped: after epoch {epoch + 1} the weights are not finite "
+                    f"(tensor {bad[0][0]!r}: {bad[0][1]} NaN, {bad[0][2]} infinite values); "
+                    f"nothing of epoch {epoch + 1} was saved, {_kept(epoch)}; try a lower "
+                    f"learning rate (lr {opts.lr:g})"
+                )
+            # last (save_checkpoint checks its metadata before the unit commits the epoch),
+            # then the unit (weights, optimizer, record: all that resuming reads), then best;
+            # a resume rewrites from the unit a last or best that a kill left torn or behind
+            save_checkpoint(last_path, model, ckpt_meta)
             save_train_state(
                 state_path,
                 optimizer,
                 {
                     "epoch": epoch + 1,
                     "best_score": [float(v) for v in best_score],
+                    "best_epoch": best_epoch,
                     "history": history,
+                    "checkpoint": ckpt_meta,
+                    "weights": weights,
                 },
             )
+            if is_best:
+                save_checkpoint(best_path, model, ckpt_meta)
             yield {
                 "event": "epoch_end",
                 "epoch": epoch + 1,

@@ -1,21 +1,16 @@
-"""Optimisation for the training loop: loss, optimizer, learning-rate schedule, and the
-optimizer's state saved without pickle (safetensors plus JSON) for resuming.
+"""Optimisation for the training loop: loss, optimizer and learning-rate schedule (the
+optimizer's state is saved for resuming with the model's: :mod:`histoview.training.resume`).
 
 Every function takes the run's :class:`~histoview.training.engine.TrainOptions` as ``opts``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from histoview.io.files import write_bytes
 
 
 def loss_function(opts, num_classes: int) -> Callable:
@@ -74,48 +69,3 @@ def set_lr(optimizer, opts, progress: float, epoch: int) -> None:
     for g in optimizer.param_groups:
         frozen = g.get("name") == "backbone" and epoch < opts.freeze_backbone_epochs
         g["lr"] = 0.0 if frozen else opts.lr * factor * g.get("lr_scale", 1.0)
-
-
-# -- optimizer state without pickle -------------------------------------------------------
-def save_train_state(path: Path, optimizer, info: dict[str, Any]) -> None:
-    from safetensors.torch import save
-
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, state in sd["state"].items():
-        for k, v in state.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{k}"] = v
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    write_bytes(
-        path.with_suffix(".safetensors"),
-        save(tensors) if tensors else save({"_": torch.zeros(1)}),
-        overwrite=True,
-    )
-    write_bytes(
-        path.with_suffix(".json"),
-        json.dumps(
-            {"param_groups": groups, "scalars": scalars, **info}, indent=1, default=float
-        ).encode(),
-        overwrite=True,
-    )
-
-
-def load_train_state(path: Path, optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    info = json.loads(path.with_suffix(".json").read_text())
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key == "_":
-            continue
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    for key, v in info.pop("scalars").items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": info.pop("param_groups")})
-    return info
