@@ -440,3 +440,26 @@ def test_napari_shows_the_converted_turned_main_image(make_napari_viewer, tmp_pa
         assert layer.rgb and layer.data.shape == want.shape, path.name
         _assert_close(np.asarray(layer.data), want, atol=1)
         viewer.layers.clear()
+
+
+def test_aperio_svs_reads_the_baseline_pyramid_not_thumbnail_label_or_macro(tmp_path):
+    rgb = _rgb(2048, 1536)
+    aperio = "Aperio Image Library v12.0.5\r\n1536x2048 [0,0 1536x2048] (256x256) |AppMag = 40"
+    p = tmp_path / "slide.svs"
+    with tifffile.TiffWriter(p) as tw:
+        common = dict(photometric="rgb", metadata=None)
+        tw.write(rgb, tile=(256, 256), description=aperio + "|MPP = 0.25", **common)
+        tw.write(rgb[::8, ::8].copy(), description=aperio + " -> 192x256", **common)
+        tw.write(rgb[::4, ::4].copy(), tile=(256, 256), description=aperio, **common)
+        tw.write(rgb[:300, :600].copy(), subfiletype=1, description=aperio + "\r\nlabel", **common)
+        tw.write(rgb[:400, :1000].copy(), subfiletype=9, description=aperio + "\r\nmacro", **common)
+    with tifffile.TiffFile(p) as tf:
+        assert [s.name for s in tf.series] == ["Baseline", "Thumbnail", "Label", "Macro"]
+    with open_image(p) as src:
+        assert [lv.shape for lv in src.levels] == [(2048, 1536, 3), (512, 384, 3)]
+        assert src.pixel_size_um == 0.25 and src.format == "svs"
+        np.testing.assert_array_equal(
+            src.read_region(1, (50, 60), (20, 30)), rgb[::4, ::4][50:70, 60:90]
+        )
+        note = src.describe()["image_note"]
+    assert "'Baseline'" in note and "'Thumbnail'" in note and "'Label'" in note
