@@ -191,3 +191,28 @@ def test_histoview_train_refuses_a_diverging_run(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("histoview train: error: training stopped: ")
     assert "epoch 1" in err[0] and "no checkpoint was written" in err[0]
     assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_a_run_saved_by_an_older_histoview_resumes(tiny_folder):
+    """Older runs kept the optimizer's tensors in train_state.safetensors, its record in
+    train_state.json and the weights only in last.safetensors."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    cfg = _config(tiny_folder, epochs=1)
+    train_from_config(cfg)
+    out = tiny_folder / "run"
+    unit = out / "train_state.safetensors"
+    with safe_open(str(unit), "pt") as f:
+        record = json.loads(f.metadata()["histoview_train_state"])
+        tensors = {k[len("optimizer."):]: f.get_tensor(k) for k in f.keys()
+                   if k.startswith("optimizer.")}
+    unit.write_bytes(save(tensors))
+    (out / "train_state.prev.safetensors").unlink(missing_ok=True)
+    keep = ("epoch", "best_score", "history", "param_groups", "scalars")
+    (out / "train_state.json").write_text(json.dumps({k: record[k] for k in keep}))
+    cfg["train"]["epochs"] = 2
+    events = []
+    train_from_config(cfg, progress=events.append)
+    assert [e["epoch"] for e in events if e["event"] == "resumed"] == [1]
+    assert read_metadata(out / "last.safetensors")["epoch"] == 2

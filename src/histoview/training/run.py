@@ -105,6 +105,8 @@ def iter_train_from_config(
     best_meta["metrics"] = {**best_meta.get("metrics", {}), "test": test_metrics}
     for key in ("format", "format_version", "weights_sha256", "created", "code_version"):
         best_meta.pop(key, None)
+    # the weights are the ones just loaded, so their file gets the same bytes: a kill
+    # between this save's two files leaves the old sidecar matching them
     save_checkpoint(best, model, best_meta)
     report = {
         "name": config.get("name"),
