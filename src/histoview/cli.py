@@ -44,6 +44,8 @@ def _cmd_info(args) -> int:
         print(f"objective:   {info['objective_power']:g}X")
     if info["pixel_size_note"]:
         print(f"note:        {info['pixel_size_note']}")
+    if info.get("image_note"):
+        print(f"image:       {info['image_note']}")
     print(f"levels:      {len(info['levels'])}")
     for i, lv in enumerate(info["levels"]):
         shape = " x ".join(map(str, lv["shape"]))
