@@ -56,7 +56,8 @@ def iter_train_from_config(
     try:
         model = create_model(config["model"], num_classes=len(dataset.classes), **model_kwargs)
     except TypeError as exc:  # an unknown model_kwargs key: name it, not the factory's call
-        from histoview.training.schema import ConfigError, model_kwargs_problem
+        from histoview.training._schema_messages import model_kwargs_problem
+        from histoview.training.schema import ConfigError
 
         if (problem := model_kwargs_problem(exc, config["model"])) is None:
             raise

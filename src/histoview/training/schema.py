@@ -20,12 +20,13 @@ fractions outside [0, 1], split fractions that do not add up to 1 or leave the t
 split empty, NaN and infinity.
 
 The keys of ``model_kwargs`` are the model factory's own arguments: an unknown one is
-reported when the model is built (:func:`model_kwargs_problem`).
+reported when the model is built
+(:func:`histoview.training._schema_messages.model_kwargs_problem`); the messages' wording is
+:mod:`histoview.training._schema_messages`.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import asdict
@@ -47,13 +48,13 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from histoview.training._schema_messages import describe_errors, one_of, short
+
 __all__ = [
     "ConfigError",
     "TrainOptions",
     "TrainingConfig",
     "config_problem",
-    "model_kwargs_problem",
-    "unknown_key_message",
     "validate_training_config",
 ]
 
@@ -165,9 +166,8 @@ class TrainOptions:
         try:
             return _TRAIN_OPTIONS.validate_python(d)
         except ValidationError as exc:
-            raise ConfigError(
-                f"{source}: {describe_errors(exc, {'train': d}, prefix=('train',))}"
-            ) from None
+            line = describe_errors(exc, {"train": d}, _SECTION_CLASSES, prefix=("train",))
+            raise ConfigError(f"{source}: {line}") from None
 
 
 _TRAIN_OPTIONS = TypeAdapter(TrainOptions)
@@ -254,7 +254,7 @@ class PhantomData(BaseModel):
         from histoview.preprocessing.phantom import PHANTOM_PRESETS
 
         if preset not in PHANTOM_PRESETS:
-            raise ValueError(_one_of(preset, PHANTOM_PRESETS))
+            raise ValueError(one_of(preset, PHANTOM_PRESETS))
         return preset
 
 
@@ -350,7 +350,7 @@ class TrainingConfig(BaseModel):
             get_model_config(name)
         except KeyError:
             known = list_models(include_test=True)
-            raise ValueError(_one_of(name, known, "a registered model")) from None
+            raise ValueError(one_of(name, known, "a registered model")) from None
         return name
 
     @field_validator("model_kwargs")
@@ -367,46 +367,6 @@ class TrainingConfig(BaseModel):
         return kwargs
 
 
-# -- messages -------------------------------------------------------------------------------
-_EXPECTED = {
-    "name": "a non-empty run name",
-    "description": "a string",
-    "model": "a registered model name",
-    "model_kwargs": "a mapping of the model factory's keyword arguments",
-    "output_dir": "a folder path",
-    "data": "a mapping with the dataset's 'type' (phantom, breakhis, bach, folder or auto) "
-    "and 'root' folder",
-    "root": "a dataset folder path",
-    "n_per_class": "a whole number of images >= 1",
-    "preset": "a phantom preset name",
-    "split": "a mapping with 'by', 'fractions' and 'seed'",
-    "split.fractions": "three fractions in [0, 1] (train, validation, test) adding up to 1",
-    "seed": "a whole number >= 0",
-    "input": "a mapping of input options",
-    "stride": "a positive whole number of pixels",
-    "max_background": "a fraction in [0, 1] (or null)",
-    "instance_dropout": "a fraction in [0, 1)",
-    "node_dropout": "a fraction in [0, 1)",
-    "pixel_size_um": "a positive number of micrometres per pixel",
-    "graph_threshold_um": "a positive distance in micrometres",
-    "cache_images": "a whole number of images >= 0",
-    "cache_dir": "a folder path",
-    "train": "a mapping of training options",
-    "epochs": "a whole number >= 1",
-    "batch_size": "a whole number >= 1",
-    "lr": "a positive finite number",
-    "weight_decay": "a number >= 0",
-    "focal_gamma": "a number >= 0",
-    "label_smoothing": "a fraction in [0, 1)",
-    "mixup_alpha": "a number >= 0 (0: no MixUp)",
-    "warmup_epochs": "a number of epochs >= 0",
-    "freeze_backbone_epochs": "a whole number of epochs >= 0",
-    "backbone_lr_scale": "a number >= 0",
-    "amp": "true or false",
-    "tta": "true or false",
-    "device": "'cpu', 'cuda', 'cuda:N' or 'mps' (or null: CUDA when present)",
-    "num_workers": "a whole number >= 0",
-}
 _SECTION_CLASSES = {
     "": TrainingConfig,
     "split": SplitSection,
@@ -416,106 +376,14 @@ _SECTION_CLASSES = {
 }
 
 
-def _fields(cls) -> list[str]:
-    fields = getattr(cls, "model_fields", None) or cls.__pydantic_fields__
-    return list(fields)
-
-
-def _one_of(value: Any, known, what: str | None = None) -> str:
-    """``expected one of 'a', 'b', got 'x'; did you mean 'a'?`` (long lists are not spelled
-    out when difflib finds a close match)."""
-    known = [str(k) for k in known]
-    close = difflib.get_close_matches(str(value), known, n=1)
-    listed = "one of " + ", ".join(repr(k) for k in known)
-    if what is not None:
-        listed = what if close and len(known) > 8 else f"{what} ({listed})"
-    line = f"expected {listed}, got {_short(value)}"
-    return line + (f"; did you mean {close[0]!r}?" if close else "")
-
-
-def unknown_key_message(field: str, key: str, known) -> str:
-    """``field 'SECTION.KEY' is not a key of ...; did you mean ...?`` (difflib's closest
-    match among ``known``, else the known keys)."""
-    known = list(known)
-    section = field.rsplit(".", 1)[0] if "." in field else ""
-    where = f"section {section!r}" if section else "a training config"
-    line = f"field {field!r} is not a key of {where}"
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if close:
-        return line + f"; did you mean {close[0]!r}?"
-    return line + f" (known: {', '.join(known)})"
-
-
 def config_problem(config: Any) -> str | None:
     """``None`` if ``config`` (the parsed file) is a valid training config, else its first
     problem as one line (module docstring)."""
     try:
         TrainingConfig.model_validate(config)
     except ValidationError as exc:
-        return describe_errors(exc, config)
+        return describe_errors(exc, config, _SECTION_CLASSES)
     return None
-
-
-def describe_errors(exc: ValidationError, data: Any, *, prefix: tuple = ()) -> str:
-    """pydantic's errors as one line naming the first bad field (and how many more);
-    ``prefix`` is prepended to their locations (``("train",)`` for a ``train`` section)."""
-    errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False)]
-    # unknown keys first: a typo'd key is the likeliest cause of the other errors
-    errors.sort(key=lambda e: e["type"] not in ("extra_forbidden", "unexpected_keyword_argument"))
-    line = _describe(errors[0], data)
-    if len(errors) > 1:
-        line += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return line
-
-
-def _describe(error: dict[str, Any], data: Any) -> str:
-    loc = list(error["loc"])
-    # the data section's type tag is in pydantic's location, not in the file
-    tag = None
-    if len(loc) >= 2 and loc[0] == "data" and loc[1] in DATA_TYPES:
-        tag = loc.pop(1)
-    keys = list(loc)
-    while keys and not isinstance(keys[-1], str):
-        keys = keys[:-1]
-    field = ".".join(str(k) for k in keys) or "(top level)"
-    kind = error["type"]
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # (dataclass: the latter)
-        parent = ".".join(str(k) for k in keys[:-1])
-        cls = _SECTION_CLASSES.get(f"data.{tag}" if parent == "data" else parent)
-        known = [k for k in _fields(cls) if k != "type"] if cls else []
-        return unknown_key_message(field, str(keys[-1]), known)
-    expected = _EXPECTED.get(field, _EXPECTED.get(str(keys[-1]))) if keys else None
-    got = _lookup(data, keys)
-    if kind == "missing":
-        return f"field {field!r} is missing" + (f" (expected {expected})" if expected else "")
-    if kind == "union_tag_invalid":
-        return f"field 'data.type': {_one_of(got.get('type'), DATA_TYPES)}"
-    if kind == "value_error":
-        reason = error.get("ctx", {}).get("error")
-        return f"field {field!r}: {reason if reason is not None else error['msg']}"
-    if kind == "literal_error":
-        allowed = re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", ""))
-        return f"field {field!r}: {_one_of(got, allowed)}"
-    if kind == "string_pattern_mismatch" or expected is None:
-        reason = expected or error["msg"][0].lower() + error["msg"][1:]
-        return f"field {field!r}: expected {reason}, got {_short(got)}"
-    return f"field {field!r}: expected {expected}, got {_short(got)}"
-
-
-def _lookup(data: Any, keys: list[Any]) -> Any:
-    for key in keys:
-        if isinstance(data, dict) and key in data:
-            data = data[key]
-        elif isinstance(data, (list, tuple)) and isinstance(key, int) and 0 <= key < len(data):
-            data = data[key]
-        else:
-            return None
-    return data
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = " ".join(repr(value).split())  # one line
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- the whole config -----------------------------------------------------------------------
@@ -525,11 +393,11 @@ def validate_training_config(config: Any, *, source: str = "config") -> dict[str
     a float, a tuple of fractions a list), keeping only the keys it has. ConfigError names
     ``source``, the key and the problem in one line."""
     if not isinstance(config, dict):
-        raise ConfigError(f"{source}: a config is a mapping of sections, got {_short(config)}")
+        raise ConfigError(f"{source}: a config is a mapping of sections, got {short(config)}")
     try:
         valid = TrainingConfig.model_validate(config)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_errors(exc, config)}") from None
+        raise ConfigError(f"{source}: {describe_errors(exc, config, _SECTION_CLASSES)}") from None
     from histoview.models.registry import get_model_config
 
     kind = get_model_config(valid.model).kind
@@ -551,35 +419,3 @@ def validate_training_config(config: Any, *, source: str = "config") -> dict[str
         if isinstance(config.get(section), dict):
             out[section] = {k: values[k] for k in config[section]}
     return out
-
-
-def model_kwargs_problem(exc: TypeError, model: str) -> str | None:
-    """One line for a model factory's TypeError about an unexpected keyword argument
-    (``field 'model_kwargs.X' is not an argument of model M; did you mean ...?``), or None
-    when ``exc`` is another TypeError. Candidates: the arguments of the function that made
-    the failing call (the factory) and of the class it called (``AMIL.__init__()``)."""
-    import inspect
-
-    match = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
-    if not match or exc.__traceback__ is None:
-        return None
-    key = match.group(1)
-    tb = exc.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    frame = tb.tb_frame  # the factory: the call inside it failed
-    code = frame.f_code
-    known = list(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
-    callee = re.match(r"(\w+)\.__init__\(\)", str(exc))
-    cls = frame.f_globals.get(callee.group(1)) if callee else None
-    if inspect.isclass(cls):
-        params = inspect.signature(cls).parameters.items()
-        known += [n for n, p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    known = [
-        n for i, n in enumerate(known) if n not in ("self", "num_classes") and n not in known[:i]
-    ]
-    line = f"field 'model_kwargs.{key}' is not an argument of model {model!r}"
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if close:
-        return line + f"; did you mean {close[0]!r}?"
-    return line + (f" (its arguments: {', '.join(known)})" if known else "")
