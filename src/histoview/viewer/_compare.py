@@ -62,6 +62,11 @@ def _key(layer):
     return layer.unique_id
 
 
+def _has_contrast(layer) -> bool:
+    """Whether an explanation layer's values differ enough to paint (overlays' record)."""
+    return bool((layer.metadata.get("histoview") or {}).get("contrast", True))
+
+
 def _button(text: str, tip: str, slot) -> qw.QPushButton:
     b = qw.QPushButton(text)
     b.setToolTip(tip)
@@ -119,7 +124,7 @@ class CompareWidget(qw.QWidget):
         self.stacked_button = _button("Stacked", HELP["stacked"], self.stacked)
         self.legend = qw.QLabel("")
         self.legend.setWordWrap(True)
-        self.legend.setStyleSheet("color: #a0a0a0;")
+        self.legend.setStyleSheet("color: #a0a0a0; font-size: 10px;")
         self.threshold_slider = qw.QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0, 100)
         self.threshold_slider.setToolTip(HELP["threshold"])
@@ -156,6 +161,10 @@ class CompareWidget(qw.QWidget):
         for event in ("inserted", "removed", "moved"):
             getattr(viewer.layers.events, event).connect(self._layers_changed)
         viewer.layers.selection.events.active.connect(self._active_changed)
+        self._fitted = None
+        canvas_events = getattr(getattr(viewer, "canvas", None), "events", None)
+        if canvas_events is not None and hasattr(canvas_events, "size"):
+            canvas_events.size.connect(self._canvas_resized)
 
     def _layout(self, notice) -> None:
         def box(title, *widgets):
@@ -362,6 +371,7 @@ class CompareWidget(qw.QWidget):
             for job in self._panel_jobs(base, parts.explanation_groups(self.viewer.layers, base)):
                 job()
             self._show_panels(base)
+            self._drain()
         else:
             self._queue(lambda: self._plan_side_by_side(base))
 
@@ -438,19 +448,27 @@ class CompareWidget(qw.QWidget):
                 main.visible = True
                 main.name_overlay.visible = False
                 parts.refresh_overlay(main, True)
-                contrast = (main.metadata.get("histoview") or {}).get("contrast", True)
-                bar = parts.colorbar(main)
-                if bar is not None:
-                    bar.visible = bool(contrast)
-                if not contrast:  # nothing to paint: the title says "no contrast"
+                if not _has_contrast(main):  # nothing to paint: the title says "no contrast"
                     main.opacity = 0.0
             grid.stride = -panels.STRIDE
-            grid.shape = parts.grid_shape(n, self._canvas_size(), world_hw)
+            lines = panels.title_lines(r[0] for r in rows)
+            grid.shape = parts.grid_shape(n, self._canvas_size(), world_hw, panels.margins(lines))
             grid.spacing = 0.02
             grid.enabled = True
         self._saved["notice"] = parts.notice_for_grid(self.viewer)
         self.side_by_side_on = True
-        panels.fit_panels(self.viewer, base, panels.title_lines(r[0] for r in rows))
+        self._fitted = (base, lines)
+        panels.fit_panels(self.viewer, base, lines)
+        # titles and colour bars one per event-loop turn: napari places every canvas overlay
+        # of every grid cell again for each one it updates, so all at once would be one
+        # long freeze
+        jobs = []
+        for row in rows:
+            main = self._main(row)
+            jobs.append(lambda t=row[0]: self._show_overlay(t.name_overlay))
+            if _has_contrast(main):
+                jobs.append(lambda m=main: self._show_overlay(parts.colorbar(m)))
+        self._queue(*jobs, first=True)
         self._restore_selection()
         self._hide_panel_rows()
         methods = [self._main(r).metadata["histoview_explanation"].method for r in rows]
@@ -468,9 +486,10 @@ class CompareWidget(qw.QWidget):
         saved, self._saved = self._saved, {}
         grid = parts.grid_of(self.viewer)
         with panels.one_scene_update(layers):
-            grid.enabled = False
+            grid.enabled = False  # first: overlay changes are cheap without the grid
             for lay in layers:
                 if parts.role(lay) in panels.PANEL_ROLES:
+                    lay.name_overlay.visible = False
                     lay.visible = False
             if saved:
                 grid.stride, grid.shape, grid.spacing = saved["grid"]
@@ -493,6 +512,17 @@ class CompareWidget(qw.QWidget):
         self.side_by_side_on = False
         self.viewer.reset_view()
         self.status.setText("stacked: all overlays over the tissue")
+
+    def _canvas_resized(self, _event=None) -> None:
+        """Side by side, keep the tissue fitted beside its title and colour bar."""
+        if self.side_by_side_on and self._fitted is not None:
+            base, lines = self._fitted
+            if base in self.viewer.layers:
+                panels.fit_panels(self.viewer, base, lines)
+
+    def _show_overlay(self, overlay) -> None:
+        if self.side_by_side_on and overlay is not None:
+            overlay.visible = True
 
     def _restore_selection(self) -> None:
         before = getattr(self, "_selection_before", None)

@@ -102,9 +102,9 @@ def tissue_layer(base, main):
         metadata={STATE_KEY: {"role": "tissue", "main": main.unique_id}},
         **kw,
     )
-    title = layer.name_overlay
-    title.visible, title.font_size, title.color = True, TITLE_FONT_SIZE, "white"
-    title.box, title.box_color = True, (0.0, 0.0, 0.0, 0.6)
+    title = layer.name_overlay  # shown while side by side
+    title.font_size, title.color = TITLE_FONT_SIZE, "white"
+    title.box = False  # napari sizes the box of multi-line text wider than the text
     return layer
 
 
@@ -190,14 +190,20 @@ def panel_order(layers, panels: list[list], extras: list) -> list:
     return rest + list(extras) + [lay for p in panels for lay in p]
 
 
+def margins(lines: int) -> tuple[float, float]:
+    """Canvas pixels a panel keeps free: above the tissue for a title of ``lines`` lines,
+    right of it for the colour bar."""
+    return lines * TITLE_LINE_PX + 14, COLORBAR_MARGIN_PX
+
+
 def fit_panels(viewer, base, lines: int) -> None:
     """Fit the tissue in every panel, leaving room for the title above it and the colour
-    bar to its right (canvas pixels), so neither covers the tissue; the tissue is centred
-    on the colour bar's height where there is room."""
+    bar to its right (canvas pixels), so neither covers the tissue; where the panel is wider
+    than needed the tissue moves right, next to its colour bar, and where it is taller, the
+    tissue is centred on the bar's height."""
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     vb_h, vb_w = (float(v) for v in viewer.canvas.viewbox_size(viewer.layers))
-    top = lines * TITLE_LINE_PX + 14
-    right = COLORBAR_MARGIN_PX
+    top, right = margins(lines)
     (y0, x0), (y1, x1) = np.asarray(base.extent.world, float)[:, -2:]
     h, w = max(y1 - y0, 1e-9), max(x1 - x0, 1e-9)
     if vb_h <= top + 20 or vb_w <= right + 20:
@@ -205,10 +211,11 @@ def fit_panels(viewer, base, lines: int) -> None:
         return
     zoom = 0.97 * min((vb_h - top) / h, (vb_w - right) / w)
     tissue_top = max(top, (vb_h - h * zoom) / 2)  # canvas pixels from the panel's top
+    tissue_left = max(4.0, vb_w - right - w * zoom)
     camera.zoom = zoom
     camera.center = (
         (y0 + y1) / 2 + (vb_h / 2 - (tissue_top + h * zoom / 2)) / zoom,
-        (x0 + x1) / 2 + right / (2 * zoom),
+        (x0 + x1) / 2 + (vb_w / 2 - (tissue_left + w * zoom / 2)) / zoom,
     )
 
 

@@ -195,19 +195,24 @@ def explanation_groups(layers, base) -> list[list]:
 
 
 def grid_shape(
-    n: int, canvas_hw: tuple[float, float] | None, image_hw: tuple[float, float]
+    n: int,
+    canvas_hw: tuple[float, float] | None,
+    image_hw: tuple[float, float],
+    margins_hw: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[int, int]:
-    """Rows and columns for ``n`` panels that make each panel largest on the canvas."""
+    """Rows and columns for ``n`` panels that make each panel's image largest on the canvas,
+    each panel keeping ``margins_hw`` canvas pixels (title above, colour bar beside)."""
     if n <= 1:
         return 1, 1
     ch, cw = canvas_hw or (900.0, 1200.0)
     ih, iw = max(image_hw[0], 1), max(image_hw[1], 1)
+    mh, mw = margins_hw
     best, best_size = (1, n), -1.0
     for rows in range(1, n + 1):
         cols = math.ceil(n / rows)
         if (rows - 1) * cols >= n:  # an empty row
             continue
-        size = min(cw / cols / iw, ch / rows / ih)
+        size = min((cw / cols - mw) / iw, (ch / rows - mh) / ih)
         if size > best_size * 1.001:
             best, best_size = (rows, cols), size
     return best
@@ -475,7 +480,7 @@ def render_faithfulness(faithfulness: dict[str, Any]):
     from matplotlib.figure import Figure
 
     rows = max(1, math.ceil(len(faithfulness) / 2)) if len(faithfulness) > 1 else 1
-    height = 0.55 + 1.25 * rows if faithfulness else 0.8
+    height = 0.5 + 1.05 * rows if faithfulness else 0.8
     fig = Figure(
         figsize=(FAITHFULNESS_FIG_WIDTH_IN, height), dpi=FAITHFULNESS_FIG_DPI, layout="constrained"
     )
