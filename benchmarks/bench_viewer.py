@@ -133,9 +133,18 @@ def main(argv=None) -> int:
         pump(app, lambda n=n: finished(viewer, explain, n))
     print(f"({len(explanation_layers(viewer))} explanation layers loaded)")
 
-    timed(app, meter, rows, "switch to side by side", compare.side_by_side,
-          lambda: compare.side_by_side_on)
-    timed(app, meter, rows, "switch back to stacked", compare.stacked,
+    # the compare dock's buttons, as a user presses them; the first switch makes the panels'
+    # layers (one per event-loop turn), later switches reuse them
+    def side_by_side_shown():
+        return compare.side_by_side_on and not compare.running
+
+    timed(app, meter, rows, "switch to side by side (first time)", compare.side_button.click,
+          side_by_side_shown)
+    timed(app, meter, rows, "switch back to stacked", compare.stacked_button.click,
+          lambda: not compare.side_by_side_on)
+    timed(app, meter, rows, "switch to side by side again", compare.side_button.click,
+          side_by_side_shown)
+    timed(app, meter, rows, "switch back to stacked again", compare.stacked_button.click,
           lambda: not compare.side_by_side_on)
 
     def zoom():
