@@ -168,8 +168,8 @@ def iter_evaluate_checkpoint(
     from histoview.models.library import find_checkpoint
     from histoview.models.registry import get_model_config
     from histoview.training.adapters import make_adapter
-    from histoview.training.engine import predict
     from histoview.training.metrics import classification_metrics
+    from histoview.training.prediction import predict
 
     if split not in ("test", "all"):
         raise ValueError(f"split must be 'test' or 'all', got {split!r}")

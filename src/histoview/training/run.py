@@ -34,7 +34,8 @@ def iter_train_from_config(
         split_dataset,
         split_warnings,
     )
-    from histoview.training.engine import TrainOptions, evaluate, fit
+    from histoview.training.engine import TrainOptions, fit
+    from histoview.training.prediction import evaluate
 
     config = validate_config(config, source=source)  # (absolute paths stay as they are)
     opts = TrainOptions.from_dict(config.get("train", {}))
