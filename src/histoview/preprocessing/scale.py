@@ -13,25 +13,27 @@ in two steps, both in the haematoxylin channel (:func:`skimage.color.rgb2hed`):
    :data:`SPECTRUM_RADIUS_UM` um divided by that radius in pixels is the start.
 2. **Nuclei found by the detector, sized by their blob scale.** :func:`detect_nuclei` runs at
    the current guess; at each nucleus centre the scale where the response above is largest
-   gives the nucleus's radius in pixels; :data:`NUCLEUS_RADIUS_UM` um divided by the 40th
+   gives the nucleus's radius in pixels; :data:`NUCLEUS_RADIUS_UM` um divided by the 33rd
    percentile of those radii is the next guess, until the guess changes by less than 1 %.
+   (A low percentile: merged clusters and large tumour nuclei sit in the upper tail.)
 
 Why not the detector's own outlines? The detector's size filters and seed spacing are set in
 micrometres at the guessed pixel size, so the outlines follow the guess: on MoNuSeg tiles the
 median segmented diameter in um changes only as (guess)^0.2 (from 4.4 um at 0.08 um/px to
 7.7 um at 0.7 um/px), and iterating on it settles wherever it starts. The blob scale at a
 nucleus centre does not depend on the guess (only which objects are measured does): measured
-at the true pixel size x 0.6 ... x 1.6 the 40th percentile moves as (guess)^-0.2 to -0.4, so
-the iteration converges and a 10 % error in the calibration gives ~13 % in the estimate.
+at the true pixel size x 0.6 ... x 1.6 the percentile moves as (guess)^-0.2 to -0.4, so the
+iteration converges and a 10 % error in the calibration gives ~15 % in the estimate.
 
 **Calibration** (``benchmarks/bench_pixel_size.py``), on the six MoNuSeg breast tiles
-(Kumar et al., IEEE TMI 2017; 40X, 0.2456 um/px): the 40th percentile of the nucleus blob
-radius is 2.11-2.51 um per tile (mean 2.37), the energy peak 2.34-3.30 um. Nuclei differ in
-size between tissues and lesions (tumour nuclei are larger than benign ones; lymphocytes are
-smaller), so an estimate carries a systematic error of about :data:`SYSTEMATIC_ERROR` (one
-sigma; measured on MoNuSeg, rescaled MoNuSeg and the synthetic phantoms) besides its
-statistical one. Low-power images (4x-10x objectives) blur nuclei into larger blobs and are
-estimated too fine.
+(Kumar et al., IEEE TMI 2017; 40X, 0.2456 um/px): the 33rd percentile of the nucleus blob
+radius is 2.03-2.44 um per tile (mean 2.28), the energy peak 2.25-3.33 um (median 2.64);
+leave-one-out, the estimates are off by -9 % to +22 % (rms 10 %). Nuclei differ in size between
+tissues and lesions (tumour nuclei are larger than benign ones, lymphocytes smaller), so an
+estimate carries a systematic error of about :data:`SYSTEMATIC_ERROR` (one sigma) besides its
+statistical one; the synthetic phantoms, whose nuclei are larger than MoNuSeg's, are read 3-27 %
+too fine. Low-power images blur nuclei, a few pixels across, into larger blobs and are read
+too fine: BreakHis 40X images come out only ~1.5x coarser than 100X ones, not 2.5x.
 
 An estimate is **unreliable** (``reliable=False`` with the ``reason``) when the image is blank,
 when fewer than :data:`MIN_NUCLEI` nuclei are found (a 50 x 50 patch), when the iteration does
