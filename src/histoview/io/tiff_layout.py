@@ -32,8 +32,9 @@ pages of the file instead of decoding its 1.2 GB. Compressed pixels are read thr
 zarr store one strip or tile at a time; a level whose strips or tiles decode to more than
 :data:`MAX_CHUNK_BYTES` each is refused with how to convert it to a tiled pyramid.
 
-Problems raise :class:`UnsupportedTiff` with the problem only; :mod:`histoview.io.image` adds
-the file name.
+The block conversions are :mod:`histoview.io.tiff_colour`, the lazy view
+:mod:`histoview.io.tiff_view`. Problems raise :class:`UnsupportedTiff` with the problem only;
+:mod:`histoview.io.image` adds the file name.
 """
 
 from __future__ import annotations
@@ -44,22 +45,22 @@ from pathlib import Path
 
 import numpy as np
 
+from histoview.io.tiff_colour import (
+    bilevel,
+    chain,
+    cmyk_to_rgb,
+    invert,
+    palette_to_rgb,
+    take_samples,
+    unpremultiply,
+    ycbcr_to_rgb,
+)
+from histoview.io.tiff_view import ORIENTATIONS, LevelView
+
 #: largest decoded strip or tile (bytes) read through the zarr store; above it a region read
 #: would have to decode more than this, so the level is refused with how to convert it.
 MAX_CHUNK_BYTES = 256 * 2**20
 
-# Orientation tag (TIFF 274, also EXIF 0x0112) -> (transpose, flip rows, flip columns):
-# shown = flip(transpose(stored)), the transpose (rows <-> columns) first.
-_ORIENTATIONS = {
-    1: (False, False, False),  # top-left: as stored
-    2: (False, False, True),  # top-right: mirrored left-right
-    3: (False, True, True),  # bottom-right: turned 180 degrees
-    4: (False, True, False),  # bottom-left: mirrored top-bottom
-    5: (True, False, False),  # left-top: transposed
-    6: (True, False, True),  # right-top: turned 90 degrees clockwise
-    7: (True, True, True),  # right-bottom: transverse
-    8: (True, True, False),  # left-bottom: turned 90 degrees counter-clockwise
-}
 #: how the image is shown for each Orientation value, relative to how it is stored.
 ORIENTATION_NAMES = {
     2: "mirrored left-right",
@@ -106,7 +107,7 @@ class TiffLayout:
     @property
     def transposed(self) -> bool:
         """True when rows and columns are swapped on read (Orientation 5-8)."""
-        return _ORIENTATIONS[self.orientation][0]
+        return ORIENTATIONS[self.orientation][0]
 
     @property
     def is_plain(self) -> bool:
@@ -184,12 +185,12 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
                     f"{s} grayscale channels (axes {axes}, shape {stored}): a fluorescence or "
                     "multispectral image? histoview reads RGB and grayscale brightfield images"
                 )
-            steps.append(functools.partial(_take_samples, index=0))
+            steps.append(functools.partial(take_samples, index=0))
             notes.append(f"gray with {len(extras)} extra sample(s): the extra samples are dropped")
             out_s = 1
         white_is_zero = photometric == P.MINISWHITE
         if dtype.kind == "b":
-            steps.append(functools.partial(_bilevel, white_is_zero=white_is_zero))
+            steps.append(functools.partial(bilevel, white_is_zero=white_is_zero))
             out_dtype = np.dtype(np.uint8)
         elif white_is_zero:
             if dtype.kind != "u":
@@ -197,7 +198,7 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
                     f"colour model MINISWHITE (PhotometricInterpretation 0, white is zero) with "
                     f"{dtype} samples is not supported; convert it to black-is-zero grayscale"
                 )
-            steps.append(functools.partial(_invert, maxval=2 ** int(page.bitspersample) - 1))
+            steps.append(functools.partial(invert, maxval=2 ** int(page.bitspersample) - 1))
             notes.append("MINISWHITE (white is zero) grayscale: inverted to black is zero")
     elif photometric == P.RGB:
         if s < 3:
@@ -206,17 +207,17 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
             alpha = extras[0] if extras else 0
             out_s = 4 if alpha in (1, 2) else 3  # associated (premultiplied), unassociated
             if s > out_s:
-                steps.append(functools.partial(_take_samples, index=slice(0, out_s)))
+                steps.append(functools.partial(take_samples, index=slice(0, out_s)))
                 notes.append(f"{s - out_s} extra sample(s) that are not alpha: dropped")
             if alpha == 1:
-                steps.append(_unpremultiply)
+                steps.append(unpremultiply)
                 notes.append("associated (premultiplied) alpha: un-premultiplied")
     elif photometric == P.PALETTE:
         if s != 1 or page.colormap is None:
             raise UnsupportedTiff(f"palette colour model with {s} samples or without a ColorMap")
         cmap = np.asarray(page.colormap)
         table = (cmap.T >> 8 if cmap.max() > 255 else cmap.T).astype(np.uint8)
-        steps.append(functools.partial(_palette, table=table))
+        steps.append(functools.partial(palette_to_rgb, table=table))
         out_s, out_dtype = 3, np.dtype(np.uint8)
     elif photometric == P.SEPARATED:
         inkset = int(page.tags.valueof(332, 1))  # InkSet: 1 = CMYK (the default)
@@ -232,7 +233,7 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
         alpha = bool(extras) and extras[0] in (1, 2)
         steps.append(
             functools.partial(
-                _cmyk_to_rgb,
+                cmyk_to_rgb,
                 maxval=1.0 if dtype.kind == "f" else float(np.iinfo(dtype).max),
                 alpha=alpha,
             )
@@ -260,7 +261,7 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
             coefficients = page.tags.valueof(529, (0.299, 0.587, 0.114))  # YCbCrCoefficients
             steps.append(
                 functools.partial(
-                    _ycbcr_to_rgb,
+                    ycbcr_to_rgb,
                     coefficients=_rationals(coefficients, 3),
                     reference=_rationals(page.tags.valueof(532, (0, 255, 128, 255, 128, 255)), 6),
                 )
@@ -273,7 +274,7 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
             f"first ({_CONVERT_HINT.format(name=name, stem=Path(name).stem)})"
         )
     orientation = int(page.tags.valueof(274, 1))  # Orientation
-    if orientation not in _ORIENTATIONS:
+    if orientation not in ORIENTATIONS:
         notes.append(f"Orientation tag {orientation} is not a TIFF orientation (1-8); ignored")
         orientation = 1
     elif orientation != 1:
@@ -283,7 +284,7 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
         )
     if samples_first and s > 1:
         notes.append("samples stored plane by plane (planar configuration 2)")
-    shown_hw = (w, h) if _ORIENTATIONS[orientation][0] else (h, w)
+    shown_hw = (w, h) if ORIENTATIONS[orientation][0] else (h, w)
     shape = (*shown_hw, out_s) if out_s > 1 else shown_hw
     return TiffLayout(
         shape=shape,
@@ -291,7 +292,7 @@ def tiff_layout(level, name: str = "the file") -> TiffLayout:
         stored_shape=stored,
         samples_first=samples_first,
         orientation=orientation,
-        convert=_chain(steps) if steps else None,
+        convert=chain(steps) if steps else None,
         chunk_bytes=int(np.prod(page.chunks)) * max(dtype.itemsize, 1),
         notes=tuple(notes),
     )
@@ -316,72 +317,6 @@ def _rationals(value, n: int) -> tuple[float, ...]:
     if len(v) != n:
         raise UnsupportedTiff(f"a colour tag has {len(v)} values where {n} are expected")
     return tuple(v)
-
-
-# -- conversions of a stored block (h, w[, s]) -----------------------------------------------
-def _chain(steps):
-    if len(steps) == 1:
-        return steps[0]
-    return functools.partial(_apply_all, steps=tuple(steps))
-
-
-def _apply_all(block, steps):
-    for step in steps:
-        block = step(block)
-    return block
-
-
-def _take_samples(block, index):
-    return block[..., index]
-
-
-def _bilevel(block, white_is_zero: bool):
-    on = np.logical_not(block) if white_is_zero else block
-    return on.astype(np.uint8) * np.uint8(255)
-
-
-def _invert(block, maxval: int):
-    return (maxval - block.astype(np.int64)).clip(0, maxval).astype(block.dtype)
-
-
-def _palette(block, table):
-    return table[block]
-
-
-def _unpremultiply(block):
-    info = np.iinfo(block.dtype) if block.dtype.kind in "ui" else None
-    top = float(info.max) if info else 1.0
-    f = block.astype(np.float64)
-    a = f[..., 3:4]
-    rgb = np.where(a > 0, f[..., :3] * top / np.maximum(a, 1e-12), 0.0)
-    out = np.concatenate([np.clip(rgb, 0, top), a], axis=-1)
-    return (np.rint(out) if info else out).astype(block.dtype)
-
-
-def _cmyk_to_rgb(block, maxval: float, alpha: bool):
-    """``R = max (1 - C/max)(1 - K/max)`` etc. (module docstring); alpha kept when present."""
-    f = block.astype(np.float64)
-    k = maxval - f[..., 3:4]
-    rgb = (maxval - f[..., :3]) * k / maxval
-    if alpha:
-        rgb = np.concatenate([rgb, f[..., 4:5]], axis=-1)
-    if block.dtype.kind == "f":
-        return rgb.astype(block.dtype)
-    return np.rint(rgb).astype(block.dtype)
-
-
-def _ycbcr_to_rgb(block, coefficients, reference):
-    """TIFF 6.0 section 21: YCbCr with YCbCrCoefficients and ReferenceBlackWhite to RGB."""
-    lr, lg, lb = coefficients
-    y0, y1, cb0, cb1, cr0, cr1 = reference
-    f = block.astype(np.float64)
-    y = (f[..., 0] - y0) * 255.0 / (y1 - y0)
-    cb = (f[..., 1] - cb0) * 127.0 / (cb1 - cb0)
-    cr = (f[..., 2] - cr0) * 127.0 / (cr1 - cr0)
-    r = y + cr * (2 - 2 * lr)
-    b = y + cb * (2 - 2 * lb)
-    g = (y - lb * b - lr * r) / lg
-    return np.rint(np.clip(np.stack([r, g, b], axis=-1), 0, 255)).astype(np.uint8)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -434,99 +369,3 @@ def _memmap_level(tf, lv, layout: TiffLayout):
     )
     arr = mm[:, 0, :, :, 0] if sep > 1 else (mm[0, 0] if contig > 1 else mm[0, 0, :, :, 0])
     return arr if tuple(arr.shape) == layout.stored_shape else None
-
-
-class LevelView:
-    """A stored TIFF level as histoview shows it (:class:`TiffLayout`), read lazily.
-
-    Indexing with integers and slices (any step, Ellipsis) reads the stored rows and columns
-    under the key only; ``np.asarray(view)`` reads the whole level.
-    """
-
-    def __init__(self, base, layout: TiffLayout, token: tuple = ()):
-        self._base, self._layout, self._token = base, layout, token
-        self.shape, self.dtype = tuple(layout.shape), np.dtype(layout.dtype)
-        self.ndim = len(self.shape)
-        self.size = int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __dask_tokenize__(self):
-        # dask names arrays by a token of their source; without this it would pickle the view,
-        # memory map and all (1.2 GB for a 20,000 x 20,000 RGB level)
-        return ("histoview.LevelView", *self._token, self.shape, str(self.dtype))
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[...]
-        return out.astype(dtype) if dtype is not None else out
-
-    def __getitem__(self, key):
-        key = _expand_key(key, self.ndim)
-        picked, ranges = [], []
-        for k, n in zip(key[:2], self.shape[:2]):
-            if isinstance(k, slice):
-                ranges.append(range(*k.indices(n)))
-                picked.append(slice(None))
-            else:
-                i = int(k) + n if int(k) < 0 else int(k)
-                if not 0 <= i < n:
-                    raise IndexError(f"index {k} is out of bounds for an axis of size {n}")
-                ranges.append(range(i, i + 1))
-                picked.append(0)
-        block = self._read(*ranges)
-        if self._layout.convert is not None:
-            block = self._layout.convert(block)
-        if self.ndim == 3:
-            picked.append(key[2])
-        block = block[tuple(picked)]
-        return np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("="))
-
-    def _read(self, rows: range, cols: range) -> np.ndarray:
-        """Stored pixels under shown ``rows`` x ``cols``, samples last, turned as shown."""
-        transpose, flip_rows, flip_cols = _ORIENTATIONS[self._layout.orientation]
-        h, w = self.shape[:2]
-        rows = _flipped(rows, h) if flip_rows else rows
-        cols = _flipped(cols, w) if flip_cols else cols
-        stored_rows, stored_cols = (cols, rows) if transpose else (rows, cols)
-        (sr, rev_r), (sc, rev_c) = _ascending(stored_rows), _ascending(stored_cols)
-        if self._layout.samples_first:
-            block = np.moveaxis(np.asarray(self._base[:, sr, sc]), 0, -1)
-        else:
-            block = np.asarray(self._base[sr, sc])
-        if rev_r:
-            block = block[::-1]
-        if rev_c:
-            block = block[:, ::-1]
-        return block.swapaxes(0, 1) if transpose else block
-
-
-def _expand_key(key, ndim: int) -> tuple:
-    key = key if isinstance(key, tuple) else (key,)
-    for k in key:
-        if not (k is Ellipsis or isinstance(k, (slice, int, np.integer))):
-            raise TypeError(f"a lazy TIFF level takes integers and slices, not {type(k).__name__}")
-    n_ellipsis = sum(k is Ellipsis for k in key)
-    if n_ellipsis > 1:
-        raise IndexError("an index can only have a single ellipsis")
-    if n_ellipsis:
-        i = next(j for j, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
-    if len(key) > ndim:
-        raise IndexError(f"too many indices for an array of {ndim} dimensions")
-    return key + (slice(None),) * (ndim - len(key))
-
-
-def _flipped(r: range, n: int) -> range:
-    """The indices ``n - 1 - i`` for i in ``r``."""
-    return range(n - 1 - r.start, n - 1 - r.stop, -r.step)
-
-
-def _ascending(r: range) -> tuple[slice, bool]:
-    """``r`` as a slice with a positive step, and whether the result must then be reversed."""
-    if len(r) == 0:
-        return slice(0, 0), False
-    if r.step > 0:
-        return slice(r.start, r.stop, r.step), False
-    up = r[::-1]
-    return slice(up.start, up.stop, up.step), True
