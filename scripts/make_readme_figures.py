@@ -3,7 +3,7 @@
     python scripts/make_readme_figures.py
 
 Writes docs/images/phantom.png (the three phantom classes with their ground truth)
-and docs/images/demo.png (``histoview demo --screenshot``).
+and docs/images/compare.png (``histoview demo --screenshot``).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def phantom_figure(path: Path) -> None:
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     phantom_figure(OUT / "phantom.png")
-    subprocess.run([sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(OUT / "demo.png")], check=True)
-    print(f"wrote {OUT / 'phantom.png'} and {OUT / 'demo.png'}")
+    subprocess.run([sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(OUT / "compare.png")], check=True)
+    print(f"wrote {OUT / 'phantom.png'} and {OUT / 'compare.png'}")
     return 0
 
 
