@@ -102,5 +102,5 @@ def test_compare_dock_through_the_proxy(make_napari_viewer, no_private_access):
 
     widget.stacked()
     assert not viewer.canvas.grid.enabled and not widget.side_by_side_on
-    assert [lay.name for lay in viewer.layers] == order
+    assert [lay.name for lay in viewer.layers if role(lay) is None] == order
     assert other.visible and image.visible
