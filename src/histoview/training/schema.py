@@ -27,10 +27,7 @@ reported when the model is built
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import asdict
-from numbers import Integral, Real
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
@@ -49,6 +46,18 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from histoview.training._schema_messages import describe_errors, one_of, short
+from histoview.training._schema_types import (
+    Dropout,
+    Flag,
+    Fraction,
+    Name,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PathText,
+    PositiveFloat,
+    PositiveInt,
+    Text,
+)
 
 __all__ = [
     "ConfigError",
@@ -63,48 +72,10 @@ class ConfigError(ValueError):
     """A training config that cannot be used; the message is one line naming file and key."""
 
 
-# every field type below is strict (Strict()); the sections are lax only so that a mapping
+# every field type (training._schema_types) is strict; the sections are lax only so that a mapping
 # can stand for the TrainOptions dataclass, which strict mode takes as an instance only
 _STRICT = ConfigDict(extra="forbid", protected_namespaces=())
 
-# a number in exponent notation without a dot: YAML 1.2 (and TOML) read it as a float,
-# PyYAML (YAML 1.1) as a string
-_EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _whole(value: Any) -> Any:
-    # NumPy integers are whole numbers too (spin boxes and arrays give them); bools are not
-    if isinstance(value, Integral) and not isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def _real(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value  # refused by the strict float check
-    if isinstance(value, Real):
-        return float(value)
-    if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
-        return float(value)
-    return value
-
-
-def _path_text(value: Any) -> Any:
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-Whole = Annotated[int, BeforeValidator(_whole), Strict()]
-PositiveInt = Annotated[Whole, Field(ge=1)]
-NonNegativeInt = Annotated[Whole, Field(ge=0)]
-Number = Annotated[float, BeforeValidator(_real), Strict(), Field(allow_inf_nan=False)]
-PositiveFloat = Annotated[Number, Field(gt=0)]
-NonNegativeFloat = Annotated[Number, Field(ge=0)]
-Fraction = Annotated[Number, Field(ge=0, le=1)]
-Dropout = Annotated[Number, Field(ge=0, lt=1)]
-Name = Annotated[str, Strict(), Field(min_length=1)]
-PathText = Annotated[str, BeforeValidator(_path_text), Strict(), Field(min_length=1)]
-Flag = Annotated[bool, Strict()]
-Text = Annotated[str, Strict()]
 
 #: validation metrics a run can select its best epoch by (higher is better)
 MONITOR_METRICS = (
