@@ -45,11 +45,15 @@ is ``1 / steps`` of the image area).
 All perturbed inputs of one explanation (deletion and insertion together, duplicates
 such as the untouched and the fully removed input computed once) are predicted in
 batches of ``batch_size`` (default 32): for 10 steps, one forward pass.
+
+This module owns the curves, their areas and the image definition; the ranking of elements
+lives in :mod:`histoview.explain._faithfulness_elements` and the model-input removal
+(:class:`ModelPredictor`) in :mod:`histoview.explain._faithfulness_inputs`, both re-exported
+here.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,8 +61,27 @@ from typing import Any
 
 import numpy as np
 
-from histoview.explain.base import DenseMap, Explanation, NucleiPoints
-from histoview.preprocessing.patches import PatchGrid
+from histoview.explain._faithfulness_elements import (
+    element_kind,
+    element_rank_map,
+    image_digest,
+)
+from histoview.explain._faithfulness_inputs import ModelPredictor, model_predictor
+from histoview.explain.base import Explanation
+
+__all__ = [
+    "BASELINES",
+    "SPACES",
+    "FaithfulnessResult",
+    "ModelPredictor",
+    "Predict",
+    "auc",
+    "baseline_image",
+    "deletion_insertion",
+    "element_rank_map",
+    "image_digest",
+    "model_predictor",
+]
 
 Predict = Callable[[np.ndarray], np.ndarray]
 BASELINES = ("blur", "mean")
@@ -154,14 +177,6 @@ def baseline_image(
     return np.clip(np.round(small), 0, 255).astype(np.uint8)
 
 
-def image_digest(image: np.ndarray) -> str:
-    """A content key of an array (shape, dtype and bytes), for per-image caches."""
-    image = np.ascontiguousarray(image)
-    h = hashlib.blake2b(str((image.shape, image.dtype.str)).encode(), digest_size=16)
-    h.update(memoryview(image).cast("B"))
-    return h.hexdigest()
-
-
 _BASELINES: OrderedDict = OrderedDict()  # (digest, kind, sigma) -> baseline image, newest last
 
 
@@ -178,70 +193,6 @@ def _cached_baseline(image: np.ndarray, kind: str, sigma: float | None) -> np.nd
     while len(_BASELINES) > 4:
         _BASELINES.popitem(last=False)
     return base
-
-
-def _ranking(values: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Rank of each element (0 = most important); ties in a fixed pseudo-random order."""
-    values = np.asarray(values, np.float64).ravel()
-    values = np.where(np.isfinite(values), values, -np.inf)
-    tiebreak = np.random.default_rng(seed).permutation(len(values))
-    order = np.lexsort((tiebreak, -values))
-    rank = np.empty(len(values), np.int64)
-    rank[order] = np.arange(len(values))
-    return rank
-
-
-def element_rank_map(
-    expl: Explanation, shape: tuple[int, int], *, seed: int = 0
-) -> tuple[np.ndarray, int, str]:
-    """Per pixel of an image of ``shape``: the rank of the most important element covering it.
-
-    Returns ``(rank_map, num_elements, kind)``; pixels covered by no element hold
-    ``num_elements`` (never removed).
-    """
-    geom = expl.geometry
-    H, W = shape
-    gh, gw = geom.image_shape
-    sy, sx = H / gh, W / gw
-    rank = _ranking(expl.values, seed)
-    n = len(rank)
-    out = np.full((H, W), n, np.int64)
-    if isinstance(geom, PatchGrid):
-        ph, pw = geom.patch_size
-        for (r, c), k in zip(geom.origins, rank):
-            r0, c0 = int(round(r * sy)), int(round(c * sx))
-            r1, c1 = int(round((r + ph) * sy)), int(round((c + pw) * sx))
-            np.minimum(out[r0:r1, c0:c1], k, out=out[r0:r1, c0:c1])
-        return out, n, "patches"
-    if isinstance(geom, NucleiPoints):
-        from skimage.draw import disk, polygon
-
-        for i, k in enumerate(rank):
-            if geom.outlines and len(geom.outlines[i]) >= 3:
-                poly = np.asarray(geom.outlines[i], np.float64)
-                rr, cc = polygon(poly[:, 0] * sy, poly[:, 1] * sx, (H, W))
-            else:
-                r, c = geom.centroids[i]
-                rr, cc = disk((r * sy, c * sx), max(geom.radius * min(sy, sx), 1.0), shape=(H, W))
-            out[rr, cc] = np.minimum(out[rr, cc], k)
-        return out, n, "nuclei"
-    if isinstance(geom, DenseMap):
-        h, w = np.shape(expl.values)
-        rows = np.minimum((np.arange(H) * h) // H, h - 1)
-        cols = np.minimum((np.arange(W) * w) // W, w - 1)
-        return rank.reshape(h, w)[rows[:, None], cols[None, :]], n, "pixels"
-    raise TypeError(f"cannot perturb elements of a {type(geom).__name__}")
-
-
-def _element_kind(expl: Explanation) -> str:
-    geom = expl.geometry
-    if isinstance(geom, PatchGrid):
-        return "patches"
-    if isinstance(geom, NucleiPoints):
-        return "nuclei"
-    if isinstance(geom, DenseMap):
-        return "pixels"
-    raise TypeError(f"cannot perturb elements of a {type(geom).__name__}")
 
 
 def _perturbed(image, base, rank_map, counts, mode: str) -> Iterator[np.ndarray]:
@@ -329,274 +280,9 @@ def deletion_insertion(
         deletion_auc=auc(fractions, curves["deletion"]),
         insertion_auc=auc(fractions, curves["insertion"]),
         method=expl.method,
-        elements=_element_kind(expl),
+        elements=element_kind(expl),
         num_elements=n,
         target_class=target,
         baseline=baseline,
         perturbation=perturbation,
     )
-
-
-class ModelPredictor:
-    """``predict(images (B, H, W, 3) uint8) -> (B, C) probabilities`` for a loaded model,
-    which can also remove an explanation's elements in the model's own input
-    (:meth:`removal_curves`, the module docstring's ``"model input"``).
-
-    Each image becomes the model's input exactly as in explanation and training
-    (:class:`~histoview.models.inputs.InputSpec` from the checkpoint sidecar ``meta``):
-    a patch bag, a resized image or a nuclei graph detected at ``pixel_size_um`` (um/px
-    of the images; unknown: the input spec's policy). Inputs are run in batches of
-    ``batch_size`` (bags of different sizes one by one), in eval mode without autograd.
-
-    Attributes:
-        forward_passes: how many times the model has been run (for tests and benchmarks).
-    """
-
-    def __init__(
-        self,
-        net,
-        meta: dict[str, Any] | None = None,
-        *,
-        pixel_size_um: float | None = None,
-        batch_size: int = 8,
-    ):
-        from histoview.models.inputs import InputSpec
-
-        self.net = net
-        self.spec = InputSpec.from_checkpoint(dict(meta or {}), net)
-        self.pixel_size_um = self.spec.pixel_size(pixel_size_um)[0]
-        self.batch_size = max(1, int(batch_size))
-        self.forward_passes = 0
-        self._inputs: OrderedDict = OrderedDict()  # (digest, what) -> model input, newest last
-        # (image and baseline digests, removed-elements digest) -> probabilities
-        self._predicted: OrderedDict = OrderedDict()
-
-    # -- running the model ----------------------------------------------------------------
-    def _forward(self, fn, *args) -> np.ndarray:
-        """Softmax of ``fn(*args)`` (the net or a part of it) in eval mode, without autograd."""
-        import torch
-
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                self.forward_passes += 1
-                return torch.softmax(fn(*args).float(), -1).cpu().numpy().astype(np.float64)
-        finally:
-            self.net.train(was_training)
-
-    def _device(self):
-        return next(self.net.parameters()).device
-
-    @staticmethod
-    def _channels_last(t):
-        """Images (B, 3, h, w) or bags (B, N, 3, p, p) laid out channels-last in memory (same
-        values and shape; convolutions on the CPU run about twice as fast)."""
-        import torch
-
-        if t.dim() == 4:
-            return t.contiguous(memory_format=torch.channels_last)
-        if t.dim() == 5:  # flatten(0, 1) of this is a channels-last (B * N, 3, p, p) view
-            return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        return t
-
-    def _run(self, batch) -> np.ndarray:
-        import torch
-
-        if self.spec.kind == "graph":
-            from torch_geometric.data import Batch
-
-            batch = Batch.from_data_list(batch)
-        elif len({tuple(x.shape) for x in batch}) > 1:  # bags that lost different patches
-            return np.concatenate([self._run([x]) for x in batch])
-        else:
-            batch = self._channels_last(torch.stack(batch))
-        return self._forward(self.net, batch.to(self._device()))
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        inputs = [self.spec.model_input(img, self.pixel_size_um) for img in np.asarray(images)]
-        step = self.batch_size
-        return np.concatenate(
-            [self._run(inputs[i : i + step]) for i in range(0, len(inputs), step)]
-        )
-
-    def _cached(self, image: np.ndarray, what: str, make):
-        """``make()`` remembered per image content (the last two images)."""
-        key = (image_digest(image), what)
-        if key not in self._inputs:
-            self._inputs[key] = make()
-            while len(self._inputs) > 2:
-                self._inputs.popitem(last=False)
-        self._inputs.move_to_end(key)
-        return self._inputs[key]
-
-    # -- elements removed in the model's input --------------------------------------------
-    def removal_curves(
-        self,
-        expl: Explanation,
-        image: np.ndarray,
-        baseline: np.ndarray,
-        counts: np.ndarray,
-        target: int,
-        seed: int = 0,
-        batch_size: int = 32,
-    ) -> dict[str, np.ndarray] | None:
-        """``{"deletion", "insertion"}``: the probability of ``target`` with the ``counts[t]``
-        most important elements removed (deletion) or all but them removed (insertion), in
-        the model's input; None where the explanation's elements are not that input's.
-
-        All distinct inputs are predicted together, ``batch_size`` per forward pass.
-        """
-        kind = self.spec.kind
-        removal = {"graph": self._graph_removal, "bag": self._bag_removal}.get(
-            kind, self._image_removal
-        )(expl, image, baseline, seed)
-        if removal is None:
-            return None
-        rank, predict_masks = removal  # rank of each element of the model's input
-        masks = np.stack([rank < c for c in counts] + [~(rank < c) for c in counts])
-        # each distinct input once: the untouched and the emptied input appear in both
-        # curves, and another explanation of the same image by the same model shares more
-        context = (image_digest(image), image_digest(baseline))
-        keys = [(context, hashlib.blake2b(np.packbits(m).tobytes()).digest()) for m in masks]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._predicted))
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        step = max(1, int(batch_size))
-        for i in range(0, len(todo), step):
-            chunk = todo[i : i + step]
-            probs = predict_masks(np.stack([masks[first[k]] for k in chunk]))
-            for k, row in zip(chunk, probs):
-                self._predicted[k] = row
-        while len(self._predicted) > 1024:
-            self._predicted.popitem(last=False)
-        p = np.array([self._predicted[k][target] for k in keys], np.float64)
-        return {"deletion": p[: len(counts)], "insertion": p[len(counts) :]}
-
-    def _graph_removal(self, expl, image, baseline, seed):
-        """Nuclei graphs: each removed nucleus's node and edges dropped from the graph the
-        model gets for ``image`` (detected once), when its nuclei are the explanation's."""
-        import torch
-
-        geom = expl.geometry
-        if not isinstance(geom, NucleiPoints):
-            return None
-        # the pixel size the explanation's graph was built at (it may have been estimated
-        # from the image), else the predictor's
-        mpp = float((expl.extra or {}).get("pixel_size_um") or self.pixel_size_um)
-        data = self._cached(image, f"graph@{mpp}", lambda: self.spec.model_input(image, mpp))
-        scale = np.array(image.shape[:2], float) / np.array(geom.image_shape, float)
-        pos = data.pos.cpu().numpy().astype(np.float64) if data.pos is not None else None
-        centroids = np.asarray(geom.centroids, np.float64).reshape(-1, 2) * scale
-        if (
-            pos is None
-            or pos.shape != centroids.shape
-            or (len(pos) and np.abs(pos - centroids).max() > 1.0)
-        ):
-            return None  # not the nuclei the explanation scored
-        from histoview.explain.graph import occluded_graphs
-
-        device = self._device()
-        data = data.to(device)
-
-        def predict_masks(removed: np.ndarray) -> np.ndarray:
-            keep = torch.from_numpy(~removed).to(device)
-            return self._forward(self.net, occluded_graphs(data, keep))
-
-        return _ranking(expl.values, seed), predict_masks
-
-    def _bag_removal(self, expl, image, baseline, seed):
-        """Patch bags: removed instances replaced with the baseline's patches at the same
-        place; instance embeddings computed once and mixed where the model embeds patches
-        one by one (``forward_features`` / ``forward_head``)."""
-        import torch
-
-        from histoview.preprocessing.transforms import to_tensor
-
-        geom = expl.geometry
-        if not isinstance(geom, PatchGrid):
-            return None
-        bag, grid = self._cached(image, "bag", lambda: self.spec.bag(image))
-        scale = np.array(image.shape[:2], float) / np.array(geom.image_shape, float)
-        if len(grid) != len(geom) or not np.allclose(
-            np.array(geom.patch_size, float) * scale, grid.patch_size, atol=1.0
-        ):
-            return None
-        origins = np.round(np.asarray(geom.origins, float) * scale).astype(np.int64)
-        index = {tuple(o): i for i, o in enumerate(np.asarray(grid.origins, np.int64))}
-        where = [index.get(tuple(o)) for o in origins]  # explanation element -> bag instance
-        if any(w is None for w in where) or len(set(where)) != len(where):
-            return None
-        where = np.asarray(where)
-        p = int(self.spec.patch_size)
-        cut = np.stack([baseline[r : r + p, c : c + p] for r, c in np.asarray(grid.origins)])
-        base_bag = to_tensor(cut, self.spec.mean, self.spec.std)
-        device = self._device()
-        bags = self._channels_last(torch.stack([bag, base_bag]).to(device))  # (2, N, 3, p, p)
-
-        rank = np.empty(len(where), np.int64)
-        rank[where] = _ranking(expl.values, seed)  # rank of each bag instance
-
-        net = self.net
-        split = callable(getattr(net, "forward_features", None)) and callable(
-            getattr(net, "forward_head", None)
-        )
-        if split:
-            was_training = net.training
-            net.eval()
-            try:
-                with torch.no_grad():
-                    feats = net.forward_features(bags)  # (2, N, D)
-                    self.forward_passes += 1
-                    head = torch.softmax(net.forward_head(feats[:1]).float(), -1)[0]
-                    # the head on the embeddings must be the model: the explanation's own
-                    # prediction says so for free; else one forward pass decides
-                    explained = torch.as_tensor(np.asarray(expl.probabilities), dtype=head.dtype)
-                    if not (
-                        explained.shape == head.shape
-                        and torch.allclose(head.cpu(), explained, atol=1e-4)
-                    ):
-                        self.forward_passes += 1
-                        whole = torch.softmax(net(bags[:1]).float(), -1)[0]
-                        split = bool(torch.allclose(head, whole, atol=1e-5))
-            finally:
-                net.train(was_training)
-
-        def predict_masks(removed: np.ndarray) -> np.ndarray:
-            m = torch.from_numpy(removed).to(device)
-            if split:
-                mixed = torch.where(m[..., None], feats[1:2], feats[:1])
-                return self._forward(net.forward_head, mixed)
-            mixed = torch.where(m[..., None, None, None], bags[1:2], bags[:1])
-            return self._forward(net, self._channels_last(mixed))
-
-        return rank, predict_masks
-
-    def _image_removal(self, expl, image, baseline, seed):
-        """Whole-image models: image and baseline resized to the input once and mixed there;
-        the input's elements are its pixels, ranked by the element covering them."""
-        import torch
-
-        x = self._cached(image, "image", lambda: self.spec.images(image))
-        xb = self.spec.images(baseline)
-        rank, _, _ = element_rank_map(expl, tuple(x.shape[-2:]), seed=seed)
-        device = self._device()
-        pair = torch.stack([x, xb]).to(device)  # (2, 3, h, w)
-
-        def predict_masks(removed: np.ndarray) -> np.ndarray:
-            m = torch.from_numpy(removed).to(device)[:, None]  # (S, 1, h, w)
-            mixed = torch.where(m, pair[1:2], pair[:1])
-            return self._forward(self.net, self._channels_last(mixed))
-
-        return rank, predict_masks
-
-
-def model_predictor(
-    net,
-    meta: dict[str, Any] | None = None,
-    *,
-    pixel_size_um: float | None = None,
-    batch_size: int = 8,
-) -> ModelPredictor:
-    """The :class:`ModelPredictor` of a loaded model: ``predict(images) -> probabilities``
-    through the model's input path, plus element removal in that input."""
-    return ModelPredictor(net, meta, pixel_size_um=pixel_size_um, batch_size=batch_size)
