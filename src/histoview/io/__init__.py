@@ -10,9 +10,9 @@ from histoview.io.image import (
     LevelInfo,
     open_image,
     read_rgb,
-    to_rgb8,
 )
 from histoview.io.pyramid import write_pyramidal_tiff
+from histoview.io.rgb import to_rgb8
 
 __all__ = [
     "SUPPORTED_SUFFIXES",

@@ -18,20 +18,10 @@ memory-mapped, so a region of a single-strip 20,000 x 20,000 TIFF reads in a few
 compressed strips too large to decode for a region are refused with how to convert the file.
 :attr:`ImageSource.image_note` says what was chosen, converted or turned.
 
-**Pixel size** (micrometres per pixel of level 0, kept as (y, x)) comes, in this order, from
-the caller's override, OME-XML ``PhysicalSizeX`` / ``PhysicalSizeY`` with their units, an
-Aperio ``MPP =`` entry in the image description, or the resolution tags (TIFF
-``XResolution`` / ``YResolution`` / ``ResolutionUnit``, PNG ``pHYs``, JPEG JFIF density).
-Only a value that can be a microscope calibration is trusted: resolution tags without a
-unit, round screen/print values (72, 96, 150, 300, 600... pixels per inch, what most image
-tools write by default: 72 dpi would be 352.8 um/px) and anything outside
-:data:`PLAUSIBLE_PIXEL_SIZE_UM` are ignored, and :attr:`ImageSource.pixel_size_note` says
-so. Pixels whose y and x sizes differ by more than :data:`ANISOTROPY_TOLERANCE` keep both
-(the viewer shows them to scale) but :meth:`ImageSource.check_square_pixels` refuses them
-for analysis: histoview's models assume square pixels. An unknown pixel size is ``None``;
-:func:`histoview.models.inputs.resolve_pixel_size` decides what to do then (estimate it from
-the image). The objective power (Aperio ``AppMag``, OME ``NominalMagnification``) is kept
-when the file says it.
+**Pixel size**: which metadata is read and which values are trusted is
+:mod:`histoview.io.pixel_size`; PNG/JPEG decoding (EXIF orientation, colour modes) is
+:mod:`histoview.io.plain_image`. :meth:`ImageSource.check_square_pixels` refuses
+anisotropic pixels for analysis.
 
 Any file that cannot be read raises :class:`ImageReadError`, whose message
 starts with the file name and says what is wrong.
@@ -40,11 +30,20 @@ starts with the file name and says what is wrong.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from histoview.io.errors import ImageReadError
+from histoview.io.pixel_size import (
+    ANISOTROPY_TOLERANCE,
+    PixelCalibration,
+    is_anisotropic,
+    join_notes,
+    tiff_calibration,
+)
+from histoview.io.rgb import to_rgb8
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -52,131 +51,6 @@ SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".svs")
 
 #: smallest image (height and width, pixels) histoview will analyse.
 MIN_SIZE = 8
-#: PNG/JPEG files are decoded whole; refuse ones whose header claims more pixels than this.
-MAX_PLAIN_PIXELS = 400_000_000
-#: pixel sizes (um/px) a histology image can have: ~0.04 (BreakHis 400X, oil objectives) to 20
-#: (a slide thumbnail); a file's value outside this range is not a microscope calibration.
-PLAUSIBLE_PIXEL_SIZE_UM = (0.04, 20.0)
-#: pixels per inch that screen and print software write by default (not a calibration).
-DPI_DEFAULTS = (
-    72,
-    96,
-    100,
-    120,
-    144,
-    150,
-    180,
-    200,
-    240,
-    250,
-    300,
-    350,
-    360,
-    400,
-    480,
-    600,
-    720,
-    800,
-    1200,
-    2400,
-    4800,
-)
-#: y and x pixel sizes further apart than this fraction of their mean are anisotropic.
-ANISOTROPY_TOLERANCE = 0.02
-# micrometres per unit of OME-XML UnitsLength and of the TIFF/PNG resolution units
-_UM_PER_UNIT = {
-    "pm": 1e-6,
-    "Å": 1e-4,
-    "nm": 1e-3,
-    "µm": 1.0,
-    "um": 1.0,
-    "μm": 1.0,
-    "micron": 1.0,
-    "mm": 1e3,
-    "cm": 1e4,
-    "dm": 1e5,
-    "m": 1e6,
-    "in": 25_400.0,
-}
-_TIFF_UNITS = {
-    2: ("inch", 25_400.0),
-    3: ("centimetre", 1e4),
-    4: ("millimetre", 1e3),
-    5: ("micrometre", 1.0),
-}
-
-
-class ImageReadError(ValueError):
-    """A file histoview cannot read; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
-
-
-@dataclass(frozen=True)
-class PixelCalibration:
-    """What a file says about its physical pixel size.
-
-    Attributes:
-        yx_um: trusted (y, x) micrometres per pixel of level 0, or None (unknown).
-        origin: where the value came from (e.g. ``"OME-XML PhysicalSizeX/Y"``), or None.
-        note: why a value in the file was ignored or adjusted, or None.
-        objective_power: the objective's magnification when the file says it (e.g. 40.0).
-    """
-
-    yx_um: tuple[float, float] | None = None
-    origin: str | None = None
-    note: str | None = None
-    objective_power: float | None = None
-
-
-def _fmt_um(v: float) -> str:
-    return f"{v:.4g} um/px"
-
-
-def _plausible(
-    y_um: float, x_um: float, what: str
-) -> tuple[tuple[float, float] | None, str | None]:
-    """``((y, x), None)`` when both can be a microscope calibration, else ``(None, note)``."""
-    lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
-    for v in (y_um, x_um):
-        if not (np.isfinite(v) and lo <= v <= hi):
-            size = _fmt_um(x_um) if x_um == y_um else f"{_fmt_um(y_um)} (y) x {_fmt_um(x_um)} (x)"
-            return None, (
-                f"{what}: {size} is outside the {lo:g}-{hi:g} um/px of histology images, not a "
-                "microscope calibration; ignored"
-            )
-    return (float(y_um), float(x_um)), None
-
-
-def _from_resolution(
-    x_per_unit: float, y_per_unit: float, unit: str | None, um_per_unit: float | None, what: str
-) -> tuple[tuple[float, float] | None, str | None]:
-    """Trusted (y, x) um/px from pixels-per-unit resolution values, or ``(None, note)``."""
-    if not (x_per_unit > 0 and y_per_unit > 0):
-        return None, f"{what}: zero or missing; ignored"
-    if um_per_unit is None:
-        if x_per_unit == y_per_unit == 1:
-            return None, None  # tifffile's and libtiff's placeholder: no resolution given
-        return None, f"{what}: {x_per_unit:.6g} pixels per unspecified unit, no unit; ignored"
-    y_um, x_um = um_per_unit / y_per_unit, um_per_unit / x_per_unit
-    if unit == "inch":
-        for value in {x_per_unit, y_per_unit}:
-            dpi = min(DPI_DEFAULTS, key=lambda d: abs(d - value))
-            if abs(dpi - value) <= 0.005 * dpi:
-                return None, (
-                    f"{what}: {value:.4g} pixels per inch ({_fmt_um(25_400.0 / value)}) is a "
-                    "screen/print default that image tools write, not a microscope calibration; "
-                    "ignored"
-                )
-    return _plausible(y_um, x_um, what)
-
-
-def _is_anisotropic(yx: tuple[float, float]) -> bool:
-    y, x = yx
-    return abs(y - x) > ANISOTROPY_TOLERANCE * 0.5 * (y + x)
 
 
 @dataclass(frozen=True)
@@ -261,7 +135,7 @@ class ImageSource:
     @property
     def square_pixels(self) -> bool:
         """False when the file's y and x pixel sizes differ by more than the tolerance."""
-        return self.pixel_size_yx is None or not _is_anisotropic(self.pixel_size_yx)
+        return self.pixel_size_yx is None or not is_anisotropic(self.pixel_size_yx)
 
     @property
     def pixel_size_um(self) -> float | None:
@@ -278,7 +152,7 @@ class ImageSource:
                 f"pixel size must be a positive number of micrometres, got {pixel_size_um}"
             )
         if self.pixel_size_yx is not None and (
-            _is_anisotropic(self.pixel_size_yx)
+            is_anisotropic(self.pixel_size_yx)
             or abs(self.pixel_size_um - v) > ANISOTROPY_TOLERANCE * v
         ):
             y, x = self.pixel_size_yx
@@ -375,7 +249,8 @@ class ImageSource:
         lv = self.levels[level] if 0 <= level < self.n_levels else self._check_level(level)
         if lv.height * lv.width > max_pixels:
             raise ValueError(
-                f"{self.path}: level {level} has {lv.height} x {lv.width} pixels; read regions or a lower level"
+                f"{self.path}: level {level} has {lv.height} x {lv.width} pixels; "
+                "read regions or a lower level"
             )
         return self.read_region(level, (0, 0), (lv.height, lv.width))
 
@@ -408,7 +283,10 @@ class ImageSource:
 
     def __repr__(self) -> str:
         levels = ", ".join("x".join(map(str, lv.shape)) for lv in self.levels)
-        return f"ImageSource({self.path.name!r}, levels=[{levels}], dtype={self.dtype}, pixel_size_um={self.pixel_size_um})"
+        return (
+            f"ImageSource({self.path.name!r}, levels=[{levels}], dtype={self.dtype}, "
+            f"pixel_size_um={self.pixel_size_um})"
+        )
 
 
 class _LazyLevel:
@@ -457,7 +335,11 @@ def open_image(path: str | os.PathLike, *, pixel_size_um: float | None = None) -
     if magic[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         src = _open_tiff(path, size)
     elif magic.startswith(b"\x89PNG") or magic[:3] == b"\xff\xd8\xff":
-        src = _open_plain(path)
+        from histoview.io.plain_image import decode_plain
+
+        arr, calibration, image_note = decode_plain(path)
+        fmt = path.suffix.lower().lstrip(".")
+        src = ImageSource(path, [arr], calibration=calibration, fmt=fmt, image_note=image_note)
     else:
         kind = "text" if _looks_like_text(path) else "unknown binary data"
         raise ImageReadError(
@@ -484,115 +366,15 @@ def _looks_like_text(path: Path) -> bool:
     return True
 
 
-def _open_plain(path: Path) -> ImageSource:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_PLAIN_PIXELS:
-                raise ImageReadError(
-                    path,
-                    f"header claims {w} x {h} pixels, too many for a PNG/JPEG; use a tiled TIFF",
-                )
-            im.load()
-            calibration = _plain_calibration(im)
-            arr, image_note, transposed = _pil_to_array(path, im)
-            if transposed and calibration.yx_um:
-                calibration = replace(calibration, yx_um=calibration.yx_um[::-1])
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(
-            path, f"header claims too many pixels for a PNG/JPEG ({exc}); use a tiled TIFF"
-        ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"cannot decode image ({exc})") from exc
-    fmt = path.suffix.lower().lstrip(".")
-    return ImageSource(path, [arr], calibration=calibration, fmt=fmt, image_note=image_note)
-
-
-def _plain_calibration(im) -> PixelCalibration:
-    """PNG ``pHYs`` / JPEG JFIF density as a calibration (Pillow gives per-inch ``dpi`` when
-    the file has a unit, only ``aspect`` when it has none)."""
-    what = "PNG pHYs" if im.format == "PNG" else f"{im.format} density"
-    dpi = im.info.get("dpi")
-    if dpi:
-        try:
-            x, y = (float(v) for v in dpi)
-        except (TypeError, ValueError):
-            return PixelCalibration(note=f"{what}: not a pair of numbers ({dpi!r}); ignored")
-        yx, note = _from_resolution(x, y, "inch", 25_400.0, what)
-        if yx is not None and im.format == "PNG":
-            # pHYs stores pixels per metre; Pillow's dpi rounds through inches
-            x_m, y_m = x / 0.0254, y / 0.0254
-            yx = (1e6 / y_m, 1e6 / x_m)
-        return PixelCalibration(yx, what if yx else None, note)
-    if im.info.get("aspect"):
-        return PixelCalibration(note=f"{what}: an aspect ratio without a unit; no pixel size")
-    return PixelCalibration()
-
-
-def _pil_to_array(path: Path, im) -> tuple[np.ndarray, str | None, bool]:
-    """A decoded PNG/JPEG as it is meant to be seen: ``(array, note, transposed)``.
-
-    The EXIF orientation is applied (Pillow's ``ImageOps.exif_transpose``; ``transposed`` when
-    it swapped rows and columns); palette images become RGB(A); CMYK becomes RGB by Pillow's
-    ICC-free rule ``R = 255 (1 - C)(1 - K)`` (G with M, B with Y). Pillow reads every CMYK JPEG
-    with Adobe's inverted polarity; one without Adobe's APP14 marker stores plain CMYK, so its
-    inversion is undone first. YCbCr, LAB and HSV become RGB, 1-bit images 0 / 255, gray with
-    alpha gray; any other mode is refused (:class:`ImageReadError`).
-    """
-    from PIL import ImageOps
-
-    from histoview.io.tiff_layout import ORIENTATION_NAMES
-
-    notes = []
-    orientation = im.getexif().get(0x0112, 1)
-    transposed = False
-    if orientation in ORIENTATION_NAMES:
-        im = ImageOps.exif_transpose(im)
-        transposed = orientation >= 5
-        notes.append(
-            f"EXIF orientation {orientation} applied: shown "
-            f"{ORIENTATION_NAMES[orientation]} from how it is stored"
-        )
-    mode = im.mode
-    if mode == "P" or mode == "PA":
-        im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
-    elif mode in ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "RGB", "RGBA"):
-        pass
-    elif mode in ("RGBa", "RGBX", "La"):
-        im = im.convert({"RGBa": "RGBA", "RGBX": "RGB", "La": "LA"}[mode])
-    elif mode == "CMYK":
-        if im.format == "JPEG" and "adobe" not in im.info:
-            im = im.point(lambda v: 255 - v)
-            notes.append("CMYK JPEG without an Adobe marker: read as plain (not inverted) CMYK")
-        im = im.convert("RGB")
-        notes.append("CMYK converted to RGB without an ICC profile: R = (1 - C)(1 - K) etc.")
-    elif mode in ("YCbCr", "LAB", "HSV"):
-        im = im.convert("RGB")
-        notes.append(f"{mode} converted to RGB")
-    else:
-        raise ImageReadError(
-            path,
-            f"{im.format} colour mode {mode!r} is not supported; histoview reads gray, RGB, RGBA, "
-            "palette and CMYK images: convert it to RGB first",
-        )
-    arr = np.asarray(im)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    if im.mode == "LA":
-        arr = arr[..., 0]
-    if im.mode.startswith("I;16"):
-        arr = arr.astype(np.uint16)
-    return arr, _join(notes), transposed
-
-
 def _open_tiff(path: Path, size: int) -> ImageSource:
     import tifffile
 
-    from histoview.io.tiff_layout import UnsupportedTiff, main_series, tiff_layout
+    from histoview.io.tiff_layout import (
+        UnsupportedTiff,
+        check_tiff_data,
+        main_series,
+        tiff_layout,
+    )
 
     try:
         tf = tifffile.TiffFile(path)
@@ -603,9 +385,9 @@ def _open_tiff(path: Path, size: int) -> ImageSource:
             raise ImageReadError(path, "TIFF holds no image")
         index, series_note = main_series(tf)
         series = tf.series[index]
-        _check_tiff_data(path, series, size)
-        page = series.levels[0].keyframe
         try:
+            check_tiff_data(series, size)
+            page = series.levels[0].keyframe
             layouts = [tiff_layout(lv, path.name) for lv in series.levels]
         except UnsupportedTiff as exc:
             raise ImageReadError(path, str(exc)) from exc
@@ -618,7 +400,7 @@ def _open_tiff(path: Path, size: int) -> ImageSource:
         calibration = tiff_calibration(tf, page)
         if layouts[0].transposed and calibration.yx_um:
             calibration = replace(calibration, yx_um=calibration.yx_um[::-1])
-        image_note = _join([series_note, *layouts[0].notes])
+        image_note = join_notes([series_note, *layouts[0].notes])
         fmt = (
             "ome-tiff"
             if tf.is_ome
@@ -635,162 +417,6 @@ def _open_tiff(path: Path, size: int) -> ImageSource:
         raise ImageReadError(
             path, f"cannot read TIFF structure ({type(exc).__name__}: {exc})"
         ) from exc
-
-
-def _check_tiff_data(path: Path, series, size: int) -> None:
-    """Refuse TIFFs whose strips/tiles point past the end of the file (truncated or fake headers)."""
-    for lv in series.levels:
-        for page in lv.pages:
-            if page is None:
-                continue
-            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-            counts = np.asarray(page.databytecounts, dtype=np.int64)
-            if len(offsets) == 0 or counts.sum() == 0:
-                raise ImageReadError(
-                    path, f"TIFF header describes a {page.shape} image but holds no pixel data"
-                )
-            expected = int(np.prod(page.chunked))
-            if len(offsets) < expected:
-                raise ImageReadError(
-                    path,
-                    f"TIFF header describes a {page.shape} image of {expected} strips/tiles "
-                    f"but lists only {len(offsets)}",
-                )
-            if page.compression == 1 and counts.sum() < page.size * page.bitspersample // 8:
-                raise ImageReadError(
-                    path, f"TIFF header describes a {page.shape} image but holds too few bytes"
-                )
-            end = int((offsets + counts).max())
-            if end > size:
-                missing = int(((offsets + counts) > size).sum())
-                raise ImageReadError(
-                    path,
-                    f"TIFF is truncated: {missing} of {len(offsets)} strips/tiles of a {page.shape} image "
-                    f"end beyond the file's {size} bytes",
-                )
-
-
-def tiff_calibration(tf, page) -> PixelCalibration:
-    """The pixel size a TIFF states (module docstring): OME-XML, then Aperio, then resolution
-    tags; the first trusted value wins, and notes of ignored ones are kept."""
-    notes = []
-    power = None
-    if tf.is_ome and tf.ome_metadata:
-        yx, note, power = _ome_pixel_size(tf.ome_metadata)
-        if yx is not None:
-            return PixelCalibration(yx, "OME-XML PhysicalSizeX/PhysicalSizeY", note, power)
-        notes.append(note)
-    desc = page.description or ""
-    m = re.search(r"(?:^|\|)\s*AppMag\s*=\s*([0-9.]+)", desc)
-    if m:
-        try:
-            power = float(m.group(1)) or power
-        except ValueError:
-            pass
-    m = re.search(r"(?:^|\|)\s*MPP\s*=\s*([0-9.eE+-]+)", desc)
-    if m:
-        try:
-            mpp = float(m.group(1))
-        except ValueError:
-            mpp = float("nan")
-        yx, note = _plausible(mpp, mpp, "Aperio MPP")
-        if yx is not None:
-            return PixelCalibration(yx, "Aperio MPP", _join(notes), power)
-        notes.append(note)
-    tags = page.tags
-    if "XResolution" in tags:
-        unit_code = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2  # TIFF 6.0
-        unit, um_per_unit = _TIFF_UNITS.get(unit_code, (None, None))
-        x = _rational(tags["XResolution"].value)
-        y = _rational(tags["YResolution"].value) if "YResolution" in tags else x
-        yx, note = _from_resolution(x, y, unit, um_per_unit, "TIFF resolution tags")
-        if yx is not None:
-            return PixelCalibration(yx, f"TIFF resolution tags (per {unit})", _join(notes), power)
-        notes.append(note)
-    return PixelCalibration(None, None, _join(notes), power)
-
-
-def _rational(value) -> float:
-    if isinstance(value, tuple):
-        num, den = value[:2]
-        return num / den if den else 0.0
-    return float(value)
-
-
-def _join(notes: list) -> str | None:
-    notes = [n for n in notes if n]
-    return "; ".join(notes) if notes else None
-
-
-def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str | None, float | None]:
-    """``((y, x) um/px or None, note, objective power)`` of the first OME image."""
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        return None, f"OME-XML: cannot be parsed ({exc}); pixel size ignored", None
-    local = {el: el.tag.rsplit("}", 1)[-1] for el in root.iter()}
-    power = None
-    for el, tag in local.items():
-        if tag == "Objective" and el.get("NominalMagnification"):
-            try:
-                power = float(el.get("NominalMagnification"))
-            except ValueError:
-                pass
-            break
-    pixels = next((el for el, tag in local.items() if tag == "Pixels"), None)
-    if pixels is None or pixels.get("PhysicalSizeX") is None:
-        return None, None, power
-    sizes = []
-    for axis in ("X", "Y"):
-        raw = pixels.get(f"PhysicalSize{axis}")
-        if raw is None:
-            sizes.append(None)
-            continue
-        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
-        factor = _UM_PER_UNIT.get(unit)
-        if factor is None:
-            return None, f"OME-XML PhysicalSize{axis}: unknown unit {unit!r}; ignored", power
-        try:
-            sizes.append(float(raw) * factor)
-        except ValueError:
-            return None, f"OME-XML PhysicalSize{axis}: {raw!r} is not a number; ignored", power
-    x, y = sizes
-    note = None
-    if y is None:
-        y, note = x, "OME-XML: PhysicalSizeX only, square pixels assumed"
-    yx, bad = _plausible(y, x, "OME-XML PhysicalSizeX/PhysicalSizeY")
-    return yx, bad or note, power
-
-
-def to_rgb8(array: np.ndarray) -> np.ndarray:
-    """Any image array (gray, RGB, RGBA, 8/16-bit, float) -> (H, W, 3) uint8 RGB for models.
-
-    RGBA is composited on white (slide glass); 16-bit and float images are
-    scaled by their dtype range (or their maximum for floats above 1).
-    """
-    arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"expected a (H, W), (H, W, 3) or (H, W, 4) image, got {arr.shape}")
-    if arr.dtype == np.uint8:
-        f = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        f = arr.astype(np.float32) / 65535.0
-    elif np.issubdtype(arr.dtype, np.integer):
-        f = arr.astype(np.float32) / max(float(arr.max()), 1.0)
-    else:
-        f = arr.astype(np.float32)
-        if f.max() > 1.0:
-            f = f / f.max()
-    if f.shape[2] == 4:
-        alpha = f[..., 3:4]
-        f = f[..., :3] * alpha + (1.0 - alpha)
-    if arr.dtype == np.uint8 and arr.shape[2] == 3:
-        return np.ascontiguousarray(arr)
-    return (np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def read_rgb(

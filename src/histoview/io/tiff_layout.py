@@ -142,6 +142,39 @@ def main_series(tf) -> tuple[int, str | None]:
     )
 
 
+def check_tiff_data(series, size: int) -> None:
+    """Refuse TIFFs whose strips/tiles point past the end of the file (truncated or fake headers):
+    :class:`UnsupportedTiff` unless every level of ``series`` holds its data within ``size``
+    (the file's length in bytes)."""
+    for lv in series.levels:
+        for page in lv.pages:
+            if page is None:
+                continue
+            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+            counts = np.asarray(page.databytecounts, dtype=np.int64)
+            if len(offsets) == 0 or counts.sum() == 0:
+                raise UnsupportedTiff(
+                    f"TIFF header describes a {page.shape} image but holds no pixel data"
+                )
+            expected = int(np.prod(page.chunked))
+            if len(offsets) < expected:
+                raise UnsupportedTiff(
+                    f"TIFF header describes a {page.shape} image of {expected} strips/tiles "
+                    f"but lists only {len(offsets)}",
+                )
+            if page.compression == 1 and counts.sum() < page.size * page.bitspersample // 8:
+                raise UnsupportedTiff(
+                    f"TIFF header describes a {page.shape} image but holds too few bytes"
+                )
+            end = int((offsets + counts).max())
+            if end > size:
+                missing = int(((offsets + counts) > size).sum())
+                raise UnsupportedTiff(
+                    f"TIFF is truncated: {missing} of {len(offsets)} strips/tiles of a "
+                    f"{page.shape} image end beyond the file's {size} bytes",
+                )
+
+
 def _yx(series) -> tuple[int, int]:
     axes, shape = series.axes, series.shape
     if "Y" not in axes or "X" not in axes:
