@@ -53,8 +53,12 @@ def localisation(checkpoint, n: int) -> dict:
             patch_aucs.setdefault(truth, []).append(roc_auc(labels, expl.values))
             pixel_aucs.setdefault(truth, []).append(map_auc(dense, mask))
         hits.append(pointing_game(dense, ph.tumour_mask))
-    out = {"images": n, "classification_accuracy": correct / n, "malignant_images": len(hits),
-           "pointing_game": float(np.mean(hits))}
+    out = {
+        "images": n,
+        "classification_accuracy": correct / n,
+        "malignant_images": len(hits),
+        "pointing_game": float(np.mean(hits)),
+    }
     for truth in ("tumour", "lesion"):
         out[f"patch_auc_{truth}_mean"] = float(np.mean(patch_aucs[truth]))
         out[f"patch_auc_{truth}_min"] = float(np.min(patch_aucs[truth]))
@@ -79,10 +83,13 @@ def breakhis(epochs: int) -> dict | None:
     return {"seconds": time.time() - t0, "test": result["test"], "split": report["data"]["split"]}
 
 
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="A-MIL checkpoint (default: bundled demo weights)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--checkpoint", default=None, help="A-MIL checkpoint (default: bundled demo weights)"
+    )
     ap.add_argument("--n", type=int, default=30, help="held-out phantoms")
     ap.add_argument("--breakhis-epochs", type=int, default=6)
     ap.add_argument("--skip-breakhis", action="store_true")
@@ -95,10 +102,20 @@ def main(argv=None) -> int:
         res = breakhis(args.breakhis_epochs)
         if res:
             t = res["test"]
-            print(f"A-MIL on BreakHis (100X, benign vs malignant, patient split {res['split']}), "
-                  f"{args.breakhis_epochs} epochs, {res['seconds']:.0f} s")
-            for k in ("accuracy", "balanced_accuracy", "precision_macro", "sensitivity", "specificity",
-                      "f1_macro", "roc_auc", "pr_auc"):
+            print(
+                f"A-MIL on BreakHis (100X, benign vs malignant, patient split {res['split']}), "
+                f"{args.breakhis_epochs} epochs, {res['seconds']:.0f} s"
+            )
+            for k in (
+                "accuracy",
+                "balanced_accuracy",
+                "precision_macro",
+                "sensitivity",
+                "specificity",
+                "f1_macro",
+                "roc_auc",
+                "pr_auc",
+            ):
                 print(f"  {k:26s} {t[k]:.3f}")
             print(f"  confusion matrix           {t['confusion_matrix']}")
     return 0

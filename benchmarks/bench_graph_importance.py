@@ -66,7 +66,9 @@ def held_out_graphs(n: int, threshold_um: float, seed: int = HELD_OUT_SEED):
         kind = KINDS[i % 2]
         ph = make_phantom(kind, preset="breakhis", seed=seed + i)
         nuclei = detect_nuclei(ph.image, ph.pixel_size_um)
-        graph = build_nuclei_graph(nuclei, threshold_um=threshold_um, pixel_size_um=ph.pixel_size_um)
+        graph = build_nuclei_graph(
+            nuclei, threshold_um=threshold_um, pixel_size_um=ph.pixel_size_um
+        )
         out.append((kind, graph, *truth_for_detections(ph, graph.centroids)))
     return out
 
@@ -81,8 +83,15 @@ def evaluate(net, meta, graphs) -> dict:
             t0 = time.perf_counter()
             expl = explain_graph(net, graph, importance=imp, classes=classes)
             seconds[imp] += time.perf_counter() - t0
-            rows[imp].append((kind, top_share(expl.values, malignant), malignant.mean(),
-                              top_share(expl.values, ring), ring.mean()))
+            rows[imp].append(
+                (
+                    kind,
+                    top_share(expl.values, malignant),
+                    malignant.mean(),
+                    top_share(expl.values, ring),
+                    ring.mean(),
+                )
+            )
         correct += int(expl.predicted_label == kind)
     return {"rows": rows, "accuracy": correct / len(graphs), "seconds": seconds}
 
@@ -94,10 +103,14 @@ def ratio(rows, kind: str, top: int, base: int) -> tuple[float, float, float]:
 
 
 def report(name: str, result: dict, n: int) -> None:
-    print(f"\n{name}: RSF+Attention on {n} held-out phantoms, classification accuracy "
-          f"{result['accuracy']:.2f}")
-    print(f"{'importance':10s} {'images':9s} {'top-20% malignant':>18s} {'chance':>7s} {'ratio':>6s}"
-          f" {'top-20% ring':>13s} {'chance':>7s} {'ratio':>6s}")
+    print(
+        f"\n{name}: RSF+Attention on {n} held-out phantoms, classification accuracy "
+        f"{result['accuracy']:.2f}"
+    )
+    print(
+        f"{'importance':10s} {'images':9s} {'top-20% malignant':>18s} {'chance':>7s} {'ratio':>6s}"
+        f" {'top-20% ring':>13s} {'chance':>7s} {'ratio':>6s}"
+    )
     for imp, rows in result["rows"].items():
         for kind in (*KINDS, "all"):
             t, b, r = ratio(rows, kind, 1, 2)
@@ -109,23 +122,41 @@ def report(name: str, result: dict, n: int) -> None:
     for imp, rows in result["rows"].items():
         t, b, r = ratio(rows, "all", 1, 2)
         rt, rb, rr = ratio(rows, "in_situ", 3, 4)
-        print(f"  {imp:10s} malignant nuclei {t:.3f} vs {b:.3f}: {r:.2f} x chance (target >= 2);"
-              f" in situ ring {rt:.3f} vs {rb:.3f}: {rr:.2f} x")
+        print(
+            f"  {imp:10s} malignant nuclei {t:.3f} vs {b:.3f}: {r:.2f} x chance (target >= 2);"
+            f" in situ ring {rt:.3f} vs {rb:.3f}: {rr:.2f} x"
+        )
     sec = result["seconds"]
-    print(f"  time per image (graph given): attention {sec['attention'] / n:.3f} s,"
-          f" occlusion {sec['occlusion'] / n:.3f} s")
+    print(
+        f"  time per image (graph given): attention {sec['attention'] / n:.3f} s,"
+        f" occlusion {sec['occlusion'] / n:.3f} s"
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", action="append", default=None,
-                    help="checkpoint to evaluate (repeat for several; default: bundled weights)")
-    ap.add_argument("--n", type=int, default=24, help="held-out phantoms (half in situ, half invasive)")
-    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED,
-                    help="seed of the first held-out phantom (training configs draw theirs below 9,000,000)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        help="checkpoint to evaluate (repeat for several; default: bundled weights)",
+    )
+    ap.add_argument(
+        "--n", type=int, default=24, help="held-out phantoms (half in situ, half invasive)"
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=HELD_OUT_SEED,
+        help="seed of the first held-out phantom (training configs draw theirs below 9,000,000)",
+    )
     args = ap.parse_args(argv)
     models = [load_for_method("graph", checkpoint=c) for c in (args.checkpoint or [None])]
-    thresholds = {float((meta.get("input") or {}).get("graph_threshold_um", 42.0)) for _, meta, _ in models}
+    thresholds = {
+        float((meta.get("input") or {}).get("graph_threshold_um", 42.0)) for _, meta, _ in models
+    }
     graphs = {t: held_out_graphs(args.n, t, args.seed) for t in thresholds}
     for ckpt, (net, meta, _sha) in zip(args.checkpoint or ["bundled demo weights"], models):
         t = float((meta.get("input") or {}).get("graph_threshold_um", 42.0))

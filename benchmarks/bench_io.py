@@ -28,10 +28,18 @@ from histoview.io import open_image, write_pyramidal_tiff
 
 def make_slide(path: Path) -> float:
     yy, xx = np.mgrid[0:512, 0:512]
-    tile = np.stack([215 + 25 * np.sin(xx / 9.0), 140 + 40 * np.cos(yy / 7.0), 200 + 0 * xx], -1).astype(np.uint8)
+    tile = np.stack(
+        [215 + 25 * np.sin(xx / 9.0), 140 + 40 * np.cos(yy / 7.0), 200 + 0 * xx], -1
+    ).astype(np.uint8)
     t0 = time.perf_counter()
-    write_pyramidal_tiff(path, shape=(50_000, 50_000), tile_fn=lambda lv, r, c, s: tile, tile=512,
-                         pixel_size_um=0.25, compression="jpeg")
+    write_pyramidal_tiff(
+        path,
+        shape=(50_000, 50_000),
+        tile_fn=lambda lv, r, c, s: tile,
+        tile=512,
+        pixel_size_um=0.25,
+        compression="jpeg",
+    )
     return time.perf_counter() - t0
 
 
@@ -40,13 +48,17 @@ def peak_rss_mb() -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--keep", type=Path, default=None, help="write the slide here and keep it")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = args.keep or Path(tmp) / "slide-50k.tif"
         if not path.exists():
-            print(f"writing {path} ... {make_slide(path):.1f} s, {path.stat().st_size / 1e6:.0f} MB")
+            print(
+                f"writing {path} ... {make_slide(path):.1f} s, {path.stat().st_size / 1e6:.0f} MB"
+            )
         exe = [sys.executable, "-m", "histoview.cli", "info", str(path)]
         times, cpu = [], []
         for _ in range(3):
@@ -56,12 +68,16 @@ def main(argv=None) -> int:
             c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             times.append(time.perf_counter() - t0)
             cpu.append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
-        print(f"histoview info (fresh process, best of 3): {min(times):.2f} s wall, {min(cpu):.2f} s CPU"
-              "   (target < 2 s)")
+        print(
+            f"histoview info (fresh process, best of 3): {min(times):.2f} s wall, {min(cpu):.2f} s CPU"
+            "   (target < 2 s)"
+        )
         t0 = time.perf_counter()
         src = open_image(path)
-        print(f"open_image in-process:                     {1000 * (time.perf_counter() - t0):.1f} ms, "
-              f"{src.n_levels} levels, level 0 {src.shape}")
+        print(
+            f"open_image in-process:                     {1000 * (time.perf_counter() - t0):.1f} ms, "
+            f"{src.n_levels} levels, level 0 {src.shape}"
+        )
         rng = np.random.default_rng(0)
         base = peak_rss_mb()
         t0 = time.perf_counter()
@@ -75,8 +91,10 @@ def main(argv=None) -> int:
             src.read_region(2, (r, c), (512, 512))
         dt = time.perf_counter() - t0
         print(f"panning: 400 random 512x512 reads in {dt:.2f} s ({1000 * dt / 400:.1f} ms each)")
-        print(f"peak memory: {base:.0f} MB before, {after50:.0f} MB after 50 reads, {peak_rss_mb():.0f} MB after 400 "
-              f"(level 0 would be {50_000 * 50_000 * 3 / 1e9:.1f} GB)")
+        print(
+            f"peak memory: {base:.0f} MB before, {after50:.0f} MB after 50 reads, {peak_rss_mb():.0f} MB after 400 "
+            f"(level 0 would be {50_000 * 50_000 * 3 / 1e9:.1f} GB)"
+        )
         src.close()
     return 0
 

@@ -30,8 +30,15 @@ METHODS = ("amil", "gradcam", "dt-gradcam", "gradcam++")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=24, help="held-out malignant phantoms (half in situ, half invasive)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--n",
+        type=int,
+        default=24,
+        help="held-out malignant phantoms (half in situ, half invasive)",
+    )
     args = ap.parse_args(argv)
     loaded = {m: load_for_method(m) for m in METHODS}
     scores = {m: {"tumour": [], "lesion": [], "pointing": []} for m in METHODS}
@@ -39,7 +46,14 @@ def main(argv=None) -> int:
         ph = make_phantom(("in_situ", "invasive")[i % 2], preset="breakhis", seed=HELD_OUT_SEED + i)
         for method, (net, meta, sha) in loaded.items():
             malignant = meta["classes"].index("malignant")
-            expl = explain_array(ph.image, method, net, meta, sha, target_class=None if method == "amil" else malignant)
+            expl = explain_array(
+                ph.image,
+                method,
+                net,
+                meta,
+                sha,
+                target_class=None if method == "amil" else malignant,
+            )
             dense = expl.to_dense()
             scores[method]["tumour"].append(map_auc(dense, ph.tumour_mask))
             scores[method]["lesion"].append(map_auc(dense, ph.malignant_mask))
@@ -49,8 +63,10 @@ def main(argv=None) -> int:
     for method in METHODS:
         s = scores[method]
         model = loaded[method][1]["model"]
-        print(f"{method:12s} {model:10s} {np.mean(s['tumour']):11.3f} {np.mean(s['lesion']):11.3f} "
-              f"{np.mean(s['pointing']):9.3f}")
+        print(
+            f"{method:12s} {model:10s} {np.mean(s['tumour']):11.3f} {np.mean(s['lesion']):11.3f} "
+            f"{np.mean(s['pointing']):9.3f}"
+        )
     return 0
 
 

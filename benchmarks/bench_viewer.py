@@ -90,8 +90,12 @@ def timed(app, meter, rows, name, action, until, timeout=300.0):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoom-explanations", type=int, default=10,
-                        help="explanations loaded for the zoom and view-switching test")
+    parser.add_argument(
+        "--zoom-explanations",
+        type=int,
+        default=10,
+        help="explanations loaded for the zoom and view-switching test",
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -109,20 +113,38 @@ def main(argv=None) -> int:
     meter = GapMeter()
     rows: list[tuple[str, float, float]] = []
 
-    timed(app, meter, rows, "open image (reader)", lambda: viewer.open(path, plugin="histoview"),
-          lambda: len(viewer.layers) == 1)
+    timed(
+        app,
+        meter,
+        rows,
+        "open image (reader)",
+        lambda: viewer.open(path, plugin="histoview"),
+        lambda: len(viewer.layers) == 1,
+    )
 
     for display in ("Attention-MIL", "Nuclei graph", "Grad-CAM"):
         _, widget = viewer.window.add_plugin_dock_widget("histoview", display)
         app.processEvents()
         before = len(explanation_layers(viewer))
-        timed(app, meter, rows, f"{display}: click to overlay", widget.run,
-              lambda b=before, w=widget: finished(viewer, w, b))
+        timed(
+            app,
+            meter,
+            rows,
+            f"{display}: click to overlay",
+            widget.run,
+            lambda b=before, w=widget: finished(viewer, w, b),
+        )
 
     _, compare = viewer.window.add_plugin_dock_widget("histoview", "Compare methods")
     app.processEvents()
-    timed(app, meter, rows, "Run all methods (+ agreement, faithfulness)",
-          lambda: compare.run_all(then_side_by_side=False), lambda: not compare.running)
+    timed(
+        app,
+        meter,
+        rows,
+        "Run all methods (+ agreement, faithfulness)",
+        lambda: compare.run_all(then_side_by_side=False),
+        lambda: not compare.running,
+    )
 
     # more explanations for the view tests
     _, explain = viewer.window.add_plugin_dock_widget("histoview", "Explain (all methods)")
@@ -138,22 +160,52 @@ def main(argv=None) -> int:
     def side_by_side_shown():
         return compare.side_by_side_on and not compare.running
 
-    timed(app, meter, rows, "switch to side by side (first time)", compare.side_button.click,
-          side_by_side_shown)
-    timed(app, meter, rows, "switch back to stacked", compare.stacked_button.click,
-          lambda: not compare.side_by_side_on)
-    timed(app, meter, rows, "switch to side by side again", compare.side_button.click,
-          side_by_side_shown)
-    timed(app, meter, rows, "switch back to stacked again", compare.stacked_button.click,
-          lambda: not compare.side_by_side_on)
+    timed(
+        app,
+        meter,
+        rows,
+        "switch to side by side (first time)",
+        compare.side_button.click,
+        side_by_side_shown,
+    )
+    timed(
+        app,
+        meter,
+        rows,
+        "switch back to stacked",
+        compare.stacked_button.click,
+        lambda: not compare.side_by_side_on,
+    )
+    timed(
+        app,
+        meter,
+        rows,
+        "switch to side by side again",
+        compare.side_button.click,
+        side_by_side_shown,
+    )
+    timed(
+        app,
+        meter,
+        rows,
+        "switch back to stacked again",
+        compare.stacked_button.click,
+        lambda: not compare.side_by_side_on,
+    )
 
     def zoom():
         for i in range(20):
             viewer.camera.zoom *= 1.1 if i < 10 else 1 / 1.1
             app.processEvents()
 
-    timed(app, meter, rows, f"zoom, 20 frames, {args.zoom_explanations} explanations", zoom,
-          lambda: True)
+    timed(
+        app,
+        meter,
+        rows,
+        f"zoom, 20 frames, {args.zoom_explanations} explanations",
+        zoom,
+        lambda: True,
+    )
 
     worst = max(gap for _, _, gap in rows)
     print(f"\nlongest event-loop gap over all actions: {worst * 1000:.0f} ms (goal <= 100 ms)")

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     from histoview.models.checkpoint import load_model, read_metadata, save_checkpoint
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("name")
     ap.add_argument("--half", action="store_true")
@@ -39,7 +41,11 @@ def main(argv=None) -> int:
     dest = REPO / "resources" / "weights" / f"{args.name}.safetensors"
     save_checkpoint(dest, model, meta)
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
-    print(json.dumps({k: meta.get(k) for k in ("model", "classes", "epoch", "threshold", "notice")}, indent=1))
+    print(
+        json.dumps(
+            {k: meta.get(k) for k in ("model", "classes", "epoch", "threshold", "notice")}, indent=1
+        )
+    )
     return 0
 
 

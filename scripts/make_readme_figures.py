@@ -25,8 +25,13 @@ OUT = Path("docs/images")
 def phantom_figure(path: Path) -> None:
     fig = Figure(figsize=(15, 6.6), dpi=110)
     FigureCanvasAgg(fig)
-    colours = {"tumour": "#00e5ff", "myoepithelial": "#ffd400", "epithelial": "#7CFC00",
-               "fibroblast": "#ffffff", "lymphocyte": "#ff7f0e"}
+    colours = {
+        "tumour": "#00e5ff",
+        "myoepithelial": "#ffd400",
+        "epithelial": "#7CFC00",
+        "fibroblast": "#ffffff",
+        "lymphocyte": "#ff7f0e",
+    }
     for j, label in enumerate(("benign", "in_situ", "invasive")):
         ph = make_phantom(label, preset="breakhis", seed=3)
         ax = fig.add_subplot(2, 3, j + 1)
@@ -42,13 +47,23 @@ def phantom_figure(path: Path) -> None:
         for kind, colour in colours.items():
             sel = kinds == kind
             if sel.any():
-                ax.scatter(ph.centroids[sel, 1], ph.centroids[sel, 0], s=5, c=colour, label=kind,
-                           edgecolors="black", linewidths=0.2)
+                ax.scatter(
+                    ph.centroids[sel, 1],
+                    ph.centroids[sel, 0],
+                    s=5,
+                    c=colour,
+                    label=kind,
+                    edgecolors="black",
+                    linewidths=0.2,
+                )
         ax.set_title("ground truth: lesion outline, tumour cells, nuclei by kind", fontsize=9)
         ax.axis("off")
         if j == 2:
             ax.legend(loc="lower right", fontsize=7, markerscale=2, framealpha=0.8)
-    fig.suptitle("histoview's synthetic H&E phantom (700 x 460 px at 0.5 um/px). " + RESEARCH_NOTICE, fontsize=10)
+    fig.suptitle(
+        "histoview's synthetic H&E phantom (700 x 460 px at 0.5 um/px). " + RESEARCH_NOTICE,
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path)
 
@@ -56,7 +71,10 @@ def phantom_figure(path: Path) -> None:
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     phantom_figure(OUT / "phantom.png")
-    subprocess.run([sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(OUT / "compare.png")], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(OUT / "compare.png")],
+        check=True,
+    )
     print(f"wrote {OUT / 'phantom.png'} and {OUT / 'compare.png'}")
     return 0
 

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "histoview"
-GUI_MODULES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt", "vispy", "npe2")
+GUI_MODULES = (
+    "napari",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "magicgui",
+    "superqt",
+    "vispy",
+    "npe2",
+)
 # Each core layer may import only the layers listed before it.
 LAYERS = ["io", "preprocessing", "models", "explain", "training"]
 
@@ -60,13 +71,17 @@ def test_core_layers_import_one_way():
                 continue
             target = parts[1]
             if target in ("viewer", "cli"):
-                offenders.append(f"{rel}: imports {name} (the core never imports the viewer or CLI)")
+                offenders.append(
+                    f"{rel}: imports {name} (the core never imports the viewer or CLI)"
+                )
             elif target in LAYERS and target not in allowed:
                 offenders.append(f"{rel}: layer {layer!r} imports {name} (later layer {target!r})")
     assert not offenders, "\n".join(offenders)
 
 
-@pytest.mark.parametrize("module", ["histoview", "histoview.io", "histoview.viewer._reader", "histoview.cli"])
+@pytest.mark.parametrize(
+    "module", ["histoview", "histoview.io", "histoview.viewer._reader", "histoview.cli"]
+)
 def test_light_imports_do_not_load_torch_or_napari(module):
     code = (
         f"import sys, {module}; "

@@ -426,6 +426,7 @@ def _palette_rgb(path: Path) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the table
 
+
 @dataclass(frozen=True)
 class Case:
     """One file through one entry point and what must happen.

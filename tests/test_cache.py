@@ -7,12 +7,14 @@ from histoview.training.run import train_from_config
 
 
 def _config(tmp_path, out, threshold=42.0):
-    return {"model": "test_rsf_attention",
-            "data": {"type": "phantom", "task": "in_situ_vs_invasive", "n_per_class": 2, "seed": 5},
-            "split": {"fractions": [0.5, 0.25, 0.25]},
-            "input": {"graph_threshold_um": threshold, "pixel_size_um": 0.5},
-            "train": {"epochs": 1, "batch_size": 2, "device": "cpu"},
-            "output_dir": str(tmp_path / out)}
+    return {
+        "model": "test_rsf_attention",
+        "data": {"type": "phantom", "task": "in_situ_vs_invasive", "n_per_class": 2, "seed": 5},
+        "split": {"fractions": [0.5, 0.25, 0.25]},
+        "input": {"graph_threshold_um": threshold, "pixel_size_um": 0.5},
+        "train": {"epochs": 1, "batch_size": 2, "device": "cpu"},
+        "output_dir": str(tmp_path / out),
+    }
 
 
 def test_second_run_reuses_the_graphs_and_new_settings_rebuild(tmp_path, monkeypatch):
@@ -46,9 +48,15 @@ def test_node_dropout_thins_training_graphs_only(tmp_path):
 
     rng = np.random.default_rng(0)
     centroids = rng.uniform(0, 400, (300, 2))
-    graph = build_nuclei_graph(centroids, pixel_size_um=0.5, features=rng.normal(size=(300, 13)),
-                               feature_names=[f"f{i}" for i in range(13)])
-    adapter = make_adapter(get_model_config("test_rsf"), {}, {"node_dropout": 0.3, "cache_dir": None})
+    graph = build_nuclei_graph(
+        centroids,
+        pixel_size_um=0.5,
+        features=rng.normal(size=(300, 13)),
+        feature_names=[f"f{i}" for i in range(13)],
+    )
+    adapter = make_adapter(
+        get_model_config("test_rsf"), {}, {"node_dropout": 0.3, "cache_dir": None}
+    )
     adapter.graph_for = lambda sample: graph
     full = adapter.prepare(None, train=False, rng=rng)
     assert full.num_nodes == 300 and full.num_edges == graph.edge_index.shape[1]

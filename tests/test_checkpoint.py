@@ -14,8 +14,11 @@ from histoview.models.checkpoint import CheckpointError, load_model, save_checkp
 @pytest.fixture
 def ckpt(tmp_path):
     model = create_model("amil")
-    path = save_checkpoint(tmp_path / "m.safetensors", model, {"model": "amil", "classes": ["benign", "malignant"],
-                                                               "model_kwargs": {"patch_size": 28}})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        model,
+        {"model": "amil", "classes": ["benign", "malignant"], "model_kwargs": {"patch_size": 28}},
+    )
     return model, path
 
 
@@ -84,16 +87,28 @@ def test_everything_training_writes_passes_the_schema(tmp_path):
         "input": {"patch_size": 28, "stride": 28, "max_background": 0.9},
         "pixel_size_um": np.float64(0.5),
         "normalisation": {"mean": (0.5, 0.5, 0.5), "std": [0.5, 0.5, 0.5]},
-        "data": {"layout": "folder", "task": "binary", "root": "/data", "classes": ["b", "m"],
-                 "images": 40, "images_per_class": {"b": 20, "m": 20}, "patients": None,
-                 "magnifications": {"100X": 40},
-                 "split": {"by": "image", "seed": 0, "fractions": (0.7, 0.15, 0.15)}},
+        "data": {
+            "layout": "folder",
+            "task": "binary",
+            "root": "/data",
+            "classes": ["b", "m"],
+            "images": 40,
+            "images_per_class": {"b": 20, "m": 20},
+            "patients": None,
+            "magnifications": {"100X": 40},
+            "split": {"by": "image", "seed": 0, "fractions": (0.7, 0.15, 0.15)},
+        },
         "name": None,
         "synthetic": False,
         "notice": "Research use only, not for diagnosis.",
         "epoch": 3,
-        "metrics": {"validation": {"accuracy": np.float32(0.75), "roc_auc": float("nan"),
-                                   "confusion_matrix": np.array([[3, 1], [0, 4]])}},
+        "metrics": {
+            "validation": {
+                "accuracy": np.float32(0.75),
+                "roc_auc": float("nan"),
+                "confusion_matrix": np.array([[3, 1], [0, 4]]),
+            }
+        },
         "threshold": np.float64(0.42),
         "train_options": {"epochs": 8, "lr": 5e-4, "device": None},
         "a_newer_field": {"kept": True},

@@ -15,7 +15,9 @@ from histoview.io import write_pyramidal_tiff
 
 def test_info_prints_levels_shapes_dtype_pixel_size(tmp_path, capsys):
     path = tmp_path / "slide.tif"
-    write_pyramidal_tiff(path, np.zeros((2048, 1536, 3), np.uint8), tile=256, pixel_size_um=0.25, min_size=500)
+    write_pyramidal_tiff(
+        path, np.zeros((2048, 1536, 3), np.uint8), tile=256, pixel_size_um=0.25, min_size=500
+    )
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2048 x 1536 x 3" in out and "1024 x 768 x 3" in out and "512 x 384 x 3" in out
@@ -44,8 +46,11 @@ def _png_is_a_picture(path):
 @pytest.mark.gui
 def test_demo_screenshot(tmp_path):
     out = tmp_path / "demo.png"
-    subprocess.run([sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(out)], check=True,
-                   timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "histoview.cli", "demo", "--screenshot", str(out)],
+        check=True,
+        timeout=300,
+    )
     img = _png_is_a_picture(out)
     # the phantom is there: many pink (eosin) pixels
     r, g, b = img[..., 0].astype(int), img[..., 1].astype(int), img[..., 2].astype(int)
@@ -55,8 +60,14 @@ def test_demo_screenshot(tmp_path):
 @pytest.mark.gui
 def test_demo_without_display_renders_offscreen(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    proc = subprocess.run([sys.executable, "-m", "histoview.cli", "demo", "--no-explanations"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "histoview.cli", "demo", "--no-explanations"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "no display" in proc.stdout
     _png_is_a_picture(tmp_path / "histoview-demo.png")
@@ -79,8 +90,14 @@ def test_inputs_differing_after_the_first_dot_get_their_own_outputs(tmp_path, ca
     for image in (one, two, one):
         assert main(["explain", str(image), "--method", "amil", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["case.1-1.amil.json", "case.1-1.amil.tif", "case.1.amil.json",
-                     "case.1.amil.tif", "case.2.amil.json", "case.2.amil.tif"]
+    assert names == [
+        "case.1-1.amil.json",
+        "case.1-1.amil.tif",
+        "case.1.amil.json",
+        "case.1.amil.tif",
+        "case.2.amil.json",
+        "case.2.amil.tif",
+    ]
     for name, image in [("case.1", one), ("case.2", two), ("case.1-1", one)]:
         record = json.loads((out / f"{name}.amil.json").read_text())
         assert record["source_path"] == str(image.resolve())

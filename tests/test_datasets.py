@@ -16,8 +16,12 @@ def _png(path, value=128):
 
 def _fake_breakhis(root):
     names = []
-    for group, sub, patients in (("B", "A", ["22549AB", "22549CD", "14134"]), ("B", "F", ["21998"]),
-                                 ("M", "DC", ["2523", "4372", "13412"]), ("M", "LC", ["15570", "14134"])):
+    for group, sub, patients in (
+        ("B", "A", ["22549AB", "22549CD", "14134"]),
+        ("B", "F", ["21998"]),
+        ("M", "DC", ["2523", "4372", "13412"]),
+        ("M", "LC", ["15570", "14134"]),
+    ):
         for slide in patients:
             for mag in (40, 100):
                 for seq in (1, 2):
@@ -35,7 +39,9 @@ def test_breakhis_layout_tasks_and_patients(tmp_path):
     assert len(ds.samples) == 36
     # 22549AB and 22549CD are one patient; 14134 appears under two subtypes
     assert len({s.patient for s in ds.samples}) == 7
-    sub = discover_dataset({"type": "breakhis", "root": tmp_path, "task": "subtype", "magnification": "100X"})
+    sub = discover_dataset(
+        {"type": "breakhis", "root": tmp_path, "task": "subtype", "magnification": "100X"}
+    )
     assert len(sub.classes) == 8 and len(sub.samples) == 18
     assert {s.magnification for s in sub.samples} == {100}
     summary = sub.summary()
@@ -48,7 +54,11 @@ def test_patient_split_never_leaks(tmp_path):
     for seed in range(5):
         parts = split_samples(ds.samples, (0.5, 0.25, 0.25), seed=seed)
         patients = [{s.patient for s in part} for part in parts]
-        assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+        assert (
+            not (patients[0] & patients[1])
+            and not (patients[0] & patients[2])
+            and not (patients[1] & patients[2])
+        )
         assert sum(len(p) for p in parts) == len(ds.samples)
     # an image-level split does leak here, which is why it is only an option
     leaks = 0

@@ -175,7 +175,6 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tiny_folder, mon
     assert read_metadata(out / "last.safetensors")["epoch"] == 3
 
 
-
 def test_histoview_train_refuses_a_diverging_run(tmp_path, capsys):
     from histoview.cli import main
 
@@ -205,8 +204,9 @@ def test_a_run_saved_by_an_older_histoview_resumes(tiny_folder):
     unit = out / "train_state.safetensors"
     with safe_open(str(unit), "pt") as f:
         record = json.loads(f.metadata()["histoview_train_state"])
-        tensors = {k[len("optimizer."):]: f.get_tensor(k) for k in f.keys()
-                   if k.startswith("optimizer.")}
+        tensors = {
+            k[len("optimizer.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("optimizer.")
+        }
     unit.write_bytes(save(tensors))
     (out / "train_state.prev.safetensors").unlink(missing_ok=True)
     keep = ("epoch", "best_score", "history", "param_groups", "scalars")

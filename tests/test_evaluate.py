@@ -19,8 +19,18 @@ from histoview.training.figures import (
 )
 from histoview.training.run import train_from_config
 
-METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc",
-           "pr_auc", "iba", "gmean")
+METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "iba",
+    "gmean",
+)
 
 
 def _noise_folder(root, classes, n=6, shape=(56, 56)):
@@ -38,10 +48,14 @@ def trained(tmp_path_factory):
     """A 1-epoch A-MIL checkpoint on two classes of coloured noise."""
     tmp = tmp_path_factory.mktemp("evaluate")
     data = _noise_folder(tmp / "data", {"dark": (90, 40, 120), "pale": (230, 200, 220)})
-    config = {"name": "tiny", "model": "amil", "data": {"type": "folder", "root": str(data)},
-              "split": {"fractions": [0.5, 0.25, 0.25]},
-              "train": {"epochs": 1, "batch_size": 2, "lr": 0.002, "device": "cpu"},
-              "output_dir": str(tmp / "run")}
+    config = {
+        "name": "tiny",
+        "model": "amil",
+        "data": {"type": "folder", "root": str(data)},
+        "split": {"fractions": [0.5, 0.25, 0.25]},
+        "train": {"epochs": 1, "batch_size": 2, "lr": 0.002, "device": "cpu"},
+        "output_dir": str(tmp / "run"),
+    }
     result = train_from_config(config)
     return tmp, data, result["checkpoint"]
 
@@ -57,8 +71,9 @@ def test_evaluate_writes_metrics_csv_and_figures(trained):
     tmp, data, ckpt = trained
     events = []
     out = tmp / "eval"
-    result = evaluate_checkpoint(ckpt, str(data), out_dir=out, split="all", device="cpu",
-                                 progress=events.append)
+    result = evaluate_checkpoint(
+        ckpt, str(data), out_dir=out, split="all", device="cpu", progress=events.append
+    )
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
     assert any(e["event"] == "step" for e in events)
     files = result["files"]
@@ -75,7 +90,8 @@ def test_evaluate_writes_metrics_csv_and_figures(trained):
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows] == ["dark", "pale", "overall"]
     assert rows[-1]["support"] == "12" and float(rows[-1]["accuracy"]) == pytest.approx(
-        saved["overall"]["accuracy"], abs=1e-6)
+        saved["overall"]["accuracy"], abs=1e-6
+    )
     for key in ("confusion_matrix_png", "roc_png", "pr_png"):
         _is_picture(files[key])
 
@@ -88,8 +104,9 @@ def test_evaluate_writes_metrics_csv_and_figures(trained):
 
 def test_test_split_is_rebuilt_from_the_checkpoint(trained):
     tmp, data, ckpt = trained
-    result = evaluate_checkpoint(ckpt, {"type": "folder", "root": str(data)}, out_dir=tmp / "ev2",
-                                 device="cpu")
+    result = evaluate_checkpoint(
+        ckpt, {"type": "folder", "root": str(data)}, out_dir=tmp / "ev2", device="cpu"
+    )
     meta = json.loads(ckpt.with_suffix(".json").read_text())
     assert result["data"]["evaluated"] == meta["data"]["split"]["test"]
     test = meta["metrics"]["test"]
@@ -122,10 +139,16 @@ def test_figures_are_matplotlib_figures_for_multiclass(tmp_path):
     probs[np.arange(15), y] += 0.5
     probs /= probs.sum(1, keepdims=True)
     cm = np.array([[4, 1, 0], [0, 5, 0], [1, 1, 3]])
-    history = [{"epoch": e, "train_loss": 1 / e, "lr": 1e-3, "val": {"accuracy": 0.5 + e / 10}}
-               for e in (1, 2, 3)]
-    figs = [confusion_matrix_figure(cm, classes), roc_figure(y, probs, classes),
-            pr_figure(y, probs, classes), training_curves_figure(history)]
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "lr": 1e-3, "val": {"accuracy": 0.5 + e / 10}}
+        for e in (1, 2, 3)
+    ]
+    figs = [
+        confusion_matrix_figure(cm, classes),
+        roc_figure(y, probs, classes),
+        pr_figure(y, probs, classes),
+        training_curves_figure(history),
+    ]
     assert all(isinstance(f, Figure) for f in figs)
     assert "macro AUC" in figs[1].axes[0].get_title()
     assert len([t for t in figs[1].axes[0].get_legend().get_texts() if "AUC" in t.get_text()]) == 3

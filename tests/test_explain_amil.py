@@ -69,7 +69,9 @@ def test_explain_cli_writes_json_and_full_resolution_map(heldout_phantom, tmp_pa
     assert attention.sum() == pytest.approx(28 * 28, rel=1e-3)  # weights sum to 1
     # a second run never overwrites the first
     assert main(["explain", str(path), "--method", "amil", "--out", str(out)]) == 0
-    assert (out / "phantom_invasive-1.amil.json").exists() or (out / "phantom_invasive.amil-1.json").exists()
+    assert (out / "phantom_invasive-1.amil.json").exists() or (
+        out / "phantom_invasive.amil-1.json"
+    ).exists()
 
 
 def test_demo_weights_localise_malignant_tissue(heldout_phantom, tmp_path):
@@ -97,12 +99,38 @@ def test_explain_errors_are_clear(tmp_path, capsys):
     bad.write_bytes(b"")
     assert main(["explain", str(bad), "--method", "amil", "--out", str(tmp_path)]) == 2
     assert "bad.png" in capsys.readouterr().err
-    assert main(["explain", str(bad), "--method", "amil", "--checkpoint", str(tmp_path / "nope.safetensors"),
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(bad),
+                "--method",
+                "amil",
+                "--checkpoint",
+                str(tmp_path / "nope.safetensors"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "nope.safetensors" in capsys.readouterr().err
     # A folder (or an empty name) is not taken for the current directory's checkpoint.
-    assert main(["explain", str(bad), "--method", "amil", "--checkpoint", str(tmp_path),
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(bad),
+                "--method",
+                "amil",
+                "--checkpoint",
+                str(tmp_path),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "is not a checkpoint" in capsys.readouterr().err
 
 

@@ -12,8 +12,12 @@ from histoview.models.library import list_checkpoints
 pytestmark = pytest.mark.gui
 
 #: the explanation docks of napari.yaml and the method each starts with
-DOCKS = {"Attention-MIL": "amil", "Nuclei graph": "graph", "Grad-CAM": "gradcam",
-         "Explain (all methods)": "amil"}
+DOCKS = {
+    "Attention-MIL": "amil",
+    "Nuclei graph": "graph",
+    "Grad-CAM": "gradcam",
+    "Explain (all methods)": "amil",
+}
 
 
 def _bundled(method_kind):
@@ -65,8 +69,11 @@ def test_each_dock_explains_at_the_first_click_and_after_layers_change(
     _wait_for_result(qtbot, widget)
     assert not widget.result.value.startswith("error"), widget.result.value
     assert widget.last_explanation.extra is not None
-    over = [lay for lay in _explanations(viewer)
-            if lay.metadata["histoview"]["explanation"]["image_layer"] == "second.png"]
+    over = [
+        lay
+        for lay in _explanations(viewer)
+        if lay.metadata["histoview"]["explanation"]["image_layer"] == "second.png"
+    ]
     assert over, "no overlay over the second image"
     assert image in viewer.layers
 
@@ -119,8 +126,7 @@ def test_pixel_size_entered_is_remembered_per_layer(make_napari_viewer, tmp_path
     assert first.metadata["histoview"]["pixel_size_source"] != "user"
 
 
-def test_the_chosen_model_stays_when_the_library_changes(make_napari_viewer, tmp_path,
-                                                        monkeypatch):
+def test_the_chosen_model_stays_when_the_library_changes(make_napari_viewer, tmp_path, monkeypatch):
     _bundled("bag")
     from histoview.models.library import add_to_library, bundled_checkpoint
     from histoview.viewer._explain_widget import refresh_all
@@ -193,9 +199,14 @@ def test_scale_bar_in_micrometres_and_shortcuts(make_napari_viewer, qtbot, tmp_p
     data, kwargs, _ = phantom_layers("invasive", seed=3)[0]  # calibrated: 0.5 um/px
     viewer.add_image(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
-    assert scale_bar(viewer).visible and tuple(map(str, viewer.layers[0].units)) == ("micrometer", "micrometer")
-    bound = {str(key).replace("Ctrl", "Control").replace("+", "-"): action
-             for key, action in viewer.keymap.items()}
+    assert scale_bar(viewer).visible and tuple(map(str, viewer.layers[0].units)) == (
+        "micrometer",
+        "micrometer",
+    )
+    bound = {
+        str(key).replace("Ctrl", "Control").replace("+", "-"): action
+        for key, action in viewer.keymap.items()
+    }
     assert set(SHORTCUTS) <= set(bound)
     bound["Control-Shift-E"](viewer)  # run with the keyboard
     _wait_for_result(qtbot, widget)

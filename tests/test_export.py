@@ -302,7 +302,22 @@ def test_export_cli_names_outputs_after_the_whole_input_name(tmp_path):
     image = make_phantom("benign", preset="breakhis", seed=15_009).image
     for name in ("case.1.png", "case.2.png"):
         Image.fromarray(image).save(tmp_path / name)
-        assert main(["export", str(tmp_path / name), "--method", "amil", "--format", "csv",
-                     "--out", str(tmp_path / "out")]) == 0
+        assert (
+            main(
+                [
+                    "export",
+                    str(tmp_path / name),
+                    "--method",
+                    "amil",
+                    "--format",
+                    "csv",
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 0
+        )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "case.1.amil.csv", "case.2.amil.csv"]
+        "case.1.amil.csv",
+        "case.2.amil.csv",
+    ]

@@ -67,7 +67,8 @@ def test_edges_are_exactly_the_close_pairs(pixel_size_um):
         assert got[key] == pytest.approx(1 - d_px * pixel_size_um / threshold_um, abs=1e-6)
     src, dst = graph.edge_index
     np.testing.assert_allclose(
-        graph.edge_distance_um, np.linalg.norm(pts[src] - pts[dst], axis=1) * pixel_size_um,
+        graph.edge_distance_um,
+        np.linalg.norm(pts[src] - pts[dst], axis=1) * pixel_size_um,
         rtol=1e-6,
     )
     # symmetric, no self loops, weights in (0, 1], sorted by (source, target)
@@ -135,15 +136,21 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         build_nuclei_graph(np.zeros((5, 3)), pixel_size_um=1.0)
     with pytest.raises(ValueError):
-        build_nuclei_graph(random_points(5), pixel_size_um=1.0, features=np.ones((5, 2)),
-                           feature_names=("a",))
+        build_nuclei_graph(
+            random_points(5), pixel_size_um=1.0, features=np.ones((5, 2)), feature_names=("a",)
+        )
 
 
 def test_save_load_round_trip_without_pickle(tmp_path: Path):
     pts = random_points(300)
     feats = np.random.default_rng(1).normal(size=(300, 4)).astype(np.float32)
-    g = build_nuclei_graph(pts, threshold_um=30.0, pixel_size_um=0.5, features=feats,
-                           feature_names=("a", "bb", "c", "dddd"))
+    g = build_nuclei_graph(
+        pts,
+        threshold_um=30.0,
+        pixel_size_um=0.5,
+        features=feats,
+        feature_names=("a", "bb", "c", "dddd"),
+    )
     path = save_graph(g, tmp_path / "graph")  # suffix added
     assert path.suffix == ".npz" and path.exists()
     with np.load(path, allow_pickle=False) as z:  # plain arrays only
@@ -161,8 +168,9 @@ def test_save_load_round_trip_without_pickle(tmp_path: Path):
 
 
 def test_edge_features_direction():
-    g = build_nuclei_graph(np.array([[0.0, 0.0], [0.0, 3.0], [4.0, 0.0]]), threshold_um=10.0,
-                           pixel_size_um=1.0)
+    g = build_nuclei_graph(
+        np.array([[0.0, 0.0], [0.0, 3.0], [4.0, 0.0]]), threshold_um=10.0, pixel_size_um=1.0
+    )
     ef = dict(zip(map(tuple, g.edge_index.T.tolist()), g.edge_features()))
     np.testing.assert_allclose(ef[(0, 1)], [0.7, 0.3, 1.0, 0.0], atol=1e-6)  # along +col
     np.testing.assert_allclose(ef[(1, 0)], [0.7, 0.3, -1.0, 0.0], atol=1e-6)
@@ -175,8 +183,7 @@ def test_to_pyg_shapes():
     import torch
 
     pts = random_points(150)
-    g = build_nuclei_graph(pts, threshold_um=50.0, pixel_size_um=0.5,
-                           features=np.ones((150, 5)))
+    g = build_nuclei_graph(pts, threshold_um=50.0, pixel_size_um=0.5, features=np.ones((150, 5)))
     data = g.to_pyg(y=1)
     e = g.num_edges
     assert data.num_nodes == 150

@@ -38,8 +38,12 @@ def test_grayscale_rgba_16bit_palette(tmp_path):
     tifffile.imwrite(tmp_path / "d.tif", deep)
     pal = Image.fromarray(gray).convert("P", palette=Image.ADAPTIVE, colors=16)
     pal.save(tmp_path / "p.png")
-    tifffile.imwrite(tmp_path / "p.tif", (gray // 16).astype(np.uint8), photometric="palette",
-                     colormap=(np.stack([np.arange(256)] * 3) * 257).astype(np.uint16))
+    tifffile.imwrite(
+        tmp_path / "p.tif",
+        (gray // 16).astype(np.uint8),
+        photometric="palette",
+        colormap=(np.stack([np.arange(256)] * 3) * 257).astype(np.uint16),
+    )
 
     with open_image(tmp_path / "g.png") as src:
         assert src.shape == (64, 64) and not src.is_rgb
@@ -69,10 +73,16 @@ def test_pyramidal_tiff_levels_regions_and_pixel_size(tmp_path):
         assert src.format == "bigtiff"
         assert [lv.shape[:2] for lv in src.levels] == [(3000, 2200), (1500, 1100), (750, 550)]
         assert src.pixel_size_um == pytest.approx(0.25)
-        assert src.pixel_size_source == "file" and src.pixel_size_origin.startswith("TIFF resolution")
+        assert src.pixel_size_source == "file" and src.pixel_size_origin.startswith(
+            "TIFF resolution"
+        )
         assert src.level_pixel_size(2) == pytest.approx(1.0)
-        np.testing.assert_array_equal(src.read_region(0, (1000, 700), (50, 60)), arr[1000:1050, 700:760])
-        np.testing.assert_array_equal(src.read_region(1, (100, 100), (10, 10)), arr[::2, ::2][100:110, 100:110])
+        np.testing.assert_array_equal(
+            src.read_region(0, (1000, 700), (50, 60)), arr[1000:1050, 700:760]
+        )
+        np.testing.assert_array_equal(
+            src.read_region(1, (100, 100), (10, 10)), arr[::2, ::2][100:110, 100:110]
+        )
         # clipping at the border; reading outside raises
         assert src.read_region(0, (2990, 2190), (50, 50)).shape == (10, 10, 3)
         with pytest.raises(ValueError):
@@ -86,8 +96,12 @@ def test_pyramidal_tiff_levels_regions_and_pixel_size(tmp_path):
 
 def test_ome_tiff_pixel_size(tmp_path):
     path = tmp_path / "x.ome.tif"
-    tifffile.imwrite(path, _rgb(), photometric="rgb",
-                     metadata={"axes": "YXS", "PhysicalSizeX": 0.42, "PhysicalSizeY": 0.42})
+    tifffile.imwrite(
+        path,
+        _rgb(),
+        photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeX": 0.42, "PhysicalSizeY": 0.42},
+    )
     with open_image(path) as src:
         assert src.format == "ome-tiff"
         assert src.pixel_size_um == pytest.approx(0.42)
@@ -100,10 +114,13 @@ def test_large_pyramid_opens_lazily(tmp_path):
     (benchmarks/bench_io.py times the 50,000 x 50,000 case.)"""
     tile = np.full((1024, 1024, 3), (230, 160, 200), np.uint8)
     path = tmp_path / "huge.tif"
+
     def tile_fn(level, r, c, size):
         return tile
 
-    write_pyramidal_tiff(path, shape=(20_000, 20_000), tile_fn=tile_fn, tile=1024, compression="jpeg")
+    write_pyramidal_tiff(
+        path, shape=(20_000, 20_000), tile_fn=tile_fn, tile=1024, compression="jpeg"
+    )
     import tracemalloc
 
     tracemalloc.start()
@@ -121,7 +138,11 @@ def test_large_pyramid_opens_lazily(tmp_path):
     ("name", "content", "expected"),
     [
         ("empty.tif", b"", "empty"),
-        ("text.tif", b"this is not an image, just text renamed to .tif\n" * 4, "not a PNG, JPEG or TIFF"),
+        (
+            "text.tif",
+            b"this is not an image, just text renamed to .tif\n" * 4,
+            "not a PNG, JPEG or TIFF",
+        ),
         ("text.png", b"hello", "not a PNG, JPEG or TIFF"),
     ],
 )
@@ -158,7 +179,9 @@ def test_header_claiming_huge_png(tmp_path):
     import zlib
 
     def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     path = tmp_path / "huge.png"

@@ -26,9 +26,16 @@ PKG = REPO / "src" / "histoview"
 NPE2 = [sys.executable, "-m", "npe2"]
 MAPPED = {"histoview.resources": "resources", "histoview.recipes": "training"}
 #: (model, layout) pairs whose starting values the wheel must give as the checkout does
-RECIPE_CASES = [("amil", "breakhis"), ("amil", "folder"), ("rsf", "bach"),
-                ("rsf-attention", "phantom"), ("customnet", None), ("cspresnet50_fpn_se", "breakhis"),
-                ("resnet18", None), ("no-such-model", None)]
+RECIPE_CASES = [
+    ("amil", "breakhis"),
+    ("amil", "folder"),
+    ("rsf", "bach"),
+    ("rsf-attention", "phantom"),
+    ("customnet", None),
+    ("cspresnet50_fpn_se", "breakhis"),
+    ("resnet18", None),
+    ("no-such-model", None),
+]
 
 
 def test_manifest_is_found_and_valid_in_this_install():
@@ -46,8 +53,12 @@ def test_manifest_commands_point_at_real_symbols():
 
 
 def test_no_symbolic_links_in_the_packaged_folders():
-    links = [str(p.relative_to(REPO)) for top in (PKG, REPO / "resources", REPO / "training")
-             for p in [top, *top.rglob("*")] if p.is_symlink()]
+    links = [
+        str(p.relative_to(REPO))
+        for top in (PKG, REPO / "resources", REPO / "training")
+        for p in [top, *top.rglob("*")]
+        if p.is_symlink()
+    ]
     assert not links, f"symbolic links break Windows checkouts: {links}"
     assert (PKG / "napari.yaml").is_file() and not (REPO / "napari.yaml").exists()
 
@@ -68,8 +79,13 @@ def test_pyproject_lists_every_package():
 def _copy_working_tree(dest: Path) -> None:
     """The files a fresh checkout of this working tree has (tracked or not ignored)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             cwd=REPO, capture_output=True, check=True, timeout=60)
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"not a git checkout ({exc}): cannot tell the source files")
     for rel in filter(None, out.stdout.decode().split("\0")):
@@ -86,8 +102,22 @@ def test_wheel_ships_manifest_weights_and_recipes(tmp_path):
     # build from a copy, so no stale build/ folder of the checkout can leak into the wheel
     source = tmp_path / "source"
     _copy_working_tree(source)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
+    )
     [wheel] = (tmp_path / "dist").glob("histoview-*.whl")
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(wheel) as zf:
@@ -125,8 +155,14 @@ print(json.dumps({{"package": histoview.__file__, "manifest": manifest.name,
     "defaults": [recipe_for(m, layout) for m, layout in {RECIPE_CASES!r}]}}))
 """
     env = {**os.environ, "PYTHONPATH": str(unpacked), "HISTOVIEW_DATA_DIR": str(tmp_path / "data")}
-    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     root = str(unpacked / "histoview")
@@ -134,7 +170,9 @@ print(json.dumps({{"package": histoview.__file__, "manifest": manifest.name,
     assert seen["weights"].startswith(root) and seen["recipes"].startswith(root)
     assert seen["manifest"] == "histoview"
     assert seen["commands"] == len(yaml.safe_load(shipped.read_text())["contributions"]["commands"])
-    assert seen["bundled"] == sorted(p.stem for p in (REPO / "resources" / "weights").glob("*.safetensors"))
+    assert seen["bundled"] == sorted(
+        p.stem for p in (REPO / "resources" / "weights").glob("*.safetensors")
+    )
     # a wheel and this checkout give the same starting values for every model
     assert seen["defaults"] == [recipe_for(m, layout) for m, layout in RECIPE_CASES]
     assert seen["defaults"][0]["source"] == "recipe training/amil-breakhis.yaml"

@@ -36,8 +36,14 @@ def test_constants():
 
 def test_deterministic_for_a_seed():
     a, b = make_phantom("invasive", seed=7), make_phantom("invasive", seed=7)
-    for field in ("image", "malignant_mask", "nuclei_labels", "centroids", "nucleus_malignant",
-                  "nucleus_boundary"):
+    for field in (
+        "image",
+        "malignant_mask",
+        "nuclei_labels",
+        "centroids",
+        "nucleus_malignant",
+        "nucleus_boundary",
+    ):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
     assert a.nucleus_kind == b.nucleus_kind
     assert all(np.array_equal(p, q) for p, q in zip(a.outlines, b.outlines, strict=True))

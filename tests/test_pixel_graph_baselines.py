@@ -15,8 +15,12 @@ from histoview.models import create_model, list_models  # noqa: E402
 from histoview.training.reproduce import NOT_AVAILABLE, list_experiments  # noqa: E402
 
 NEW = ("alexnet", "resnet18-gcn", "ecc", "resnet18-gat", "gcnii")
-LAYERS = {"resnet18-gcn": "GCNConv", "ecc": "NNConv", "resnet18-gat": "GATConv",
-          "gcnii": "GCN2Conv"}
+LAYERS = {
+    "resnet18-gcn": "GCNConv",
+    "ecc": "NNConv",
+    "resnet18-gat": "GATConv",
+    "gcnii": "GCN2Conv",
+}
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -24,7 +28,11 @@ def test_baseline_builds_trains_and_explains(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3)
     config = model.model_config
-    assert config.kind == "image" and config.input_size == (224, 224) and "RMCG paper, Table 1" in config.paper
+    assert (
+        config.kind == "image"
+        and config.input_size == (224, 224)
+        and "RMCG paper, Table 1" in config.paper
+    )
     if name in LAYERS:  # the PyG layer named in the docs, and no RMCG attention
         assert {type(c).__name__ for c in model.convs} == {LAYERS[name]} and len(model.convs) == 2
         assert not hasattr(model, "channel_attention")
@@ -60,7 +68,7 @@ def test_pretrained_true_without_cache_says_so(tmp_path, monkeypatch):
 def test_rmcg_table1_rows_are_available():
     assert set(NEW) <= set(list_models(kind="image"))
     listing = list_experiments()
-    block = listing[listing.index("rmcg-table1"):].split("\n    rows:", 1)[1].splitlines()[0]
+    block = listing[listing.index("rmcg-table1") :].split("\n    rows:", 1)[1].splitlines()[0]
     for name in NEW:
         assert name in block
     assert NOT_AVAILABLE not in block

@@ -54,8 +54,13 @@ def test_napari_open_uses_histoview(make_napari_viewer, tmp_path, suffix):
     arr = np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     path = tmp_path / f"tissue{suffix}"
     if suffix in (".tif", ".tiff"):
-        tifffile.imwrite(path, arr, photometric="rgb", resolution=(1e4 / 0.25, 1e4 / 0.25),
-                         resolutionunit="CENTIMETER")
+        tifffile.imwrite(
+            path,
+            arr,
+            photometric="rgb",
+            resolution=(1e4 / 0.25, 1e4 / 0.25),
+            resolutionunit="CENTIMETER",
+        )
     else:
         Image.fromarray(arr).save(path, quality=95)
     layers = viewer.open(str(path), plugin="histoview")

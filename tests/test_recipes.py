@@ -28,14 +28,20 @@ def test_a_recipe_wins_by_layout_then_phantom():
     assert recipe_for("customnet", None)["source"] == "recipe training/customnet-phantom.yaml"
     # file names spell the model's "_" as "-"; the data's task and magnification pick one
     csp = "recipe training/cspresnet50-fpn-se-breakhis-"
-    assert recipe_for("cspresnet50_fpn_se", "breakhis", task="binary", magnification="all")[
-        "source"] == csp + "bin-all.yaml"
-    assert recipe_for("cspresnet50_fpn_se", "breakhis", task="subtype", magnification=40)[
-        "source"] == csp + "mc-40.yaml"
+    assert (
+        recipe_for("cspresnet50_fpn_se", "breakhis", task="binary", magnification="all")["source"]
+        == csp + "bin-all.yaml"
+    )
+    assert (
+        recipe_for("cspresnet50_fpn_se", "breakhis", task="subtype", magnification=40)["source"]
+        == csp + "mc-40.yaml"
+    )
     assert recipe_for("rsf-attention", "phantom")["source"] == (
-        "recipe training/rsf-attention-phantom.yaml")
+        "recipe training/rsf-attention-phantom.yaml"
+    )
     assert recipe_for("rsf-attention", "phantom", task="in_situ_vs_invasive")["source"] == (
-        "recipe training/rsf-attention-phantom-in-situ-vs-invasive.yaml")
+        "recipe training/rsf-attention-phantom-in-situ-vs-invasive.yaml"
+    )
     assert recipe_for("rsf", "bach")["source"] == "recipe training/rsf-bach.yaml"
     assert recipe_for("rsf", "bach")["input"]["graph_threshold_um"] == 42.0
     # rsf-*.yaml also matches rsf-attention-*.yaml: the config's model decides
@@ -69,12 +75,17 @@ def test_every_builtin_recipe_is_valid(model):
 
 def test_a_recipe_without_shown_options_reports_what_training_uses(tmp_path):
     (tmp_path / "amil-phantom.yaml").write_text(
-        "model: amil\ndata: {type: phantom}\ntrain: {weight_decay: 0.001}\n")
+        "model: amil\ndata: {type: phantom}\ntrain: {weight_decay: 0.001}\n"
+    )
     (tmp_path / "amil-broken.yaml").write_text("model: [amil\n")  # unparsable: skipped
     train = recipe_for("amil", folder=tmp_path)["train"]
     defaults = TrainOptions()
-    assert train == {"weight_decay": 0.001, "epochs": defaults.epochs,
-                     "batch_size": defaults.batch_size, "lr": defaults.lr}
+    assert train == {
+        "weight_decay": 0.001,
+        "epochs": defaults.epochs,
+        "batch_size": defaults.batch_size,
+        "lr": defaults.lr,
+    }
 
 
 def test_train_takes_a_shipped_recipe_by_name_and_writes_under_the_current_folder(

@@ -17,7 +17,15 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "training").glob("*.yaml
 
 def test_there_are_recipes_for_every_paper():
     models = {load_config(p)["model"] for p in CONFIGS}
-    assert {"amil", "rsf", "rsf-attention", "cspresnet50_fpn_se", "dalaresnet50", "customnet", "rmcg"} <= models
+    assert {
+        "amil",
+        "rsf",
+        "rsf-attention",
+        "cspresnet50_fpn_se",
+        "dalaresnet50",
+        "customnet",
+        "rmcg",
+    } <= models
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -38,8 +46,11 @@ def test_cspresnet50_fpn_se_and_dalaresnet50_recipes_follow_the_papers():
     assert csp["warmup_epochs"] > 0 and csp["schedule"] == "cosine" and csp["amp"]
     dala = by_name["dalaresnet50-breakhis"]["train"]
     assert (dala["batch_size"], dala["lr"], dala["epochs"]) == (32, 1e-4, 50)
-    tasks = {(c["data"]["task"], c["data"].get("magnification", "all"))
-             for n, c in by_name.items() if n.startswith("cspresnet50")}
+    tasks = {
+        (c["data"]["task"], c["data"].get("magnification", "all"))
+        for n, c in by_name.items()
+        if n.startswith("cspresnet50")
+    }
     assert tasks == {(t, m) for t in ("binary", "subtype") for m in ("all", 40, 100, 200, 400)}
 
 
@@ -210,8 +221,7 @@ def test_histoview_train_on_a_bad_config_exits_2_with_one_line(tmp_path, capsys)
 
     path = tmp_path / "bad.yaml"
     path.write_text(
-        "model: test_cnn\ndata: {type: phantom, n_per_clas: 3}\n"
-        f"output_dir: {tmp_path / 'out'}\n"
+        f"model: test_cnn\ndata: {{type: phantom, n_per_clas: 3}}\noutput_dir: {tmp_path / 'out'}\n"
     )
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -276,7 +286,14 @@ def test_the_training_docks_configs_validate(model, layout, tmp_path):
     if layout == "breakhis":
         data["magnification"] = "100"  # the dock's combo box gives text
     train = {**r["train"], "epochs": 3, "batch_size": 4, "lr": 0.001, "device": "cpu"}
-    cfg = {"name": f"{model}-{layout}", "model": model, "model_kwargs": dict(r["model_kwargs"]),
-           "data": data, "split": dict(r["split"]), "input": dict(r["input"]), "train": train,
-           "output_dir": str(tmp_path / "run")}
+    cfg = {
+        "name": f"{model}-{layout}",
+        "model": model,
+        "model_kwargs": dict(r["model_kwargs"]),
+        "data": data,
+        "split": dict(r["split"]),
+        "input": dict(r["input"]),
+        "train": train,
+        "output_dir": str(tmp_path / "run"),
+    }
     assert validate_config(cfg)["train"] == train

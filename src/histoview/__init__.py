@@ -19,6 +19,8 @@ except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
 
 RESEARCH_NOTICE = "Research use only, not for diagnosis."
-SYNTHETIC_NOTICE = "Synthetic demo weights: trained on generated phantom images, not on patient data."
+SYNTHETIC_NOTICE = (
+    "Synthetic demo weights: trained on generated phantom images, not on patient data."
+)
 
 __all__ = ["RESEARCH_NOTICE", "SYNTHETIC_NOTICE", "__version__"]

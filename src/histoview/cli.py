@@ -56,8 +56,13 @@ def _cmd_info(args) -> int:
 def _cmd_demo(args) -> int:
     from histoview.viewer.demo import run_demo
 
-    path = run_demo(screenshot=args.screenshot, label=args.label, seed=args.seed,
-                    explanations=not args.no_explanations, view=args.view)
+    path = run_demo(
+        screenshot=args.screenshot,
+        label=args.label,
+        seed=args.seed,
+        explanations=not args.no_explanations,
+        view=args.view,
+    )
     if path is not None:
         print(f"wrote {path}")
     return 0
@@ -74,8 +79,9 @@ def _cmd_train(args) -> int:
     check_writable_dir(config["output_dir"])  # relative: to this folder, as the run resolves it
     if args.epochs is not None:
         config.setdefault("train", {})["epochs"] = args.epochs
-    result = train_from_config(config, resume=not args.restart, progress=_print_progress,
-                               source=str(args.config))
+    result = train_from_config(
+        config, resume=not args.restart, progress=_print_progress, source=str(args.config)
+    )
     print(f"checkpoint: {result['checkpoint']}")
     print(f"report:     {result['report']}")
     return 0
@@ -84,12 +90,27 @@ def _cmd_train(args) -> int:
 def _print_progress(event: dict) -> None:
     kind = event.get("event")
     if kind == "epoch_end":
-        metrics = " ".join(f"{k}={v:.4f}" for k, v in event.get("val_metrics", {}).items()
-                           if isinstance(v, float) and k in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc"))
+        metrics = " ".join(
+            f"{k}={v:.4f}"
+            for k, v in event.get("val_metrics", {}).items()
+            if isinstance(v, float)
+            and k in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc")
+        )
         label = f"  [{event['split_label']}]" if event.get("split_label") else ""
-        print(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}  val {metrics}{label}",
-              flush=True)
-    elif kind in ("message", "resumed", "start", "cancelled", "done", "row_start", "row_skipped", "row_done"):
+        print(
+            f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}  val {metrics}{label}",
+            flush=True,
+        )
+    elif kind in (
+        "message",
+        "resumed",
+        "start",
+        "cancelled",
+        "done",
+        "row_start",
+        "row_skipped",
+        "row_done",
+    ):
         print(event.get("text", event), flush=True)
 
 
@@ -99,8 +120,14 @@ def _cmd_explain(args) -> int:
 
     check_writable_dir(args.out)
     written = explain_file(
-        args.image, method=args.method, model=args.model, checkpoint=args.checkpoint, out_dir=args.out,
-        target_class=args.target_class, importance=args.importance, pixel_size_um=args.pixel_size,
+        args.image,
+        method=args.method,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        out_dir=args.out,
+        target_class=args.target_class,
+        importance=args.importance,
+        pixel_size_um=args.pixel_size,
         overwrite=args.overwrite,
     )
     for path in written:
@@ -115,13 +142,33 @@ def _cmd_evaluate(args) -> int:
     check_writable_dir(args.out)
     data: str | dict = str(args.data)
     if args.task or args.magnification:
-        data = {"root": str(args.data), **({"task": args.task} if args.task else {}),
-                **({"magnification": args.magnification} if args.magnification else {})}
-    result = evaluate_checkpoint(args.checkpoint, data, out_dir=args.out, split=args.split, tta=args.tta,
-                                 device=args.device, progress=_print_progress)
+        data = {
+            "root": str(args.data),
+            **({"task": args.task} if args.task else {}),
+            **({"magnification": args.magnification} if args.magnification else {}),
+        }
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        data,
+        out_dir=args.out,
+        split=args.split,
+        tta=args.tta,
+        device=args.device,
+        progress=_print_progress,
+    )
     overall = result["overall"]
-    for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "specificity", "f1_macro",
-                "roc_auc", "pr_auc", "iba", "gmean"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "precision_macro",
+        "recall_macro",
+        "specificity",
+        "f1_macro",
+        "roc_auc",
+        "pr_auc",
+        "iba",
+        "gmean",
+    ):
         if key in overall and isinstance(overall[key], (int, float)):
             print(f"{key:20s} {overall[key]:.4f}")
     for path in result["files"].values():
@@ -147,9 +194,17 @@ def _cmd_reproduce(args) -> int:
 
     check_writable_dir(args.out)
     rows = args.rows.split(",") if args.rows else None
-    results = reproduce.run_experiment(args.experiment, args.data, out_dir=args.out, split_by=args.split_by,
-                                       epochs=args.epochs, max_images=args.max_images, rows=rows,
-                                       progress=_print_progress, device=args.device)
+    results = reproduce.run_experiment(
+        args.experiment,
+        args.data,
+        out_dir=args.out,
+        split_by=args.split_by,
+        epochs=args.epochs,
+        max_images=args.max_images,
+        rows=rows,
+        progress=_print_progress,
+        device=args.device,
+    )
     print(reproduce.format_table(results))
     return 0
 
@@ -160,19 +215,35 @@ def _cmd_export(args) -> int:
     from histoview.io.files import check_writable_dir, output_stem
 
     check_writable_dir(args.out)
-    _, explanations, _ = explain_path(args.image, (args.method,), model=args.model, checkpoint=args.checkpoint,
-                                      target_class=args.target_class, pixel_size_um=args.pixel_size)
+    _, explanations, _ = explain_path(
+        args.image,
+        (args.method,),
+        model=args.model,
+        checkpoint=args.checkpoint,
+        target_class=args.target_class,
+        pixel_size_um=args.pixel_size,
+    )
     stem = output_stem(args.image)
     args.out.mkdir(parents=True, exist_ok=True)
     for expl in explanations:
         base = args.out / f"{stem}.{expl.method}"
         if args.format in ("geojson", "both"):
-            path = export_geojson(expl, base.with_name(base.name + ".geojson"),
-                                  threshold=args.threshold, overwrite=args.overwrite, numbered=True)
+            path = export_geojson(
+                expl,
+                base.with_name(base.name + ".geojson"),
+                threshold=args.threshold,
+                overwrite=args.overwrite,
+                numbered=True,
+            )
             print(f"wrote {path}")
         if args.format in ("csv", "both"):
-            path = export_csv(expl, base.with_name(base.name + ".csv"), threshold=args.threshold,
-                              overwrite=args.overwrite, numbered=True)
+            path = export_csv(
+                expl,
+                base.with_name(base.name + ".csv"),
+                threshold=args.threshold,
+                overwrite=args.overwrite,
+                numbered=True,
+            )
             print(f"wrote {path}")
     return 0
 
@@ -196,65 +267,109 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="open napari with the phantom and its explanations")
-    p.add_argument("--screenshot", type=Path, default=None, help="render off-screen and write this PNG")
+    p.add_argument(
+        "--screenshot", type=Path, default=None, help="render off-screen and write this PNG"
+    )
     p.add_argument("--label", default="invasive", choices=["benign", "in_situ", "invasive"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-explanations", action="store_true", help="show the phantom only")
-    p.add_argument("--view", default="compare", choices=["compare", "stacked"],
-                   help="compare: every method side by side with agreement and faithfulness; "
-                        "stacked: the overlays on one view")
+    p.add_argument(
+        "--view",
+        default="compare",
+        choices=["compare", "stacked"],
+        help="compare: every method side by side with agreement and faithfulness; "
+        "stacked: the overlays on one view",
+    )
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train a model from a YAML or TOML config, or a shipped recipe")
-    p.add_argument("config", type=Path,
-                   help="a .yaml/.toml config, or the name of a shipped recipe (e.g. amil-phantom; "
-                        "the repository's training/ folder holds them)")
+    p = sub.add_parser(
+        "train", help="train a model from a YAML or TOML config, or a shipped recipe"
+    )
+    p.add_argument(
+        "config",
+        type=Path,
+        help="a .yaml/.toml config, or the name of a shipped recipe (e.g. amil-phantom; "
+        "the repository's training/ folder holds them)",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (overrides the config)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument(
+        "--restart", action="store_true", help="ignore an existing checkpoint and start afresh"
+    )
     p.set_defaults(func=_cmd_train)
 
     def explanation_args(p, methods, method_help):
         """The arguments ``explain`` and ``export`` share: image, method, weights, outputs."""
         p.add_argument("image", type=Path)
         p.add_argument("--method", required=True, choices=methods, help=method_help)
-        p.add_argument("--model", default=None,
-                       help="registry model name (default: the method's demo model)")
-        p.add_argument("--checkpoint", type=Path, default=None,
-                       help="a .safetensors checkpoint (default: the bundled synthetic demo weights)")
-        p.add_argument("--class", dest="target_class", default=None,
-                       help="class to explain (name or index)")
-        p.add_argument("--pixel-size", type=float, default=None, help="override micrometres per pixel")
+        p.add_argument(
+            "--model", default=None, help="registry model name (default: the method's demo model)"
+        )
+        p.add_argument(
+            "--checkpoint",
+            type=Path,
+            default=None,
+            help="a .safetensors checkpoint (default: the bundled synthetic demo weights)",
+        )
+        p.add_argument(
+            "--class", dest="target_class", default=None, help="class to explain (name or index)"
+        )
+        p.add_argument(
+            "--pixel-size", type=float, default=None, help="override micrometres per pixel"
+        )
         p.add_argument("--out", type=Path, required=True, help="output folder")
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace existing outputs instead of numbering")
+        p.add_argument(
+            "--overwrite", action="store_true", help="replace existing outputs instead of numbering"
+        )
 
     p = sub.add_parser("explain", help="explain a model's decision on one image")
-    explanation_args(p, [*method_names, "all"],
-                     "explanation method; 'all' runs every method with weights and writes a comparison")
-    p.add_argument("--importance", default=None, choices=list(graph_importance),
-                   help="graph models: node importance method")
+    explanation_args(
+        p,
+        [*method_names, "all"],
+        "explanation method; 'all' runs every method with weights and writes a comparison",
+    )
+    p.add_argument(
+        "--importance",
+        default=None,
+        choices=list(graph_importance),
+        help="graph models: node importance method",
+    )
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("export", help="export an explanation as GeoJSON (QuPath) and/or CSV annotations")
+    p = sub.add_parser(
+        "export", help="export an explanation as GeoJSON (QuPath) and/or CSV annotations"
+    )
     explanation_args(p, method_names, "explanation method")
     p.add_argument("--format", default="both", choices=["geojson", "csv", "both"])
-    p.add_argument("--threshold", type=float, default=None, help="dense maps: region threshold (default: Otsu)")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="dense maps: region threshold (default: Otsu)"
+    )
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset: metrics, confusion matrix, ROC/PR")
+    p = sub.add_parser(
+        "evaluate", help="evaluate a checkpoint on a dataset: metrics, confusion matrix, ROC/PR"
+    )
     p.add_argument("checkpoint", help="a .safetensors checkpoint or a model-library name")
-    p.add_argument("data", type=Path, help="dataset folder (BreakHis, BACH or one folder per class)")
+    p.add_argument(
+        "data", type=Path, help="dataset folder (BreakHis, BACH or one folder per class)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--split", default="test", choices=["test", "all"],
-                   help="test: the checkpoint's own test split (same data); all: every image")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "all"],
+        help="test: the checkpoint's own test split (same data); all: every image",
+    )
     p.add_argument("--task", default=None, help="dataset task, e.g. binary or subtype")
     p.add_argument("--magnification", default=None, help="BreakHis magnification, e.g. 100")
     p.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("reproduce", help="run the experiment table of a paper behind a method (docs/citations.md) on your copy of the data")
+    p = sub.add_parser(
+        "reproduce",
+        help="run the experiment table of a paper behind a method (docs/citations.md) on your copy of the data",
+    )
     p.add_argument("experiment", nargs="?", default=None)
     p.add_argument("--list", action="store_true", help="list the available experiments")
     p.add_argument("--describe", action="store_true", help="print the experiment's protocol")
@@ -263,8 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override epochs (reduced runs)")
     p.add_argument("--max-images", type=int, default=None, help="images per class (reduced runs)")
     p.add_argument("--rows", default=None, help="comma-separated row keys to run")
-    p.add_argument("--split-by", default="patient", choices=["patient", "image"],
-                   help="image-level splits leak patients (offered only to match the papers)")
+    p.add_argument(
+        "--split-by",
+        default="patient",
+        choices=["patient", "image"],
+        help="image-level splits leak patients (offered only to match the papers)",
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_reproduce)
     return parser

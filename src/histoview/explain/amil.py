@@ -71,9 +71,15 @@ def explain_amil(
         geometry=grid,
         checkpoint_sha256=checkpoint_sha256,
         synthetic=bool(meta.get("synthetic", False)),
-        extra={"patch_size": size, "stride": stride, "num_patches": len(grid), "level": level,
-               "grid_shape": list(grid.grid_shape), "operating_threshold": operating,
-               **({"warnings": warnings} if warnings else {})},
+        extra={
+            "patch_size": size,
+            "stride": stride,
+            "num_patches": len(grid),
+            "level": level,
+            "grid_shape": list(grid.grid_shape),
+            "operating_threshold": operating,
+            **({"warnings": warnings} if warnings else {}),
+        },
     )
 
 
@@ -98,6 +104,8 @@ def _tissue_warnings(image: np.ndarray, grid, spec) -> list[str]:
                 "detect); no prediction is made from an empty bag"
             )
     if len(grid) < 0.1 * total:
-        return [f"only {len(grid)} of {total} patches hold tissue: the prediction rests on "
-                "little tissue"]
+        return [
+            f"only {len(grid)} of {total} patches hold tissue: the prediction rests on "
+            "little tissue"
+        ]
     return []

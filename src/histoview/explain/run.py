@@ -151,9 +151,18 @@ def pixel_size_line(expl: Explanation) -> str:
     return f"{expl.method}: pixel size {mpp:.4g} um/px ({detail})"
 
 
-def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], *, model: str | None = None,
-                 checkpoint: str | os.PathLike | None = None, target_class=None, importance: str | None = None,
-                 pixel_size_um: float | None = None, skip_missing: bool = False, report=print):
+def explain_path(
+    path: str | os.PathLike,
+    methods: tuple[str, ...] | list[str],
+    *,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    target_class=None,
+    importance: str | None = None,
+    pixel_size_um: float | None = None,
+    skip_missing: bool = False,
+    report=print,
+):
     """Explain one image file with one or several methods, all on the same pyramid level.
 
     Returns ``(rgb, explanations, info)`` where ``info`` has the level, its
@@ -174,7 +183,9 @@ def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], 
             skipped[method] = str(exc)
             report(f"{method}: skipped ({exc})")
     if not loaded:
-        raise CheckpointError(f"no method could run on {path}: " + "; ".join(f"{m}: {r}" for m, r in skipped.items()))
+        raise CheckpointError(
+            f"no method could run on {path}: " + "; ".join(f"{m}: {r}" for m, r in skipped.items())
+        )
     with open_image(path, pixel_size_um=pixel_size_um) as src:
         src.check_square_pixels()  # the models assume square pixels
         level = choose_level(src, loaded[0][2])
@@ -186,10 +197,23 @@ def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], 
     mpp, mpp_source, estimate = _estimate_if_unknown(rgb, mpp, mpp_source, loaded)
     source = str(Path(path).resolve())
     explanations = [
-        replace(explain_array(rgb, method, net, meta, sha, pixel_size_um=mpp,
-                              target_class=target_class, importance=importance, downsample=ds,
-                              level=level, image_shape=shape0,
-                              pixel_size_source=mpp_source), source_path=source)
+        replace(
+            explain_array(
+                rgb,
+                method,
+                net,
+                meta,
+                sha,
+                pixel_size_um=mpp,
+                target_class=target_class,
+                importance=importance,
+                downsample=ds,
+                level=level,
+                image_shape=shape0,
+                pixel_size_source=mpp_source,
+            ),
+            source_path=source,
+        )
         for method, net, meta, sha in loaded
     ]
     for expl in explanations:
@@ -198,8 +222,13 @@ def explain_path(path: str | os.PathLike, methods: tuple[str, ...] | list[str], 
         report(pixel_size_line(expl))
         for warning in expl.extra.get("warnings", []):
             report(f"{expl.method}: warning: {warning}")
-    info = {"level": level, "pixel_size_um": mpp, "image_shape": shape0, "skipped": skipped,
-            "models": {m: (net, meta) for m, net, meta, _ in loaded}}
+    info = {
+        "level": level,
+        "pixel_size_um": mpp,
+        "image_shape": shape0,
+        "skipped": skipped,
+        "models": {m: (net, meta) for m, net, meta, _ in loaded},
+    }
     return rgb, explanations, info
 
 
@@ -225,10 +254,19 @@ def _estimate_if_unknown(rgb, mpp, source, loaded):
     return choice.pixel_size_um, choice.source, choice.estimate
 
 
-def explain_file(path: str | os.PathLike, *, method: str, model: str | None = None,
-                 checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike,
-                 target_class=None, importance: str | None = None, pixel_size_um: float | None = None,
-                 overwrite: bool = False, report=print) -> list[Path]:
+def explain_file(
+    path: str | os.PathLike,
+    *,
+    method: str,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike,
+    target_class=None,
+    importance: str | None = None,
+    pixel_size_um: float | None = None,
+    overwrite: bool = False,
+    report=print,
+) -> list[Path]:
     """Explain one image file and write ``<stem>.<method>.json`` / ``.tif`` (and ``.geojson`` for graphs).
 
     ``method="all"`` runs every method that has weights and also writes
@@ -244,9 +282,16 @@ def explain_file(path: str | os.PathLike, *, method: str, model: str | None = No
     out_dir = check_writable_dir(out_dir)
     methods = tuple(list_methods(run_all=True)) if method == "all" else (method,)
     rgb, explanations, info = explain_path(
-        path, methods, model=None if method == "all" else model, checkpoint=None if method == "all" else checkpoint,
-        target_class=target_class, importance=importance, pixel_size_um=pixel_size_um,
-        skip_missing=method == "all", report=report)
+        path,
+        methods,
+        model=None if method == "all" else model,
+        checkpoint=None if method == "all" else checkpoint,
+        target_class=target_class,
+        importance=importance,
+        pixel_size_um=pixel_size_um,
+        skip_missing=method == "all",
+        report=report,
+    )
     stem = output_stem(path)
     paths: list[Path] = []
     for expl in explanations:
@@ -256,14 +301,24 @@ def explain_file(path: str | os.PathLike, *, method: str, model: str | None = No
             gj = out_dir / f"{stem}.graph.geojson"
             paths.append(export_geojson(expl, gj, overwrite=overwrite, numbered=True))
     if method == "all":
-        paths += write_comparison(rgb, explanations, info, out_dir, stem, image_name=Path(path).name,
-                                  overwrite=overwrite)
+        paths += write_comparison(
+            rgb, explanations, info, out_dir, stem, image_name=Path(path).name, overwrite=overwrite
+        )
     return paths
 
 
-def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image_name: str,
-                     overwrite: bool = False, steps: int = 10,
-                     paper: str | None = None) -> list[Path]:
+def write_comparison(
+    rgb,
+    explanations,
+    info,
+    out_dir: Path,
+    stem: str,
+    *,
+    image_name: str,
+    overwrite: bool = False,
+    steps: int = 10,
+    paper: str | None = None,
+) -> list[Path]:
     """The report (:func:`histoview.explain.report.render_figure`: every method, agreement,
     faithfulness) as ``<stem>.compare.png`` and ``<stem>.report.pdf``, on ``paper`` ("a4" or
     "letter"; default: ``$HISTOVIEW_PAPER``, else the locale's)."""
@@ -279,9 +334,15 @@ def write_comparison(rgb, explanations, info, out_dir: Path, stem: str, *, image
         mpp = expl.extra.get("pixel_size_um") or info["pixel_size_um"]  # the one it used
         predict = predictor_for(expl.method, net, meta, pixel_size_um=mpp)
         faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
-    fig = render_figure(rgb, explanations, pixel_size_um=info["pixel_size_um"],
-                        image_name=image_name, agreement=agreement, faithfulness=faithfulness,
-                        paper=paper)
+    fig = render_figure(
+        rgb,
+        explanations,
+        pixel_size_um=info["pixel_size_um"],
+        image_name=image_name,
+        agreement=agreement,
+        faithfulness=faithfulness,
+        paper=paper,
+    )
     png = save_png(fig, out_dir / f"{stem}.compare.png", overwrite=overwrite, numbered=True)
     pdf = save_pdf(fig, out_dir / f"{stem}.report.pdf", overwrite=overwrite, numbered=True)
     return [png, pdf]

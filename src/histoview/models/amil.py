@@ -69,7 +69,9 @@ class AttentionPool(nn.Module):
             if layer is not None:
                 layer.reset_parameters()
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.tanh(self.V(h))
         if self.U is not None:
             a = a * torch.sigmoid(self.U(h))
@@ -80,7 +82,9 @@ class AttentionPool(nn.Module):
         return torch.bmm(attention.unsqueeze(1), h).squeeze(1), attention
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.in_features}, hidden={self.hidden}, gated={self.gated})"
+        return (
+            f"{type(self).__name__}({self.in_features}, hidden={self.hidden}, gated={self.gated})"
+        )
 
 
 class AMIL(nn.Module):
@@ -99,8 +103,15 @@ class AMIL(nn.Module):
         - output: logits (B, num_classes); ``last_attention`` (B, N), each row sums to 1
     """
 
-    def __init__(self, num_classes: int = 2, *, patch_size: int = 28, gated: bool = False,
-                 attention_hidden: int = 128, dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int = 2,
+        *,
+        patch_size: int = 28,
+        gated: bool = False,
+        attention_hidden: int = 128,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.patch_size = patch_size
         self.backbone = nn.Sequential(  # Table II
@@ -126,7 +137,9 @@ class AMIL(nn.Module):
         b, n = bags.shape[:2]
         return self.backbone(bags.flatten(0, 1)).view(b, n, -1)
 
-    def forward_head(self, h: torch.Tensor, pre_logits: bool = False, mask: torch.Tensor | None = None):
+    def forward_head(
+        self, h: torch.Tensor, pre_logits: bool = False, mask: torch.Tensor | None = None
+    ):
         z, attention = self.pool(h, mask)
         self.last_attention = attention.detach()
         return z if pre_logits else self.head(z)
@@ -136,34 +149,38 @@ class AMIL(nn.Module):
         return (logits, self.last_attention) if return_attention else logits
 
 
-@register_model(ModelConfig(
-    name="amil",
-    kind="bag",
-    input_size=(28, 28),
-    mean=_MEAN,
-    std=_STD,
-    classifier="head",
-    paper="Patil et al. 2019 (A-MIL on BreakHis/BACH), section III-B/D, Table II, eq. 2-3; "
-    "attention of Ilse et al. 2018",
-    defaults={"patch_size": 28, "gated": False},
-    explanation="attention",
-))
+@register_model(
+    ModelConfig(
+        name="amil",
+        kind="bag",
+        input_size=(28, 28),
+        mean=_MEAN,
+        std=_STD,
+        classifier="head",
+        paper="Patil et al. 2019 (A-MIL on BreakHis/BACH), section III-B/D, Table II, eq. 2-3; "
+        "attention of Ilse et al. 2018",
+        defaults={"patch_size": 28, "gated": False},
+        explanation="attention",
+    )
+)
 def amil(num_classes: int = 2, **kwargs) -> AMIL:
     """A-MIL of Patil et al., 2019 with equation 3's attention."""
     return AMIL(num_classes, **kwargs)
 
 
-@register_model(ModelConfig(
-    name="amil-gated",
-    kind="bag",
-    input_size=(28, 28),
-    mean=_MEAN,
-    std=_STD,
-    classifier="head",
-    paper="A-MIL of Patil et al. 2019 with the gated attention of Ilse et al. 2018, section 2.4",
-    defaults={"patch_size": 28, "gated": True},
-    explanation="attention",
-))
+@register_model(
+    ModelConfig(
+        name="amil-gated",
+        kind="bag",
+        input_size=(28, 28),
+        mean=_MEAN,
+        std=_STD,
+        classifier="head",
+        paper="A-MIL of Patil et al. 2019 with the gated attention of Ilse et al. 2018, section 2.4",
+        defaults={"patch_size": 28, "gated": True},
+        explanation="attention",
+    )
+)
 def amil_gated(num_classes: int = 2, **kwargs) -> AMIL:
     """A-MIL with gated attention."""
     return AMIL(num_classes, **kwargs)

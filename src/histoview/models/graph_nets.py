@@ -170,7 +170,9 @@ class RSFNet(nn.Module):
                 f"attention_input must be 'embedding', 'morphology' or 'both', got {attention_input!r}"
             )
         self.attention_input = attention_input
-        att_in = {"embedding": h, "morphology": in_channels, "both": h + in_channels}[attention_input]
+        att_in = {"embedding": h, "morphology": in_channels, "both": h + in_channels}[
+            attention_input
+        ]
         self.attention = (
             NodeAttention(att_in, attention_channels, self.branches, gate=attention_gate)
             if attention_channels

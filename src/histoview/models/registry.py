@@ -58,7 +58,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model {self.name!r}: kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+            raise ValueError(
+                f"model {self.name!r}: kind must be one of {MODEL_KINDS}, got {self.kind!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +99,8 @@ def list_models(kind: str | None = None, *, include_test: bool = False) -> list[
     return sorted(
         name
         for name, entry in _REGISTRY.items()
-        if (kind is None or entry.config.kind == kind) and (include_test or not entry.config.test_only)
+        if (kind is None or entry.config.kind == kind)
+        and (include_test or not entry.config.test_only)
     )
 
 

@@ -41,8 +41,7 @@ __all__ = [
 DEFAULT_THRESHOLD_UM = 42.0
 """Sureka et al.'s 100 px edge threshold (their Eq. 1) at BACH's 0.42 um/px."""
 
-EDGE_FEATURE_NAMES: tuple[str, ...] = ("weight", "distance_norm", "cos_direction",
-                                       "sin_direction")
+EDGE_FEATURE_NAMES: tuple[str, ...] = ("weight", "distance_norm", "cos_direction", "sin_direction")
 """Columns of ``edge_attr`` in :meth:`NucleiGraph.to_pyg`: ``1 - d/t``, ``d/t`` and the
 cosine / sine of the direction from source to target nucleus (angle measured from the
 image column axis towards increasing rows), the distance and angle edge features of RSF."""
@@ -89,9 +88,9 @@ class NucleiGraph:
         delta = self.centroids[dst] - self.centroids[src]  # (drow, dcol)
         angle = np.arctan2(delta[:, 0], delta[:, 1])
         dist_norm = self.edge_distance_um / np.float32(self.threshold_um)
-        return np.stack(
-            [self.edge_weight, dist_norm, np.cos(angle), np.sin(angle)], axis=1
-        ).astype(np.float32)
+        return np.stack([self.edge_weight, dist_norm, np.cos(angle), np.sin(angle)], axis=1).astype(
+            np.float32
+        )
 
     def to_pyg(self, y: int | None = None) -> Data:
         """Convert to :class:`torch_geometric.data.Data` (imports torch here, lazily).
@@ -177,8 +176,11 @@ def build_nuclei_graph(
             raise ValueError(f"centroids must be (N, 2), got {centroids.shape}")
         n = len(centroids)
         feats = np.zeros((n, 0), np.float32) if features is None else _as_2d(features, n)
-        names = (tuple(feature_names) if feature_names is not None
-                 else tuple(f"f{i}" for i in range(feats.shape[1])))
+        names = (
+            tuple(feature_names)
+            if feature_names is not None
+            else tuple(f"f{i}" for i in range(feats.shape[1]))
+        )
     if len(names) != feats.shape[1]:
         raise ValueError(f"{len(names)} feature names for {feats.shape[1]} feature columns")
     if not (np.isfinite(px) and px > 0):
@@ -256,9 +258,7 @@ def graph_from_image(
         morphology as node features.
     """
     nuclei = detect_nuclei(image, pixel_size_um, detector_config)
-    return build_nuclei_graph(
-        nuclei, threshold_um=threshold_um, include_position=include_position
-    )
+    return build_nuclei_graph(nuclei, threshold_um=threshold_um, include_position=include_position)
 
 
 def save_graph(graph: NucleiGraph, path: str | Path) -> Path:
@@ -312,9 +312,13 @@ def load_graph(path: str | Path) -> NucleiGraph:
             pixel_size_um=float(z["pixel_size_um"]),
         )
     n, e = len(graph), graph.edge_index.shape[-1]
-    if (graph.centroids.shape != (n, 2) or graph.node_features.shape[0] != n
-            or graph.edge_index.shape != (2, e) or graph.edge_weight.shape != (e,)
-            or graph.edge_distance_um.shape != (e,)
-            or len(graph.feature_names) != graph.node_features.shape[1]):
+    if (
+        graph.centroids.shape != (n, 2)
+        or graph.node_features.shape[0] != n
+        or graph.edge_index.shape != (2, e)
+        or graph.edge_weight.shape != (e,)
+        or graph.edge_distance_um.shape != (e,)
+        or len(graph.feature_names) != graph.node_features.shape[1]
+    ):
         raise ValueError(f"{path}: inconsistent array shapes in the graph file")
     return graph

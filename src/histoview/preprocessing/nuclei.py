@@ -30,9 +30,19 @@ from skimage import color, feature, filters, measure, morphology, segmentation, 
 __all__ = ["FEATURE_NAMES", "Nuclei", "NucleiDetectorConfig", "detect_nuclei", "nucleus_features"]
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "area_um2", "perimeter_um", "eccentricity", "solidity", "major_axis_um", "minor_axis_um",
-    "orientation", "mean_hematoxylin", "mean_eosin", "std_hematoxylin", "circularity",
-    "glcm_contrast", "glcm_homogeneity",
+    "area_um2",
+    "perimeter_um",
+    "eccentricity",
+    "solidity",
+    "major_axis_um",
+    "minor_axis_um",
+    "orientation",
+    "mean_hematoxylin",
+    "mean_eosin",
+    "std_hematoxylin",
+    "circularity",
+    "glcm_contrast",
+    "glcm_homogeneity",
 )
 """Morphology per nucleus. Lengths in um, areas in um^2, ``orientation`` in radians
 (skimage convention, angle between the row axis and the major axis, in [-pi/2, pi/2]),
@@ -178,8 +188,14 @@ def detect_nuclei(
     labels = _segment(hed[..., 0], px, cfg)
     outlines = _outlines(labels)
     features, names = _features(hed, labels, px, outlines)
-    return Nuclei(labels=labels, centroids=_centroids(labels), outlines=outlines,
-                  features=features, feature_names=names, pixel_size_um=px)
+    return Nuclei(
+        labels=labels,
+        centroids=_centroids(labels),
+        outlines=outlines,
+        features=features,
+        feature_names=names,
+        pixel_size_um=px,
+    )
 
 
 def _segment(hema: np.ndarray, px: float, cfg: NucleiDetectorConfig) -> np.ndarray:
@@ -237,7 +253,9 @@ def _background(image: np.ndarray, px: float, radius_um: float) -> np.ndarray:
     and keeps the surrounding level), computed at ~1 um/px, box-smoothed and upsampled.
     """
     step = max(1, min(int(round(1.0 / px)), min(image.shape) // 2))
-    small = ndi.uniform_filter(image, step)[step // 2::step, step // 2::step] if step > 1 else image
+    small = (
+        ndi.uniform_filter(image, step)[step // 2 :: step, step // 2 :: step] if step > 1 else image
+    )
     size = 2 * max(1, int(round(radius_um / (px * step)))) + 1
     bg = ndi.uniform_filter(ndi.grey_opening(small, size=(size, size)), size)
     if step > 1:
@@ -344,8 +362,21 @@ def _features(
     circ = np.where(perim > 0, 4 * np.pi * area / np.maximum(perim, 1e-12) ** 2, 1.0)
     contrast, homog = _glcm(hed[..., 0], labels, n, max(1, int(round(0.5 / px))))
     feats = np.stack(
-        [area, perim, ecc, solidity, 4 * np.sqrt(lam1) * px, 4 * np.sqrt(lam2) * px,
-         orientation, mean_h, mean_e, std_h, np.minimum(circ, 1.0), contrast, homog],
+        [
+            area,
+            perim,
+            ecc,
+            solidity,
+            4 * np.sqrt(lam1) * px,
+            4 * np.sqrt(lam2) * px,
+            orientation,
+            mean_h,
+            mean_e,
+            std_h,
+            np.minimum(circ, 1.0),
+            contrast,
+            homog,
+        ],
         axis=1,
     )
     return np.nan_to_num(feats).astype(np.float32), FEATURE_NAMES
@@ -380,9 +411,9 @@ def _glcm(hema: np.ndarray, labels: np.ndarray, n: int, d: int) -> tuple[np.ndar
     for dr, dc in ((0, d), (-d, d), (d, 0), (d, d)):  # 0, 45, 90, 135 degrees
         r0, r1 = max(0, -dr), h - max(0, dr)
         c0, c1 = max(0, -dc), w - max(0, dc)
-        a, b = labels[r0:r1, c0:c1], labels[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+        a, b = labels[r0:r1, c0:c1], labels[r0 + dr : r1 + dr, c0 + dc : c1 + dc]
         same = (a == b) & (a > 0)
-        diff2 = (q[r0:r1, c0:c1][same] - q[r0 + dr:r1 + dr, c0 + dc:c1 + dc][same]) ** 2
+        diff2 = (q[r0:r1, c0:c1][same] - q[r0 + dr : r1 + dr, c0 + dc : c1 + dc][same]) ** 2
         lab = a[same]
         s_con += np.bincount(lab, diff2.astype(np.float64), n + 1)
         s_hom += np.bincount(lab, 1.0 / (1.0 + diff2), n + 1)

@@ -57,7 +57,9 @@ class PatchGrid:
     def __len__(self) -> int:
         return len(self.origins)
 
-    def rasterize(self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None) -> np.ndarray:
+    def rasterize(
+        self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None
+    ) -> np.ndarray:
         """Paint each patch's value over its pixels: a float32 map of ``image_shape``.
 
         Pixels covered by no patch (background or the remainder at the
@@ -153,7 +155,9 @@ def extract_patches(
     rows = (H - patch_size) // stride + 1
     cols = (W - patch_size) // stride + 1
     # A strided view: no copy until the patches are selected.
-    view = np.lib.stride_tricks.sliding_window_view(image, (patch_size, patch_size, 3))[::stride, ::stride, 0]
+    view = np.lib.stride_tricks.sliding_window_view(image, (patch_size, patch_size, 3))[
+        ::stride, ::stride, 0
+    ]
     view = view[:rows, :cols]
     gi = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1).reshape(-1, 2)
     patches = view.reshape(rows * cols, patch_size, patch_size, 3)
@@ -180,7 +184,9 @@ def extract_patches(
     return patches, grid
 
 
-def patch_labels_from_mask(grid: PatchGrid, mask: np.ndarray, *, min_fraction: float = 0.5) -> np.ndarray:
+def patch_labels_from_mask(
+    grid: PatchGrid, mask: np.ndarray, *, min_fraction: float = 0.5
+) -> np.ndarray:
     """Ground-truth label per patch: True when at least ``min_fraction`` of it is in ``mask``.
 
     ``mask`` is a level-0 (H, W) boolean array (e.g. a phantom's malignant mask).

@@ -49,7 +49,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         if isinstance(config, dict):  # outputs go to ./runs/<name>, not into the package
             name = config.get("name") or recipe.name.removesuffix(".yaml")
             config["output_dir"] = str(Path.cwd() / "runs" / name)
-        return validate_config(config, base_dir=str(recipe_dir_path()), source=f"recipe {recipe.name}")
+        return validate_config(
+            config, base_dir=str(recipe_dir_path()), source=f"recipe {recipe.name}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     try:

@@ -38,8 +38,14 @@ BREAKHIS_RE = re.compile(
 )
 BREAKHIS_SUBTYPES = ("A", "F", "PT", "TA", "DC", "LC", "MC", "PC")
 BREAKHIS_SUBTYPE_NAMES = {
-    "A": "adenosis", "F": "fibroadenoma", "PT": "phyllodes_tumor", "TA": "tubular_adenoma",
-    "DC": "ductal_carcinoma", "LC": "lobular_carcinoma", "MC": "mucinous_carcinoma", "PC": "papillary_carcinoma",
+    "A": "adenosis",
+    "F": "fibroadenoma",
+    "PT": "phyllodes_tumor",
+    "TA": "tubular_adenoma",
+    "DC": "ductal_carcinoma",
+    "LC": "lobular_carcinoma",
+    "MC": "mucinous_carcinoma",
+    "PC": "papillary_carcinoma",
 }
 BACH_CLASSES = ("normal", "benign", "in_situ", "invasive")
 TASKS = {
@@ -62,7 +68,11 @@ class Sample:
 
     @property
     def key(self) -> str:
-        return str(self.path) if self.path is not None else "phantom:" + ":".join(map(str, self.phantom))
+        return (
+            str(self.path)
+            if self.path is not None
+            else "phantom:" + ":".join(map(str, self.phantom))
+        )
 
     def load(self) -> tuple[np.ndarray, float | None]:
         """(H, W, 3) uint8 RGB and its pixel size in micrometres (None if unknown)."""
@@ -124,15 +134,24 @@ def detect_layout(root: str | Path) -> str:
     if len(subdirs) >= 2:
         return "folder"
     if len(subdirs) == 1:
-        raise ValueError(f"{root}: one class folder only ({next(iter(subdirs))}): training needs "
-                         "images of at least two classes (one sub-folder per class)")
-    raise ValueError(f"{root}: cannot recognise the layout (expected BreakHis file names, BACH class "
-                     "folders, or one sub-folder per class)")
+        raise ValueError(
+            f"{root}: one class folder only ({next(iter(subdirs))}): training needs "
+            "images of at least two classes (one sub-folder per class)"
+        )
+    raise ValueError(
+        f"{root}: cannot recognise the layout (expected BreakHis file names, BACH class "
+        "folders, or one sub-folder per class)"
+    )
 
 
 def _norm(name: str) -> str:
     n = re.sub(r"[^a-z]", "", name.lower())
-    return {"insitu": "in_situ", "normal": "normal", "benign": "benign", "invasive": "invasive"}.get(n, name)
+    return {
+        "insitu": "in_situ",
+        "normal": "normal",
+        "benign": "benign",
+        "invasive": "invasive",
+    }.get(n, name)
 
 
 def discover_dataset(spec: dict[str, Any]) -> Dataset:
@@ -148,8 +167,9 @@ def discover_dataset(spec: dict[str, Any]) -> Dataset:
     if kind in (None, "auto"):
         kind = detect_layout(root)
         if kind != "breakhis" and spec.get("magnification") not in (None, "all", ""):
-            raise ValueError(f"{root}: data.magnification is for BreakHis data; this folder "
-                             f"is a {kind} dataset")
+            raise ValueError(
+                f"{root}: data.magnification is for BreakHis data; this folder is a {kind} dataset"
+            )
         if kind != "breakhis":
             spec.pop("magnification", None)
         if spec.get("task") is None:
@@ -167,23 +187,38 @@ def _images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _breakhis_dataset(root: Path, task: str = "binary", magnification: int | str | None = None) -> Dataset:
+def _breakhis_dataset(
+    root: Path, task: str = "binary", magnification: int | str | None = None
+) -> Dataset:
     if task not in TASKS["breakhis"]:
         raise ValueError(f"BreakHis task must be one of {TASKS['breakhis']}, got {task!r}")
     mag = None if magnification in (None, "all", "") else int(str(magnification).rstrip("xX"))
-    classes = ("benign", "malignant") if task == "binary" else tuple(BREAKHIS_SUBTYPE_NAMES[s] for s in BREAKHIS_SUBTYPES)
+    classes = (
+        ("benign", "malignant")
+        if task == "binary"
+        else tuple(BREAKHIS_SUBTYPE_NAMES[s] for s in BREAKHIS_SUBTYPES)
+    )
     samples = []
     for p in _images(root):
         m = BREAKHIS_RE.match(p.stem)
         if not m or (mag is not None and int(m["mag"]) != mag):
             continue
-        label = int(m["group"] == "M") if task == "binary" else BREAKHIS_SUBTYPES.index(m["subtype"])
+        label = (
+            int(m["group"] == "M") if task == "binary" else BREAKHIS_SUBTYPES.index(m["subtype"])
+        )
         patient = re.match(r"\d+", m["slide"]).group(0)
         samples.append(Sample(label=label, patient=patient, path=p, magnification=int(m["mag"])))
     if not samples:
         raise ValueError(f"{root}: no BreakHis images found" + (f" at {mag}X" if mag else ""))
-    return Dataset("breakhis", task, classes, samples, str(root), has_patients=True,
-                   options={"magnification": mag})
+    return Dataset(
+        "breakhis",
+        task,
+        classes,
+        samples,
+        str(root),
+        has_patients=True,
+        options={"magnification": mag},
+    )
 
 
 def _bach_dataset(root: Path, task: str = "4class") -> Dataset:
@@ -196,10 +231,18 @@ def _bach_dataset(root: Path, task: str = "4class") -> Dataset:
     if task == "4class":
         classes, mapping = BACH_CLASSES, {c: i for i, c in enumerate(BACH_CLASSES)}
     elif task == "binary":
-        classes, mapping = ("normal_benign", "in_situ_invasive"), {"normal": 0, "benign": 0, "in_situ": 1, "invasive": 1}
+        classes, mapping = (
+            ("normal_benign", "in_situ_invasive"),
+            {"normal": 0, "benign": 0, "in_situ": 1, "invasive": 1},
+        )
     else:
         classes, mapping = ("in_situ", "invasive"), {"in_situ": 0, "invasive": 1}
-    samples = [Sample(label=mapping[c], path=p) for c, paths in sorted(by_class.items()) if c in mapping for p in paths]
+    samples = [
+        Sample(label=mapping[c], path=p)
+        for c, paths in sorted(by_class.items())
+        if c in mapping
+        for p in paths
+    ]
     if not samples:
         raise ValueError(f"{root}: no BACH images found in class folders {list(BACH_CLASSES)}")
     return Dataset("bach", task, classes, samples, str(root), has_patients=False)
@@ -214,13 +257,18 @@ def _folder_dataset(root: Path, task: str = "folder") -> Dataset:
     return Dataset("folder", "folder", classes, samples, str(root), has_patients=False)
 
 
-def _phantom_dataset(task: str = "binary", n_per_class: int = 20, preset: str = "breakhis", seed: int = 0) -> Dataset:
+def _phantom_dataset(
+    task: str = "binary", n_per_class: int = 20, preset: str = "breakhis", seed: int = 0
+) -> Dataset:
     if task == "binary":
         classes, kinds = ("benign", "malignant"), [("benign", 0), ("in_situ", 1), ("invasive", 1)]
     elif task == "in_situ_vs_invasive":
         classes, kinds = ("in_situ", "invasive"), [("in_situ", 0), ("invasive", 1)]
     elif task == "3class":
-        classes, kinds = ("benign", "in_situ", "invasive"), [("benign", 0), ("in_situ", 1), ("invasive", 2)]
+        classes, kinds = (
+            ("benign", "in_situ", "invasive"),
+            [("benign", 0), ("in_situ", 1), ("invasive", 2)],
+        )
     else:
         raise ValueError(f"phantom task must be one of {TASKS['phantom']}, got {task!r}")
     per_kind = Counter(label for _, label in kinds)
@@ -230,12 +278,23 @@ def _phantom_dataset(task: str = "binary", n_per_class: int = 20, preset: str = 
         for i in range(n):
             s = seed * 1_000_000 + BACH_CLASSES.index(kind) * 100_000 + i
             samples.append(Sample(label=label, patient=f"{kind}-{s}", phantom=(kind, s, preset)))
-    return Dataset("phantom", task, classes, samples, None, has_patients=True,
-                   options={"n_per_class": n_per_class, "preset": preset, "seed": seed})
+    return Dataset(
+        "phantom",
+        task,
+        classes,
+        samples,
+        None,
+        has_patients=True,
+        options={"n_per_class": n_per_class, "preset": preset, "seed": seed},
+    )
 
 
 def split_samples(
-    samples: list[Sample], fractions=(0.7, 0.15, 0.15), *, seed: int = 0, by: str = "patient",
+    samples: list[Sample],
+    fractions=(0.7, 0.15, 0.15),
+    *,
+    seed: int = 0,
+    by: str = "patient",
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """Split into train / validation / test.
 
@@ -288,22 +347,29 @@ def check_trainable(dataset: Dataset) -> None:
     if len(present) >= 2:
         return
     found = ", ".join(f"{c}: {counts.get(i, 0)}" for i, c in enumerate(dataset.classes))
-    raise ValueError(f"images of {len(present)} class{'es' if len(present) != 1 else ''} only "
-                     f"({found}): training needs images of at least two classes")
+    raise ValueError(
+        f"images of {len(present)} class{'es' if len(present) != 1 else ''} only "
+        f"({found}): training needs images of at least two classes"
+    )
 
 
 def split_dataset(
-    dataset: Dataset, split: dict[str, Any] | None = None,
+    dataset: Dataset,
+    split: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], tuple[list[Sample], list[Sample], list[Sample]]]:
     """The split settings (:data:`DEFAULT_SPLIT` updated by ``split``) and train / val / test."""
     settings = {**DEFAULT_SPLIT, **(split or {})}
-    parts = split_samples(dataset.samples, settings["fractions"], seed=settings["seed"],
-                          by=settings["by"])
+    parts = split_samples(
+        dataset.samples, settings["fractions"], seed=settings["seed"], by=settings["by"]
+    )
     return settings, parts
 
 
 def split_warnings(
-    classes, parts, *, minimum: int = MIN_IMAGES_PER_CLASS,
+    classes,
+    parts,
+    *,
+    minimum: int = MIN_IMAGES_PER_CLASS,
 ) -> list[str]:
     """One line per split (train, validation, test) where a class has under ``minimum`` images.
 
@@ -318,7 +384,10 @@ def split_warnings(
             continue
         listed = ", ".join(f"{n} of {c}" for c, n in few)
         which = "that class" if len(few) == 1 else "these classes"
-        why = (f"too few to learn {which} from" if name == "training"
-               else f"its metrics for {which} mean little")
+        why = (
+            f"too few to learn {which} from"
+            if name == "training"
+            else f"its metrics for {which} mean little"
+        )
         out.append(f"{name} split too small: {listed} (under {minimum} images per class); {why}")
     return out

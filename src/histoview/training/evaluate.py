@@ -37,17 +37,42 @@ from histoview.training.datasets import Dataset
 from histoview.training.events import drain
 
 #: split fractions tried, in order, when a checkpoint does not record its own.
-COMMON_FRACTIONS = ((0.7, 0.15, 0.15), (0.6, 0.2, 0.2), (0.8, 0.1, 0.1), (0.5, 0.25, 0.25),
-                    (0.7, 0.1, 0.2), (0.8, 0.0, 0.2))
+COMMON_FRACTIONS = (
+    (0.7, 0.15, 0.15),
+    (0.6, 0.2, 0.2),
+    (0.8, 0.1, 0.1),
+    (0.5, 0.25, 0.25),
+    (0.7, 0.1, 0.2),
+    (0.8, 0.0, 0.2),
+)
 OVERALL_KEYS = {  # metrics.json name -> classification_metrics name (macro averages)
-    "accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy",
-    "precision": "precision_macro", "recall": "recall_macro", "sensitivity": "sensitivity",
-    "specificity": "specificity", "f1": "f1_macro", "roc_auc": "roc_auc", "pr_auc": "pr_auc",
-    "iba": "iba", "gmean": "gmean",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced_accuracy",
+    "precision": "precision_macro",
+    "recall": "recall_macro",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "f1": "f1_macro",
+    "roc_auc": "roc_auc",
+    "pr_auc": "pr_auc",
+    "iba": "iba",
+    "gmean": "gmean",
 }
 RESEARCH_NOTICE = "Research use only, not for diagnosis."
-CSV_COLUMNS = ("class", "support", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
-               "iba", "gmean", "accuracy", "balanced_accuracy")
+CSV_COLUMNS = (
+    "class",
+    "support",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "iba",
+    "gmean",
+    "accuracy",
+    "balanced_accuracy",
+)
 
 
 def summarise_metrics(metrics: dict[str, Any], *, alpha: float = 0.1) -> dict[str, Any]:
@@ -61,13 +86,17 @@ def summarise_metrics(metrics: dict[str, Any], *, alpha: float = 0.1) -> dict[st
     per_class = {}
     for name, pc in metrics["per_class"].items():
         rec, spec = pc["recall"], pc["specificity"]
-        per_class[name] = {**pc, "iba": (1 + alpha * (rec - spec)) * rec * spec,
-                           "gmean": math.sqrt(max(rec * spec, 0.0))}
+        per_class[name] = {
+            **pc,
+            "iba": (1 + alpha * (rec - spec)) * rec * spec,
+            "gmean": math.sqrt(max(rec * spec, 0.0)),
+        }
     return {"overall": overall, "per_class": per_class}
 
 
-def dataset_for_checkpoint(data: str | os.PathLike | dict[str, Any],
-                           meta: dict[str, Any]) -> Dataset:
+def dataset_for_checkpoint(
+    data: str | os.PathLike | dict[str, Any], meta: dict[str, Any]
+) -> Dataset:
     """Discover ``data`` with classes that match the checkpoint's (``meta["classes"]``).
 
     A path means ``{"root": path}`` with the layout detected; when the layout
@@ -94,16 +123,19 @@ def dataset_for_checkpoint(data: str | os.PathLike | dict[str, Any],
                 spec["magnification"] = next(iter(mags)).rstrip("X")
             candidates.append(spec)
         tasks = TASKS[layout] if layout != "folder" else (None,)
-        candidates += [{"type": layout, "root": str(root), **({"task": t} if t else {})}
-                       for t in tasks]
+        candidates += [
+            {"type": layout, "root": str(root), **({"task": t} if t else {})} for t in tasks
+        ]
     first = None
     for spec in candidates:
         dataset = discover_dataset(spec)
         first = first or dataset
         if set(dataset.classes) == set(classes):
             return dataset
-    raise ValueError(f"the dataset's classes {list(first.classes)} ({first.layout}, task "
-                     f"{first.task!r}) differ from the checkpoint's classes {list(classes)}")
+    raise ValueError(
+        f"the dataset's classes {list(first.classes)} ({first.layout}, task "
+        f"{first.task!r}) differ from the checkpoint's classes {list(classes)}"
+    )
 
 
 def align_classes(dataset: Dataset, classes: tuple[str, ...]) -> Dataset:
@@ -112,8 +144,11 @@ def align_classes(dataset: Dataset, classes: tuple[str, ...]) -> Dataset:
         return dataset
     index = {c: i for i, c in enumerate(classes)}
     mapping = [index[c] for c in dataset.classes]
-    return replace(dataset, classes=tuple(classes),
-                   samples=[replace(s, label=mapping[s.label]) for s in dataset.samples])
+    return replace(
+        dataset,
+        classes=tuple(classes),
+        samples=[replace(s, label=mapping[s.label]) for s in dataset.samples],
+    )
 
 
 def training_test_split(dataset: Dataset, meta: dict[str, Any]) -> list:
@@ -137,25 +172,34 @@ def training_test_split(dataset: Dataset, meta: dict[str, Any]) -> list:
             f"the checkpoint was trained on {trained.get('images')} images "
             f"{trained.get('images_per_class')} from {trained.get('root')}; this data has "
             f"{now['images']} images {now['images_per_class']}: its test split cannot be rebuilt "
-            "here. Evaluate an external dataset with split='all'.")
+            "here. Evaluate an external dataset with split='all'."
+        )
     target = (split["train"], split["val"], split["test"])
     if target[2] == 0:
         raise ValueError("the checkpoint's training run had no test split: use split='all'")
     candidates = [tuple(split["fractions"])] if split.get("fractions") else []
     candidates += [*COMMON_FRACTIONS, tuple(t / sum(target) for t in target)]
     for fractions in candidates:
-        parts = split_samples(dataset.samples, fractions, seed=split.get("seed", 0),
-                              by=split.get("by", "patient"))
+        parts = split_samples(
+            dataset.samples, fractions, seed=split.get("seed", 0), by=split.get("by", "patient")
+        )
         if tuple(len(p) for p in parts) == target:
             return parts[2]
-    raise ValueError(f"cannot rebuild the training split (sizes {target}) on this data: "
-                     "use split='all'")
+    raise ValueError(
+        f"cannot rebuild the training split (sizes {target}) on this data: use split='all'"
+    )
 
 
 def iter_evaluate_checkpoint(
-    checkpoint: str | os.PathLike, data: str | os.PathLike | dict[str, Any], *,
-    out_dir: str | os.PathLike, split: str = "test", tta: bool = False, device: str | None = None,
-    cache_dir: str | os.PathLike | None = None, should_stop: Callable[[], bool] | None = None,
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | dict[str, Any],
+    *,
+    out_dir: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Generator[dict[str, Any], None, dict[str, Any]]:
     """Generator form of :func:`evaluate_checkpoint`: yields progress events, returns the result.
 
@@ -190,19 +234,31 @@ def iter_evaluate_checkpoint(
         input_opts["cache_dir"] = str(cache_dir)
     adapter = make_adapter(mcfg, meta.get("model_kwargs", {}), input_opts)
     threshold = meta.get("threshold") if len(classes) == 2 else None
-    yield {"event": "start", "steps": len(samples), "device": device,
-           "text": f"evaluating {path.name} ({meta['model']}) on {len(samples)} images "
-                   f"({split} split) on {device}"}
+    yield {
+        "event": "start",
+        "steps": len(samples),
+        "device": device,
+        "text": f"evaluating {path.name} ({meta['model']}) on {len(samples)} images "
+        f"({split} split) on {device}",
+    }
     chunk, parts, t0 = 8, [], time.monotonic()
     for i in range(0, len(samples), chunk):
         if should_stop is not None and should_stop():
             yield {"event": "cancelled", "text": "evaluation cancelled; nothing written"}
             return {"cancelled": True}
-        parts.append(predict(model, adapter, samples[i : i + chunk], device=device, tta=tta,
-                             batch_size=chunk))
+        parts.append(
+            predict(
+                model, adapter, samples[i : i + chunk], device=device, tta=tta, batch_size=chunk
+            )
+        )
         done, elapsed = min(i + chunk, len(samples)), time.monotonic() - t0
-        yield {"event": "step", "step": done, "steps": len(samples), "elapsed": elapsed,
-               "eta": elapsed / done * (len(samples) - done)}
+        yield {
+            "event": "step",
+            "step": done,
+            "steps": len(samples),
+            "elapsed": elapsed,
+            "eta": elapsed / done * (len(samples) - done),
+        }
     probs = np.concatenate(parts)
     y = np.array([s.label for s in samples])
     metrics = classification_metrics(y, probs, classes, threshold=threshold)
@@ -210,8 +266,10 @@ def iter_evaluate_checkpoint(
     leaks = bool((trained.get("split") or {}).get("leaks_patients"))
     warnings = []
     if split == "test" and leaks:
-        warnings.append("image-level split: LEAKS PATIENTS (test images share patients with "
-                        "training images; figures are optimistic)")
+        warnings.append(
+            "image-level split: LEAKS PATIENTS (test images share patients with "
+            "training images; figures are optimistic)"
+        )
     same_data = (trained.get("images"), trained.get("root")) == (len(samples), dataset.root)
     if split == "all" and same_data:
         warnings.append("split='all' on the training data includes the training images: optimistic")
@@ -241,9 +299,15 @@ def iter_evaluate_checkpoint(
 
 
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike, data: str | os.PathLike | dict[str, Any], *,
-    out_dir: str | os.PathLike, split: str = "test", tta: bool = False, device: str | None = None,
-    progress: Callable[[dict], None] | None = None, cache_dir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | dict[str, Any],
+    *,
+    out_dir: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    device: str | None = None,
+    progress: Callable[[dict], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a path or a model-library name) on ``data``.
@@ -270,13 +334,26 @@ def evaluate_checkpoint(
             split cannot be rebuilt on this data; ``out_dir`` cannot be written
             (:class:`histoview.io.files.OutputDirError`).
     """
-    gen = iter_evaluate_checkpoint(checkpoint, data, out_dir=out_dir, split=split, tta=tta,
-                                   device=device, cache_dir=cache_dir, should_stop=should_stop)
+    gen = iter_evaluate_checkpoint(
+        checkpoint,
+        data,
+        out_dir=out_dir,
+        split=split,
+        tta=tta,
+        device=device,
+        cache_dir=cache_dir,
+        should_stop=should_stop,
+    )
     return drain(gen, progress)
 
 
-def write_evaluation(out_dir: str | os.PathLike, result: dict[str, Any], y: np.ndarray,
-                     probs: np.ndarray, samples: list) -> dict[str, Path]:
+def write_evaluation(
+    out_dir: str | os.PathLike,
+    result: dict[str, Any],
+    y: np.ndarray,
+    probs: np.ndarray,
+    samples: list,
+) -> dict[str, Path]:
     """Write metrics.json/.csv, predictions.csv and the three figures; returns their paths."""
     import json
 
@@ -285,11 +362,15 @@ def write_evaluation(out_dir: str | os.PathLike, result: dict[str, Any], y: np.n
 
     out = Path(out_dir)
     classes = result["classes"]
-    files = {"metrics_json": write_text(
-        out / "metrics.json", json.dumps(_finite(result), indent=2, default=_json_default))}
+    files = {
+        "metrics_json": write_text(
+            out / "metrics.json", json.dumps(_finite(result), indent=2, default=_json_default)
+        )
+    }
     files["metrics_csv"] = write_metrics_csv(out / "metrics.csv", result)
-    files["predictions_csv"] = _write_predictions(out / "predictions.csv", samples,
-                                                  y, probs, classes, result["metrics"])
+    files["predictions_csv"] = _write_predictions(
+        out / "predictions.csv", samples, y, probs, classes, result["metrics"]
+    )
     for key, fig in evaluation_figures(result, y, probs).items():
         files[f"{key}_png"] = save_figure(fig, out / f"{key}.png")
     return files
@@ -302,14 +383,17 @@ def evaluation_figures(result: dict[str, Any], y: np.ndarray, probs: np.ndarray)
     classes = result["classes"]
     title = f"{result['model']} on {result['data']['layout']} ({result['split']})"
     return {
-        "confusion_matrix": confusion_matrix_figure(result["confusion_matrix"], classes, title=title),
+        "confusion_matrix": confusion_matrix_figure(
+            result["confusion_matrix"], classes, title=title
+        ),
         "roc": roc_figure(y, probs, classes, threshold=result["threshold"]),
         "pr": pr_figure(y, probs, classes),
     }
 
 
-def write_metrics_csv(path: str | os.PathLike, result: dict[str, Any], *,
-                      overwrite: bool = False) -> Path:
+def write_metrics_csv(
+    path: str | os.PathLike, result: dict[str, Any], *, overwrite: bool = False
+) -> Path:
     """One row per class, then ``overall`` (macro averages, accuracy, balanced accuracy).
 
     An existing ``path`` is kept and the table gets a numbered name unless ``overwrite``;
@@ -337,8 +421,9 @@ def _write_predictions(path: Path, samples, y, probs, classes, metrics) -> Path:
         writer = csv.writer(f)
         writer.writerow(["image", "patient", "true", "predicted"] + [f"p_{c}" for c in classes])
         for s, t, p, row in zip(samples, y, pred, probs):
-            writer.writerow([s.key, s.patient or "", classes[t], classes[p]]
-                            + [f"{v:.6f}" for v in row])
+            writer.writerow(
+                [s.key, s.patient or "", classes[t], classes[p]] + [f"{v:.6f}" for v in row]
+            )
     return out.path
 
 

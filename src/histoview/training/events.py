@@ -6,7 +6,9 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 
-def drain(gen: Generator[dict[str, Any], None, Any], progress: Callable[[dict], None] | None = None):
+def drain(
+    gen: Generator[dict[str, Any], None, Any], progress: Callable[[dict], None] | None = None
+):
     """Run an event generator to its end, handing each event to ``progress``; return its value."""
     while True:
         try:

@@ -28,8 +28,9 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120,
-                overwrite: bool = False) -> Path:
+def save_figure(
+    fig: Figure, path: str | os.PathLike, *, dpi: int = 120, overwrite: bool = False
+) -> Path:
     """Write ``fig`` as PNG to ``path`` (or a numbered name beside it when it exists; the
     format follows the suffix); returns the path written."""
     from histoview.io.files import atomic_write
@@ -42,8 +43,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120,
     return writer.path
 
 
-def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = None,
-                            stacked: bool = False) -> Figure:
+def confusion_matrix_figure(
+    cm, classes: Sequence[str], *, title: str | None = None, stacked: bool = False
+) -> Figure:
     """Two panels: raw counts and row-normalised percentages, side by side or ``stacked``.
 
     Rows are the true class, columns the predicted class (CSPResNet50-FPN-SE paper, Fig. 6).
@@ -58,8 +60,7 @@ def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = N
     k = len(classes)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) * 100
-    labels = [textwrap.fill(str(c).replace("_", " "), 12, break_long_words=False)
-              for c in classes]
+    labels = [textwrap.fill(str(c).replace("_", " "), 12, break_long_words=False) for c in classes]
     fontsize = 9 if k <= 4 else 8 if k <= 8 else 6
     cell = 0.55 if k <= 4 else 0.45 if k <= 8 else 0.32
     char = 0.0085 * fontsize  # inches per character, roughly
@@ -79,8 +80,9 @@ def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = N
         im = ax.imshow(values, cmap=cmap, vmin=0, vmax=vmax)
         ax.set_title(name, fontsize=fontsize + 1)
         if rotate:
-            ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor",
-                          fontsize=fontsize)
+            ax.set_xticks(
+                range(k), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize
+            )
         else:
             ax.set_xticks(range(k), labels, fontsize=fontsize)
         ax.set_yticks(range(k), labels, fontsize=fontsize)
@@ -89,8 +91,15 @@ def confusion_matrix_figure(cm, classes: Sequence[str], *, title: str | None = N
         for i in range(k):
             for j in range(k):
                 colour = "white" if values[i, j] > 0.6 * vmax else "black"
-                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", color=colour,
-                        fontsize=fontsize if k <= 8 else fontsize - 1)
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(values[i, j]),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=fontsize if k <= 8 else fontsize - 1,
+                )
         bar = fig.colorbar(im, ax=ax, shrink=0.8)
         bar.ax.tick_params(labelsize=fontsize - 1)
     if title:
@@ -103,8 +112,9 @@ def _curve_classes(probs: np.ndarray, classes: Sequence[str]) -> list[int]:
     return [1] if probs.shape[1] == 2 else list(range(len(classes)))
 
 
-def roc_figure(y, probs, classes: Sequence[str], *, threshold: float | None = None,
-               title: str | None = None) -> Figure:
+def roc_figure(
+    y, probs, classes: Sequence[str], *, threshold: float | None = None, title: str | None = None
+) -> Figure:
     """ROC curves, one-vs-rest per class for multi-class tasks, AUC in the legend.
 
     For binary tasks the positive class (index 1) is drawn and, when given, the
@@ -130,8 +140,7 @@ def roc_figure(y, probs, classes: Sequence[str], *, threshold: float | None = No
             pred = probs[:, 1] >= threshold
             tp_rate = (pred & truth).sum() / max(truth.sum(), 1)
             fp_rate = (pred & ~truth).sum() / max((~truth).sum(), 1)
-            ax.plot([fp_rate], [tp_rate], "o", color="black",
-                    label=f"threshold {threshold:.3f}")
+            ax.plot([fp_rate], [tp_rate], "o", color="black", label=f"threshold {threshold:.3f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("false positive rate (1 - specificity)")
@@ -162,8 +171,13 @@ def pr_figure(y, probs, classes: Sequence[str], *, title: str | None = None) -> 
         aps.append(ap)
         # AP sums (r_i - r_{i-1}) p_i: each recall step takes the precision at its right end
         line = ax.step(recall, precision, where="pre", lw=1.8, label=f"{classes[c]} (AP {ap:.3f})")
-        ax.axhline(truth.mean(), ls=":", lw=1, color=line[0].get_color(),
-                   label="chance (prevalence)" if len(aps) == 1 else None)
+        ax.axhline(
+            truth.mean(),
+            ls=":",
+            lw=1,
+            color=line[0].get_color(),
+            label="chance (prevalence)" if len(aps) == 1 else None,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
@@ -177,9 +191,12 @@ def pr_figure(y, probs, classes: Sequence[str], *, title: str | None = None) -> 
     return fig
 
 
-def training_curves_figure(history: Sequence[dict], *,
-                           metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "roc_auc"),
-                           title: str | None = None) -> Figure:
+def training_curves_figure(
+    history: Sequence[dict],
+    *,
+    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "roc_auc"),
+    title: str | None = None,
+) -> Figure:
     """Training loss and validation metrics per epoch (CSPResNet50-FPN-SE paper, Figs. 7, 9, 11).
 
     ``history`` is the engine's list of ``{"epoch", "train_loss", "val": {...}, "lr"}``

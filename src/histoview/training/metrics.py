@@ -88,8 +88,12 @@ def _safe_div(a, b):
 
 
 def classification_metrics(
-    y_true, probabilities, class_names: list[str] | tuple[str, ...] | None = None,
-    *, threshold: float | None = None, alpha: float = 0.1,
+    y_true,
+    probabilities,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    *,
+    threshold: float | None = None,
+    alpha: float = 0.1,
 ) -> dict:
     """All metrics for predictions ``probabilities`` (n, C) against labels ``y_true`` (n,).
 
@@ -127,17 +131,29 @@ def classification_metrics(
         "sensitivity": float(recall[1]) if C == 2 else float(recall.mean()),
         "specificity": float(specificity[1]) if C == 2 else float(specificity.mean()),
         "f1_macro": float(f1.mean()),
-        "roc_auc": float(aucs[1]) if C == 2 else float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
-        "pr_auc": float(aps[1]) if C == 2 else float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan"),
+        "roc_auc": float(aucs[1])
+        if C == 2
+        else float(np.nanmean(aucs))
+        if np.isfinite(aucs).any()
+        else float("nan"),
+        "pr_auc": float(aps[1])
+        if C == 2
+        else float(np.nanmean(aps))
+        if np.isfinite(aps).any()
+        else float("nan"),
         "gmean": gmean,
         "iba": float(iba_c[1]) if C == 2 else float(iba_c.mean()),
         "confusion_matrix": cm.tolist(),
         "classes": names,
         "per_class": {
             names[c]: {
-                "precision": float(precision[c]), "recall": float(recall[c]),
-                "specificity": float(specificity[c]), "f1": float(f1[c]),
-                "roc_auc": float(aucs[c]), "pr_auc": float(aps[c]), "support": int(cm[c].sum()),
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "specificity": float(specificity[c]),
+                "f1": float(f1[c]),
+                "roc_auc": float(aucs[c]),
+                "pr_auc": float(aps[c]),
+                "support": int(cm[c].sum()),
             }
             for c in range(C)
         },

@@ -19,32 +19,70 @@ _ADAM_1E3_B1 = {"epochs": 20, "batch_size": 1, "lr": 1e-3, "optimizer": "adam"}
 _LIU2023 = {"epochs": 50, "batch_size": 32, "lr": 1e-4, "optimizer": "adam"}
 _GRAPH = {"epochs": 100, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4}
 _GRAPH_INPUT = {"graph_threshold_um": 42.0, "pixel_size_um": 0.42}
-_RSF_ATTENTION = {"attention_gate": "sigmoid", "attention_sparsity": 3.0,
-                  "attention_input": "morphology"}
-_CSP_TRAIN = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
-              "weight_decay": 1e-4, "loss": "focal", "label_smoothing": 0.1, "mixup_alpha": 0.2,
-              "warmup_epochs": 1, "schedule": "cosine", "freeze_backbone_epochs": 5,
-              "backbone_lr_scale": 0.1, "tta": True}
+_RSF_ATTENTION = {
+    "attention_gate": "sigmoid",
+    "attention_sparsity": 3.0,
+    "attention_input": "morphology",
+}
+_CSP_TRAIN = {
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "optimizer": "adamw",
+    "weight_decay": 1e-4,
+    "loss": "focal",
+    "label_smoothing": 0.1,
+    "mixup_alpha": 0.2,
+    "warmup_epochs": 1,
+    "schedule": "cosine",
+    "freeze_backbone_epochs": 5,
+    "backbone_lr_scale": 0.1,
+    "tta": True,
+}
 
 #: model -> (train options, model kwargs, input options, where the values come from)
 BUILTIN_RECIPES: dict[str, tuple[dict, dict, dict, str]] = {
-    **{m: (_ADAM_1E3_B1, {"patch_size": 28}, {},
-           "A-MIL (Patil et al., 2019): batch 1, lr 0.001, Adam")
-       for m in ("amil", "amil-gated")},
-    "customnet": ({"epochs": 20, "batch_size": 16, "lr": 1e-3, "optimizer": "adam"}, {}, {},
-                  "customNet (Patil et al., 2019, Table III)"),
-    **{m: (_LIU2023, {}, {}, "DALAResNet50 (Liu et al., 2023): batch 32, lr 0.0001, 50 epochs")
-       for m in ("resnet18", "resnet50", "vgg16", "dalaresnet50")},
-    "cspresnet50_fpn_se": (_CSP_TRAIN, {}, {},
-                           "CSPResNet50-FPN-SE: two-phase fine-tuning, focal loss, MixUp, "
-                           "cosine decay"),
-    "rmcg": ({"epochs": 30, "batch_size": 16, "lr": 1e-4, "optimizer": "adam",
-              "weight_decay": 1e-4}, {}, {}, "RMCG"),
-    **{m: (_GRAPH, {}, _GRAPH_INPUT, "nuclei graphs (Sureka et al., 2020): batch 8, lr 0.001")
-       for m in ("rsf", "rsf-edge")},
-    "rsf-attention": (_GRAPH, _RSF_ATTENTION, _GRAPH_INPUT,
-                      "nuclei graphs (Sureka et al., 2020): batch 8, lr 0.001; "
-                      "sparse sigmoid attention gates"),
+    **{
+        m: (
+            _ADAM_1E3_B1,
+            {"patch_size": 28},
+            {},
+            "A-MIL (Patil et al., 2019): batch 1, lr 0.001, Adam",
+        )
+        for m in ("amil", "amil-gated")
+    },
+    "customnet": (
+        {"epochs": 20, "batch_size": 16, "lr": 1e-3, "optimizer": "adam"},
+        {},
+        {},
+        "customNet (Patil et al., 2019, Table III)",
+    ),
+    **{
+        m: (_LIU2023, {}, {}, "DALAResNet50 (Liu et al., 2023): batch 32, lr 0.0001, 50 epochs")
+        for m in ("resnet18", "resnet50", "vgg16", "dalaresnet50")
+    },
+    "cspresnet50_fpn_se": (
+        _CSP_TRAIN,
+        {},
+        {},
+        "CSPResNet50-FPN-SE: two-phase fine-tuning, focal loss, MixUp, cosine decay",
+    ),
+    "rmcg": (
+        {"epochs": 30, "batch_size": 16, "lr": 1e-4, "optimizer": "adam", "weight_decay": 1e-4},
+        {},
+        {},
+        "RMCG",
+    ),
+    **{
+        m: (_GRAPH, {}, _GRAPH_INPUT, "nuclei graphs (Sureka et al., 2020): batch 8, lr 0.001")
+        for m in ("rsf", "rsf-edge")
+    },
+    "rsf-attention": (
+        _GRAPH,
+        _RSF_ATTENTION,
+        _GRAPH_INPUT,
+        "nuclei graphs (Sureka et al., 2020): batch 8, lr 0.001; sparse sigmoid attention gates",
+    ),
 }
 _FALLBACK = ({"epochs": 10, "batch_size": 8, "lr": 1e-3}, {}, {}, "histoview defaults")
 #: the settings the training dock shows for every model; a recipe that omits one trains with
@@ -57,8 +95,14 @@ def recipe_dir() -> Traversable:
     return files("histoview.recipes")
 
 
-def recipe_for(model: str, layout: str | None = None, folder: Traversable | None = None, *,
-               task: str | None = None, magnification: str | int | None = None) -> dict[str, Any]:
+def recipe_for(
+    model: str,
+    layout: str | None = None,
+    folder: Traversable | None = None,
+    *,
+    task: str | None = None,
+    magnification: str | int | None = None,
+) -> dict[str, Any]:
     """Starting values for ``model``: ``{"train", "model_kwargs", "input", "split", "source"}``.
 
     Looks in ``folder`` (default :func:`recipe_dir`) for ``<model>-*.yaml`` configs (``_`` in
@@ -90,11 +134,19 @@ def recipe_for(model: str, layout: str | None = None, folder: Traversable | None
         data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
         named = bool(layout) and stem in (f"{m}{layout}" for m in prefixes)
         phantom = stem in (f"{m}phantom" for m in prefixes)
-        rank = 0 if named or (layout and data.get("type") == layout) else 1 if (
-            phantom or data.get("type") == "phantom") else 2
-        fit = (rank, task is not None and data.get("task") != task,
-               magnification is not None and _mag(data.get("magnification")) != _mag(magnification),
-               not (named or phantom))  # then <model>-<layout>.yaml, <model>-phantom.yaml
+        rank = (
+            0
+            if named or (layout and data.get("type") == layout)
+            else 1
+            if (phantom or data.get("type") == "phantom")
+            else 2
+        )
+        fit = (
+            rank,
+            task is not None and data.get("task") != task,
+            magnification is not None and _mag(data.get("magnification")) != _mag(magnification),
+            not (named or phantom),
+        )  # then <model>-<layout>.yaml, <model>-phantom.yaml
         found.append((fit, name, cfg))
     real = layout not in (None, "phantom")
     if found and real and model in BUILTIN_RECIPES and min(f[0][0] for f in found) > 0:
@@ -107,12 +159,21 @@ def recipe_for(model: str, layout: str | None = None, folder: Traversable | None
             from histoview.training.engine import TrainOptions
 
             train.update({k: getattr(TrainOptions, k) for k in missing})
-        return {"train": train, "model_kwargs": dict(cfg.get("model_kwargs") or {}),
-                "input": dict(cfg.get("input") or {}), "split": dict(cfg.get("split") or {}),
-                "source": f"recipe training/{name}"}
+        return {
+            "train": train,
+            "model_kwargs": dict(cfg.get("model_kwargs") or {}),
+            "input": dict(cfg.get("input") or {}),
+            "split": dict(cfg.get("split") or {}),
+            "source": f"recipe training/{name}",
+        }
     train, kwargs, inputs, source = BUILTIN_RECIPES.get(model, _FALLBACK)
-    return {"train": dict(train), "model_kwargs": dict(kwargs), "input": dict(inputs),
-            "split": {}, "source": f"built-in defaults, {source}"}
+    return {
+        "train": dict(train),
+        "model_kwargs": dict(kwargs),
+        "input": dict(inputs),
+        "split": {},
+        "source": f"built-in defaults, {source}",
+    }
 
 
 def _mag(value) -> str:
@@ -124,7 +185,9 @@ def _mag(value) -> str:
 def list_recipes() -> list[str]:
     """Names of the shipped recipes (``histoview train NAME`` takes them)."""
     folder = recipe_dir()
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def recipe_path(name: str) -> Traversable:

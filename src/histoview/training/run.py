@@ -14,7 +14,10 @@ from histoview.training.events import drain
 
 
 def iter_train_from_config(
-    config: dict[str, Any], *, resume: bool = True, should_stop: Callable[[], bool] | None = None,
+    config: dict[str, Any],
+    *,
+    resume: bool = True,
+    should_stop: Callable[[], bool] | None = None,
     source: str = "config",
 ) -> Generator[dict[str, Any], None, dict[str, Any]]:
     """Generator version of :func:`train_from_config` (yields the engine's progress events).
@@ -43,7 +46,10 @@ def iter_train_from_config(
     check_trainable(dataset)  # one class: refuse before anything is built
     split, (train, val, test) = split_dataset(dataset, config.get("split"))
     if split["by"] == "patient" and not dataset.has_patients:
-        yield {"event": "message", "text": f"{dataset.layout} has no patient ids: splitting by image"}
+        yield {
+            "event": "message",
+            "text": f"{dataset.layout} has no patient ids: splitting by image",
+        }
     if not train:
         raise ValueError("the training split is empty: the dataset is too small")
     warnings = split_warnings(dataset.classes, (train, val, test))
@@ -77,20 +83,42 @@ def iter_train_from_config(
         "input": adapter.describe(),
         "pixel_size_um": _training_pixel_size(dataset, input_opts),
         "normalisation": {"mean": list(mcfg.mean), "std": list(mcfg.std)},
-        "data": dataset.summary() | {"split": {"by": split["by"], "seed": split["seed"],
-                                               "fractions": list(split["fractions"]),
-                                               "train": len(train), "val": len(val), "test": len(test),
-                                               "leaks_patients": leak, "warnings": warnings}},
+        "data": dataset.summary()
+        | {
+            "split": {
+                "by": split["by"],
+                "seed": split["seed"],
+                "fractions": list(split["fractions"]),
+                "train": len(train),
+                "val": len(val),
+                "test": len(test),
+                "leaks_patients": leak,
+                "warnings": warnings,
+            }
+        },
         "name": config.get("name"),
         "synthetic": synthetic,
         "notice": SYNTHETIC_NOTICE if synthetic else "Research use only, not for diagnosis.",
     }
     if leak:
-        yield {"event": "message", "text": "WARNING: image-level split leaks patients across train/val/test"}
+        yield {
+            "event": "message",
+            "text": "WARNING: image-level split leaks patients across train/val/test",
+        }
     if hasattr(model, "set_node_normalisation"):
         yield from _fit_node_normalisation(model, adapter, train, opts.num_workers)
-    result = yield from fit(model, adapter, train, val, dataset.classes, opts, config["output_dir"], meta,
-                            resume=resume, should_stop=should_stop)
+    result = yield from fit(
+        model,
+        adapter,
+        train,
+        val,
+        dataset.classes,
+        opts,
+        config["output_dir"],
+        meta,
+        resume=resume,
+        should_stop=should_stop,
+    )
     out_dir = Path(config["output_dir"])
     if result.get("cancelled"):
         return {**result, "checkpoint": result["last"], "report": None}
@@ -101,8 +129,16 @@ def iter_train_from_config(
     test_metrics = {}
     if test:
         yield {"event": "message", "text": f"evaluating {best.name} on {len(test)} test images"}
-        m = evaluate(model, adapter, test, dataset.classes, device=device, tta=opts.tta,
-                     threshold=best_meta.get("threshold"), num_workers=opts.num_workers)
+        m = evaluate(
+            model,
+            adapter,
+            test,
+            dataset.classes,
+            device=device,
+            tta=opts.tta,
+            threshold=best_meta.get("threshold"),
+            num_workers=opts.num_workers,
+        )
         test_metrics = {k: v for k, v in m.items() if not k.startswith("_")}
     best_meta["metrics"] = {**best_meta.get("metrics", {}), "test": test_metrics}
     for key in ("format", "format_version", "weights_sha256", "created", "code_version"):
@@ -150,8 +186,12 @@ def _fit_node_normalisation(
 
 
 def train_from_config(
-    config: dict[str, Any], *, resume: bool = True, progress: Callable[[dict], None] | None = None,
-    should_stop: Callable[[], bool] | None = None, source: str = "config",
+    config: dict[str, Any],
+    *,
+    resume: bool = True,
+    progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    source: str = "config",
 ) -> dict[str, Any]:
     """Train as ``config`` says; ``progress`` receives each event. Returns checkpoint and report paths."""
     gen = iter_train_from_config(config, resume=resume, should_stop=should_stop, source=source)
@@ -177,10 +217,20 @@ def _np_default(obj):
 
 
 def _write_history_csv(path: Path, history: list[dict]) -> None:
-    keys = ["accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "sensitivity", "specificity"]
+    keys = [
+        "accuracy",
+        "balanced_accuracy",
+        "f1_macro",
+        "roc_auc",
+        "pr_auc",
+        "sensitivity",
+        "specificity",
+    ]
     lines = ["epoch,train_loss,lr," + ",".join(f"val_{k}" for k in keys)]
     for h in history:
         vals = [h["val"].get(k, "") for k in keys]
-        lines.append(f"{h['epoch']},{h['train_loss']:.6f},{h['lr']:.3g}," + ",".join(
-            f"{v:.6f}" if isinstance(v, float) else str(v) for v in vals))
+        lines.append(
+            f"{h['epoch']},{h['train_loss']:.6f},{h['lr']:.3g},"
+            + ",".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in vals)
+        )
     write_text(path, "\n".join(lines) + "\n", overwrite=True)

@@ -84,21 +84,30 @@ class ExplainWidget(Container):
         # napari lists the viewer's Image layers (explanation overlays left out) and keeps the
         # list current while the widget is docked
         self.image_choice = layer_choice(Image, is_tissue_image, label="image")
-        self.method_choice = ComboBox(label="method", choices=list_methods(), value=method or "amil")
+        self.method_choice = ComboBox(
+            label="method", choices=list_methods(), value=method or "amil"
+        )
         # a function, so that every reset (napari calls it when layers change) re-reads the
         # library and keeps the current choice when it is still there
         self.model_choice = ComboBox(label="model", choices=self._model_choices)
         self.pixel_size = FloatSpinBox(
-            label="pixel size (µm/px)", min=0.0, max=20.0, step=0.01, value=0.0,
+            label="pixel size (µm/px)",
+            min=0.0,
+            max=20.0,
+            step=0.01,
+            value=0.0,
             tooltip="Micrometres per pixel of the image. 0: use the file's calibration, or "
-                    "estimate it from the nuclei when the file has none. A value you enter is "
-                    "remembered for this layer.")
+            "estimate it from the nuclei when the file has none. A value you enter is "
+            "remembered for this layer.",
+        )
         self.pixel_size_info = Label(value="")
-        self.class_choice = ComboBox(label="explain class", choices=self._class_choices,
-                                     value="predicted")
+        self.class_choice = ComboBox(
+            label="explain class", choices=self._class_choices, value="predicted"
+        )
         importance = get_method("graph").options["importance"]
-        self.importance_choice = ComboBox(label="importance", choices=list(importance),
-                                          value=importance[0])
+        self.importance_choice = ComboBox(
+            label="importance", choices=list(importance), value=importance[0]
+        )
         self.outlines = CheckBox(label="outlines", value=False)
         self.run_button = PushButton(text="Explain")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -108,10 +117,24 @@ class ExplainWidget(Container):
         self.warning.native.setWordWrap(True)
         self.warning.native.setStyleSheet("color: #ffb000; font-weight: bold")
         self.notice = Label(value=RESEARCH_NOTICE)
-        self.extend([self.image_choice, self.method_choice, self.model_choice, self.pixel_size,
-                     self.pixel_size_info, self.class_choice, self.importance_choice,
-                     self.outlines, self.run_button, self.cancel_button, self.progress,
-                     self.result, self.warning, self.notice])
+        self.extend(
+            [
+                self.image_choice,
+                self.method_choice,
+                self.model_choice,
+                self.pixel_size,
+                self.pixel_size_info,
+                self.class_choice,
+                self.importance_choice,
+                self.outlines,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.result,
+                self.warning,
+                self.notice,
+            ]
+        )
         self.method_choice.changed.connect(self._method_changed)
         self.model_choice.changed.connect(self._model_changed)
         self.image_choice.changed.connect(self._image_changed)
@@ -136,7 +159,9 @@ class ExplainWidget(Container):
         from histoview.models.registry import get_model_config
 
         spec = get_method(self.method_choice.value)
-        entries = [e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))]
+        entries = [
+            e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))
+        ]
         return [(e.label(), e) for e in entries]
 
     def refresh_models(self) -> None:
@@ -193,14 +218,18 @@ class ExplainWidget(Container):
             info.setdefault("file_pixel_size_source", info.get("pixel_size_source"))
             info.update(pixel_size_um=value, pixel_size_source="user")
         elif info.get("pixel_size_source") == "user":
-            info.update(pixel_size_um=info.pop("file_pixel_size_um", None),
-                        pixel_size_source=info.pop("file_pixel_size_source", None))
+            info.update(
+                pixel_size_um=info.pop("file_pixel_size_um", None),
+                pixel_size_source=info.pop("file_pixel_size_source", None),
+            )
         layer.metadata = {**layer.metadata, "histoview": info}
         self._image_changed()
 
     def _update_warning(self) -> None:
         entry, layer = self.model_choice.value, self.image_choice.value
-        demo_on_real = entry is not None and entry.synthetic and layer is not None and not _is_phantom(layer)
+        demo_on_real = (
+            entry is not None and entry.synthetic and layer is not None and not _is_phantom(layer)
+        )
         self.warning.value = DEMO_WEIGHTS_WARNING if demo_on_real else ""
         self.warning.visible = bool(self.warning.value)
 
@@ -210,7 +239,9 @@ class ExplainWidget(Container):
         """A run is in progress (working, or still inserting its layers)."""
         return self._worker is not None or self._adding
 
-    def _work(self, data, multiscale, where, method, entry, target_class, importance, mpp, outlines):
+    def _work(
+        self, data, multiscale, where, method, entry, target_class, importance, mpp, outlines
+    ):
         """Generator run in a worker thread: yields (step, text), returns (explanation, layer
         data). Every yield is a point where Cancel stops it."""
         from histoview.explain.run import explain_array, load_for_method
@@ -221,9 +252,19 @@ class ExplainWidget(Container):
         yield 2, "reading image"
         rgb, downsample, level, shape0 = read_layer_for_model(data, multiscale, mpp, meta)
         yield 3, f"running {method_title(method)} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
-        expl = explain_array(rgb, method, net, meta, sha, pixel_size_um=(mpp * downsample) if mpp else None,
-                             target_class=target_class, importance=importance, downsample=downsample,
-                             level=level, image_shape=shape0)
+        expl = explain_array(
+            rgb,
+            method,
+            net,
+            meta,
+            sha,
+            pixel_size_um=(mpp * downsample) if mpp else None,
+            target_class=target_class,
+            importance=importance,
+            downsample=downsample,
+            level=level,
+            image_shape=shape0,
+        )
         yield 4, "drawing"
         layers = build_layers(explanation_layer_data(expl, where, outlines=outlines))
         yield 5, "adding the overlay"
@@ -242,20 +283,33 @@ class ExplainWidget(Container):
         image_layer = self.image_choice.value
         entry = self.model_choice.value
         if image_layer is None:
-            self._report_error("open an image first (File > Open, or File > Open Sample > histoview)")
+            self._report_error(
+                "open an image first (File > Open, or File > Open Sample > histoview)"
+            )
             return
         if entry is None:
-            self._report_error(f"no model available for {self.method_choice.value}: train one or add a checkpoint")
+            self._report_error(
+                f"no model available for {self.method_choice.value}: train one or add a checkpoint"
+            )
             return
         method = self.method_choice.value
         tc = None if self.class_choice.value == "predicted" else self.class_choice.value
         imp = None if self.importance_choice.value == "auto" else self.importance_choice.value
         avoid_triton_llvm_clash()
         self._cancelled = False
-        worker = create_worker(self._work, image_layer.data, image_layer.multiscale,
-                               Placement.of(image_layer), method, entry, tc, imp,
-                               layer_pixel_size(image_layer), bool(self.outlines.value),
-                               _start_thread=False)
+        worker = create_worker(
+            self._work,
+            image_layer.data,
+            image_layer.multiscale,
+            Placement.of(image_layer),
+            method,
+            entry,
+            tc,
+            imp,
+            layer_pixel_size(image_layer),
+            bool(self.outlines.value),
+            _start_thread=False,
+        )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_done)
         worker.errored.connect(lambda exc: self._report_error(str(exc)))
@@ -301,10 +355,18 @@ class ExplainWidget(Container):
         from histoview.explain.display import format_probability
         from histoview.viewer.overlays import _set_notice
 
-        _set_notice(self.viewer, [lay for lay in self.viewer.layers if "histoview_explanation" in lay.metadata])
-        probs = ", ".join(f"{c} {format_probability(p)}" for c, p in zip(expl.classes, expl.probabilities))
+        _set_notice(
+            self.viewer,
+            [lay for lay in self.viewer.layers if "histoview_explanation" in lay.metadata],
+        )
+        probs = ", ".join(
+            f"{c} {format_probability(p)}" for c, p in zip(expl.classes, expl.probabilities)
+        )
         lines = [explanation_title(expl), probs]
-        mpp, source = (expl.extra or {}).get("pixel_size_um"), (expl.extra or {}).get("pixel_size_source")
+        mpp, source = (
+            (expl.extra or {}).get("pixel_size_um"),
+            (expl.extra or {}).get("pixel_size_source"),
+        )
         if mpp:
             lines.append(f"pixel size {mpp:.3g} µm/px ({source})")
         lines += list((expl.extra or {}).get("warnings") or [])

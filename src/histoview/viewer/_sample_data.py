@@ -26,12 +26,20 @@ def phantom_layers(label: str = "invasive", preset: str = "breakhis", seed: int 
     }
     kinds = np.asarray(ph.nucleus_kind)
     return [
-        (ph.image, {"name": name, "rgb": True, "scale": scale, "units": ("um", "um"), "metadata": meta}, "image"),
+        (
+            ph.image,
+            {"name": name, "rgb": True, "scale": scale, "units": ("um", "um"), "metadata": meta},
+            "image",
+        ),
         (
             ph.malignant_mask.astype(np.uint8),
-            {"name": f"{name}: malignant region (ground truth)", "scale": scale, "units": ("um", "um"),
-             "visible": False,
-             "opacity": 0.4},
+            {
+                "name": f"{name}: malignant region (ground truth)",
+                "scale": scale,
+                "units": ("um", "um"),
+                "visible": False,
+                "opacity": 0.4,
+            },
             "labels",
         ),
         (
@@ -44,8 +52,11 @@ def phantom_layers(label: str = "invasive", preset: str = "breakhis", seed: int 
                 "size": 4,
                 "face_color": "malignant",
                 "border_width": 0,
-                "features": {"malignant": ph.nucleus_malignant, "kind": kinds,
-                             "boundary": ph.nucleus_boundary},
+                "features": {
+                    "malignant": ph.nucleus_malignant,
+                    "kind": kinds,
+                    "boundary": ph.nucleus_boundary,
+                },
             },
             "points",
         ),

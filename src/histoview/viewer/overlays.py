@@ -87,9 +87,14 @@ def explanation_title(expl: Explanation) -> str:
 def _metadata(expl: Explanation, image_name: str) -> dict:
     summary = expl.summary()
     summary["image_layer"] = image_name
-    return {"histoview": {"explanation": summary, "notice": RESEARCH_NOTICE,
-                          **({"weights_notice": SYNTHETIC_NOTICE} if expl.synthetic else {})},
-            "histoview_explanation": expl}
+    return {
+        "histoview": {
+            "explanation": summary,
+            "notice": RESEARCH_NOTICE,
+            **({"weights_notice": SYNTHETIC_NOTICE} if expl.synthetic else {}),
+        },
+        "histoview_explanation": expl,
+    }
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:
@@ -110,13 +115,17 @@ class Placement:
 
     @classmethod
     def of(cls, image_layer) -> Placement:
-        return cls(tuple(float(v) for v in image_layer.scale[-2:]),
-                   tuple(float(v) for v in image_layer.translate[-2:]),
-                   tuple(str(u) for u in image_layer.units[-2:]), str(image_layer.name))
+        return cls(
+            tuple(float(v) for v in image_layer.scale[-2:]),
+            tuple(float(v) for v in image_layer.translate[-2:]),
+            tuple(str(u) for u in image_layer.units[-2:]),
+            str(image_layer.name),
+        )
 
 
-def explanation_layer_data(expl: Explanation, where: Placement, *, outlines: bool = False,
-                           opacity: float = 1.0) -> list[tuple]:
+def explanation_layer_data(
+    expl: Explanation, where: Placement, *, outlines: bool = False, opacity: float = 1.0
+) -> list[tuple]:
     """napari layer data tuples ``(data, kwargs, layer_type)`` that draw ``expl`` over the
     image placed by ``where``. Pure data: build it in a worker thread, add it on the main one
     (:func:`add_layer_data`)."""
@@ -146,17 +155,40 @@ def explanation_layer_data(expl: Explanation, where: Placement, *, outlines: boo
             data = geom.rasterize(expl.values, shape=shape)
             scale = s * np.array(geom.image_shape, float) / np.array(shape, float)
             translate = t + (scale - s) / 2
-        return [(data, {**common, "colormap": fading_colormap(cmap), "blending": "translucent",
-                        "contrast_limits": _limits(expl.values), "gamma": 0.5, "scale": scale,
-                        "translate": translate}, "image")]
+        return [
+            (
+                data,
+                {
+                    **common,
+                    "colormap": fading_colormap(cmap),
+                    "blending": "translucent",
+                    "contrast_limits": _limits(expl.values),
+                    "gamma": 0.5,
+                    "scale": scale,
+                    "translate": translate,
+                },
+                "image",
+            )
+        ]
     if isinstance(geom, DenseMap):
         values = np.asarray(expl.values, np.float32)
         H, W = geom.image_shape
         cell = np.array([H / values.shape[0], W / values.shape[1]], float)
-        return [(values, {**common, "colormap": fading_colormap(cmap), "blending": "translucent",
-                          "contrast_limits": _limits(values), "scale": s * cell,
-                          "translate": t + s * (cell - 1) / 2, "interpolation2d": "linear"},
-                 "image")]
+        return [
+            (
+                values,
+                {
+                    **common,
+                    "colormap": fading_colormap(cmap),
+                    "blending": "translucent",
+                    "contrast_limits": _limits(values),
+                    "scale": s * cell,
+                    "translate": t + s * (cell - 1) / 2,
+                    "interpolation2d": "linear",
+                },
+                "image",
+            )
+        ]
     if isinstance(geom, NucleiPoints):
         return _nuclei_layer_data(expl, geom, common, s, t, cmap, outlines)
     raise TypeError(f"cannot draw geometry {type(geom).__name__}")
@@ -192,11 +224,13 @@ def insert_layers_stepwise(viewer, layers: list, done=None) -> None:
     step()
 
 
-def add_explanation_layers(viewer, image_layer, expl: Explanation, *, outlines: bool = False,
-                           opacity: float = 1.0) -> list:
+def add_explanation_layers(
+    viewer, image_layer, expl: Explanation, *, outlines: bool = False, opacity: float = 1.0
+) -> list:
     """Add ``expl`` over ``image_layer``; returns the new layers."""
-    data = explanation_layer_data(expl, Placement.of(image_layer), outlines=outlines,
-                                  opacity=opacity)
+    data = explanation_layer_data(
+        expl, Placement.of(image_layer), outlines=outlines, opacity=opacity
+    )
     return add_layer_data(viewer, data)
 
 
@@ -206,8 +240,11 @@ def _grid_step(geom: PatchGrid) -> np.ndarray:
     for axis in (0, 1):
         idx = geom.grid_index[:, axis]
         span = idx.max() - idx.min()
-        step.append((geom.origins[:, axis].max() - geom.origins[:, axis].min()) / span
-                    if span else geom.patch_size[axis])
+        step.append(
+            (geom.origins[:, axis].max() - geom.origins[:, axis].min()) / span
+            if span
+            else geom.patch_size[axis]
+        )
     return np.array(step, float)
 
 
@@ -223,24 +260,62 @@ def _nuclei_layer_data(expl, geom: NucleiPoints, common, s, t, cmap, outlines) -
         a, b = ei[0, keep], ei[1, keep]
         vecs = np.stack([geom.centroids[a], geom.centroids[b] - geom.centroids[a]], axis=1)
         weights = np.asarray(geom.edge_weight, np.float32)[keep]
-        out.append((vecs, {"name": f"{name}: graph edges", "edge_width": 0.4,
-                           "vector_style": "line", "features": {"weight": weights},
-                           "edge_color": "weight", "edge_colormap": fading_colormap("gray"),
-                           "opacity": 0.35, "visible": len(vecs) <= MAX_VISIBLE_EDGES,
-                           "scale": s, "translate": t,
-                           "metadata": {"histoview": meta["histoview"]}, "units": units},
-                    "vectors"))
+        out.append(
+            (
+                vecs,
+                {
+                    "name": f"{name}: graph edges",
+                    "edge_width": 0.4,
+                    "vector_style": "line",
+                    "features": {"weight": weights},
+                    "edge_color": "weight",
+                    "edge_colormap": fading_colormap("gray"),
+                    "opacity": 0.35,
+                    "visible": len(vecs) <= MAX_VISIBLE_EDGES,
+                    "scale": s,
+                    "translate": t,
+                    "metadata": {"histoview": meta["histoview"]},
+                    "units": units,
+                },
+                "vectors",
+            )
+        )
     if outlines and geom.outlines:
         polys = [np.asarray(p, float) for p in geom.outlines if len(p) >= 3]
-        out.append((polys, {"shape_type": "polygon", "name": f"{name}: outlines",
-                            "edge_color": "cyan", "face_color": "transparent", "edge_width": 0.8,
-                            "scale": s, "translate": t, "units": units}, "shapes"))
+        out.append(
+            (
+                polys,
+                {
+                    "shape_type": "polygon",
+                    "name": f"{name}: outlines",
+                    "edge_color": "cyan",
+                    "face_color": "transparent",
+                    "edge_width": 0.8,
+                    "scale": s,
+                    "translate": t,
+                    "units": units,
+                },
+                "shapes",
+            )
+        )
     features = {"importance": values, **{k: np.asarray(v) for k, v in geom.features.items()}}
-    out.append((geom.centroids, {**common, "features": features, "face_color": "importance",
-                                 "face_colormap": fading_colormap(cmap, floor=0.35),
-                                 "face_contrast_limits": _limits(values),
-                                 "size": max(4.0, 2.0 * geom.radius), "border_width": 0,
-                                 "scale": s, "translate": t}, "points"))
+    out.append(
+        (
+            geom.centroids,
+            {
+                **common,
+                "features": features,
+                "face_color": "importance",
+                "face_colormap": fading_colormap(cmap, floor=0.35),
+                "face_contrast_limits": _limits(values),
+                "size": max(4.0, 2.0 * geom.radius),
+                "border_width": 0,
+                "scale": s,
+                "translate": t,
+            },
+            "points",
+        )
+    )
     return out
 
 
@@ -262,7 +337,9 @@ def add_demo_explanations(viewer, image_layer, methods=None) -> list:
         except Exception as exc:  # missing demo weights: say so, keep going
             print(f"histoview demo: {method} skipped ({exc})")
             continue
-        expl = explain_array(image, method, net, meta, sha, pixel_size_um=layer_pixel_size(image_layer))
+        expl = explain_array(
+            image, method, net, meta, sha, pixel_size_um=layer_pixel_size(image_layer)
+        )
         added.extend(add_explanation_layers(viewer, image_layer, expl))
     _set_notice(viewer, added)
     return added
