@@ -78,7 +78,8 @@ def evaluation_job(
     ``split=None`` picks ``"test"`` when the checkpoint's test split can be rebuilt on
     ``data`` and ``"all"`` otherwise (the checkpoint was trained elsewhere).
     """
-    from histoview.training.evaluate import evaluation_figures, iter_evaluate_checkpoint
+    from histoview.training.evaluate import iter_evaluate_checkpoint
+    from histoview.training.evaluation_outputs import evaluation_figures
 
     if split is None:
         split, why = choose_split(checkpoint, data)
