@@ -1,0 +1,280 @@
+"""The compare dock's runs: **Run all methods** and **Agreement & faithfulness**.
+
+* :func:`run_all_work` / :func:`analysis_work` - generators run in a napari worker thread:
+  they yield progress and new explanations *with their layer data ready*
+  (:func:`~histoview.viewer.overlays.explanation_layer_data`) and return the agreement
+  table, the faithfulness curves and the faithfulness figure already drawn (Agg); they
+  never touch layers, so the main thread only adds prepared layers.
+* :class:`RunActions` - the widget's side (a mixin of
+  :class:`~histoview.viewer._compare.CompareWidget`): starts the worker, adds the prepared
+  layers one per event-loop turn and shows the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from histoview.viewer import _compare_parts as parts
+from histoview.viewer._compare_parts import FAITHFULNESS_STEPS
+from histoview.viewer._compare_results import fill_agreement_table, render_faithfulness
+from histoview.viewer.overlays import add_layer_data, layer_pixel_size, read_layer_for_model
+
+
+# -- worker generators ------------------------------------------------------------------------
+def run_all_work(
+    data,
+    multiscale: bool,
+    pixel_size_um: float | None,
+    methods: Sequence[str],
+    load: Callable,
+    steps: int = FAITHFULNESS_STEPS,
+    where=None,
+):
+    """Explain with every method whose weights load, then compare them.
+
+    ``where``: the :class:`~histoview.viewer.overlays.Placement` of the image layer, for the
+    overlays' layer data (None: no layer data). Yields ``("progress", done, total, text)``
+    and ``("explanation", expl, layer_data, predict, rgb)``; returns :func:`analysis_work`'s
+    record plus ``"skipped"``: one line per method whose ``load(method)`` raised (e.g. no
+    bundled weights). Methods whose weights are one checkpoint (Grad-CAM and DT Grad-CAM)
+    share one predictor, so faithfulness predicts an input they share once.
+    """
+    from histoview.explain.methods import get_method, method_title
+    from histoview.explain.run import explain_array
+    from histoview.viewer.overlays import explanation_layer_data
+
+    total = len(methods) + 1
+    items, skipped, predictors = [], [], {}
+    for i, method in enumerate(methods):
+        yield "progress", i, total, f"{method}: loading weights"
+        try:
+            net, meta, sha = load(method)
+        except Exception as exc:  # missing weights: list the method, go on with the others
+            skipped.append(f"{method} ({exc})")
+            continue
+        rgb, ds, level, shape0 = read_layer_for_model(data, multiscale, pixel_size_um, meta)
+        mpp = pixel_size_um * ds if pixel_size_um else None
+        factory = get_method(method).predictor
+        key = (sha, factory, mpp) if sha else (id(net), factory, mpp)
+        if key in predictors:
+            net = predictors[key][0]  # the same weights: one model, one predictor
+        yield "progress", i, total, f"running {method_title(method)}"
+        expl = explain_array(
+            rgb,
+            method,
+            net,
+            meta,
+            sha,
+            pixel_size_um=mpp,
+            downsample=ds,
+            level=level,
+            image_shape=shape0,
+        )
+        if key not in predictors:
+            predictors[key] = (net, factory(net, meta, pixel_size_um=mpp))
+        predict = predictors[key][1]
+        layer_data = explanation_layer_data(expl, where) if where is not None else None
+        yield "explanation", expl, layer_data, predict, rgb
+        items.append((expl, predict, rgb))
+    if not items:
+        return {
+            "agreement": None,
+            "faithfulness": {},
+            "notes": [],
+            "labels": [],
+            "skipped": skipped,
+            "figure": render_faithfulness({}),
+        }
+    result = yield from analysis_work(items, steps, done=len(methods), total=total + len(items))
+    result["skipped"] = skipped
+    return result
+
+
+def analysis_work(
+    items: Sequence[tuple],
+    steps: int = FAITHFULNESS_STEPS,
+    *,
+    done: int = 0,
+    total: int | None = None,
+):
+    """Agreement table and faithfulness curves of ``items`` = ``(expl, predict or None, rgb)``.
+
+    Yields ``("progress", done, total, text)``; returns ``{"agreement", "faithfulness",
+    "notes", "labels", "figure"}`` (faithfulness: label -> FaithfulnessResult, for items with
+    a model; figure: :func:`render_faithfulness`).
+    """
+    from histoview.explain.agreement import agreement_table, method_labels
+    from histoview.explain.faithfulness import deletion_insertion
+
+    expls = [it[0] for it in items]
+    labels = method_labels(expls)
+    total = total if total is not None else len(items) + 1
+    yield "progress", done, total, "agreement: Spearman and top-10 % IoU"
+    agreement = agreement_table(dict(zip(labels, expls)), fraction=0.1)
+    faithfulness, notes = {}, []
+    for k, (label, (expl, predict, rgb)) in enumerate(zip(labels, items)):
+        if predict is None or rgb is None:
+            notes.append(f"{label}: no model loaded here, faithfulness skipped")
+            continue
+        yield "progress", done + 1 + k, total, f"faithfulness: {label}"
+        faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
+    yield "progress", done + len(items), total, "drawing the faithfulness curves"
+    return {
+        "agreement": agreement,
+        "faithfulness": faithfulness,
+        "notes": notes,
+        "labels": labels,
+        "figure": render_faithfulness(faithfulness),
+    }
+
+
+class RunActions:
+    """Running the methods and the analysis for the compare widget (a mixin)."""
+
+    # -- running ----------------------------------------------------------------------------------
+    @staticmethod
+    def _load(method: str):
+        """(net, meta, sha) for ``method``; replaced in tests. Raises when weights are missing."""
+        from histoview.explain.run import load_for_method
+
+        return load_for_method(method)
+
+    def register_predictor(self, expl, predict, image=None) -> None:
+        """Use ``predict`` (images -> probabilities) for ``expl``'s faithfulness curves."""
+        self._predictors[id(expl)] = (expl, predict, image)
+
+    def run_all(self, _checked=False, *, then_side_by_side: bool | None = None) -> None:
+        """Explain with every method that has weights, in a worker thread; then compare.
+
+        ``then_side_by_side``: show the panels when done (default: if they were shown before).
+        """
+        from histoview.viewer.overlays import Placement
+
+        base = self.image_layer()
+        if base is None:
+            self._error("select an image layer first")
+            return
+        if self._worker is not None:
+            self._error("already running: cancel it first")
+            return
+        self._resume_side = self.side_by_side_on if then_side_by_side is None else then_side_by_side
+        if self.side_by_side_on:
+            self.stacked()
+        data = base.data if base.multiscale else np.asarray(base.data)
+        self._start(
+            run_all_work,
+            data,
+            base.multiscale,
+            layer_pixel_size(base),
+            tuple(self.methods),
+            self._load,
+            self.steps,
+            Placement.of(base),
+            base=base,
+        )
+
+    def analyse(self, _checked=False) -> None:
+        from histoview.io import to_rgb8
+
+        try:
+            base, expls = self._explanations()
+        except ValueError as exc:
+            self._error(str(exc))
+            return
+        image = None if base.multiscale else np.asarray(base.data)
+        items = []
+        for e in expls:  # faithfulness needs a model: only for explanations registered with one
+            _, predict, rgb = self._predictors.get(id(e), (e, None, None))
+            if predict is not None and rgb is None and image is not None:
+                rgb = to_rgb8(image)
+            items.append((e, predict, rgb))
+        self._start(analysis_work, items, self.steps, base=base)
+
+    def _start(self, func, *args, base) -> None:
+        from napari.qt.threading import create_worker
+
+        from histoview.viewer._compat import avoid_triton_llvm_clash
+
+        if self._worker is not None:
+            self._error("already running: cancel it first")
+            return
+        avoid_triton_llvm_clash()
+        worker = create_worker(func, *args, _start_thread=False)
+        worker.yielded.connect(lambda item: self._on_yielded(base, item))
+        worker.returned.connect(lambda result: self._queue(lambda: self._show_results(result)))
+        worker.errored.connect(lambda exc: self._error(str(exc)))
+        worker.aborted.connect(lambda: self.status.setText("cancelled"))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        for b in (self.run_button, self.analyse_button):
+            b.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText("running...")
+        worker.start()
+
+    def cancel(self, _checked=False) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.setText("cancelling after the current step...")
+
+    def _on_yielded(self, base, item) -> None:
+        if item[0] == "progress":
+            _, done, total, text = item
+            self.progress.setMaximum(total)
+            self.progress.setValue(done)
+            self.status.setText(text)
+        elif item[0] == "explanation":
+            _, expl, layer_data, predict, rgb = item
+            self.register_predictor(expl, predict, rgb)
+            # the worker prepared the layers; add them one per event-loop turn
+            for one in layer_data or []:
+                self._queue(lambda one=one: self._add_prepared(base, one))
+
+    def _add_prepared(self, base, layer_data) -> None:
+        if base in self.viewer.layers:
+            add_layer_data(self.viewer, [layer_data])
+
+    def _show_results(self, result) -> None:
+        from histoview.viewer.overlays import _set_notice
+
+        self.agreement = result.get("agreement")
+        self.faithfulness = dict(result.get("faithfulness") or {})
+        fill_agreement_table(self.table, self.agreement)
+        figure = result.get("figure")
+        if figure is not None:
+            self.figure, rgba = figure
+            self._show_figure(rgba)
+        self.progress.setValue(self.progress.maximum())
+        lines = [f"compared {len(result.get('labels', []))} explanations"]
+        if result.get("skipped"):
+            lines.append("skipped (no weights): " + "; ".join(result["skipped"]))
+        lines += result.get("notes", [])
+        self.status.setText("\n".join(lines))
+        base = self.image_layer()
+        if base is not None:
+            groups = parts.explanation_groups(self.viewer.layers, base)
+            methods = [self._main(g).metadata["histoview_explanation"].method for g in groups]
+            self.legend.setText(parts.colour_legend(methods) if methods else "")
+        if not self.side_by_side_on:  # side by side keeps the notice clear of the panel titles
+            _set_notice(self.viewer, parts.explanation_layers(self.viewer.layers))
+
+    def _show_figure(self, rgba: np.ndarray) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        h, w = rgba.shape[:2]
+        image = QImage(rgba.tobytes(), w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
+        self.figure_view.setText("")
+        self.figure_view.setPixmap(QPixmap.fromImage(image))
+        self.figure_view.setMinimumHeight(h)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        for b in (self.run_button, self.analyse_button):
+            b.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self._resume_side:
+            self._resume_side = False
+            self._queue(lambda: self.side_by_side(wait=False))
