@@ -40,10 +40,14 @@ Explanations = Sequence[Explanation] | Mapping[str, Explanation]
 
 def method_labels(explanations: Sequence[Explanation]) -> list[str]:
     """One distinct label per explanation: the method, with the model where methods repeat."""
-    methods = [e.method for e in explanations]
-    labels = [
-        m if methods.count(m) == 1 else f"{m} ({e.model})" for m, e in zip(methods, explanations)
-    ]
+    return distinct_labels([e.method for e in explanations], explanations)
+
+
+def distinct_labels(names: Sequence[str], explanations: Sequence[Explanation]) -> list[str]:
+    """``names`` (one per explanation) made distinct: the model added where a name repeats,
+    then ``#k`` where name and model repeat."""
+    names = list(names)
+    labels = [n if names.count(n) == 1 else f"{n} ({e.model})" for n, e in zip(names, explanations)]
     seen: dict[str, int] = {}
     out = []
     for label in labels:

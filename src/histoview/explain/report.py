@@ -51,7 +51,7 @@ from histoview.explain._report_common import (
     check_paper,
     default_paper,
 )
-from histoview.explain.agreement import method_labels
+from histoview.explain.agreement import distinct_labels, method_labels
 from histoview.explain.base import Explanation
 from histoview.io.files import atomic_write
 
@@ -60,17 +60,7 @@ def panel_titles(explanations: Sequence[Explanation]) -> list[str]:
     """Each method's registry title; where titles repeat, the model, then ``#k``, added."""
     from histoview.explain.methods import method_title
 
-    titles = [method_title(e.method) for e in explanations]
-    if len(set(titles)) < len(titles):
-        titles = [
-            t if titles.count(t) == 1 else f"{t} ({e.model})" for t, e in zip(titles, explanations)
-        ]
-    seen: dict[str, int] = {}
-    out = []
-    for t in titles:
-        seen[t] = seen.get(t, 0) + 1
-        out.append(t if titles.count(t) == 1 else f"{t} #{seen[t]}")
-    return out
+    return distinct_labels([method_title(e.method) for e in explanations], explanations)
 
 
 # -- the report ------------------------------------------------------------------------------------

@@ -94,6 +94,12 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
 
 
 def _json_default(obj: Any) -> Any:
+    return json_default(obj, what="checkpoint metadata")
+
+
+def json_default(obj: Any, *, what: str = "checkpoint metadata") -> Any:
+    """``json.dumps(default=...)`` for what training stores: NumPy scalars and arrays,
+    tuples and sets as lists, paths as text; TypeError names ``what`` it was for."""
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -104,7 +110,7 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, Path):
         return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in checkpoint metadata")
+    raise TypeError(f"cannot store {type(obj).__name__} in {what}")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

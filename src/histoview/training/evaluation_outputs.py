@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-CSV_COLUMNS = (
+#: per-class columns of metrics.csv (and of the evaluation view's table)
+PER_CLASS_COLUMNS = (
     "class",
     "support",
     "precision",
@@ -23,9 +24,8 @@ CSV_COLUMNS = (
     "pr_auc",
     "iba",
     "gmean",
-    "accuracy",
-    "balanced_accuracy",
 )
+CSV_COLUMNS = (*PER_CLASS_COLUMNS, "accuracy", "balanced_accuracy")
 
 
 def write_evaluation(

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from histoview.training.recipes import CSP_TRAIN
+
 METRIC_NAMES = {  # our metric key -> the papers' column name
     "accuracy": "Acc.",
     "balanced_accuracy": "Bal. Acc.",
@@ -102,21 +104,6 @@ def _bin(s):
 
 
 _PATIL2019_CNN = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "optimizer": "adam"}
-_CSP_TRAIN = {
-    "epochs": 20,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "optimizer": "adamw",
-    "weight_decay": 1e-4,
-    "loss": "focal",
-    "label_smoothing": 0.1,
-    "mixup_alpha": 0.2,
-    "warmup_epochs": 1,
-    "schedule": "cosine",
-    "freeze_backbone_epochs": 5,
-    "backbone_lr_scale": 0.1,
-    "tta": True,
-}
 _RMCG_TRAIN = {
     "epochs": 30,
     "batch_size": 16,
@@ -297,7 +284,7 @@ EXPERIMENTS: dict[str, Experiment] = {
                         "task": "subtype" if s.startswith("MC") else "binary",
                         "magnification": _mag(s),
                     },
-                    _CSP_TRAIN,
+                    CSP_TRAIN,
                     paper=dict(zip(_CSP_METRICS, vals)),
                     imagenet=True,
                 )

@@ -24,7 +24,8 @@ _RSF_ATTENTION = {
     "attention_sparsity": 3.0,
     "attention_input": "morphology",
 }
-_CSP_TRAIN = {
+#: CSPResNet50-FPN-SE's training recipe (two-phase fine-tuning, focal loss, MixUp, cosine)
+CSP_TRAIN = {
     "epochs": 20,
     "batch_size": 32,
     "lr": 1e-3,
@@ -62,7 +63,7 @@ BUILTIN_RECIPES: dict[str, tuple[dict, dict, dict, str]] = {
         for m in ("resnet18", "resnet50", "vgg16", "dalaresnet50")
     },
     "cspresnet50_fpn_se": (
-        _CSP_TRAIN,
+        CSP_TRAIN,
         {},
         {},
         "CSPResNet50-FPN-SE: two-phase fine-tuning, focal loss, MixUp, cosine decay",

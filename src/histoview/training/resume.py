@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from histoview.io.files import write_bytes
+from histoview.models.checkpoint import json_default
 
 FORMAT = "histoview-train-state"
 FORMAT_VERSION = 1
@@ -309,14 +310,4 @@ def _keep_previous(path: Path) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in a resume state")
+    return json_default(obj, what="a resume state")

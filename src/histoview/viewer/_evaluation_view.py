@@ -30,22 +30,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from histoview.training.evaluation_outputs import PER_CLASS_COLUMNS
 from histoview.viewer._compat import SignalQueue
 
 #: figure key -> tab title (the keys match the files evaluate writes: ``<key>.png``)
 FIGURES = (("confusion_matrix", "Confusion matrix"), ("roc", "ROC"), ("pr", "Precision-recall"))
-TABLE_COLUMNS = (
-    "class",
-    "support",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "roc_auc",
-    "pr_auc",
-    "iba",
-    "gmean",
-)
+TABLE_COLUMNS = PER_CLASS_COLUMNS
 
 
 def choose_split(checkpoint, data) -> tuple[str, str | None]:
