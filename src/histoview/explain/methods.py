@@ -73,6 +73,9 @@ class Method:
         values: what its values mean (0 and the maximum), for legends and docs.
         citation: the paper it comes from (the key finds it in ``docs/citations.md``).
         predictor: builds ``predict(images) -> probabilities`` for faithfulness.
+        slide: the processor factory of the slide engine
+            (:mod:`histoview.explain.slide_processor`): ``(model, meta, sha, SlideContext)
+            -> SlideProcessor``; None: the method does not run on whole slides.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Method:
     values: str = ""
     citation: str = ""
     predictor: Callable[..., Predict] = model_predictor
+    slide: Callable[..., Any] | None = None
 
     def accepts(self, config) -> bool:
         """Whether a model (its registry :class:`~histoview.models.registry.ModelConfig`)
