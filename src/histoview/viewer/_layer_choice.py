@@ -21,8 +21,14 @@ from histoview.viewer._compare_parts import role
 
 
 def is_tissue_image(layer) -> bool:
-    """A layer the user opened: not an explanation overlay, not a compare-view panel layer."""
-    return "histoview_explanation" not in layer.metadata and role(layer) is None
+    """A layer the user opened: not an explanation overlay (of an image or of a whole slide),
+    not a compare-view panel layer."""
+    meta = layer.metadata
+    return (
+        "histoview_explanation" not in meta
+        and "histoview_slide" not in meta
+        and role(layer) is None
+    )
 
 
 def is_explanation(layer) -> bool:

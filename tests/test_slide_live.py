@@ -1,0 +1,79 @@
+"""What the slide dock shows while a run goes: snapshots of the working store, and where the
+layers lie on the slide (no display needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histoview.viewer._slide_live import (
+    format_progress,
+    live_contrast,
+    placement,
+    read_snapshot,
+    world_box_to_region,
+)
+
+
+def test_placement_puts_map_pixel_corners_on_slide_pixel_corners():
+    # slide: 0.25 um/px, translated; a map pixel covers 8 level-0 pixels from level-0 (100, 40)
+    where = placement(8.0, (100.0, 40.0), (0.25, 0.25), (10.0, -5.0))
+    assert where["scale"] == (2.0, 2.0)
+    # map pixel 0's top-left corner = centre - half a map pixel; slide pixel 100's top-left
+    # corner = translate + (100 - 0.5) * scale
+    top_left_map = np.array(where["translate"]) - np.array(where["scale"]) / 2
+    top_left_slide = np.array([10.0 + 99.5 * 0.25, -5.0 + 39.5 * 0.25])
+    np.testing.assert_allclose(top_left_map, top_left_slide)
+
+
+def test_world_box_round_trips_and_is_cut_to_the_slide():
+    scale, translate = (0.5, 0.5), (0.0, 0.0)
+    # level-0 pixels 10..30 (rows) x 20..60 (cols): corners at (r - 0.5) * 0.5 in world
+    box = ((9.5 * 0.5, 19.5 * 0.5), (29.5 * 0.5, 59.5 * 0.5))
+    assert world_box_to_region(box, scale, translate, (100, 100)) == (10, 20, 20, 40)
+    cut = world_box_to_region(((-50, -50), (10, 10)), scale, translate, (100, 100))
+    assert cut[:2] == (0, 0) and cut[2] == cut[3] == 21
+    assert world_box_to_region(((500, 500), (600, 600)), scale, translate, (100, 100)) is None
+
+
+def test_live_contrast_ignores_missing_and_outliers():
+    v = np.full((50, 50), np.nan, np.float32)
+    v[:10] = np.linspace(0, 1, 500).reshape(10, 50)
+    v[0, 0] = 1e6
+    lo, hi = live_contrast(v)
+    assert 0 <= lo < 0.05 and 0.9 < hi < 10
+    assert live_contrast(np.full((3, 3), np.nan)) == (0.0, 1.0)
+    lo, hi = live_contrast(np.full((3, 3), 2.0))
+    assert hi > lo
+
+
+def _store(tmp_path):
+    from histoview.explain.slide_grid import make_grid
+    from histoview.explain.slide_processor import MapSpec, TileBox, TileResult
+    from histoview.explain.slide_store import open_store
+
+    grid = make_grid(
+        (0.0, 0.0, 256.0, 256.0), pixel_size_um=0.5, level0_pixel_size_um=0.25, tile_size=64
+    )
+    spec = MapSpec(name="attention", factor=8)
+    store, _ = open_store(
+        tmp_path / "s.amil.zarr", grid, settings={"x": 1}, maps=(spec,), extras={}
+    )
+    return store, grid, TileBox, TileResult
+
+
+def test_snapshot_shows_only_the_tiles_done(tmp_path):
+    pytest.importorskip("zarr")
+    store, grid, _, TileResult = _store(tmp_path)
+    assert grid.shape == (2, 2)
+    box = grid.box(1)  # top-right tile
+    store.add_batch([box], [TileResult(maps={"attention": np.full((8, 8), 3.0)})], {}, elapsed_s=1)
+    snap = read_snapshot(store.path, progress={"done": 1, "total": 4, "remaining_s": 90})
+    assert snap.map_name == "attention" and snap.done == 1 and not snap.finished
+    assert snap.values.shape == (16, 16)
+    assert np.all(snap.values[:8, 8:] == 3.0)
+    assert np.isnan(snap.values[:8, :8]).all() and np.isnan(snap.values[8:]).all()
+    assert snap.map_factor == 16.0  # 8 model pixels of 2 level-0 pixels
+    assert snap.tiles[0, 1] == 1 and np.isnan(snap.tiles[0, 0])
+    assert format_progress(snap, snap.progress) == "tiles 1 / 4 (25 %), about 1 min 30 s left"
+    assert read_snapshot(tmp_path / "nothing.zarr") is None
