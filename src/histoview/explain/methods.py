@@ -115,6 +115,12 @@ def _explain_amil(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
     )
 
 
+def _slide_amil(model, meta, sha, ctx):
+    from histoview.explain.slide_amil import amil_slide_processor
+
+    return amil_slide_processor(model, meta, sha, ctx)
+
+
 def _explain_graph(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
     from histoview.explain.graph import explain_graph
     from histoview.models.inputs import InputSpec
@@ -200,6 +206,7 @@ for _method in (
         title="A-MIL attention",
         kind="bag",
         explain=_explain_amil,
+        slide=_slide_amil,
         demo_weights="amil-phantom",
         colormap="inferno",
         class_specific=False,
