@@ -23,6 +23,13 @@ compressed strips too large to decode for a region are refused with how to conve
 :mod:`histoview.io.plain_image`. :meth:`ImageSource.check_square_pixels` refuses
 anisotropic pixels for analysis.
 
+**Backends** (:attr:`ImageSource.backend`): tifffile for TIFFs it reads correctly
+(:mod:`histoview.io.tiff_source`), Pillow for PNG/JPEG, OpenSlide for vendor formats (MRXS, VMS,
+BIF, SCN, NDPI, SVSLIDE, Philips TIFF) and for TIFFs tifffile cannot read, wsidicom for DICOM
+where installed (:mod:`histoview.io.openslide_source`). ``open_image(path, backend=...)`` or the
+environment variable ``HISTOVIEW_IMAGE_BACKEND`` forces one. :meth:`ImageSource.read_rect` reads
+any rectangle at a pixel size (:mod:`histoview.io.resolution`).
+
 Any file that cannot be read raises :class:`ImageReadError`, whose message
 starts with the file name and says what is wrong.
 """
@@ -30,24 +37,23 @@ starts with the file name and says what is wrong.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from histoview.io.errors import ImageReadError
-from histoview.io.pixel_size import (
-    ANISOTROPY_TOLERANCE,
-    PixelCalibration,
-    is_anisotropic,
-    join_notes,
-    tiff_calibration,
-)
+from histoview.io.openslide_source import DICOM_SUFFIXES, OPENSLIDE_SUFFIXES
+from histoview.io.pixel_size import ANISOTROPY_TOLERANCE, PixelCalibration, is_anisotropic
 from histoview.io.rgb import to_rgb8
+from histoview.io.tiff_source import LazyTiffLevel
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
-SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".svs")
+SUPPORTED_SUFFIXES = (
+    (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".svs") + OPENSLIDE_SUFFIXES + DICOM_SUFFIXES
+)
+BACKENDS = ("tifffile", "openslide", "wsidicom", "pillow")
 
 #: smallest image (height and width, pixels) histoview will analyse.
 MIN_SIZE = 8
@@ -84,6 +90,8 @@ class ImageSource:
     :attr:`pixel_size_source` ``"file"``, ``"user"`` or None (unknown); :attr:`pixel_size_origin`
     which metadata it came from; :attr:`pixel_size_note` why a value in the file was ignored
     (or None); :attr:`objective_power` the objective's magnification when the file says it.
+    :attr:`backend` names the library that reads it (module docstring); :attr:`last_level` is
+    the level the latest :meth:`read_rect` read (None before).
     """
 
     def __init__(
@@ -95,8 +103,9 @@ class ImageSource:
         fmt: str,
         closer=None,
         image_note: str | None = None,
+        backend: str = "tifffile",
     ):
-        self.path = path
+        self.path, self.backend, self.last_level = path, backend, None
         # Level arrays, or zero-argument callables that open them on first use (zarr stores),
         # so describing a file does not import or build zarr.
         self._arrays = list(arrays)
@@ -195,6 +204,7 @@ class ImageSource:
         return {
             "path": str(self.path),
             "format": self.format,
+            "backend": self.backend,
             "dtype": str(self.dtype),
             "pixel_size_um": self.pixel_size_um,
             "pixel_size_yx": list(self.pixel_size_yx) if self.pixel_size_yx else None,
@@ -205,8 +215,12 @@ class ImageSource:
             "objective_power": self.objective_power,
             "image_note": self.image_note,
             "levels": [
-                {"shape": list(lv.shape), "downsample": round(lv.downsample, 4)}
-                for lv in self.levels
+                {
+                    "shape": list(lv.shape),
+                    "downsample": round(lv.downsample, 4),
+                    "pixel_size_um": self.level_pixel_size(i),
+                }
+                for i, lv in enumerate(self.levels)
             ],
         }
 
@@ -215,8 +229,8 @@ class ImageSource:
         """The lazy array of one level (zarr for TIFF, numpy for PNG/JPEG); index it to read."""
         self._check_level(level)
         array = self._arrays[level]
-        if isinstance(array, _LazyLevel):
-            array = self._arrays[level] = array.open()
+        if isinstance(array, LazyTiffLevel):
+            array = self._arrays[level] = array.open_level()
         return array
 
     def read_region(self, level: int, origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
@@ -264,6 +278,28 @@ class ImageSource:
                 best = i
         return best
 
+    def level_for_pixel_size(self, pixel_size_um: float) -> int:
+        """The level :meth:`read_rect` reads for ``pixel_size_um``: the coarsest whose pixel size
+        is <= ``pixel_size_um`` * 1.01. Raises as :meth:`read_rect` does for the pixel size."""
+        from histoview.io.resolution import level_for_pixel_size
+
+        return level_for_pixel_size(self, pixel_size_um)
+
+    def read_rect(self, location, size, pixel_size_um: float, *, pad=255) -> np.ndarray:
+        """Read ``size`` = (height, width) output pixels at ``pixel_size_um`` (um/px) whose top-left
+        corner is ``location`` = (row, col) in level-0 pixels (floats allowed): uint8 (h, w, 3) RGB,
+        from the nearest finer level, only the tiles under it decoded, area-averaged to the exact
+        size, ``pad`` outside the image (:mod:`histoview.io.resolution`).
+
+        Raises:
+            ImageReadError: unknown or anisotropic pixel size (:meth:`set_pixel_size` first); a
+                tile that cannot be decoded.
+            ValueError: ``pixel_size_um`` finer than level 0 by over 1 %; a rectangle wholly
+                outside the image (named in the message, with the file and the image)."""
+        from histoview.io.resolution import read_rect
+
+        return read_rect(self, location, size, pixel_size_um, pad=pad)
+
     def _check_level(self, level: int):
         if not 0 <= level < self.n_levels:
             raise IndexError(
@@ -289,30 +325,17 @@ class ImageSource:
         )
 
 
-class _LazyLevel:
-    """Shown shape and dtype of a TIFF pyramid level; ``open()`` makes its array (a memory map
-    or tifffile's zarr store, seen through :class:`~histoview.io.tiff_layout.LevelView`)."""
-
-    def __init__(self, path: Path, tf, series: int, level: int, layout):
-        self._path, self._tf, self._series, self._level = path, tf, series, level
-        self._layout = layout
-        self.shape, self.dtype = tuple(layout.shape), np.dtype(layout.dtype)
-
-    def open(self):
-        from histoview.io.tiff_layout import UnsupportedTiff, open_level
-
-        try:
-            return open_level(self._tf, self._series, self._level, self._layout, self._path.name)
-        except UnsupportedTiff as exc:
-            raise ImageReadError(self._path, str(exc)) from exc
-
-
-def open_image(path: str | os.PathLike, *, pixel_size_um: float | None = None) -> ImageSource:
-    """Open an image file without reading its pixels.
+def open_image(
+    path: str | os.PathLike, *, pixel_size_um: float | None = None, backend: str | None = None
+) -> ImageSource:
+    """Open an image file (or a DICOM folder) without reading its pixels.
 
     Args:
-        path: a .png, .jpg, .jpeg, .tif, .tiff or .svs file.
+        path: a PNG, JPEG, TIFF (OME-TIFF, SVS...), vendor slide (:data:`SUPPORTED_SUFFIXES`) or
+            DICOM whole-slide image.
         pixel_size_um: micrometres per pixel of level 0; overrides the file's metadata.
+        backend: one of :data:`BACKENDS` to force it; None (or ``"auto"``) picks (module
+            docstring), or takes the environment variable ``HISTOVIEW_IMAGE_BACKEND``.
 
     Raises:
         ImageReadError: the file is missing, empty, truncated, not an image,
@@ -323,28 +346,12 @@ def open_image(path: str | os.PathLike, *, pixel_size_um: float | None = None) -
         raise ValueError(
             f"pixel size must be a positive number of micrometres, got {pixel_size_um}"
         )
+    backend = (backend or os.environ.get("HISTOVIEW_IMAGE_BACKEND") or "auto").lower()
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown image backend {backend!r}; one of {', '.join(BACKENDS)}")
     if not path.exists():
         raise ImageReadError(path, "file not found")
-    if path.is_dir():
-        raise ImageReadError(path, "is a folder, not an image file")
-    size = path.stat().st_size
-    if size == 0:
-        raise ImageReadError(path, "file is empty (0 bytes)")
-    with open(path, "rb") as f:
-        magic = f.read(8)
-    if magic[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        src = _open_tiff(path, size)
-    elif magic.startswith(b"\x89PNG") or magic[:3] == b"\xff\xd8\xff":
-        from histoview.io.plain_image import decode_plain
-
-        arr, calibration, image_note = decode_plain(path)
-        fmt = path.suffix.lower().lstrip(".")
-        src = ImageSource(path, [arr], calibration=calibration, fmt=fmt, image_note=image_note)
-    else:
-        kind = "text" if _looks_like_text(path) else "unknown binary data"
-        raise ImageReadError(
-            path, f"not a PNG, JPEG or TIFF image (content is {kind}, starts with {magic[:8]!r})"
-        )
+    src = ImageSource(path, **_open_with_backend(path, backend))
     h, w = src.shape[:2]
     if h < MIN_SIZE or w < MIN_SIZE:
         src.close()
@@ -356,6 +363,53 @@ def open_image(path: str | os.PathLike, *, pixel_size_um: float | None = None) -
     return src
 
 
+def _open_with_backend(path: Path, backend: str) -> dict:
+    """The keyword arguments of :class:`ImageSource` from the backend that reads ``path``."""
+    from histoview.io import openslide_source as vendor
+
+    if backend == "wsidicom" or (backend == "auto" and vendor.is_dicom(path)):
+        return vendor.open_wsidicom(path)
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not an image file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    if backend == "openslide" or (
+        backend == "auto" and path.suffix.lower() in vendor.OPENSLIDE_SUFFIXES
+    ):
+        return vendor.open_openslide(path)
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    is_tiff = magic[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    is_plain = magic.startswith(b"\x89PNG") or magic[:3] == b"\xff\xd8\xff"
+    if is_tiff and backend in ("auto", "tifffile"):
+        from histoview.io.tiff_source import open_tiff
+
+        detected = vendor.openslide_detects(path) if backend == "auto" else None
+        if detected in vendor.OPENSLIDE_TIFF_FORMATS:  # tifffile would draw it wrongly
+            return vendor.open_openslide(path)
+        try:
+            return open_tiff(path, size)
+        except ImageReadError as exc:
+            if detected is None:
+                raise
+            try:  # a TIFF OpenSlide knows: let it try; its failure says less than tifffile's
+                return vendor.open_openslide(path)
+            except ImageReadError as other:
+                raise exc from other
+    if is_plain and backend in ("auto", "pillow"):
+        from histoview.io.plain_image import decode_plain
+
+        arr, cal, note = decode_plain(path)
+        fmt = path.suffix.lower().lstrip(".")
+        return dict(arrays=[arr], calibration=cal, fmt=fmt, image_note=note, backend="pillow")
+    if backend == "auto" and vendor.openslide_detects(path):
+        return vendor.open_openslide(path)
+    kind = "text" if _looks_like_text(path) else "unknown binary data"
+    what = "a PNG, JPEG or TIFF image" if backend == "auto" else f"an image {backend} reads"
+    raise ImageReadError(path, f"not {what} (content is {kind}, starts with {magic[:8]!r})")
+
+
 def _looks_like_text(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(512)
@@ -364,59 +418,6 @@ def _looks_like_text(path: Path) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _open_tiff(path: Path, size: int) -> ImageSource:
-    import tifffile
-
-    from histoview.io.tiff_layout import (
-        UnsupportedTiff,
-        check_tiff_data,
-        main_series,
-        tiff_layout,
-    )
-
-    try:
-        tf = tifffile.TiffFile(path)
-    except Exception as exc:  # tifffile raises several types for broken headers
-        raise ImageReadError(path, f"not a readable TIFF ({exc})") from exc
-    try:
-        if not tf.series or not tf.pages:
-            raise ImageReadError(path, "TIFF holds no image")
-        index, series_note = main_series(tf)
-        series = tf.series[index]
-        try:
-            check_tiff_data(series, size)
-            page = series.levels[0].keyframe
-            layouts = [tiff_layout(lv, path.name) for lv in series.levels]
-        except UnsupportedTiff as exc:
-            raise ImageReadError(path, str(exc)) from exc
-        first = (layouts[0].shape[2:], layouts[0].orientation)
-        for i, lay in enumerate(layouts):
-            if (lay.shape[2:], lay.orientation) != first:  # a stray level ends the pyramid
-                layouts = layouts[:i]
-                break
-        arrays = [_LazyLevel(path, tf, index, i, lay) for i, lay in enumerate(layouts)]
-        calibration = tiff_calibration(tf, page)
-        if layouts[0].transposed and calibration.yx_um:
-            calibration = replace(calibration, yx_um=calibration.yx_um[::-1])
-        image_note = join_notes([series_note, *layouts[0].notes])
-        fmt = (
-            "ome-tiff"
-            if tf.is_ome
-            else ("svs" if tf.is_svs else ("bigtiff" if tf.is_bigtiff else "tiff"))
-        )
-        return ImageSource(
-            path, arrays, calibration=calibration, fmt=fmt, closer=tf.close, image_note=image_note
-        )
-    except ImageReadError:
-        tf.close()
-        raise
-    except Exception as exc:
-        tf.close()
-        raise ImageReadError(
-            path, f"cannot read TIFF structure ({type(exc).__name__}: {exc})"
-        ) from exc
 
 
 def read_rgb(
