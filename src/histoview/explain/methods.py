@@ -188,6 +188,15 @@ def _explain_rmcg(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
     )
 
 
+def _cam_slide(method: str) -> Callable[..., Any]:
+    def slide(model, meta, sha, ctx):
+        from histoview.explain.slide_cam_processor import CAMSlideProcessor
+
+        return CAMSlideProcessor(method, model, meta, sha, ctx)
+
+    return slide
+
+
 _CAM_VALUES = "0: no evidence for the class; 1: the strongest evidence in the image"
 METHODS: dict[str, Method] = {}
 
@@ -231,6 +240,7 @@ for _method in (
         title="Grad-CAM",
         kind="image",
         explain=_cam("gradcam"),
+        slide=_cam_slide("gradcam"),
         demo_weights="customnet-phantom",
         colormap="turbo",
         values=_CAM_VALUES,
@@ -241,6 +251,7 @@ for _method in (
         title="DT Grad-CAM",
         kind="image",
         explain=_cam("dt-gradcam"),
+        slide=_cam_slide("dt-gradcam"),
         demo_weights="customnet-phantom",
         colormap="turbo",
         thresholded=True,
@@ -252,6 +263,7 @@ for _method in (
         title="Grad-CAM++",
         kind="image",
         explain=_cam("gradcam++"),
+        slide=_cam_slide("gradcam++"),
         demo_weights="customnet-phantom",
         colormap="turbo",
         run_all=False,  # the same model and idea as Grad-CAM
@@ -263,6 +275,7 @@ for _method in (
         title="RMCG node attention",
         kind="image",
         explain=_explain_rmcg,
+        slide=_cam_slide("rmcg"),
         requires="node_attention",
         demo_weights="rmcg-phantom",
         colormap="viridis",

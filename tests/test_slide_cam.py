@@ -1,0 +1,288 @@
+"""CAM methods on a slide: batched raw maps, overlap blending, slide-wide scale, DT threshold,
+seam score (histoview.explain.slide_cam, slide_norm, slide_cam_processor)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+
+from histoview.explain.base import peak_normalised  # noqa: E402
+from histoview.explain.gradcam import (  # noqa: E402
+    GradCAM,
+    GradCAMPlusPlus,
+    dynamic_threshold,
+    explain_cnn,
+)
+from histoview.explain.slide_cam import (  # noqa: E402
+    WINDOWS,
+    BlendAccumulator,
+    CellGrid,
+    blend_window,
+    blend_window_2d,
+    tile_cams,
+    tile_node_attention,
+    tile_values,
+)
+from histoview.explain.slide_norm import (  # noqa: E402
+    SeamMeter,
+    iter_blocks,
+    robust_histogram,
+    seam_score,
+    slide_scale,
+    value_histogram,
+)
+from histoview.models import create_model  # noqa: E402
+from histoview.preprocessing.transforms import to_tensor  # noqa: E402
+
+DEMO = "customnet-phantom"
+
+
+def _demo_model():
+    from histoview.models.checkpoint import load_model
+    from histoview.models.library import bundled_checkpoint
+
+    model, meta = load_model(bundled_checkpoint(DEMO), device="cpu")
+    return model, meta
+
+
+def _tiles(image, tile, overlap):
+    """Tiles of ``image`` (white past its edge): [(i, j, (T, T, 3) uint8)], and the grid shape."""
+    stride = tile - overlap
+    H, W = image.shape[:2]
+    rows, cols = (max(1, -(-(n - overlap) // stride)) for n in (H, W))
+    pad = np.full((rows * stride + overlap, cols * stride + overlap, 3), 255, np.uint8)
+    pad[:H, :W] = image
+    out = [
+        (i, j, pad[i * stride : i * stride + tile, j * stride : j * stride + tile])
+        for i in range(rows)
+        for j in range(cols)
+    ]
+    return out, (rows, cols)
+
+
+def _blend(results, grid: CellGrid, kind: str, channels: int = 1):
+    acc = BlendAccumulator(
+        np.zeros((*grid.shape, channels), np.float32),
+        np.zeros(grid.shape, np.float32),
+        blend_window_2d(grid.tile, grid.overlap, kind),
+    )
+    for (i, j), values in results:
+        acc.add(*grid.origin(i, j), values)
+    return acc.blended()
+
+
+@pytest.mark.parametrize("engine_cls", [GradCAM, GradCAMPlusPlus])
+@pytest.mark.parametrize("name", ["test_cnn", "test_dalaresnet"])
+def test_batched_raw_cam_equals_single_image_cam(name, engine_cls):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    size = model.model_config.input_size
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, (5, *size, 3), dtype=np.uint8)
+    x = to_tensor(tiles, model.model_config.mean, model.model_config.std)
+    batch = tile_cams(engine_cls(model), x, target_class=1)
+    assert batch.maps.shape[0] == 5 and batch.maps.shape[1] < size[0]  # not upsampled
+    assert batch.stride * batch.maps.shape[1] == size[0]
+    method = "gradcam" if engine_cls is GradCAM else "gradcam++"
+    for i, tile in enumerate(tiles):
+        alone = explain_cnn(model, tile, method=method, target_class=1)
+        raw = torch.from_numpy(batch.maps[i])[None, None]
+        up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+        ref = alone.values * alone.extra["cam_max"]  # the single image's map before normalising
+        assert np.allclose(up, ref, rtol=1e-4, atol=1e-6 * max(float(ref.max()), 1e-12))
+        assert np.allclose(batch.probabilities[i], alone.probabilities, atol=1e-5)
+        one = tile_cams(engine_cls(model), x[i : i + 1], target_class=1)
+        assert np.allclose(one.maps[0], batch.maps[i], rtol=1e-4, atol=1e-7)
+
+
+def test_node_attention_tiles_are_rmcg_attention_times_nodes():
+    from histoview.explain.rmcg import explain_rmcg
+
+    torch.manual_seed(0)
+    model = create_model("test_rmcg").eval()
+    size = model.model_config.input_size
+    tiles = np.random.default_rng(1).integers(0, 256, (3, *size, 3), dtype=np.uint8)
+    x = to_tensor(tiles, model.model_config.mean, model.model_config.std)
+    batch = tile_node_attention(model, x, target_class=1)
+    h, w = batch.maps.shape[1:]
+    assert np.allclose(batch.maps.sum((1, 2)), h * w, rtol=1e-4)
+    for i, tile in enumerate(tiles):
+        alone = explain_rmcg(model, tile, target_class=1)
+        assert np.allclose(
+            batch.maps[i], alone.values * alone.extra["attention_max"] * h * w, rtol=1e-3, atol=1e-5
+        )
+
+
+def test_windows():
+    lin = blend_window(8, 2)
+    assert np.allclose(lin, [0.25, 0.75, 1, 1, 1, 1, 0.75, 0.25])
+    # neighbours' linear weights over their shared band sum to 1 (a partition of unity)
+    assert np.allclose(lin[-2:] + lin[:2], 1)
+    assert np.allclose(blend_window(8, 2, "crop") > 0.5, [0, 1, 1, 1, 1, 1, 1, 0])
+    assert np.allclose(blend_window(7, 3, "crop") > 0.5, [0, 1, 1, 1, 1, 0, 0])
+    assert (blend_window(8, 2, "hann") >= 0.05).all()
+    with pytest.raises(ValueError, match="half the tile"):
+        blend_window(8, 5)
+    with pytest.raises(ValueError, match="unknown window"):
+        blend_window(8, 2, "gauss")
+
+
+@pytest.mark.parametrize("kind", WINDOWS)
+def test_blending_reproduces_constant_and_ramp_maps_without_seams(kind):
+    grid = CellGrid((8, 8), (2, 2), (40, 33))
+    gi, gj = grid.grid_shape
+    rr, cc = np.mgrid[: grid.shape[0] + 8, : grid.shape[1] + 8].astype(np.float32)
+    ramp = 0.37 * rr - 0.21 * cc + 5
+    missing = {(1, 2), (3, 0)}  # background tiles: their cells come from the neighbours
+    tiles = [(i, j) for i in range(gi) for j in range(gj) if (i, j) not in missing]
+    for field in (np.full_like(ramp, 2.5), ramp):
+        results = []
+        for i, j in tiles:
+            r, c = grid.origin(i, j)
+            results.append(((i, j), field[r : r + 8, c : c + 8]))
+        merged = _blend(results, grid, kind)[..., 0]
+        covered = np.isfinite(merged)
+        truth = field[: grid.shape[0], : grid.shape[1]]
+        assert covered.mean() > 0.9
+        assert np.allclose(merged[covered], truth[covered], atol=1e-4)
+
+
+def test_linear_window_weights_sum_to_one_where_neighbours_overlap():
+    grid = CellGrid((8, 8), (2, 2), (6 * 5 + 2, 6 * 5 + 2))
+    gi, gj = grid.grid_shape
+    acc = BlendAccumulator(
+        np.zeros((*grid.shape, 1), np.float32),
+        np.zeros(grid.shape, np.float32),
+        blend_window_2d((8, 8), (2, 2)),
+    )
+    for i in range(gi):
+        for j in range(gj):
+            acc.add(*grid.origin(i, j), np.ones((8, 8)))
+    inner = np.asarray(acc.weight)[2:-2, 2:-2]  # away from the slide's edge
+    assert np.allclose(inner, 1)
+
+
+def test_accumulator_crops_tiles_past_the_edge():
+    acc = BlendAccumulator(
+        np.zeros((5, 6, 2), np.float32), np.zeros((5, 6), np.float32), np.ones((4, 4), np.float32)
+    )
+    acc.add(3, 4, np.ones((4, 4, 2)))
+    acc.add(-2, -1, 2 * np.ones((4, 4, 2)))
+    out = acc.blended()
+    assert np.allclose(out[3:, 4:], 1) and np.allclose(out[:2, :3], 2)
+    assert np.isnan(out[2, 3]).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        acc.add(0, 0, np.ones((3, 3, 2)))
+
+
+def test_seam_score_blended_against_mosaic_on_the_demo_model():
+    """Real tiles of a phantom through the demo weights: blended <= 1.2, crop mosaic worse."""
+    from histoview.preprocessing.phantom import make_phantom
+
+    model, _ = _demo_model()
+    image = make_phantom("invasive", shape=(512, 512), pixel_size_um=0.5, seed=3).image
+    cfg = model.model_config
+    tiles, grid_shape = _tiles(image, 128, 32)
+    x = to_tensor(np.stack([t for _, _, t in tiles]), cfg.mean, cfg.std)
+    maps = tile_cams(GradCAM(model), x, target_class=1)
+    grid = CellGrid((8, 8), (2, 2), (512 // 16, 512 // 16), grid_shape)
+    results = [((i, j), tile_values(maps, k)) for k, (i, j, _) in enumerate(tiles)]
+    scores = {}
+    for kind in ("linear", "crop"):
+        merged = _blend(results, grid, kind, channels=2)
+        hist = value_histogram(lambda m=merged: [m[..., 0]])
+        scores[kind] = seam_score(slide_scale(hist).normalise(merged[..., 0]), grid)
+    assert scores["linear"]["seam_score"] <= 1.2, scores
+    assert scores["crop"]["seam_score"] > scores["linear"]["seam_score"], scores
+    assert scores["linear"]["border_pairs"] > 50 and scores["linear"]["inside_pairs"] > 500
+
+
+def test_seam_meter_streams_like_the_whole_map_and_sees_seams():
+    rng = np.random.default_rng(0)
+    grid = CellGrid((8, 8), (2, 2), (50, 47))
+    smooth = np.add.outer(np.sin(np.arange(50) / 5), np.cos(np.arange(47) / 7))
+    values = smooth + 0.01 * rng.standard_normal((50, 47))
+    values[3, 5] = np.nan
+    whole = seam_score(values, grid)
+    meter = SeamMeter(grid)
+    for r in range(0, 50, 7):
+        meter.add(slice(r, min(r + 7, 50)), values[r : r + 7])
+    assert meter.result() == pytest.approx(whole)
+    assert 0.5 < whole["seam_score"] < 1.5
+    # a mosaic whose tiles have different scales: seams
+    cols = grid.grid_shape[1]
+    owners = grid.owner(0, np.arange(50))[:, None] * cols + grid.owner(1, np.arange(47))[None]
+    scaled = values * (1 + rng.random(owners.max() + 1))[owners]
+    assert seam_score(scaled, grid)["seam_score"] > 1.5
+
+
+def test_histogram_percentile_and_streaming():
+    rng = np.random.default_rng(0)
+    values = rng.gamma(2.0, 1.0, (300, 200)).astype(np.float32)
+    values[0, 0] = np.nan
+    whole = value_histogram(lambda: [values])
+    blocks = value_histogram(lambda: (values[r, c] for r, c in iter_blocks(values.shape, 64)))
+    assert np.array_equal(whole.counts, blocks.counts)
+    assert whole.total == values.size - 1
+    for q in (50, 99.5, 100):
+        exact = np.nanpercentile(values, q)
+        assert whole.percentile(q) == pytest.approx(exact, abs=2 * whole.edges[1])
+    values[1, 1] = 1e4  # an outlier coarsens [0, max]; the robust histogram stays fine
+    robust = robust_histogram(lambda: [values])
+    exact = np.nanpercentile(values, 99.5)
+    assert robust.percentile(99.5) == pytest.approx(exact, rel=2 / 4096)
+    assert robust.total == values.size - 1 and robust.edges[-1] == pytest.approx(1e4)
+    with_outlier = slide_scale(robust, threshold="otsu").threshold
+    values[1, 1] = values[2, 2]
+    without = slide_scale(robust_histogram(lambda: [values]), threshold="otsu").threshold
+    assert with_outlier == pytest.approx(without, abs=0.01)
+    with pytest.raises(ValueError, match=">= 0"):
+        value_histogram(lambda: [np.array([-1.0])])
+
+
+def test_slide_scale_makes_tiles_of_different_raw_scales_comparable():
+    """One scale for the slide: a tile with 10x the evidence stays 10x; an outlier cell cannot
+    squash the map (robust maximum); per-tile peak normalisation would make both peak at 1."""
+    rng = np.random.default_rng(0)
+    weak = rng.random((64, 64)).astype(np.float32) * 0.1
+    strong = weak * 10
+    slide = np.concatenate([weak, strong], 1)
+    slide[5, 70] = 1000.0  # one extreme cell (ink, a fold)
+    scale = slide_scale(robust_histogram(lambda: [slide]))
+    out = scale.normalise(slide)
+    assert scale.scale == pytest.approx(np.percentile(slide, 99.5), rel=1e-3)  # not the outlier
+    assert out.max() == 1 and out[5, 70] == 1
+    left, right = out[:, :64], out[:, 64:]
+    ok = right < 1
+    assert np.allclose(right[ok], 10 * left[ok], rtol=1e-4, atol=1e-5)
+    assert left.max() < 0.15  # the weak tile stays weak
+    assert peak_normalised(weak)[0].max() == 1  # what per-tile normalisation would show
+    empty = slide_scale(value_histogram(lambda: [np.zeros((4, 4))]))
+    assert empty.scale == 0 and (empty.normalise(np.zeros((4, 4))) == 0).all()
+
+
+def test_slide_wide_dt_threshold_matches_single_image_rule():
+    """Otsu on the slide's histogram = dynamic_threshold on one image (within a bin of 256)."""
+    model, _ = _demo_model()
+    from histoview.preprocessing.phantom import make_phantom
+
+    rng = np.random.default_rng(2)
+    maps = [rng.gamma(2, 1, (64, 64)) * (1 + 3 * (rng.random((64, 64)) > 0.7))]
+    for seed, label in enumerate(("invasive", "in_situ")):
+        image = make_phantom(label, shape=(128, 128), pixel_size_um=0.5, seed=seed).image
+        cam = explain_cnn(model, image, method="gradcam", target_class=1)
+        maps.append(cam.values * cam.extra["cam_max"])  # raw, at input resolution
+    for raw in maps:
+        norm, peak = peak_normalised(raw)
+        kept, thr = dynamic_threshold(norm)
+        scale = slide_scale(value_histogram(lambda r=raw: [r]), percentile=100, threshold="otsu")
+        assert scale.scale == pytest.approx(peak, rel=1e-6)
+        assert scale.threshold == pytest.approx(thr, abs=1.0 / 256)
+        out = scale.normalise(raw)
+        agree = ((out > 0) == (kept > 0)).mean()
+        assert agree > 0.98
+        assert scale.to_dict()["threshold_raw"] == pytest.approx(scale.threshold * peak)
