@@ -1,0 +1,232 @@
+"""Nuclei on a whole slide: tile-by-tile detection without doubled or cut nuclei at tile
+borders (histoview.preprocessing.slide_nuclei), the slide's cell graph and its importance,
+GeoJSON for QuPath and the density map (histoview.explain.slide_graph*)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import draw
+
+from histoview.io import ImageReadError, open_image, write_pyramidal_tiff
+from histoview.preprocessing.nuclei import NucleiDetectorConfig, detect_nuclei
+from histoview.preprocessing.slide_nuclei import (
+    DetectionCancelled,
+    detect_slide_nuclei,
+    load_slide_nuclei,
+)
+
+L0 = 0.25  # um/px of the synthetic slide's level 0
+PX = 0.5  # um/px the nuclei are detected at (the bundled graph model's)
+TILE = 256  # detection tile core, pixels at PX: borders every 512 level-0 pixels
+SHAPE = (1792, 2304)  # level 0: 3.5 x 4.5 tiles
+PINK = (236, 178, 205)
+PURPLE = (92, 52, 135)
+RADIUS_UM = 3.0
+
+
+def _border_centres(rng) -> list[tuple[float, float]]:
+    """Level-0 centres on tile borders (exactly between two pixels, 511.5 = the border
+    between model pixels 255 and 256), on tile corners, just beside borders, and inside."""
+    step = 2 * TILE  # level-0 pixels per tile
+    borders_r = [step * k - 0.5 for k in range(1, SHAPE[0] // step + 1)]
+    borders_c = [step * k - 0.5 for k in range(1, SHAPE[1] // step + 1)]
+    centres = [(r, c) for r in borders_r for c in borders_c]  # corners
+    for r in borders_r:  # on horizontal borders, some straddling by a few pixels
+        for c in np.arange(80, SHAPE[1] - 80, 150.0):
+            centres.append((r + rng.choice([0.0, 0.0, -5.0, 6.0]), c))
+    for c in borders_c:
+        for r in np.arange(80, SHAPE[0] - 80, 150.0):
+            centres.append((r, c + rng.choice([0.0, 0.0, -5.0, 6.0])))
+    for _ in range(400):  # interior
+        centres.append(tuple(rng.uniform(40, np.array(SHAPE) - 40)))
+    # keep nuclei at least 11 um apart (the detector need not split touching discs here)
+    kept: list[tuple[float, float]] = []
+    for p in centres:
+        if all(np.hypot(p[0] - q[0], p[1] - q[1]) * L0 > 11 for q in kept):
+            kept.append(p)
+    return kept
+
+
+def synthetic_slide(path, *, glass_cols: int = 0):
+    """A pyramidal RGB TIFF (level 0 at 0.25 um/px) of pink tissue with purple round nuclei
+    on and beside the detection tile borders; the rightmost ``glass_cols`` level-0 columns
+    are glass (white). Returns the level-0 centres of the nuclei."""
+    rng = np.random.default_rng(3)
+    img = np.empty((*SHAPE, 3), np.float32)
+    img[:] = PINK
+    centres = _border_centres(rng)
+    rad = RADIUS_UM / L0
+    for r, c in centres:
+        rr, cc = draw.disk((r, c), rad, shape=SHAPE)
+        img[rr, cc] = PURPLE
+    img += rng.normal(0, 4, img.shape)
+    if glass_cols:
+        img[:, -glass_cols:] = 250
+    rgb = np.clip(img, 0, 255).astype(np.uint8)
+    write_pyramidal_tiff(path, rgb, tile=256, pixel_size_um=L0, min_size=256)
+    return np.array(centres)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    path = tmp_path_factory.mktemp("slide") / "slide.tif"
+    centres = synthetic_slide(path)
+    return path, centres
+
+
+#: a detector whose output at a pixel depends on its surroundings only (fixed threshold, seeds
+#: from the LoG alone): tiling it must give exactly the single-image nuclei
+LOCAL = NucleiDetectorConfig(threshold_scale=0.0, min_hematoxylin=0.05, distance_weight=0.0)
+
+
+@pytest.fixture(scope="module")
+def slide_nuclei(slide):
+    with open_image(slide[0]) as src:
+        return detect_slide_nuclei(src, PX, tile_px=TILE)
+
+
+def _single_image(path, config=None):
+    """The single-image detection of the whole slide at PX, in one piece."""
+    with open_image(path) as src:
+        rgb = src.read_rect((0, 0), (SHAPE[0] // 2, SHAPE[1] // 2), PX)
+    return detect_nuclei(rgb, PX, config)
+
+
+def _match(found_l0, nuclei):
+    """Index of the single-image nucleus nearest each slide nucleus, and the distance."""
+    ref = (nuclei.centroids + 0.5) * (PX / L0) - 0.5  # to level-0 pixels
+    d = np.hypot(*(found_l0[:, None, :] - ref[None, :, :]).transpose(2, 0, 1))
+    match = d.argmin(axis=1)
+    return match, d[np.arange(len(found_l0)), match]
+
+
+def _on_border(centroids):
+    step = 2 * TILE  # level-0 pixels per tile
+    corner = centroids + 0.5
+    return (np.abs(corner / step - np.round(corner / step)) * step < 12).any(axis=1)
+
+
+def test_border_nuclei_are_detected_once_and_whole(slide, slide_nuclei):
+    """Every placed nucleus (many on tile borders and corners) is found exactly once."""
+    _, centres = slide
+    found = slide_nuclei.centroids
+    d = np.hypot(*(found[:, None, :] - centres[None, :, :]).transpose(2, 0, 1)) * L0
+    per_true = (d < 2.0).sum(axis=0)
+    assert per_true.min() == 1 and per_true.max() == 1, np.bincount(per_true)
+    assert len(found) == len(centres)
+    assert _on_border(found).sum() > 40  # the test means something: nuclei straddle borders
+    st = slide_nuclei.stats
+    assert st["merged"] == 0 and st["cut"] == 0 and st["retried"] == 0
+    # the same nuclei, whole, as one detection of the whole image; the detector's Otsu
+    # threshold is chosen per image, so a few areas differ by a few pixels (0.25 um^2 each)
+    whole = _single_image(slide[0])
+    assert len(whole) == len(slide_nuclei)
+    match, dist = _match(found, whole)
+    assert len(np.unique(match)) == len(match) and dist.max() < 1.0
+    area, ref = slide_nuclei.feature("area_um2"), whole.features[match, 0]
+    assert np.abs(area - ref).max() <= 4 * PX**2 and np.mean(area == ref) > 0.95
+    assert abs(area.mean() - np.pi * RADIUS_UM**2) < 0.15 * np.pi * RADIUS_UM**2
+
+
+def test_tiles_give_exactly_the_single_image_nuclei_with_a_local_detector(slide):
+    with open_image(slide[0]) as src:
+        tiled = detect_slide_nuclei(src, PX, tile_px=TILE, config=LOCAL)
+    whole = _single_image(slide[0], LOCAL)
+    assert len(tiled) == len(whole) == len(slide[1])
+    match, dist = _match(tiled.centroids, whole)
+    assert len(np.unique(match)) == len(match)
+    np.testing.assert_allclose(dist, 0, atol=1e-9)
+    ref = whole.features[match]
+    o = tiled.feature_names.index("orientation")  # undefined for round nuclei: left out
+    np.testing.assert_allclose(
+        np.delete(tiled.features, o, 1), np.delete(ref, o, 1), rtol=1e-6, atol=1e-5
+    )
+
+
+def test_tissue_mask_skips_glass_tiles_and_progress(tmp_path):
+    path = tmp_path / "glass.tif"
+    synthetic_slide(path, glass_cols=2 * TILE + 300)
+
+    limit = SHAPE[1] - (2 * TILE + 300)  # glass right of this level-0 column
+
+    def tissue(row, col, height, width):  # the tissue fraction of a level-0 box
+        return max(0, min(col + width, limit) - col) / width
+
+    events = []
+    with open_image(path) as src:
+        nuclei = detect_slide_nuclei(src, PX, tile_px=TILE, tissue=tissue, progress=events.append)
+    st = nuclei.stats
+    assert st["tiles"] == 4 * 5 and st["glass"] == 4 * 2 and st["detected"] == 4 * 3
+    assert len(events) == 12 and [e["done"] for e in events] == list(range(9, 21))
+    assert events[-1]["total"] == 20 and events[-1]["skipped"] == 8
+    assert {"elapsed_s", "remaining_s", "tile_box", "nuclei"} <= set(events[0])
+    assert events[-1]["nuclei"] == len(nuclei)
+
+
+def test_region_cancel_resume_and_save(slide, slide_nuclei, tmp_path):
+    region = (512, 512, 1024, 1024)  # two tiles by two, level-0 pixels
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 2  # after two tiles
+
+    cache = tmp_path / "tiles"
+    with open_image(slide[0]) as src:
+        with pytest.raises(DetectionCancelled) as info:
+            detect_slide_nuclei(
+                src, PX, tile_px=TILE, region=region, cancel=cancel, cache_dir=cache
+            )
+        assert info.value.done == 2 and info.value.total == 4
+        assert len(list(cache.glob("tile-*.npz"))) == 2
+        resumed = detect_slide_nuclei(src, PX, tile_px=TILE, region=region, cache_dir=cache)
+    assert resumed.stats["resumed"] == 2
+    inside = slide_nuclei.in_box(region)
+    order = np.lexsort(resumed.centroids.T[::-1])
+    expected = slide_nuclei.centroids[inside]
+    np.testing.assert_allclose(
+        resumed.centroids[order], expected[np.lexsort(expected.T[::-1])], atol=1e-9
+    )
+    back = load_slide_nuclei(resumed.save(tmp_path / "nuclei.npz"))
+    np.testing.assert_array_equal(back.centroids, resumed.centroids)
+    assert back.stats["resumed"] == 2 and back.region == region
+
+
+class _CorruptTile:
+    """An ImageSource whose reads touching one level-0 point fail like a corrupt tile."""
+
+    def __init__(self, src, point):
+        self._src, self._point = src, point
+
+    def __getattr__(self, name):
+        return getattr(self._src, name)
+
+    def read_rect(self, location, size, pixel_size_um, **kw):
+        s = pixel_size_um / self._src.pixel_size_um
+        r, c = self._point
+        if (
+            location[0] <= r < location[0] + size[0] * s
+            and location[1] <= c < location[1] + size[1] * s
+        ):
+            raise ImageReadError(self._src.path, "cannot decode pixels (corrupt tile)")
+        return self._src.read_rect(location, size, pixel_size_um, **kw)
+
+
+def test_corrupt_tile_is_skipped_and_listed(slide):
+    point = (1700, 2200)  # in the last tile; reads of its neighbours reach it too
+    with open_image(slide[0]) as src:
+        nuclei = detect_slide_nuclei(_CorruptTile(src, point), PX, tile_px=TILE)
+    failed = nuclei.stats["failed_tiles"]
+    assert failed and all("corrupt tile" in f["error"] for f in failed)
+    boxes = [f["box"] for f in failed]
+    assert [1536, 2048, 256, 256] in boxes and len(boxes) <= 4
+    assert nuclei.stats["detected"] == nuclei.stats["tiles"] - len(failed) > 0
+
+
+def test_bad_inputs(slide):
+    with open_image(slide[0]) as src:
+        with pytest.raises(ValueError, match="finer than the slide's level 0"):
+            detect_slide_nuclei(src, 0.1)
+        with pytest.raises(ValueError, match="outside the slide"):
+            detect_slide_nuclei(src, PX, region=(5000, 0, 100, 100))
