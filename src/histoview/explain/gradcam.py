@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from histoview.explain.base import DenseMap, Explanation, decide_class, peak_normalised
-from histoview.preprocessing.transforms import DIHEDRAL, dihedral, inverse_dihedral, to_tensor
+from histoview.models.inputs import InputSpec
+from histoview.preprocessing.transforms import DIHEDRAL, dihedral, inverse_dihedral
 
 TargetSpec = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], Any] | None
 
@@ -344,7 +345,8 @@ def explain_cnn(
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     config = model.model_config
     meta = dict(checkpoint_meta or {})
-    x = to_tensor(image, config.mean, config.std, size=config.input_size)
+    # the one input path: the checkpoint's stain normalisation, resize, mean/std
+    x = InputSpec.from_checkpoint(meta, model).images(image)
     transforms = DIHEDRAL if tta else ((0, False),)
     groups: dict[tuple[int, int], list[tuple[int, bool]]] = {}
     for k, flip in transforms:  # batch the transforms that give the same input shape

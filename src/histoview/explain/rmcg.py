@@ -44,7 +44,7 @@ def explain_rmcg(
 
     from histoview.explain.base import decide_class
     from histoview.explain.gradcam import class_names, decision_extra
-    from histoview.preprocessing.transforms import to_tensor
+    from histoview.models.inputs import InputSpec
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -54,7 +54,8 @@ def explain_rmcg(
     config = model.model_config
     meta = dict(checkpoint_meta or {})
     device = next(model.parameters()).device
-    x = to_tensor(image, config.mean, config.std, size=config.input_size)[None].to(device)
+    # the one input path: the checkpoint's stain normalisation, resize, mean/std
+    x = InputSpec.from_checkpoint(meta, model).images(image)[None].to(device)
     was_training = model.training
     model.eval()
     try:

@@ -11,6 +11,12 @@ through an :class:`InputSpec`, so a model sees the same input wherever it runs:
 * ``graph`` (nuclei graphs): nuclei detected at the image's pixel size and joined when
   closer than ``graph_threshold_um`` micrometres, as a torch-geometric ``Data``.
 
+**Stain** (:attr:`InputSpec.stain`). A model trained with stain normalisation (a config's
+``stain`` section) stores the fitted :class:`~histoview.preprocessing.stain.StainNormaliser`
+in its sidecar (``stain_normalisation``); every input above is then made from the image
+normalised to that stain first (:meth:`InputSpec.normalise_stain`), in training and at
+inference alike. Without one, images are used as they are.
+
 **Pixel size** (:func:`resolve_pixel_size`, the one policy). Only the graph input depends
 on the physical scale (the nuclei detector and the edge threshold work in micrometres). The
 pixel size used is, in this order: the user's (``--pixel-size``, a widget field: source
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
     from histoview.preprocessing.graph import NucleiGraph
     from histoview.preprocessing.nuclei import Nuclei
     from histoview.preprocessing.patches import PatchGrid
+    from histoview.preprocessing.stain import StainNormaliser
 
 #: edge threshold of nuclei graphs, micrometres (the one constant every caller uses)
 GRAPH_THRESHOLD_UM = DEFAULT_THRESHOLD_UM
@@ -126,6 +133,7 @@ class InputSpec:
             largest fraction of glass a kept patch may have; None keeps every patch).
         pixel_size_um: the pixel size the model was trained at, if known (um/px).
         graph_threshold_um: nuclei closer than this are joined (graph models).
+        stain: the fitted stain normaliser applied to every image first (None: none).
     """
 
     kind: str
@@ -137,6 +145,7 @@ class InputSpec:
     max_background: float | None = None
     pixel_size_um: float | None = None
     graph_threshold_um: float = GRAPH_THRESHOLD_UM
+    stain: StainNormaliser | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -145,11 +154,17 @@ class InputSpec:
         config: ModelConfig,
         model_kwargs: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
+        stain: StainNormaliser | dict[str, Any] | None = None,
     ) -> InputSpec:
         """The spec of a model about to be trained: its registry config, factory arguments
         and the training config's ``input`` options (``stride``, ``max_background``,
-        ``pixel_size_um``, ``graph_threshold_um``)."""
+        ``pixel_size_um``, ``graph_threshold_um``); ``stain`` a fitted normaliser or its
+        :meth:`~histoview.preprocessing.stain.StainNormaliser.to_dict`."""
         kwargs, opts = dict(model_kwargs or {}), dict(options or {})
+        if isinstance(stain, dict):
+            from histoview.preprocessing.stain import StainNormaliser
+
+            stain = StainNormaliser.from_dict(stain)
         patch = stride = None
         if config.kind == "bag":
             patch = int(kwargs.get("patch_size") or (config.input_size or (28, 28))[0])
@@ -165,19 +180,21 @@ class InputSpec:
             max_background=opts.get("max_background") if config.kind == "bag" else None,
             pixel_size_um=float(mpp) if mpp else None,
             graph_threshold_um=float(opts.get("graph_threshold_um", GRAPH_THRESHOLD_UM)),
+            stain=stain,
         )
 
     @classmethod
     def from_checkpoint(cls, meta: dict[str, Any], model) -> InputSpec:
         """The spec a trained model was trained with, from its checkpoint sidecar ``meta``
-        (sections ``patch``, ``input``, ``pixel_size_um``) and the built ``model``."""
+        (sections ``patch``, ``input``, ``pixel_size_um``, ``stain_normalisation``: absent
+        in older checkpoints, which then use images as they are) and the built ``model``."""
         config = model.model_config
         patch = dict(meta.get("patch") or {})
         inp = dict(meta.get("input") or {})
         options = {**inp, **patch}
         options.setdefault("pixel_size_um", meta.get("pixel_size_um"))
         kwargs = {"patch_size": getattr(model, "patch_size", None) or patch.get("patch_size")}
-        return cls.for_model(config, kwargs, options)
+        return cls.for_model(config, kwargs, options, stain=meta.get("stain_normalisation"))
 
     def describe(self) -> dict[str, Any]:
         """The fields that matter for this kind, as stored in a checkpoint's sidecar."""
@@ -216,6 +233,21 @@ class InputSpec:
         )
 
     # -- inputs -------------------------------------------------------------------------------
+    def normalise_stain(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) or (B, H, W, 3) uint8 with the training stain (:attr:`stain`, each image
+        on its own), or ``image`` itself when the model has no stain normaliser.
+
+        Raises:
+            StainNormalisationError: an image's stain cannot be estimated (blank, background
+                only) and the normaliser was fitted with ``on_no_tissue="raise"``.
+        """
+        if self.stain is None:
+            return image
+        arr = np.asarray(image)
+        if arr.ndim == 4:
+            return np.stack([self.stain.transform(a) for a in arr])
+        return self.stain.transform(arr)
+
     def bag(
         self,
         image: np.ndarray,
@@ -223,13 +255,17 @@ class InputSpec:
         level: int = 0,
         downsample: float = 1.0,
         image_shape: tuple[int, int] | None = None,
+        stain_normalised: bool = False,
     ) -> tuple[torch.Tensor, PatchGrid]:
         """``(patches (N, 3, p, p) float32, grid)`` of an (H, W, 3) uint8 image; ``level``,
-        ``downsample`` and ``image_shape`` place the grid in level-0 pixels of a pyramid."""
+        ``downsample`` and ``image_shape`` place the grid in level-0 pixels of a pyramid;
+        ``stain_normalised``: the image already went through :meth:`normalise_stain`."""
         from histoview.preprocessing.patches import extract_patches
         from histoview.preprocessing.transforms import to_tensor
 
         self._expect("bag")
+        if not stain_normalised:
+            image = self.normalise_stain(image)
         patches, grid = extract_patches(
             np.ascontiguousarray(image),
             self.patch_size,
@@ -241,21 +277,30 @@ class InputSpec:
         )
         return to_tensor(patches, self.mean, self.std), grid
 
-    def images(self, images: np.ndarray) -> torch.Tensor:
-        """(B, 3, h, w) float32 of (H, W, 3) or (B, H, W, 3) uint8 images, resized to
-        ``input_size`` and normalised."""
+    def images(self, images: np.ndarray, *, stain_normalised: bool = False) -> torch.Tensor:
+        """(B, 3, h, w) float32 of (H, W, 3) or (B, H, W, 3) uint8 images, stain-normalised
+        (unless ``stain_normalised``: done already), resized to ``input_size`` and
+        normalised."""
         from histoview.preprocessing.transforms import to_tensor
 
         self._expect("image")
-        return to_tensor(np.asarray(images), self.mean, self.std, size=self.input_size)
+        arr = np.asarray(images)
+        if not stain_normalised:
+            arr = self.normalise_stain(arr)
+        return to_tensor(arr, self.mean, self.std, size=self.input_size)
 
-    def graph(self, image: np.ndarray, pixel_size_um: float) -> tuple[NucleiGraph, Nuclei]:
+    def graph(
+        self, image: np.ndarray, pixel_size_um: float, *, stain_normalised: bool = False
+    ) -> tuple[NucleiGraph, Nuclei]:
         """``(graph, nuclei)`` of an (H, W, 3) uint8 image at ``pixel_size_um`` um/px (give
-        :meth:`pixel_size`'s answer, not None)."""
+        :meth:`pixel_size`'s answer, not None), detected on the stain-normalised image
+        (unless ``stain_normalised``: done already)."""
         from histoview.preprocessing.graph import build_nuclei_graph
         from histoview.preprocessing.nuclei import detect_nuclei
 
         self._expect("graph")
+        if not stain_normalised:
+            image = self.normalise_stain(image)
         nuclei = detect_nuclei(image, pixel_size_um)
         graph = build_nuclei_graph(
             nuclei, threshold_um=self.graph_threshold_um, pixel_size_um=pixel_size_um

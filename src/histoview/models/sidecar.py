@@ -82,6 +82,47 @@ class Normalisation(BaseModel):
     std: RgbPositive
 
 
+class StainSection(BaseModel):
+    """``stain_normalisation``: the fitted :class:`~histoview.preprocessing.stain.
+    StainNormaliser` (its ``to_dict``), which :class:`~histoview.models.inputs.InputSpec`
+    applies to every image before the model sees it. Absent in checkpoints trained without
+    one (and in those older than it): images are then used as they are."""
+
+    model_config = _KEEP_UNKNOWN
+
+    method: Literal["macenko", "reinhard"]
+    od_threshold: PositiveFloat | None = None
+    io: PositiveFloat | None = None
+    alpha: Annotated[float, Field(ge=0, lt=50, allow_inf_nan=False)] | None = None
+    on_no_tissue: Literal["raise", "keep"] | None = None
+    stain_matrix: (
+        Annotated[
+            list[Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]],
+            Field(min_length=3, max_length=3),
+        ]
+        | None
+    ) = None
+    max_concentrations: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)] | None = (
+        None
+    )
+    lab_means: Rgb | None = None
+    lab_stds: RgbPositive | None = None
+
+    @model_validator(mode="after")
+    def _fitted(self) -> StainSection:
+        needed = {
+            "macenko": ("stain_matrix", "max_concentrations"),
+            "reinhard": ("lab_means", "lab_stds"),
+        }[self.method]
+        missing = [k for k in needed if getattr(self, k) is None]
+        if missing:
+            raise ValueError(
+                f"a fitted {self.method} stain normaliser needs {' and '.join(map(repr, needed))}; "
+                f"{' and '.join(map(repr, missing))} missing"
+            )
+        return self
+
+
 class DataSection(BaseModel):
     """The training data's summary (:meth:`histoview.training.datasets.Dataset.summary`)
     and split, as :mod:`histoview.training.evaluate` compares it with new data."""
@@ -115,6 +156,7 @@ class Sidecar(BaseModel):
     input: InputSection | None = None
     pixel_size_um: PositiveFloat | None = None
     normalisation: Normalisation | None = None
+    stain_normalisation: StainSection | None = None
     metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data: DataSection | None = None
     train_options: dict[str, Any] | None = None
@@ -171,6 +213,16 @@ _EXPECTED = {
     "instance_dropout": "a fraction in [0, 1)",
     "node_dropout": "a fraction in [0, 1)",
     "normalisation": "a mapping with 'mean' and 'std'",
+    "stain_normalisation": "a mapping: a fitted stain normaliser (method and its statistics)",
+    "stain_normalisation.method": "'macenko' or 'reinhard'",
+    "stain_matrix": "a 3 x 2 list of finite numbers (RGB optical density of H and E)",
+    "max_concentrations": "two positive numbers (H and E)",
+    "lab_means": "three finite numbers (L*, a*, b*)",
+    "lab_stds": "three positive numbers (L*, a*, b*)",
+    "od_threshold": "a positive optical density",
+    "io": "a positive light intensity (0-255 scale)",
+    "alpha": "a percentile in [0, 50)",
+    "on_no_tissue": "'raise' or 'keep'",
     "mean": "three finite numbers (R, G, B)",
     "std": "three positive numbers (R, G, B)",
     "metrics": "a mapping of metric sets (e.g. 'validation', 'test'), each a mapping",

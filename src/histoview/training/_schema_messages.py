@@ -39,6 +39,12 @@ _EXPECTED = {
     "graph_threshold_um": "a positive distance in micrometres",
     "cache_images": "a whole number of images >= 0",
     "cache_dir": "a folder path",
+    "stain": "a mapping with the stain normalisation 'method' (macenko or reinhard) and its "
+    "'reference' (an image file or 'training-set')",
+    "reference": "an image file path or 'training-set'",
+    "max_images": "a whole number of images >= 1",
+    "augment": "a mapping of augmentation options",
+    "hed_jitter": "a stain-jitter sigma in [0, 1) (0: none)",
     "train": "a mapping of training options",
     "epochs": "a whole number >= 1",
     "batch_size": "a whole number >= 1",

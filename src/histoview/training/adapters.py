@@ -9,6 +9,12 @@ input path (:class:`~histoview.models.inputs.InputSpec`, shared with explanation
 * graph (nuclei graphs): nuclei detected and the cell graph built once per
   image and cached on disk in a per-user cache shared by all runs (keyed by
   the file's content and the settings), then converted to a torch-geometric ``Data``.
+
+With a stain normaliser (a config's ``stain`` section, fitted before training) every image is
+normalised once when it is decoded (the in-memory cache holds normalised images), by the
+spec's :meth:`~histoview.models.inputs.InputSpec.normalise_stain`, as at inference. HED stain
+jitter (``augment: {hed_jitter: sigma}``, bag and image models, training only) perturbs the
+normalised image before the flips and rotations.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 
 from histoview.models.inputs import InputSpec
 from histoview.models.registry import ModelConfig
+from histoview.preprocessing.stain import HedJitter
 from histoview.preprocessing.transforms import DIHEDRAL, dihedral, random_dihedral
 from histoview.training.datasets import Sample
 
@@ -52,8 +59,9 @@ class _ImageCache:
     epochs do not re-decode or re-generate. One per process: a copy sent to a worker process
     (pickled) starts empty, so each data-loader worker keeps the images it decodes."""
 
-    def __init__(self, max_items: int = 512):
+    def __init__(self, max_items: int = 512, prepare=None):
         self.max_items = max_items
+        self.prepare = prepare  # applied to each decoded image (stain normalisation) or None
         self._items: OrderedDict[str, tuple[np.ndarray, float | None]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -63,10 +71,10 @@ class _ImageCache:
         self._items.clear()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"max_items": self.max_items}
+        return {"max_items": self.max_items, "prepare": self.prepare}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_items"])
+        self.__init__(state["max_items"], state.get("prepare"))
 
     def load(self, sample: Sample) -> tuple[np.ndarray, float | None]:
         key = sample.key
@@ -74,6 +82,8 @@ class _ImageCache:
             self._items.move_to_end(key)
             return self._items[key]
         value = sample.load()
+        if self.prepare is not None:
+            value = (self.prepare(value[0]), value[1])
         self._items[key] = value
         if len(self._items) > self.max_items:
             self._items.popitem(last=False)
@@ -85,6 +95,9 @@ class InputAdapter:
 
     Adapters run in data-loader worker processes (:mod:`histoview.training.loader`): they
     pickle, and their in-memory caches are per process.
+
+    ``stain``: a fitted :class:`~histoview.preprocessing.stain.StainNormaliser` (or its
+    ``to_dict``) applied to every image; ``hed_jitter``: HED stain-jitter sigma in training.
     """
 
     def __init__(
@@ -92,12 +105,20 @@ class InputAdapter:
         config: ModelConfig,
         model_kwargs: dict[str, Any],
         options: dict[str, Any] | None = None,
+        *,
+        stain=None,
+        hed_jitter: float = 0.0,
     ):
         self.config = config
         self.model_kwargs = model_kwargs
         self.options = dict(options or {})
-        self.spec = InputSpec.for_model(config, model_kwargs, self.options)
-        self.cache = _ImageCache(self.options.get("cache_images", 512))
+        self.spec = InputSpec.for_model(config, model_kwargs, self.options, stain=stain)
+        prepare = self.spec.normalise_stain if self.spec.stain is not None else None
+        self.cache = _ImageCache(self.options.get("cache_images", 512), prepare)
+        self.jitter = HedJitter(hed_jitter) if hed_jitter else None
+
+    def _augment_colour(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.jitter(image, rng) if self.jitter is not None else image
 
     def prepare(
         self, sample: Sample, *, train: bool, rng: np.random.Generator, view: tuple | None = None
@@ -111,7 +132,7 @@ class InputAdapter:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {}
+        return {"hed_jitter": self.jitter.sigma} if self.jitter is not None else {}
 
     def release_memory(self) -> None:
         """Empty the in-memory caches that worker processes rebuild on their own (the
@@ -125,20 +146,20 @@ class InputAdapter:
 
 
 class BagAdapter(InputAdapter):
-    def __init__(self, config, model_kwargs, options=None):
-        super().__init__(config, model_kwargs, options)
+    def __init__(self, config, model_kwargs, options=None, **kwargs):
+        super().__init__(config, model_kwargs, options, **kwargs)
         # Instance dropout (training only): keep a random subset of each bag, so the
         # classifier cannot rely on a few patches and attention spreads over all the
         # evidence; this sharpens attention maps as localisers. 0 disables it.
         self.instance_dropout = float(self.options.get("instance_dropout", 0.0))
 
     def prepare(self, sample, *, train, rng, view=None):
-        image, _ = self.cache.load(sample)
+        image, _ = self.cache.load(sample)  # stain-normalised when the spec has a normaliser
         if train:
-            image = random_dihedral(image, rng)
+            image = random_dihedral(self._augment_colour(image, rng), rng)
         elif view is not None:
             image = dihedral(image, *view)
-        bag, _ = self.spec.bag(image)
+        bag, _ = self.spec.bag(image, stain_normalised=True)
         if train and self.instance_dropout > 0 and len(bag) > 1:
             keep = rng.random(len(bag)) >= self.instance_dropout
             keep[rng.integers(len(bag))] = True
@@ -155,13 +176,17 @@ class BagAdapter(InputAdapter):
         return torch.cat([model(b.to(device, non_blocking=True)) for b in batch])
 
     def describe(self):
-        return self.spec.describe() | {"instance_dropout": self.instance_dropout}
+        return (
+            self.spec.describe() | {"instance_dropout": self.instance_dropout} | super().describe()
+        )
 
 
 class ImageAdapter(InputAdapter):
     def prepare(self, sample, *, train, rng, view=None):
-        image, _ = self.cache.load(sample)
-        x = self.spec.images(image)
+        image, _ = self.cache.load(sample)  # stain-normalised when the spec has a normaliser
+        if train:
+            image = self._augment_colour(image, rng)
+        x = self.spec.images(image, stain_normalised=True)
         if train:
             x = random_dihedral(x, rng)
         elif view is not None:
@@ -178,14 +203,16 @@ class ImageAdapter(InputAdapter):
         return model(batch.to(device, non_blocking=True))
 
     def describe(self):
-        return self.spec.describe()
+        return self.spec.describe() | super().describe()
 
 
 class GraphAdapter(InputAdapter):
     """Nuclei graphs, built once per image and cached on disk."""
 
-    def __init__(self, config, model_kwargs, options=None):
-        super().__init__(config, model_kwargs, options)
+    def __init__(self, config, model_kwargs, options=None, **kwargs):
+        super().__init__(config, model_kwargs, options, **kwargs)
+        if self.jitter is not None:
+            raise ValueError("HED stain jitter applies to bag and image models, not to graphs")
         self.threshold_um = self.spec.graph_threshold_um
         # for images without a pixel size of their own (the input path's policy)
         self.default_pixel_size = self.spec.pixel_size(None)[0]
@@ -255,9 +282,10 @@ class GraphAdapter(InputAdapter):
             h.update(Path(sample.path).read_bytes())
         else:
             h.update(repr(sample.phantom).encode())
-        h.update(
-            json.dumps({"t": self.threshold_um, "mpp": self.default_pixel_size, "v": 1}).encode()
-        )
+        settings = {"t": self.threshold_um, "mpp": self.default_pixel_size, "v": 1}
+        if self.spec.stain is not None:  # graphs of stain-normalised images are other graphs
+            settings["stain"] = self.spec.stain.to_dict()
+        h.update(json.dumps(settings).encode())
         return h.hexdigest()[:32]
 
     def prepare(self, sample, *, train, rng, view=None):
@@ -286,7 +314,14 @@ class GraphAdapter(InputAdapter):
 
 
 def make_adapter(
-    config: ModelConfig, model_kwargs: dict[str, Any], options: dict[str, Any] | None = None
+    config: ModelConfig,
+    model_kwargs: dict[str, Any],
+    options: dict[str, Any] | None = None,
+    *,
+    stain=None,
+    hed_jitter: float = 0.0,
 ) -> InputAdapter:
+    """The adapter of a model kind; ``stain`` (a fitted normaliser or a checkpoint's
+    ``stain_normalisation``) and ``hed_jitter`` as :class:`InputAdapter`."""
     cls = {"bag": BagAdapter, "image": ImageAdapter, "graph": GraphAdapter}[config.kind]
-    return cls(config, model_kwargs, options)
+    return cls(config, model_kwargs, options, stain=stain, hed_jitter=hed_jitter)

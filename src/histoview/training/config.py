@@ -8,6 +8,8 @@ A config names the model, the data, the split and the training options::
     data: {type: phantom, task: binary, n_per_class: 40}   # see training.datasets
     split: {by: patient, fractions: [0.7, 0.15, 0.15], seed: 0}
     input: {max_background: 0.9}    # adapter options (patch stride, graph threshold, cache dir...)
+    stain: {method: macenko, reference: training-set}  # or an image file; stored in the checkpoint
+    augment: {hed_jitter: 0.05}     # HED stain jitter while training (bag and image models)
     train: {epochs: 10, batch_size: 1, lr: 0.001, num_workers: 0}  # training.engine.TrainOptions
     output_dir: runs/amil-phantom   # relative paths are relative to the config file
 
@@ -30,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from histoview.training.schema import validate_training_config
+from histoview.training.schema import TRAINING_SET, validate_training_config
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -72,9 +74,9 @@ def validate_config(
 ) -> dict[str, Any]:
     """Check ``config`` against the schema (:func:`~histoview.training.schema.
     validate_training_config`: ConfigError names ``source``, the key and the problem) and
-    return a copy with absolute paths: ``data.root`` (``~`` and ``$VARS`` expanded) and
-    ``output_dir`` (default ``runs/<name or model>``) relative to ``base_dir``; ``name``
-    defaults to the output folder's name. Validating a validated config changes nothing."""
+    return a copy with absolute paths: ``data.root`` and a ``stain.reference`` image (``~``
+    and ``$VARS`` expanded) and ``output_dir`` (default ``runs/<name or model>``) relative to
+    ``base_dir``; ``name`` defaults to the output folder's name. Validating a validated config changes nothing."""
     config = validate_training_config(config, source=source)
     base = Path(base_dir)
     data = dict(config["data"])
@@ -82,6 +84,11 @@ def validate_config(
         root = Path(os.path.expandvars(str(data["root"]))).expanduser()
         data["root"] = str(root if root.is_absolute() else (base / root).resolve())
     config["data"] = data
+    stain = config.get("stain")
+    if isinstance(stain, dict) and stain.get("reference") not in (None, TRAINING_SET):
+        ref = Path(os.path.expandvars(str(stain["reference"]))).expanduser()
+        stain = {**stain, "reference": str(ref if ref.is_absolute() else (base / ref).resolve())}
+        config["stain"] = stain
     out = Path(config.get("output_dir") or f"runs/{config.get('name', config['model'])}")
     config["output_dir"] = str(out if out.is_absolute() else (base / out).resolve())
     config.setdefault("name", Path(config["output_dir"]).name)

@@ -218,7 +218,8 @@ def iter_evaluate_checkpoint(
     input_opts = dict(meta.get("input") or {})
     if cache_dir is not None:
         input_opts["cache_dir"] = str(cache_dir)
-    adapter = make_adapter(mcfg, meta.get("model_kwargs", {}), input_opts)
+    stain = meta.get("stain_normalisation")  # applied as in training (None: images as they are)
+    adapter = make_adapter(mcfg, meta.get("model_kwargs", {}), input_opts, stain=stain)
     threshold = meta.get("threshold") if len(classes) == 2 else None
     yield {
         "event": "start",

@@ -39,6 +39,7 @@ def iter_train_from_config(
     )
     from histoview.training.engine import TrainOptions, fit
     from histoview.training.prediction import evaluate
+    from histoview.training.stain_fit import fit_stain_normaliser
 
     config = validate_config(config, source=source)  # (absolute paths stay as they are)
     opts = TrainOptions.from_dict(config.get("train", {}))
@@ -70,7 +71,12 @@ def iter_train_from_config(
             raise
         raise ConfigError(f"{source}: {problem}") from None
     input_opts = dict(config.get("input", {}))
-    adapter = make_adapter(mcfg, model_kwargs, input_opts)
+    # stain normalisation: fitted now (training split or reference image), stored in the sidecar
+    stain = fit_stain_normaliser(config.get("stain"), train, source=source)
+    if stain is not None:
+        yield {"event": "message", "text": stain.describe()}
+    hed_jitter = float((config.get("augment") or {}).get("hed_jitter", 0.0))
+    adapter = make_adapter(mcfg, model_kwargs, input_opts, stain=stain, hed_jitter=hed_jitter)
     synthetic = dataset.layout == "phantom"
     leak = split["by"] == "image" and dataset.has_patients
     # ImageNet weights only initialise training; the checkpoint holds all weights.
@@ -83,6 +89,7 @@ def iter_train_from_config(
         "input": adapter.describe(),
         "pixel_size_um": _training_pixel_size(dataset, input_opts),
         "normalisation": {"mean": list(mcfg.mean), "std": list(mcfg.std)},
+        **({"stain_normalisation": stain.to_dict()} if stain is not None else {}),
         "data": dataset.summary()
         | {
             "split": {

@@ -3,6 +3,7 @@
 :class:`TrainingConfig` (pydantic v2, strict types, unknown keys refused) describes every
 section of a config (:mod:`histoview.training.config`): ``name``, ``description``,
 ``model``, ``model_kwargs``, ``data`` (one schema per dataset ``type``), ``split``, ``input``,
+``stain`` (stain normalisation, fitted at training start), ``augment`` (stain jitter),
 ``train`` (:class:`TrainOptions`, the engine's options) and ``output_dir``.
 :func:`config_problem` returns the first problem as one line::
 
@@ -196,6 +197,38 @@ class InputSection(BaseModel):
     cache_dir: PathText | None = None
 
 
+#: ``stain.reference`` value that fits the normaliser to the training split's images
+TRAINING_SET = "training-set"
+
+
+class StainSection(BaseModel):
+    """``stain``: stain normalisation (:mod:`histoview.preprocessing.stain`), fitted when
+    training starts and stored in the checkpoint, so inference applies the same.
+
+    ``method`` ``macenko`` or ``reinhard``; ``reference`` an image file (relative to the
+    config file) or ``training-set`` (the training split's images, at most ``max_images``
+    of them, evenly spaced in the split's order: never validation or test images);
+    ``on_no_tissue``: an image whose stain cannot be estimated (blank, background only)
+    stops the run (``raise``) or is used as it is (``keep``)."""
+
+    model_config = _STRICT
+
+    method: Literal["macenko", "reinhard"]
+    reference: PathText = TRAINING_SET
+    max_images: PositiveInt = 64
+    on_no_tissue: Literal["raise", "keep"] = "raise"
+
+
+class AugmentSection(BaseModel):
+    """``augment``: training-only colour augmentation of bag and image models.
+    ``hed_jitter``: the sigma of HED stain jitter (Tellez et al. 2019,
+    :func:`histoview.preprocessing.stain.hed_jitter`), in [0, 1); 0 disables it."""
+
+    model_config = _STRICT
+
+    hed_jitter: Dropout = 0.0
+
+
 def _magnification(value: Any) -> Any:
     if value in (None, "all", ""):
         return value
@@ -309,6 +342,8 @@ class TrainingConfig(BaseModel):
     data: DataSection
     split: SplitSection = Field(default_factory=SplitSection)
     input: InputSection = Field(default_factory=InputSection)
+    stain: StainSection | None = None
+    augment: AugmentSection = Field(default_factory=AugmentSection)
     train: TrainOptions = Field(default_factory=TrainOptions)
     output_dir: PathText | None = None
 
@@ -342,6 +377,8 @@ _SECTION_CLASSES = {
     "": TrainingConfig,
     "split": SplitSection,
     "input": InputSection,
+    "stain": StainSection,
+    "augment": AugmentSection,
     "train": TrainOptions,
     **{f"data.{t}": c for t, c in DATA_TYPES.items()},
 }
@@ -379,10 +416,17 @@ def validate_training_config(config: Any, *, source: str = "config") -> dict[str
                 f"{source}: field 'input.{key}' applies to {' and '.join(users)} models, not "
                 f"to {kind} model {valid.model!r} (its input keys: {', '.join(INPUT_KEYS[kind])})"
             )
+    if kind == "graph" and valid.augment.hed_jitter > 0:
+        raise ConfigError(
+            f"{source}: field 'augment.hed_jitter' applies to bag and image models, not to graph "
+            f"model {valid.model!r} (its nuclei graphs are built once per image, unaugmented)"
+        )
     dumped = {
         "data": valid.data.model_dump(),
         "split": valid.split.model_dump(),
         "input": valid.input.model_dump(),
+        "stain": valid.stain.model_dump() if valid.stain is not None else None,
+        "augment": valid.augment.model_dump(),
         "train": asdict(valid.train),
     }
     out = dict(config)
