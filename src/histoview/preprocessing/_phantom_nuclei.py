@@ -47,6 +47,16 @@ def _radius_xy(x, y, harm):
     return 1.0 + out.real
 
 
+def _nucleus_shape(rng, kind, s, size=1.0):
+    """Random shape of a nucleus of ``kind``: semi-axes a, b (px, ``s`` px per um, times
+    ``size``), outline harmonics, haematoxylin intensity and whether it shows a nucleolus."""
+    (a_lo, a_hi), (q_lo, q_hi), rough, (i_lo, i_hi), _rim, _tex = _KIND_PARAMS[kind]
+    a = rng.uniform(a_lo, a_hi) * s * size
+    b = a * rng.uniform(q_lo, q_hi)
+    harm = _harmonics(rng, 4, rough)
+    return a, b, harm, rng.uniform(i_lo, i_hi), rng.random() < 0.5
+
+
 class _Canvas:
     """Collects non-overlapping nuclei: instance image, normalised radius and attributes."""
 
@@ -59,12 +69,14 @@ class _Canvas:
 
     def add(self, kind, centre, angle, malignant=False, boundary=False, margin=0.8, size=1.0):
         """Draw one nucleus (sizes in um, ``angle`` of the long axis); None if it collides."""
-        rng, s, (h, w) = self.rng, self.s, self.shape
-        (a_lo, a_hi), (q_lo, q_hi), rough, (i_lo, i_hi), rim, tex = _KIND_PARAMS[kind]
-        a = rng.uniform(a_lo, a_hi) * s * size
-        b = a * rng.uniform(q_lo, q_hi)
-        harm = _harmonics(rng, 4, rough)
-        inten, nucleolus = rng.uniform(i_lo, i_hi), rng.random() < 0.5
+        shape = _nucleus_shape(self.rng, kind, self.s, size)
+        return self.place(kind, centre, angle, shape, malignant, boundary, margin)
+
+    def place(self, kind, centre, angle, shape, malignant=False, boundary=False, margin=0.8):
+        """Draw a nucleus of the given :func:`_nucleus_shape`; None if it collides."""
+        s, (h, w) = self.s, self.shape
+        a, b, harm, inten, nucleolus = shape
+        rim, tex = _KIND_PARAMS[kind][4:]
         r0, c0 = centre
         if not (0 <= r0 < h and 0 <= c0 < w) or self.occ[int(r0), int(c0)]:
             return None
