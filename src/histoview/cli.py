@@ -119,6 +119,8 @@ def _cmd_explain(args) -> int:
     from histoview.io.files import check_writable_dir
 
     check_writable_dir(args.out)
+    if _explain_as_slide(args):
+        return _cmd_explain_slide(args)
     written = explain_file(
         args.image,
         method=args.method,
@@ -133,6 +135,97 @@ def _cmd_explain(args) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _slide_methods(args) -> list[str]:
+    from histoview.explain.methods import get_method, list_methods
+
+    if args.method != "all":
+        return [args.method]
+    return [m for m in list_methods(run_all=True) if get_method(m).slide is not None]
+
+
+def _explain_as_slide(args) -> bool:
+    """``--whole-slide`` or ``--region``, or an image too big at the model's pixel size to
+    explain in one piece (:func:`histoview.explain.slide_run.needs_slide_engine`)."""
+    from histoview.explain.slide_run import needs_slide_engine
+
+    if args.whole_slide or args.region is not None:
+        return True
+    return needs_slide_engine(
+        args.image,
+        _slide_methods(args),
+        model=args.model,
+        checkpoint=args.checkpoint,
+        pixel_size_um=args.pixel_size,
+    )
+
+
+def _cmd_explain_slide(args) -> int:
+    """``histoview explain`` tile by tile (:func:`histoview.explain.slide_run.explain_slide`)."""
+    from histoview.explain.slide_run import explain_slide
+
+    methods = _slide_methods(args)
+    if not methods:
+        raise ValueError(f"{args.image}: no method runs on whole slides here")
+    amp = {"auto": None, "on": True, "off": False}[args.mixed_precision]
+    for method in methods:
+        print(f"{method}: explaining {args.image} tile by tile", flush=True)
+        result = explain_slide(
+            args.image,
+            method,
+            out_dir=args.out,
+            checkpoint=None if args.method == "all" else args.checkpoint,
+            model=None if args.method == "all" else args.model,
+            pixel_size_um=args.pixel_size,
+            region=args.region,
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            amp=amp,
+            target_class=args.target_class,
+            options={"importance": args.importance} if args.importance else None,
+            progress=_SlideProgress(method),
+            resume=not args.restart,
+            overwrite=args.overwrite,
+            report=lambda line, m=method: print(f"{m}: {line}", flush=True),
+        )
+        s = result.summary
+        print(
+            f"{method}: {s['tiles_done']} of {s['tiles_total']} tiles, {s['tiles_skipped']} "
+            f"skipped, {s['time_s']:.1f} s; pixel size {s['pixel_size_um']:.4g} um/px "
+            f"({s['pixel_size_source']}), slide {s['slide_pixel_size']}"
+        )
+        for tile in s["skipped_tiles"]:
+            print(f"{method}: skipped tile {tile['index']}: {tile['reason']}")
+        if "prediction" in s:
+            print(f"{method}: slide prediction {s['prediction']}")
+        for path in result.outputs.values():
+            print(f"wrote {path}")
+    return 0
+
+
+class _SlideProgress:
+    """Prints tiles done / total and the time left, at most every 2 s (and the last batch)."""
+
+    def __init__(self, method: str, every_s: float = 2.0):
+        self.method, self.every_s, self.last = method, every_s, None
+
+    def __call__(self, event: dict) -> None:
+        import time
+
+        now = time.monotonic()
+        final = event["done"] + event["skipped"] >= event["total"]
+        if not final and self.last is not None and now - self.last < self.every_s:
+            return
+        self.last = now
+        left = event["remaining_s"]
+        left = f", about {left:.0f} s left" if left is not None and not final else ""
+        print(
+            f"{self.method}: tiles {event['done']}/{event['total']} "
+            f"({event['skipped']} skipped), {event['elapsed_s']:.0f} s{left}",
+            flush=True,
+        )
 
 
 def _cmd_evaluate(args) -> int:
@@ -333,6 +426,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=list(graph_importance),
         help="graph models: node importance method",
+    )
+    slide = p.add_argument_group(
+        "whole slides",
+        "tile by tile at the model's pixel size; used when the image at that pixel size does not "
+        "fit in one piece, or with --whole-slide / --region",
+    )
+    slide.add_argument(
+        "--whole-slide", action="store_true", help="explain tile by tile whatever the image's size"
+    )
+    slide.add_argument(
+        "--region",
+        default=None,
+        help="x,y,w,h of level 0 in pixels, or in micrometres with a 'um' suffix "
+        "(e.g. 1000,2000,500,500um)",
+    )
+    slide.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)"
+    )
+    slide.add_argument("--batch-size", type=int, default=16, help="tiles per batch (default 16)")
+    slide.add_argument(
+        "--workers", type=int, default=2, help="processes reading tiles (default 2; 0: none)"
+    )
+    slide.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="autocast (auto: on with CUDA, off on the CPU)",
+    )
+    slide.add_argument(
+        "--restart", action="store_true", help="ignore the working store of an earlier run"
     )
     p.set_defaults(func=_cmd_explain)
 

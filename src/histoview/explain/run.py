@@ -35,22 +35,10 @@ def load_for_method(
     """(model, meta, sha256) for ``method``: the given checkpoint, else the newest checkpoint
     of ``model`` in the library, else the method's bundled demo weights."""
     from histoview.models.checkpoint import load_model
-    from histoview.models.library import bundled_checkpoint, find_checkpoint, list_checkpoints
     from histoview.models.registry import get_model_config
 
     spec = get_method(method)
-    if checkpoint is not None:
-        path = find_checkpoint(checkpoint)
-    elif model is not None:
-        entries = list_checkpoints(model=model)
-        if not entries:
-            raise CheckpointError(
-                f"no checkpoint for model {model!r}: train one (histoview train) and pass "
-                "--checkpoint"
-            )
-        path = entries[0].path
-    else:
-        path = bundled_checkpoint(spec.demo_weights, purpose=f"method {method!r}")
+    path = checkpoint_for_method(method, model=model, checkpoint=checkpoint)
     net, meta = load_model(path, device=device, model_name=model)
     config = get_model_config(meta["model"])
     if not spec.accepts(config):
@@ -60,6 +48,26 @@ def load_for_method(
             f"{meta['model']!r} ({config.kind})"
         )
     return net, meta, sha256_file(path)
+
+
+def checkpoint_for_method(
+    method: str, *, model: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> Path:
+    """The checkpoint :func:`load_for_method` loads (its sidecar says the model's pixel size
+    before any model is built)."""
+    from histoview.models.library import bundled_checkpoint, find_checkpoint, list_checkpoints
+
+    if checkpoint is not None:
+        return find_checkpoint(checkpoint)
+    if model is not None:
+        entries = list_checkpoints(model=model)
+        if not entries:
+            raise CheckpointError(
+                f"no checkpoint for model {model!r}: train one (histoview train) and pass "
+                "--checkpoint"
+            )
+        return entries[0].path
+    return bundled_checkpoint(get_method(method).demo_weights, purpose=f"method {method!r}")
 
 
 def choose_level(src, meta: dict[str, Any]) -> int:
