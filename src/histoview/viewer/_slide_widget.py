@@ -1,0 +1,458 @@
+"""The whole-slide dock: explain a slide (or the current view, or a drawn rectangle) with any
+method, and watch the overlay fill in tile by tile while panning.
+
+The run is the core's slide engine (:func:`histoview.explain.slide_run.explain_slide`: tiles
+at the model's pixel size, background skipped, maps merged on disk, resumable) in a worker
+thread. A second worker loop reads the engine's working store every
+:data:`REFRESH_S` seconds (:mod:`histoview.viewer._slide_live`) and hands the main thread
+ready arrays; the main thread only swaps them into three layers: the tissue mask, the tiles
+done, and the map. Cancel stops the engine between batches; pressing the button again resumes
+from the tiles already done. The written outputs (``<stem>.<method>.ome.tif`` and the JSON
+summary) open in napari and QuPath in place.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+
+from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
+from histoview.explain.methods import get_method, list_methods, method_title
+from histoview.viewer._compat import avoid_triton_llvm_clash
+from histoview.viewer._layer_choice import is_tissue_image, layer_choice
+from histoview.viewer._slide_live import (
+    format_progress,
+    placement,
+    read_snapshot,
+    world_box_to_region,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+#: seconds between two looks at the running store
+REFRESH_S = 0.5
+SCOPES = ("whole slide", "current view", "drawn rectangle")
+#: metadata key of the layers this dock adds (other docks do not list them as images)
+SLIDE_KEY = "histoview_slide"
+
+
+def slide_methods() -> list[str]:
+    """The methods that run on whole slides (those whose registry record has a processor)."""
+    return [m for m in list_methods() if getattr(get_method(m), "slide", None) is not None]
+
+
+def is_slide_layer(layer) -> bool:
+    """An image the user opened from a file histoview reads (the engine reads the file)."""
+    info = layer.metadata.get("histoview") or {}
+    return is_tissue_image(layer) and SLIDE_KEY not in layer.metadata and bool(info.get("path"))
+
+
+def default_out_dir() -> Path:
+    """Where slide outputs go unless the user picks a folder: the user's histoview data folder."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("histoview")) / "slides"
+
+
+def checkpoint_entries(method: str) -> list:
+    """(label, entry) of every checkpoint ``method`` can use: the user's library, then bundled."""
+    from histoview.models.library import list_checkpoints
+    from histoview.models.registry import get_model_config
+
+    spec = get_method(method)
+    entries = [
+        e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))
+    ]
+    return [(e.label(), e) for e in entries]
+
+
+class SlideWidget(Container):
+    """Dock: slide layer, method, model, scope, device, batch size, workers, output folder,
+    run/cancel, progress, result (module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        from napari.layers import Image
+
+        self.viewer = viewer
+        self._worker = None
+        self._cancel = threading.Event()
+        self._layers: dict[str, object] = {}
+        self.last_result = None
+        self.first_tiles_s: float | None = None
+        methods = slide_methods()
+        self.slide_choice = layer_choice(Image, is_slide_layer, label="slide")
+        self.method_choice = ComboBox(
+            label="method", choices=methods, value="amil" if "amil" in methods else None
+        )
+        self.model_choice = ComboBox(
+            label="model", choices=lambda _w=None: checkpoint_entries(self.method_choice.value)
+        )
+        self.scope = ComboBox(label="explain", choices=list(SCOPES), value=SCOPES[0])
+        self.device = ComboBox(label="device", choices=_devices(), value="auto")
+        self.batch_size = SpinBox(label="batch size", min=1, max=1024, value=32)
+        self.workers = SpinBox(
+            label="reader workers",
+            min=0,
+            max=32,
+            value=min(2, max(0, (os.cpu_count() or 1) - 1)),
+            tooltip="DataLoader processes reading tiles while the model computes (0: read in "
+            "the run's own thread)",
+        )
+        self.out_dir = FileEdit(label="output folder", mode="d", value=str(default_out_dir()))
+        self.show_tissue = CheckBox(label="show tissue mask", value=True)
+        self.run_button = PushButton(text="Explain slide")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="tiles", min=0, max=1, value=0)
+        self.status = Label(label="status", value="")
+        self.status.native.setWordWrap(True)
+        self.notice = Label(value=RESEARCH_NOTICE)
+        self.extend(
+            [
+                self.slide_choice,
+                self.method_choice,
+                self.model_choice,
+                self.scope,
+                self.device,
+                self.batch_size,
+                self.workers,
+                self.out_dir,
+                self.show_tissue,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+                self.notice,
+            ]
+        )
+        self.method_choice.changed.connect(self._method_changed)
+        self.show_tissue.changed.connect(self._tissue_toggled)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        viewer.layers.events.inserted.connect(self.slide_choice.reset_choices)
+        viewer.layers.events.removed.connect(self.slide_choice.reset_choices)
+        self._method_changed()
+
+    # -- choices ------------------------------------------------------------------------------
+    def _method_changed(self, _event=None):
+        method = self.method_choice.value
+        if method is None:
+            return
+        current = self.model_choice.value
+        self.model_choice.reset_choices()
+        for _, entry in checkpoint_entries(method):
+            if current is not None and entry.path == current.path:
+                self.model_choice.value = entry
+        self.run_button.text = f"Explain slide with {method_title(method)}"
+        self.run_button.tooltip = get_method(method).citation
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def region(self):
+        """The level-0 (row, col, height, width) to explain for the chosen scope (None: all)."""
+        layer = self.slide_choice.value
+        scope = self.scope.value
+        if scope == "whole slide" or layer is None:
+            return None
+        shape0 = layer.level_shapes[0] if layer.multiscale else layer.data.shape
+        scale, translate = tuple(layer.scale), tuple(layer.translate)
+        if scope == "current view":
+            scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; before, viewer.camera
+            camera = scene.camera if scene is not None else self.viewer.camera
+            cy, cx = camera.center[-2:]
+            h, w = self.viewer.canvas.size
+            zoom = float(camera.zoom)
+            box = ((cy - h / 2 / zoom, cx - w / 2 / zoom), (cy + h / 2 / zoom, cx + w / 2 / zoom))
+        else:
+            box = self._drawn_box()
+        region = world_box_to_region(box, scale, translate, shape0)
+        if region is None:
+            raise ValueError(f"the {scope} does not overlap the slide {layer.name!r}")
+        return region
+
+    def _drawn_box(self):
+        from napari.layers import Shapes
+
+        selected = self.viewer.layers.selection.active
+        shapes = [selected] if isinstance(selected, Shapes) else []
+        shapes += [lay for lay in reversed(self.viewer.layers) if isinstance(lay, Shapes)]
+        for lay in shapes:
+            for data, kind in zip(reversed(lay.data), reversed(lay.shape_type)):
+                if kind in ("rectangle", "polygon") and len(data):
+                    pts = np.array([lay.data_to_world(p) for p in data], float)[:, -2:]
+                    lo, hi = pts.min(0), pts.max(0)
+                    return ((lo[0], lo[1]), (hi[0], hi[1]))
+        raise ValueError(
+            "draw a rectangle first: add a Shapes layer, pick the rectangle tool and drag it "
+            "over the slide"
+        )
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, _event=None):
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            return
+        layer, entry, method = (
+            self.slide_choice.value,
+            self.model_choice.value,
+            self.method_choice.value,
+        )
+        if layer is None:
+            self._report_error("open a slide first (File > Open, or File > Open Sample)")
+            return
+        if entry is None or method is None:
+            self._report_error(f"no model available for {method}: train one or add a checkpoint")
+            return
+        try:
+            region = self.region()
+        except ValueError as exc:
+            self._report_error(str(exc))
+            return
+        info = layer.metadata.get("histoview") or {}
+        user_mpp = info.get("pixel_size_um") if info.get("pixel_size_source") == "user" else None
+        avoid_triton_llvm_clash()
+        self._cancel.clear()
+        self._slide = layer
+        self._method = method
+        self._started = time.perf_counter()
+        self.first_tiles_s = None
+        worker = create_worker(
+            _slide_work,
+            info["path"],
+            method,
+            entry.path,
+            region,
+            user_mpp,
+            None if self.device.value == "auto" else self.device.value,
+            int(self.batch_size.value),
+            int(self.workers.value),
+            Path(self.out_dir.value),
+            self._cancel,
+            _start_thread=False,
+        )
+        worker.yielded.connect(self._on_yield)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(lambda exc: self._report_error(str(exc)))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.status.value = "finding tissue..."
+        worker.start()
+
+    def cancel(self, _event=None):
+        """Stop the engine between batches; the tiles done stay in the store for a resume."""
+        if self._worker is not None:
+            self._cancel.set()
+            self.status.value = "cancelling (after the current batch)..."
+
+    def _on_yield(self, item):
+        kind, payload = item
+        if kind == "tissue":
+            mask, factor = payload
+            self._swap("tissue", mask, factor, (0.0, 0.0), colormap="green", opacity=0.25)
+            self._tissue_toggled()
+        elif kind == "snapshot":
+            self._show(payload)
+
+    def _show(self, snap):
+        if snap.values is not None:
+            if self.first_tiles_s is None and snap.done:
+                self.first_tiles_s = time.perf_counter() - self._started
+            self._swap(
+                "map",
+                snap.values,
+                snap.map_factor,
+                snap.origin,
+                colormap=get_method(self._method).colormap,
+                opacity=0.6,
+                contrast=snap.contrast,
+            )
+        self._swap(
+            "tiles", snap.tiles, snap.tile_factor, snap.origin, colormap="cyan", opacity=0.15
+        )
+        self.progress.max = max(1, snap.total)
+        self.progress.value = min(snap.done, snap.total)
+        self.status.value = format_progress(snap, snap.progress)
+
+    def _swap(self, role, data, factor, origin, *, colormap, opacity, contrast=(0.0, 1.0)):
+        """Put ``data`` into this run's ``role`` layer (made on first use, then data swapped)."""
+        slide = self._slide
+        where = placement(factor, origin, tuple(slide.scale), tuple(slide.translate))
+        layer = self._layers.get(role)
+        if layer is None or layer not in self.viewer.layers:
+            names = {
+                "map": f"{slide.name} · {method_title(self._method)}",
+                "tiles": f"{slide.name} · tiles done",
+                "tissue": f"{slide.name} · tissue",
+            }
+            layer = self.viewer.add_image(
+                data,
+                name=names[role],
+                colormap=colormap,
+                opacity=opacity,
+                contrast_limits=contrast,
+                blending="translucent" if role == "map" else "additive",
+                metadata={SLIDE_KEY: {"role": role, "method": self._method}},
+                units=tuple(getattr(slide, "units", ("pixel", "pixel")))[-2:],
+                **where,
+            )
+            self._layers[role] = layer
+            self.viewer.layers.selection.active = slide
+        else:
+            layer.data = data
+            layer.contrast_limits = contrast
+
+    def _tissue_toggled(self, _event=None):
+        layer = self._layers.get("tissue")
+        if layer is not None:
+            layer.visible = bool(self.show_tissue.value)
+
+    def _on_done(self, outcome):
+        result, snap = outcome
+        self.last_result = result
+        if snap is not None:
+            self._show(snap)
+        tiles = self._layers.get("tiles")
+        if tiles is not None:
+            tiles.visible = False
+        self.status.value = _result_text(result)
+
+    def _on_finished(self):
+        self._worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _report_error(self, message: str):
+        from napari.utils.notifications import show_error
+
+        self.status.value = f"error: {message}"
+        show_error(f"histoview: {message}")
+
+
+def _devices() -> list[str]:
+    import torch
+
+    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _slide_work(
+    path, method, checkpoint, region, pixel_size, device, batch, workers, out_dir, stop
+):
+    """Worker generator: the tissue mask first (shown at once), then the engine in a thread of
+    its own while the store is read every :data:`REFRESH_S` s. Yields ``("tissue", (mask,
+    factor))`` and ``("snapshot", Snapshot)``; returns ``(SlideResult, last Snapshot)``."""
+    from histoview.explain.slide_run import explain_slide, resolve_slide_pixel_size
+    from histoview.io import open_image
+    from histoview.io.files import output_stem
+    from histoview.preprocessing.tissue import detect_tissue
+
+    with open_image(path) as src:
+        resolve_slide_pixel_size(src, pixel_size)
+        tissue = detect_tissue(src)
+        p0 = src.pixel_size_um
+    yield "tissue", (tissue.mask.astype("float32"), tissue.pixel_size_um / p0)
+
+    events: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = explain_slide(
+                path,
+                method,
+                out_dir=out_dir,
+                checkpoint=checkpoint,
+                pixel_size_um=pixel_size,
+                region=region,
+                device=device,
+                batch_size=batch,
+                workers=workers,
+                progress=events.put,
+                cancel=stop.is_set,
+                tissue=tissue,
+                keep_store=True,
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=run, name="histoview-slide", daemon=True)
+    thread.start()
+    # where explain_slide keeps its working store (slide_run's naming)
+    store = Path(out_dir) / f"{output_stem(path)}.{method}.zarr"
+    latest: dict = {}
+    last, snap = 0.0, None
+    while True:
+        try:
+            event = events.get(timeout=0.05)
+        except queue.Empty:
+            event = {}
+        if event is None:
+            break
+        latest.update(event)
+        store = latest.get("store", store)
+        if store and latest.get("done") and time.monotonic() - last >= REFRESH_S:
+            try:
+                snap = read_snapshot(store, progress=latest)
+            except Exception:  # noqa: BLE001 - a chunk being written: look again next time
+                snap = None
+            if snap is not None:
+                last = time.monotonic()
+                yield "snapshot", snap
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    final = read_snapshot(result.store_path, progress=latest) if result.store_path else None
+    if not result.cancelled and result.store_path is not None:
+        shutil.rmtree(result.store_path, ignore_errors=True)  # outputs written: not needed
+    return result, final or snap
+
+
+def _result_text(result) -> str:
+    summary = result.summary or {}
+    if result.cancelled:
+        done, total = summary.get("tiles_done"), summary.get("tiles_total")
+        return (
+            f"cancelled at {done} / {total} tiles: press Explain slide again to resume from "
+            "the tiles done"
+        )
+    lines = []
+    pred, probs = summary.get("predicted_label"), summary.get("probabilities")
+    if pred is not None:
+        lines.append(f"slide prediction: {pred}")
+    if isinstance(probs, dict):
+        from histoview.explain.display import format_probability
+
+        lines.append(", ".join(f"{k} {format_probability(v)}" for k, v in probs.items()))
+    if summary.get("tiles_skipped"):
+        lines.append(f"{summary['tiles_skipped']} unreadable tiles skipped (listed in the JSON)")
+    if result.outputs:
+        lines.append("written: " + ", ".join(Path(p).name for p in result.outputs.values()))
+    if summary.get("synthetic"):
+        lines.append(SYNTHETIC_NOTICE)
+    return "\n".join(lines) or "done"
