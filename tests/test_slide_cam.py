@@ -286,3 +286,160 @@ def test_slide_wide_dt_threshold_matches_single_image_rule():
         agree = ((out > 0) == (kept > 0)).mean()
         assert agree > 0.98
         assert scale.to_dict()["threshold_raw"] == pytest.approx(scale.threshold * peak)
+
+
+# -- end to end through the slide engine -------------------------------------------------------
+SLIDE_SHAPE = (448, 1024)
+#: (label, seed, (row, col, height, width)) of the phantoms on the test slide, 0.5 um/px
+SLIDE_PHANTOMS = (("benign", 1, (32, 32, 384, 448)), ("invasive", 2, (32, 544, 384, 448)))
+
+
+@pytest.fixture(scope="module")
+def phantom_slide(tmp_path_factory):
+    """A benign and an invasive phantom on glass as a pyramidal TIFF, and the lesion mask."""
+    from histoview.io.pyramid import write_pyramidal_tiff
+    from histoview.preprocessing.phantom import make_phantom
+
+    image = np.full((*SLIDE_SHAPE, 3), 245, np.uint8)
+    lesion = np.zeros(SLIDE_SHAPE, bool)
+    for label, seed, (r, c, h, w) in SLIDE_PHANTOMS:
+        ph = make_phantom(label, shape=(h, w), pixel_size_um=0.5, seed=seed)
+        image[r : r + h, c : c + w] = ph.image
+        lesion[r : r + h, c : c + w] = ph.malignant_mask
+    path = tmp_path_factory.mktemp("slide") / "phantoms.tif"
+    write_pyramidal_tiff(path, image, tile=256, pixel_size_um=0.5, min_size=256)
+    return path, lesion
+
+
+def _read_map(path):
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        return tf.series[0].asarray()  # (2, h, w): map, probability
+
+
+def _cells(mask, factor, shape):
+    pad = np.zeros((shape[0] * factor, shape[1] * factor), bool)
+    h, w = min(mask.shape[0], pad.shape[0]), min(mask.shape[1], pad.shape[1])
+    pad[:h, :w] = mask[:h, :w]
+    return pad.reshape(shape[0], factor, shape[1], factor).mean((1, 3)) > 0.5
+
+
+def _tissue_auc(values, lesion_cells, factor):
+    from histoview.training.metrics import roc_auc
+
+    inside = np.zeros(lesion_cells.shape, bool)
+    for _, _, (r, c, h, w) in SLIDE_PHANTOMS:
+        inside[-(-r // factor) : (r + h) // factor, -(-c // factor) : (c + w) // factor] = True
+    return roc_auc(lesion_cells[inside], values[inside])
+
+
+@pytest.fixture(scope="module")
+def gradcam_run(phantom_slide, tmp_path_factory):
+    from histoview.explain.slide_run import explain_slide
+
+    path, _ = phantom_slide
+    return explain_slide(path, "gradcam", out_dir=tmp_path_factory.mktemp("gradcam"), workers=0)
+
+
+@pytest.mark.slow
+def test_gradcam_on_a_slide_finds_the_lesion_without_seams(phantom_slide, gradcam_run):
+    _, lesion = phantom_slide
+    summary = gradcam_run.summary
+    out = _read_map(gradcam_run.outputs["map"])
+    factor = summary["map"]["cell_model_px"]
+    assert factor == 16 and summary["map_pixel_size_um"] == pytest.approx(8.0)
+    assert out.shape == (2, SLIDE_SHAPE[0] // 16, SLIDE_SHAPE[1] // 16)
+    assert out.min() >= 0 and out.max() == pytest.approx(1.0)
+    assert summary["target_class_name"] == "malignant" and summary["threshold"] is None
+    assert summary["seam"]["seam_score"] <= 1.2
+    assert summary["tiles_explained"] == summary["tiles_done"] > 10
+    cells = _cells(lesion, factor, out.shape[1:])
+    assert _tissue_auc(out[0], cells, factor) >= 0.9
+    assert _tissue_auc(out[1], cells, factor) > 0.7  # the per-tile probability channel
+    assert summary["tile_probability"]["max"] > 0.9
+
+
+@pytest.mark.slow
+def test_dt_gradcam_slide_threshold_after_cancel_and_resume(phantom_slide, gradcam_run, tmp_path):
+    """DT Grad-CAM resumed after a cancel: the same slide scale as Grad-CAM, its map Grad-CAM's
+    zeroed at and below one slide-wide threshold."""
+    from histoview.explain.slide_run import explain_slide
+
+    path, _ = phantom_slide
+    polls = iter(range(1000))
+    first = explain_slide(
+        path,
+        "dt-gradcam",
+        out_dir=tmp_path,
+        workers=0,
+        batch_size=8,
+        cancel=lambda: next(polls) >= 2,
+    )
+    assert first.cancelled and not first.outputs
+    run = explain_slide(path, "dt-gradcam", out_dir=tmp_path, workers=0, batch_size=8)
+    summary, plain = run.summary, gradcam_run.summary
+    assert summary["resumed"] and summary["threshold_method"] == "otsu"
+    assert summary["scale_raw"] == pytest.approx(plain["scale_raw"], rel=1e-5)
+    thr = summary["threshold"]
+    assert 0 < thr < 1 and summary["threshold_raw"] == pytest.approx(thr * summary["scale_raw"])
+    dt, cam = _read_map(run.outputs["map"]), _read_map(gradcam_run.outputs["map"])
+    assert np.allclose(dt[1], cam[1], atol=1e-5)
+    kept = cam[0] > thr
+    assert np.allclose(dt[0][kept], cam[0][kept], atol=1e-5) and (dt[0][~kept] == 0).all()
+    assert 0.01 < kept.mean() < 0.6
+
+
+@pytest.mark.slow
+def test_rmcg_node_attention_on_a_slide(phantom_slide, tmp_path):
+    from histoview.explain.slide_run import explain_slide
+    from histoview.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    meta = {"model": "test_rmcg", "classes": ["benign", "malignant"], "pixel_size_um": 0.5}
+    ckpt = save_checkpoint(tmp_path / "rmcg.safetensors", create_model("test_rmcg"), meta)
+    path, _ = phantom_slide
+    run = explain_slide(path, "rmcg", out_dir=tmp_path, checkpoint=ckpt, workers=0)
+    summary = run.summary
+    out = _read_map(run.outputs["map"])
+    assert summary["map"]["cell_model_px"] == 32 and summary["map"]["tile_cells"] == 3
+    assert summary["map"]["overlap_cells"] == 1 and summary["grid"]["overlap"] == 32
+    assert out.shape[0] == 2 and 0 <= out.min() and out.max() == pytest.approx(1.0)
+    assert summary["map"]["channels"] == ["RMCG node attention", "p(malignant)"]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_processor_tiles_go_through_the_checkpoints_input_path(method):
+    """With a stain normaliser in the sidecar, each tile is normalised in prepare_tile and its
+    map equals the single-image explanation's (InputSpec) before normalising."""
+    from histoview.explain.slide_cam_processor import CAMSlideProcessor
+    from histoview.explain.slide_processor import SlideContext, TileBox
+    from histoview.preprocessing.phantom import make_phantom
+    from histoview.preprocessing.stain import StainNormaliser
+
+    model, meta = _demo_model()
+    reference = make_phantom("benign", shape=(256, 256), seed=7).image
+    meta = {**meta, "stain_normalisation": StainNormaliser("reinhard").fit(reference).to_dict()}
+    ctx = SlideContext(pixel_size_um=0.5, options={"tile_size": 256})
+    proc = CAMSlideProcessor(method, model, meta, None, ctx)
+    assert proc.prepare_tile is not None and proc.factor == 32 and proc.overlap == 64
+    image = make_phantom("invasive", shape=(256, 512), seed=8).image
+    tiles = np.stack([image[:, :256], image[:, 256:]])
+    boxes = [TileBox(i, (0, i), (0, 192 * i), (0, 192 * i, 256, 256)) for i in range(2)]
+    results = proc.process(tiles, boxes, [proc.prepare_tile(t) for t in tiles])
+    for tile, res in zip(tiles, results):
+        alone = explain_cnn(model, tile, method=method, target_class=1, checkpoint_meta=meta)
+        raw = torch.from_numpy(res.maps[method][..., 0])[None, None]
+        up = F.interpolate(raw, size=(128, 128), mode="bilinear", align_corners=False)[0, 0]
+        ref = alone.values * alone.extra["cam_max"]
+        assert np.allclose(up.numpy(), ref, rtol=1e-4, atol=1e-6 * max(float(ref.max()), 1e-12))
+        p = float(alone.probabilities[1])
+        assert np.allclose(res.maps[method][..., 1], p, atol=1e-5)
+        assert np.allclose(res.extras["probabilities"], alone.probabilities, atol=1e-5)
+        assert res.weights[method].shape == (8, 8)
+    plain = CAMSlideProcessor(
+        method, model, {k: v for k, v in meta.items() if k != "stain_normalisation"}, None, ctx
+    )
+    assert plain.prepare_tile is None
+    with pytest.raises(ValueError, match="multiple of its 8 map cells"):
+        CAMSlideProcessor(method, model, meta, None, SlideContext(0.5, options={"tile_size": 132}))

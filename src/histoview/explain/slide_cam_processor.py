@@ -24,13 +24,15 @@ per-tile maximum and the fraction of tiles decided as that class beside it).
 **Tile size**: the model's input size at the model's pixel size unless the option
 ``tile_size`` asks for a larger field (model pixels, a multiple of the map's cells),
 resized to the input as the whole-image models are fed in training
-(:class:`~histoview.models.inputs.InputSpec`). Neighbours overlap by a quarter of the tile,
+(:class:`~histoview.models.inputs.InputSpec`, the model's one input path: a checkpoint's stain
+normaliser runs on each tile in the loader's workers, ``prepare_tile``). Neighbours overlap by a quarter of the tile,
 rounded to whole cells (option ``overlap_cells``); option ``window`` (``linear``, ``hann``,
 ``crop``) picks the blending weights (:func:`~histoview.explain.slide_cam.blend_window`).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -76,13 +78,11 @@ class CAMSlideProcessor:
         method: ``"gradcam"``, ``"dt-gradcam"``, ``"gradcam++"`` or ``"rmcg"``.
         model: a loaded image model (``model.model_config``), on ``ctx.device``.
         meta: its checkpoint sidecar (classes, synthetic...).
-        checkpoint_sha256: the weights' hash, recorded in the summary.
+        checkpoint_sha256: the weights' hash (the engine records it in the summary).
         ctx: the engine's :class:`SlideContext`; ``options`` may hold ``tile_size``,
             ``overlap_cells`` and ``window``.
         percentile: the robust maximum's percentile of the slide-wide normalisation.
     """
-
-    prepare_tile = None
 
     def __init__(
         self,
@@ -95,22 +95,27 @@ class CAMSlideProcessor:
         percentile: float = ROBUST_PERCENTILE,
     ) -> None:
         from histoview.explain.gradcam import CAM_METHODS, class_names
+        from histoview.models.inputs import InputSpec
 
         if method not in SLIDE_CAM_METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {SLIDE_CAM_METHODS}")
         self.method, self.model, self.meta, self.ctx = method, model, dict(meta or {}), ctx
-        self.sha = checkpoint_sha256 or self.meta.get("weights_sha256")
         self.percentile = float(percentile)
         config = model.model_config
         if config.input_size is None or config.input_size[0] != config.input_size[1]:
             raise ValueError(f"{config.name}: slides need a square model input, not {config}")
         self.input_size = tuple(config.input_size)
+        # the model's one input path: the checkpoint's stain normaliser, resize, normalise
+        self.spec = InputSpec.from_checkpoint(self.meta, model)
+        stain = self.spec.stain
+        # stain normalisation is CPU work per tile: in the loader's workers
+        self.prepare_tile = None if stain is None else functools.partial(stained, stain=stain)
         opts = dict(ctx.options or {})
         self.window_kind = str(opts.get("window", "linear"))
         if self.window_kind not in WINDOWS:
             raise ValueError(f"unknown window {self.window_kind!r}; use one of {WINDOWS}")
         self._cam = None if method == "rmcg" else CAM_METHODS[method](model)
-        probe = self._maps(np.full((1, *self.input_size, 3), 255, np.uint8), 0)
+        probe = self._maps(np.full((1, *self.input_size, 3), 255, np.uint8), 0, stained=True)
         self.num_classes = probe.probabilities.shape[1]
         self.classes = class_names(self.meta, self.num_classes)
         target = self.num_classes - 1 if ctx.target_class is None else int(ctx.target_class)
@@ -131,17 +136,11 @@ class CAMSlideProcessor:
             (self.cells, self.cells), (self.overlap_cells,) * 2, self.window_kind
         )
         self.maps = (MapSpec(method, factor=self.factor, channels=2, fill=0.0),)
-        self.extras = {
-            "probabilities": ((self.num_classes,), "float32"),
-            "grid_rc": ((2,), "int32"),
-        }
+        self.extras = {"probabilities": ((self.num_classes,), "float32")}
 
-    def _maps(self, tiles: np.ndarray, target: int):
-        from histoview.preprocessing.transforms import to_tensor
-
-        config = self.model.model_config
-        size = None if tiles.shape[1:3] == self.input_size else self.input_size
-        x = to_tensor(tiles, config.mean, config.std, size=size)
+    def _maps(self, tiles: np.ndarray, target: int, *, stained: bool = False):
+        """:class:`TileMaps` of (B, T, T, 3) uint8 tiles (``stained``: stain-normalised)."""
+        x = self.spec.images(tiles, stain_normalised=stained)
         x = x.to(next(self.model.parameters()).device)
         if self._cam is None:
             return tile_node_attention(self.model, x, target)
@@ -155,23 +154,26 @@ class CAMSlideProcessor:
             "window": self.window_kind,
             "percentile": self.percentile,
             "target_layer": "node attention" if self._cam is None else self._cam.layer_name,
+            "stain": None if self.spec.stain is None else self.spec.stain.to_dict(),
         }
 
     def process(
         self, tiles: np.ndarray, boxes: list[TileBox], prepared: list[dict]
     ) -> list[TileResult]:
         """Raw maps and probabilities of a batch of (B, T, T, 3) uint8 tiles."""
-        tm = self._maps(np.asarray(tiles), self.target_class)
+        if self.prepare_tile is not None:
+            tm = self._maps(
+                np.stack([p["tile"] for p in prepared]), self.target_class, stained=True
+            )
+        else:
+            tm = self._maps(np.asarray(tiles), self.target_class)
         return [
             TileResult(
                 maps={self.method: tile_values(tm, k)},
                 weights={self.method: self.window},
-                extras={
-                    "probabilities": tm.probabilities[k],
-                    "grid_rc": np.asarray(box.grid_rc, np.int32),
-                },
+                extras={"probabilities": tm.probabilities[k]},
             )
-            for k, box in enumerate(boxes)
+            for k in range(len(boxes))
         ]
 
     def finalize(self, store) -> SlideOutcome:
@@ -194,8 +196,7 @@ class CAMSlideProcessor:
         )
         done = np.asarray(store.done_indices(), np.int64)
         probs = np.asarray(store.extras("probabilities"))[done].astype(np.float64)
-        grid_rc = np.asarray(store.extras("grid_rc"))[done]
-        seam = self._seam(store, scale, grid_rc, tuple(shape))
+        seam = self._seam(store, scale, tuple(shape))
 
         def final(values, weight, rows):
             out = np.zeros((*weight.shape, 2), np.float32)
@@ -210,9 +211,7 @@ class CAMSlideProcessor:
         target_p = probs[:, self.target_class] if len(probs) else np.zeros(0)
         tile_calls = probs.argmax(1) if len(probs) else np.zeros(0, int)
         label = self.classes[self.target_class]
-        summary = {
-            "method": name,
-            "model": self.model.model_config.name,
+        summary = {  # the engine adds method, model, checkpoint hash, tiles and time
             "classes": list(self.classes),
             "target_class": self.target_class,
             "target_class_name": label,
@@ -239,8 +238,6 @@ class CAMSlideProcessor:
             },
             **scale.to_dict(),
             "seam": seam,
-            "checkpoint_sha256": self.sha,
-            "synthetic": bool(self.meta.get("synthetic", False)),
         }
         final_map = FinalMap(
             name,
@@ -251,16 +248,17 @@ class CAMSlideProcessor:
         )
         return SlideOutcome(summary, [final_map])
 
-    def _seam(self, store, scale: SlideScale, grid_rc: np.ndarray, shape) -> dict:
+    def _seam(self, store, scale: SlideScale, shape: tuple[int, int]) -> dict:
         """Seam score of the normalised map (without DT's threshold, which makes edges)."""
-        if len(grid_rc) == 0:
-            return {"seam_score": float("nan")}
-        tiles = tuple(int(v) + 1 for v in grid_rc.max(0))
-        done = np.zeros(tiles, bool)
-        done[grid_rc[:, 0], grid_rc[:, 1]] = True
-        grid = CellGrid((self.cells,) * 2, (self.overlap_cells,) * 2, shape, tiles)
+        done = np.asarray(store.done[:], bool)
+        grid = CellGrid((self.cells,) * 2, (self.overlap_cells,) * 2, shape, done.shape)
         meter = SeamMeter(grid, done)
         plain = replace(scale, threshold=None)
         for rows, values, weight in store.iter_blocks(self.method):
             meter.add(rows, np.where(weight > 0, plain.normalise(values[..., 0]), np.nan))
         return meter.result()
+
+
+def stained(tile: np.ndarray, *, stain) -> dict[str, np.ndarray]:
+    """``prepare_tile`` of a checkpoint with a stain normaliser: ``{"tile": normalised}``."""
+    return {"tile": stain.transform(tile)}
