@@ -1,0 +1,115 @@
+"""The whole-slide dock's work off the UI thread: the tissue mask, the slide engine in a thread
+of its own, and snapshots of its working store for the main thread to swap in
+(:mod:`histoview.viewer._slide_widget`)."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from histoview import SYNTHETIC_NOTICE
+from histoview.viewer._slide_live import read_snapshot
+
+#: seconds between two looks at the running store
+REFRESH_S = 0.5
+
+
+def slide_work(path, method, checkpoint, region, pixel_size, device, batch, workers, out_dir, stop):
+    """Worker generator: the tissue mask first (shown at once), then the engine in a thread of
+    its own while the store is read every :data:`REFRESH_S` s. Yields ``("tissue", (mask,
+    factor))`` and ``("snapshot", Snapshot)``; returns ``(SlideResult, last Snapshot)``."""
+    from histoview.explain.slide_run import explain_slide, resolve_slide_pixel_size
+    from histoview.io import open_image
+    from histoview.io.files import output_stem
+    from histoview.preprocessing.tissue import detect_tissue
+
+    with open_image(path) as src:
+        resolve_slide_pixel_size(src, pixel_size)
+        tissue = detect_tissue(src)
+        p0 = src.pixel_size_um
+    yield "tissue", (tissue.mask.astype("float32"), tissue.pixel_size_um / p0)
+
+    events: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = explain_slide(
+                path,
+                method,
+                out_dir=out_dir,
+                checkpoint=checkpoint,
+                pixel_size_um=pixel_size,
+                region=region,
+                device=device,
+                batch_size=batch,
+                workers=workers,
+                progress=events.put,
+                cancel=stop.is_set,
+                tissue=tissue,
+                keep_store=True,
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=run, name="histoview-slide", daemon=True)
+    thread.start()
+    # where explain_slide keeps its working store (slide_run's naming)
+    store = Path(out_dir) / f"{output_stem(path)}.{method}.zarr"
+    latest: dict = {}
+    last, snap = 0.0, None
+    while True:
+        try:
+            event = events.get(timeout=0.05)
+        except queue.Empty:
+            event = {}
+        if event is None:
+            break
+        latest.update(event)
+        store = latest.get("store", store)
+        if store and latest.get("done") and time.monotonic() - last >= REFRESH_S:
+            try:
+                snap = read_snapshot(store, progress=latest)
+            except Exception:  # noqa: BLE001 - a chunk being written: look again next time
+                snap = None
+            if snap is not None:
+                last = time.monotonic()
+                yield "snapshot", snap
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    final = read_snapshot(result.store_path, progress=latest) if result.store_path else None
+    if not result.cancelled and result.store_path is not None:
+        shutil.rmtree(result.store_path, ignore_errors=True)  # outputs written: not needed
+    return result, final or snap
+
+
+def result_text(result) -> str:
+    summary = result.summary or {}
+    if result.cancelled:
+        done, total = summary.get("tiles_done"), summary.get("tiles_total")
+        return (
+            f"cancelled at {done} / {total} tiles: press Explain slide again to resume from "
+            "the tiles done"
+        )
+    lines = []
+    pred, probs = summary.get("predicted_label"), summary.get("probabilities")
+    if pred is not None:
+        lines.append(f"slide prediction: {pred}")
+    if isinstance(probs, dict):
+        from histoview.explain.display import format_probability
+
+        lines.append(", ".join(f"{k} {format_probability(v)}" for k, v in probs.items()))
+    if summary.get("tiles_skipped"):
+        lines.append(f"{summary['tiles_skipped']} unreadable tiles skipped (listed in the JSON)")
+    if result.outputs:
+        lines.append("written: " + ", ".join(Path(p).name for p in result.outputs.values()))
+    if summary.get("synthetic"):
+        lines.append(SYNTHETIC_NOTICE)
+    return "\n".join(lines) or "done"
