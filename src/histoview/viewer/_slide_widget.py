@@ -3,9 +3,9 @@ method, and watch the overlay fill in tile by tile while panning.
 
 The run is the core's slide engine (:func:`histoview.explain.slide_run.explain_slide`: tiles
 at the model's pixel size, background skipped, maps merged on disk, resumable) in a worker
-thread. A second worker loop reads the engine's working store every
-:data:`~histoview.viewer._slide_running.REFRESH_S` seconds (:mod:`~histoview.viewer._slide_live`) and hands the main thread
-ready arrays; the main thread only swaps them into three layers: the tissue mask, the tiles
+thread. A second worker loop (:mod:`~histoview.viewer._slide_running`) reads the engine's
+working store every half second (:mod:`~histoview.viewer._slide_live`) and hands the main
+thread ready arrays; the main thread only swaps them into three layers: the tissue mask, the tiles
 done, and the map. Cancel stops the engine between batches; pressing the button again resumes
 from the tiles already done. The written outputs (``<stem>.<method>.ome.tif`` and the JSON
 summary) open in napari and QuPath in place.
