@@ -11,6 +11,7 @@ from histoview.io.image import (
     open_image,
     read_rgb,
 )
+from histoview.io.ome_tiff import write_ome_tiff
 from histoview.io.pyramid import write_pyramidal_tiff
 from histoview.io.rgb import to_rgb8
 
@@ -25,6 +26,7 @@ __all__ = [
     "to_rgb8",
     "unique_path",
     "write_bytes",
+    "write_ome_tiff",
     "write_pyramidal_tiff",
     "write_text",
 ]

@@ -7,7 +7,8 @@ Aperio ``MPP =`` entry in the image description, or the resolution tags (TIFF
 Only a value that can be a microscope calibration is trusted: resolution tags without a
 unit, round screen/print values (72, 96, 150, 300, 600... pixels per inch, what most image
 tools write by default: 72 dpi would be 352.8 um/px) and anything outside
-:data:`PLAUSIBLE_PIXEL_SIZE_UM` are ignored, and
+:data:`PLAUSIBLE_PIXEL_SIZE_UM` (OME-XML values up to :data:`PLAUSIBLE_OME_MAX_UM`, for coarse
+maps) are ignored, and
 :attr:`~histoview.io.image.ImageSource.pixel_size_note` says so. Pixels whose y and x sizes
 differ by more than :data:`ANISOTROPY_TOLERANCE` keep both (the viewer shows them to scale) but
 :meth:`~histoview.io.image.ImageSource.check_square_pixels` refuses them
@@ -30,6 +31,10 @@ import numpy as np
 #: pixel sizes (um/px) a histology image can have: ~0.04 (BreakHis 400X, oil objectives) to 20
 #: (a slide thumbnail); a file's value outside this range is not a microscope calibration.
 PLAUSIBLE_PIXEL_SIZE_UM = (0.04, 20.0)
+#: the upper bound for OME-XML ``PhysicalSizeX/Y``, which carry their unit and are written on
+#: purpose: maps and masks at coarse resolutions (an attention map at one value per 112 um patch,
+#: a tissue mask at 8-32 um/px, :func:`histoview.io.ome_tiff.write_ome_tiff`) are calibrated too.
+PLAUSIBLE_OME_MAX_UM = 10_000.0
 #: pixels per inch that screen and print software write by default (not a calibration).
 DPI_DEFAULTS = (
     72,
@@ -101,10 +106,10 @@ def _fmt_um(v: float) -> str:
 
 
 def _plausible(
-    y_um: float, x_um: float, what: str
+    y_um: float, x_um: float, what: str, hi: float = PLAUSIBLE_PIXEL_SIZE_UM[1]
 ) -> tuple[tuple[float, float] | None, str | None]:
     """``((y, x), None)`` when both can be a microscope calibration, else ``(None, note)``."""
-    lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
+    lo = PLAUSIBLE_PIXEL_SIZE_UM[0]
     for v in (y_um, x_um):
         if not (np.isfinite(v) and lo <= v <= hi):
             size = _fmt_um(x_um) if x_um == y_um else f"{_fmt_um(y_um)} (y) x {_fmt_um(x_um)} (x)"
@@ -257,5 +262,5 @@ def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str | None, f
     note = None
     if y is None:
         y, note = x, "OME-XML: PhysicalSizeX only, square pixels assumed"
-    yx, bad = _plausible(y, x, "OME-XML PhysicalSizeX/PhysicalSizeY")
+    yx, bad = _plausible(y, x, "OME-XML PhysicalSizeX/PhysicalSizeY", PLAUSIBLE_OME_MAX_UM)
     return yx, bad or note, power
