@@ -20,5 +20,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "save_graph",
         ],
         ".phantom": ["PHANTOM_CLASSES", "Phantom", "make_phantom"],
+        ".tissue": ["NoTissueError", "TissueMask", "detect_tissue", "tissue_mask_from_rgb"],
     },
 )
