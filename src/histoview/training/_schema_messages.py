@@ -22,7 +22,7 @@ _EXPECTED = {
     "model": "a registered model name",
     "model_kwargs": "a mapping of the model factory's keyword arguments",
     "output_dir": "a folder path",
-    "data": "a mapping with the dataset's 'type' (phantom, breakhis, bach, folder or auto) "
+    "data": "a mapping with the dataset's 'type' (phantom, breakhis, bach, folder, idc or auto) "
     "and 'root' folder",
     "root": "a dataset folder path",
     "n_per_class": "a whole number of images >= 1",

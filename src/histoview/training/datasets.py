@@ -13,6 +13,11 @@ Layouts (:func:`discover_dataset`):
   al., 2020).
   BACH file names carry no patient, so splits are by image (and say so).
 * ``folder``: one sub-folder per class, any names.
+* ``idc``: invasive-ductal-carcinoma patches ``<patient>_idx5_x<col>_y<row>_class<0|1>.png``
+  anywhere below the root (:mod:`histoview.preprocessing.idc`); task ``idc`` (non_idc, idc).
+  Split by patient so that patient identity cannot stand for the label
+  (:mod:`histoview.training.idc_split`: training on patients with both classes, balanced
+  within each; ``balance: none`` uses the plain patient split instead).
 * ``phantom``: synthetic phantoms generated on the fly (:mod:`~histoview.preprocessing.phantom`);
   tasks ``binary`` (benign vs in situ+invasive), ``in_situ_vs_invasive`` and ``3class``.
   Each phantom is its own "patient".
@@ -52,6 +57,7 @@ TASKS = {
     "breakhis": ("binary", "subtype"),
     "bach": ("4class", "binary", "in_situ_vs_invasive"),
     "folder": ("folder",),
+    "idc": ("idc",),
     "phantom": ("binary", "in_situ_vs_invasive", "3class"),
 }
 
@@ -128,6 +134,13 @@ def detect_layout(root: str | Path) -> str:
             return "breakhis"
         if i > 50:
             break
+    from histoview.preprocessing.idc import parse_idc_name
+
+    for i, p in enumerate(root.rglob("*_idx5_*")):
+        if parse_idc_name(p) is not None:
+            return "idc"
+        if i > 50:
+            break
     subdirs = {_norm(d.name) for d in root.iterdir() if d.is_dir()}
     if {"in_situ", "invasive"} <= subdirs:
         return "bach"
@@ -180,7 +193,9 @@ def discover_dataset(spec: dict[str, Any]) -> Dataset:
         return _bach_dataset(root, **spec)
     if kind == "folder":
         return _folder_dataset(root, **spec)
-    raise ValueError(f"unknown dataset type {kind!r}; known: breakhis, bach, folder, phantom")
+    if kind == "idc":
+        return _idc_dataset(root, **spec)
+    raise ValueError(f"unknown dataset type {kind!r}; known: breakhis, bach, folder, idc, phantom")
 
 
 def _images(root: Path) -> list[Path]:
@@ -255,6 +270,30 @@ def _folder_dataset(root: Path, task: str = "folder") -> Dataset:
     if len(classes) < 2 or not samples:
         raise ValueError(f"{root}: need at least two class folders with images")
     return Dataset("folder", "folder", classes, samples, str(root), has_patients=False)
+
+
+def _idc_dataset(
+    root: Path,
+    task: str = "idc",
+    balance: str = "within-patient",
+    one_class_patients: str = "test",
+) -> Dataset:
+    from histoview.preprocessing.idc import IDC_CLASSES, IDC_PIXEL_SIZE_UM, find_idc_patches
+    from histoview.training.idc_split import BALANCE_CHOICES, ONE_CLASS_CHOICES
+
+    if task not in TASKS["idc"]:
+        raise ValueError(f"IDC task must be one of {TASKS['idc']}, got {task!r}")
+    if balance not in BALANCE_CHOICES or one_class_patients not in ONE_CLASS_CHOICES:
+        raise ValueError(
+            f"IDC balance must be one of {BALANCE_CHOICES} and one_class_patients one of "
+            f"{ONE_CLASS_CHOICES}, got {balance!r}, {one_class_patients!r}"
+        )
+    samples = [
+        Sample(label=p.label, patient=p.patient, path=p.path) for p in find_idc_patches(root)
+    ]
+    options = {"balance": balance, "one_class_patients": one_class_patients}
+    options["pixel_size_um"] = IDC_PIXEL_SIZE_UM  # an estimate (preprocessing.idc)
+    return Dataset("idc", task, IDC_CLASSES, samples, str(root), has_patients=True, options=options)
 
 
 def _phantom_dataset(
@@ -359,6 +398,17 @@ def split_dataset(
 ) -> tuple[dict[str, Any], tuple[list[Sample], list[Sample], list[Sample]]]:
     """The split settings (:data:`DEFAULT_SPLIT` updated by ``split``) and train / val / test."""
     settings = {**DEFAULT_SPLIT, **(split or {})}
+    idc = dataset.layout == "idc" and dataset.options.get("balance") == "within-patient"
+    if idc and settings["by"] == "patient":  # patient identity must not stand for the label
+        from histoview.training.idc_split import within_patient_split
+
+        parts, patients = within_patient_split(
+            dataset.samples,
+            settings["fractions"],
+            seed=settings["seed"],
+            one_class_patients=dataset.options.get("one_class_patients", "test"),
+        )
+        return {**settings, "design": "idc-within-patient", "patients": patients}, parts
     parts = split_samples(
         dataset.samples, settings["fractions"], seed=settings["seed"], by=settings["by"]
     )

@@ -101,6 +101,8 @@ def iter_train_from_config(
                 "test": len(test),
                 "leaks_patients": leak,
                 "warnings": warnings,
+                # IDC: the split's design and its patients (training.idc_split)
+                **{k: split[k] for k in ("design", "patients") if k in split},
             }
         },
         "name": config.get("name"),
@@ -210,7 +212,8 @@ def _training_pixel_size(dataset, input_opts) -> float | None:
         from histoview.preprocessing.phantom import PHANTOM_PRESETS
 
         return PHANTOM_PRESETS[dataset.options["preset"]]["pixel_size_um"]
-    return input_opts.get("pixel_size_um")
+    # IDC: the layout's assumed 2.5X pixel size (an estimate, preprocessing.idc) by default
+    return input_opts.get("pixel_size_um") or dataset.options.get("pixel_size_um")
 
 
 def _np_default(obj):

@@ -293,6 +293,22 @@ class FolderData(BaseModel):
     task: Literal["folder"] = "folder"
 
 
+class IdcData(BaseModel):
+    """``data: {type: idc, root}``: IDC patches (``<patient>_idx5_x<col>_y<row>_class<0|1>
+    .png``). ``balance: within-patient`` trains on patients with both classes, as many of
+    each per patient, so patient identity cannot stand for the label
+    (:mod:`histoview.training.idc_split`); ``none``: the plain patient split.
+    ``one_class_patients``: ``test`` or ``exclude`` (never trained on)."""
+
+    model_config = _STRICT
+
+    type: Literal["idc"]
+    root: PathText
+    task: Literal["idc"] = "idc"
+    balance: Literal["within-patient", "none"] = "within-patient"
+    one_class_patients: Literal["test", "exclude"] = "test"
+
+
 class AutoData(BaseModel):
     """``data: {root}`` (or ``type: auto``): the layout is recognised from the folder; the
     task and magnification are checked against the layout found."""
@@ -310,6 +326,7 @@ DATA_TYPES = {
     "breakhis": BreakhisData,
     "bach": BachData,
     "folder": FolderData,
+    "idc": IdcData,
     "auto": AutoData,
 }
 
@@ -325,6 +342,7 @@ DataSection = Annotated[
     | Annotated[BreakhisData, Tag("breakhis")]
     | Annotated[BachData, Tag("bach")]
     | Annotated[FolderData, Tag("folder")]
+    | Annotated[IdcData, Tag("idc")]
     | Annotated[AutoData, Tag("auto")],
     Discriminator(_data_type),
 ]
