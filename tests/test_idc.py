@@ -213,3 +213,24 @@ def test_a_model_trains_on_the_layout_with_stain_normalisation(idc_dir, tmp_path
         split["patients"]["test"]
     )
     assert meta["pixel_size_um"] == 4.0 and meta["stain_normalisation"]["method"] == "reinhard"
+
+
+@pytest.mark.realdata
+def test_the_development_sample_lays_out_and_splits_as_documented():
+    from conftest import shared_data_dir
+
+    ds = discover_dataset({"root": str(shared_data_dir("idc"))})
+    assert ds.layout == "idc" and ds.summary()["patients"] == 12
+    patches = find_idc_patches(ds.root)
+    non_idc = {s.patient for s in ds.samples if s.label == 0}
+    assert non_idc == {"8863", "8864", "8865", "8913"}  # the imbalance the split is built for
+    for patient in sorted({p.patient for p in patches}):
+        mosaic = build_mosaic(patches, patient=patient)  # every patient on its 50-px grid
+        assert mosaic.counts()["idc"] + mosaic.counts()["non_idc"] == sum(
+            p.patient == patient for p in patches
+        )
+    settings, (train, _, test) = split_dataset(ds, None)
+    assert set(settings["patients"]["train"]) <= {"8863", "8864", "8865"}
+    counts = Counter(s.label for s in train)
+    assert counts[0] == counts[1] > 0
+    assert {"8913", "8975"} <= {s.patient for s in test}
