@@ -236,3 +236,18 @@ def test_cli_explains_a_slide_tile_by_tile(slide, tmp_path, capsys):
     assert main([*argv, "--region", "9000,0,100,100"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "slide.tif: region" in err and "outside the slide" in err
+
+
+def test_the_cli_picks_the_slide_engine_only_for_what_does_not_fit(slide, tmp_path):
+    from histoview.explain.slide_run import fits_in_one_piece, needs_slide_engine
+    from histoview.io import open_image
+
+    with open_image(slide) as src:
+        assert fits_in_one_piece(src, 0.5)
+        assert not fits_in_one_piece(src, 0.5, limit=896 * 1344 - 1)
+        assert fits_in_one_piece(src, 1.0, limit=448 * 672)  # level 1 is at 1 um/px
+        assert not fits_in_one_piece(src, 0.5, region=(0, 0, 896, 1344), limit=1000)
+    assert not needs_slide_engine(slide, ["amil"])
+    uncalibrated = write_slide(tmp_path / "nocal.tif", pixel_size_um=None)
+    with open_image(uncalibrated) as src:
+        assert fits_in_one_piece(src, 0.5) and not fits_in_one_piece(src, 0.5, limit=1000)

@@ -48,6 +48,9 @@ SLIDE_MAX_BACKGROUND = 0.9
 TILE_PATCHES = 16
 #: tiles merged at a time in finalize (bounded memory however many tiles)
 MERGE_BLOCK = 4096
+#: patches through the feature extractor at once (its activations: ~0.1 MB per patch)
+PATCH_CHUNK_CPU = 1024
+PATCH_CHUNK_CUDA = 16384
 
 
 def patch_keep(tile: np.ndarray, *, patch: int, max_background: float) -> dict[str, np.ndarray]:
@@ -173,8 +176,12 @@ class AmilSlideProcessor:
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device)
         x = x.view(b, k, p, k, p, 3).permute(0, 1, 3, 5, 2, 4).reshape(b * k * k, 3, p, p)
         x = x[torch.from_numpy(keep.reshape(-1)).to(device)]
-        x = (x.float() / 255.0 - self.mean.to(device)) / self.std.to(device)
-        h = self.model.backbone(x)
+        mean, std = self.mean.to(device), self.std.to(device)
+        chunk = PATCH_CHUNK_CUDA if str(device).startswith("cuda") else PATCH_CHUNK_CPU
+        feats = []
+        for i in range(0, len(x), chunk):  # bounded activations, whatever the batch size
+            feats.append(self.model.backbone((x[i : i + chunk].float() / 255.0 - mean) / std))
+        h = torch.cat(feats) if feats else x.new_zeros((0, self.features), dtype=torch.float32)
         return h.float(), attention_logits(self.model.pool, h).float()
 
     def process(self, tiles, boxes, prepared) -> list[TileResult]:

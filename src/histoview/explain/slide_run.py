@@ -75,14 +75,15 @@ class SlideResult:
 
 def fits_in_one_piece(src, pixel_size_um: float, region=None, *, limit: int | None = None) -> bool:
     """Whether the slide (or ``region``, level-0 (row, col, h, w)) at ``pixel_size_um`` has at
-    most ``limit`` pixels (default :data:`histoview.explain.run.MAX_LEVEL_PIXELS`) and a pyramid
-    level at that pixel size exists, so the one-piece path explains it without coarsening."""
+    most ``limit`` pixels (default :data:`histoview.explain.run.MAX_LEVEL_PIXELS`) and so has
+    the pyramid level the one-piece path would read, so it explains it without coarsening
+    (a slide of unknown pixel size: whether level 0 fits)."""
     from histoview.explain.run import MAX_LEVEL_PIXELS
 
     limit = MAX_LEVEL_PIXELS if limit is None else limit
     p0 = src.pixel_size_um
-    if not p0:
-        return True  # the one-piece path handles (or refuses) an unknown pixel size
+    if not p0:  # unknown: the one-piece path estimates it, if level 0 fits at all
+        return src.shape[0] * src.shape[1] <= limit
     h, w = (region[2], region[3]) if region is not None else src.shape[:2]
     scale = pixel_size_um / p0
     if (h / scale) * (w / scale) > limit:

@@ -129,11 +129,13 @@ def collate_tiles(items: list[dict]) -> TileBatch:
 def tile_loader(dataset: SlideTiles, *, batch_size: int, workers: int):
     """The ``DataLoader`` over ``dataset`` in order (results do not depend on ``workers``).
 
-    Workers are started with ``spawn``: the parent holds zarr stores and tifffile handles
-    whose threads a ``fork`` would copy half-way."""
+    Workers start the platform's default way (``fork`` on Linux: no second import of torch,
+    memory shared copy-on-write). That is safe with the parent's zarr stores: zarr resets its
+    event loop and thread pool in a forked child (``zarr.core.sync.reset_resources_after_fork``),
+    and each worker opens its own image source; the workers use no torch kernels and no CUDA."""
     kwargs = {}
     if workers > 0:
-        kwargs = {"multiprocessing_context": "spawn", "prefetch_factor": 4}
+        kwargs = {"prefetch_factor": 4}
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=max(1, int(batch_size)),
