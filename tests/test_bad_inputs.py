@@ -291,6 +291,18 @@ def palette_tif(d: Path) -> Path:
     return p
 
 
+def broken_mrxs(d: Path) -> Path:
+    """A MIRAX slide without its data folder (a copy that left the folder behind)."""
+    (p := d / "slide.mrxs").write_text("[GENERAL]\nSLIDE_VERSION = 01.02\n")
+    return p
+
+
+def bare_dicom(d: Path) -> Path:
+    """A DICOM file (preamble + DICM) that is no whole-slide image (read through wsidicom)."""
+    (p := d / "slide.dcm").write_bytes(bytes(128) + b"DICM" + bytes(256))
+    return p
+
+
 # --------------------------------------------------------------------------- checks
 # Each gets what the entry point returned (info -> stdout text; reader -> the first layer
 # data tuple; explain -> the output folder) and the file.
@@ -556,6 +568,9 @@ CASES = [
         check=_layer_pixels(lambda p: np.asarray(Image.open(p).convert("RGB"))),
     ),
     Case("palette-tif-reader", palette_tif, "reader", "ok", check=_layer_pixels(_palette_rgb)),
+    # issue 17, item 8: whole slides in vendor formats
+    *_errors("broken-mrxs", broken_mrxs, "OpenSlide", ("info", "reader")),
+    *_errors("bare-dicom", bare_dicom, "wsidicom", ("info", "reader")),
 ]
 
 

@@ -22,7 +22,7 @@ from histoview import RESEARCH_NOTICE, __version__
 def _cmd_info(args) -> int:
     from histoview.io import open_image
 
-    with open_image(args.image, pixel_size_um=args.pixel_size) as src:
+    with open_image(args.image, pixel_size_um=args.pixel_size, backend=args.backend) as src:
         info = src.describe()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -30,6 +30,7 @@ def _cmd_info(args) -> int:
     mpp = info["pixel_size_um"]
     print(f"file:        {info['path']}")
     print(f"format:      {info['format']}")
+    print(f"backend:     {info['backend']}")
     print(f"dtype:       {info['dtype']}")
     yx, origin = info["pixel_size_yx"], info["pixel_size_origin"]
     where = f"{info['pixel_size_source']}" + (f": {origin}" if origin else "")
@@ -40,8 +41,8 @@ def _cmd_info(args) -> int:
     else:
         size = "unknown (explanations estimate it from the nuclei; or give --pixel-size)"
     print(f"pixel size:  {size}")
-    if info["objective_power"]:
-        print(f"objective:   {info['objective_power']:g}X")
+    power = info["objective_power"]
+    print(f"objective:   {f'{power:g}X' if power else 'not stated in the file'}")
     if info["pixel_size_note"]:
         print(f"note:        {info['pixel_size_note']}")
     if info.get("image_note"):
@@ -49,7 +50,8 @@ def _cmd_info(args) -> int:
     print(f"levels:      {len(info['levels'])}")
     for i, lv in enumerate(info["levels"]):
         shape = " x ".join(map(str, lv["shape"]))
-        print(f"  level {i}: {shape}  (downsample {lv['downsample']:g})")
+        px = f", {lv['pixel_size_um']:.4g} um/px" if lv.get("pixel_size_um") else ""
+        print(f"  level {i}: {shape}  (downsample {lv['downsample']:g}{px})")
     return 0
 
 
@@ -353,10 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"histoview {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="print an image's pyramid levels, shapes, dtype and pixel size")
+    p = sub.add_parser(
+        "info",
+        help="print an image's reading backend, pyramid levels (shape, downsample, pixel size), "
+        "dtype, pixel size and its source, objective power",
+    )
     p.add_argument("image", type=Path)
     p.add_argument("--pixel-size", type=float, default=None, help="override micrometres per pixel")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--backend",
+        default=None,
+        help="force the reading library: tifffile, openslide, wsidicom or pillow (default: picked "
+        "by format; also HISTOVIEW_IMAGE_BACKEND)",
+    )
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="open napari with the phantom and its explanations")

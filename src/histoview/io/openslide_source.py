@@ -11,7 +11,10 @@ so :class:`~histoview.io.image.ImageSource` reads, resamples (``read_rect``) and
 does a TIFF. Pixel size from ``openslide.mpp-x`` / ``openslide.mpp-y`` under the trusted-inputs
 rules of :mod:`histoview.io.pixel_size` (outside the plausible range, or derived by OpenSlide from
 the screen/print resolution tags of a generic TIFF: unknown, never invented); objective power from
-``openslide.objective-power``. After an OpenSlide error the library refuses every later call on
+``openslide.objective-power``. OpenSlide takes locations in level-0 pixels and divides by its
+downsample, so at a level whose downsample is not a whole number (a side that did not halve
+evenly: 2500 -> 313 is 7.99) it interpolates a shift of under 0.5 / downsample pixels; tifffile
+reads such levels as stored. After an OpenSlide error the library refuses every later call on
 that handle, so a failed read reopens the slide (a corrupt tile costs one
 :class:`~histoview.io.errors.ImageReadError`, not the rest of the run).
 

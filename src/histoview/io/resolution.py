@@ -27,7 +27,7 @@ is the level's own pixel grid (factor 1, whole-pixel offset) the pixels are copi
 the level is finer by less than 1 % (factor < 1) the resampling is bilinear.
 
 **Borders.** Parts of the rectangle outside the image are ``pad`` (255 = white glass) before
-resampling, so an output pixel straddling the edge mixes image and pad by area.
+resampling, so an output pixel straddling the edge averages the image and pad pixels under it.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def read_rect(src, location, size, pixel_size_um: float, *, pad: int | tuple = 2
     sy, sx = level_scale(src, level)
     y0, y1, x0, x1 = r / sy, r1 / sy, c / sx, c1 / sx  # the rectangle in level pixels
     iy0, ix0 = math.floor(y0), math.floor(x0)
-    exact = _whole(y0) and _whole(x0) and _whole(y1 - y0 - h) and _whole(x1 - x0 - w)
+    exact = _whole(y0) and _whole(x0) and abs(y1 - y0 - h) < 1e-6 and abs(x1 - x0 - w) < 1e-6
     if exact:  # the level's own grid: no resampling
         iy0, ix0 = round(y0), round(x0)
         iy1, ix1 = iy0 + h, ix0 + w
