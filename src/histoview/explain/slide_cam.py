@@ -52,7 +52,7 @@ are ``backbone.layer4`` pixels).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -92,8 +92,21 @@ def map_stride(input_size: tuple[int, int], map_shape: tuple[int, int]) -> int:
     return H // h
 
 
+#: the class score is multiplied by this before a float16 backward, and the gradients
+#: divided by it after (loss scaling, as ``torch.amp.GradScaler`` does): small gradients
+#: would otherwise flush to zero, and Grad-CAM++'s squares and cubes of them underflow
+FP16_SCORE_SCALE = 1024.0
+
+
 def tile_cams(engine, x, target_class: int) -> TileMaps:
     """Raw class activation maps of a batch of tiles: one forward and one backward.
+
+    The hooked forward is :meth:`BaseCAM.forward` (under the caller's ``torch.autocast``
+    when mixed precision is on); the backward of the summed class score reaches only the
+    target layer. Channel weights (:meth:`BaseCAM.channel_weights`) and the weighted sum are
+    computed in float32 whatever the activations' precision; with float16 activations the
+    score is scaled by :data:`FP16_SCORE_SCALE` for the backward. In float32 this is
+    exactly :meth:`BaseCAM.compute` without the upsampling.
 
     Args:
         engine: a :class:`~histoview.explain.gradcam.BaseCAM` (``GradCAM``,
@@ -105,14 +118,26 @@ def tile_cams(engine, x, target_class: int) -> TileMaps:
         :class:`TileMaps` with ``maps`` (B, h, w) at the target layer's resolution.
     """
     import torch
+    import torch.nn.functional as F
 
     fwd = engine.forward(x)
-    # input_size = the activation's size: compute() then returns the map unresampled
-    res = engine.compute(replace(fwd, input_size=tuple(fwd.activation.shape[-2:])), target_class)
-    maps = res.cam.float().cpu().numpy()
-    probs = torch.softmax(res.logits.float(), dim=1).cpu().numpy()
-    stride = map_stride(tuple(x.shape[-2:]), maps.shape[-2:])
-    return TileMaps(maps.astype(np.float32), probs.astype(np.float32), int(target_class), stride)
+    logits = fwd.logits
+    if not logits.requires_grad:
+        raise RuntimeError(f"the logits do not depend on target layer {engine.layer_name!r}")
+    act = fwd.activation
+    scale = FP16_SCORE_SCALE if act.dtype == torch.float16 else 1.0
+    with torch.enable_grad():
+        score = logits.float()[:, int(target_class)].sum() * scale  # tiles independent (eval)
+        (grad,) = torch.autograd.grad(score, act)
+    with torch.no_grad(), torch.autocast(act.device.type, enabled=False):
+        act32, grad32 = act.detach().float(), grad.float() / scale
+        weights = engine.channel_weights(act32, grad32, logits.detach().float())
+        cam = F.relu(torch.einsum("bk,bkhw->bhw", weights, act32))
+    maps = cam.cpu().numpy().astype(np.float32)
+    probs = torch.softmax(logits.detach().float(), dim=1).cpu().numpy().astype(np.float32)
+    return TileMaps(
+        maps, probs, int(target_class), map_stride(tuple(x.shape[-2:]), maps.shape[-2:])
+    )
 
 
 def tile_node_attention(model, x, target_class: int) -> TileMaps:
