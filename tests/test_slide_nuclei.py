@@ -4,14 +4,38 @@ GeoJSON for QuPath and the density map (histoview.explain.slide_graph*)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import uuid
+
 import numpy as np
 import pytest
+import torch
 from skimage import draw
 
+from _geojson import read_geojson_nuclei, validate_geojson
+from histoview.explain.graph import occlusion_importance
+from histoview.explain.run import load_for_method
+from histoview.explain.slide_graph import (
+    CONTEXT_UM,
+    NucleusWindows,
+    SlideGraphCancelled,
+    build_slide_graph,
+    explain_slide_graph,
+    pooled_prediction,
+    window_occlusion,
+)
+from histoview.explain.slide_graph_outputs import edges_in_view, points_in_view
+from histoview.explain.slide_run import explain_slide
 from histoview.io import ImageReadError, open_image, write_pyramidal_tiff
-from histoview.preprocessing.nuclei import NucleiDetectorConfig, detect_nuclei
+from histoview.models import create_model
+from histoview.models.inputs import GRAPH_THRESHOLD_UM
+from histoview.preprocessing.graph import build_nuclei_graph
+from histoview.preprocessing.nuclei import FEATURE_NAMES, NucleiDetectorConfig, detect_nuclei
 from histoview.preprocessing.slide_nuclei import (
     DetectionCancelled,
+    SlideNuclei,
     detect_slide_nuclei,
     load_slide_nuclei,
 )
@@ -230,3 +254,152 @@ def test_bad_inputs(slide):
             detect_slide_nuclei(src, 0.1)
         with pytest.raises(ValueError, match="outside the slide"):
             detect_slide_nuclei(src, PX, region=(5000, 0, 100, 100))
+
+
+# -- the slide's cell graph ---------------------------------------------------------------------
+def _random_nuclei(n: int = 2500, seed: int = 0, density: float = 3e-3):
+    """``n`` nuclei at random on a square at the phantoms' density (per um^2), level-0 pixels
+    of 0.25 um, with morphology-like features."""
+    rng = np.random.default_rng(seed)
+    side = int(np.sqrt(n / density) / L0) + 1
+    feats = (rng.normal(size=(n, len(FEATURE_NAMES))) * 3 + 10).astype(np.float32)
+    return SlideNuclei(
+        centroids=rng.uniform(0, side, (n, 2)),
+        features=feats,
+        feature_names=FEATURE_NAMES,
+        tile=np.zeros(n, np.int32),
+        tile_boxes=np.zeros((0, 4), np.int64),
+        pixel_size_um=PX,
+        level0_pixel_size_um=L0,
+        level0_shape=(side, side),
+        region=(0, 0, side, side),
+    )
+
+
+def test_slide_graph_edges_equal_the_single_image_graph(slide):
+    """Tiled nuclei (level-0 pixels) give the single-image graph of the whole image, edge for
+    edge: same pairs, weights and edge features."""
+    with open_image(slide[0]) as src:
+        tiled = detect_slide_nuclei(src, PX, tile_px=TILE, config=LOCAL)
+    whole = _single_image(slide[0], LOCAL)
+    graph = build_slide_graph(tiled, threshold_um=GRAPH_THRESHOLD_UM)
+    ref = build_nuclei_graph(whole, threshold_um=GRAPH_THRESHOLD_UM)
+    match, _ = _match(tiled.centroids, whole)  # slide nucleus i is single-image match[i]
+    assert graph.num_edges == ref.num_edges > 1000
+    src_i, dst_i = match[graph.edge_index]
+    order = np.lexsort((dst_i, src_i))
+    np.testing.assert_array_equal(np.stack([src_i, dst_i])[:, order], ref.edge_index)
+    np.testing.assert_allclose(graph.edge_weight[order], ref.edge_weight, atol=1e-6)
+    np.testing.assert_allclose(graph.edge_features()[order], ref.edge_features(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["test_rsf", "test_rsf_attention", "classwise", "bundled"])
+def test_pooled_prediction_is_the_model_on_the_whole_graph(name):
+    """Pooling 1 summed window by window gives the model's logits and attention on the whole
+    slide graph (small windows: many pieces)."""
+    nuclei = _random_nuclei()
+    torch.manual_seed(0)
+    if name == "bundled":  # sigmoid gates on morphology (the demo weights)
+        model = load_for_method("graph", device="cpu")[0]
+    elif name == "classwise":
+        model = create_model("test_rsf_attention", num_classes=3, classwise_attention=True)
+    else:
+        model = create_model(name, num_classes=3)
+    model.eval()
+    data = build_slide_graph(nuclei, threshold_um=GRAPH_THRESHOLD_UM).to_pyg()
+    with torch.no_grad():
+        ref = model(data)[0].double().numpy()
+    logits, attention = pooled_prediction(
+        model, nuclei, threshold_um=GRAPH_THRESHOLD_UM, core_um=150.0
+    )
+    # float32 rounding: the reference sums thousands of nuclei in float32
+    np.testing.assert_allclose(logits, ref, atol=5e-5 * np.abs(ref).max())
+    if model.attention is None:
+        assert attention is None
+        return
+    with torch.no_grad():
+        _, ref_att = model(data, return_attention=True)
+    ref_att = ref_att.numpy()
+    np.testing.assert_allclose(attention, ref_att, atol=1e-4 * ref_att.max(), rtol=1e-4)
+
+
+def test_window_occlusion_is_occlusion_on_the_window_graph():
+    nuclei = _random_nuclei(800)
+    torch.manual_seed(1)
+    model = create_model("test_rsf", num_classes=2).eval()
+    imp, boxes, probs, counts = window_occlusion(
+        model, nuclei, target_class=1, threshold_um=GRAPH_THRESHOLD_UM, window_um=150.0
+    )
+    windows = NucleusWindows(nuclei.centroids, 150.0 / L0, CONTEXT_UM / L0)
+    assert len(boxes) == len(windows) > 4 and counts[:, 0].sum() == len(nuclei)
+    box, members, n_own = list(windows)[len(windows) // 2]
+    # the window: owned nuclei in its core, the context within 64 um of it
+    corner = nuclei.centroids[members] + 0.5
+    assert np.all((corner[:n_own] >= box[:2]) & (corner[:n_own] < np.add(box[:2], box[2:])))
+    sub = dataclasses.replace(
+        nuclei, centroids=nuclei.centroids[members], features=nuclei.features[members]
+    )
+    data = build_slide_graph(sub, threshold_um=GRAPH_THRESHOLD_UM).to_pyg()
+    expected = occlusion_importance(model, data, k=1, target_class=1)[:n_own]
+    np.testing.assert_allclose(imp[members[:n_own]], expected, atol=1e-6)
+    assert np.abs(imp).max() > 0
+
+
+def test_edges_in_view_and_cancel():
+    nuclei = _random_nuclei(1500)
+    torch.manual_seed(2)
+    model = create_model("test_rsf_attention", num_classes=2)
+    result = explain_slide_graph(model, nuclei, importance="attention")
+    assert result.importance_kind == "attention" and len(result.importance) == len(nuclei)
+    graph = build_slide_graph(nuclei, threshold_um=GRAPH_THRESHOLD_UM)
+    box = (1000.0, 1500.0, 1200.0, 900.0)
+    seg, weight, pairs = edges_in_view(result, box)
+    inside = np.zeros(len(nuclei), bool)
+    inside[points_in_view(result, box)] = True
+    a, b = graph.edge_index
+    want = (a < b) & (inside[a] | inside[b])
+    assert len(pairs) == want.sum() > 100
+    got = {tuple(p) for p in np.sort(pairs, axis=1)}
+    assert got == {(int(i), int(j)) for i, j in zip(a[want], b[want])}
+    np.testing.assert_allclose(seg, nuclei.centroids[pairs])
+    assert len(edges_in_view(result, box, max_edges=10)[1]) == 10
+    calls = []
+    with pytest.raises(SlideGraphCancelled):
+        explain_slide_graph(model, nuclei, cancel=lambda: calls.append(1) or len(calls) > 2)
+
+
+def test_graph_method_on_a_slide_geojson_for_qupath_and_density_map(tmp_path, monkeypatch):
+    """``explain_slide(..., "graph")``: every nucleus once (also across the engine's tiles),
+    GeoJSON points QuPath imports, the density map as an OME-TIFF placed on the slide."""
+    import histoview.explain.slide_graph_processor as proc
+
+    monkeypatch.setattr(proc, "TILE_SIZE", 512)  # stride 288: many tile borders
+    path = tmp_path / "slide.tif"
+    centres = synthetic_slide(path)
+    res = explain_slide(
+        path, "graph", out_dir=tmp_path, workers=0, options={"importance": "occlusion"}
+    )
+    summary = res.summary
+    assert summary["num_nuclei"] == len(centres) and summary["importance"] == "occlusion"
+    assert summary["detection"]["cut"] == 0 and sum(summary["probabilities"].values()) > 0.99
+    files = summary["nuclei_files"]
+    nuclei = load_slide_nuclei(tmp_path / files["nuclei"])
+    d = np.hypot(*(nuclei.centroids[:, None] - centres[None]).transpose(2, 0, 1)) * L0
+    assert np.all((d < 2.0).sum(axis=0) == 1)  # each placed nucleus found once
+    # GeoJSON: valid, QuPath's form (detections, Points, UUID ids, class, numeric measurements)
+    geo = tmp_path / files["geojson"]
+    assert validate_geojson(geo) == []
+    cents, imps, props = read_geojson_nuclei(geo)
+    np.testing.assert_allclose(cents, nuclei.centroids, atol=0.01)
+    np.testing.assert_allclose(imps, nuclei.feature("importance"), rtol=1e-5, atol=1e-7)
+    feature = json.loads(geo.read_text())["features"][0]
+    uuid.UUID(feature["id"])
+    assert feature["geometry"]["type"] == "Point"
+    p = feature["properties"]
+    assert p["objectType"] == "detection" and set(p["classification"]) == {"name", "color"}
+    assert all(isinstance(v, float | int) for v in p["measurements"].values())
+    assert {"importance", "area_um2"} <= set(p["measurements"])
+    # the density map: 16 um cells over the slide, three channels
+    with open_image(res.outputs["map"]) as density:
+        assert density.pixel_size_um == pytest.approx(16.0)
+        assert density.shape[:2] == (math.ceil(SHAPE[0] * L0 / 16), math.ceil(SHAPE[1] * L0 / 16))

@@ -36,6 +36,33 @@ def _num(v) -> float | int | None:
     return v
 
 
+def point_feature(
+    row: float,
+    col: float,
+    *,
+    feature_id: str,
+    measurements: dict[str, float],
+    classification: dict | None = None,
+    properties: dict | None = None,
+) -> dict:
+    """One nucleus as a QuPath detection: a Point at (x = ``col``, y = ``row``) level-0
+    pixels, ``objectType`` "detection", ``measurements`` (name -> finite number, QuPath's
+    measurement table; values that are not finite are left out, QuPath reads numbers only),
+    an optional ``classification`` (``{"name": ..., "color": [r, g, b]}``, QuPath's class)
+    and further ``properties``. ``feature_id`` is a UUID string for QuPath 0.4+ to keep."""
+    meas = {k: v for k, v in ((k, _num(v)) for k, v in measurements.items()) if v is not None}
+    props: dict[str, Any] = {"objectType": "detection", **(properties or {})}
+    if classification is not None:
+        props["classification"] = classification
+    props["measurements"] = meas
+    return {
+        "type": "Feature",
+        "id": feature_id,
+        "geometry": {"type": "Point", "coordinates": [round(float(col), 2), round(float(row), 2)]},
+        "properties": props,
+    }
+
+
 def explanation_to_geojson(
     expl: Explanation, *, include_edges: bool = True, include_outlines: bool = True
 ) -> dict:

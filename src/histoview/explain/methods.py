@@ -121,6 +121,12 @@ def _slide_amil(model, meta, sha, ctx):
     return amil_slide_processor(model, meta, sha, ctx)
 
 
+def _slide_graph(model, meta, sha, ctx):
+    from histoview.explain.slide_graph_processor import graph_slide_processor
+
+    return graph_slide_processor(model, meta, sha, ctx)
+
+
 def _explain_graph(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
     from histoview.explain.graph import explain_graph
     from histoview.models.inputs import InputSpec
@@ -228,6 +234,7 @@ for _method in (
         title="Nuclei importance",
         kind="graph",
         explain=_explain_graph,
+        slide=_slide_graph,
         demo_weights="rsf-attention-phantom",
         colormap="magma",
         options={"importance": ("auto", "attention", "occlusion")},

@@ -129,8 +129,9 @@ class SlideNuclei:
         cr, cc = self.centroids[:, 0] + 0.5, self.centroids[:, 1] + 0.5  # pixel corners
         return np.flatnonzero((cr >= r) & (cr < r + h) & (cc >= c) & (cc < c + w))
 
-    def save(self, path: str | Path) -> Path:
-        """Write to ``.npz`` (plain arrays, no pickle), renamed into place."""
+    def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
+        """Write to ``.npz`` (plain arrays, no pickle), renamed into place; returns the path
+        (without ``overwrite``, an existing file keeps its name and this gets a numbered one)."""
         stats = json.dumps(self.stats, default=lambda v: np.asarray(v).tolist())
         buffer = io.BytesIO()
         np.savez_compressed(
@@ -147,7 +148,7 @@ class SlideNuclei:
             region=np.array(self.region, np.int64),
             stats=np.array(stats),
         )
-        return write_bytes(Path(path), buffer.getvalue(), overwrite=True)
+        return write_bytes(Path(path), buffer.getvalue(), overwrite=overwrite)
 
 
 def load_slide_nuclei(path: str | Path) -> SlideNuclei:
