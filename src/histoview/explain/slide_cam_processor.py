@@ -62,17 +62,9 @@ from histoview.explain.slide_processor import (
     TileResult,
 )
 
-SLIDE_CAM_METHODS = ("gradcam", "dt-gradcam", "gradcam++", "rmcg")
-_TITLES = {
-    "gradcam": "Grad-CAM",
-    "dt-gradcam": "DT Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "rmcg": "RMCG node attention",
-}
-
 
 class CAMSlideProcessor:
-    """The slide processor of ``method`` (one of :data:`SLIDE_CAM_METHODS`); module docstring.
+    """The slide processor of a CAM method or RMCG's node attention (module docstring).
 
     Args:
         method: ``"gradcam"``, ``"dt-gradcam"``, ``"gradcam++"`` or ``"rmcg"``.
@@ -95,10 +87,15 @@ class CAMSlideProcessor:
         percentile: float = ROBUST_PERCENTILE,
     ) -> None:
         from histoview.explain.gradcam import CAM_METHODS, class_names
+        from histoview.explain.methods import method_title
         from histoview.models.inputs import InputSpec
 
-        if method not in SLIDE_CAM_METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {SLIDE_CAM_METHODS}")
+        # the registry's CAM variants (gradcam.CAM_METHODS), or RMCG's node attention
+        if method not in CAM_METHODS and method != "rmcg":
+            raise ValueError(
+                f"{method!r} is neither a CAM method ({', '.join(CAM_METHODS)}) nor 'rmcg'"
+            )
+        self.title = method_title(method)
         self.method, self.model, self.meta, self.ctx = method, model, dict(meta or {}), ctx
         self.percentile = float(percentile)
         config = model.model_config
@@ -228,7 +225,7 @@ class CAMSlideProcessor:
             },
             "tiles_explained": int(len(done)),
             "map": {
-                "channels": [_TITLES[name], f"p({label})"],
+                "channels": [self.title, f"p({label})"],
                 "cell_model_px": self.factor,
                 "cell_um": self.factor * float(self.ctx.pixel_size_um),
                 "tile_cells": self.cells,
@@ -244,7 +241,7 @@ class CAMSlideProcessor:
             array,
             store.map_pixel_size(name),
             store.map_origin_um(),
-            (_TITLES[name], f"p({label})"),
+            (self.title, f"p({label})"),
         )
         return SlideOutcome(summary, [final_map])
 
