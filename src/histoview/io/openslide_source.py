@@ -143,8 +143,10 @@ class OpenSlideLevel:
             return np.zeros((max(height, 0), max(width, 0), 3), np.uint8)
         d = self._downsample  # OpenSlide takes the location in level-0 pixels
         location = (int(round(col * d)), int(round(row * d)))
-        rgba = np.asarray(self._slide.read(location, self._level, (int(width), int(height))))
-        return composite_on_white(rgba)
+        image = self._slide.read(location, self._level, (int(width), int(height)))
+        if image.getchannel("A").getextrema()[0] == 255:  # all scanned: 4x faster than numpy
+            return np.asarray(image.convert("RGB"))
+        return composite_on_white(np.asarray(image))
 
 
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:

@@ -22,7 +22,8 @@ decodes just the tiles under them), composited on white when RGBA and expanded t
 (:func:`histoview.io.rgb.to_rgb8`), and resampled with Pillow's ``BOX`` filter over the exact
 fractional source box: each output pixel is the mean of the level pixels whose centres lie in
 its footprint, the exact area average for whole-number factors (0.25 -> 0.5 um/px is a 2 x 2
-mean). Deterministic (integer arithmetic in Pillow), with the GIL released. When the footprint
+mean, done by Pillow's ``reduce`` when the factor is whole and the rectangle on the level's
+grid). Deterministic (integer arithmetic in Pillow), with the GIL released. When the footprint
 is the level's own pixel grid (factor 1, whole-pixel offset) the pixels are copied as read; when
 the level is finer by less than 1 % (factor < 1) the resampling is bilinear.
 
@@ -150,8 +151,14 @@ def read_rect(src, location, size, pixel_size_um: float, *, pad: int | tuple = 2
     from PIL import Image
 
     ky, kx = (y1 - y0) / h, (x1 - x0) / w
-    resample = Image.Resampling.BOX if min(ky, kx) >= 1 - 1e-9 else Image.Resampling.BILINEAR
     box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
+    k = round(ky)
+    if k >= 2 and abs(ky - k) < 1e-9 and abs(kx - k) < 1e-9 and _whole(box[0]) and _whole(box[1]):
+        # a whole-number factor on the level's grid: Pillow's reduce, the k x k mean, 4x faster
+        corner = (round(box[0]), round(box[1]))
+        whole = (*corner, corner[0] + w * k, corner[1] + h * k)
+        return _writable(np.asarray(Image.fromarray(window).reduce(k, box=whole)))
+    resample = Image.Resampling.BOX if min(ky, kx) >= 1 - 1e-9 else Image.Resampling.BILINEAR
     return _writable(np.asarray(Image.fromarray(window).resize((w, h), resample, box=box)))
 
 
@@ -184,6 +191,8 @@ def _read_window(src, level: int, iy0: int, ix0: int, iy1: int, ix1: int, pad) -
 
 
 def _rgb(region: np.ndarray) -> np.ndarray:
+    if region.dtype == np.uint8 and region.ndim == 3 and region.shape[2] == 3:
+        return np.ascontiguousarray(region)  # as read (to_rgb8 would scale it to float first)
     if region.ndim == 3 and region.shape[2] == 1:  # grey with a samples axis
         region = region[..., 0]
     return to_rgb8(region)
