@@ -117,6 +117,8 @@ class ImageSource:
         self.pixel_size_origin: str | None = cal.origin
         self.pixel_size_note: str | None = cal.note
         self.objective_power: float | None = cal.objective_power
+        #: (y, x) um of the top-left corner on the slide it came from (OME Plane), or None
+        self.position_um: tuple[float, float] | None = cal.position_um
         self.format = fmt
         shapes = [tuple(a.shape) for a in arrays]
         self._dtype = np.dtype(arrays[0].dtype)
@@ -205,6 +207,7 @@ class ImageSource:
             "path": str(self.path),
             "format": self.format,
             "backend": self.backend,
+            "position_um": list(self.position_um) if self.position_um else None,
             "dtype": str(self.dtype),
             "pixel_size_um": self.pixel_size_um,
             "pixel_size_yx": list(self.pixel_size_yx) if self.pixel_size_yx else None,

@@ -23,6 +23,7 @@ Pillow image); both return a :class:`PixelCalibration`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -93,12 +94,15 @@ class PixelCalibration:
         origin: where the value came from (e.g. ``"OME-XML PhysicalSizeX/Y"``), or None.
         note: why a value in the file was ignored or adjusted, or None.
         objective_power: the objective's magnification when the file says it (e.g. 40.0).
+        position_um: (y, x) micrometres of the image's top-left corner on the slide it was
+            made from (OME-XML ``Plane`` PositionY/X, e.g. a map of a region), or None.
     """
 
     yx_um: tuple[float, float] | None = None
     origin: str | None = None
     note: str | None = None
     objective_power: float | None = None
+    position_um: tuple[float, float] | None = None
 
 
 def _fmt_um(v: float) -> str:
@@ -183,7 +187,8 @@ def tiff_calibration(tf, page) -> PixelCalibration:
     if tf.is_ome and tf.ome_metadata:
         yx, note, power = _ome_pixel_size(tf.ome_metadata)
         if yx is not None:
-            return PixelCalibration(yx, "OME-XML PhysicalSizeX/PhysicalSizeY", note, power)
+            where = ome_position_um(tf.ome_metadata)
+            return PixelCalibration(yx, "OME-XML PhysicalSizeX/PhysicalSizeY", note, power, where)
         notes.append(note)
     desc = page.description or ""
     m = re.search(r"(?:^|\|)\s*AppMag\s*=\s*([0-9.]+)", desc)
@@ -264,3 +269,29 @@ def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str | None, f
         y, note = x, "OME-XML: PhysicalSizeX only, square pixels assumed"
     yx, bad = _plausible(y, x, "OME-XML PhysicalSizeX/PhysicalSizeY", PLAUSIBLE_OME_MAX_UM)
     return yx, bad or note, power
+
+
+def ome_position_um(xml: str) -> tuple[float, float] | None:
+    """(y, x) micrometres of the first OME ``Plane``'s PositionY/PositionX (where the image's
+    top-left corner lies on the slide it came from), or None when absent or not in a length
+    unit."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    plane = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Plane"), None)
+    if plane is None or plane.get("PositionX") is None or plane.get("PositionY") is None:
+        return None
+    out = []
+    for axis in ("Y", "X"):
+        factor = _UM_PER_UNIT.get(plane.get(f"Position{axis}Unit", "µm"))
+        try:
+            value = float(plane.get(f"Position{axis}")) * factor
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(value):
+            return None
+        out.append(value)
+    return (out[0], out[1])

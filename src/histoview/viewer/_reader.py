@@ -4,7 +4,9 @@ PNG/JPEG open as plain arrays; TIFFs (BigTIFF, OME-TIFF, tiled pyramids) open
 as multiscale layers whose levels are tifffile zarr stores, so napari reads
 only the tiles on screen. A large TIFF without a pyramid gets lazy 2x
 decimated levels. The file's pixel size, (y, x) micrometres (anisotropic pixels are shown to
-scale), sets the layer's scale; ``layer.metadata["histoview"]`` holds
+scale), sets the layer's scale, and an OME-TIFF map's plane position (the maps ``histoview
+explain`` writes of a slide or a region) its translation, so a map overlays its slide in place;
+``layer.metadata["histoview"]`` holds
 :meth:`~histoview.io.image.ImageSource.describe`: the pixel size, where it came from
 (``pixel_size_source`` ``"file"`` or ``"unknown"``, ``pixel_size_origin``), why a value in the
 file was ignored (``pixel_size_note``) and the objective power. An unknown pixel size leaves the
@@ -70,6 +72,13 @@ def layer_data_from_source(src: ImageSource) -> tuple:
     if src.pixel_size_yx:
         kwargs["scale"] = tuple(float(v) for v in src.pixel_size_yx)
         kwargs["units"] = ("um", "um")
+        if src.position_um:
+            # a map of (a region of) a slide: its top-left corner sits position_um from the
+            # slide's; napari places pixel centres, so add half a pixel (the slide's own half
+            # pixel, a fraction of a micrometre, is not known here)
+            kwargs["translate"] = tuple(
+                float(p) + float(s) / 2 for p, s in zip(src.position_um, src.pixel_size_yx)
+            )
     if src.dtype != np.uint8:
         kwargs["contrast_limits"] = _contrast_limits(arrays[-1], src.dtype)
     return (arrays if multiscale else arrays[0], kwargs, "image")
