@@ -443,3 +443,28 @@ def test_processor_tiles_go_through_the_checkpoints_input_path(method):
     assert plain.prepare_tile is None
     with pytest.raises(ValueError, match="multiple of its 8 map cells"):
         CAMSlideProcessor(method, model, meta, None, SlideContext(0.5, options={"tile_size": 132}))
+
+
+@pytest.mark.slow
+def test_gradcam_on_the_phantom_slide_against_its_lesion_mask(tmp_path):
+    """The generator's slide (0.25 um/px, read at the demo weights' 0.5): Grad-CAM's map
+    against the ground-truth lesion mask over the tissue, and no seams."""
+    from histoview.explain.slide_run import explain_slide
+    from histoview.training.metrics import roc_auc
+
+    # the phantom-slide generator (issue 17, item 6) lands beside this work
+    phantom_slide = pytest.importorskip("histoview.preprocessing.phantom_slide")
+    write_phantom_slide, load_ground_truth = (
+        phantom_slide.write_phantom_slide,
+        phantom_slide.load_ground_truth,
+    )
+    slide = write_phantom_slide(tmp_path / "phantom.tif", size=3072, seed=0)
+    run = explain_slide(slide.path, "gradcam", out_dir=tmp_path / "out", workers=0)
+    summary = run.summary
+    values = _read_map(run.outputs["map"])[0]
+    labels = load_ground_truth(slide.path).label_map(summary["map_pixel_size_um"])
+    labels = labels[: values.shape[0], : values.shape[1]]
+    tissue, lesion = labels >= 1, labels >= 2
+    assert lesion.any() and (tissue & ~lesion).any()
+    assert roc_auc(lesion[tissue], values[tissue]) >= 0.9
+    assert summary["seam"]["seam_score"] <= 1.2
