@@ -169,13 +169,19 @@ def pooled_prediction(
     the predicted class).
 
     Raises:
-        ValueError: no nuclei; SlideGraphCancelled: ``cancel()`` said True.
+        ValueError: no nuclei, or a model that is not an RSF network.
+        SlideGraphCancelled: ``cancel()`` said True.
     """
     from histoview.models.graph_layers import channel_blocks, rsf_adjacency
     from histoview.models.graph_nets import edge_features
 
     if len(nuclei) == 0:
         raise ValueError("no nuclei on the slide: no prediction is made from an empty graph")
+    if not all(hasattr(model, n) for n in ("node_stage", "forward_head", "edge_dim")):
+        raise ValueError(
+            f"{type(model).__name__}: the exact slide prediction sums Pooling 1 of an RSF "
+            "network (node_stage, forward_head); this graph model has no such parts"
+        )
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -256,7 +262,7 @@ def window_occlusion(
         float64 of the model on each window's graph, ``counts`` (W, 2) int64 (owned nuclei,
         nuclei in the window's graph).
     """
-    from histoview.explain.graph import _EvalMode, occlusion_importance
+    from histoview.explain.graph import occlusion_importance
 
     device = next(model.parameters()).device
     px = nuclei.level0_pixel_size_um
@@ -264,17 +270,22 @@ def window_occlusion(
     importance = np.zeros(len(nuclei), np.float32) if occlusion else None
     boxes, probs, counts = [], [], []
     tick = _ticker(len(windows), "occlusion" if occlusion else "windows", progress, cancel)
-    for done, (box, members, n_own) in enumerate(windows):
-        tick(done)
-        data = _graph_data(nuclei, members, threshold_um, device)
-        with _EvalMode(model):
-            probs.append(torch.softmax(model(data).double(), -1)[0].cpu().numpy())
-        if occlusion:
-            scores = occlusion_importance(model, data, k=k, target_class=target_class)
-            importance[members[:n_own]] = scores[:n_own]
-        boxes.append(box)
-        counts.append((n_own, len(members)))
-    tick(len(windows))
+    was_training = model.training
+    model.eval()
+    try:
+        for done, (box, members, n_own) in enumerate(windows):
+            tick(done)
+            data = _graph_data(nuclei, members, threshold_um, device)
+            with torch.no_grad():
+                probs.append(torch.softmax(model(data).double(), -1)[0].cpu().numpy())
+            if occlusion:
+                scores = occlusion_importance(model, data, k=k, target_class=target_class)
+                importance[members[:n_own]] = scores[:n_own]
+            boxes.append(box)
+            counts.append((n_own, len(members)))
+        tick(len(windows))
+    finally:
+        model.train(was_training)
     n_classes = int(model.num_classes)
     return (
         importance,
@@ -315,18 +326,9 @@ class SlideGraphResult:
     window_counts: np.ndarray
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    _tree: Any = None
 
     def __len__(self) -> int:
         return len(self.nuclei)
-
-    def tree(self):
-        """A k-d tree of the centroids (built once), for viewport queries."""
-        if self._tree is None:
-            from scipy.spatial import cKDTree
-
-            self._tree = cKDTree(self.nuclei.centroids)
-        return self._tree
 
 
 def explain_slide_graph(

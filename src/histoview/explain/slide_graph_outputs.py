@@ -10,9 +10,9 @@
   about one cell, :data:`DENSITY_SIGMA_CELLS`) and the probability of the explained class on
   the window that holds the cell; :func:`write_density_map` writes it as a pyramidal OME-TIFF
   placed on the slide;
-* :func:`points_in_view` / :func:`edges_in_view` - the nuclei and the graph's edges inside a
-  viewport (level-0 box), for the zoomed-in view: the edges are made for the view on demand
-  (k-d tree), never all at once into one layer;
+* :class:`NucleiView` - the nuclei and the graph's edges inside a viewport (level-0 box), for
+  the zoomed-in view: the edges are made for the view on demand (k-d tree), never all at once
+  into one layer;
 * :func:`slide_graph_summary` - the JSON summary (prediction, what the values mean, counts).
 """
 
@@ -30,14 +30,14 @@ import numpy as np
 from histoview.explain.geojson import point_feature
 from histoview.explain.slide_graph import SlideGraphResult
 from histoview.io.files import atomic_write
+from histoview.preprocessing.slide_nuclei import SlideNuclei
 
 __all__ = [
     "DENSITY_SIGMA_CELLS",
     "IMPORTANCE_CLASSES",
+    "NucleiView",
     "density_map",
-    "edges_in_view",
     "importance_percentile",
-    "points_in_view",
     "slide_graph_summary",
     "write_density_map",
     "write_nuclei_geojson",
@@ -174,53 +174,67 @@ def write_density_map(
     )
 
 
-def points_in_view(result: SlideGraphResult, box: tuple[float, float, float, float]):
-    """Indices (n,) of the nuclei whose centroid lies in ``box`` = (row, col, height, width)
-    level-0 pixels (draw ``result.nuclei.centroids[i]`` with ``result.importance[i]``)."""
-    return result.nuclei.in_box(box)
+class NucleiView:
+    """The nuclei and graph edges inside a viewport, for the zoomed-in view (a k-d tree of the
+    centroids, built once; edges made for each view on demand, never all at once).
 
-
-def edges_in_view(
-    result: SlideGraphResult,
-    box: tuple[float, float, float, float],
-    *,
-    max_edges: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The graph's edges with at least one end in ``box`` (level-0 (row, col, height, width)).
-
-    Returns:
-        ``(segments (M, 2, 2) float64 (row, col) level-0 pixels of both ends, weight (M,)
-        float32 = 1 - d / threshold, pairs (M, 2) int64 nucleus indices)``, one per
-        undirected edge; with ``max_edges`` only the strongest (shortest) ``max_edges``.
+    Args:
+        nuclei: the slide's nuclei (centroids in level-0 pixels), e.g. from
+            ``load_slide_nuclei(<stem>.graph.nuclei.npz)``.
+        threshold_um: the graph's edge threshold (default the graph models' 42 um).
     """
-    nuclei = result.nuclei
-    radius = result.threshold_um / nuclei.level0_pixel_size_um
-    r, c, h, w = (float(v) for v in box)
-    centre = (r + h / 2 - 0.5, c + w / 2 - 0.5)
-    near = np.asarray(
-        result.tree().query_ball_point(centre, max(h, w) / 2 + radius, p=np.inf), np.int64
-    )
-    empty = (np.zeros((0, 2, 2)), np.zeros(0, np.float32), np.zeros((0, 2), np.int64))
-    if len(near) < 2:
-        return empty
-    from scipy.spatial import cKDTree
 
-    pts = nuclei.centroids[near]
-    pairs = cKDTree(pts).query_pairs(radius * (1 + 1e-9), output_type="ndarray").reshape(-1, 2)
-    d_um = np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1) * nuclei.level0_pixel_size_um
-    corner = pts + 0.5
-    inside = (
-        (corner[:, 0] >= r) & (corner[:, 0] < r + h) & (corner[:, 1] >= c) & (corner[:, 1] < c + w)
-    )
-    keep = (d_um < result.threshold_um) & (inside[pairs[:, 0]] | inside[pairs[:, 1]])
-    pairs, d_um = pairs[keep], d_um[keep]
-    if max_edges is not None and len(pairs) > max_edges:
-        order = np.argsort(d_um, kind="stable")[:max_edges]
-        pairs, d_um = pairs[order], d_um[order]
-    if len(pairs) == 0:
-        return empty
-    weight = (1.0 - d_um / result.threshold_um).astype(np.float32)
-    return pts[pairs], weight, near[pairs]
+    def __init__(self, nuclei: SlideNuclei, threshold_um: float | None = None):
+        from scipy.spatial import cKDTree
+
+        from histoview.models.inputs import GRAPH_THRESHOLD_UM
+
+        self.nuclei = nuclei
+        self.threshold_um = float(threshold_um or GRAPH_THRESHOLD_UM)
+        self.tree = cKDTree(nuclei.centroids)
+
+    def points(self, box: tuple[float, float, float, float]) -> np.ndarray:
+        """Indices (n,) of the nuclei whose centroid lies in ``box`` = (row, col, height,
+        width) level-0 pixels."""
+        return self.nuclei.in_box(box)
+
+    def edges(
+        self, box: tuple[float, float, float, float], *, max_edges: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The graph's edges with at least one end in ``box`` (level-0 (row, col, h, w)).
+
+        Returns:
+            ``(segments (M, 2, 2) float64 (row, col) level-0 pixels of both ends, weight (M,)
+            float32 = 1 - d / threshold, pairs (M, 2) int64 nucleus indices)``, one per
+            undirected edge; with ``max_edges`` only the strongest (shortest) ``max_edges``.
+        """
+        from scipy.spatial import cKDTree
+
+        p0 = self.nuclei.level0_pixel_size_um
+        radius = self.threshold_um / p0
+        r, c, h, w = (float(v) for v in box)
+        centre = (r + h / 2 - 0.5, c + w / 2 - 0.5)
+        reach = max(h, w) / 2 + radius
+        near = np.asarray(self.tree.query_ball_point(centre, reach, p=np.inf), np.int64)
+        empty = (np.zeros((0, 2, 2)), np.zeros(0, np.float32), np.zeros((0, 2), np.int64))
+        if len(near) < 2:
+            return empty
+        pts = self.nuclei.centroids[near]
+        pairs = cKDTree(pts).query_pairs(radius * (1 + 1e-9), output_type="ndarray")
+        pairs = pairs.reshape(-1, 2)
+        d_um = np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1) * p0
+        corner = pts + 0.5
+        inside = (corner[:, 0] >= r) & (corner[:, 0] < r + h)
+        inside &= (corner[:, 1] >= c) & (corner[:, 1] < c + w)
+        keep = (d_um < self.threshold_um) & (inside[pairs[:, 0]] | inside[pairs[:, 1]])
+        pairs, d_um = pairs[keep], d_um[keep]
+        if max_edges is not None and len(pairs) > max_edges:
+            order = np.argsort(d_um, kind="stable")[:max_edges]
+            pairs, d_um = pairs[order], d_um[order]
+        if len(pairs) == 0:
+            return empty
+        weight = (1.0 - d_um / self.threshold_um).astype(np.float32)
+        return pts[pairs], weight, near[pairs]
 
 
 def slide_graph_summary(result: SlideGraphResult, meta: dict | None = None) -> dict[str, Any]:

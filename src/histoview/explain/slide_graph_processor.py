@@ -21,7 +21,9 @@ engine's tiles only *find* them, and the graph is explained once all are found:
    attention or window occlusion), and the outputs: the density map (the run's
    ``<stem>.graph.ome.tif``: importance, nuclei per mm^2, window probability), and beside it
    ``<stem>.graph.geojson`` (every nucleus for QuPath) and ``<stem>.graph.nuclei.npz`` (the
-   nuclei with their importance, for the viewer's zoomed-in points and edges).
+   nuclei with their importance as the last feature column: the viewer's zoomed-in points
+   and, through :class:`~histoview.explain.slide_graph_outputs.NucleiView`, the edges of the
+   view), named in the summary's ``nuclei_files``.
 
 Options (``SlideContext.options``): ``importance`` (``auto``, ``attention``, ``occlusion``), ``k``.
 """
