@@ -114,7 +114,7 @@ def run_tiles(
     total = int(grid.tissue.sum())
     done = total - int(todo_mask.sum())
     boxes = [grid.box(i) for i in np.flatnonzero(todo_mask.reshape(-1))]
-    stats = RunStats(total=total, done=done, done_now=0, skipped=store.skipped)
+    stats = RunStats(total=total, done=done, done_now=0, skipped=dict(store.skipped))
     if not boxes:
         return stats
     dataset = SlideTiles(
@@ -129,6 +129,7 @@ def run_tiles(
     earlier_s = store.elapsed_s
     start = time.perf_counter()
     handled = 0  # tiles of this run's list handled (done or skipped)
+    trim = _HeapTrimmer()
     batches = iter(loader)
     try:
         while True:
@@ -141,8 +142,9 @@ def run_tiles(
             t0 = time.perf_counter()
             results = []
             if batch.boxes:
+                tiles = np.asarray(batch.tiles)  # a tensor from the workers: no copy
                 with autocast(device, amp):
-                    results = processor.process(batch.tiles, batch.boxes, batch.prepared)
+                    results = processor.process(tiles, batch.boxes, batch.prepared)
                 if len(results) != len(batch.boxes):
                     raise ValueError(
                         f"{processor.method}: process gave {len(results)} results for "
@@ -153,10 +155,11 @@ def run_tiles(
             store.add_batch(batch.boxes, results, batch.skipped, elapsed_s=earlier_s + elapsed)
             stats.done += len(batch.boxes)
             stats.done_now += len(batch.boxes)
-            stats.skipped = {**{k: v for k, v in stats.skipped.items()}, **batch.skipped}
-            for box in batch.boxes:
+            stats.skipped.update(batch.skipped)
+            for box in batch.boxes:  # read on this try: no longer skipped
                 stats.skipped.pop(box.index, None)
             handled += len(batch.boxes) + len(batch.skipped)
+            trim()
             if progress is not None:
                 progress(_progress_event(stats, handled, len(boxes), elapsed, batch))
     finally:
@@ -164,6 +167,37 @@ def run_tiles(
         dataset.close()
     stats.elapsed_s = time.perf_counter() - start
     return stats
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None off glibc (macOS, Windows, musl)."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class _HeapTrimmer:
+    """Hands freed heap memory back to the system every ``every`` batches (0.2 ms a call).
+
+    Batches allocate tensors of varying size (the tissue patches of each batch); glibc keeps
+    what they free in its heap, and the resident memory grew by ~0.8 MB per tile (1.46 GiB
+    after 900 A-MIL tiles), flat with ``malloc_trim(0)`` after each batch (measured with
+    ``benchmarks/bench_slide_engine.py``)."""
+
+    def __init__(self, every: int = 1):
+        self.every, self.count, self.trim = every, 0, _malloc_trim()
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.trim is not None and self.count % self.every == 0:
+            self.trim(0)
 
 
 def _progress_event(stats: RunStats, handled: int, todo: int, elapsed: float, batch) -> dict:

@@ -15,7 +15,8 @@ way), so no map is ever whole in memory. ``<stem>.<method>.zarr/`` holds::
 **Kill safety** (a write-ahead undo record): before a batch is added, the map blocks it
 touches are saved to ``undo.npz`` (written whole, then renamed); then the sums are updated, the
 tiles marked done, and ``undo.npz`` removed. A store opened with an ``undo.npz`` left by a
-killed run restores those blocks and clears those tiles, so every tile counts exactly once.
+killed run restores those blocks and clears those tiles, so every tile counts exactly once (zarr's local store writes each chunk
+to a temporary file and renames it, so a chunk is never half written either).
 A store made with other settings is never resumed: :func:`open_store` starts it afresh.
 """
 

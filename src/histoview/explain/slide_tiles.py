@@ -10,7 +10,9 @@ decoded (:class:`~histoview.io.errors.ImageReadError`, a corrupt tile) comes bac
 with the reason, so the run goes on and lists it; any other error is a bug and propagates.
 
 :func:`collate_tiles` gathers items into a :class:`TileBatch`: the readable tiles stacked
-(B, T, T, 3) uint8, their boxes and prepared dicts, and the skipped tiles with their reasons.
+(B, T, T, 3) uint8 (a torch tensor, so it leaves a worker through shared memory; the engine
+hands the processor its numpy view), their boxes and prepared dicts, and the skipped tiles with
+their reasons.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def collate_tiles(items: list[dict]) -> TileBatch:
     good = [it for it in items if it["tile"] is not None]
     bad = [it for it in items if it["tile"] is None]
     tiles = np.stack([it["tile"] for it in good]) if good else np.zeros((0, 0, 0, 3), np.uint8)
+    # a tensor crosses from a worker through shared memory, an array would be pickled
+    tiles = torch.from_numpy(tiles)
     return TileBatch(
         tiles=tiles,
         boxes=[it["box"] for it in good],
