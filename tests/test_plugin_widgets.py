@@ -25,7 +25,7 @@ def _widget_names() -> list[str]:
     return [w["display_name"] for w in manifest["contributions"]["widgets"]]
 
 
-def _gradcam_explanation(shape=(46, 70)):
+def _gradcam_explanation(shape=(46, 70), target_class=1):
     """A Grad-CAM explanation of an image of ``shape`` (no model needed to draw it)."""
     from histoview.explain.base import DenseMap, Explanation
 
@@ -35,7 +35,7 @@ def _gradcam_explanation(shape=(46, 70)):
         model="test_cnn",
         classes=("benign", "malignant"),
         probabilities=np.array([0.3, 0.7]),
-        target_class=1,
+        target_class=target_class,
         values=values,
         geometry=DenseMap(shape),
     )
@@ -83,7 +83,7 @@ def test_compare_dock_through_the_proxy(make_napari_viewer, no_private_access):
     widget.image_choice.value = image
     layers = [
         *add_explanation_layers(viewer, image, _gradcam_explanation()),
-        *add_explanation_layers(viewer, image, _gradcam_explanation()),
+        *add_explanation_layers(viewer, image, _gradcam_explanation(target_class=0)),
     ]
     assert list(widget.heatmap_choice.choices) == layers
     viewer.layers.selection.active = layers[0]

@@ -134,6 +134,31 @@ def attention_importance(model, data, target_class: int | None = None) -> np.nda
     return attention.float().cpu().numpy()
 
 
+def _attention_and_probabilities(model, data, target_class: int | None):
+    """``(probabilities (classes,) float64, attention (N,) float32)`` of one graph from one
+    forward pass (``forward_features`` then ``forward_head``), the attention of the branch
+    :func:`attention_importance` reads; None for models without those parts or attention."""
+    if getattr(model, "attention", None) is None or not all(
+        hasattr(model, n) for n in ("forward_features", "forward_head")
+    ):
+        return None
+    with _EvalMode(model):
+        x1, a1, weights = model.forward_features(data, return_attention=True)
+        logits = model.forward_head(x1, a1)
+    if weights is None:
+        return None
+    probs = torch.softmax(logits.float(), dim=-1)[0]
+    branches = getattr(model, "branches", 1)
+    if branches > 1:
+        target = int(probs.argmax()) if target_class is None else int(target_class)
+        if not 0 <= target < probs.numel():
+            raise ValueError(f"target_class {target} out of range")
+        attention = weights[:, target]
+    else:
+        attention = weights[:, 0]
+    return probs.cpu().numpy().astype(np.float64), attention.float().cpu().numpy()
+
+
 def occlusion_importance(
     model,
     data,
@@ -290,12 +315,20 @@ def explain_graph(
         raise ValueError(f"importance must be 'attention' or 'occlusion', got {importance!r}")
     device = next(model.parameters()).device
     data = graph.to_pyg().to(device)
-    with _EvalMode(model):
-        probs = _probabilities(model, data)[0].cpu().numpy().astype(np.float64)
-    target = int(np.argmax(probs)) if target_class is None else int(target_class)
-    if importance == "attention":
-        values = attention_importance(model, data, target)
+    both = (
+        _attention_and_probabilities(model, data, target_class)
+        if importance == "attention"
+        else None
+    )
+    if both is not None:  # one forward pass for the prediction and the attention
+        probs, values = both
     else:
+        with _EvalMode(model):
+            probs = _probabilities(model, data)[0].cpu().numpy().astype(np.float64)
+    target = int(np.argmax(probs)) if target_class is None else int(target_class)
+    if both is None and importance == "attention":
+        values = attention_importance(model, data, target)
+    elif importance == "occlusion":
         values = occlusion_importance(model, data, k=k, target_class=target, batch_size=batch_size)
     centroids = np.asarray(graph.centroids, np.float64).reshape(-1, 2)
     if image_shape is None:

@@ -135,7 +135,19 @@ def _explain_graph(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
     # unknown pixel size: estimated from the image, or PixelSizeError asking for --pixel-size
     choice = spec.resolve_pixel_size(ctx.pixel_size_um, source=ctx.pixel_size_source, image=image)
     mpp, source = choice.pixel_size_um, choice.source
-    graph, nuclei = spec.graph(image, mpp)
+    est = choice.estimate
+    if est is None and source == "estimated":  # estimated by the caller (histoview explain)
+        from histoview.preprocessing.scale import remembered_estimate
+
+        est = remembered_estimate(image)
+    if est is not None and est.nuclei is not None and est.pixel_size_um == mpp:
+        # the estimator's last detector run found these nuclei at this pixel size already
+        from histoview.preprocessing.graph import build_nuclei_graph
+
+        nuclei = est.nuclei
+        graph = build_nuclei_graph(nuclei, threshold_um=spec.graph_threshold_um, pixel_size_um=mpp)
+    else:
+        graph, nuclei = spec.graph(image, mpp)
     if len(nuclei) == 0:
         raise ValueError(
             f"no nuclei found at {choice.describe()}: the image may be blank or not H&E, or its "
@@ -172,12 +184,14 @@ def _explain_graph(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
 
 def _cam(method: str) -> ExplainFn:
     def explain(image, model, meta, sha, ctx: ExplainContext) -> Explanation:
-        from histoview.explain.gradcam import explain_cnn
+        # a patch classifier (input.tiled) on an image larger than its field: tile by tile
+        from histoview.explain.tiled_cam import explain_image_cnn
 
-        return explain_cnn(
+        return explain_image_cnn(
             model,
             image,
             method=method,
+            pixel_size_um=ctx.pixel_size_um,
             target_class=ctx.target_class,
             checkpoint_meta=meta,
             checkpoint_sha256=sha,

@@ -14,8 +14,10 @@ in two steps, both in the haematoxylin channel (:func:`skimage.color.rgb2hed`):
 2. **Nuclei found by the detector, sized by their blob scale.** :func:`detect_nuclei` runs at
    the current guess; at each nucleus centre the scale where the response above is largest
    gives the nucleus's radius in pixels; :data:`NUCLEUS_RADIUS_UM` um divided by the 33rd
-   percentile of those radii is the next guess, until the guess changes by less than 1 %.
-   (A low percentile: merged clusters and large tumour nuclei sit in the upper tail.)
+   percentile of those radii is the next guess, until the guess changes by less than 1 %;
+   the estimate is then the guess the last detector run used, so the nuclei it measured are
+   those detected at the estimate. (A low percentile: merged clusters and large tumour
+   nuclei sit in the upper tail.)
 
 Why not the detector's own outlines? The detector's size filters and seed spacing are set in
 micrometres at the guessed pixel size, so the outlines follow the guess: on MoNuSeg tiles the
@@ -40,11 +42,22 @@ when fewer than :data:`MIN_NUCLEI` nuclei are found (a 50 x 50 patch), when the 
 not settle, when the radii are too spread for the count to pin their percentile down, or when
 the result lies outside :data:`ESTIMATE_RANGE_UM`. Callers must then ask the user instead of
 guessing (:func:`histoview.models.inputs.resolve_pixel_size`).
+
+**Computed once per image.** Estimates are remembered by the image's content (a BLAKE2 digest
+of its pixels) and the arguments, for the last :data:`CACHE_SIZE` images: explaining the same
+image again (another method, "Run all methods", the CLI's several methods) reuses it. An
+estimate of a whole image (not sampled in tiles) also keeps the nuclei its last detector run
+found (``PixelSizeEstimate.nuclei``), which are the nuclei detected at the estimate, so that
+the nuclei-graph method need not detect them again.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -74,6 +87,10 @@ MAX_STATISTICAL_ERROR = 0.10
 ESTIMATE_RANGE_UM = (0.04, 3.0)
 #: pixels analysed at most; larger images are sampled in 1024 x 1024 tiles rich in tissue
 MAX_PIXELS = 4_000_000
+#: detector runs at most per estimate
+MAX_ITERATIONS = 10
+#: estimates remembered (by image content and arguments)
+CACHE_SIZE = 8
 
 _SIGMA0, _PER_OCTAVE, _N_SCALES = 1.0, 4, 26
 _TILE = 1024
@@ -91,6 +108,10 @@ class PixelSizeEstimate:
         reason: why it is unreliable (None when reliable).
         start_um: the guess-free start from the blob-energy spectrum (um/px), or None.
         iterations: detector runs made.
+        nuclei: the :class:`~histoview.preprocessing.nuclei.Nuclei` of the whole image that
+            the last detector run found at ``pixel_size_um`` (default detector settings);
+            None when the image was sampled in tiles or the estimate is unreliable. Shared
+            by every caller of a remembered estimate: read it, do not change it.
     """
 
     pixel_size_um: float | None
@@ -100,10 +121,11 @@ class PixelSizeEstimate:
     reason: str | None
     start_um: float | None
     iterations: int
+    nuclei: Any = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:
-        """Plain data for JSON outputs."""
-        out = asdict(self)
+        """Plain data for JSON outputs (without the nuclei)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "nuclei"}
         for key in ("pixel_size_um", "relative_error", "start_um"):
             if out[key] is not None:
                 out[key] = round(float(out[key]), 5)
@@ -135,7 +157,7 @@ def estimate_pixel_size(
     *,
     min_nuclei: int = MIN_NUCLEI,
     max_pixels: int = MAX_PIXELS,
-    max_iterations: int = 10,
+    max_iterations: int = MAX_ITERATIONS,
 ) -> PixelSizeEstimate:
     """Estimate micrometres per pixel of an H&E image from its nuclei (module docstring).
 
@@ -147,10 +169,51 @@ def estimate_pixel_size(
 
     Returns:
         A :class:`PixelSizeEstimate`; check ``reliable`` (and ``reason``) before using it.
+        The same image (same pixels) with the same arguments gets the remembered estimate
+        (module docstring).
     """
     from histoview.preprocessing.nuclei import _as_rgb
 
-    rgb = _as_rgb(image)
+    rgb = np.ascontiguousarray(_as_rgb(image))
+    key = _key(rgb, min_nuclei, max_pixels, max_iterations)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    est = _estimate(rgb, min_nuclei, max_pixels, max_iterations)
+    with _CACHE_LOCK:
+        _CACHE[key] = est
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return est
+
+
+def remembered_estimate(image: np.ndarray) -> PixelSizeEstimate | None:
+    """The remembered estimate of ``image`` made with the default arguments, or None (this
+    never estimates: e.g. to reuse its nuclei where a caller got only the number)."""
+    from histoview.preprocessing.nuclei import _as_rgb
+
+    key = _key(np.ascontiguousarray(_as_rgb(image)), MIN_NUCLEI, MAX_PIXELS, MAX_ITERATIONS)
+    with _CACHE_LOCK:
+        return _CACHE.get(key)
+
+
+def _key(rgb: np.ndarray, min_nuclei: int, max_pixels: int, max_iterations: int) -> tuple:
+    digest = hashlib.blake2b(memoryview(rgb).cast("B"), digest_size=16).hexdigest()
+    return digest, rgb.shape, rgb.dtype.str, int(min_nuclei), int(max_pixels), int(max_iterations)
+
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every remembered estimate."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _estimate(rgb, min_nuclei: int, max_pixels: int, max_iterations: int) -> PixelSizeEstimate:
     h, w = rgb.shape[:2]
     blank = is_blank(rgb)
     if blank:
@@ -162,13 +225,15 @@ def estimate_pixel_size(
     if start is None:
         return _unreliable(None, 0, "no dark blobs (nuclei) in the haematoxylin channel", None, 0)
     lo, hi = ESTIMATE_RANGE_UM
-    p, radii, runs, settled = _settle(spaces, tiles, start, min_nuclei, max_iterations)
+    p, radii, runs, settled, found = _settle(spaces, tiles, start, min_nuclei, max_iterations)
     if len(radii) < min_nuclei:
         # too few nuclei where the guess is too fine (big ones only): once more from 2x coarser
-        p2, radii2, runs2, settled2 = _settle(spaces, tiles, 2 * start, min_nuclei, max_iterations)
+        p2, radii2, runs2, settled2, found2 = _settle(
+            spaces, tiles, 2 * start, min_nuclei, max_iterations
+        )
         runs += runs2
         if len(radii2) >= min_nuclei:
-            p, radii, settled = p2, radii2, settled2
+            p, radii, settled, found = p2, radii2, settled2, found2
     n = len(radii)
     size = f"{h} x {w} image" if len(tiles) == 1 else f"{len(tiles)} tiles of the {h} x {w} image"
     if n < min_nuclei:
@@ -199,29 +264,33 @@ def estimate_pixel_size(
         return _unreliable(
             p, n, f"the estimate {p:.3g} um/px is outside {lo:g}-{hi:g} um/px", start, runs, error
         )
-    return PixelSizeEstimate(p, True, error, n, None, start, runs)
+    whole = len(tiles) == 1 and tiles[0].shape[:2] == rgb.shape[:2]
+    return PixelSizeEstimate(p, True, error, n, None, start, runs, found[0] if whole else None)
 
 
 def _settle(spaces, tiles, start: float, min_nuclei: int, max_iterations: int):
     """Iterate detection and blob sizing from ``start`` (module docstring, step 2).
 
-    Returns ``(pixel size, radii (px) at it, detector runs, settled)``."""
+    Returns ``(pixel size, radii (px) at it, detector runs, settled, nuclei per tile)``:
+    once settled, the pixel size is the one the last detector run used (its nuclei gave the
+    radii), so the nuclei are those detected at the returned pixel size."""
     from histoview.preprocessing.nuclei import detect_nuclei
 
     lo, hi = ESTIMATE_RANGE_UM
     p, radii, runs, settled = float(np.clip(start, lo / 2, hi * 2)), np.zeros(0), 0, False
+    found: list = []
     while runs < max_iterations and not settled:
         runs += 1
-        radii = np.concatenate(
-            [s.radius_at(detect_nuclei(t, p).centroids) for s, t in zip(spaces, tiles)]
-        )
+        found = [detect_nuclei(t, p) for t in tiles]
+        radii = np.concatenate([s.radius_at(n.centroids) for s, n in zip(spaces, found)])
         if len(radii) < min_nuclei:
             break
         new = NUCLEUS_RADIUS_UM / float(np.percentile(radii, RADIUS_PERCENTILE))
         new = float(np.clip(new, p / 2, p * 2))  # at most a factor 2 per step
         settled = abs(np.log(new / p)) < 0.01
-        p = float(np.clip(new, lo / 2, hi * 2))
-    return p, radii, runs, settled
+        if not settled:
+            p = float(np.clip(new, lo / 2, hi * 2))
+    return p, radii, runs, settled, found
 
 
 def _unreliable(p, n, reason, start, runs, error=None) -> PixelSizeEstimate:

@@ -78,6 +78,9 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         # proxies too: layers are matched by ``unique_id`` (same_layer), never by identity.
         from napari.layers import Image, Layer
 
+        from histoview.viewer import _napari_grid
+
+        _napari_grid.install()  # napari's grid placement in one pass (side by side's panels)
         self.viewer = viewer = napari_viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS
@@ -91,6 +94,7 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         self._resume_side = False
         self._side_wanted = False  # a side-by-side switch waits for its panels
         self._shown_heatmap = None
+        self._pending_steps: list = []  # what is left of a stepwise switch (_compare_switch)
         # main-thread work in small steps, one per event-loop turn (see _pump)
         self._jobs: deque = deque()
         self._pump_timer = QTimer(self)
@@ -116,7 +120,9 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         self.side_button = _button(
             "Side by side", HELP["side"], lambda _checked=False: self.side_by_side(wait=False)
         )
-        self.stacked_button = _button("Stacked", HELP["stacked"], self.stacked)
+        self.stacked_button = _button(
+            "Stacked", HELP["stacked"], lambda _checked=False: self.stacked(wait=False)
+        )
         self.legend = qw.QLabel("")
         self.legend.setWordWrap(True)
         self.legend.setStyleSheet("color: #a0a0a0; font-size: 10px;")

@@ -29,6 +29,7 @@ layers only.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import textwrap
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from histoview.viewer._compare_parts import STATE_KEY, role
+from histoview.viewer._layer_updates import unproxied
 
 #: layers per panel: tissue, companion, main overlay
 STRIDE = 3
@@ -163,7 +165,7 @@ def outline_data(expl, threshold: float | None, base):
 
 # -- switching --------------------------------------------------------------------------------
 @contextmanager
-def one_scene_update(layers):
+def one_scene_update(layers, view=None):
     """Every change inside as one napari scene update (``LayerList.batched_update``).
 
     napari ends a batch with a full garbage collection (``gc.collect``), which walks the
@@ -171,15 +173,38 @@ def one_scene_update(layers):
     exist when the batch starts are frozen (``gc.freeze``) for its duration, so that
     collection only looks at what the batch made; they are unfrozen afterwards and
     collected as usual later.
+
+    With napari's layer list ``view`` (:func:`layer_list_view`) its model hears none of the
+    layers' events inside (each visibility, data or colour change would otherwise update
+    its row through the list's sorting proxy, one at a time) and is told once at the end
+    that every row changed.
     """
     frozen_before = gc.get_freeze_count()
     gc.freeze()
+    model = _layer_list_model(view)
+    events = getattr(unproxied(layers), "events", None)
+    quiet = (
+        events.blocker(model._process_event)
+        if model is not None and events is not None
+        else contextlib.nullcontext()
+    )
     try:
-        with layers.batched_update():
+        with quiet, layers.batched_update():
             yield
     finally:
         if not frozen_before:
             gc.unfreeze()
+        if model is not None and model.rowCount() > 0:
+            model.dataChanged.emit(model.index(0, 0), model.index(model.rowCount() - 1, 0), [])
+
+
+def _layer_list_model(view):
+    """napari's layer list model behind ``view`` (its sorting proxy's source), or None."""
+    if view is None:
+        return None
+    model = view.model()
+    source = model.sourceModel() if hasattr(model, "sourceModel") else model
+    return source if hasattr(source, "_process_event") else None
 
 
 def panel_order(layers, panels: list[list], extras: list) -> list:
@@ -229,14 +254,26 @@ def style_colorbar(bar) -> None:
 
 # -- napari's layer list ----------------------------------------------------------------------
 def layer_list_view(widget):
-    """napari's layer list (a Qt list view of the window ``widget`` is docked in), or None."""
+    """napari's layer list (a Qt list view of the window ``widget`` is docked in), or None.
+
+    Found once per widget and remembered (searching the window's widgets takes ~25 ms)."""
     from qtpy.QtWidgets import QListView
 
+    cached = getattr(widget, "_histoview_layer_list", None)
+    if cached is not None:
+        try:
+            if cached.window() is widget.window():
+                return cached
+        except RuntimeError:  # the Qt object is gone
+            pass
     window = widget.window() if widget is not None else None
     if window is None or window is widget:
         return None
     views = [v for v in window.findChildren(QListView) if type(v).__name__ == "QtLayerList"]
-    return views[0] if views else None
+    view = views[0] if views else None
+    if view is not None:
+        widget._histoview_layer_list = view
+    return view
 
 
 def hide_rows(view, layers) -> int:

@@ -27,18 +27,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# the compare view's per-layer record (metadata key) and its panel layers' role live with the
+# layer updates, which must leave panel layers alone
+from histoview.viewer._layer_updates import STATE_KEY, role  # noqa: F401
 from histoview.viewer.overlays import viewer_text_overlay
 
 #: faithfulness steps: enough for a curve, few enough to stay interactive
 FAITHFULNESS_STEPS = 10
-#: per-layer state kept by the compare view: metadata key
-STATE_KEY = "histoview_compare"
 
 
 # -- layers -----------------------------------------------------------------------------------
-def role(layer) -> str | None:
-    """``"tissue"`` / ``"outline"`` for the panel layers the compare view adds, else None."""
-    return (layer.metadata.get(STATE_KEY) or {}).get("role")
 
 
 def explanation_layers(layers) -> list:
@@ -147,7 +145,9 @@ def refresh_overlay(layer, normalised: bool) -> None:
 
     st = state(layer)
     raw = st["raw"]
-    norm = normalise(raw)
+    if st.get("norm") is None:  # the raw values never change: normalised once
+        st["norm"] = normalise(raw)
+    norm = st["norm"]
     thr = st.get("threshold")
     keep = np.ones(raw.shape, bool) if not thr or thr <= 0 else np.isfinite(norm) & (norm >= thr)
     if isinstance(layer, Points):

@@ -19,7 +19,8 @@ import numpy as np
 from histoview.viewer import _compare_parts as parts
 from histoview.viewer._compare_parts import FAITHFULNESS_STEPS
 from histoview.viewer._compare_results import fill_agreement_table, render_faithfulness
-from histoview.viewer.overlays import add_layer_data, layer_pixel_size, read_layer_for_model
+from histoview.viewer._layer_updates import show_overlay
+from histoview.viewer.overlays import layer_pixel_size, read_layer_for_model
 
 
 # -- worker generators ------------------------------------------------------------------------
@@ -36,14 +37,16 @@ def run_all_work(
 
     ``where``: the :class:`~histoview.viewer.overlays.Placement` of the image layer, for the
     overlays' layer data (None: no layer data). Yields ``("progress", done, total, text)``
-    and ``("explanation", expl, layer_data, predict, rgb)``; returns :func:`analysis_work`'s
+    and ``("explanation", expl, (layer_data, layers), predict, rgb)`` (the overlay's layer
+    data tuples and the napari layers built from them, both None without ``where``); returns :func:`analysis_work`'s
     record plus ``"skipped"``: one line per method whose ``load(method)`` raised (e.g. no
     bundled weights). Methods whose weights are one checkpoint (Grad-CAM and DT Grad-CAM)
     share one predictor, so faithfulness predicts an input they share once.
     """
     from histoview.explain.methods import get_method, method_title
     from histoview.explain.run import explain_array
-    from histoview.viewer.overlays import explanation_layer_data
+    from histoview.viewer._models import model_lock
+    from histoview.viewer.overlays import build_layers, explanation_layer_data
 
     total = len(methods) + 1
     items, skipped, predictors = [], [], {}
@@ -61,22 +64,24 @@ def run_all_work(
         if key in predictors:
             net = predictors[key][0]  # the same weights: one model, one predictor
         yield "progress", i, total, f"running {method_title(method)}"
-        expl = explain_array(
-            rgb,
-            method,
-            net,
-            meta,
-            sha,
-            pixel_size_um=mpp,
-            downsample=ds,
-            level=level,
-            image_shape=shape0,
-        )
+        with model_lock(net):
+            expl = explain_array(
+                rgb,
+                method,
+                net,
+                meta,
+                sha,
+                pixel_size_um=mpp,
+                downsample=ds,
+                level=level,
+                image_shape=shape0,
+            )
         if key not in predictors:
             predictors[key] = (net, factory(net, meta, pixel_size_um=mpp))
         predict = predictors[key][1]
         layer_data = explanation_layer_data(expl, where) if where is not None else None
-        yield "explanation", expl, layer_data, predict, rgb
+        layers = build_layers(layer_data) if layer_data is not None else None
+        yield "explanation", expl, (layer_data, layers), predict, rgb
         items.append((expl, predict, rgb))
     if not items:
         return {
@@ -107,6 +112,7 @@ def analysis_work(
     """
     from histoview.explain.agreement import agreement_table, method_labels
     from histoview.explain.faithfulness import deletion_insertion
+    from histoview.viewer._models import model_lock
 
     expls = [it[0] for it in items]
     labels = method_labels(expls)
@@ -119,7 +125,8 @@ def analysis_work(
             notes.append(f"{label}: no model loaded here, faithfulness skipped")
             continue
         yield "progress", done + 1 + k, total, f"faithfulness: {label}"
-        faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
+        with model_lock(getattr(predict, "net", None)):  # a model other docks may share
+            faithfulness[label] = deletion_insertion(expl, predict, rgb, steps=steps)
     yield "progress", done + len(items), total, "drawing the faithfulness curves"
     return {
         "agreement": agreement,
@@ -136,10 +143,11 @@ class RunActions:
     # -- running ----------------------------------------------------------------------------------
     @staticmethod
     def _load(method: str):
-        """(net, meta, sha) for ``method``; replaced in tests. Raises when weights are missing."""
-        from histoview.explain.run import load_for_method
+        """(net, meta, sha) for ``method`` (its demo weights, loaded once per session);
+        replaced in tests. Raises when weights are missing."""
+        from histoview.viewer._models import load_model_for
 
-        return load_for_method(method)
+        return load_model_for(method)
 
     def register_predictor(self, expl, predict, image=None) -> None:
         """Use ``predict`` (images -> probabilities) for ``expl``'s faithfulness curves."""
@@ -227,15 +235,16 @@ class RunActions:
             self.progress.setValue(done)
             self.status.setText(text)
         elif item[0] == "explanation":
-            _, expl, layer_data, predict, rgb = item
+            _, expl, (layer_data, layers), predict, rgb = item
             self.register_predictor(expl, predict, rgb)
-            # the worker prepared the layers; add them one per event-loop turn
-            for one in layer_data or []:
-                self._queue(lambda one=one: self._add_prepared(base, one))
+            if layer_data:  # prepared in the worker: swapped in, or inserted one per turn
+                self._queue(lambda: self._add_prepared(base, layer_data, layers))
 
-    def _add_prepared(self, base, layer_data) -> None:
+    def _add_prepared(self, base, layer_data, layers) -> None:
         if base in self.viewer.layers:
-            add_layer_data(self.viewer, [layer_data])
+            show_overlay(
+                self.viewer, layer_data, layers, schedule=lambda fn: self._queue(fn, first=True)
+            )
 
     def _show_results(self, result) -> None:
         from histoview.viewer.overlays import _set_notice

@@ -70,16 +70,18 @@ class PanelSwitching:
     def _insert_at(self, layer, anchor, offset: int) -> None:
         """Insert ``layer`` below (``offset`` 0) or above (1) ``anchor``, or on top when
         ``anchor`` is gone."""
+        from histoview.viewer._layer_updates import insert_inactive
+
         layers = self.viewer.layers
         index = layers.index(anchor) + offset if anchor in layers else len(layers)
-        layers.insert(index, layer)
+        insert_inactive(self.viewer, index, layer)  # a helper layer: never the active one
         panels.hide_rows(panels.layer_list_view(self), layers)
 
     def side_by_side(self, _checked=False, *, wait: bool = True) -> None:
         """One grid panel per explanation of the selected image (tissue, overlay, companion).
 
-        Panel layers still missing are made first: all at once (``wait``, for scripts), or
-        one per event-loop turn (the button), the switch following when they are ready.
+        ``wait`` (scripts): everything now. Otherwise (the button) in steps, one per
+        event-loop turn: the panel layers still missing, the grid, then one panel at a time.
         """
         base = self.image_layer()
         if base is None:
@@ -107,7 +109,7 @@ class PanelSwitching:
         self._selection_before = self.viewer.layers.selection.active
         if jobs:
             self.status.setText(f"preparing {len(jobs)} panel layers...")
-        self._queue(*jobs, lambda: self._show_panels(base), first=True)
+        self._queue(*jobs, lambda: self._show_panels(base, stepwise=True), first=True)
 
     def _panels_of(self, base):
         """``(panels, extras)``: each panel's layers, bottom to top - [tissue, edges, nuclei]
@@ -125,14 +127,38 @@ class PanelSwitching:
             extras.extend(rest[1:])
         return rows, extras
 
-    def _show_panels(self, base) -> None:
-        """Switch to the grid: only visibility, colour limits, overlays and grid settings
-        change, in one scene update (every panel layer exists already)."""
+    def _steps(self, steps: list, stepwise: bool) -> None:
+        """Run ``steps`` now, or one per event-loop turn before other waiting jobs (a later
+        switch first runs what is left of them, :meth:`_flush_steps`)."""
+        if not stepwise:
+            for step in steps:
+                step()
+            return
+        pending = self._pending_steps = list(steps)
+
+        def next_step():
+            if pending is self._pending_steps and pending:
+                pending.pop(0)()
+
+        self._queue(*(next_step for _ in steps), first=True)
+
+    def _flush_steps(self) -> None:
+        """Finish the steps of a switch still under way, so that the next one starts from a
+        whole state."""
+        pending, self._pending_steps = self._pending_steps, []
+        while pending:
+            pending.pop(0)()
+
+    def _show_panels(self, base, *, stepwise: bool = False) -> None:
+        """Switch to the grid (every panel layer exists already): the layer order, the other
+        layers hidden and the grid in one scene update, then each panel's visibility and
+        colour scale in one of its own (``stepwise``: one per event-loop turn)."""
         if not self._side_wanted:
             return
         self._side_wanted = False
+        self._flush_steps()
         layers, grid = self.viewer.layers, parts.grid_of(self.viewer)
-        if self.side_by_side_on:
+        if self.side_by_side_on or self._saved:
             self.stacked()
         rows, extras = self._panels_of(base)
         mains = {_key(lay) for lay in parts.explanation_layers(layers)}
@@ -156,15 +182,24 @@ class PanelSwitching:
         n = len(rows)
         shape0 = parts.base_shape(base)
         world_hw = (shape0[0] * abs(base.scale[-2]), shape0[1] * abs(base.scale[-1]))
-        with panels.one_scene_update(layers):
+        lines = panels.title_lines(r[0] for r in rows)
+        view = panels.layer_list_view(self)
+        with panels.one_scene_update(layers, view):
             for lay in orphans:  # panels of explanations that are gone
                 layers.remove(lay)
             if [_key(lay) for lay in layers] != [_key(lay) for lay in order]:
                 parts.reorder(layers, order)
             for lay in others:
                 lay.visible = False
-            for row in rows:
-                main = self._main(row)
+            grid.stride = -panels.STRIDE
+            grid.shape = parts.grid_shape(n, self._canvas_size(), world_hw, panels.margins(lines))
+            grid.spacing = 0.02
+            grid.enabled = True
+        self._saved["notice"] = parts.notice_for_grid(self.viewer)
+
+        def show(row):
+            main = self._main(row)
+            with panels.one_scene_update(layers, view):
                 for lay in row:
                     if parts.role(lay) in panels.PANEL_ROLES:
                         lay.visible = True
@@ -173,42 +208,44 @@ class PanelSwitching:
                 parts.refresh_overlay(main, True)
                 if not _has_contrast(main):  # nothing to paint: the title says "no contrast"
                     main.opacity = 0.0
-            grid.stride = -panels.STRIDE
-            lines = panels.title_lines(r[0] for r in rows)
-            grid.shape = parts.grid_shape(n, self._canvas_size(), world_hw, panels.margins(lines))
-            grid.spacing = 0.02
-            grid.enabled = True
-        self._saved["notice"] = parts.notice_for_grid(self.viewer)
-        self.side_by_side_on = True
-        self._fitted = (base, lines)
-        panels.fit_panels(self.viewer, base, lines)
-        # titles and colour bars one per event-loop turn: napari places every canvas overlay
-        # of every grid cell again for each one it updates, so all at once would be one
-        # long freeze
-        jobs = []
-        for row in rows:
-            main = self._main(row)
-            jobs.append(lambda t=row[0]: self._show_overlay(t.name_overlay))
-            if _has_contrast(main):
-                jobs.append(lambda m=main: self._show_overlay(parts.colorbar(m)))
-        self._queue(*jobs, first=True)
-        self._restore_selection()
-        self._hide_panel_rows()
-        methods = [self._main(r).metadata["histoview_explanation"].method for r in rows]
-        self.legend.setText(parts.colour_legend(methods))
-        self.status.setText(
-            f"side by side: {n} panels, grid {grid.shape[0]} x {grid.shape[1]}; colour: "
-            "each map from 0 (its lowest value) to 1 (its highest)"
-        )
 
-    def stacked(self, _checked=False) -> None:
+        def finish():
+            self.side_by_side_on = True
+            self._fitted = (base, lines)
+            panels.fit_panels(self.viewer, base, lines)
+            # titles and colour bars one per event-loop turn: napari places every canvas
+            # overlay of every grid cell again for each one it updates
+            jobs = []
+            for row in rows:
+                main = self._main(row)
+                jobs.append(lambda t=row[0]: self._show_overlay(t.name_overlay))
+                if _has_contrast(main):
+                    jobs.append(lambda m=main: self._show_overlay(parts.colorbar(m)))
+            self._queue(*jobs, first=True)
+            self._restore_selection()
+            self._hide_panel_rows()
+            methods = [self._main(r).metadata["histoview_explanation"].method for r in rows]
+            self.legend.setText(parts.colour_legend(methods))
+            self.status.setText(
+                f"side by side: {n} panels, grid {grid.shape[0]} x {grid.shape[1]}; colour: "
+                "each map from 0 (its lowest value) to 1 (its highest)"
+            )
+
+        self._steps([*(lambda r=row: show(r) for row in rows), finish], stepwise)
+
+    def stacked(self, _checked=False, *, wait: bool = True) -> None:
         """One view, all overlays stacked over the base image (undoes :meth:`side_by_side`);
-        the panel layers stay, hidden, for the next time."""
+        the panel layers stay, hidden, for the next time. ``wait`` (scripts): all now;
+        otherwise (the button) the grid off and the layers' order and visibility in one
+        event-loop turn, then each overlay's own values back in one of its own."""
         self._side_wanted = False
+        self._flush_steps()
         layers = self.viewer.layers
         saved, self._saved = self._saved, {}
         grid = parts.grid_of(self.viewer)
-        with panels.one_scene_update(layers):
+        view = panels.layer_list_view(self)
+        mains = [lay for lay in layers if saved and _key(lay) in saved["mains"]]
+        with panels.one_scene_update(layers, view):
             grid.enabled = False  # first: overlay changes are cheap without the grid
             for lay in layers:
                 if parts.role(lay) in panels.PANEL_ROLES:
@@ -217,15 +254,8 @@ class PanelSwitching:
             if saved:
                 grid.stride, grid.shape, grid.spacing = saved["grid"]
                 for lay in layers:
-                    key = _key(lay)
-                    if key in saved["mains"]:
-                        parts.refresh_overlay(lay, False)
-                        lay.opacity, lay.name_overlay.visible, lay.visible = saved["mains"][key]
-                        bar = parts.colorbar(lay)
-                        if bar is not None:
-                            bar.visible = False
-                    elif key in saved["visible"]:
-                        lay.visible = saved["visible"][key]
+                    if _key(lay) in saved["visible"]:
+                        lay.visible = saved["visible"][_key(lay)]
                 position = {k: i for i, k in enumerate(saved["order"])}
                 order = sorted(layers, key=lambda lay: position.get(_key(lay), len(position)))
                 if [_key(lay) for lay in layers] != [_key(lay) for lay in order]:
@@ -235,6 +265,16 @@ class PanelSwitching:
         self.side_by_side_on = False
         self.viewer.reset_view()
         self.status.setText("stacked: all overlays over the tissue")
+
+        def restore(lay):
+            with panels.one_scene_update(layers, view):
+                parts.refresh_overlay(lay, False)
+                lay.opacity, lay.name_overlay.visible, lay.visible = saved["mains"][_key(lay)]
+                bar = parts.colorbar(lay)
+                if bar is not None:
+                    bar.visible = False
+
+        self._steps([lambda m=m: restore(m) for m in mains], not wait)
 
     def _canvas_resized(self, _event=None) -> None:
         """Side by side, keep the tissue fitted beside its title and colour bar."""

@@ -26,9 +26,9 @@ from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._layer_choice import is_tissue_image, layer_choice
+from histoview.viewer._layer_updates import show_overlay
 from histoview.viewer.overlays import (
     explanation_title,
-    insert_layers_stepwise,
     layer_pixel_size,
     read_layer_for_model,
 )
@@ -244,31 +244,34 @@ class ExplainWidget(Container):
     ):
         """Generator run in a worker thread: yields (step, text), returns (explanation, layer
         data). Every yield is a point where Cancel stops it."""
-        from histoview.explain.run import explain_array, load_for_method
+        from histoview.explain.run import explain_array
+        from histoview.viewer._models import load_model_for, model_lock
         from histoview.viewer.overlays import build_layers, explanation_layer_data
 
         yield 1, "loading model"
-        net, meta, sha = load_for_method(method, checkpoint=entry.path)
+        net, meta, sha = load_model_for(method, entry.path)  # read once per session
         yield 2, "reading image"
         rgb, downsample, level, shape0 = read_layer_for_model(data, multiscale, mpp, meta)
         yield 3, f"running {method_title(method)} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
-        expl = explain_array(
-            rgb,
-            method,
-            net,
-            meta,
-            sha,
-            pixel_size_um=(mpp * downsample) if mpp else None,
-            target_class=target_class,
-            importance=importance,
-            downsample=downsample,
-            level=level,
-            image_shape=shape0,
-        )
+        with model_lock(net):
+            expl = explain_array(
+                rgb,
+                method,
+                net,
+                meta,
+                sha,
+                pixel_size_um=(mpp * downsample) if mpp else None,
+                target_class=target_class,
+                importance=importance,
+                downsample=downsample,
+                level=level,
+                image_shape=shape0,
+            )
         yield 4, "drawing"
-        layers = build_layers(explanation_layer_data(expl, where, outlines=outlines))
+        layer_data = explanation_layer_data(expl, where, outlines=outlines)
+        layers = build_layers(layer_data)
         yield 5, "adding the overlay"
-        return expl, layers
+        return expl, layer_data, layers
 
     def run(self, _event=None):
         from napari.qt.threading import create_worker
@@ -344,9 +347,11 @@ class ExplainWidget(Container):
         if self._cancelled:  # finished before it saw the request: drop the result
             self._on_aborted()
             return
-        expl, layers = result
+        expl, layer_data, layers = result
         self._adding = True
-        insert_layers_stepwise(self.viewer, layers, lambda added: self._on_added(expl, added))
+        # an earlier run with the same settings keeps its layers (data swapped); else the
+        # worker's layers are inserted one per event-loop turn
+        show_overlay(self.viewer, layer_data, layers, lambda shown: self._on_added(expl, shown))
 
     def _on_added(self, expl, layers):
         self._adding = False

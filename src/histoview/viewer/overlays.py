@@ -12,6 +12,14 @@ overlay is placed with the same mapping:
 
 Values stay raw numbers (readable under the mouse); colour limits run from 0
 to the method's maximum, so every overlay uses its full colour range.
+
+**Main-thread work.** A worker prepares everything (:func:`explanation_layer_data`, then
+:func:`build_layers`: colour mapping, thumbnails, points and edges); the main thread only
+inserts ready layers, one per turn of the event loop, without making each one the active
+layer (napari would rebuild the layer controls each time), and selects the overlay once at
+the end (:func:`show_overlay`). An explanation made again with the same settings on the
+same image (:func:`run_key`) does not add a copy: its layers are kept and their data
+swapped (:func:`swap_layer_data`).
 """
 
 from __future__ import annotations
@@ -106,12 +114,14 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Placement:
-    """How an image layer maps its level-0 pixels to the world: what overlays copy."""
+    """How an image layer maps its level-0 pixels to the world: what overlays copy
+    (``layer_id``: the image layer's napari ``unique_id``, for :func:`run_key`)."""
 
     scale: tuple[float, float]
     translate: tuple[float, float]
     units: tuple[str, str]
     name: str
+    layer_id: str = ""
 
     @classmethod
     def of(cls, image_layer) -> Placement:
@@ -120,7 +130,27 @@ class Placement:
             tuple(float(v) for v in image_layer.translate[-2:]),
             tuple(str(u) for u in image_layer.units[-2:]),
             str(image_layer.name),
+            str(getattr(image_layer, "unique_id", "")),
         )
+
+
+def run_key(expl: Explanation, where: Placement, outlines: bool = False) -> str:
+    """What makes two explanations the same run: the image layer, the method, the weights,
+    the class explained, the method's setting, the pixel size and pyramid level, and whether
+    outlines are drawn. The same key gives the same overlay (the methods are deterministic)."""
+    extra = expl.extra or {}
+    return repr(
+        (
+            where.layer_id or where.name,
+            expl.method,
+            expl.checkpoint_sha256,
+            int(expl.target_class),
+            extra.get("importance"),
+            extra.get("pixel_size_um"),
+            getattr(expl, "level", 0),
+            bool(outlines),
+        )
+    )
 
 
 def explanation_layer_data(
@@ -138,6 +168,7 @@ def explanation_layer_data(
         opacity = min(opacity, 0.25)
     meta = _metadata(expl, where.name)
     meta["histoview"]["contrast"] = contrast
+    meta["histoview"]["run_key"] = run_key(expl, where, outlines)
     cmap = method_colormap(expl.method)
     units = where.units
     geom = expl.geometry
@@ -195,7 +226,13 @@ def explanation_layer_data(
 
 
 def add_layer_data(viewer, layer_data: list[tuple]) -> list:
-    """Add prepared layer data tuples to ``viewer`` (main thread); returns the new layers."""
+    """Add prepared layer data tuples to ``viewer`` (main thread), or swap them into the layers
+    of an earlier run with the same :func:`run_key`; returns the layers shown."""
+    from histoview.viewer._layer_updates import layers_of_run, swap_layer_data
+
+    existing = layers_of_run(viewer, layer_data)
+    if existing and swap_layer_data(existing, layer_data):
+        return existing
     return [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in layer_data]
 
 
@@ -207,21 +244,11 @@ def build_layers(layer_data: list[tuple]) -> list:
     return [Layer.create(data, kwargs, kind) for data, kwargs, kind in layer_data]
 
 
-def insert_layers_stepwise(viewer, layers: list, done=None) -> None:
-    """Insert ``layers`` into ``viewer`` one per turn of the event loop (napari builds each
-    layer's canvas visual and controls on insertion), then call ``done(layers)``."""
-    from qtpy.QtCore import QTimer
+def insert_layers_stepwise(viewer, layers: list, done=None, schedule=None, select=None) -> None:
+    """:func:`histoview.viewer._layer_updates.insert_layers_stepwise`."""
+    from histoview.viewer._layer_updates import insert_layers_stepwise as insert
 
-    pending = list(layers)
-
-    def step():
-        if pending:
-            viewer.layers.append(pending.pop(0))
-            QTimer.singleShot(0, step)
-        elif done is not None:
-            done(layers)
-
-    step()
+    insert(viewer, layers, done, schedule=schedule, select=select)
 
 
 def add_explanation_layers(
@@ -294,6 +321,7 @@ def _nuclei_layer_data(expl, geom: NucleiPoints, common, s, t, cmap, outlines) -
                     "scale": s,
                     "translate": t,
                     "units": units,
+                    "metadata": {"histoview": meta["histoview"]},
                 },
                 "shapes",
             )

@@ -1,0 +1,179 @@
+"""The viewer reuses what it has: models loaded once, an overlay made again with the same
+settings keeps its layers, side by side and stacked by the buttons (one step per event-loop
+turn) create no layers after the first time, and a switch interrupted by the other one
+leaves a whole state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _open_png(viewer, tmp_path, seed=5):
+    from PIL import Image
+
+    from histoview.preprocessing.phantom import make_phantom
+
+    path = tmp_path / "tissue.png"
+    Image.fromarray(make_phantom("invasive", preset="breakhis", seed=seed).image).save(path)
+    [layer] = viewer.open(path, plugin="histoview")
+    return layer
+
+
+def _explanations(viewer):
+    return [lay for lay in viewer.layers if "histoview_explanation" in lay.metadata]
+
+
+def test_same_settings_keep_the_overlay_and_the_model_loads_once(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    import histoview.explain.run as run
+    from histoview.viewer import _models
+
+    _models.clear()
+    loads = []
+    original = run.load_for_method
+    monkeypatch.setattr(
+        run, "load_for_method", lambda *a, **k: loads.append(a) or original(*a, **k)
+    )
+    viewer = make_napari_viewer()
+    _open_png(viewer, tmp_path)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
+    activations = []
+    viewer.layers.selection.events.active.connect(lambda e: activations.append(e.value))
+
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not widget.result.value.startswith("error"), widget.result.value
+    [first] = _explanations(viewer)
+    assert viewer.layers.selection.active is first
+    inserted = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value))
+    widget.run()  # the same settings: the same layer, nothing inserted
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert _explanations(viewer) == [first] and not inserted
+    assert first.metadata["histoview_explanation"] is widget.last_explanation
+    assert len(loads) == 1, "the checkpoint was read again"
+
+    predicted = widget.last_explanation.predicted_label
+    other = next(c for c in widget.class_choice.choices if c not in ("predicted", predicted))
+    widget.class_choice.value = other  # another class: another overlay
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert len(_explanations(viewer)) == 2 and len(inserted) == 1
+    assert len(loads) == 1
+    assert viewer.layers.selection.active is inserted[0]
+
+
+def test_swap_changes_data_in_place():
+    """swap_layer_data gives an existing layer new values without a new layer."""
+    from napari.layers import Image
+
+    from histoview.explain.base import DenseMap, Explanation
+    from histoview.viewer._layer_updates import swap_layer_data
+    from histoview.viewer.overlays import Placement, explanation_layer_data
+
+    def expl(values):
+        return Explanation(
+            method="gradcam",
+            model="test_cnn",
+            classes=("a", "b"),
+            probabilities=np.array([0.4, 0.6]),
+            target_class=1,
+            values=values,
+            geometry=DenseMap((20, 30)),
+        )
+
+    where = Placement((1.0, 1.0), (0.0, 0.0), ("pixel", "pixel"), "tissue", "id-1")
+    old = explanation_layer_data(expl(np.linspace(0, 1, 600).reshape(20, 30)), where)
+    [layer] = [Image(d, **k) for d, k, _ in old]
+    layer.metadata["histoview_compare"] = {"raw": None}  # the compare view's record
+    new_values = np.linspace(1, 0, 600, dtype=np.float32).reshape(20, 30)
+    assert swap_layer_data([layer], explanation_layer_data(expl(new_values), where))
+    np.testing.assert_array_equal(layer.data, new_values)
+    assert "histoview_compare" not in layer.metadata  # made again from the new values
+    assert not swap_layer_data([layer, layer], old)  # layers that do not correspond
+
+
+def _compare_setup(make_napari_viewer):
+    import torch
+
+    from histoview.explain.run import explain_array
+    from histoview.models import create_model
+    from histoview.viewer._compare import CompareWidget
+    from histoview.viewer._sample_data import phantom_layers
+    from histoview.viewer.overlays import add_explanation_layers
+
+    [(image, kwargs, kind)] = phantom_layers("invasive", seed=0)[:1]
+    viewer = make_napari_viewer()
+    base = getattr(viewer, f"add_{kind}")(image, **kwargs)
+    torch.manual_seed(0)
+    cnn = create_model("test_cnn")
+    meta = {"classes": ["benign", "malignant"]}
+    for target in (0, 1):
+        for method in ("gradcam", "dt-gradcam"):
+            expl = explain_array(image, method, cnn, meta, None, target_class=target)
+            add_explanation_layers(viewer, base, expl)
+    widget = CompareWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Compare methods", area="right")
+    return viewer, base, widget
+
+
+def _state(viewer):
+    from histoview.viewer._compare_parts import role
+
+    return [
+        (lay.unique_id, lay.visible, float(lay.opacity), tuple(np.round(lay.contrast_limits, 6)))
+        for lay in viewer.layers
+        if role(lay) is None
+    ]
+
+
+def test_buttons_switch_in_steps_without_new_layers(make_napari_viewer, qtbot):
+    from histoview.viewer._compare_parts import role
+
+    viewer, base, widget = _compare_setup(make_napari_viewer)
+    stacked_state = _state(viewer)
+    widget.side_button.click()
+    qtbot.waitUntil(lambda: widget.side_by_side_on and not widget.running, timeout=60_000)
+    assert viewer.canvas.grid.enabled and not base.visible
+    tissues = [lay for lay in viewer.layers if role(lay) == "tissue"]
+    assert len(tissues) == 4 and all(t.visible and t.data is base.data for t in tissues)
+    assert all(tuple(lay.contrast_limits) == (0.0, 1.0) for lay in _explanations(viewer))
+    inserted, removed = [], []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value))
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value))
+    for _ in range(2):
+        widget.stacked_button.click()
+        qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+        assert not widget.side_by_side_on and not viewer.canvas.grid.enabled
+        assert _state(viewer) == stacked_state
+        widget.side_button.click()
+        qtbot.waitUntil(lambda: widget.side_by_side_on and not widget.running, timeout=60_000)
+    assert not inserted and not removed
+
+
+def test_a_switch_interrupted_by_the_other_leaves_a_whole_state(make_napari_viewer, qtbot):
+    from histoview.viewer._compare_parts import role
+
+    viewer, base, widget = _compare_setup(make_napari_viewer)
+    stacked_state = _state(viewer)
+    widget.side_by_side()  # panels made
+    widget.stacked()
+    widget.side_button.click()
+    for _ in range(3):  # the plan, the grid, the first panel: one event-loop turn each
+        widget._pump()
+    assert 0 < len(widget._pending_steps) < 5 and viewer.canvas.grid.enabled  # mid-way
+    widget.stacked_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert not widget.side_by_side_on and not viewer.canvas.grid.enabled
+    assert _state(viewer) == stacked_state
+    assert not any(lay.visible for lay in viewer.layers if role(lay) is not None)
+    widget.side_button.click()
+    widget._pump()
+    widget._pump()  # the grid is on, no panel shown yet; then the other way round by a script
+    widget.stacked()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert _state(viewer) == stacked_state and not viewer.canvas.grid.enabled
