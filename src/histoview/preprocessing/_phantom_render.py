@@ -37,7 +37,13 @@ def _upsample(a, shape, step):
 
 def _noise(rng, shape, sigma):
     """White noise smoothed by a Gaussian (``sigma`` per axis), scaled to unit variance."""
-    a = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, truncate=3)
+    return _smoothed(rng.standard_normal(shape, dtype=np.float32), sigma)
+
+
+def _smoothed(white, sigma):
+    """``white`` (unit-variance white noise) smoothed by a Gaussian (``sigma`` px per axis),
+    scaled back to unit variance by the filter's exact gain."""
+    a = ndi.gaussian_filter(white, sigma, truncate=3)
     for sd in np.broadcast_to(sigma, (2,)):  # exact std of the filter, not of the sample
         w = np.exp(-0.5 * (np.arange(-int(3 * sd + 0.5), int(3 * sd + 0.5) + 1) / sd) ** 2)
         a /= np.sqrt((w**2).sum()) / w.sum()
