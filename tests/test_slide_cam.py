@@ -315,7 +315,13 @@ def _read_map(path):
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
-        return tf.series[0].asarray()  # (2, h, w): map, probability
+        return tf.series[0].asarray()
+
+
+def _read_maps(outputs):
+    """(2, h, w): the map and the tiles' probability (two single-channel OME-TIFFs)."""
+    (prob,) = [v for k, v in outputs.items() if k.startswith("map:p-")]
+    return np.stack([_read_map(outputs["map"]), _read_map(prob)])
 
 
 def _cells(mask, factor, shape):
@@ -346,7 +352,11 @@ def gradcam_run(phantom_slide, tmp_path_factory):
 def test_gradcam_on_a_slide_finds_the_lesion_without_seams(phantom_slide, gradcam_run):
     _, lesion = phantom_slide
     summary = gradcam_run.summary
-    out = _read_map(gradcam_run.outputs["map"])
+    outputs = gradcam_run.outputs
+    # one single-channel OME-TIFF per channel: the map, and beside it the tiles' probability
+    assert outputs["map"].name.endswith(".gradcam.ome.tif")
+    assert outputs["map:p-malignant"].name.endswith(".gradcam.p-malignant.ome.tif")
+    out = _read_maps(outputs)
     factor = summary["map"]["cell_model_px"]
     assert factor == 16 and summary["map_pixel_size_um"] == pytest.approx(8.0)
     assert out.shape == (2, SLIDE_SHAPE[0] // 16, SLIDE_SHAPE[1] // 16)
@@ -383,7 +393,7 @@ def test_dt_gradcam_slide_threshold_after_cancel_and_resume(phantom_slide, gradc
     assert summary["scale_raw"] == pytest.approx(plain["scale_raw"], rel=1e-5)
     thr = summary["threshold"]
     assert 0 < thr < 1 and summary["threshold_raw"] == pytest.approx(thr * summary["scale_raw"])
-    dt, cam = _read_map(run.outputs["map"]), _read_map(gradcam_run.outputs["map"])
+    dt, cam = _read_maps(run.outputs), _read_maps(gradcam_run.outputs)
     assert np.allclose(dt[1], cam[1], atol=1e-5)
     kept = cam[0] > thr
     assert np.allclose(dt[0][kept], cam[0][kept], atol=1e-5) and (dt[0][~kept] == 0).all()
@@ -401,7 +411,7 @@ def test_rmcg_node_attention_on_a_slide(phantom_slide, tmp_path):
     path, _ = phantom_slide
     run = explain_slide(path, "rmcg", out_dir=tmp_path, checkpoint=ckpt, workers=0)
     summary = run.summary
-    out = _read_map(run.outputs["map"])
+    out = _read_maps(run.outputs)
     assert summary["map"]["cell_model_px"] == 32 and summary["map"]["tile_cells"] == 3
     assert summary["map"]["overlap_cells"] == 1 and summary["grid"]["overlap"] == 32
     assert out.shape[0] == 2 and 0 <= out.min() and out.max() == pytest.approx(1.0)
@@ -461,7 +471,7 @@ def test_gradcam_on_the_phantom_slide_against_its_lesion_mask(tmp_path):
     slide = write_phantom_slide(tmp_path / "phantom.tif", size=3072, seed=0)
     run = explain_slide(slide.path, "gradcam", out_dir=tmp_path / "out", workers=0)
     summary = run.summary
-    values = _read_map(run.outputs["map"])[0]
+    values = _read_maps(run.outputs)[0]
     labels = load_ground_truth(slide.path).label_map(summary["map_pixel_size_um"])
     labels = labels[: values.shape[0], : values.shape[1]]
     tissue, lesion = labels >= 1, labels >= 2

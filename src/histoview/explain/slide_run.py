@@ -26,7 +26,6 @@ be decoded is skipped, the run goes on, and the summary lists it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from histoview.explain.slide_grid import MIN_TISSUE, clip_region, make_grid, parse_region
+from histoview.explain.slide_outputs import write_outputs
 from histoview.explain.slide_processor import SlideContext
 
 #: batch size (tiles) and loader processes when the caller gives none
@@ -346,7 +346,7 @@ def explain_slide(
     summary.update(outcome.summary)
     summary["time_s"] = round(time.perf_counter() - start, 3)
     summary["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-    outputs = _write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, region)
+    outputs = write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, region)
     store.mark_finished(summary)
     if not keep_store:
         shutil.rmtree(store_path, ignore_errors=True)
@@ -368,60 +368,3 @@ def _notice(meta: dict) -> str:
     from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
 
     return RESEARCH_NOTICE + (f" {SYNTHETIC_NOTICE}" if meta.get("synthetic") else "")
-
-
-def _write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, region):
-    """The OME-TIFF maps, the tissue mask and the JSON summary (each whole or absent)."""
-    from histoview.io.files import write_text
-    from histoview.io.ome_tiff import write_ome_tiff
-
-    outputs: dict[str, Path] = {}
-    about = {
-        "method": method,
-        "model": summary["model"],
-        "checkpoint_sha256": summary["checkpoint_sha256"],
-        "notice": summary["notice"],
-    }
-    for i, fmap in enumerate(outcome.maps):
-        name = f"{stem}.{method}.ome.tif" if i == 0 else f"{stem}.{method}.{fmap.name}.ome.tif"
-        written = write_ome_tiff(
-            out_dir / name,
-            fmap.array,
-            pixel_size_um=fmap.pixel_size_um,
-            channel_names=list(fmap.channel_names),
-            overwrite=overwrite,
-            metadata={**about, "map": fmap.name},
-            origin_um=fmap.origin_um,
-        )
-        outputs["map" if i == 0 else f"map:{fmap.name}"] = written
-    if tissue is not None and hasattr(tissue, "mask"):
-        outputs["tissue"] = write_ome_tiff(
-            out_dir / f"{stem}.tissue.ome.tif",
-            tissue.mask,
-            pixel_size_um=tissue.pixel_size_um,
-            channel_names=["tissue"],
-            overwrite=overwrite,
-            metadata={
-                "mask": "tissue",
-                **(tissue.describe() if hasattr(tissue, "describe") else {}),
-            },
-        )
-    summary["map_files"] = {k: v.name for k, v in outputs.items()}
-    summary["map_pixel_size_um"] = outcome.maps[0].pixel_size_um if outcome.maps else None
-    summary["map_origin_um"] = list(outcome.maps[0].origin_um) if outcome.maps else None
-    outputs["json"] = write_text(
-        out_dir / f"{stem}.{method}.json",
-        json.dumps(summary, indent=2, default=_json_default),
-        overwrite=overwrite,
-    )
-    return outputs
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

@@ -394,7 +394,7 @@ def _open_with_backend(path: Path, backend: str) -> dict:
         try:
             return open_tiff(path, size)
         except ImageReadError as exc:
-            if detected is None:
+            if detected is None or not vendor.openslide_can_show(path):
                 raise
             try:  # a TIFF OpenSlide knows: let it try; its failure says less than tifffile's
                 return vendor.open_openslide(path)

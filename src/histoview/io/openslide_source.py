@@ -309,3 +309,16 @@ def open_wsidicom(path: Path) -> dict:
     except Exception as exc:
         wsi.close()
         raise ImageReadError(path, f"wsidicom cannot describe it ({exc})") from exc
+
+
+def openslide_can_show(path: Path) -> bool:
+    """Whether OpenSlide's 8-bit RGBA view of this TIFF would be its real pixels: not for float,
+    16-bit or multi-channel data (a map's channels would come back as a picture)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages.first
+            return page.dtype == np.uint8 and page.samplesperpixel in (1, 3, 4) and not tf.is_ome
+    except Exception:  # noqa: BLE001 - tifffile cannot even parse it: let OpenSlide try
+        return True
