@@ -5,7 +5,8 @@ with the phantom and explanations, or a screenshot), ``train`` (fit a model
 from a YAML/TOML config), ``explain`` (write an explanation's JSON and map),
 ``export`` (GeoJSON/CSV annotations), ``evaluate`` (metrics and figures of a
 checkpoint on a dataset) and
-``reproduce`` (the experiment table of a paper behind a method, on the user's data).
+``reproduce`` (the experiment table of a paper behind a method, on the user's data);
+``phantom-slide`` writes a synthetic whole slide with its lesions' ground truth.
 Heavy libraries are imported by the subcommand that needs them.
 """
 
@@ -343,6 +344,32 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_phantom_slide(args) -> int:
+    from histoview.io.files import check_writable_dir
+    from histoview.preprocessing.phantom_slide import write_phantom_slide
+
+    check_writable_dir(args.out.parent)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"rendered {done}/{total} bands", flush=True)
+
+    slide = write_phantom_slide(
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        pixel_size_um=args.pixel_size,
+        compression=args.compression,
+        overwrite=args.overwrite,
+        progress=progress,
+    )
+    for path in (slide.path, slide.labels_path, slide.lesions_path, slide.info_path):
+        print(f"wrote {path}")
+    kinds = ", ".join(f"{les['kind']} {les['diameter_um'] / 1000:.2g} mm" for les in slide.lesions)
+    print(f"{len(slide.lesions)} lesions ({kinds or 'none'}); {slide.seconds:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from histoview.explain.methods import get_method, list_methods
 
@@ -521,6 +548,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser(
+        "phantom-slide",
+        help="write a synthetic whole slide (pyramidal TIFF) with its lesions' ground truth",
+    )
+    p.add_argument("out", type=Path, help="the slide's .tif; the ground truth goes beside it")
+    p.add_argument("--size", type=int, default=50000, help="side in pixels (default 50000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pixel-size", type=float, default=0.25, help="level-0 um per pixel (default 0.25, 40X)"
+    )
+    p.add_argument(
+        "--compression",
+        default="zlib",
+        choices=["zlib", "jpeg"],
+        help="tile compression: zlib (lossless, default) or jpeg (5x smaller, lossy)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_phantom_slide)
     return parser
 
 

@@ -289,7 +289,9 @@ def write_phantom_slide(
     if not overwrite:
         for p in paths.values():
             if os.path.lexists(p):
-                raise FileExistsError(f"{p} exists; choose another name (or pass overwrite=True)")
+                raise FileExistsError(
+                    f"{p} exists; choose another name, or overwrite (--overwrite)"
+                )
     t0 = time.perf_counter()
     upsample = 2 if px0 < 0.35 else 1
     lay = make_layout(int(seed), shape, px0, upsample)
