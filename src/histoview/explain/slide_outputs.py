@@ -68,6 +68,26 @@ def write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, re
     return outputs
 
 
+def uniform_prediction(summary: dict) -> dict:
+    """The summary's slide prediction in one form whatever the method: ``probabilities``
+    {class name: p}, ``predicted_class`` (index), ``predicted_label`` and ``prediction``
+    (name); processors may give probabilities as a list and the class as a name or an index.
+    Changes ``summary`` in place and returns it."""
+    classes = list(summary.get("classes") or [])
+    probs = summary.get("probabilities")
+    if isinstance(probs, (list, tuple)) and len(probs) == len(classes):
+        summary["probabilities"] = {c: float(p) for c, p in zip(classes, probs)}
+    decided = summary.get("predicted_class")
+    if decided is None:
+        decided = summary.get("predicted_label", summary.get("prediction"))
+    if isinstance(decided, str) and decided in classes:
+        decided = classes.index(decided)
+    if isinstance(decided, (int, np.integer)) and 0 <= int(decided) < len(classes):
+        summary["predicted_class"] = int(decided)
+        summary["predicted_label"] = summary["prediction"] = classes[int(decided)]
+    return summary
+
+
 class _Channel:
     """Channel ``k`` of an (H, W, C) array-like, read block by block (for the map writer)."""
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from histoview.explain.slide_grid import MIN_TISSUE, clip_region, make_grid, parse_region
-from histoview.explain.slide_outputs import write_outputs
+from histoview.explain.slide_outputs import uniform_prediction, write_outputs
 from histoview.explain.slide_processor import SlideContext
 
 #: batch size (tiles) and loader processes when the caller gives none
@@ -344,6 +344,7 @@ def explain_slide(
         return SlideResult(method, summary, {}, store_path, True, stats, store)
     outcome = processor.finalize(store)
     summary.update(outcome.summary)
+    uniform_prediction(summary)
     summary["time_s"] = round(time.perf_counter() - start, 3)
     summary["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     outputs = write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, region)
