@@ -64,6 +64,8 @@ import numpy as np
 from histoview.preprocessing._phantom_slide_layout import GRID_UM as LABEL_PIXEL_SIZE_UM
 
 SLIDE_CLASSES = ("glass", "benign", "in_situ", "invasive")
+#: bumped whenever the same arguments would give different pixels (caches key on it)
+PHANTOM_SLIDE_VERSION = 1
 #: QuPath class names of the lesions in the GeoJSON
 LESION_NAMES = {"in_situ": "in situ", "invasive": "invasive"}
 _COLOURS = {"in_situ": [60, 120, 255], "invasive": [200, 30, 30]}
@@ -314,6 +316,7 @@ def write_phantom_slide(
     info = {
         "generator": "histoview phantom-slide",
         "version": __version__,
+        "generator_version": PHANTOM_SLIDE_VERSION,
         "synthetic": True,
         "seed": int(seed),
         "shape": list(shape),
