@@ -165,34 +165,25 @@ def _explain_as_slide(args) -> bool:
 
 
 def _cmd_explain_slide(args) -> int:
-    """``histoview explain`` tile by tile (:func:`histoview.explain.slide_run.explain_slide`)."""
-    from histoview.explain.slide_run import explain_slide
+    """``histoview explain`` tile by tile (:func:`histoview.explain.slide_run.explain_slide`);
+    ``--method all``: every method with a slide processor and weights, one tissue mask."""
+    from histoview.models.checkpoint import CheckpointError
 
     methods = _slide_methods(args)
     if not methods:
         raise ValueError(f"{args.image}: no method runs on whole slides here")
     amp = {"auto": None, "on": True, "off": False}[args.mixed_precision]
+    tissue = None  # detected once, written once, for every method
     for method in methods:
         print(f"{method}: explaining {args.image} tile by tile", flush=True)
-        result = explain_slide(
-            args.image,
-            method,
-            out_dir=args.out,
-            checkpoint=None if args.method == "all" else args.checkpoint,
-            model=None if args.method == "all" else args.model,
-            pixel_size_um=args.pixel_size,
-            region=args.region,
-            device=args.device,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            amp=amp,
-            target_class=args.target_class,
-            options={"importance": args.importance} if args.importance else None,
-            progress=_SlideProgress(method),
-            resume=not args.restart,
-            overwrite=args.overwrite,
-            report=lambda line, m=method: print(f"{m}: {line}", flush=True),
-        )
+        try:
+            result = _explain_one_slide(args, method, amp, tissue)
+        except CheckpointError as exc:
+            if args.method != "all":
+                raise
+            print(f"{method}: skipped ({exc})", flush=True)
+            continue
+        tissue = result.tissue
         s = result.summary
         print(
             f"{method}: {s['tiles_done']} of {s['tiles_total']} tiles, {s['tiles_skipped']} "
@@ -206,6 +197,32 @@ def _cmd_explain_slide(args) -> int:
         for path in result.outputs.values():
             print(f"wrote {path}")
     return 0
+
+
+def _explain_one_slide(args, method: str, amp, tissue):
+    from histoview.explain.slide_run import explain_slide
+
+    return explain_slide(
+        args.image,
+        method,
+        out_dir=args.out,
+        checkpoint=None if args.method == "all" else args.checkpoint,
+        model=None if args.method == "all" else args.model,
+        pixel_size_um=args.pixel_size,
+        region=args.region,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        amp=amp,
+        target_class=args.target_class,
+        options={"importance": args.importance} if args.importance else None,
+        progress=_SlideProgress(method),
+        resume=not args.restart,
+        overwrite=args.overwrite,
+        tissue=tissue,
+        write_tissue=tissue is None,
+        report=lambda line: print(f"{method}: {line}", flush=True),
+    )
 
 
 class _SlideProgress:

@@ -62,6 +62,7 @@ class SlideResult:
         stats: the engine's :class:`~histoview.explain.slide_engine.RunStats`.
         store: the opened :class:`~histoview.explain.slide_store.SlideStore` while it exists
             (the map array, its pixel size and the done-mask, for a viewer filling in).
+        tissue: the :class:`~histoview.preprocessing.tissue.TissueMask` used (to reuse).
     """
 
     method: str
@@ -71,6 +72,7 @@ class SlideResult:
     cancelled: bool = False
     stats: Any = None
     store: Any = None
+    tissue: Any = None
 
 
 def fits_in_one_piece(src, pixel_size_um: float, region=None, *, limit: int | None = None) -> bool:
@@ -187,6 +189,7 @@ def explain_slide(
     min_tissue: float = MIN_TISSUE,
     tissue=None,
     keep_store: bool = False,
+    write_tissue: bool = True,
     report: Callable[[str], None] | None = None,
 ) -> SlideResult:
     """Explain the slide at ``path`` with ``method`` tile by tile (module docstring).
@@ -210,6 +213,8 @@ def explain_slide(
         tissue: a :class:`~histoview.preprocessing.tissue.TissueMask` of this slide to use
             instead of detecting one.
         keep_store: keep the working store after the outputs are written.
+        write_tissue: write ``<stem>.tissue.ome.tif`` (False: a run of another method on the
+            same slide wrote it).
         report: called with one line per step (default: nothing).
     """
     from histoview.explain.methods import get_method
@@ -341,18 +346,19 @@ def explain_slide(
     if stats.cancelled:
         summary["time_s"] = round(time.perf_counter() - start, 3)
         say(f"cancelled: {stats.done} of {stats.total} tiles done; run again to resume")
-        return SlideResult(method, summary, {}, store_path, True, stats, store)
+        return SlideResult(method, summary, {}, store_path, True, stats, store, tissue)
     outcome = processor.finalize(store)
     summary.update(outcome.summary)
     uniform_prediction(summary)
     summary["time_s"] = round(time.perf_counter() - start, 3)
     summary["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-    outputs = write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, region)
+    mask = tissue if write_tissue else None
+    outputs = write_outputs(out_dir, stem, method, outcome, summary, mask, overwrite, region)
     store.mark_finished(summary)
     if not keep_store:
         shutil.rmtree(store_path, ignore_errors=True)
         store = None
-    return SlideResult(method, summary, outputs, store_path, False, stats, store)
+    return SlideResult(method, summary, outputs, store_path, False, stats, store, tissue)
 
 
 def _region_summary(region, box, p0: float) -> dict | None:
