@@ -222,39 +222,35 @@ def _lesion_field(rng, kind, centre_node, radius_um, island, gshape):
 
 
 def _lesions(rng, island, gshape, tissue_um2):
-    """Lesions inside the tissue, apart by 150 um (less on small slides)."""
+    """Lesions inside the tissue, 300 um to 3 mm across (down to 100 um where the tissue is
+    smaller), 150 um apart (less on small slides), in situ and invasive by turns."""
     inside = ndi.distance_transform_edt(island > 0) * GRID_UM
+    room = float(inside.max())
     gap = min(150.0, 0.08 * min(gshape) * GRID_UM)
     n = int(np.clip(round(tissue_um2 / 8e6 * rng.uniform(0.7, 1.3)), 2, 12))
-    kinds = [LESION_KINDS[i % 2] for i in range(n)]
+    lo, hi = min(300.0, 0.5 * room), min(3000.0, 0.8 * room)
     out, taken = [], []
     for k in range(n):
-        diam = float(np.exp(rng.uniform(np.log(300), np.log(3000))))
-        diam = min(diam, 0.8 * inside.max())
-        for _ in range(12):
-            ok = np.flatnonzero(inside.ravel() > 0.65 * diam + 40)
-            if ok.size:
-                for node in rng.choice(ok, min(40, ok.size)):
-                    ci = np.array(divmod(int(node), gshape[1]), float)
-                    if all(
-                        np.hypot(*(ci - c) * GRID_UM) > (diam + d) * 0.7 + gap for c, d in taken
-                    ):
-                        break
-                else:
-                    node = None
-                if node is not None:
+        diam, centre = float(np.exp(rng.uniform(np.log(lo), np.log(max(hi, lo))))), None
+        for _ in range(16):
+            ok = np.flatnonzero(inside.ravel() > 0.65 * diam + 20)
+            for node in rng.choice(ok, min(100, ok.size)) if ok.size else ():
+                ci = np.array(divmod(int(node), gshape[1]), float)
+                if all(np.hypot(*(ci - c) * GRID_UM) > (diam + d) * 0.7 + gap for c, d in taken):
+                    centre = ci
                     break
-            diam *= 0.8
-        else:
+            if centre is not None:
+                break
+            diam *= 0.85
+        if centre is None or diam < 100:
             continue
-        if diam < 150:
-            continue
-        i0, j0, f = _lesion_field(rng, kinds[k], ci, diam / 2, island, gshape)
+        kind = LESION_KINDS[k % 2]
+        i0, j0, f = _lesion_field(rng, kind, centre, diam / 2, island, gshape)
         if not (f > 0).any():
             continue
-        taken.append((ci, diam))
-        centre_um = tuple(float(v) for v in (ci + 0.5) * GRID_UM)
-        out.append(_Lesion(len(out), kinds[k], centre_um, diam, i0, j0, f, rng.uniform(11, 13)))
+        taken.append((centre, diam))
+        centre_um = tuple(float(v) for v in (centre + 0.5) * GRID_UM)
+        out.append(_Lesion(len(out), kind, centre_um, diam, i0, j0, f, rng.uniform(11, 13)))
     return out
 
 
