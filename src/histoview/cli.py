@@ -152,16 +152,20 @@ def _explain_as_slide(args) -> bool:
     """``--whole-slide`` or ``--region``, or an image too big at the model's pixel size to
     explain in one piece (:func:`histoview.explain.slide_run.needs_slide_engine`)."""
     from histoview.explain.slide_run import needs_slide_engine
+    from histoview.io.errors import ImageReadError
 
     if args.whole_slide or args.region is not None:
         return True
-    return needs_slide_engine(
-        args.image,
-        _slide_methods(args),
-        model=args.model,
-        checkpoint=args.checkpoint,
-        pixel_size_um=args.pixel_size,
-    )
+    try:
+        return needs_slide_engine(
+            args.image,
+            _slide_methods(args),
+            model=args.model,
+            checkpoint=args.checkpoint,
+            pixel_size_um=args.pixel_size,
+        )
+    except (ImageReadError, ValueError, OSError):
+        return False  # the one-piece path reports the problem, checkpoint first
 
 
 def _cmd_explain_slide(args) -> int:

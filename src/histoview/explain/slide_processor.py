@@ -46,12 +46,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from histoview.explain.slide_store import SlideStore
 
 
 @dataclass(frozen=True)
@@ -189,8 +186,10 @@ class SlideProcessor(Protocol):
         """The maps and extras of a batch of tiles (B, T, T, 3) uint8."""
         ...
 
-    def finalize(self, store: SlideStore) -> SlideOutcome:
-        """The slide-wide result once every tile is done."""
+    def finalize(self, store) -> SlideOutcome:
+        """The slide-wide result once every tile is done (``store``: the run's
+        :class:`~histoview.explain.slide_store.SlideStore`, not imported here: the store
+        imports this module)."""
         ...
 
 
