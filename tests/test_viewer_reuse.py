@@ -177,3 +177,42 @@ def test_a_switch_interrupted_by_the_other_leaves_a_whole_state(make_napari_view
     widget.stacked()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert _state(viewer) == stacked_state and not viewer.canvas.grid.enabled
+
+
+def test_run_all_again_recomputes_nothing(monkeypatch):
+    """The second "Run all" on the same image gets the explanations and faithfulness
+    predictors of the first: no explanation is made again, no model input rebuilt."""
+    pytest.importorskip("torch_geometric")
+    import histoview.explain.run as run
+    from histoview.preprocessing.phantom import make_phantom
+    from histoview.viewer import _models
+    from histoview.viewer._compare_running import run_all_work
+
+    _models.clear()
+    image = make_phantom("invasive", preset="breakhis", seed=4).image
+    made = []
+    original = run.explain_array
+    monkeypatch.setattr(
+        run, "explain_array", lambda *a, **k: made.append(a[1]) or original(*a, **k)
+    )
+
+    def once():
+        gen, yielded = (
+            run_all_work(image, False, None, ("amil", "gradcam"), _models.load_model_for, 4),
+            [],
+        )
+        try:
+            while True:
+                item = next(gen)
+                if item[0] == "explanation":
+                    yielded.append((item[1], item[3]))
+        except StopIteration as stop:
+            return yielded, stop.value
+
+    first, result = once()
+    assert sorted(made) == ["amil", "gradcam"] and len(result["faithfulness"]) == 2
+    again, result2 = once()
+    assert sorted(made) == ["amil", "gradcam"], "an explanation was made again"
+    assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(first, again))
+    for label, res in result["faithfulness"].items():
+        np.testing.assert_allclose(result2["faithfulness"][label].deletion, res.deletion)

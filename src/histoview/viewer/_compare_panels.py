@@ -165,37 +165,59 @@ def outline_data(expl, threshold: float | None, base):
 
 # -- switching --------------------------------------------------------------------------------
 @contextmanager
-def one_scene_update(layers, view=None):
+def one_scene_update(layers, view=None, *, batch: bool = True):
     """Every change inside as one napari scene update (``LayerList.batched_update``).
 
     napari ends a batch with a full garbage collection (``gc.collect``), which walks the
     whole heap - about 0.8 s with torch and napari loaded on a 2-core CPU. The objects that
     exist when the batch starts are frozen (``gc.freeze``) for its duration, so that
     collection only looks at what the batch made; they are unfrozen afterwards and
-    collected as usual later.
+    collected as usual later. ``batch=False``: no batch (napari rebuilds its whole scene at
+    the end of every batch, so changes that do not touch layer visibility or order are
+    cheaper without one).
 
     With napari's layer list ``view`` (:func:`layer_list_view`) its model hears none of the
     layers' events inside (each visibility, data or colour change would otherwise update
-    its row through the list's sorting proxy, one at a time) and is told once at the end
-    that every row changed.
+    its row through the list's sorting proxy, one at a time, and repaint the list); it is
+    told at the end which rows changed, once.
     """
     frozen_before = gc.get_freeze_count()
-    gc.freeze()
+    if batch:
+        gc.freeze()
     model = _layer_list_model(view)
     events = getattr(unproxied(layers), "events", None)
-    quiet = (
-        events.blocker(model._process_event)
-        if model is not None and events is not None
-        else contextlib.nullcontext()
-    )
+    touched: set = set()
+
+    def collect(event) -> None:
+        index = getattr(event, "index", None)
+        if getattr(event, "type", None) in ("moved", "reordered", "inserted", "removed"):
+            touched.add(None)  # rows moved: all of them
+        elif isinstance(index, int):
+            touched.add(index)
+
+    quiet = contextlib.ExitStack()
+    if model is not None and events is not None:
+        quiet.enter_context(events.blocker(model._process_event))
+        events.connect(collect)
+        quiet.callback(events.disconnect, collect)
     try:
-        with quiet, layers.batched_update():
+        with quiet, layers.batched_update() if batch else contextlib.nullcontext():
             yield
     finally:
-        if not frozen_before:
+        if batch and not frozen_before:
             gc.unfreeze()
-        if model is not None and model.rowCount() > 0:
-            model.dataChanged.emit(model.index(0, 0), model.index(model.rowCount() - 1, 0), [])
+        if model is not None and touched:
+            _rows_changed(model, touched)
+
+
+def _rows_changed(model, rows: set) -> None:
+    """Tell napari's layer list model that ``rows`` (source rows; None: all) changed."""
+    n = model.rowCount()
+    if not n:
+        return
+    spans = [(0, n - 1)] if None in rows else [(r, r) for r in sorted(rows) if 0 <= r < n]
+    for first, last in spans:
+        model.dataChanged.emit(model.index(first, 0), model.index(last, 0), [])
 
 
 def _layer_list_model(view):

@@ -44,8 +44,7 @@ def run_all_work(
     share one predictor, so faithfulness predicts an input they share once.
     """
     from histoview.explain.methods import get_method, method_title
-    from histoview.explain.run import explain_array
-    from histoview.viewer._models import model_lock
+    from histoview.viewer._models import explain_once, model_lock, predictor_for
     from histoview.viewer.overlays import build_layers, explanation_layer_data
 
     total = len(methods) + 1
@@ -64,8 +63,8 @@ def run_all_work(
         if key in predictors:
             net = predictors[key][0]  # the same weights: one model, one predictor
         yield "progress", i, total, f"running {method_title(method)}"
-        with model_lock(net):
-            expl = explain_array(
+        with model_lock(net):  # asked for before (single runs, Run all): not made again
+            expl = explain_once(
                 rgb,
                 method,
                 net,
@@ -76,8 +75,8 @@ def run_all_work(
                 level=level,
                 image_shape=shape0,
             )
-        if key not in predictors:
-            predictors[key] = (net, factory(net, meta, pixel_size_um=mpp))
+        if key not in predictors:  # one per model for the session: it remembers its inputs
+            predictors[key] = (net, predictor_for(factory, net, meta, sha, mpp))
         predict = predictors[key][1]
         layer_data = explanation_layer_data(expl, where) if where is not None else None
         layers = build_layers(layer_data) if layer_data is not None else None

@@ -4,7 +4,16 @@
 (it uses the widget's viewer, image choice, job queue and status). A panel's layers
 (:mod:`histoview.viewer._compare_panels`) are made the first time, one per event-loop turn,
 and kept, hidden from the layer list; switching then only changes visibility, colour
-limits, overlays and the grid, in one scene update.
+limits, overlays and the grid.
+
+From the buttons a switch runs in steps, one per event-loop turn, so that the viewer never
+waits long: the layer order, the grid and what is hidden in one scene update, then one
+panel (side by side) or one overlay (stacked) per turn. Overlays are hidden in the first
+step and shown again in theirs because vispy rebuilds a visual's shaders on its first draw
+in another view (the grid's viewboxes or the single view), which under software OpenGL
+takes tens of milliseconds per layer. A switch asked for while another is under way first
+finishes that one (:meth:`PanelSwitching._flush_steps`). Scripts (``wait=True``) get the
+same steps at once.
 """
 
 from __future__ import annotations
@@ -191,6 +200,8 @@ class PanelSwitching:
                 parts.reorder(layers, order)
             for lay in others:
                 lay.visible = False
+            for row in rows:  # shown panel by panel below (vispy builds shaders when drawn)
+                self._main(row).visible = False
             grid.stride = -panels.STRIDE
             grid.shape = parts.grid_shape(n, self._canvas_size(), world_hw, panels.margins(lines))
             grid.spacing = 0.02
@@ -251,6 +262,8 @@ class PanelSwitching:
                 if parts.role(lay) in panels.PANEL_ROLES:
                     lay.name_overlay.visible = False
                     lay.visible = False
+            for lay in mains:  # back one by one below (vispy builds shaders when drawn)
+                lay.visible = False
             if saved:
                 grid.stride, grid.shape, grid.spacing = saved["grid"]
                 for lay in layers:
@@ -266,8 +279,8 @@ class PanelSwitching:
         self.viewer.reset_view()
         self.status.setText("stacked: all overlays over the tissue")
 
-        def restore(lay):
-            with panels.one_scene_update(layers, view):
+        def restore(lay):  # no batch: nothing here changes which layers are shown
+            with panels.one_scene_update(layers, view, batch=False):
                 parts.refresh_overlay(lay, False)
                 lay.opacity, lay.name_overlay.visible, lay.visible = saved["mains"][_key(lay)]
                 bar = parts.colorbar(lay)

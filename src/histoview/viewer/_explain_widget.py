@@ -244,8 +244,7 @@ class ExplainWidget(Container):
     ):
         """Generator run in a worker thread: yields (step, text), returns (explanation, layer
         data). Every yield is a point where Cancel stops it."""
-        from histoview.explain.run import explain_array
-        from histoview.viewer._models import load_model_for, model_lock
+        from histoview.viewer._models import explain_once, load_model_for, model_lock
         from histoview.viewer.overlays import build_layers, explanation_layer_data
 
         yield 1, "loading model"
@@ -253,8 +252,8 @@ class ExplainWidget(Container):
         yield 2, "reading image"
         rgb, downsample, level, shape0 = read_layer_for_model(data, multiscale, mpp, meta)
         yield 3, f"running {method_title(method)} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
-        with model_lock(net):
-            expl = explain_array(
+        with model_lock(net):  # the same request again: the explanation already made
+            expl = explain_once(
                 rgb,
                 method,
                 net,

@@ -1,10 +1,17 @@
-"""Models the docks have loaded, kept for the session: a checkpoint is read once, not per click.
+"""What the docks compute once per session: models, their faithfulness predictors, explanations.
 
-:func:`load_model_for` returns ``(model, meta, sha256)`` as
-:func:`histoview.explain.run.load_for_method` does, from a cache of the last
-:data:`MAX_MODELS` checkpoints keyed by the method and the file (path, modification time and
-size: a retrained or replaced file is loaded again). Two docks asking for the same model at
-once wait for one load.
+* :func:`load_model_for` returns ``(model, meta, sha256)`` as
+  :func:`histoview.explain.run.load_for_method` does, from a cache of the last
+  :data:`MAX_MODELS` checkpoints keyed by the method and the file (path, modification time
+  and size: a retrained or replaced file is loaded again). Two docks asking for the same
+  model at once wait for one load.
+* :func:`predictor_for` keeps one faithfulness predictor per model and pixel size, so that
+  what a predictor remembers (each image's model input, the probabilities of every perturbed
+  input it has seen) serves every later run.
+* :func:`explain_once` remembers the last :data:`MAX_EXPLANATIONS` explanations by the
+  image's content, the method, the weights' hash and every setting: the methods are
+  deterministic, so an explanation asked for again (the same click, "Run all methods" after
+  single runs) is the one already made.
 
 A cached model is shared by every dock and run: whatever runs it (an explanation, which may
 hook its layers, or faithfulness's forward passes) holds :func:`model_lock` for that model,
@@ -21,8 +28,12 @@ from pathlib import Path
 
 #: checkpoints kept loaded
 MAX_MODELS = 6
+#: explanations remembered
+MAX_EXPLANATIONS = 32
 
 _CACHE: OrderedDict = OrderedDict()
+_PREDICTORS: OrderedDict = OrderedDict()
+_EXPLANATIONS: OrderedDict = OrderedDict()
 _LOADING: dict = {}
 _LOCK = threading.Lock()
 _MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -70,6 +81,52 @@ def load_model_for(method: str, checkpoint=None):
     return loaded
 
 
+def _model_key(model, sha) -> tuple:
+    return ("sha", sha) if sha else ("object", id(model))
+
+
+def predictor_for(factory, model, meta, sha, pixel_size_um):
+    """``factory(model, meta, pixel_size_um=...)`` (a method's faithfulness predictor), made
+    once per model (weights' hash) and pixel size for the session."""
+    key = (_model_key(model, sha), factory, pixel_size_um)
+    with _LOCK:
+        found = _PREDICTORS.get(key)
+        if found is not None and found[0] is model:
+            return found[1]
+    predict = factory(model, meta, pixel_size_um=pixel_size_um)
+    with _LOCK:
+        _PREDICTORS[key] = (model, predict)
+        while len(_PREDICTORS) > MAX_MODELS * 2:
+            _PREDICTORS.popitem(last=False)
+    return predict
+
+
+def explain_once(image, method: str, model, meta, sha, **settings):
+    """:func:`histoview.explain.run.explain_array` of ``image`` (H, W, 3) uint8, or the
+    explanation it gave before for the same pixels, method, weights and ``settings``
+    (module docstring). Hold :func:`model_lock` around it."""
+    import hashlib
+
+    import numpy as np
+
+    from histoview.explain.run import explain_array
+
+    rgb = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(memoryview(rgb).cast("B"), digest_size=16).hexdigest()
+    key = (digest, rgb.shape, method, _model_key(model, sha), repr(sorted(settings.items())))
+    with _LOCK:
+        found = _EXPLANATIONS.get(key)
+        if found is not None:
+            _EXPLANATIONS.move_to_end(key)
+            return found
+    expl = explain_array(rgb, method, model, meta, sha, **settings)
+    with _LOCK:
+        _EXPLANATIONS[key] = expl
+        while len(_EXPLANATIONS) > MAX_EXPLANATIONS:
+            _EXPLANATIONS.popitem(last=False)
+    return expl
+
+
 def cached_models() -> int:
     """How many models are loaded now."""
     with _LOCK:
@@ -77,9 +134,11 @@ def cached_models() -> int:
 
 
 def clear() -> None:
-    """Forget every loaded model."""
+    """Forget every loaded model, predictor and explanation."""
     with _LOCK:
         _CACHE.clear()
+        _PREDICTORS.clear()
+        _EXPLANATIONS.clear()
 
 
 def model_lock(model):
