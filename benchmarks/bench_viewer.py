@@ -149,6 +149,7 @@ class StallSampler:
 
 
 SAMPLER: StallSampler | None = None
+DRAWS = [0]  # canvas draws so far (--sample)
 
 
 def pump(app, until, timeout: float = 120.0) -> float:
@@ -175,6 +176,14 @@ def finished(viewer, widget) -> bool:
     return not widget.busy and widget.last_explanation is not None
 
 
+def read(app, seconds: float) -> None:
+    """Let the event loop run for ``seconds`` (a user reading a dock before pressing)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.01)
+
+
 def explain_classes(widget, method: str) -> list[str]:
     """The class choices of the explain widget for ``method`` ("predicted" first)."""
     widget.method_choice.value = method
@@ -191,20 +200,48 @@ def click(widget):
     return action
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name of this process (Linux ``/proc``; {} elsewhere)."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return out
+    tick = 100.0
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def timed(app, meter, rows, name, action, until, timeout=300.0):
     meter.start()
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
+    threads0 = thread_cpu() if SAMPLER is not None else {}
+    draws0 = DRAWS[0]
     action()
     pump(app, until, timeout)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    main_cpu = time.thread_time() - m0
     gap = meter.stop()
     rows.append((name, wall, gap, meter.longest_cpu))
     print(
-        f"{name:44s} {wall:6.2f} s (CPU {cpu:5.2f} s)   longest gap {gap * 1000:5.0f} ms"
+        f"{name:44s} {wall:6.2f} s (CPU {cpu:5.2f} s, main thread {main_cpu:5.2f} s)"
+        f"   longest gap {gap * 1000:5.0f} ms"
         f" (most main-thread CPU between ticks {meter.longest_cpu * 1000:4.0f} ms)",
         flush=True,
     )
     if SAMPLER is not None:
+        spent = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu().items()}
+        busy = sorted(((v, k) for k, v in spent.items() if v >= 0.05), reverse=True)
+        print(
+            f"  -- {DRAWS[0] - draws0} canvas draws; CPU by thread: "
+            + ", ".join(f"{k} {v:.2f} s" for v, k in busy)
+        )
         SAMPLER.report(name)
 
 
@@ -215,6 +252,13 @@ def main(argv=None) -> int:
         type=int,
         default=10,
         help="explanations loaded for the zoom and view-switching test",
+    )
+    parser.add_argument(
+        "--read-docks",
+        type=float,
+        default=0.0,
+        help="seconds a user reads each dock before pressing its button (the event loop "
+        "runs meanwhile; 0: pressed at once, the worst case)",
     )
     parser.add_argument(
         "--sample",
@@ -243,6 +287,11 @@ def main(argv=None) -> int:
     if args.sample_out is not None:
         args.sample_out.mkdir(parents=True, exist_ok=True)
     SAMPLER = StallSampler(meter, out=args.sample_out) if args.sample else None
+    if args.sample:
+        scene = getattr(getattr(viewer.window, "_qt_viewer", None), "canvas", None)
+        scene = getattr(scene, "_scene_canvas", None)
+        if scene is not None:
+            scene.events.draw.connect(lambda _e: DRAWS.__setitem__(0, DRAWS[0] + 1))
     rows: list[tuple[str, float, float, float]] = []
 
     timed(
@@ -267,6 +316,7 @@ def main(argv=None) -> int:
     for display in ("Attention-MIL", "Nuclei graph", "Grad-CAM"):
         timed(app, meter, rows, f"open the {display} dock", open_dock(display), lambda: True)
         widget = docks[display]
+        read(app, args.read_docks)
         for when in ("click to overlay", "again"):
             timed(
                 app,
@@ -286,6 +336,7 @@ def main(argv=None) -> int:
         lambda: True,
     )
     compare = docks["Compare methods"]
+    read(app, args.read_docks)
     timed(
         app,
         meter,

@@ -216,3 +216,46 @@ def test_run_all_again_recomputes_nothing(monkeypatch):
     assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(first, again))
     for label, res in result["faithfulness"].items():
         np.testing.assert_allclose(result2["faithfulness"][label].deletion, res.deletion)
+
+
+def test_docks_load_their_model_in_the_background(make_napari_viewer, qtbot, monkeypatch):
+    from histoview.viewer import _models
+
+    _models.clear()
+    monkeypatch.setenv("HISTOVIEW_WARMUP", "0")
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
+    qtbot.wait(200)
+    assert _models.cached_models() == 0  # switched off
+    monkeypatch.setenv("HISTOVIEW_WARMUP", "1")
+    viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    qtbot.waitUntil(lambda: _models.cached_models() == 1, timeout=60_000)
+
+
+def test_a_request_spelling_out_defaults_is_the_same_request():
+    import torch
+
+    from histoview.models import create_model
+    from histoview.preprocessing.phantom import make_phantom
+    from histoview.viewer import _models
+
+    _models.clear()
+    torch.manual_seed(0)
+    cnn = create_model("test_cnn")
+    image = make_phantom("invasive", preset="breakhis", seed=3).image
+    meta = {"classes": ["benign", "malignant"]}
+    first = _models.explain_once(image, "gradcam", cnn, meta, None)
+    same = _models.explain_once(
+        image.copy(),
+        "gradcam",
+        cnn,
+        meta,
+        None,
+        pixel_size_um=None,
+        downsample=1.0,
+        level=0,
+        image_shape=image.shape[:2],
+    )
+    assert same is first
+    other = _models.explain_once(image, "gradcam", cnn, meta, None, target_class=0)
+    assert other is not first

@@ -166,6 +166,10 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         canvas_events = getattr(getattr(viewer, "canvas", None), "events", None)
         if canvas_events is not None and hasattr(canvas_events, "size"):
             canvas_events.size.connect(self._canvas_resized)
+        from histoview.viewer._models import warm_up
+
+        # the methods' models loaded in the background: Run all's first click need not wait
+        warm_up([(m, None) for m in self.methods], load=self._load)
 
     def _layout(self, notice) -> None:
         def box(title, *widgets):

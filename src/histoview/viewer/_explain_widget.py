@@ -146,6 +146,8 @@ class ExplainWidget(Container):
         viewer.layers.events.removed.connect(self.image_choice.reset_choices)
         self._method_changed()
         self._image_changed()
+        self.model_choice.changed.connect(self._warm_up)
+        self._warm_up()
         _LIVE.add(self)
         from histoview.viewer._pathology_view import SHORTCUTS, install
 
@@ -163,6 +165,14 @@ class ExplainWidget(Container):
             e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))
         ]
         return [(e.label(), e) for e in entries]
+
+    def _warm_up(self, _event=None) -> None:
+        """Load the chosen model in the background (viewer._models.warm_up)."""
+        from histoview.viewer._models import warm_up
+
+        entry = self.model_choice.value
+        if entry is not None:
+            warm_up([(self.method_choice.value, entry.path)])
 
     def refresh_models(self) -> None:
         """Re-read the model library; the chosen model stays chosen while it exists."""

@@ -31,6 +31,18 @@ MAX_MODELS = 6
 #: explanations remembered
 MAX_EXPLANATIONS = 32
 
+#: explain_array's settings and their defaults: requests that differ only in spelling a
+#: default are one request
+_DEFAULTS = {
+    "pixel_size_um": None,
+    "target_class": None,
+    "importance": None,
+    "downsample": 1.0,
+    "level": 0,
+    "image_shape": None,
+    "pixel_size_source": None,
+}
+
 _CACHE: OrderedDict = OrderedDict()
 _PREDICTORS: OrderedDict = OrderedDict()
 _EXPLANATIONS: OrderedDict = OrderedDict()
@@ -113,7 +125,11 @@ def explain_once(image, method: str, model, meta, sha, **settings):
 
     rgb = np.ascontiguousarray(image)
     digest = hashlib.blake2b(memoryview(rgb).cast("B"), digest_size=16).hexdigest()
-    key = (digest, rgb.shape, method, _model_key(model, sha), repr(sorted(settings.items())))
+    given = {**_DEFAULTS, **settings}
+    if given["image_shape"] is None:  # the image's own shape, as explain_array reads None
+        given["image_shape"] = tuple(rgb.shape[:2])
+    given["image_shape"] = tuple(int(v) for v in given["image_shape"])
+    key = (digest, rgb.shape, method, _model_key(model, sha), repr(sorted(given.items())))
     with _LOCK:
         found = _EXPLANATIONS.get(key)
         if found is not None:
@@ -125,6 +141,33 @@ def explain_once(image, method: str, model, meta, sha, **settings):
         while len(_EXPLANATIONS) > MAX_EXPLANATIONS:
             _EXPLANATIONS.popitem(last=False)
     return expl
+
+
+def warm_up(methods_and_checkpoints, load=None) -> None:
+    """Load ``(method, checkpoint)`` models (checkpoint None: the demo weights) in a
+    background thread, importing what their methods need on the way, so that a dock's first
+    click does not wait for it; errors are left for that click to report. Nothing when the
+    environment variable ``HISTOVIEW_WARMUP`` is ``0``."""
+    import os
+
+    from histoview.viewer._compat import avoid_triton_llvm_clash
+
+    if os.environ.get("HISTOVIEW_WARMUP", "1") == "0":
+        return
+    todo = list(methods_and_checkpoints)
+    if not todo:
+        return
+    avoid_triton_llvm_clash()  # before torch's compiler stack is imported (graph models)
+    loader = load or load_model_for
+
+    def work():
+        for method, checkpoint in todo:
+            try:
+                loader(method) if checkpoint is None else loader(method, checkpoint)
+            except Exception:  # noqa: BLE001 - the dock's click reports it
+                pass
+
+    threading.Thread(target=work, name="histoview-warm-up", daemon=True).start()
 
 
 def cached_models() -> int:
