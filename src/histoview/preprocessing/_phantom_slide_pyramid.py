@@ -96,6 +96,7 @@ class _PyramidTiles:
             if self.band_row is not None:
                 self.r.forget_above(b * BLOCK - self.r.halo)
             hr, wr = self.rshape
+            self.band = None  # let the old band go before the new one is made
             band = np.empty((BLOCK + 2, wr + 2, 3), np.uint8)
             for c in range(0, wr, BLOCK):
                 w = min(BLOCK, wr - c)
