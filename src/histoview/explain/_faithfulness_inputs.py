@@ -100,8 +100,25 @@ class ModelPredictor:
             batch = self._channels_last(torch.stack(batch))
         return self._forward(self.net, batch.to(self._device()))
 
+    def _tiled(self, image: np.ndarray) -> bool:
+        from histoview.explain.tiled_cam import needs_tiles
+
+        return needs_tiles(self.spec, image.shape, self.pixel_size_um)
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        inputs = [self.spec.model_input(img, self.pixel_size_um) for img in np.asarray(images)]
+        images = np.asarray(images)
+        if len(images) and self._tiled(images[0]):  # a patch classifier: the tiles' mean
+            from histoview.explain.tiled_cam import field_pixels, tile_image, tile_probabilities
+
+            field = field_pixels(self.spec, self.pixel_size_um)
+            self.forward_passes += len(images)
+            return np.stack(
+                [
+                    tile_probabilities(self.net, self.spec, tile_image(img, field)[0]).mean(0)
+                    for img in images
+                ]
+            ).astype(np.float64)
+        inputs = [self.spec.model_input(img, self.pixel_size_um) for img in images]
         step = self.batch_size
         return np.concatenate(
             [self._run(inputs[i : i + step]) for i in range(0, len(inputs), step)]
@@ -260,8 +277,12 @@ class ModelPredictor:
 
     def _image_removal(self, expl, image, baseline, seed):
         """Whole-image models: image and baseline resized to the input once and mixed there;
-        the input's elements are its pixels, ranked by the element covering them."""
+        the input's elements are its pixels, ranked by the element covering them (None for
+        a patch classifier cut into tiles: its removals are made in the image)."""
         import torch
+
+        if self._tiled(image):
+            return None
 
         x = self._cached(image, "image", lambda: self.spec.images(image))
         xb = self.spec.images(baseline)

@@ -352,3 +352,50 @@ def test_cnn(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> n
     """
     _no_pretrained("test_cnn", pretrained)
     return SmallConvNet((8, 16), (True, False), 32, num_classes, **kw)
+
+
+CRUZROA2014 = (
+    "Cruz-Roa et al., Automatic detection of invasive ductal carcinoma in whole slide images "
+    "with convolutional neural networks, SPIE Medical Imaging 2014 (a small ConvNet on 2.5X "
+    "patches)"
+)
+
+
+@register_model(
+    ModelConfig(
+        name="patchcnn",
+        kind="image",
+        input_size=(48, 48),
+        target_layer="features.relu4",
+        classifier="head",
+        paper=CRUZROA2014,
+    )
+)
+def patchcnn(num_classes: int = 2, *, pretrained: str | bool = False, **kw) -> nn.Module:
+    """A small patch classifier for low-magnification tissue patches (48 x 48 input).
+
+    The customNet family (:class:`SmallConvNet`) narrowed for the 50 x 50 IDC patches of
+    Cruz-Roa et al., 2014 (resized to 48 x 48, so every pooling halves evenly): Conv1 (32)
+    - MaxPool - Conv2 (64) - MaxPool - Conv3 (128) - MaxPool - Conv4 (128), 3 x 3 "same"
+    convolutions with ReLU, then a 4 x 4 adaptive max-pool, FC 2048 -> 128 -> classes
+    (about 0.5 M parameters, 2 MB of weights). Grad-CAM hooks ``features.relu4``: a 6 x 6
+    map, one cell per 8 input pixels. Cruz-Roa et al. used two convolution-pooling layers
+    and one fully connected layer on 2.5X patches; this is the same scale of network, not
+    their exact architecture.
+
+    Args:
+        num_classes: number of output classes.
+        pretrained: must be False (trained from scratch).
+        widths, hidden: override the convolution widths (four) and the hidden layer.
+
+    Returns:
+        :class:`SmallConvNet`.
+
+    Shapes:
+        input (B, 3, 48, 48) normalised RGB -> logits (B, num_classes).
+    """
+    _no_pretrained("patchcnn", pretrained)
+    widths = tuple(kw.pop("widths", (32, 64, 128, 128)))
+    hidden = int(kw.pop("hidden", 128))
+    pools = (True,) * (len(widths) - 1) + (False,)
+    return SmallConvNet(widths, pools, hidden, num_classes, **kw)

@@ -134,6 +134,10 @@ class InputSpec:
         pixel_size_um: the pixel size the model was trained at, if known (um/px).
         graph_threshold_um: nuclei closer than this are joined (graph models).
         stain: the fitted stain normaliser applied to every image first (None: none).
+        tiled: an image model trained on fields of ``input_size`` pixels at
+            ``pixel_size_um`` (a patch classifier, e.g. the IDC weights), not on whole images
+            resized: an image larger than that field is classified and explained tile by
+            tile (:mod:`histoview.explain.tiled_cam`), never squeezed into one input.
     """
 
     kind: str
@@ -146,6 +150,7 @@ class InputSpec:
     pixel_size_um: float | None = None
     graph_threshold_um: float = GRAPH_THRESHOLD_UM
     stain: StainNormaliser | None = None
+    tiled: bool = False
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -181,6 +186,7 @@ class InputSpec:
             pixel_size_um=float(mpp) if mpp else None,
             graph_threshold_um=float(opts.get("graph_threshold_um", GRAPH_THRESHOLD_UM)),
             stain=stain,
+            tiled=bool(opts.get("tiled", False)) and config.kind == "image",
         )
 
     @classmethod
@@ -206,6 +212,8 @@ class InputSpec:
         out = {k: v for k, v in asdict(self).items() if k in keys}
         if out.get("input_size") is not None:
             out["input_size"] = list(out["input_size"])
+        if self.tiled:
+            out["tiled"] = True
         return out
 
     # -- the policy for the physical scale ----------------------------------------------------

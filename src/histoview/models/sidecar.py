@@ -51,6 +51,7 @@ class InputSection(BaseModel):
     pixel_size_um: PositiveFloat | None = None
     instance_dropout: Dropout | None = None
     node_dropout: Dropout | None = None
+    tiled: bool | None = None
 
 
 class ModelKwargs(BaseModel):
