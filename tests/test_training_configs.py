@@ -106,7 +106,7 @@ BAD = {  # config edits -> the line the user reads (after "bad.yaml: ")
     ),
     "unknown key, nothing close": (
         {"split__zzz": 1},
-        "field 'split.zzz' is not a key of section 'split' (known: by, fractions, seed)",
+        "field 'split.zzz' is not a key of section 'split' (known: by, fractions, seed, test_patients, val_patients)",
     ),
     "epochs as words": (
         {"train__epochs": "ten"},

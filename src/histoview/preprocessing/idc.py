@@ -27,6 +27,7 @@ its patient-level split, is the ``idc`` layout of :mod:`histoview.training.datas
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -243,11 +244,19 @@ def mosaic_paths(stem: str | os.PathLike) -> dict[str, Path]:
     }
 
 
-def write_mosaic(mosaic: IdcMosaic, stem: str | os.PathLike, *, overwrite: bool = False) -> dict:
+def write_mosaic(
+    mosaic: IdcMosaic,
+    stem: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    jpeg_quality: int | None = None,
+) -> dict:
     """Write ``mosaic`` as three files (:func:`mosaic_paths`), each whole or absent:
 
     * ``STEM.tif``: the RGB image, a tiled pyramidal BigTIFF whose resolution tags give
       ``pixel_size_um`` (:func:`histoview.io.open_image` reads it as the file's calibration);
+      lossless (zlib), or with ``jpeg_quality`` one JPEG-compressed level (about a third of
+      the size at 95: the bundled sample; its pixels then differ a little from the patches');
     * ``STEM.idc.tif``: the ground truth per pixel, uint8, same size and pixel size:
       0 no patch, 1 non-IDC patch, 2 IDC patch (:data:`TRUTH_IDC`);
     * ``STEM.json``: patient, pixel size and its basis, patch size, origin, the per-patch
@@ -269,7 +278,19 @@ def write_mosaic(mosaic: IdcMosaic, stem: str | os.PathLike, *, overwrite: bool 
     res = 1e4 / mosaic.pixel_size_um  # pixels per centimetre
     writer = atomic_write(paths["image"], None, overwrite=True)
     with writer as tmp:
-        write_pyramidal_tiff(tmp, mosaic.image, pixel_size_um=mosaic.pixel_size_um)
+        if jpeg_quality is None:
+            write_pyramidal_tiff(tmp, mosaic.image, pixel_size_um=mosaic.pixel_size_um)
+        else:
+            tifffile.imwrite(
+                tmp,
+                mosaic.image,
+                photometric="rgb",
+                tile=(256, 256),
+                compression="jpeg",
+                compressionargs={"level": int(jpeg_quality)},
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+            )
     writer = atomic_write(paths["truth"], None, overwrite=True)
     with writer as tmp:
         tifffile.imwrite(
@@ -294,6 +315,7 @@ def write_mosaic(mosaic: IdcMosaic, stem: str | os.PathLike, *, overwrite: bool 
         "patch_labels": mosaic.patch_labels.tolist(),
         "truth_values": {"no_patch": TRUTH_NO_PATCH, "non_idc": TRUTH_NON_IDC, "idc": TRUTH_IDC},
         "citation": IDC_CITATION,
+        **({"jpeg_quality": int(jpeg_quality)} if jpeg_quality is not None else {}),
     }
     write_text(paths["meta"], json.dumps(meta, indent=1) + "\n", overwrite=True)
     return paths
@@ -317,3 +339,97 @@ def read_mosaic(stem: str | os.PathLike) -> IdcMosaic:
         patch_size=int(meta["patch_size"]),
         pixel_size_um=float(src.pixel_size_um or meta["pixel_size_um"]),
     )
+
+
+# -- regions of a patient's slide: the bags of A-MIL ---------------------------------------------
+@dataclass(frozen=True)
+class IdcRegion:
+    """A square region of ``cells`` x ``cells`` patch cells of one patient's mosaic (a bag).
+
+    Attributes:
+        patient: the patient id.
+        row, col: the region's top-left cell in the patient's patch grid (the grid of
+            :func:`build_mosaic`: cell (0, 0) at the patient's smallest offsets).
+        cells: the region's edge in cells (``cells * 50`` pixels).
+        patches: patches inside the region (the rest is glass, white).
+        idc_patches: IDC patches inside it.
+    """
+
+    patient: str
+    row: int
+    col: int
+    cells: int
+    patches: int
+    idc_patches: int
+
+    @property
+    def label(self) -> int:
+        """1 when the region holds any IDC patch (a positive bag), else 0."""
+        return int(self.idc_patches > 0)
+
+
+def patch_grid(patches: Iterable[IdcPatch]) -> np.ndarray:
+    """(rows, cols) int8 labels of one patient's patches on its grid (-1: no patch), from the
+    file names alone (no image is read); the grid of :func:`build_mosaic`."""
+    mine = list(patches)
+    x0, y0 = min(p.x for p in mine), min(p.y for p in mine)
+    s = IDC_PATCH_SIZE
+    grid = np.full(
+        ((max(p.y for p in mine) - y0) // s + 1, (max(p.x for p in mine) - x0) // s + 1),
+        -1,
+        np.int8,
+    )
+    for p in mine:
+        grid[(p.y - y0) // s, (p.x - x0) // s] = p.label
+    return grid
+
+
+def idc_regions(
+    patches: Iterable[IdcPatch], *, cells: int = 4, stride: int = 2, min_patches: int | None = None
+) -> list[IdcRegion]:
+    """Every region of ``cells`` x ``cells`` cells, ``stride`` cells apart, of each patient's
+    grid that holds at least ``min_patches`` patches (default: half the region's cells), in
+    patient, row, column order; from the file names alone. A region's label is whether it
+    holds IDC (:attr:`IdcRegion.label`), the bag label of multiple-instance learning.
+
+    Raises:
+        ValueError: ``cells`` or ``stride`` below 1.
+    """
+    if cells < 1 or stride < 1:
+        raise ValueError(f"cells and stride must be at least 1, got {cells} and {stride}")
+    need = int(np.ceil(cells * cells / 2)) if min_patches is None else int(min_patches)
+    out = []
+    for patient, mine in by_patient(patches).items():
+        grid = patch_grid(mine)
+        rows, cols = grid.shape
+        for r in range(0, max(rows - cells, 0) + 1, stride):
+            for c in range(0, max(cols - cells, 0) + 1, stride):
+                window = grid[r : r + cells, c : c + cells]
+                n = int((window >= 0).sum())
+                if n >= max(need, 1):
+                    out.append(IdcRegion(patient, r, c, cells, n, int((window == 1).sum())))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _patient_mosaic(root: str, patient: str) -> IdcMosaic:
+    return build_mosaic(_root_patches(root), patient=patient)
+
+
+@functools.lru_cache(maxsize=2)
+def _root_patches(root: str) -> tuple[IdcPatch, ...]:
+    return tuple(find_idc_patches(root))
+
+
+def region_image(root: str | os.PathLike, region: IdcRegion) -> np.ndarray:
+    """(cells * 50, cells * 50, 3) uint8 RGB of ``region`` of its patient's mosaic built from
+    the patches below ``root`` (white where no patch). The last few mosaics and the folder's
+    patch list are kept in memory (per process), so the regions of one patient are cut from
+    one mosaic built once."""
+    mosaic = _patient_mosaic(str(Path(root)), region.patient)
+    s = mosaic.patch_size
+    out = np.full((region.cells * s, region.cells * s, 3), 255, np.uint8)
+    crop = mosaic.image[region.row * s : (region.row + region.cells) * s, region.col * s :]
+    crop = crop[:, : region.cells * s]
+    out[: crop.shape[0], : crop.shape[1]] = crop
+    return out

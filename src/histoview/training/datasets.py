@@ -64,16 +64,22 @@ TASKS = {
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: a file, or a phantom given by (kind, seed, preset)."""
+    """One labelled image: a file, a phantom given by (kind, seed, preset), or a region of
+    an IDC patient's mosaic (``(root, IdcRegion)``, :mod:`histoview.training.idc_data`)."""
 
     label: int
     patient: str | None = None
     path: Path | None = None
     phantom: tuple | None = None
     magnification: int | None = None
+    region: tuple | None = None
 
     @property
     def key(self) -> str:
+        if self.region is not None:
+            from histoview.training.idc_data import region_key
+
+            return region_key(self.region)
         return (
             str(self.path)
             if self.path is not None
@@ -88,6 +94,10 @@ class Sample:
             kind, seed, preset = self.phantom
             ph = make_phantom(kind, preset=preset, seed=seed)
             return ph.image, ph.pixel_size_um
+        if self.region is not None:
+            from histoview.training.idc_data import load_region
+
+            return load_region(self.region)
         from histoview.io import read_rgb
 
         rgb, src = read_rgb(self.path)
@@ -118,6 +128,9 @@ class Dataset:
             "images_per_class": {c: counts.get(i, 0) for i, c in enumerate(self.classes)},
             "patients": len({s.patient for s in self.samples}) if self.has_patients else None,
         }
+        for key in ("bag_cells", "bag_stride"):  # IDC regions (training.idc_data)
+            if key in self.options:
+                out[key] = self.options[key]
         mags = Counter(s.magnification for s in self.samples if s.magnification)
         if mags:
             out["magnifications"] = {f"{m}X": n for m, n in sorted(mags.items())}
@@ -272,27 +285,14 @@ def _folder_dataset(root: Path, task: str = "folder") -> Dataset:
     return Dataset("folder", "folder", classes, samples, str(root), has_patients=False)
 
 
-def _idc_dataset(
-    root: Path,
-    task: str = "idc",
-    balance: str = "within-patient",
-    one_class_patients: str = "test",
-) -> Dataset:
-    from histoview.preprocessing.idc import IDC_CLASSES, IDC_PIXEL_SIZE_UM, find_idc_patches
-    from histoview.training.idc_split import BALANCE_CHOICES, ONE_CLASS_CHOICES
+def _idc_dataset(root: Path, task: str = "idc", **options) -> Dataset:
+    from histoview.preprocessing.idc import IDC_CLASSES
+    from histoview.training.idc_data import idc_rows
 
     if task not in TASKS["idc"]:
         raise ValueError(f"IDC task must be one of {TASKS['idc']}, got {task!r}")
-    if balance not in BALANCE_CHOICES or one_class_patients not in ONE_CLASS_CHOICES:
-        raise ValueError(
-            f"IDC balance must be one of {BALANCE_CHOICES} and one_class_patients one of "
-            f"{ONE_CLASS_CHOICES}, got {balance!r}, {one_class_patients!r}"
-        )
-    samples = [
-        Sample(label=p.label, patient=p.patient, path=p.path) for p in find_idc_patches(root)
-    ]
-    options = {"balance": balance, "one_class_patients": one_class_patients}
-    options["pixel_size_um"] = IDC_PIXEL_SIZE_UM  # an estimate (preprocessing.idc)
+    rows, options = idc_rows(root, **options)
+    samples = [Sample(**row) for row in rows]
     return Dataset("idc", task, IDC_CLASSES, samples, str(root), has_patients=True, options=options)
 
 
@@ -407,8 +407,12 @@ def split_dataset(
             settings["fractions"],
             seed=settings["seed"],
             one_class_patients=dataset.options.get("one_class_patients", "test"),
+            test_patients=settings.get("test_patients"),
+            val_patients=settings.get("val_patients"),
         )
         return {**settings, "design": "idc-within-patient", "patients": patients}, parts
+    if settings.get("test_patients") is not None or settings.get("val_patients") is not None:
+        raise ValueError("split.test_patients / val_patients apply to IDC data (type idc)")
     parts = split_samples(
         dataset.samples, settings["fractions"], seed=settings["seed"], by=settings["by"]
     )
@@ -424,10 +428,13 @@ def split_warnings(
     """One line per split (train, validation, test) where a class has under ``minimum`` images.
 
     ``parts`` are the three sample lists of :func:`split_samples`. A test split of 2 or 3
-    images per class gives accuracies of 0, 50 or 100 %: the numbers are noise, so say so.
+    images per class gives accuracies of 0, 50 or 100 %: the numbers are noise, so say so. An
+    empty validation or test split is no such split, not a small one.
     """
     out = []
     for name, samples in zip(("training", "validation", "test"), parts):
+        if not samples and name != "training":
+            continue  # no such split (a fraction of 0, or no patient named for it)
         counts = Counter(s.label for s in samples)
         few = [(c, counts.get(i, 0)) for i, c in enumerate(classes) if counts.get(i, 0) < minimum]
         if not few:

@@ -107,6 +107,8 @@ def dataset_for_checkpoint(
             mags = trained.get("magnifications") or {}
             if layout == "breakhis" and len(mags) == 1:
                 spec["magnification"] = next(iter(mags)).rstrip("X")
+            if layout == "idc":  # regions (A-MIL bags) as in training
+                spec |= {k: trained[k] for k in ("bag_cells", "bag_stride") if trained.get(k)}
             candidates.append(spec)
         tasks = TASKS[layout] if layout != "folder" else (None,)
         candidates += [
@@ -141,7 +143,9 @@ def training_test_split(dataset: Dataset, meta: dict[str, Any]) -> list:
     """Rebuild the test split the checkpoint was trained with, or raise ValueError.
 
     The data must be the training data (same images per class); the split's
-    seed, grouping and sizes come from the checkpoint. Fractions are read from
+    seed, grouping and sizes come from the checkpoint. An IDC split (design
+    ``idc-within-patient``, :mod:`histoview.training.idc_split`) records its patients: the
+    test split is their images. Fractions are read from
     the checkpoint when recorded, else found among :data:`COMMON_FRACTIONS` and
     the recorded sizes' own ratio by matching the train/val/test sizes.
     """
@@ -163,6 +167,15 @@ def training_test_split(dataset: Dataset, meta: dict[str, Any]) -> list:
     target = (split["train"], split["val"], split["test"])
     if target[2] == 0:
         raise ValueError("the checkpoint's training run had no test split: use split='all'")
+    if split.get("design") == "idc-within-patient":  # training.idc_split: patients recorded
+        test_patients = set((split.get("patients") or {}).get("test") or ())
+        test = [s for s in dataset.samples if str(s.patient) in test_patients]
+        if len(test) != target[2]:
+            raise ValueError(
+                f"the checkpoint's test patients ({', '.join(sorted(test_patients))}) have "
+                f"{len(test)} images here, {target[2]} in training: use split='all'"
+            )
+        return test
     candidates = [tuple(split["fractions"])] if split.get("fractions") else []
     candidates += [*COMMON_FRACTIONS, tuple(t / sum(target) for t in target)]
     for fractions in candidates:

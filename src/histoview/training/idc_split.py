@@ -27,6 +27,14 @@ patients (their colour and texture) instead of carcinoma: "looks like 8975" mean
 With the development sample this trains on one or two of the three paired patients: few,
 and the split's warnings say so; the full data set (279 patients) gives the design room.
 
+**Named patients** (``split: {test_patients: [...], val_patients: [...]}``). Instead of
+fractions, a config can name the held-out patients: those named go to test (or
+validation) whatever their classes, every other paired patient is trained on (balanced as
+in item 2), the other one-class patients follow item 4. This is how the bundled IDC weights
+hold out one paired patient (whose mosaic, with both classes, is the sample image and the
+localisation benchmark) and how ``benchmarks/bench_idc.py`` runs leave-one-patient-out
+folds over the paired patients.
+
 The samples are any objects with ``patient`` and ``label`` attributes (the training layer's
 :class:`~histoview.training.datasets.Sample`); the order within each split follows the input.
 """
@@ -57,6 +65,8 @@ def within_patient_split(
     *,
     seed: int = 0,
     one_class_patients: str = "test",
+    test_patients: Sequence[str] | None = None,
+    val_patients: Sequence[str] | None = None,
 ) -> tuple[tuple[list, list, list], dict[str, list[str]]]:
     """Split binary-labelled patches by patient as the module docstring says.
 
@@ -65,6 +75,8 @@ def within_patient_split(
         fractions: train / validation / test shares of the paired patients.
         seed: shuffles the patients and picks each training patient's subsample.
         one_class_patients: ``"test"`` or ``"exclude"`` (module docstring, item 4).
+        test_patients, val_patients: patients held out by name (module docstring, "Named
+            patients"); with either, ``fractions`` are not used.
 
     Returns:
         ``((train, val, test), patients)``: the three sample lists, and the patient ids of
@@ -72,7 +84,9 @@ def within_patient_split(
         out).
 
     Raises:
-        ValueError: no patient has patches of both classes, or a sample has no patient.
+        ValueError: no patient has patches of both classes, a sample has no patient, a
+            named patient is not in the data or named twice, or no paired patient is left
+            to train on.
     """
     if one_class_patients not in ONE_CLASS_CHOICES:
         raise ValueError(
@@ -91,23 +105,11 @@ def within_patient_split(
             "class only): trained on them, a classifier could learn who the patient is instead "
             "of carcinoma; add patients with both IDC and non-IDC patches"
         )
-    rng = np.random.default_rng(seed)
-    keys = list(paired)
-    rng.shuffle(keys)
-    f = np.asarray(fractions, float) / np.sum(fractions)
-    n = len(keys)
-    n_val = n_test = 0
-    if n >= 3:
-        n_val = max(int(round(n * f[1])), 1 if f[1] > 0 else 0)
-        n_test = max(int(round(n * f[2])), 1 if f[2] > 0 else 0)
-    elif n == 2 and f[2] > 0:
-        n_test = 1
-    names = {
-        "train": sorted(keys[: n - n_val - n_test]),
-        "val": sorted(keys[n - n_val - n_test : n - n_test]),
-        "test": sorted(keys[n - n_test :]),
-        "excluded": [],
-    }
+    if test_patients is not None or val_patients is not None:
+        names = _named(groups, paired, test_patients or (), val_patients or ())
+        one_class = [p for p in one_class if p not in names["test"] + names["val"]]
+    else:
+        names = _by_fractions(paired, fractions, seed)
     if one_class_patients == "test":
         names["test"] = sorted(names["test"] + one_class)
     else:
@@ -121,6 +123,47 @@ def within_patient_split(
     val = [s for s in samples if str(s.patient) in val_set]
     test = [s for s in samples if str(s.patient) in test_set]
     return (order, val, test), names
+
+
+def _by_fractions(paired: list[str], fractions: Sequence[float], seed: int) -> dict:
+    """Paired patients shuffled (seeded) into train / val / test (module docstring, item 3)."""
+    rng = np.random.default_rng(seed)
+    keys = list(paired)
+    rng.shuffle(keys)
+    f = np.asarray(fractions, float) / np.sum(fractions)
+    n = len(keys)
+    n_val = n_test = 0
+    if n >= 3:
+        n_val = max(int(round(n * f[1])), 1 if f[1] > 0 else 0)
+        n_test = max(int(round(n * f[2])), 1 if f[2] > 0 else 0)
+    elif n == 2 and f[2] > 0:
+        n_test = 1
+    return {
+        "train": sorted(keys[: n - n_val - n_test]),
+        "val": sorted(keys[n - n_val - n_test : n - n_test]),
+        "test": sorted(keys[n - n_test :]),
+        "excluded": [],
+    }
+
+
+def _named(groups: dict, paired: list[str], test: Sequence[str], val: Sequence[str]) -> dict:
+    """Named held-out patients; every other paired patient trains (module docstring)."""
+    test, val = sorted(map(str, test)), sorted(map(str, val))
+    unknown = sorted(set(test + val) - set(groups))
+    if unknown:
+        raise ValueError(
+            f"held-out patients not in the data: {', '.join(unknown)} "
+            f"(patients: {', '.join(sorted(groups))})"
+        )
+    if set(test) & set(val) or len(set(test)) < len(test) or len(set(val)) < len(val):
+        raise ValueError(f"a patient is named twice in test {test} / validation {val}")
+    train = [p for p in paired if p not in test and p not in val]
+    if not train:
+        raise ValueError(
+            f"every patient with both classes ({', '.join(paired)}) is held out: none is "
+            "left to train on"
+        )
+    return {"train": train, "val": val, "test": test, "excluded": []}
 
 
 def _balanced(members: list, seed: int, patient: str) -> list:

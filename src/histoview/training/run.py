@@ -102,7 +102,11 @@ def iter_train_from_config(
                 "leaks_patients": leak,
                 "warnings": warnings,
                 # IDC: the split's design and its patients (training.idc_split)
-                **{k: split[k] for k in ("design", "patients") if k in split},
+                **{
+                    k: split[k]
+                    for k in ("design", "patients", "test_patients", "val_patients")
+                    if split.get(k) is not None
+                },
             }
         },
         "name": config.get("name"),

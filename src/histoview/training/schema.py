@@ -46,6 +46,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from histoview.training._schema_idc import IdcData
 from histoview.training._schema_messages import describe_errors, one_of, short
 from histoview.training._schema_types import (
     Dropout,
@@ -148,7 +149,8 @@ _TRAIN_OPTIONS = TypeAdapter(TrainOptions)
 class SplitSection(BaseModel):
     """``split``: ``by`` patient (no patient in two splits) or image (leaks patients),
     ``fractions`` of train / validation / test (each in [0, 1], adding up to 1, training
-    above 0; a validation or test fraction of 0 means no such split), ``seed``."""
+    above 0; a validation or test fraction of 0 means no such split), ``seed``; for IDC data
+    ``test_patients`` / ``val_patients`` name the held-out patients instead."""
 
     model_config = _STRICT
 
@@ -157,6 +159,9 @@ class SplitSection(BaseModel):
         default_factory=lambda: [0.7, 0.15, 0.15]
     )
     seed: NonNegativeInt = 0
+    # IDC only (training.idc_split): held-out patients by name instead of fractions
+    test_patients: list[Name] | None = None
+    val_patients: list[Name] | None = None
 
     @field_validator("fractions")
     @classmethod
@@ -175,7 +180,7 @@ class SplitSection(BaseModel):
 #: ``input`` keys each model kind uses (others would be ignored, so they are refused)
 INPUT_KEYS = {
     "bag": ("stride", "max_background", "instance_dropout", "pixel_size_um", "cache_images"),
-    "image": ("pixel_size_um", "cache_images"),
+    "image": ("pixel_size_um", "cache_images", "tiled"),
     "graph": ("graph_threshold_um", "pixel_size_um", "node_dropout", "cache_dir", "cache_images"),
 }
 
@@ -195,6 +200,7 @@ class InputSection(BaseModel):
     graph_threshold_um: PositiveFloat | None = None
     cache_images: NonNegativeInt = 512
     cache_dir: PathText | None = None
+    tiled: Flag = False  # a patch classifier: larger images go tile by tile (models.inputs)
 
 
 #: ``stain.reference`` value that fits the normaliser to the training split's images
@@ -291,22 +297,6 @@ class FolderData(BaseModel):
     type: Literal["folder"]
     root: PathText
     task: Literal["folder"] = "folder"
-
-
-class IdcData(BaseModel):
-    """``data: {type: idc, root}``: IDC patches (``<patient>_idx5_x<col>_y<row>_class<0|1>
-    .png``). ``balance: within-patient`` trains on patients with both classes, as many of
-    each per patient, so patient identity cannot stand for the label
-    (:mod:`histoview.training.idc_split`); ``none``: the plain patient split.
-    ``one_class_patients``: ``test`` or ``exclude`` (never trained on)."""
-
-    model_config = _STRICT
-
-    type: Literal["idc"]
-    root: PathText
-    task: Literal["idc"] = "idc"
-    balance: Literal["within-patient", "none"] = "within-patient"
-    one_class_patients: Literal["test", "exclude"] = "test"
 
 
 class AutoData(BaseModel):
