@@ -118,9 +118,12 @@ def explain_array(
     ``downsample``, ``level`` and ``image_shape`` place the image in a pyramid;
     ``pixel_size_source`` says where ``pixel_size_um`` came from (``"file"``, ``"user"``).
     A blank image (:func:`~histoview.preprocessing.scale.is_blank`) is refused: no method's
-    prediction means anything on it. Every explanation records ``pixel_size_um`` and
+    prediction means anything on it. Out-of-distribution warnings (pixel size or stain far
+    from the checkpoint's training data, :mod:`histoview.explain.ood`) join
+    ``extra["warnings"]``. Every explanation records ``pixel_size_um`` and
     ``pixel_size_source`` in ``extra`` (``"unknown"`` where the method needs none).
     """
+    from histoview.explain.ood import ood_warnings
     from histoview.preprocessing.scale import is_blank
 
     blank = is_blank(image)
@@ -136,11 +139,17 @@ def explain_array(
         level=level,
         image_shape=image_shape,
     )
-    expl = get_method(method).explain(image, net, meta, sha, context)
+    spec = get_method(method)
+    expl = spec.explain(image, net, meta, sha, context)
     expl.extra.setdefault("pixel_size_um", pixel_size_um)
     expl.extra.setdefault(
         "pixel_size_source", (pixel_size_source or "file") if pixel_size_um else "unknown"
     )
+    # out of distribution (explain.ood): pixel size or stain far from the training data's
+    used = expl.extra.get("pixel_size_um") or pixel_size_um
+    ood = ood_warnings(meta, image, used, kind=spec.kind)
+    if ood:
+        expl.extra["warnings"] = [*expl.extra.get("warnings", []), *ood]
     return expl
 
 

@@ -384,6 +384,23 @@ class StainNormaliser:
         rgb = lab2rgb(lab_merge(*scaled).astype(np.float64))
         return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)  # torchstain's rounding
 
+    def stain_distance(self, rgb: np.ndarray) -> float:
+        """How far ``rgb``'s stain lies from the reference's (nothing is transformed).
+        Reinhard: the largest ``|m - m_ref| / s_ref`` over L*, a*, b* of the tissue pixels
+        (in reference standard deviations); Macenko: the largest angle (degrees) between the
+        image's and the reference's H and E vectors. StainNormalisationError: no stain to
+        estimate (whatever ``on_no_tissue`` says)."""
+        flat = _check_rgb(rgb).reshape(-1, 3)
+        mask = self._mask(flat)
+        self._enough_tissue(int(mask.sum()), flat.shape[0], "the image")
+        tissue = _spaced(flat[mask], MAX_ESTIMATE_PIXELS)
+        if self.method == "reinhard":
+            means, _ = self._lab_stats(tissue, "the image")
+            return float(np.max(np.abs(means - self.lab_means) / self.lab_stds))
+        he, ref = self._macenko_estimate(tissue, "the image")[0], self.stain_matrix
+        cos = np.sum(he * ref, 0) / (np.linalg.norm(he, axis=0) * np.linalg.norm(ref, axis=0))
+        return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max())
+
     def describe(self) -> str:
         """One line: ``macenko stain normalisation fitted on 3 images (812,004 tissue pixels)``."""
         seen = self.fitted_on
