@@ -67,7 +67,7 @@ def test_pyproject_lists_every_package():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert config["package-dir"] == {"": "src", **MAPPED}
     in_src = {".".join(p.parent.relative_to(PKG.parent).parts) for p in PKG.rglob("__init__.py")}
-    mapped = set(MAPPED) | {"histoview.resources.weights"}
+    mapped = set(MAPPED) | {"histoview.resources.weights", "histoview.resources.samples"}
     assert set(config["packages"]) == in_src | mapped
     for package, folder in MAPPED.items():
         assert (REPO / folder / "__init__.py").is_file(), package
@@ -131,6 +131,8 @@ def test_wheel_ships_manifest_weights_and_recipes(tmp_path):
     assert "histoview/napari.yaml" in names
     for weights in (REPO / "resources" / "weights").iterdir():
         assert f"histoview/resources/weights/{weights.name}" in names
+    for sample in (REPO / "resources" / "samples").iterdir():  # the real IDC sample (CC0)
+        assert f"histoview/resources/samples/{sample.name}" in names
     for recipe in (REPO / "training").glob("*.yaml"):
         assert f"histoview/recipes/{recipe.name}" in names
     for module in PKG.rglob("*.py"):

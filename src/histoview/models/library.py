@@ -1,7 +1,9 @@
-"""Where checkpoints live: the bundled synthetic demo weights and the user's model library.
+"""Where checkpoints live: the bundled weights and the user's model library.
 
-* Bundled: ``histoview/resources/weights/*.safetensors`` (shipped in the wheel),
-  trained on generated phantoms, labelled synthetic in their sidecars.
+* Bundled: ``histoview/resources/weights/*.safetensors`` (shipped in the wheel): the
+  synthetic demo weights, trained on generated phantoms and labelled synthetic in their
+  sidecars, and the real weights trained on the CC0 IDC patches (``*-idc``, each with its
+  model card ``<name>.md``), labelled ``[real tissue]`` in lists and listed after the demos.
 * User library: a per-user data folder (``platformdirs.user_data_dir("histoview")/models``,
   or ``$HISTOVIEW_DATA_DIR/models``), never inside the installed package.
   Models trained from the plugin are added here.
@@ -45,7 +47,10 @@ class LibraryEntry:
         val = metrics.get("test") or metrics.get("validation") or {}
         acc = val.get("balanced_accuracy")
         data = (self.meta.get("data") or {}).get("layout", "?")
-        tag = " [synthetic demo]" if self.synthetic else ""
+        # bundled weights are either synthetic demos or real (the IDC weights, CC0 data)
+        tag = (
+            " [synthetic demo]" if self.synthetic else " [real tissue]" * (self.source == "bundled")
+        )
         metric = f", bal. acc {acc:.2f}" if isinstance(acc, (int, float)) else ""
         classes = "/".join(self.meta.get("classes", []))
         return f"{self.name} ({self.model}; {classes}; {data}{metric}){tag}"
@@ -107,13 +112,16 @@ def _scan() -> tuple[list[LibraryEntry], list[SkippedCheckpoint]]:
     for source, folder in (("user", user_library_dir()), ("bundled", bundled_weights_dir())):
         if not folder.is_dir():
             continue
+        found = []
         for path in sorted(folder.glob("*.safetensors")):
             try:
                 meta = read_metadata(path)
             except CheckpointError as exc:
                 skipped.append(SkippedCheckpoint(path.stem, path, source, str(exc)))
                 continue
-            entries.append(LibraryEntry(path.stem, path, meta, source))
+            found.append(LibraryEntry(path.stem, path, meta, source))
+        # bundled: the synthetic demo weights first (the docks' default), then the real ones
+        entries += sorted(found, key=lambda e: source == "bundled" and not e.synthetic)
     return entries, skipped
 
 

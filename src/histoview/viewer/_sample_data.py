@@ -176,3 +176,57 @@ def phantom_slide_layers(size: int, seed: int, pixel_size_um: float = 0.25) -> l
 
 def phantom_slide():
     return phantom_slide_layers(**SAMPLE_SLIDE)
+
+
+#: the bundled real sample (resources/samples/, written by scripts/make_idc_sample.py)
+IDC_SAMPLE = "idc-8865"
+
+
+def idc_sample() -> list[tuple]:
+    """One IDC patient's 2.5X mosaic (patient 8865, held out by the bundled IDC weights) with
+    its ground truth: the tissue at its file's 4.0 um/px, and (hidden) the per-patch IDC map
+    (1 non-IDC patch, 2 IDC patch). Real tissue, listed as CC0: Janowczyk & Madabhushi
+    2016; Cruz-Roa et al. 2014 (see ``resources/samples/README.md``)."""
+    import json
+    from importlib.resources import files
+
+    import numpy as np
+
+    from histoview.io import open_image, read_rgb
+
+    folder = files("histoview.resources") / "samples"
+    meta = json.loads((folder / f"{IDC_SAMPLE}.json").read_text())
+    rgb, src = read_rgb(str(folder / f"{IDC_SAMPLE}.tif"))
+    with open_image(str(folder / f"{IDC_SAMPLE}.idc.tif")) as truth_src:
+        truth = np.asarray(truth_src.read_level(0))
+    scale = (src.pixel_size_um, src.pixel_size_um)
+    name = f"IDC patient {meta['patient']} (2.5X, real tissue)"
+    info = src.describe() | {
+        "source": "idc-sample",
+        "patient": meta["patient"],
+        "notice": f"Real tissue, listed as CC0: {meta['citation']} {RESEARCH_NOTICE}",
+    }
+    return [
+        (
+            rgb,
+            {
+                "name": name,
+                "rgb": True,
+                "scale": scale,
+                "units": ("um", "um"),
+                "metadata": {"histoview": info},
+            },
+            "image",
+        ),
+        (
+            truth,
+            {
+                "name": f"{name}: IDC map (ground truth; 1 non-IDC, 2 IDC)",
+                "scale": scale,
+                "units": ("um", "um"),
+                "visible": False,
+                "opacity": 0.4,
+            },
+            "labels",
+        ),
+    ]
