@@ -23,3 +23,12 @@ def map_auc(dense: np.ndarray, mask: np.ndarray) -> float:
     from histoview.training.metrics import roc_auc
 
     return roc_auc(mask.reshape(-1), dense.reshape(-1))
+
+
+def top_precision(dense: np.ndarray, mask: np.ndarray, fraction: float = 0.1) -> float:
+    """Share of ground truth among the map's top ``fraction`` of pixels (ties at the cut
+    included; the share of the mask itself is what a random map gets)."""
+    values, truth = np.asarray(dense).reshape(-1), np.asarray(mask, bool).reshape(-1)
+    k = max(1, int(round(fraction * values.size)))
+    cut = np.partition(values, values.size - k)[values.size - k]
+    return float(truth[values >= cut].mean())
