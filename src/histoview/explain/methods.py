@@ -212,7 +212,7 @@ def _cam_slide(method: str) -> Callable[..., Any]:
     def slide(model, meta, sha, ctx):
         from histoview.explain.slide_cam_processor import CAMSlideProcessor
 
-        return CAMSlideProcessor(method, model, meta, sha, ctx)
+        return CAMSlideProcessor(method, model, meta, sha, ctx, title=method_title(method))
 
     return slide
 

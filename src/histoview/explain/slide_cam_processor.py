@@ -85,9 +85,9 @@ class CAMSlideProcessor:
         ctx: SlideContext,
         *,
         percentile: float = ROBUST_PERCENTILE,
+        title: str | None = None,
     ) -> None:
         from histoview.explain.gradcam import CAM_METHODS, class_names
-        from histoview.explain.methods import method_title
         from histoview.models.inputs import InputSpec
 
         # the registry's CAM variants (gradcam.CAM_METHODS), or RMCG's node attention
@@ -95,7 +95,7 @@ class CAMSlideProcessor:
             raise ValueError(
                 f"{method!r} is neither a CAM method ({', '.join(CAM_METHODS)}) nor 'rmcg'"
             )
-        self.title = method_title(method)
+        self.title = title or method  # the registry passes the method's title
         self.method, self.model, self.meta, self.ctx = method, model, dict(meta or {}), ctx
         self.percentile = float(percentile)
         config = model.model_config
