@@ -7,7 +7,13 @@ user would (File > Open), opens each dock widget through the Plugins menu's entr
 overlay. A 10 ms Qt timer runs all the time; the longest interval between two of its ticks is
 the longest the event loop was blocked (the viewer was frozen).
 
-Printed per action: wall time (click to overlay) and the longest event-loop gap. Goals
+Each explanation dock's button is pressed twice (the second time the same settings on the
+same image: nothing is recomputed or inserted); "Run all" runs after the single methods,
+again, and at the end on a second image nothing was computed for. ``--read-docks S`` waits
+S seconds after opening each dock (the docks load their models in the background meanwhile).
+
+Printed per action: wall time (click to overlay), CPU time (all threads and the main
+thread), the longest event-loop gap and the most main-thread CPU between two ticks. Goals
 (issue "A pathologist's first session works at the first click"): gap <= 100 ms for every
 action; click to overlay <= 0.5 s per method; "Run all methods" with agreement and
 faithfulness <= 3 s.

@@ -169,7 +169,11 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         from histoview.viewer._models import warm_up
 
         # the methods' models loaded in the background: Run all's first click need not wait
-        warm_up([(m, None) for m in self.methods], load=self._load)
+        warm_up(
+            [(m, None) for m in self.methods],
+            load=self._load,
+            imports=("scipy.stats", "matplotlib.backends.backend_agg", "matplotlib.figure"),
+        )
 
     def _layout(self, notice) -> None:
         def box(title, *widgets):

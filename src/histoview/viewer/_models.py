@@ -143,11 +143,12 @@ def explain_once(image, method: str, model, meta, sha, **settings):
     return expl
 
 
-def warm_up(methods_and_checkpoints, load=None) -> None:
+def warm_up(methods_and_checkpoints, load=None, imports=()) -> None:
     """Load ``(method, checkpoint)`` models (checkpoint None: the demo weights) in a
-    background thread, importing what their methods need on the way, so that a dock's first
-    click does not wait for it; errors are left for that click to report. Nothing when the
-    environment variable ``HISTOVIEW_WARMUP`` is ``0``."""
+    background thread, importing what their methods need on the way and then the modules
+    named in ``imports``, so that a dock's first click does not wait for it; errors are left
+    for that click to report. Nothing when the environment variable ``HISTOVIEW_WARMUP`` is
+    ``0``."""
     import os
 
     from histoview.viewer._compat import avoid_triton_llvm_clash
@@ -161,10 +162,17 @@ def warm_up(methods_and_checkpoints, load=None) -> None:
     loader = load or load_model_for
 
     def work():
+        import importlib
+
         for method, checkpoint in todo:
             try:
                 loader(method) if checkpoint is None else loader(method, checkpoint)
             except Exception:  # noqa: BLE001 - the dock's click reports it
+                pass
+        for name in imports:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - imported (and reported) where it is used
                 pass
 
     threading.Thread(target=work, name="histoview-warm-up", daemon=True).start()
