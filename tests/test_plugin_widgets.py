@@ -50,7 +50,34 @@ def no_private_access():
 
 
 def test_every_layer_dock_is_covered():
-    assert set(_widget_names()) == {*EXPLANATION_DOCKS, "Compare methods", "Train a model"}
+    assert set(_widget_names()) == {
+        *EXPLANATION_DOCKS,
+        "Compare methods",
+        "Train a model",
+        "Whole slide",  # tests/test_slide_widget.py and the test below
+    }
+
+
+def test_slide_choice_follows_the_viewer(make_napari_viewer, no_private_access, tmp_path):
+    """The Whole slide dock offers image layers opened from a file (the engine reads the file),
+    never its own overlays, and follows layers added and removed."""
+    from histoview.io import write_pyramidal_tiff
+    from histoview.viewer._reader import read_images
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Whole slide")
+    assert not widget.slide_choice.choices
+    viewer.add_image(np.zeros((46, 70, 3), np.uint8), rgb=True, name="array, no file")
+    assert not widget.slide_choice.choices
+    path = tmp_path / "s.tif"
+    write_pyramidal_tiff(path, np.full((300, 300, 3), 200, np.uint8), pixel_size_um=0.5)
+    ((data, kwargs, _),) = read_images(str(path))
+    slide = viewer.add_image(data, **kwargs)
+    assert widget.slide_choice.value == slide
+    overlay = viewer.add_image(np.zeros((4, 4), np.float32), metadata={"histoview_slide": {}})
+    assert overlay not in widget.slide_choice.choices
+    viewer.layers.remove(slide)
+    assert slide not in widget.slide_choice.choices
 
 
 @pytest.mark.parametrize("name", [*EXPLANATION_DOCKS, "Compare methods"])
