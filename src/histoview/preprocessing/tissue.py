@@ -249,33 +249,17 @@ def detect_tissue(
     """
     from histoview.io.image import ImageSource, open_image
 
+    settings = (pixel_size_um, method, threshold, min_area_um2, max_hole_um2, exclude_artifacts)
     if isinstance(src, (str, os.PathLike)):
-        with open_image(src, pixel_size_um=slide_pixel_size_um) as opened:
-            return _detect(
-                opened,
-                pixel_size_um,
-                method,
-                threshold,
-                min_area_um2,
-                max_hole_um2,
-                exclude_artifacts,
-            )
-    if not isinstance(src, ImageSource):
+        path = src
+    elif not isinstance(src, ImageSource):
         raise TypeError(f"src must be an ImageSource or a path, not {type(src).__name__}")
-    if slide_pixel_size_um is not None and src.pixel_size_um != float(slide_pixel_size_um):
-        with open_image(src.path, pixel_size_um=slide_pixel_size_um) as opened:
-            return _detect(
-                opened,
-                pixel_size_um,
-                method,
-                threshold,
-                min_area_um2,
-                max_hole_um2,
-                exclude_artifacts,
-            )
-    return _detect(
-        src, pixel_size_um, method, threshold, min_area_um2, max_hole_um2, exclude_artifacts
-    )
+    elif slide_pixel_size_um is None or src.pixel_size_um == float(slide_pixel_size_um):
+        return _detect(src, *settings)
+    else:  # the caller's source keeps its own pixel size: read a copy with the given one
+        path = src.path
+    with open_image(path, pixel_size_um=slide_pixel_size_um) as opened:
+        return _detect(opened, *settings)
 
 
 def _detect(src, pixel_size_um, method, threshold, min_area_um2, max_hole_um2, exclude):
