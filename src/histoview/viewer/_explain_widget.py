@@ -157,14 +157,9 @@ class ExplainWidget(Container):
     # -- choices ----------------------------------------------------------------------------------
     def _model_choices(self, _widget=None) -> list:
         """(label, entry) of every checkpoint the method can use: user library, then bundled."""
-        from histoview.models.library import list_checkpoints
-        from histoview.models.registry import get_model_config
+        from histoview.viewer._models import checkpoint_entries
 
-        spec = get_method(self.method_choice.value)
-        entries = [
-            e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))
-        ]
-        return [(e.label(), e) for e in entries]
+        return checkpoint_entries(self.method_choice.value)
 
     def _warm_up(self, _event=None) -> None:
         """Load the chosen model in the background (viewer._models.warm_up)."""

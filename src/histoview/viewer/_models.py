@@ -201,3 +201,16 @@ def model_lock(model):
         if lock is None:
             lock = _MODEL_LOCKS[model] = threading.RLock()
     return lock
+
+
+def checkpoint_entries(method: str) -> list:
+    """(label, entry) of every checkpoint ``method`` can use: the user's library, then bundled."""
+    from histoview.explain.methods import get_method
+    from histoview.models.library import list_checkpoints
+    from histoview.models.registry import get_model_config
+
+    spec = get_method(method)
+    entries = [
+        e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))
+    ]
+    return [(e.label(), e) for e in entries]

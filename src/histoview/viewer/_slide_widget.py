@@ -35,6 +35,7 @@ from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._layer_choice import is_tissue_image, layer_choice
+from histoview.viewer._models import checkpoint_entries
 from histoview.viewer._slide_live import format_progress, placement, world_box_to_region
 from histoview.viewer._slide_running import result_text, slide_work
 
@@ -62,18 +63,6 @@ def default_out_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("histoview")) / "slides"
-
-
-def checkpoint_entries(method: str) -> list:
-    """(label, entry) of every checkpoint ``method`` can use: the user's library, then bundled."""
-    from histoview.models.library import list_checkpoints
-    from histoview.models.registry import get_model_config
-
-    spec = get_method(method)
-    entries = [
-        e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))
-    ]
-    return [(e.label(), e) for e in entries]
 
 
 class SlideWidget(Container):
