@@ -1,6 +1,46 @@
-"""The evaluation parts of the ``histoview`` command line: ``evaluate`` and ``reproduce``."""
+"""The training parts of the ``histoview`` command line: ``train``, ``evaluate`` and ``reproduce``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_train_parser(sub, *, progress) -> None:
+    """Register ``histoview train`` on the subcommand parsers ``sub``."""
+    p = sub.add_parser(
+        "train", help="train a model from a YAML or TOML config, or a shipped recipe"
+    )
+    p.add_argument(
+        "config",
+        type=Path,
+        help="a .yaml/.toml config, or the name of a shipped recipe (e.g. amil-phantom; "
+        "the repository's training/ folder holds them)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (overrides the config)")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument(
+        "--restart", action="store_true", help="ignore an existing checkpoint and start afresh"
+    )
+    p.set_defaults(func=lambda args: cmd_train(args, progress=progress))
+
+
+def cmd_train(args, *, progress) -> int:
+    from histoview.io.files import check_writable_dir
+    from histoview.training.config import load_config
+    from histoview.training.run import train_from_config
+
+    config = load_config(args.config)  # ConfigError: one line naming the file and the key
+    if args.out:
+        config["output_dir"] = str(args.out)
+    check_writable_dir(config["output_dir"])  # relative: to this folder, as the run resolves it
+    if args.epochs is not None:
+        config.setdefault("train", {})["epochs"] = args.epochs
+    result = train_from_config(
+        config, resume=not args.restart, progress=progress, source=str(args.config)
+    )
+    print(f"checkpoint: {result['checkpoint']}")
+    print(f"report:     {result['report']}")
+    return 0
 
 
 def cmd_evaluate(args, *, progress) -> int:

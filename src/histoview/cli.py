@@ -71,25 +71,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from histoview.io.files import check_writable_dir
-    from histoview.training.config import load_config
-    from histoview.training.run import train_from_config
-
-    config = load_config(args.config)  # ConfigError: one line naming the file and the key
-    if args.out:
-        config["output_dir"] = str(args.out)
-    check_writable_dir(config["output_dir"])  # relative: to this folder, as the run resolves it
-    if args.epochs is not None:
-        config.setdefault("train", {})["epochs"] = args.epochs
-    result = train_from_config(
-        config, resume=not args.restart, progress=_print_progress, source=str(args.config)
-    )
-    print(f"checkpoint: {result['checkpoint']}")
-    print(f"report:     {result['report']}")
-    return 0
-
-
 def _print_progress(event: dict) -> None:
     kind = event.get("event")
     if kind == "epoch_end":
@@ -243,21 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser(
-        "train", help="train a model from a YAML or TOML config, or a shipped recipe"
-    )
-    p.add_argument(
-        "config",
-        type=Path,
-        help="a .yaml/.toml config, or the name of a shipped recipe (e.g. amil-phantom; "
-        "the repository's training/ folder holds them)",
-    )
-    p.add_argument("--out", type=Path, default=None, help="output folder (overrides the config)")
-    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
-    p.add_argument(
-        "--restart", action="store_true", help="ignore an existing checkpoint and start afresh"
-    )
-    p.set_defaults(func=_cmd_train)
+    from histoview._cli_training import add_train_parser
+
+    add_train_parser(sub, progress=_print_progress)
 
     def explanation_args(p, methods, method_help):
         """The arguments ``explain`` and ``export`` share: image, method, weights, outputs."""
