@@ -24,6 +24,14 @@ the bag unless more than ``max_background`` of its pixels are glass
 (:func:`~histoview.preprocessing.patches.glass_fraction`; the checkpoint's value, else
 :data:`SLIDE_MAX_BACKGROUND`: on a slide most of the grid is glass, which no training bag held
 in such a share).
+
+Feature cache (:mod:`histoview.explain.feature_cache`, driven by
+:mod:`histoview.explain.slide_cached`): :meth:`AmilSlideProcessor.feature_parts` gives what keys
+the embeddings (the extractor's tensors, not the attention head's); while ``feature_sink`` is a
+writer, :meth:`~AmilSlideProcessor.process` streams each batch's embeddings into it; and
+:meth:`~AmilSlideProcessor.replay` gives the same :class:`TileResult` s from a cached entry,
+with no tile read and no extractor run (attention logits, pooling state and map from the
+cached embeddings; ``finalize`` is unchanged).
 """
 
 from __future__ import annotations
@@ -162,9 +170,28 @@ class AmilSlideProcessor:
         self.prepare_tile = functools.partial(
             patch_keep, patch=self.patch, max_background=self.max_background
         )
+        self.stain = meta.get("stain_normalisation")
+        #: a :class:`~histoview.explain.feature_cache.FeatureWriter` fed by ``process``, or None
+        self.feature_sink = None
 
     def settings(self) -> dict[str, Any]:
         return {"patch_size": self.patch, "max_background": self.max_background}
+
+    def feature_parts(self) -> dict[str, Any]:
+        """What decides the embeddings besides the slide and its grid (the cache key's parts):
+        the extractor (structure and tensors), the patches and how they enter it."""
+        from histoview.explain.feature_cache import extractor_hash
+
+        return {
+            "extractor": extractor_hash(self.model.backbone),
+            "features": self.features,
+            "patch_size": self.patch,
+            "tile_size": self.tile_size,
+            "max_background": self.max_background,
+            "mean": [float(v) for v in self.mean.view(-1)],
+            "std": [float(v) for v in self.std.view(-1)],
+            "stain_normalisation": self.stain,
+        }
 
     @torch.no_grad()
     def embed(self, tiles: np.ndarray, keep: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,13 +213,38 @@ class AmilSlideProcessor:
 
     def process(self, tiles, boxes, prepared) -> list[TileResult]:
         keep = np.stack([p["keep"] for p in prepared]).astype(bool)
-        n = len(boxes)
-        k = keep.shape[1]
         h, logits = self.embed(tiles, keep)
+        if self.feature_sink is not None:
+            self._to_sink(h, boxes, keep)
+        return self._results(h, logits, keep)
+
+    @torch.no_grad()
+    def replay(self, entry, boxes) -> list[TileResult]:
+        """The results of ``boxes`` (ascending tile indices) from the cached embeddings of
+        ``entry`` (a :class:`~histoview.explain.feature_cache.CachedFeatures`): what
+        ``process`` gives, to float16 rounding of the features, reading no tile."""
+        rows = entry.tile_range(boxes[0].index, boxes[-1].index)
+        tile, rc = np.asarray(entry.tile[rows]), np.asarray(entry.patch_rc[rows])
+        where = {b.index: i for i, b in enumerate(boxes)}
+        asked = np.isin(tile, list(where))  # tiles in the range the caller did not ask for
+        tile, rc, feats = tile[asked], rc[asked], np.asarray(entry.features[rows])[asked]
+        k = self.tile_size // self.patch
+        keep = np.zeros((len(boxes), k, k), bool)
+        t = np.array([where[int(i)] for i in tile], np.int64)
+        origin = np.array([b.frame_rc for b in boxes], np.int64)[t] // self.patch
+        keep[t, rc[:, 0] - origin[:, 0], rc[:, 1] - origin[:, 1]] = True
+        # the patches in process's order (tile, row, col): sort the cached rows so
+        order = np.lexsort((rc[:, 1], rc[:, 0], t))
+        h = torch.from_numpy(feats[order].astype(np.float32))
+        h = h.to(self.ctx.device)
+        return self._results(h, attention_logits(self.model.pool, h).float(), keep)
+
+    def _results(self, h: torch.Tensor, logits: torch.Tensor, keep: np.ndarray):
+        n, k = keep.shape[:2]
         tile_of = torch.from_numpy(np.nonzero(keep.reshape(n, -1))[0]).to(h.device)
         m, s, v = tile_pooling(logits, h, tile_of, n)
         grid = np.full((n, k, k), np.nan, np.float32)
-        grid[keep] = logits.cpu().numpy()
+        grid[keep] = logits.float().cpu().numpy()
         counts = keep.reshape(n, -1).sum(1)
         return [
             TileResult(
@@ -202,6 +254,20 @@ class AmilSlideProcessor:
             )
             for i in range(n)
         ]
+
+    def _to_sink(self, h: torch.Tensor, boxes, keep: np.ndarray) -> None:
+        """Each kept patch's embedding, tile, patch-grid and level-0 position to the sink."""
+        t, i, j = np.nonzero(keep)
+        frame = np.array([b.frame_rc for b in boxes], np.int64)[t]
+        level0 = np.array([b.level0 for b in boxes], np.float64)[t]
+        step = self.patch * level0[:, 2] / self.tile_size  # level-0 pixels per patch
+        self.feature_sink.add(
+            h.float().cpu().numpy(),
+            tile=np.array([b.index for b in boxes], np.int64)[t],
+            patch_rc=np.stack([frame[:, 0] // self.patch + i, frame[:, 1] // self.patch + j], 1),
+            level0=np.stack([level0[:, 0] + i * step, level0[:, 1] + j * step], 1),
+            tiles=[b.index for b in boxes],
+        )
 
     def pooled(self, store) -> tuple[float, float, np.ndarray, int]:
         """``(M, S, V, N)`` merged over every done tile of ``store``, MERGE_BLOCK tiles at a

@@ -191,6 +191,7 @@ def explain_slide(
     keep_store: bool = False,
     write_tissue: bool = True,
     report: Callable[[str], None] | None = None,
+    feature_cache=None,
 ) -> SlideResult:
     """Explain the slide at ``path`` with ``method`` tile by tile (module docstring).
 
@@ -216,10 +217,15 @@ def explain_slide(
         write_tissue: write ``<stem>.tissue.ome.tif`` (False: a run of another method on the
             same slide wrote it).
         report: called with one line per step (default: nothing).
+        feature_cache: where a method with cache hooks (A-MIL) keeps and finds its patch
+            embeddings (:mod:`histoview.explain.slide_cached`): None = the default cache
+            (:func:`~histoview.explain.feature_cache.default_cache_dir`), ``"off"`` / False =
+            none, a folder or a :class:`~histoview.explain.feature_cache.FeatureCache`.
     """
     from histoview.explain.methods import get_method
     from histoview.explain.run import _class_index, load_for_method
-    from histoview.explain.slide_engine import resolve_device, run_tiles
+    from histoview.explain.slide_cached import run_slide_tiles
+    from histoview.explain.slide_engine import resolve_device
     from histoview.explain.slide_store import open_store
     from histoview.io import open_image
     from histoview.io.files import check_writable_dir, output_stem
@@ -297,11 +303,12 @@ def explain_slide(
         resume=resume,
     )
     say(f"store: {store_path} ({how}); {int(grid.tissue.sum())} tissue tiles of {grid.n_tiles}")
-    stats = run_tiles(
+    stats, cache_note = run_slide_tiles(
         path,
         grid,
         processor,
         store,
+        feature_cache=feature_cache,
         level0_pixel_size_um=p0,
         device=device,
         batch_size=batch_size,
@@ -341,6 +348,7 @@ def explain_slide(
         "tiles_this_run": stats.done_now,
         "tiles_per_s": round(stats.tiles_per_s, 3),
         "compute_s": round(stats.compute_s, 3),
+        "feature_cache": cache_note,
         "notice": _notice(meta),
     }
     if stats.cancelled:
