@@ -23,7 +23,7 @@ GUI_MODULES = (
     "npe2",
 )
 # Each core layer may import only the layers listed before it.
-LAYERS = ["io", "preprocessing", "models", "explain", "training"]
+LAYERS = ["io", "preprocessing", "models", "explain", "training", "batch"]
 
 
 def _modules():
