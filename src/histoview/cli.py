@@ -5,7 +5,8 @@ with the phantom and explanations, or a screenshot), ``train`` (fit a model
 from a YAML/TOML config), ``explain`` (write an explanation's JSON and map),
 ``export`` (GeoJSON/CSV annotations), ``evaluate`` (metrics and figures of a
 checkpoint on a dataset) and
-``reproduce`` (the experiment table of a paper behind a method, on the user's data);
+``reproduce`` (the experiment table of a paper behind a method, on the user's data),
+``batch`` (many slides as Dask tasks, with a summary table), ``cache`` (the feature cache);
 ``phantom-slide`` writes a synthetic whole slide with its lesions' ground truth.
 Heavy libraries are imported by the subcommand that needs them.
 """
@@ -227,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     from histoview._cli_training import add_train_parser
 
     add_train_parser(sub, progress=_print_progress)
+
+    from histoview._cli_batch import add_batch_parser
+    from histoview._cli_cache import add_cache_parser
+
+    add_batch_parser(sub)
+    add_cache_parser(sub)
 
     def explanation_args(p, methods, method_help):
         """The arguments ``explain`` and ``export`` share: image, method, weights, outputs."""
