@@ -476,3 +476,73 @@ def test_confusion_matrix_fits_a_narrow_dock(qtbot):
         (x0, y0), (x1, y1) = (ax.get_position().p0 for ax in panels)
         assert (y1 < y0 and x1 == pytest.approx(x0, abs=0.05)) if stacked else (x1 > x0)
         assert "Warning: test split too small: 2 of adenosis." in view.warning_label.text()
+
+
+def test_stain_options_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
+    """Open the dock from the menu, nothing preset: no stain option is on and the config has
+    no ``stain``/``augment`` section (the run as before); Reinhard fitted on the training split
+    with HED jitter trains, and the checkpoint's sidecar holds the fitted normaliser."""
+    from histoview.models.checkpoint import read_metadata
+    from histoview.preprocessing.stain import StainNormaliser
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Train a model")
+    stain = widget.stain_options
+    assert stain.method_choice.currentText() == "none" and not stain.jitter_check.isChecked()
+    assert stain.reference_choice.isHidden() and stain.reference_edit.isHidden()
+    widget.set_dataset_folder(tiny_dataset)
+    config = widget.build_config()
+    assert "stain" not in config and "augment" not in config  # today's run, unchanged
+
+    # an image-file reference must be chosen and exist; the error is shown, nothing runs
+    stain.method_choice.setCurrentText("Macenko")
+    stain.reference_choice.setCurrentText("an image file")
+    assert not stain.reference_edit.isHidden()
+    widget.train()
+    assert widget._worker is None and "choose a reference image file" in widget.status.text()
+    stain.reference_edit.setText(str(tmp_path / "missing.png"))
+    with pytest.raises(ValueError, match="missing.png not found"):
+        widget.build_config()
+    ref = tiny_dataset / "purple" / "purple_0.png"
+    stain.set_reference_file(ref)
+    assert widget.build_config()["stain"] == {
+        "method": "macenko",
+        "reference": str(ref.resolve()),
+        "on_no_tissue": "keep",
+    }
+
+    # nuclei-graph models take no HED jitter (the core refuses it): the box says so
+    stain.jitter_check.setChecked(True)
+    widget.model_choice.setCurrentText("rsf-attention")
+    assert not stain.jitter_check.isChecked() and not stain.jitter_check.isEnabled()
+    assert "not nuclei graphs" in stain.note.text() and "augment" not in widget.build_config()
+
+    # Reinhard on the training split, HED jitter 0.1: trained, stored in the sidecar
+    widget.model_choice.setCurrentText("amil")
+    stain.method_choice.setCurrentText("Reinhard")
+    stain.reference_choice.setCurrentText("fit on the training split")
+    stain.jitter_check.setChecked(True)
+    stain.jitter_strength.setValue(0.1)
+    config = widget.build_config()
+    assert config["stain"]["reference"] == "training-set"
+    assert config["augment"] == {"hed_jitter": 0.1}
+    widget.epochs.setValue(1)
+    widget.batch_size.setValue(4)
+    widget.device_choice.setCurrentText("cpu")
+    widget.train_button.click()
+    assert not stain.isEnabled()  # fixed while the run goes
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.last_result and widget.last_result.get("report"), widget.status.text()
+    assert any("reinhard stain normalisation fitted on" in e.get("text", "") for e in widget.events)
+    meta = read_metadata(widget.last_result["checkpoint"])
+    norm = StainNormaliser.from_dict(meta["stain_normalisation"])
+    assert norm.method == "reinhard" and norm.on_no_tissue == "keep"
+    assert norm.fitted_on["images"] == 12  # the training split's 12 images, not all 16
+    assert meta["input"]["hed_jitter"] == 0.1
+    # the library tab says so too
+    widget.library.select(widget.library_path.stem)
+    assert "stain: reinhard stain normalisation fitted on 12 images" in (
+        widget.library.details.text()
+    )
+    assert "HED jitter 0.1 in training" in widget.library.details.text()
+    qtbot.waitUntil(lambda: not widget.evaluation.running, timeout=60_000)  # its test split

@@ -26,6 +26,19 @@ from qtpy.QtWidgets import (
 from histoview.viewer._train_widget_parts import _wrapped_label, metrics_text
 
 
+def stain_text(meta: dict) -> str:
+    """One line on a checkpoint's stain handling: its normaliser (applied to every image it
+    sees) and the HED jitter it was trained with."""
+    from histoview.preprocessing.stain import StainNormaliser
+
+    section = meta.get("stain_normalisation")
+    text = "stain: " + (
+        StainNormaliser.from_dict(section).describe() if section else "not normalised"
+    )
+    jitter = (meta.get("input") or {}).get("hed_jitter")
+    return text + (f"; HED jitter {jitter:g} in training" if jitter else "")
+
+
 class LibraryPanel(QWidget):
     """The user model library and the bundled demo weights: rename, delete, export, evaluate.
 
@@ -134,6 +147,7 @@ class LibraryPanel(QWidget):
             f"data: {data.get('layout', '?')}, {data.get('images', '?')} images",
             metrics_text("validation", metrics.get("validation") or {}),
             metrics_text("test", metrics.get("test") or {}),
+            stain_text(e.meta),
             f"file: {e.path}",
         ]
         if e.synthetic:

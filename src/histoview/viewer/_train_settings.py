@@ -8,8 +8,10 @@ split with under :data:`~histoview.training.datasets.MIN_IMAGES_PER_CLASS` image
 is named in a warning: :func:`~histoview.training.datasets.check_trainable`,
 :func:`~histoview.training.datasets.split_warnings`), fills the starting values from the
 recipe for the model and the data's layout, task and magnification
-(:func:`~histoview.training.recipes.recipe_for`) and turns the choices into a training
-config (:meth:`TrainSettings.build_config`). The dock provides ``_update_buttons``.
+(:func:`~histoview.training.recipes.recipe_for`), holds the stain options
+(:class:`~histoview.viewer._train_stain.StainOptions`: normalisation and HED jitter) and
+turns the choices into a training config (:meth:`TrainSettings.build_config`). The dock
+provides ``_update_buttons``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from qtpy.QtWidgets import (
 
 from histoview import RESEARCH_NOTICE
 from histoview.training.recipes import recipe_for
+from histoview.viewer._train_stain import StainOptions
 from histoview.viewer._train_widget_parts import (
     _row,
     _wrapped_label,
@@ -137,11 +140,14 @@ class TrainSettings:
             ],
         )
 
+        self.stain_options = StainOptions()
+
         self.notice = _wrapped_label(RESEARCH_NOTICE)
         self.synthetic_notice = _wrapped_label(SYNTHETIC_WARNING, WARNING_STYLE)
         settings = QWidget()
         col = QVBoxLayout(settings)
-        for w in (self.notice, self.synthetic_notice, self._data_box, self._options_box):
+        boxes = (self._data_box, self._options_box, self.stain_options)
+        for w in (self.notice, self.synthetic_notice, *boxes):
             col.addWidget(w)
         col.addStretch(1)
         return settings
@@ -154,8 +160,15 @@ class TrainSettings:
         for signal in (self.task_choice.currentIndexChanged, self.mag_choice.currentIndexChanged):
             signal.connect(self._data_options_changed)
         self.model_choice.currentIndexChanged.connect(self._apply_recipe)
+        self.model_choice.currentIndexChanged.connect(self._model_kind_changed)
         self.output_edit.textChanged.connect(self._update_buttons)
         self.output_browse.clicked.connect(self._browse_output)
+        self._model_kind_changed()
+
+    def _model_kind_changed(self, *_):
+        from histoview.models.registry import get_model_config
+
+        self.stain_options.set_model_kind(get_model_config(self.model_choice.currentText()).kind)
 
     # -- dataset ----------------------------------------------------------------------------------
     @property
@@ -332,6 +345,7 @@ class TrainSettings:
         if not out:
             raise ValueError("choose an output folder")
         r = self._recipe
+        stain = self.stain_options.sections()  # {} by default: no stain, no jitter
         train = {
             **r["train"],
             "epochs": self.epochs.value(),
@@ -346,6 +360,7 @@ class TrainSettings:
             "data": self._data_spec(),
             "split": dict(r["split"]),
             "input": dict(r["input"]),
+            **stain,
             "train": train,
             "output_dir": str(Path(out).expanduser().resolve()),
         }

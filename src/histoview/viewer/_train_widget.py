@@ -1,7 +1,7 @@
 """The training dock widget: train a model on a dataset folder from napari, off the UI thread.
 
-Choose a folder (BreakHis, BACH, one folder per class) or synthetic phantoms, a model and
-its settings in the Settings tab (:mod:`histoview.viewer._train_settings`: what the data
+Choose a folder (BreakHis, BACH, one folder per class) or synthetic phantoms, a model, its
+settings and its stain normalisation and augmentation in the Settings tab (:mod:`histoview.viewer._train_settings`: what the data
 holds and how it splits, checked before anything runs, and the recipe's starting values).
 Training runs :func:`histoview.training.run.iter_train_from_config` in a napari generator
 worker.
@@ -98,6 +98,7 @@ class TrainWidget(EvaluationActions, TrainSettings, QWidget):
         self.cancel_button.setEnabled(running)
         self.resume_button.setEnabled(ready and not running and self._resumable())
         self._options_box.setEnabled(not running)
+        self.stain_options.setEnabled(not running)
         self._data_box.setEnabled(not running)
 
     # -- running ----------------------------------------------------------------------------------
