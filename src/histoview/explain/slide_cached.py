@@ -13,7 +13,7 @@ the cache hooks (today :class:`~histoview.explain.slide_amil.AmilSlideProcessor`
   engine runs, so ``process`` streams each batch's embeddings to disk.
 
 **Hit** (a complete entry for this key): the store gets each tile's results from ``replay`` in
-blocks of :data:`REPLAY_BLOCK` tiles; the slide engine is not started (no tile is read, the
+the engine's batches (``batch_size`` tiles); the slide engine is not started (no tile is read, the
 extractor never runs), ``progress`` and ``cancel`` work as in the engine, and ``finalize`` and
 the outputs are the same code as an uncached run.
 
@@ -34,9 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-#: tiles replayed from the cache per store write (16 x 16 patches each: 64k patches)
-REPLAY_BLOCK = 256
 
 
 def resolve_cache(feature_cache):
@@ -122,7 +119,7 @@ def run_slide_tiles(
     entry = cache.get(key)
     if entry is not None and np.array_equal(np.asarray(entry.tiles), expected):
         note["hit"] = True
-        return _replay(entry, grid, processor, store, progress, cancel), note
+        return _replay(entry, grid, processor, store, batch_size, progress, cancel), note
     writer = cache.writer(key, parts, processor.features)
     processor.feature_sink = writer
     try:
@@ -139,7 +136,7 @@ def run_slide_tiles(
     return stats, note
 
 
-def _replay(entry, grid, processor, store, progress, cancel):
+def _replay(entry, grid, processor, store, batch_size, progress, cancel):
     """The engine's loop with ``processor.replay`` in place of reading and processing."""
     from histoview.explain.slide_engine import RunStats
 
@@ -147,12 +144,12 @@ def _replay(entry, grid, processor, store, progress, cancel):
     total = int(grid.tissue.sum())
     stats = RunStats(total=total, done=total - len(todo), done_now=0, skipped=dict(store.skipped))
     earlier_s, start = store.elapsed_s, time.perf_counter()
-    for i in range(0, len(todo), REPLAY_BLOCK):
+    for i in range(0, len(todo), max(1, batch_size)):
         if cancel is not None and cancel():
             stats.cancelled = True
             break
         t0 = time.perf_counter()
-        boxes = [grid.box(j) for j in todo[i : i + REPLAY_BLOCK]]
+        boxes = [grid.box(j) for j in todo[i : i + max(1, batch_size)]]
         results = processor.replay(entry, boxes)
         stats.compute_s += time.perf_counter() - t0
         elapsed = time.perf_counter() - start
