@@ -19,7 +19,14 @@ from histoview.explain.slide_grid import (  # noqa: E402
     make_grid,
     parse_region,
 )
-from histoview.explain.slide_run import explain_slide  # noqa: E402
+from histoview.explain.slide_run import explain_slide as _explain_slide  # noqa: E402
+
+
+def explain_slide(*args, **kwargs):
+    """The engine's tests run the engine: no replay from the feature cache (a second run of the
+    same slide would replay the first run's embeddings; tests/test_feature_cache.py covers it)."""
+    kwargs.setdefault("feature_cache", "off")
+    return _explain_slide(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +167,9 @@ def test_a_run_killed_mid_batch_counts_each_tile_once(slide, tmp_path, monkeypat
     again = explain_slide(
         slide, "amil", out_dir=tmp_path / "b", workers=0, batch_size=2, keep_store=True
     )
-    assert again.summary["resumed"] and again.summary["tiles_this_run"] == 2
+    # batches of 1 tile (the engine's first, FIRST_BATCHES) then 2: killed in the second, the
+    # one tile of the first is done, the three others are done again, none twice
+    assert again.summary["resumed"] and again.summary["tiles_this_run"] == 3
     np.testing.assert_allclose(_final_map(again), _final_map(whole), rtol=1e-6)
 
 
@@ -185,6 +194,41 @@ def test_workers_do_not_change_the_result(slide, tmp_path):
     )
     np.testing.assert_array_equal(_final_map(a), _final_map(b))
     assert a.summary["probabilities"] == b.summary["probabilities"]
+
+
+def test_the_first_results_reach_the_store_after_one_tile(slide, tmp_path, monkeypatch):
+    from histoview.explain.slide_engine import first_batches
+
+    assert first_batches(16, 100) == [1, 2, 4]
+    assert first_batches(16, 2) == [1, 1]
+    assert first_batches(4, 100) == [1, 2] and first_batches(1, 100) == []
+    sizes = []
+    original = AmilSlideProcessor.process
+
+    def spy(self, tiles, boxes, prepared):
+        sizes.append(len(boxes))
+        return original(self, tiles, boxes, prepared)
+
+    monkeypatch.setattr(AmilSlideProcessor, "process", spy)
+    events = []
+    ramped = explain_slide(
+        slide,
+        "amil",
+        out_dir=tmp_path / "a",
+        workers=1,
+        batch_size=2,
+        progress=events.append,
+        keep_store=True,
+    )
+    # one tile in the run's thread, then the loader's worker with batches of 2
+    assert sizes == [1, 2, 1] and [e["done"] for e in events] == [1, 3, 4]
+    sizes.clear()
+    single = explain_slide(
+        slide, "amil", out_dir=tmp_path / "b", workers=0, batch_size=1, keep_store=True
+    )
+    assert sizes == [1, 1, 1, 1]
+    np.testing.assert_allclose(_final_map(ramped), _final_map(single), rtol=1e-5)
+    assert ramped.summary["probabilities"] == pytest.approx(single.summary["probabilities"])
 
 
 def test_bad_input_is_one_clear_error(slide, tmp_path):

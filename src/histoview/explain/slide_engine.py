@@ -7,7 +7,10 @@
 * reads the tissue tiles not yet done in ``DataLoader`` workers
   (:mod:`histoview.explain.slide_tiles`; ``workers`` processes, 0 = in this one), so reading and
   decoding overlap compute;
-* sends them through ``processor.process`` in batches of ``batch_size`` tiles, inside
+* sends them through ``processor.process`` in batches of ``batch_size`` tiles, the first few
+  smaller (:data:`FIRST_BATCHES`: 1, 2, 4 tiles, read in this thread while the workers start
+  on the rest), so the first results reach the store, and a viewer filling in, after one tile
+  rather than after a whole batch (on a CPU a 16-tile A-MIL batch takes seconds); inside
   ``torch.autocast`` when mixed precision is on (default: on CUDA, off on CPU; float16 on CUDA,
   bfloat16 on CPU);
 * adds each batch to the store (kill-safe; the tiles are then done for good, so a cancelled or
@@ -33,6 +36,12 @@ import numpy as np
 from histoview.explain.slide_grid import TileGrid
 from histoview.explain.slide_processor import SlideProcessor, TileBox
 from histoview.explain.slide_store import SlideStore
+
+#: the sizes of a run's first batches (those below ``batch_size``), read in the run's own thread
+#: while the loader's workers start on the rest: the first tile's results are in the store after
+#: one tile's compute (measured with ``benchmarks/bench_slide_viewer.py``: a 16-tile first batch
+#: put the first A-MIL tiles on screen 3-12 s after the click on a 2-core machine)
+FIRST_BATCHES = (1, 2, 4)
 
 
 @dataclass
@@ -117,20 +126,26 @@ def run_tiles(
     stats = RunStats(total=total, done=done, done_now=0, skipped=dict(store.skipped))
     if not boxes:
         return stats
-    dataset = SlideTiles(
-        path,
-        boxes,
-        tile_size=grid.tile_size,
-        pixel_size_um=grid.pixel_size_um,
-        level0_pixel_size_um=level0_pixel_size_um,
-        prepare_tile=processor.prepare_tile,
+    sizes = first_batches(batch_size, len(boxes))
+    head = sum(sizes)
+    dataset, rest = (
+        SlideTiles(
+            path,
+            part,
+            tile_size=grid.tile_size,
+            pixel_size_um=grid.pixel_size_um,
+            level0_pixel_size_um=level0_pixel_size_um,
+            prepare_tile=processor.prepare_tile,
+        )
+        for part in (boxes[:head], boxes[head:])
     )
-    loader = tile_loader(dataset, batch_size=batch_size, workers=workers)
     earlier_s = store.elapsed_s
     start = time.perf_counter()
     handled = 0  # tiles of this run's list handled (done or skipped)
     trim = _HeapTrimmer()
-    batches = iter(loader)
+    # the workers start (and read ahead) at once, while this thread does the first batches
+    later = iter(tile_loader(rest, batch_size=batch_size, workers=workers) if len(rest) else ())
+    batches = _batches(dataset, sizes, later)
     try:
         while True:
             if cancel is not None and cancel():
@@ -163,10 +178,34 @@ def run_tiles(
             if progress is not None:
                 progress(_progress_event(stats, handled, len(boxes), elapsed, batch))
     finally:
-        del batches  # shuts the workers down, also on an error or a kill signal
+        del batches, later  # shuts the workers down, also on an error or a kill signal
         dataset.close()
+        rest.close()
     stats.elapsed_s = time.perf_counter() - start
     return stats
+
+
+def first_batches(batch_size: int, todo: int) -> list[int]:
+    """The sizes of the batches read in the run's thread before the loader's (module
+    docstring): :data:`FIRST_BATCHES` below ``batch_size``, cut to the ``todo`` tiles."""
+    sizes, left = [], int(todo)
+    for n in FIRST_BATCHES:
+        if n >= batch_size or left <= 0:
+            break
+        sizes.append(min(n, left))
+        left -= sizes[-1]
+    return sizes
+
+
+def _batches(dataset, sizes: list[int], later):
+    """The first ``sizes`` tiles of ``dataset`` read here, batch by batch, then ``later``'s."""
+    from histoview.explain.slide_tiles import collate_tiles
+
+    i = 0
+    for n in sizes:
+        yield collate_tiles([dataset[j] for j in range(i, i + n)])
+        i += n
+    yield from later
 
 
 def _malloc_trim():
