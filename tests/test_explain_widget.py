@@ -219,3 +219,75 @@ def test_scale_bar_in_micrometres_and_shortcuts(make_napari_viewer, qtbot, tmp_p
     shown = viewer.layers.selection.active
     toggle_current(viewer)
     assert not shown.visible
+
+
+def test_the_first_model_list_is_read_off_the_main_thread(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    """A session's first dock: the list (which imports torch) is read by the warm-up thread,
+    the box fills in when it arrives, and Explain pressed before works with its default."""
+    import threading
+
+    from histoview.viewer import _models
+
+    ready = threading.Event()  # as when the registry was never imported
+    callers: list = []
+    listed = _models.checkpoint_entries
+
+    def checkpoint_entries(method):
+        # a call on the main thread before the list is ready would import torch there
+        callers.append(threading.current_thread() is threading.main_thread() and not ready.is_set())
+        entries = listed(method)
+        ready.set()
+        return entries
+
+    monkeypatch.setattr(_models, "listing_ready", ready.is_set)
+    monkeypatch.setattr(_models, "checkpoint_entries", checkpoint_entries)
+    viewer = make_napari_viewer()
+    _open_png(viewer, tmp_path)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
+    assert widget.model_choice.value is None and not callers  # nothing listed yet
+    widget.run()  # pressed at once: the worker reads the list and takes its first model
+    _wait_for_result(qtbot, widget)
+    assert not widget.result.value.startswith("error"), widget.result.value
+    assert _explanations(viewer) and widget.last_explanation.method == "gradcam"
+    qtbot.waitUntil(lambda: widget.model_choice.value is not None, timeout=60_000)
+    assert callers and not any(callers), "the first model list was read on the main thread"
+    [(_, first), *_] = listed("gradcam")
+    assert widget.model_choice.value.path == first.path
+    assert (
+        widget.last_explanation.checkpoint_sha256
+        == _models.load_model_for("gradcam", first.path)[2]
+    )
+
+
+def test_opening_the_first_dock_imports_torch_off_the_main_thread(tmp_path):
+    """In a fresh process (nothing imported torch yet), opening a dock from the Plugins menu
+    leaves torch to the warm-up thread, and the model box fills in."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, threading, time
+importer = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not importer:
+            importer.append(threading.current_thread().name)
+sys.meta_path.insert(0, Watch())
+import napari
+viewer = napari.Viewer(show=False)
+_, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+app = napari.qt.get_qapp()
+t0 = time.time()
+while widget.model_choice.value is None and time.time() - t0 < 120:
+    app.processEvents()
+    time.sleep(0.01)
+print("importer", importer, "listed", widget.model_choice.value is not None)
+viewer.close()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "importer ['histoview-warm-up'] listed True" in done.stdout, done.stdout + done.stderr

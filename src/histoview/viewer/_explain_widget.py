@@ -48,12 +48,27 @@ def refresh_all() -> None:
             _LIVE.discard(w)
 
 
+#: milliseconds after a dock opens before the first model list of a session is read
+LIST_AFTER_MS = 100
+
+
+def _no_model(method: str) -> str:
+    return f"no model available for {method}: train one or add a checkpoint"
+
+
 #: what the synthetic demo weights say on an image that is not a phantom
 DEMO_WEIGHTS_WARNING = (
     "Synthetic demo weights on a real image: they were trained on generated phantoms, so "
     "this prediction and map mean nothing here. Train a model on your data (Plugins > "
     "histoview > Train a model) or choose one from your library."
 )
+
+
+def _on_main_thread(function):
+    """``function`` called on the Qt main thread, from whichever thread calls the result."""
+    from superqt.utils import ensure_main_thread
+
+    return ensure_main_thread(function)
 
 
 def _is_phantom(layer) -> bool:
@@ -156,18 +171,42 @@ class ExplainWidget(Container):
 
     # -- choices ----------------------------------------------------------------------------------
     def _model_choices(self, _widget=None) -> list:
-        """(label, entry) of every checkpoint the method can use: user library, then bundled."""
-        from histoview.viewer._models import checkpoint_entries
+        """(label, entry) of every checkpoint the method can use: user library, then bundled.
+        Empty while the first list of the session is read in the background (_listed)."""
+        from histoview.viewer._models import checkpoint_entries, listing_ready
 
+        if not listing_ready():  # listing would import torch here, on the main thread
+            return []
         return checkpoint_entries(self.method_choice.value)
 
     def _warm_up(self, _event=None) -> None:
-        """Load the chosen model in the background (viewer._models.warm_up)."""
-        from histoview.viewer._models import warm_up
+        """Load the chosen model in the background (viewer._models.warm_up); while there is
+        no list yet, read it there too and load its first model (the default)."""
+        from histoview.viewer._models import FIRST_LISTED, listing_ready, warm_up
 
-        entry = self.model_choice.value
+        entry, method = self.model_choice.value, self.method_choice.value
         if entry is not None:
-            warm_up([(self.method_choice.value, entry.path)])
+            warm_up([(method, entry.path)])
+        elif not listing_ready():
+            from qtpy.QtCore import QTimer
+
+            self.model_choice.native.setPlaceholderText("reading the model list...")
+            # started once the dock is drawn: the thread's import of torch holds the GIL in
+            # long stretches (its C++ extension's initialisation)
+            QTimer.singleShot(
+                LIST_AFTER_MS,
+                lambda: warm_up([(method, FIRST_LISTED)], listed=_on_main_thread(self._listed)),
+            )
+
+    def _listed(self, _entries=None) -> None:
+        """The background listing is done (main thread): fill the model box, keeping a
+        choice made meanwhile."""
+        try:
+            if self.model_choice.value is None:
+                self.model_choice.reset_choices()
+                self._model_changed()
+        except RuntimeError:  # the dock was closed meanwhile
+            _LIVE.discard(self)
 
     def refresh_models(self) -> None:
         """Re-read the model library; the chosen model stays chosen while it exists."""
@@ -252,6 +291,14 @@ class ExplainWidget(Container):
         from histoview.viewer._models import explain_once, load_model_for, model_lock
         from histoview.viewer.overlays import build_layers, explanation_layer_data
 
+        if entry is None:  # pressed before the first model list arrived: its default
+            from histoview.viewer._models import checkpoint_entries
+
+            yield 1, "reading the model list"
+            entries = checkpoint_entries(method)
+            if not entries:
+                raise RuntimeError(_no_model(method))
+            entry = entries[0][1]
         yield 1, "loading model"
         net, meta, sha = load_model_for(method, entry.path)  # read once per session
         yield 2, "reading image"
@@ -294,10 +341,10 @@ class ExplainWidget(Container):
                 "open an image first (File > Open, or File > Open Sample > histoview)"
             )
             return
-        if entry is None:
-            self._report_error(
-                f"no model available for {self.method_choice.value}: train one or add a checkpoint"
-            )
+        from histoview.viewer._models import listing_ready
+
+        if entry is None and listing_ready():
+            self._report_error(_no_model(self.method_choice.value))
             return
         method = self.method_choice.value
         tc = None if self.class_choice.value == "predicted" else self.class_choice.value

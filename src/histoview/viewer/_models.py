@@ -13,6 +13,11 @@
   deterministic, so an explanation asked for again (the same click, "Run all methods" after
   single runs) is the one already made.
 
+* :func:`checkpoint_entries` lists the checkpoints a method can use. The list needs the
+  model registry, whose modules import torch (seconds, the first time in a session): a dock
+  asks :func:`listing_ready` first and, until it is, lets :func:`warm_up` read the list in
+  its thread and hand it back (``listed``), so that the main thread never imports torch.
+
 A cached model is shared by every dock and run: whatever runs it (an explanation, which may
 hook its layers, or faithfulness's forward passes) holds :func:`model_lock` for that model,
 so that two workers never interleave on it.
@@ -20,6 +25,7 @@ so that two workers never interleave on it.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -30,6 +36,9 @@ from pathlib import Path
 MAX_MODELS = 6
 #: explanations remembered
 MAX_EXPLANATIONS = 32
+#: a checkpoint for :func:`warm_up`: the first that :func:`checkpoint_entries` lists for the
+#: method (the docks' default)
+FIRST_LISTED = "first listed"
 
 #: explain_array's settings and their defaults: requests that differ only in spelling a
 #: default are one request
@@ -48,6 +57,7 @@ _PREDICTORS: OrderedDict = OrderedDict()
 _EXPLANATIONS: OrderedDict = OrderedDict()
 _LOADING: dict = {}
 _LOCK = threading.Lock()
+_LISTED = threading.Event()  # checkpoint_entries has answered once: the registry is loaded
 _MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -143,20 +153,32 @@ def explain_once(image, method: str, model, meta, sha, **settings):
     return expl
 
 
-def warm_up(methods_and_checkpoints, load=None, imports=()) -> None:
-    """Load ``(method, checkpoint)`` models (checkpoint None: the demo weights) in a
-    background thread, importing what their methods need on the way and then the modules
-    named in ``imports``, so that a dock's first click does not wait for it; errors are left
-    for that click to report. Nothing when the environment variable ``HISTOVIEW_WARMUP`` is
-    ``0``."""
+def warm_up(methods_and_checkpoints, load=None, imports=(), listed=None) -> None:
+    """Load ``(method, checkpoint)`` models (checkpoint None: the demo weights;
+    :data:`FIRST_LISTED`: the first checkpoint listed for the method) in a background thread,
+    importing what their methods need on the way and then the modules named in ``imports``,
+    so that a dock's first click does not wait for it; errors are left for that click to
+    report. Model loads and imports are skipped when the environment variable
+    ``HISTOVIEW_WARMUP`` is ``0``.
+
+    ``listed``: called in that thread, before any model is loaded, with
+    ``{method: checkpoint_entries(method)}`` for the methods of ``methods_and_checkpoints``
+    (an empty list where listing failed: the dock's own listing reports it); done whatever
+    ``HISTOVIEW_WARMUP`` says (a dock needs its list). The callee passes it on to the main
+    thread.
+    """
     import os
 
     from histoview.viewer._compat import avoid_triton_llvm_clash
 
-    if os.environ.get("HISTOVIEW_WARMUP", "1") == "0":
-        return
     todo = list(methods_and_checkpoints)
-    if not todo:
+    if os.environ.get("HISTOVIEW_WARMUP", "1") == "0":
+        if listed is None:
+            return
+        loads, imports = [], ()
+    else:
+        loads = todo
+    if not todo or (not loads and listed is None):
         return
     avoid_triton_llvm_clash()  # before torch's compiler stack is imported (graph models)
     loader = load or load_model_for
@@ -164,7 +186,20 @@ def warm_up(methods_and_checkpoints, load=None, imports=()) -> None:
     def work():
         import importlib
 
-        for method, checkpoint in todo:
+        entries = {}
+        if listed is not None or any(c == FIRST_LISTED for _, c in loads):
+            for method in dict.fromkeys(m for m, _ in todo):
+                try:
+                    entries[method] = checkpoint_entries(method)
+                except Exception:  # noqa: BLE001 - the dock's own listing reports it
+                    entries[method] = []
+            if listed is not None:
+                listed(entries)
+        for method, checkpoint in loads:
+            if checkpoint == FIRST_LISTED:
+                if not entries.get(method):
+                    continue
+                checkpoint = entries[method][0][1].path
             try:
                 loader(method) if checkpoint is None else loader(method, checkpoint)
             except Exception:  # noqa: BLE001 - the dock's click reports it
@@ -203,8 +238,20 @@ def model_lock(model):
     return lock
 
 
+def listing_ready() -> bool:
+    """Whether :func:`checkpoint_entries` answers at once, without importing torch: it has
+    answered before, or the model registry is loaded (and not being loaded by another
+    thread, which would make the caller wait for it)."""
+    if _LISTED.is_set():
+        return True
+    package = sys.modules.get("histoview.models")
+    spec = getattr(package, "__spec__", None)
+    return package is not None and not getattr(spec, "_initializing", False)
+
+
 def checkpoint_entries(method: str) -> list:
-    """(label, entry) of every checkpoint ``method`` can use: the user's library, then bundled."""
+    """(label, entry) of every checkpoint ``method`` can use: the user's library, then bundled.
+    Imports torch when the registry is not loaded yet (:func:`listing_ready`)."""
     from histoview.explain.methods import get_method
     from histoview.models.library import list_checkpoints
     from histoview.models.registry import get_model_config
@@ -213,4 +260,5 @@ def checkpoint_entries(method: str) -> list:
     entries = [
         e for e in list_checkpoints(kind=spec.kind) if spec.accepts(get_model_config(e.model))
     ]
+    _LISTED.set()
     return [(e.label(), e) for e in entries]
