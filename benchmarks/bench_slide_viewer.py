@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_viewer import GapMeter, pump  # noqa: E402
+from bench_viewer import GapMeter, StallSampler, pump  # noqa: E402
 
 
 def phantom(size: int, folder: Path) -> Path:
@@ -67,7 +68,21 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--slides", type=Path, default=Path(tempfile.gettempdir()) / "hv-slides")
     ap.add_argument("--screenshots", type=Path, default=None)
+    ap.add_argument(
+        "--sample",
+        action="store_true",
+        help="print what the main thread did while it blocked the event loop (stall sampler)",
+    )
+    ap.add_argument("--sample-out", type=Path, default=None, help="folded stacks (--sample)")
+    ap.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="keep the user's feature cache (a slide explained before replays its embeddings); "
+        "default: an empty cache, as for a slide explained the first time",
+    )
     args = ap.parse_args(argv)
+    if not args.warm_cache:  # the dock's runs use the default feature cache: start it empty
+        os.environ["HISTOVIEW_CACHE_DIR"] = tempfile.mkdtemp(prefix="hv-cache-")
     args.slides.mkdir(parents=True, exist_ok=True)
     slide = phantom(args.size, args.slides)
 
@@ -91,6 +106,9 @@ def main(argv=None) -> int:
     app.processEvents()
 
     meter = GapMeter()
+    if args.sample_out is not None:
+        args.sample_out.mkdir(parents=True, exist_ok=True)
+    sampler = StallSampler(meter, out=args.sample_out) if args.sample else None
     camera = viewer.camera
     centre, zoom = tuple(camera.center), camera.zoom
 
@@ -108,8 +126,11 @@ def main(argv=None) -> int:
         pan(time.perf_counter() - t0)
         wait(app, 0.1)
     pan_only = meter.stop()
+    if sampler is not None:
+        sampler.report("panning alone")
 
     meter.start()
+    load = os.getloadavg()[0]  # the machine is shared: what else ran, at the click
     clicked = time.perf_counter()
     dock.run()
     tissue_s = first_s = None
@@ -136,6 +157,8 @@ def main(argv=None) -> int:
             shot = True
     wall = time.perf_counter() - clicked
     gap = meter.stop()
+    if sampler is not None:
+        sampler.report("while filling")
     result = dock.last_result
     record = {
         "slide": f"{args.size} x {args.size} px phantom at 0.25 um/px",
@@ -147,9 +170,11 @@ def main(argv=None) -> int:
         "longest_gap_while_filling_s": round(gap, 3),
         "longest_gap_panning_alone_s": round(pan_only, 3),
         "longest_main_thread_cpu_s": round(meter.longest_cpu, 3),
+        "load_average_1min_at_click": round(load, 2),
     }
     if result is not None and not result.cancelled:
         record["tiles"] = result.summary.get("tiles_done")
+        record["feature_cache_hit"] = (result.summary.get("feature_cache") or {}).get("hit")
         record["map_auc_vs_lesions"] = round(lesion_auc(result.outputs["map"], slide), 3)
     if args.screenshots:
         camera.center, camera.zoom = centre, zoom

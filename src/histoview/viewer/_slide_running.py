@@ -19,8 +19,11 @@ REFRESH_S = 0.5
 
 def slide_work(path, method, checkpoint, region, pixel_size, device, batch, workers, out_dir, stop):
     """Worker generator: the tissue mask first (shown at once), then the engine in a thread of
-    its own while the store is read every :data:`REFRESH_S` s. Yields ``("tissue", (mask,
-    factor))`` and ``("snapshot", Snapshot)``; returns ``(SlideResult, last Snapshot)``."""
+    its own. Yields ``("tissue", (mask, factor))`` and ``("snapshot", Snapshot)``: one as soon
+    as the engine has opened its store (the tiles of a resumed run, or none: the main thread
+    makes its layers while the first tile computes), then one after each batch, at most every
+    :data:`REFRESH_S` s (never the same store twice); returns ``(SlideResult, last Snapshot)``.
+    Everything read from disk is read here; the main thread only gets arrays."""
     from histoview.explain.slide_run import explain_slide, resolve_slide_pixel_size
     from histoview.io import open_image
     from histoview.io.files import output_stem
@@ -51,6 +54,7 @@ def slide_work(path, method, checkpoint, region, pixel_size, device, batch, work
                 cancel=stop.is_set,
                 tissue=tissue,
                 keep_store=True,
+                report=lambda line: events.put({"report": line}),
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
             outcome["error"] = exc
@@ -62,7 +66,7 @@ def slide_work(path, method, checkpoint, region, pixel_size, device, batch, work
     # where explain_slide keeps its working store (slide_run's naming)
     store = Path(out_dir) / f"{output_stem(path)}.{method}.zarr"
     latest: dict = {}
-    last, snap = 0.0, None
+    last, snap, changed = 0.0, None, False
     while True:
         try:
             event = events.get(timeout=0.05)
@@ -70,15 +74,18 @@ def slide_work(path, method, checkpoint, region, pixel_size, device, batch, work
             event = {}
         if event is None:
             break
+        line = event.pop("report", None)
+        # explain_slide reports "store: ..." once it has opened (or resumed) the store
+        changed |= bool(event) or (line is not None and line.startswith("store:"))
         latest.update(event)
-        store = latest.get("store", store)
-        if store and latest.get("done") and time.monotonic() - last >= REFRESH_S:
+        first = snap is None or (not snap.done and bool(latest.get("done")))
+        if changed and (first or time.monotonic() - last >= REFRESH_S):
             try:
-                snap = read_snapshot(store, progress=latest)
+                fresh = read_snapshot(store, progress=latest)
             except Exception:  # noqa: BLE001 - a chunk being written: look again next time
-                snap = None
-            if snap is not None:
-                last = time.monotonic()
+                fresh = None
+            if fresh is not None:
+                snap, last, changed = fresh, time.monotonic(), False
                 yield "snapshot", snap
     thread.join()
     if "error" in outcome:

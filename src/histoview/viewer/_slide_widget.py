@@ -30,6 +30,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from qtpy.QtCore import QTimer
 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     import napari
 
 SCOPES = ("whole slide", "current view", "drawn rectangle")
+#: seconds between two layer insertions of this dock (:meth:`SlideWidget._show`)
+INSERT_GAP_S = 0.05
 #: metadata key of the layers this dock adds (other docks do not list them as images)
 SLIDE_KEY = "histoview_slide"
 
@@ -79,6 +82,8 @@ class SlideWidget(Container):
         self._layers: dict[str, object] = {}
         self.last_result = None
         self.first_tiles_s: float | None = None
+        self._pending = None  # a snapshot whose layers are still being made (_show)
+        self._inserted_at = -1e9  # perf_counter of this dock's last layer insertion
         methods = slide_methods()
         self.slide_choice = layer_choice(Image, is_slide_layer, label="slide")
         self.method_choice = ComboBox(
@@ -218,6 +223,7 @@ class SlideWidget(Container):
         self._method = method
         self._started = time.perf_counter()
         self.first_tiles_s = None
+        self._pending = None
         worker = create_worker(
             slide_work,
             info["path"],
@@ -258,32 +264,51 @@ class SlideWidget(Container):
         elif kind == "snapshot":
             self._show(payload)
 
-    def _show(self, snap):
+    def _show(self, snap, *, defer: bool = True):
+        """Swap ``snap``'s arrays into the layers. A missing layer is made, but (``defer``)
+        at most one per :data:`INSERT_GAP_S` (napari's layer insertion is the main thread's
+        longest task: ~70 ms of CPU, then a first draw): the rest of ``snap`` follows a moment
+        later, so the event loop runs (and the view pans) in between."""
+        self._pending = None
+        views = [
+            ("tiles", snap.tiles, snap.tile_factor, {"colormap": "cyan", "opacity": 0.15}),
+        ]
         if snap.values is not None:
-            if self.first_tiles_s is None and snap.done:
+            look = {
+                "colormap": get_method(self._method).colormap,
+                "opacity": 0.6,
+                "contrast": snap.contrast,
+            }
+            views.insert(0, ("map", snap.values, snap.map_factor, look))
+        for role, data, factor, look in views:
+            if defer and not self._has_layer(role) and not self._may_insert():
+                self._pending = snap
+                QTimer.singleShot(int(INSERT_GAP_S * 1000), self._show_pending)
+                break
+            self._swap(role, data, factor, snap.origin, **look)
+            if role == "map" and self.first_tiles_s is None and snap.done:
                 self.first_tiles_s = time.perf_counter() - self._started
-            self._swap(
-                "map",
-                snap.values,
-                snap.map_factor,
-                snap.origin,
-                colormap=get_method(self._method).colormap,
-                opacity=0.6,
-                contrast=snap.contrast,
-            )
-        self._swap(
-            "tiles", snap.tiles, snap.tile_factor, snap.origin, colormap="cyan", opacity=0.15
-        )
         self.progress.max = max(1, snap.total)
         self.progress.value = min(snap.done, snap.total)
         self.status.value = format_progress(snap, snap.progress)
+
+    def _show_pending(self):
+        if self._pending is not None:
+            self._show(self._pending)
+
+    def _has_layer(self, role) -> bool:
+        layer = self._layers.get(role)
+        return layer is not None and layer in self.viewer.layers
+
+    def _may_insert(self) -> bool:
+        return time.perf_counter() - self._inserted_at >= INSERT_GAP_S
 
     def _swap(self, role, data, factor, origin, *, colormap, opacity, contrast=(0.0, 1.0)):
         """Put ``data`` into this run's ``role`` layer (made on first use, then data swapped)."""
         slide = self._slide
         where = placement(factor, origin, tuple(slide.scale), tuple(slide.translate))
         layer = self._layers.get(role)
-        if layer is None or layer not in self.viewer.layers:
+        if not self._has_layer(role):
             names = {
                 "map": f"{slide.name} · {method_title(self._method)}",
                 "tiles": f"{slide.name} · tiles done",
@@ -301,10 +326,12 @@ class SlideWidget(Container):
                 **where,
             )
             self._layers[role] = layer
+            self._inserted_at = time.perf_counter()
             self.viewer.layers.selection.active = slide
         else:
             layer.data = data
-            layer.contrast_limits = contrast
+            if tuple(layer.contrast_limits) != tuple(contrast):
+                layer.contrast_limits = contrast
 
     def _tissue_toggled(self, _event=None):
         layer = self._layers.get("tissue")
@@ -315,7 +342,8 @@ class SlideWidget(Container):
         result, snap = outcome
         self.last_result = result
         if snap is not None:
-            self._show(snap)
+            self._show(snap, defer=False)  # the run is over: every layer now
+        self._pending = None
         tiles = self._layers.get("tiles")
         if tiles is not None:
             tiles.visible = False
