@@ -189,6 +189,10 @@ def discover_dataset(spec: dict[str, Any]) -> Dataset:
     kind = spec.pop("type", "auto" if "root" in spec else None)
     if kind == "phantom":
         return _phantom_dataset(**spec)
+    if kind == "slide_features":  # cached embeddings of whole slides (A-MIL heads)
+        from histoview.training.feature_bags import slide_features_dataset
+
+        return slide_features_dataset(**spec)
     root = Path(spec.pop("root")).expanduser()
     if kind in (None, "auto"):
         kind = detect_layout(root)
@@ -200,15 +204,11 @@ def discover_dataset(spec: dict[str, Any]) -> Dataset:
             spec.pop("magnification", None)
         if spec.get("task") is None:
             spec.pop("task", None)
-    if kind == "breakhis":
-        return _breakhis_dataset(root, **spec)
-    if kind == "bach":
-        return _bach_dataset(root, **spec)
-    if kind == "folder":
-        return _folder_dataset(root, **spec)
-    if kind == "idc":
-        return _idc_dataset(root, **spec)
-    raise ValueError(f"unknown dataset type {kind!r}; known: breakhis, bach, folder, idc, phantom")
+    read = dict(breakhis=_breakhis_dataset, bach=_bach_dataset, folder=_folder_dataset)
+    if kind in (read := {**read, "idc": _idc_dataset}):
+        return read[kind](root, **spec)
+    known = "breakhis, bach, folder, idc, phantom, slide_features"
+    raise ValueError(f"unknown dataset type {kind!r}; known: {known}")
 
 
 def _images(root: Path) -> list[Path]:

@@ -46,6 +46,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from histoview.training._schema_features import SlideFeaturesData
 from histoview.training._schema_idc import IdcData
 from histoview.training._schema_messages import describe_errors, one_of, short
 from histoview.training._schema_types import (
@@ -317,6 +318,7 @@ DATA_TYPES = {
     "bach": BachData,
     "folder": FolderData,
     "idc": IdcData,
+    "slide_features": SlideFeaturesData,
     "auto": AutoData,
 }
 
@@ -333,6 +335,7 @@ DataSection = Annotated[
     | Annotated[BachData, Tag("bach")]
     | Annotated[FolderData, Tag("folder")]
     | Annotated[IdcData, Tag("idc")]
+    | Annotated[SlideFeaturesData, Tag("slide_features")]
     | Annotated[AutoData, Tag("auto")],
     Discriminator(_data_type),
 ]
