@@ -21,13 +21,22 @@ def add_train_parser(sub, *, progress) -> None:
     p.add_argument(
         "--restart", action="store_true", help="ignore an existing checkpoint and start afresh"
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes with DistributedDataParallel (NCCL, one per GPU, when "
+        "every process has a GPU, else Gloo on the CPU); each process takes batch_size "
+        "samples a step, so a step sees N x batch_size (the learning rate is not scaled). "
+        "Under torchrun leave it out: the processes are torchrun's",
+    )
     p.set_defaults(func=lambda args: cmd_train(args, progress=progress))
 
 
 def cmd_train(args, *, progress) -> int:
     from histoview.io.files import check_writable_dir
     from histoview.training.config import load_config
-    from histoview.training.run import train_from_config
 
     config = load_config(args.config)  # ConfigError: one line naming the file and the key
     if args.out:
@@ -35,9 +44,25 @@ def cmd_train(args, *, progress) -> int:
     check_writable_dir(config["output_dir"])  # relative: to this folder, as the run resolves it
     if args.epochs is not None:
         config.setdefault("train", {})["epochs"] = args.epochs
-    result = train_from_config(
-        config, resume=not args.restart, progress=progress, source=str(args.config)
-    )
+    run = {"resume": not args.restart, "progress": progress, "source": str(args.config)}
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    import os
+
+    if nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from histoview.training import launch  # (imports torch)
+
+        if nproc > 1:
+            result = launch.train_processes(config, nproc, **run)
+        else:  # one process of a run torchrun started: only rank 0 prints
+            result = launch.train_this_process(config, **run)
+            if int(os.environ.get("RANK", "0")) != 0:
+                return 0
+    else:
+        from histoview.training.run import train_from_config
+
+        result = train_from_config(config, **run)
     print(f"checkpoint: {result['checkpoint']}")
     print(f"report:     {result['report']}")
     return 0

@@ -43,10 +43,11 @@ import torch
 from histoview.models.checkpoint import default_device, non_finite_tensors, save_checkpoint
 from histoview.training.adapters import InputAdapter
 from histoview.training.datasets import Sample
+from histoview.training.distributed import SINGLE, DistContext, TrainForward, evaluate_split
 from histoview.training.loader import MIXUP, close_loader, make_loader, rng_for
 from histoview.training.metrics import youden_threshold
 from histoview.training.optim import loss_function, make_optimizer, set_lr
-from histoview.training.prediction import TrainingCancelled, evaluate
+from histoview.training.prediction import TrainingCancelled
 from histoview.training.resume import (
     discard_train_state,
     load_resume_state,
@@ -64,8 +65,7 @@ class TrainingDiverged(ValueError):
 
 
 def _train_step(
-    model,
-    adapter,
+    forward,
     optimizer,
     scaler,
     criterion,
@@ -77,7 +77,10 @@ def _train_step(
     mix_rng: np.random.Generator,
 ) -> float:
     """One optimisation step on the batch ``(x, y)`` (MixUp, Zhang et al., 2018, drawn from
-    ``mix_rng`` when ``mixup_alpha`` > 0 and ``x`` is one tensor); returns the loss."""
+    ``mix_rng`` when ``mixup_alpha`` > 0 and ``x`` is one tensor); returns the loss.
+
+    ``forward`` is the model with its adapter (:class:`~histoview.training.distributed.
+    TrainForward`, in DistributedDataParallel when several processes train)."""
     y = y.to(device, non_blocking=True)
     mix = None
     if opts.mixup_alpha > 0 and torch.is_tensor(x) and len(y) > 1:
@@ -86,13 +89,12 @@ def _train_step(
         x = lam * x + (1 - lam) * x[perm]
         mix = (lam, perm.to(device))
     with torch.autocast("cuda", enabled=scaler is not None):
-        logits = adapter.forward(model, x, device)
+        logits, reg = forward(x)
         loss = criterion(logits, y)
         if mix is not None:
             loss = mix[0] * loss + (1 - mix[0]) * criterion(logits, y[mix[1]])
-        reg = getattr(model, "regularization_loss", None)
         if reg is not None:
-            loss = loss + reg()
+            loss = loss + reg
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -119,6 +121,14 @@ def _diverged(loss: float, epoch: int, step: int, steps: int, opts: TrainOptions
     )
 
 
+def _distributed_meta(dist: DistContext, opts: TrainOptions) -> dict[str, Any]:
+    return {
+        "processes": dist.world_size,
+        "backend": dist.backend,
+        "effective_batch_size": dist.world_size * opts.batch_size,
+    }
+
+
 def _finite(value, default: float = -np.inf) -> float:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return default
@@ -138,6 +148,7 @@ def fit(
     *,
     resume: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    dist: DistContext = SINGLE,
 ) -> Generator[dict[str, Any], None, dict[str, Any]]:
     """Train ``model``; yields progress events; returns
     ``{"best": path, "last": path, "history": [...]}``.
@@ -152,12 +163,26 @@ def fit(
     :class:`TrainingDiverged` before that epoch writes anything. With ``resume``, the run
     continues from the folder's resume unit (:mod:`histoview.training.resume`); without, it
     starts afresh and discards it.
+
+    With ``dist`` (several processes, :mod:`histoview.training.distributed`) every process
+    runs this on its share of each epoch, the model in DistributedDataParallel (gradients
+    averaged: the effective batch is ``world_size x batch_size``, the learning rate as the
+    options give it); the step losses are averaged over the processes and validation
+    metrics computed on the gathered predictions of the whole split, so every process
+    takes the same decisions; only rank 0 writes files (``is_main``). Its events are the
+    run's; the other processes yield theirs for nobody to show. ``should_stop`` must be
+    None then. The resume state records the number of processes; resuming with another
+    number works (a message says that the effective batch changes).
     """
+    if dist.enabled and should_stop is not None:
+        raise ValueError("cancelling between steps (should_stop) needs a single process")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = opts.device or default_device()
-    torch.manual_seed(opts.seed)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    device = dist.device if dist.enabled else (opts.device or default_device())
+    torch.manual_seed(opts.seed + dist.rank)  # dropout: its own draws in each process
     model.to(device)
+    forward = dist.wrap(TrainForward(model, adapter, device))  # (rank 0's weights to all)
     optimizer = make_optimizer(model, opts)
     criterion = loss_function(opts, len(classes))
     use_amp = opts.amp and device.startswith("cuda")  # mixed precision: CUDA only
@@ -166,10 +191,13 @@ def fit(
     start_epoch, best_score, best_epoch = 0, (-np.inf, -np.inf), None
     state_path = out_dir / "train_state.safetensors"
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
-    remove_partial_files(out_dir)  # what a kill during a write left behind
-    if not resume:
-        discard_train_state(out_dir)  # a fresh run: a kill before epoch 1 must not resume it
+    if dist.is_main:
+        remove_partial_files(out_dir)  # what a kill during a write left behind
+        if not resume:
+            discard_train_state(out_dir)  # a fresh run: a kill before epoch 1 must not resume it
+    dist.barrier()  # (every process reads the folder rank 0 has tidied)
     record, notes = load_resume_state(out_dir, model, optimizer) if resume else (None, [])
+    dist.check_same(str(record and record["epoch"]), "the epoch to resume from")
     for text in notes:
         yield {"event": "message", "text": text}
     if record is not None:
@@ -180,10 +208,19 @@ def fit(
             else (record["best_score"], -np.inf)
         )
         best_epoch = record.get("best_epoch")
-        for text in repair_checkpoints(model, record, last_path, best_path):
-            yield {"event": "message", "text": text}
-        if not best_path.exists():
-            best_score, best_epoch = (-np.inf, -np.inf), None
+        if dist.is_main:
+            for text in repair_checkpoints(model, record, last_path, best_path):
+                yield {"event": "message", "text": text}
+            if not best_path.exists():
+                best_score, best_epoch = (-np.inf, -np.inf), None
+        if (was := record.get("world_size", 1)) != dist.world_size:
+            yield {
+                "event": "message",
+                "text": f"WARNING: epochs 1-{start_epoch} ran in {was} process(es), the rest "
+                f"runs in {dist.world_size}: the effective batch changes from "
+                f"{was * opts.batch_size} to {dist.world_size * opts.batch_size} "
+                "(batch_size x processes), so the run will not equal an uninterrupted one",
+            }
         yield {
             "event": "resumed",
             "epoch": start_epoch,
@@ -206,6 +243,8 @@ def fit(
         seed=opts.seed,
         num_workers=opts.num_workers,
         device=device,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     val_loader = None
     if val:
@@ -218,8 +257,16 @@ def fit(
             num_workers=opts.num_workers,
             device=device,
             tta=opts.tta,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
     steps = max(1, len(train_loader))
+    where = device
+    if dist.enabled:
+        where = (
+            f"{dist.world_size} processes ({dist.backend}, rank 0 on {device}; batch "
+            f"{opts.batch_size} each, {dist.world_size * opts.batch_size} a step)"
+        )
     yield {
         "event": "start",
         "epochs": opts.epochs,
@@ -227,8 +274,11 @@ def fit(
         "device": device,
         "train": len(train),
         "val": len(val),
-        "text": f"training on {device}: {len(train)} train, {len(val)} val",
+        "processes": dist.world_size,
+        "text": f"training on {where}: {len(train)} train, {len(val)} val",
     }
+    if dist.note:
+        yield {"event": "message", "text": dist.note}
     try:
         t0 = time.monotonic()
         done_steps, total_steps = 0, steps * (opts.epochs - start_epoch)
@@ -246,8 +296,7 @@ def fit(
                     x, y = next(batches)
                     mix_rng = rng_for(opts.seed, MIXUP, epoch, step)
                     loss = _train_step(
-                        model,
-                        adapter,
+                        forward,
                         optimizer,
                         scaler,
                         criterion,
@@ -257,6 +306,7 @@ def fit(
                         device=device,
                         mix_rng=mix_rng,
                     )
+                    loss = dist.mean(loss)  # (the same on every process: all stop together)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(_diverged(loss, epoch, step, steps, opts))
                     losses.append(loss)
@@ -274,12 +324,13 @@ def fit(
                     }
                 val_metrics = {}
                 if val_loader is not None:
-                    val_metrics = evaluate(
+                    val_metrics = evaluate_split(
                         model,
                         adapter,
                         val,
                         classes,
                         device=device,
+                        dist=dist,
                         should_stop=stop,
                         loader=val_loader,
                     )
@@ -318,6 +369,7 @@ def fit(
                 "metrics": {"validation": public},
                 "threshold": threshold,
                 "train_options": asdict(opts),
+                **({"distributed": _distributed_meta(dist, opts)} if dist.enabled else {}),
             }
             is_best = key > tuple(best_score) or not best_path.exists()
             if is_best:
@@ -333,21 +385,23 @@ def fit(
             # last (save_checkpoint checks its metadata before the unit commits the epoch),
             # then the unit (weights, optimizer, record: all that resuming reads), then best;
             # a resume rewrites from the unit a last or best that a kill left torn or behind
-            save_checkpoint(last_path, model, ckpt_meta)
-            save_train_state(
-                state_path,
-                optimizer,
-                {
-                    "epoch": epoch + 1,
-                    "best_score": [float(v) for v in best_score],
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "checkpoint": ckpt_meta,
-                    "weights": weights,
-                },
-            )
-            if is_best:
-                save_checkpoint(best_path, model, ckpt_meta)
+            if dist.is_main:  # (the weights and optimizer are the same in every process)
+                save_checkpoint(last_path, model, ckpt_meta)
+                save_train_state(
+                    state_path,
+                    optimizer,
+                    {
+                        "epoch": epoch + 1,
+                        "best_score": [float(v) for v in best_score],
+                        "best_epoch": best_epoch,
+                        "history": history,
+                        "checkpoint": ckpt_meta,
+                        "world_size": dist.world_size,
+                        "weights": weights,
+                    },
+                )
+                if is_best:
+                    save_checkpoint(best_path, model, ckpt_meta)
             yield {
                 "event": "epoch_end",
                 "epoch": epoch + 1,
@@ -357,6 +411,7 @@ def fit(
                 "best": bool(is_best),
                 "elapsed": time.monotonic() - t0,
             }
+        dist.barrier()  # every process may now read what rank 0 wrote
         yield {"event": "done", "epoch": opts.epochs, "text": "training finished"}
         return {"best": best_path, "last": last_path, "history": history}
     finally:  # stop the workers now, also on cancel or error

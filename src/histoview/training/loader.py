@@ -97,27 +97,63 @@ class SampleDataset(Dataset):
 class EpochBatchSampler(Sampler):
     """Batches of ``(epoch, index)`` keys: shuffled per epoch from ``(seed, ORDER, epoch)``
     (training), or in order (evaluation). Call :meth:`set_epoch` before iterating; the last
-    batch may be smaller."""
+    batch may be smaller.
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0):
+    With ``world_size`` > 1 (distributed training, :mod:`histoview.training.distributed`)
+    each of the ``world_size`` processes (``rank``) takes its share of the same order:
+
+    * training: the epoch's order is padded, by repeating it from its start, to a multiple
+      of ``world_size`` (as :class:`torch.utils.data.DistributedSampler` pads), then cut into
+      global batches of ``batch_size * world_size`` keys; process ``rank`` takes the
+      ``rank``-th equal part of each. Every process thus makes the same number of steps with
+      batches of one size, and one step of all processes together sees the samples that one
+      process with ``batch_size * world_size`` sees (when the split divides evenly);
+    * evaluation: process ``rank`` takes indices ``rank, rank + world_size, ...`` in order,
+      without padding (every sample once, so gathered metrics are exact).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of {world_size} processes")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        if self.shuffle:
+            return math.ceil(math.ceil(self.n / self.world_size) / self.batch_size)
+        return math.ceil(len(range(self.rank, self.n, self.world_size)) / self.batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        if self.shuffle:
-            order = rng_for(self.seed, ORDER, self.epoch).permutation(self.n)
-        else:
-            order = np.arange(self.n)
-        for start in range(0, self.n, self.batch_size):
-            yield [(self.epoch, int(i)) for i in order[start : start + self.batch_size]]
+        if not self.shuffle:
+            order = np.arange(self.rank, self.n, self.world_size)
+            for start in range(0, len(order), self.batch_size):
+                yield [(self.epoch, int(i)) for i in order[start : start + self.batch_size]]
+            return
+        order = rng_for(self.seed, ORDER, self.epoch).permutation(self.n)
+        world = self.world_size
+        if world > 1 and self.n:  # pad to a multiple of the processes (wrapping round)
+            order = np.resize(order, math.ceil(self.n / world) * world)
+        step = self.batch_size * world
+        for start in range(0, len(order), step):
+            part = order[start : start + step]
+            share = len(part) // world
+            mine = part[self.rank * share : (self.rank + 1) * share]
+            yield [(self.epoch, int(i)) for i in mine]
 
 
 class Collate:
@@ -148,6 +184,8 @@ def make_loader(
     num_workers: int = 0,
     device: str = "cpu",
     tta: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A :class:`DataLoader` over ``samples`` (see the module docstring).
 
@@ -161,6 +199,8 @@ def make_loader(
             across epochs.
         device: where the batches go; pinned (page-locked) memory on CUDA only.
         tta: evaluation: prepare every sample in the adapter's test-time views.
+        rank, world_size: this process's share of the samples when ``world_size`` processes
+            train together (:class:`EpochBatchSampler`); 0 and 1: all of them.
 
     Returns:
         The loader; its ``batch_sampler`` is an :class:`EpochBatchSampler` (set its epoch).
@@ -172,7 +212,9 @@ def make_loader(
         adapter.release_memory()
     return DataLoader(
         SampleDataset(adapter, samples, train=train, seed=seed, views=views),
-        batch_sampler=EpochBatchSampler(len(samples), batch_size, shuffle=train, seed=seed),
+        batch_sampler=EpochBatchSampler(
+            len(samples), batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size
+        ),
         collate_fn=Collate(adapter, train=train),
         num_workers=num_workers,
         pin_memory=str(device).startswith("cuda"),

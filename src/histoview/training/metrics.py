@@ -161,3 +161,22 @@ def classification_metrics(
     if threshold is not None:
         out["threshold"] = float(threshold)
     return out
+
+
+def evaluation_metrics(
+    y_true, probabilities, class_names, *, threshold: float | None = None
+) -> dict:
+    """:func:`classification_metrics` plus the mean negative log-likelihood (``loss``) and,
+    for the caller, ``_probs`` and ``_y``: what evaluating a split reports."""
+    y = np.asarray(y_true, int)
+    probs = np.asarray(probabilities)
+    nll = (
+        float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+        if len(y)
+        else float("nan")
+    )
+    return classification_metrics(y, probs, class_names, threshold=threshold) | {
+        "loss": nll,
+        "_probs": probs,
+        "_y": y,
+    }

@@ -123,10 +123,23 @@ def load_train_state(path: Path, optimizer) -> dict[str, Any]:
     record with ``weights`` (the model's state dict, or None for a unit written by an older
     histoview, whose weights are in ``last.safetensors``). TrainStateError names the file
     and the problem; the optimizer is untouched then."""
+    path = Path(path).with_suffix(".safetensors")
+    record, tensors = _read_unit(path)
+    if record is None:  # an older histoview: optimizer tensors here, the record in the .json
+        return _load_legacy(path, optimizer, tensors)
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    opt = {k[10:]: v for k, v in tensors.items() if k.startswith("optimizer.")}
+    _load_optimizer(path, optimizer, opt, record.pop("scalars"), record.pop("param_groups"))
+    record["weights"] = weights if record.pop("has_weights", False) else None
+    return record
+
+
+def _read_unit(path: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """The record (None for an older unit without one) and tensors of the unit ``path``,
+    checked against the record's hash (TrainStateError names the file and the problem)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = Path(path).with_suffix(".safetensors")
     try:
         data = path.read_bytes()
         tensors = load(data)
@@ -134,8 +147,8 @@ def load_train_state(path: Path, optimizer) -> dict[str, Any]:
     except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
         raise TrainStateError(f"{path}: cannot read the resume state ({exc})") from None
     text = (header.get("__metadata__") or {}).get(_RECORD_KEY)
-    if text is None:  # an older histoview: optimizer tensors here, the record in the .json
-        return _load_legacy(path, optimizer, tensors)
+    if text is None:
+        return None, tensors
     try:
         record = json.loads(text)
     except ValueError as exc:
@@ -147,11 +160,35 @@ def load_train_state(path: Path, optimizer) -> dict[str, Any]:
         raise TrainStateError(
             f"{path}: the tensors do not match the hash in its record (corrupted or altered)"
         )
-    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    opt = {k[10:]: v for k, v in tensors.items() if k.startswith("optimizer.")}
-    _load_optimizer(path, optimizer, opt, record.pop("scalars"), record.pop("param_groups"))
-    record["weights"] = weights if record.pop("has_weights", False) else None
-    return record
+    return record, tensors
+
+
+def describe_run_state(out_dir: Path) -> str:
+    """What a run stopped from outside (a killed process) left in ``out_dir``, in words: the
+    newest resume unit that verifies and whether ``last.safetensors`` holds its epoch whole
+    (reads only; :func:`load_resume_state` and :func:`repair_checkpoints` act on it)."""
+    out_dir = Path(out_dir)
+    last = out_dir / "last.safetensors"
+    for name in ("train_state.safetensors", "train_state.prev.safetensors"):
+        unit = out_dir / name
+        if not unit.exists():
+            continue
+        try:
+            record, _ = _read_unit(unit)
+        except TrainStateError:
+            continue
+        if record is None:  # an older unit: its epoch is in the readable copy
+            return f"the last checkpoint {last} is kept (an older resume state)"
+        epoch = record["epoch"]
+        if checkpoint_matches(last, epoch):
+            return f"the last checkpoint {last} (epoch {epoch}) is intact"
+        return (
+            f"the resume state {unit} (epoch {epoch}) is intact and restores {last.name} "
+            "on resuming"
+        )
+    if last.exists():
+        return f"no usable resume state in {out_dir}; {last} is left as it was"
+    return f"no epoch had finished, so {out_dir} holds no checkpoint yet"
 
 
 def _load_legacy(path: Path, optimizer, tensors: dict) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from histoview import SYNTHETIC_NOTICE
 from histoview.io.files import write_text
 from histoview.training.config import validate_config
+from histoview.training.distributed import SINGLE, DistContext
 from histoview.training.events import drain
 
 
@@ -19,6 +20,7 @@ def iter_train_from_config(
     resume: bool = True,
     should_stop: Callable[[], bool] | None = None,
     source: str = "config",
+    dist: DistContext = SINGLE,
 ) -> Generator[dict[str, Any], None, dict[str, Any]]:
     """Generator version of :func:`train_from_config` (yields the engine's progress events).
 
@@ -26,6 +28,11 @@ def iter_train_from_config(
     validate_config`; ConfigError, a ValueError, names the key), so a typo or an impossible
     value stops the run before any data is read or anything is written; messages start
     with ``source`` (the config file's name).
+
+    ``dist``: this process's place when several train together
+    (:mod:`histoview.training.distributed`): each computes the split from the config and
+    all check they computed the same one; the test split is evaluated in shares too; only
+    rank 0 writes the checkpoints and the report.
     """
 
     from histoview.models.checkpoint import default_device, load_state_dict, save_checkpoint
@@ -37,8 +44,8 @@ def iter_train_from_config(
         split_dataset,
         split_warnings,
     )
+    from histoview.training.distributed import evaluate_split, split_fingerprint
     from histoview.training.engine import TrainOptions, fit
-    from histoview.training.prediction import evaluate
     from histoview.training.stain_fit import fit_stain_normaliser
 
     config = validate_config(config, source=source)  # (absolute paths stay as they are)
@@ -46,6 +53,7 @@ def iter_train_from_config(
     dataset = discover_dataset(config["data"])
     check_trainable(dataset)  # one class: refuse before anything is built
     split, (train, val, test) = split_dataset(dataset, config.get("split"))
+    dist.check_same(split_fingerprint(train, val, test), "the train/validation/test split")
     if split["by"] == "patient" and not dataset.has_patients:
         yield {
             "event": "message",
@@ -131,6 +139,7 @@ def iter_train_from_config(
         meta,
         resume=resume,
         should_stop=should_stop,
+        dist=dist,
     )
     out_dir = Path(config["output_dir"])
     if result.get("cancelled"):
@@ -138,16 +147,17 @@ def iter_train_from_config(
     best = Path(result["best"])
     state, best_meta = load_state_dict(best)
     model.load_state_dict(state)
-    device = opts.device or default_device()
+    device = dist.device if dist.enabled else (opts.device or default_device())
     test_metrics = {}
     if test:
         yield {"event": "message", "text": f"evaluating {best.name} on {len(test)} test images"}
-        m = evaluate(
+        m = evaluate_split(
             model,
             adapter,
             test,
             dataset.classes,
             device=device,
+            dist=dist,
             tta=opts.tta,
             threshold=best_meta.get("threshold"),
             num_workers=opts.num_workers,
@@ -158,7 +168,8 @@ def iter_train_from_config(
         best_meta.pop(key, None)
     # the weights are the ones just loaded, so their file gets the same bytes: a kill
     # between this save's two files leaves the old sidecar matching them
-    save_checkpoint(best, model, best_meta)
+    if dist.is_main:
+        save_checkpoint(best, model, best_meta)
     report = {
         "name": config.get("name"),
         "model": config["model"],
@@ -173,8 +184,10 @@ def iter_train_from_config(
         "warnings": warnings,
     }
     report_path = out_dir / "report.json"
-    write_text(report_path, json.dumps(report, indent=2, default=_np_default), overwrite=True)
-    _write_history_csv(out_dir / "history.csv", result["history"])
+    if dist.is_main:
+        write_text(report_path, json.dumps(report, indent=2, default=_np_default), overwrite=True)
+        _write_history_csv(out_dir / "history.csv", result["history"])
+    dist.barrier()  # (the others end when rank 0 has written all)
     return {**result, "checkpoint": best, "report": report_path, "test": test_metrics}
 
 
