@@ -77,3 +77,56 @@ def test_snapshot_shows_only_the_tiles_done(tmp_path):
     assert snap.tiles[0, 1] == 1 and np.isnan(snap.tiles[0, 0])
     assert format_progress(snap, snap.progress) == "tiles 1 / 4 (25 %), about 1 min 30 s left"
     assert read_snapshot(tmp_path / "nothing.zarr") is None
+
+
+def test_the_dock_worker_hands_arrays_and_the_first_tile_before_the_rest(tmp_path, monkeypatch):
+    """The dock's worker generator (run here in the test's thread, as napari runs it in a
+    worker): the tissue mask, a snapshot once the store is open, and one holding the first
+    tile's results while the engine still waits before its second batch; every yield is plain
+    arrays (nothing the main thread would have to read from disk)."""
+    import dataclasses
+    import threading
+
+    pytest.importorskip("torch")
+    from _slides import write_slide
+    from histoview.explain.slide_amil import AmilSlideProcessor
+    from histoview.viewer._slide_running import slide_work
+
+    monkeypatch.setenv("HISTOVIEW_CACHE_DIR", str(tmp_path / "cache"))  # nothing to replay
+    slide = write_slide(tmp_path / "slide.tif")
+    go, calls = threading.Event(), []
+    original = AmilSlideProcessor.process
+
+    def held(self, tiles, boxes, prepared):  # batches after the first wait for the test
+        calls.append(len(boxes))
+        if len(calls) > 1:
+            assert go.wait(60), "the first tile's snapshot never came"
+        return original(self, tiles, boxes, prepared)
+
+    monkeypatch.setattr(AmilSlideProcessor, "process", held)
+    work = slide_work(
+        slide, "amil", None, None, None, "cpu", 16, 0, tmp_path / "out", threading.Event()
+    )
+    kinds, snaps = [], []
+    try:
+        while True:
+            kind, payload = next(work)
+            kinds.append(kind)
+            if kind == "tissue":
+                mask, factor = payload
+                assert isinstance(mask, np.ndarray) and mask.dtype == np.float32
+                continue
+            snaps.append(payload)
+            for f in dataclasses.fields(payload):
+                value = getattr(payload, f.name)
+                assert not type(value).__module__.startswith("zarr"), f.name
+            assert isinstance(payload.values, np.ndarray) and isinstance(payload.tiles, np.ndarray)
+            if payload.done:
+                go.set()
+    except StopIteration as stop:
+        result, final = stop.value
+    assert kinds[0] == "tissue" and snaps[0].done == 0, "layers can be made before any tile"
+    first = next(s for s in snaps if s.done)
+    assert first.done == 1 < first.total == 4 and np.isfinite(first.values).any()
+    assert calls[0] == 1 and sum(calls) == 4
+    assert not result.cancelled and final.finished and final.done == 4
