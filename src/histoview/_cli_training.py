@@ -48,6 +48,8 @@ def cmd_train(args, *, progress) -> int:
     nproc = getattr(args, "nproc", 1)
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    if nproc > 1 and (config.get("data") or {}).get("type") == "slide_features":
+        raise ValueError(f"{args.config}: a slide_features run trains in one process (no --nproc)")
     import os
 
     if nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:

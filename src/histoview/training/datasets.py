@@ -189,10 +189,9 @@ def discover_dataset(spec: dict[str, Any]) -> Dataset:
     kind = spec.pop("type", "auto" if "root" in spec else None)
     if kind == "phantom":
         return _phantom_dataset(**spec)
-    if kind == "slide_features":  # cached embeddings of whole slides (A-MIL heads)
-        from histoview.training.feature_bags import slide_features_dataset
-
-        return slide_features_dataset(**spec)
+    if kind == "slide_features":  # bags of cached embeddings: histoview.training.feature_bags
+        raise ValueError("data.type slide_features trains an A-MIL head on cached "
+                         "embeddings: histoview train CONFIG runs it")  # fmt: skip
     root = Path(spec.pop("root")).expanduser()
     if kind in (None, "auto"):
         kind = detect_layout(root)

@@ -53,8 +53,8 @@ class FeatureSample(Sample):
     def load(self):
         raise ValueError(
             f"{self.path}: a slide_features sample is a bag of cached embeddings, not an "
-            "image; train it with histoview.training.feature_bags.train_head (histoview cache "
-            "train CONFIG)"
+            "image; train it with histoview.training.feature_bags.train_head (histoview train "
+            "CONFIG)"
         )
 
 
@@ -170,7 +170,9 @@ def _embed(slide: Path, checkpoint, cache, progress) -> None:
     if progress is not None:
         progress(f"embedding {slide} into the feature cache")
     with tempfile.TemporaryDirectory(prefix="histoview-embed-") as out:
-        explain_slide(slide, "amil", out_dir=out, checkpoint=checkpoint, feature_cache=cache)
+        explain_slide(
+            slide, "amil", out_dir=out, checkpoint=checkpoint, feature_cache=cache, workers=0
+        )
 
 
 class FeatureBagAdapter:
@@ -232,7 +234,8 @@ def iter_train_head(
 ) -> Generator[dict[str, Any], None, dict[str, Any]]:
     """Train the head of a ``slide_features`` config (module docstring); yields the engine's
     events; returns ``{"checkpoint", "report", "test", ...}``. Relative paths of the data
-    section are taken against ``base_dir`` (the config file's folder)."""
+    section are taken against ``base_dir`` (default: the current folder, as for every
+    config ``histoview train`` runs)."""
     import torch
 
     from histoview.models.checkpoint import load_state_dict, save_checkpoint

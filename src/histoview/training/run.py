@@ -48,6 +48,13 @@ def iter_train_from_config(
     from histoview.training.engine import TrainOptions, fit
     from histoview.training.stain_fit import fit_stain_normaliser
 
+    if (config.get("data") or {}).get("type") == "slide_features":  # an A-MIL head
+        from histoview.training.feature_bags import iter_train_head
+
+        if dist.enabled:
+            raise ValueError(f"{source}: a slide_features run trains in one process (no --nproc)")
+        return (yield from iter_train_head(config, resume=resume, should_stop=should_stop,
+                                           source=source))  # fmt: skip
     config = validate_config(config, source=source)  # (absolute paths stay as they are)
     opts = TrainOptions.from_dict(config.get("train", {}))
     dataset = discover_dataset(config["data"])
