@@ -25,12 +25,12 @@ from magicgui.widgets import (
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
+from histoview.viewer._explain_running import explain_work, no_model
 from histoview.viewer._layer_choice import is_tissue_image, layer_choice
 from histoview.viewer._layer_updates import show_overlay
 from histoview.viewer.overlays import (
     explanation_title,
     layer_pixel_size,
-    read_layer_for_model,
 )
 
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ def refresh_all() -> None:
 
 #: milliseconds after a dock opens before the first model list of a session is read
 LIST_AFTER_MS = 100
-
-
-def _no_model(method: str) -> str:
-    return f"no model available for {method}: train one or add a checkpoint"
 
 
 #: what the synthetic demo weights say on an image that is not a phantom
@@ -283,47 +279,6 @@ class ExplainWidget(Container):
         """A run is in progress (working, or still inserting its layers)."""
         return self._worker is not None or self._adding
 
-    def _work(
-        self, data, multiscale, where, method, entry, target_class, importance, mpp, outlines
-    ):
-        """Generator run in a worker thread: yields (step, text), returns (explanation, layer
-        data). Every yield is a point where Cancel stops it."""
-        from histoview.viewer._models import explain_once, load_model_for, model_lock
-        from histoview.viewer.overlays import build_layers, explanation_layer_data
-
-        if entry is None:  # pressed before the first model list arrived: its default
-            from histoview.viewer._models import checkpoint_entries
-
-            yield 1, "reading the model list"
-            entries = checkpoint_entries(method)
-            if not entries:
-                raise RuntimeError(_no_model(method))
-            entry = entries[0][1]
-        yield 1, "loading model"
-        net, meta, sha = load_model_for(method, entry.path)  # read once per session
-        yield 2, "reading image"
-        rgb, downsample, level, shape0 = read_layer_for_model(data, multiscale, mpp, meta)
-        yield 3, f"running {method_title(method)} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
-        with model_lock(net):  # the same request again: the explanation already made
-            expl = explain_once(
-                rgb,
-                method,
-                net,
-                meta,
-                sha,
-                pixel_size_um=(mpp * downsample) if mpp else None,
-                target_class=target_class,
-                importance=importance,
-                downsample=downsample,
-                level=level,
-                image_shape=shape0,
-            )
-        yield 4, "drawing"
-        layer_data = explanation_layer_data(expl, where, outlines=outlines)
-        layers = build_layers(layer_data)
-        yield 5, "adding the overlay"
-        return expl, layer_data, layers
-
     def run(self, _event=None):
         from napari.qt.threading import create_worker
 
@@ -344,7 +299,7 @@ class ExplainWidget(Container):
         from histoview.viewer._models import listing_ready
 
         if entry is None and listing_ready():
-            self._report_error(_no_model(self.method_choice.value))
+            self._report_error(no_model(self.method_choice.value))
             return
         method = self.method_choice.value
         tc = None if self.class_choice.value == "predicted" else self.class_choice.value
@@ -352,7 +307,7 @@ class ExplainWidget(Container):
         avoid_triton_llvm_clash()
         self._cancelled = False
         worker = create_worker(
-            self._work,
+            explain_work,
             image_layer.data,
             image_layer.multiscale,
             Placement.of(image_layer),
