@@ -251,13 +251,19 @@ class FeatureCache:
             total -= e["bytes"]
         return gone
 
+    def remove(self, key: str) -> bool:
+        """Remove entry ``key``; whether it was there."""
+        return bool(self._remove(self.entries_dir / key))
+
     def _remove(self, path: Path) -> int:
         trash = self.root / "tmp" / f"trash-{uuid.uuid4().hex}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
         try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
             os.rename(path, trash)  # out of entries/ at once: readers miss, never half see
         except FileNotFoundError:
             return 0  # another process removed it
+        except OSError as exc:
+            raise OSError(f"feature cache {path}: cannot remove it ({exc.strerror})") from None
         shutil.rmtree(trash, ignore_errors=True)
         return 1
 
@@ -291,10 +297,14 @@ class FeatureWriter:
             self.problem = f"features beyond {self.cache.dtype.name}'s range (or not finite)"
             return
         values = {"features": h, "tile": tile, "patch_rc": patch_rc, "level0": level0}
-        for name, (dtype, _) in ARRAYS.items():
-            dtype = self.cache.dtype if dtype is None else dtype
-            self._files[name].write(np.ascontiguousarray(values[name], dtype).tobytes())
-        self._files["tiles"].write(np.asarray(tiles, "<i8").tobytes())
+        try:
+            for name, (dtype, _) in ARRAYS.items():
+                dtype = self.cache.dtype if dtype is None else dtype
+                self._files[name].write(np.ascontiguousarray(values[name], dtype).tobytes())
+            self._files["tiles"].write(np.asarray(tiles, "<i8").tobytes())
+        except OSError as exc:  # a full disk: this entry is given up, the run goes on
+            self.problem = f"{self.tmp}: {exc.strerror or exc}"
+            return
         self.rows += len(h)
         self.tiles_seen.update(int(t) for t in tiles)
 

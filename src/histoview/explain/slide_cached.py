@@ -26,6 +26,7 @@ embeddings to the run's memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -92,7 +93,8 @@ def run_slide_tiles(
 ):
     """``(RunStats, note)``: the tiles of ``grid`` into ``store``, from the feature cache when
     it holds them, else through the engine (filling the cache); ``note`` (for the summary):
-    ``{"used": False}`` or ``{"used": True, "key", "root", "hit", "stored"}``."""
+    ``{"used": False}`` or ``{"used": True, "key", "root", "hit", "stored"}`` (and
+    ``"error"`` when the cache could not be read or written: the run goes on without it)."""
     from histoview.explain.slide_engine import run_tiles
 
     cache = resolve_cache(feature_cache) if hasattr(processor, "feature_parts") else None
@@ -116,11 +118,21 @@ def run_slide_tiles(
         "stored": False,
     }
     expected = grid.tissue_indices()
-    entry = cache.get(key)
+    try:
+        entry = cache.get(key)
+    except (ValueError, OSError) as exc:  # an unreadable entry: drop it, embed afresh
+        note["error"] = str(exc)
+        with contextlib.suppress(OSError):
+            cache.remove(key)
+        entry = None
     if entry is not None and np.array_equal(np.asarray(entry.tiles), expected):
         note["hit"] = True
         return _replay(entry, grid, processor, store, batch_size, progress, cancel), note
-    writer = cache.writer(key, parts, processor.features)
+    try:
+        writer = cache.writer(key, parts, processor.features)
+    except OSError as exc:  # a cache that cannot be written never stops the explanation
+        note["error"] = f"{cache.root}: not writable ({exc.strerror or exc}); nothing stored"
+        return run_tiles(path, grid, processor, store, **engine), note
     processor.feature_sink = writer
     try:
         stats = run_tiles(path, grid, processor, store, **engine)
@@ -132,7 +144,13 @@ def run_slide_tiles(
     if stats.cancelled or stats.skipped or stats.done_now != len(expected):
         writer.abort()
     else:
-        note["stored"] = writer.commit(expected) is not None
+        try:
+            note["stored"] = writer.commit(expected) is not None
+        except OSError as exc:  # a full disk: the entry is dropped, the outputs still come
+            writer.abort()
+            note["error"] = f"{cache.root}: the entry could not be written ({exc})"
+    if writer.problem and "error" not in note:
+        note["error"] = f"nothing stored: {writer.problem}"
     return stats, note
 
 
