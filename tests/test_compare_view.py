@@ -316,7 +316,7 @@ def test_run_all_methods_in_worker(make_napari_viewer, phantom, models, qtbot):
 def test_run_all_from_the_menu_with_defaults(make_napari_viewer, phantom, qtbot, monkeypatch):
     """The Plugins menu's dock, nothing preset, bundled demo weights: one click adds every
     method's overlay; the graph method's faithfulness drops nodes from its graph, with one
-    nuclei detection for all steps and one batched forward pass."""
+    nuclei detection for the explanation and all steps, and one batched forward pass."""
     import histoview.preprocessing.nuclei as nuclei_module
     from histoview.explain.methods import list_methods
     from histoview.explain.run import load_for_method
@@ -334,6 +334,11 @@ def test_run_all_from_the_menu_with_defaults(make_napari_viewer, phantom, qtbot,
     _, widget = viewer.window.add_plugin_dock_widget("histoview", "Compare methods")
     data, kwargs, _ = phantom[0]
     viewer.add_image(data, **kwargs)
+    from histoview.models.inputs import forget_graphs
+    from histoview.viewer import _models
+
+    _models.clear()  # nothing explained or detected on this image before
+    forget_graphs()
     detections = []
     real = nuclei_module.detect_nuclei
     monkeypatch.setattr(
@@ -350,7 +355,7 @@ def test_run_all_from_the_menu_with_defaults(make_napari_viewer, phantom, qtbot,
     assert all(r.perturbation == "model input" for r in widget.faithfulness.values())
     graph = widget.faithfulness["graph"]
     assert graph.elements == "nuclei" and len(graph.deletion) == widget.steps + 1
-    assert len(detections) == 2  # the explanation's, then faithfulness's: not one per step
+    assert len(detections) == 1  # the explanation's, reused by faithfulness: not one per step
     [(_, predict, _)] = [v for v in widget._predictors.values() if v[0].method == "graph"]
     assert predict.forward_passes == 1  # every step of both curves in one batch
 

@@ -21,6 +21,7 @@ from histoview.explain.faithfulness import (
     element_rank_map,
 )
 from histoview.explain.methods import predictor_for
+from histoview.models.inputs import forget_graphs
 from histoview.preprocessing.patches import extract_patches
 
 CLASSES = ("benign", "malignant")
@@ -253,7 +254,8 @@ def test_graph_faithfulness_drops_nodes_in_one_batched_pass(monkeypatch):
     )
     res = deletion_insertion(expl([4.0, 3.0, 2.0, 1.0], geom), predict, img, steps=4)
     assert res.perturbation == "model input" and res.elements == "nuclei"
-    assert len(detections) == 1 and predict.forward_passes == 1
+    # the graph made above (the explanation's) is the one whose nodes are dropped
+    assert len(detections) == 0 and predict.forward_passes == 1
     sigmoid = 1 / (1 + np.exp(-np.arange(5.0)))  # p(class 1) of a graph of k nodes
     np.testing.assert_allclose(res.deletion, sigmoid[::-1], atol=1e-6)
     np.testing.assert_allclose(res.insertion, sigmoid, atol=1e-6)
@@ -263,7 +265,9 @@ def test_graph_faithfulness_drops_nodes_in_one_batched_pass(monkeypatch):
     by_image = deletion_insertion(
         expl([4.0, 3.0, 2.0, 1.0], geom), predict, img, steps=4, space="image"
     )
-    assert by_image.perturbation == "image" and len(detections) == 10
+    # every painted image but the first deletion step (the untouched image, the
+    # explanation's: its graph is remembered)
+    assert by_image.perturbation == "image" and len(detections) == 9
     assert by_image.deletion[0] == pytest.approx(res.deletion[0], abs=1e-6)
 
 
@@ -336,6 +340,7 @@ def test_graph_faithfulness_uses_the_pixel_size_the_explanation_was_made_at(monk
     predict = predictor_for("graph", CountNuclei.make(), {"classes": list(CLASSES)})
     graph, _ = predict.spec.graph(img, 0.7)
     geom = NucleiPoints(np.asarray(graph.centroids, float), img.shape[:2], radius=6.0)
+    forget_graphs()  # detected again below, to see at which pixel size
     explanation = Explanation(
         "graph",
         "count",
@@ -355,3 +360,39 @@ def test_graph_faithfulness_uses_the_pixel_size_the_explanation_was_made_at(monk
     )
     res = deletion_insertion(explanation, predict, img, steps=2)
     assert res.perturbation == "model input" and sizes == [0.7]
+
+
+def test_graph_faithfulness_reuses_the_nuclei_of_the_estimate_and_the_explanation(monkeypatch):
+    """ "Run all" on an image without a pixel size: the estimate's nuclei make the
+    explanation's graph and faithfulness's (no detection after the estimate), and the
+    curves are those of a fresh detection."""
+    pytest.importorskip("torch_geometric")
+    import histoview.preprocessing.nuclei as nuclei_module
+    from histoview.explain.run import explain_array, load_for_method
+    from histoview.preprocessing import scale
+    from histoview.preprocessing.phantom import make_phantom
+
+    image = make_phantom("invasive", preset="breakhis", seed=17).image
+    net, meta, sha = load_for_method("graph")
+    scale.clear_cache()
+    forget_graphs()
+    detections = []
+    real_detect = nuclei_module.detect_nuclei
+    monkeypatch.setattr(
+        nuclei_module, "detect_nuclei", lambda *a, **k: detections.append(1) or real_detect(*a, **k)
+    )
+    explanation = explain_array(image, "graph", net, meta, sha)
+    est = scale.remembered_estimate(image)
+    assert explanation.extra["pixel_size_source"] == "estimated"
+    assert len(detections) == est.iterations  # the estimator's own runs
+    reused = deletion_insertion(explanation, predictor_for("graph", net, meta), image, steps=5)
+    assert reused.perturbation == "model input" and reused.elements == "nuclei"
+    assert len(detections) == est.iterations, "faithfulness detected the nuclei again"
+    # the same curves when everything is detected anew
+    scale.clear_cache()
+    forget_graphs()
+    fresh_predict = predictor_for("graph", net, meta)
+    fresh = deletion_insertion(explanation, fresh_predict, image, steps=5)
+    assert len(detections) == est.iterations + 1 and fresh.perturbation == "model input"
+    np.testing.assert_array_equal(fresh.deletion, reused.deletion)
+    np.testing.assert_array_equal(fresh.insertion, reused.insertion)

@@ -30,6 +30,9 @@ does it fall back to the model's training pixel size (``"checkpoint-default"``) 
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -302,17 +305,34 @@ class InputSpec:
     ) -> tuple[NucleiGraph, Nuclei]:
         """``(graph, nuclei)`` of an (H, W, 3) uint8 image at ``pixel_size_um`` um/px (give
         :meth:`pixel_size`'s answer, not None), detected on the stain-normalised image
-        (unless ``stain_normalised``: done already)."""
+        (unless ``stain_normalised``: done already).
+
+        Made once per image: the last :data:`GRAPHS_KEPT` are remembered by the detection
+        image's content, the pixel size and the edge threshold (an explanation, its
+        faithfulness curves and "Run all methods" share one detection); nuclei that the
+        pixel-size estimator found on the same pixels at this pixel size
+        (:func:`histoview.preprocessing.scale.remembered_estimate`) are used, not detected
+        again. Both are shared with later callers: read them, do not change them.
+        """
         from histoview.preprocessing.graph import build_nuclei_graph
-        from histoview.preprocessing.nuclei import detect_nuclei
 
         self._expect("graph")
         if not stain_normalised:
             image = self.normalise_stain(image)
-        nuclei = detect_nuclei(image, pixel_size_um)
+        key = _graph_key(image, pixel_size_um, self.graph_threshold_um)
+        with _GRAPHS_LOCK:
+            found = _GRAPHS.get(key)
+            if found is not None:
+                _GRAPHS.move_to_end(key)
+                return found
+        nuclei = _detected_nuclei(image, pixel_size_um)
         graph = build_nuclei_graph(
             nuclei, threshold_um=self.graph_threshold_um, pixel_size_um=pixel_size_um
         )
+        with _GRAPHS_LOCK:
+            _GRAPHS[key] = (graph, nuclei)
+            while len(_GRAPHS) > GRAPHS_KEPT:
+                _GRAPHS.popitem(last=False)
         return graph, nuclei
 
     def model_input(self, image: np.ndarray, pixel_size_um: float | None = None):
@@ -327,3 +347,34 @@ class InputSpec:
     def _expect(self, kind: str) -> None:
         if self.kind != kind:
             raise ValueError(f"this is a {self.kind!r} model's input spec, not a {kind!r} one")
+
+
+#: nuclei graphs remembered by :meth:`InputSpec.graph` (newest last)
+GRAPHS_KEPT = 4
+_GRAPHS: OrderedDict = OrderedDict()
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _graph_key(image: np.ndarray, pixel_size_um: float, threshold_um: float) -> tuple:
+    rgb = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(memoryview(rgb).cast("B"), digest_size=16).hexdigest()
+    return digest, rgb.shape, rgb.dtype.str, float(pixel_size_um), float(threshold_um)
+
+
+def _detected_nuclei(image: np.ndarray, pixel_size_um: float) -> Nuclei:
+    """The nuclei of ``image`` at ``pixel_size_um`` (default detector settings): those the
+    pixel-size estimator's last detector run found, when it ran on these pixels at exactly
+    this pixel size, else detected now."""
+    from histoview.preprocessing.nuclei import detect_nuclei
+    from histoview.preprocessing.scale import remembered_estimate
+
+    est = remembered_estimate(image)
+    if est is not None and est.nuclei is not None and est.pixel_size_um == pixel_size_um:
+        return est.nuclei
+    return detect_nuclei(image, pixel_size_um)
+
+
+def forget_graphs() -> None:
+    """Forget the graphs :meth:`InputSpec.graph` remembers (tests, memory)."""
+    with _GRAPHS_LOCK:
+        _GRAPHS.clear()
