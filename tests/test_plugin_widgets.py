@@ -55,6 +55,7 @@ def test_every_layer_dock_is_covered():
         "Compare methods",
         "Train a model",
         "Whole slide",  # tests/test_slide_widget.py and the test below
+        "Stain normalisation",  # tests/test_stain_view.py
     }
 
 
@@ -80,7 +81,7 @@ def test_slide_choice_follows_the_viewer(make_napari_viewer, no_private_access, 
     assert slide not in widget.slide_choice.choices
 
 
-@pytest.mark.parametrize("name", [*EXPLANATION_DOCKS, "Compare methods"])
+@pytest.mark.parametrize("name", [*EXPLANATION_DOCKS, "Compare methods", "Stain normalisation"])
 def test_image_choice_follows_the_viewer(make_napari_viewer, no_private_access, name):
     from histoview.viewer.overlays import add_explanation_layers
 
