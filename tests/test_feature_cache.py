@@ -246,3 +246,37 @@ def test_cli_cache_info_and_clear(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HISTOVIEW_FEATURE_CACHE_GB", "lots")
     with pytest.raises(ValueError, match="HISTOVIEW_FEATURE_CACHE_GB"):
         FeatureCache()
+
+
+def test_an_unreadable_entry_is_dropped_and_the_slide_embedded_afresh(filled, slide, tmp_path):
+    """A damaged entry (a truncated array) never stops an explanation: the summary names the
+    problem, the result is the uncached one, and a whole entry replaces the damaged one."""
+    from histoview.explain.slide_run import explain_slide
+
+    _, plain, _ = filled
+    root = tmp_path / "cache"
+    explain_slide(slide, "amil", out_dir=tmp_path / "first", feature_cache=root, workers=0)
+    damaged = FeatureCache(root)
+    [entry] = damaged.list_entries()
+    (root / "entries" / entry["key"] / "features.npy").write_bytes(b"\x93NUMPY broken")
+    res = explain_slide(
+        slide, "amil", out_dir=tmp_path / "out", feature_cache=root, workers=0, keep_store=True
+    )
+    note = res.summary["feature_cache"]
+    assert not note["hit"] and "unreadable" in note["error"] and note["stored"]
+    _same_result(res, plain)
+    assert damaged.get(entry["key"]) is not None  # whole again
+
+
+def test_a_cache_that_cannot_be_written_never_stops_the_explanation(filled, slide, tmp_path):
+    from histoview.explain.slide_run import explain_slide
+
+    _, plain, _ = filled
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    res = explain_slide(
+        slide, "amil", out_dir=tmp_path / "out", feature_cache=blocked, workers=0, keep_store=True
+    )
+    note = res.summary["feature_cache"]
+    assert not note["stored"] and str(blocked) in note["error"]
+    _same_result(res, plain)
