@@ -6,6 +6,7 @@ second press resumes; the outputs land in the chosen folder."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -105,3 +106,58 @@ def test_region_from_a_drawn_rectangle(make_napari_viewer, qtbot, slide, tmp_pat
     dock.scope.value = "current view"
     region = dock.region()
     assert region is not None and region[2] > 0
+
+
+def test_a_graph_run_ends_with_the_nuclei_in_view_over_the_slide(
+    make_napari_viewer, qtbot, slide, tmp_path
+):
+    """The nuclei file of a graph run is read in a worker and shown as points over the slide
+    (the nuclei in view); a rerun replaces them, deleting them lets them go."""
+    from histoview.preprocessing.slide_nuclei import load_slide_nuclei
+    from histoview.viewer._nuclei_layers import view_box
+    from histoview.viewer._slide_live import world_box_to_region
+
+    viewer, dock = _open_dock(make_napari_viewer, slide, tmp_path)
+    dock.method_choice.value = "graph"
+    assert dock.model_choice.value is not None, "graph demo weights with nothing preset"
+    dock.run()
+    _wait(qtbot, dock)
+    assert not dock.status.value.startswith("error"), dock.status.value
+    files = dock.last_result.summary["nuclei_files"]
+    nuclei = load_slide_nuclei(tmp_path / "out" / files["nuclei"])
+    slide_layer = viewer.layers["slide.tif"]
+    points = viewer.layers["slide.tif · nuclei"]
+    assert type(points).__name__ == "Points" and "slide.tif · nuclei: graph edges" in viewer.layers
+    np.testing.assert_allclose(points.scale, slide_layer.scale)
+    r, c, h, w = world_box_to_region(
+        view_box(viewer), slide_layer.scale, slide_layer.translate, nuclei.level0_shape
+    )
+    cents = nuclei.centroids
+    in_view = (
+        (cents[:, 0] >= r) & (cents[:, 0] < r + h) & (cents[:, 1] >= c) & (cents[:, 1] < c + w)
+    )
+    assert len(points.data) == in_view.sum() > 0, "every nucleus in view (few here)"
+    np.testing.assert_allclose(np.sort(points.data, 0), np.sort(cents[in_view], 0))
+    assert "importance percentile" in points.features
+    if os.environ.get("HISTOVIEW_SHOTS"):  # a folder: a screenshot of the result lands there
+        viewer.window.resize(1900, 1100)
+        camera = getattr(viewer, "scene", viewer).camera
+        y, x = slide_layer.data_to_world((686, 1040))  # the invasive phantom, zoomed in
+        camera.center, camera.zoom = (y, x), 2.5
+        qtbot.wait(800)  # the camera's debounced update
+        shot = os.path.join(os.environ["HISTOVIEW_SHOTS"], "slide_nuclei.png")
+        viewer.screenshot(path=shot, canvas_only=False)
+    # a rerun's nuclei replace these (the finished run handled again: its nuclei loaded anew)
+    dock._on_done((dock.last_result, None))
+    _wait(qtbot, dock)
+    nuclei_layers = [lay for lay in viewer.layers if lay.name.startswith("slide.tif · nuclei")]
+    assert len(nuclei_layers) == 2 and points not in viewer.layers, [
+        lay.name for lay in viewer.layers
+    ]
+    # deleting the points removes the edges too and stops following the camera
+    viewer.layers.remove(viewer.layers["slide.tif · nuclei"])
+    assert not [lay for lay in viewer.layers if lay.name.startswith("slide.tif · nuclei")]
+    assert not dock._nuclei.shown
+    camera = getattr(viewer, "scene", viewer).camera
+    camera.zoom = camera.zoom * 2
+    qtbot.wait(300)  # no update of the removed layers (nothing raises)

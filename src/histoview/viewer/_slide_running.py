@@ -1,6 +1,7 @@
 """The whole-slide dock's work off the UI thread: the tissue mask, the slide engine in a thread
 of its own, and snapshots of its working store for the main thread to swap in
-(:mod:`histoview.viewer._slide_widget`)."""
+(:mod:`histoview.viewer._slide_widget`); after a graph run, its nuclei read in a worker thread
+and shown over the slide (:class:`SlideNucleiShown`)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,23 @@ from histoview.viewer._slide_live import read_snapshot
 REFRESH_S = 0.5
 
 
-def slide_work(path, method, checkpoint, region, pixel_size, device, batch, workers, out_dir, stop):
+def slide_work(
+    path,
+    method,
+    checkpoint,
+    region,
+    pixel_size,
+    device,
+    batch,
+    workers,
+    out_dir,
+    stop,
+    *,
+    target_class=None,
+    options=None,
+):
     """Worker generator: the tissue mask first (shown at once), then the engine in a thread of
-    its own. Yields ``("tissue", (mask, factor))`` and ``("snapshot", Snapshot)``: one as soon
+    its own (``target_class``, ``options``: the method's, as an explain dock set them). Yields ``("tissue", (mask, factor))`` and ``("snapshot", Snapshot)``: one as soon
     as the engine has opened its store (the tiles of a resumed run, or none: the main thread
     makes its layers while the first tile computes), then one after each batch, at most every
     :data:`REFRESH_S` s (never the same store twice); returns ``(SlideResult, last Snapshot)``.
@@ -47,6 +62,8 @@ def slide_work(path, method, checkpoint, region, pixel_size, device, batch, work
                 checkpoint=checkpoint,
                 pixel_size_um=pixel_size,
                 region=region,
+                target_class=target_class,
+                options=options,
                 device=device,
                 batch_size=batch,
                 workers=workers,
@@ -120,3 +137,69 @@ def result_text(result) -> str:
     if summary.get("synthetic"):
         lines.append(SYNTHETIC_NOTICE)
     return "\n".join(lines) or "done"
+
+
+class SlideNucleiShown:
+    """The nuclei of finished graph runs over their slides, one
+    :class:`~histoview.viewer._nuclei_layers.SlideNucleiLayers` per (slide, method).
+
+    :meth:`load` reads ``<stem>.graph.nuclei.npz`` and indexes it in a worker thread
+    (:func:`~histoview.viewer._nuclei_layers.prepare_nuclei`: seconds for 100k+ nuclei); the
+    main thread only adds the layers. A rerun of the same slide and method replaces its layers;
+    when the user deletes the points or the edges layer, the other goes too and the camera is
+    no longer followed.
+    """
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self.shown: dict = {}
+        self._worker = None
+        viewer.layers.events.removed.connect(self._removed)
+
+    @property
+    def loading(self) -> bool:
+        return self._worker is not None
+
+    def load(self, key, path, slide_layer, *, name: str, colormap: str, report=None) -> None:
+        """Show the nuclei at ``path`` over ``slide_layer`` as ``name`` (replacing ``key``'s);
+        ``report`` is called on the main thread with a line when they cannot be shown."""
+        from napari.qt.threading import create_worker
+
+        from histoview.viewer._nuclei_layers import prepare_nuclei
+
+        worker = create_worker(prepare_nuclei, path, colormap, _start_thread=False)
+        worker.returned.connect(lambda prepared: self._show(key, prepared, slide_layer, name))
+        if report is not None:
+            worker.errored.connect(lambda exc: report(f"nuclei not shown: {exc}"))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        worker.start()
+
+    def _finished(self):
+        self._worker = None
+
+    def _show(self, key, prepared, slide_layer, name):
+        from histoview.viewer._nuclei_layers import SlideNucleiLayers
+
+        self.drop(key)
+        self.shown[key] = SlideNucleiLayers(self.viewer, prepared, slide_layer, name=name)
+        self.viewer.layers.selection.active = slide_layer
+
+    def drop(self, key) -> None:
+        """Remove ``key``'s nuclei layers (those still there) and stop following the camera."""
+        layers = self.shown.pop(key, None)
+        if layers is None:
+            return
+        camera = getattr(self.viewer, "scene", self.viewer).camera
+        for emitter in (camera.events.zoom, camera.events.center):
+            emitter.disconnect(layers._later)
+        layers._timer.stop()
+        for layer in (layers.points, layers.edges):
+            if any(lay.unique_id == layer.unique_id for lay in self.viewer.layers):
+                self.viewer.layers.remove(layer)
+
+    def _removed(self, event) -> None:
+        gone = event.value.unique_id
+        for key, layers in list(self.shown.items()):
+            if gone in (layers.points.unique_id, layers.edges.unique_id):
+                self.drop(key)

@@ -8,7 +8,12 @@ working store every half second (:mod:`~histoview.viewer._slide_live`) and hands
 thread ready arrays; the main thread only swaps them into three layers: the tissue mask, the tiles
 done, and the map. Cancel stops the engine between batches; pressing the button again resumes
 from the tiles already done. The written outputs (``<stem>.<method>.ome.tif`` and the JSON
-summary) open in napari and QuPath in place.
+summary) open in napari and QuPath in place. After a graph run its nuclei are read in a worker
+thread and laid over the slide as points that follow the camera (edges when zoomed in).
+
+Each slide and method keeps its own layers (the tissue mask, one per slide): a rerun swaps its
+data in, a run of another method or slide adds its own. An explain dock hands a slide over with
+:meth:`SlideWidget.start` (:mod:`~histoview.viewer._slide_handover`).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._layer_choice import is_tissue_image, layer_choice
 from histoview.viewer._models import checkpoint_entries
 from histoview.viewer._slide_live import format_progress, placement, world_box_to_region
-from histoview.viewer._slide_running import result_text, slide_work
+from histoview.viewer._slide_running import SlideNucleiShown, result_text, slide_work
+from histoview.viewer.overlays import fading_colormap
 
 if TYPE_CHECKING:
     import napari
@@ -79,7 +85,9 @@ class SlideWidget(Container):
         self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
-        self._layers: dict[str, object] = {}
+        self._layers: dict[tuple, object] = {}  # (slide id, method or None, role) -> layer
+        self._extras: tuple = ()  # (slide id, method, checkpoint, target class, options)
+        self._nuclei = SlideNucleiShown(viewer)
         self.last_result = None
         self.first_tiles_s: float | None = None
         self._pending = None  # a snapshot whose layers are still being made (_show)
@@ -152,7 +160,39 @@ class SlideWidget(Container):
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        """A run is in progress (or its nuclei are still being read)."""
+        return self._worker is not None or self._nuclei.loading
+
+    def start(self, layer, method, checkpoint=None, scope="whole slide", **extras) -> None:
+        """Explain ``layer`` with ``method`` as if the user had chosen it, ``checkpoint`` (a
+        path; None: the dock's default) and ``scope`` here and pressed Explain slide.
+        ``extras`` (``target_class``, ``options``) go to the engine for this slide, method and
+        model, also when the dock's button resumes the run. Raises ValueError when ``layer``
+        is not offered here or the dock is busy."""
+        from histoview.viewer._layer_choice import same_layer
+
+        if self.busy:
+            raise ValueError("the Whole slide dock is still explaining a slide")
+        self.slide_choice.reset_choices()
+        match = [c for c in self.slide_choice.choices if same_layer(c, layer)]
+        if not match:
+            raise ValueError(f"{layer.name!r} is not a slide the Whole slide dock can read")
+        self.slide_choice.value = match[0]
+        self.method_choice.value = method
+        for _, entry in checkpoint_entries(method) if checkpoint is not None else ():
+            if str(entry.path) == str(checkpoint):
+                self.model_choice.value = entry
+        self.scope.value = scope
+        entry = self.model_choice.value
+        path = entry.path if entry is not None else None
+        self._extras = (
+            layer.unique_id,
+            method,
+            path,
+            extras.get("target_class"),
+            extras.get("options"),
+        )
+        self.run()
 
     def region(self):
         """The level-0 (row, col, height, width) to explain for the chosen scope (None: all)."""
@@ -216,11 +256,16 @@ class SlideWidget(Container):
             self._report_error(str(exc))
             return
         info = layer.metadata.get("histoview") or {}
+        extras = (
+            self._extras[3:] if self._extras[:3] == (layer.unique_id, method, entry.path) else ()
+        )
+        target_class, options = extras or (None, None)
         user_mpp = info.get("pixel_size_um") if info.get("pixel_size_source") == "user" else None
         avoid_triton_llvm_clash()
         self._cancel.clear()
         self._slide = layer
         self._method = method
+        self._out = Path(self.out_dir.value)
         self._started = time.perf_counter()
         self.first_tiles_s = None
         self._pending = None
@@ -236,6 +281,8 @@ class SlideWidget(Container):
             int(self.workers.value),
             Path(self.out_dir.value),
             self._cancel,
+            target_class=target_class,
+            options=options,
             _start_thread=False,
         )
         worker.yielded.connect(self._on_yield)
@@ -274,9 +321,9 @@ class SlideWidget(Container):
             ("tiles", snap.tiles, snap.tile_factor, {"colormap": "cyan", "opacity": 0.15}),
         ]
         if snap.values is not None:
-            look = {
-                "colormap": get_method(self._method).colormap,
-                "opacity": 0.6,
+            look = {  # as the explain docks' overlays: low values let the tissue show
+                "colormap": fading_colormap(get_method(self._method).colormap),
+                "opacity": 1.0,
                 "contrast": snap.contrast,
             }
             views.insert(0, ("map", snap.values, snap.map_factor, look))
@@ -296,8 +343,12 @@ class SlideWidget(Container):
         if self._pending is not None:
             self._show(self._pending)
 
+    def _key(self, role) -> tuple:
+        """This run's layer of ``role``: the tissue mask is the slide's, the rest the method's."""
+        return (self._slide.unique_id, None if role == "tissue" else self._method, role)
+
     def _has_layer(self, role) -> bool:
-        layer = self._layers.get(role)
+        layer = self._layers.get(self._key(role))
         return layer is not None and layer in self.viewer.layers
 
     def _may_insert(self) -> bool:
@@ -307,7 +358,7 @@ class SlideWidget(Container):
         """Put ``data`` into this run's ``role`` layer (made on first use, then data swapped)."""
         slide = self._slide
         where = placement(factor, origin, tuple(slide.scale), tuple(slide.translate))
-        layer = self._layers.get(role)
+        layer = self._layers.get(self._key(role))
         if not self._has_layer(role):
             names = {
                 "map": f"{slide.name} · {method_title(self._method)}",
@@ -325,16 +376,18 @@ class SlideWidget(Container):
                 units=tuple(getattr(slide, "units", ("pixel", "pixel")))[-2:],
                 **where,
             )
-            self._layers[role] = layer
+            self._layers[self._key(role)] = layer
             self._inserted_at = time.perf_counter()
             self.viewer.layers.selection.active = slide
         else:
             layer.data = data
+            if tuple(layer.scale) != where["scale"] or tuple(layer.translate) != where["translate"]:
+                layer.scale, layer.translate = where["scale"], where["translate"]  # another region
             if tuple(layer.contrast_limits) != tuple(contrast):
                 layer.contrast_limits = contrast
 
     def _tissue_toggled(self, _event=None):
-        layer = self._layers.get("tissue")
+        layer = self._layers.get(self._key("tissue")) if hasattr(self, "_slide") else None
         if layer is not None:
             layer.visible = bool(self.show_tissue.value)
 
@@ -344,10 +397,20 @@ class SlideWidget(Container):
         if snap is not None:
             self._show(snap, defer=False)  # the run is over: every layer now
         self._pending = None
-        tiles = self._layers.get("tiles")
+        tiles = self._layers.get(self._key("tiles"))
         if tiles is not None:
             tiles.visible = False
         self.status.value = result_text(result)
+        nuclei = (result.summary or {}).get("nuclei_files", {}).get("nuclei")
+        if nuclei and not result.cancelled:
+            self._nuclei.load(
+                (self._slide.unique_id, self._method),
+                self._out / nuclei,
+                self._slide,
+                name=f"{self._slide.name} · nuclei",
+                colormap=get_method(self._method).colormap,
+                report=self._report_error,
+            )
 
     def _on_finished(self):
         self._worker = None
