@@ -85,6 +85,7 @@ class ExplainWidget(Container):
     def __init__(self, viewer, method: str | None = None):
         super().__init__(labels=True)
         self.viewer = viewer
+        self._all_methods = method is None  # the "Explain (all methods)" dock
         self._worker = None
         self._cancelled = False
         self._adding = False
@@ -124,6 +125,7 @@ class ExplainWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=5, value=0)
         self.result = Label(label="result", value="")
+        self.result.native.setWordWrap(True)  # a long line must not widen the dock
         self.warning = Label(value="")
         self.warning.native.setWordWrap(True)
         self.warning.native.setStyleSheet("color: #ffb000; font-weight: bold")
@@ -304,6 +306,8 @@ class ExplainWidget(Container):
         method = self.method_choice.value
         tc = None if self.class_choice.value == "predicted" else self.class_choice.value
         imp = None if self.importance_choice.value == "auto" else self.importance_choice.value
+        if self._slide_handover(image_layer, method, entry, tc, imp):
+            return
         avoid_triton_llvm_clash()
         self._cancelled = False
         worker = create_worker(
@@ -330,6 +334,20 @@ class ExplainWidget(Container):
         self.progress.value = 0
         self.result.value = "running..."
         worker.start()
+
+    def _slide_handover(self, layer, method, entry, target_class, importance) -> bool:
+        """A whole slide goes to the Whole slide dock (viewer._slide_handover): True if so."""
+        from histoview.viewer._slide_handover import hand_over, wants_slide_dock
+
+        if not wants_slide_dock(layer, method, entry):
+            return False
+        try:
+            self.result.value = hand_over(
+                self.viewer, layer, method, entry, target_class, importance, self._all_methods
+            )
+        except ValueError as exc:
+            self._report_error(str(exc))
+        return True
 
     def cancel(self, _event=None):
         """Stop the run at its next step; nothing is added."""

@@ -1,0 +1,119 @@
+"""Explain pressed in an explain dock on a whole slide, the way a user meets it: the dock opened
+from the Plugins menu with nothing preset, a small pyramidal slide opened through histoview's
+reader. The slide goes to the Whole slide dock (explained tile by tile at the model's
+magnification, never a coarse pyramid level), which opens and runs with the same method and
+model; a plain image is still explained in one piece in the explain dock."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from _slides import write_slide
+
+pytestmark = pytest.mark.gui
+
+SHOT = os.environ.get("HISTOVIEW_SHOTS")  # a folder: screenshots of the result land there
+
+
+@pytest.fixture
+def slide(tmp_path_factory):
+    return write_slide(tmp_path_factory.mktemp("slide") / "slide.tif")
+
+
+def shoot(viewer, qtbot, name):
+    """A screenshot of the whole window (canvas and docks) into $HISTOVIEW_SHOTS/name."""
+    if SHOT:
+        viewer.window.resize(1900, 1100)  # the docks beside a canvas that shows something
+        viewer.reset_view()
+        qtbot.wait(500)
+        viewer.screenshot(path=os.path.join(SHOT, name), canvas_only=False)
+
+
+def _open(viewer, path):
+    [layer] = viewer.open(path, plugin="histoview")
+    return layer
+
+
+def _slide_dock(viewer, tmp_path):
+    """The Whole slide dock as napari holds it (the explain dock opens the same one)."""
+    _, dock = viewer.window.add_plugin_dock_widget("histoview", "Whole slide")
+    dock.out_dir.value = str(tmp_path / "out")
+    dock.workers.value = 0  # keep the test light on a 2-core machine
+    return dock
+
+
+def test_explain_on_a_slide_runs_the_whole_slide_dock(make_napari_viewer, qtbot, slide, tmp_path):
+    viewer = make_napari_viewer()
+    layer = _open(viewer, slide)
+    assert layer.multiscale
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    assert type(widget.viewer).__name__ == "PublicOnlyProxy"  # as from the menu
+    dock = _slide_dock(viewer, tmp_path)  # only to keep its outputs in tmp_path
+    qtbot.waitUntil(lambda: widget.model_choice.value is not None, timeout=60_000)
+    model = widget.model_choice.value
+    widget.run()
+    assert "tile by tile" in widget.result.value and "Whole slide dock" in widget.result.value
+    assert "whole slide" in widget.result.value, widget.result.value  # the view shows it all
+    assert dock.busy, "the Whole slide dock is running"
+    assert dock.method_choice.value == "amil" and dock.scope.value == "whole slide"
+    assert dock.model_choice.value.path == model.path, "the same model"
+    qtbot.waitUntil(lambda: not dock.busy, timeout=240_000)
+    assert not dock.status.value.startswith("error"), dock.status.value
+    assert dock.last_result is not None and not dock.last_result.cancelled
+    overlay = viewer.layers["slide.tif · A-MIL attention"]
+    assert np.isfinite(np.asarray(overlay.data)).any()
+    assert not [lay for lay in viewer.layers if "histoview_explanation" in lay.metadata], (
+        "no coarse one-piece explanation"
+    )
+    assert (tmp_path / "out" / "slide.amil.ome.tif").exists()
+    shoot(viewer, qtbot, "slide_handover.png")
+
+
+def test_zoomed_in_explains_the_view_and_all_methods_says_one_at_a_time(
+    make_napari_viewer, qtbot, slide, tmp_path
+):
+    from histoview.viewer._slide_handover import choose_scope
+
+    viewer = make_napari_viewer()
+    layer = _open(viewer, slide)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Explain (all methods)")
+    dock = _slide_dock(viewer, tmp_path)
+    qtbot.waitUntil(lambda: widget.model_choice.value is not None, timeout=60_000)
+    assert choose_scope(viewer, layer) == "whole slide"
+    camera = getattr(viewer, "scene", viewer).camera
+    camera.zoom = camera.zoom * 4  # a quarter of the slide's width in view
+    assert choose_scope(viewer, layer) == "current view"
+    widget.method_choice.value = "gradcam"
+    widget.run()
+    text = widget.result.value
+    assert "current view" in text and "one method at a time" in text, text
+    assert dock.method_choice.value == "gradcam" and dock.scope.value == "current view"
+    qtbot.waitUntil(lambda: not dock.busy, timeout=240_000)
+    assert not dock.status.value.startswith("error"), dock.status.value
+    region = dock.last_result.summary.get("region")
+    assert region is not None, "only the view was explained"
+    assert "slide.tif · Grad-CAM" in [lay.name for lay in viewer.layers]
+
+
+def test_a_plain_image_is_still_explained_in_the_explain_dock(make_napari_viewer, qtbot, tmp_path):
+    from PIL import Image
+
+    from histoview.preprocessing.phantom import make_phantom
+    from histoview.viewer._slide_handover import wants_slide_dock
+
+    viewer = make_napari_viewer()
+    path = tmp_path / "tissue.png"
+    Image.fromarray(make_phantom("invasive", preset="breakhis", seed=5).image).save(path)
+    image = _open(viewer, path)
+    assert not image.multiscale and not wants_slide_dock(image, "amil")
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not widget.result.value.startswith("error"), widget.result.value
+    assert "Whole slide" not in widget.result.value
+    assert widget.last_explanation is not None and widget.last_layers
+    names = [name for name, _ in viewer.window.dock_widgets.items()]
+    assert not any("Whole slide" in name for name in names), names
