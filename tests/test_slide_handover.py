@@ -87,6 +87,8 @@ def test_zoomed_in_explains_the_view_and_all_methods_says_one_at_a_time(
     camera.zoom = camera.zoom * 4  # a quarter of the slide's width in view
     assert choose_scope(viewer, layer) == "current view"
     widget.method_choice.value = "gradcam"
+    classes = [c for c in widget.class_choice.choices if c != "predicted"]
+    widget.class_choice.value = classes[0]  # a class the pathologist asks about
     widget.run()
     text = widget.result.value
     assert "current view" in text and "one method at a time" in text, text
@@ -95,6 +97,7 @@ def test_zoomed_in_explains_the_view_and_all_methods_says_one_at_a_time(
     assert not dock.status.value.startswith("error"), dock.status.value
     region = dock.last_result.summary.get("region")
     assert region is not None, "only the view was explained"
+    assert dock.last_result.summary["target_class"] == 0, "the explain dock's class"
     assert "slide.tif · Grad-CAM" in [lay.name for lay in viewer.layers]
 
 
@@ -117,3 +120,45 @@ def test_a_plain_image_is_still_explained_in_the_explain_dock(make_napari_viewer
     assert widget.last_explanation is not None and widget.last_layers
     names = [name for name, _ in viewer.window.dock_widgets.items()]
     assert not any("Whole slide" in name for name in names), names
+
+
+def test_a_single_image_too_big_at_the_model_pixel_size_goes_to_the_slide_dock():
+    """A file-backed image shown in one piece still goes to the Whole slide dock when it has
+    more pixels at the model's pixel size than one read allows (MAX_LEVEL_PIXELS)."""
+    from types import SimpleNamespace
+
+    from histoview.explain.run import MAX_LEVEL_PIXELS
+    from histoview.viewer._slide_handover import wants_slide_dock
+
+    side = int(MAX_LEVEL_PIXELS**0.5) + 100  # just over the limit at 0.25 um/px
+    layer = SimpleNamespace(
+        multiscale=False,
+        data=np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (side, side, 3)),  # no memory
+        metadata={"histoview": {"path": "big.tif", "pixel_size_um": 0.25}},
+    )
+    at = lambda um: SimpleNamespace(meta={"pixel_size_um": um})  # noqa: E731
+    assert wants_slide_dock(layer, "gradcam", at(0.25))
+    assert not wants_slide_dock(layer, "gradcam", at(0.5)), "a quarter of the pixels fits"
+    assert not wants_slide_dock(layer, "no such method", at(0.25))
+    layer.metadata["histoview"].pop("path")
+    assert not wants_slide_dock(layer, "gradcam", at(0.25)), "no file: nothing to tile"
+
+
+def test_nuclei_graph_dock_on_a_slide_ends_with_its_nuclei(
+    make_napari_viewer, qtbot, slide, tmp_path
+):
+    """The Nuclei graph dock's importance setting goes with the slide; the run ends with the
+    slide's nuclei over it."""
+    viewer = make_napari_viewer()
+    _open(viewer, slide)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Nuclei graph")
+    dock = _slide_dock(viewer, tmp_path)
+    qtbot.waitUntil(lambda: widget.model_choice.value is not None, timeout=60_000)
+    widget.importance_choice.value = "occlusion"
+    widget.run()
+    assert "Whole slide dock" in widget.result.value, widget.result.value
+    qtbot.waitUntil(lambda: not dock.busy, timeout=240_000)
+    assert not dock.status.value.startswith("error"), dock.status.value
+    assert dock.last_result.summary["importance"] == "occlusion"
+    points = viewer.layers["slide.tif · nuclei"]
+    assert len(points.data) > 0
