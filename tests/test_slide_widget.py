@@ -147,6 +147,10 @@ def test_a_graph_run_ends_with_the_nuclei_in_view_over_the_slide(
         qtbot.wait(800)  # the camera's debounced update
         shot = os.path.join(os.environ["HISTOVIEW_SHOTS"], "slide_nuclei.png")
         viewer.screenshot(path=shot, canvas_only=False)
+    # deleting the edges keeps the points (still following the camera), with no edges made
+    viewer.layers.remove(viewer.layers["slide.tif · nuclei: graph edges"])
+    [shown] = dock._nuclei.shown.values()
+    assert shown.update().segments is None and "slide.tif · nuclei" in viewer.layers
     # a rerun's nuclei replace these (the finished run handled again: its nuclei loaded anew)
     dock._on_done((dock.last_result, None))
     _wait(qtbot, dock)
@@ -155,9 +159,11 @@ def test_a_graph_run_ends_with_the_nuclei_in_view_over_the_slide(
         lay.name for lay in viewer.layers
     ]
     # deleting the points removes the edges too and stops following the camera
+    [shown] = dock._nuclei.shown.values()
     viewer.layers.remove(viewer.layers["slide.tif · nuclei"])
     assert not [lay for lay in viewer.layers if lay.name.startswith("slide.tif · nuclei")]
     assert not dock._nuclei.shown
     camera = getattr(viewer, "scene", viewer).camera
     camera.zoom = camera.zoom * 2
+    assert not shown._timer.isActive(), "the camera is no longer followed"
     qtbot.wait(300)  # no update of the removed layers (nothing raises)

@@ -146,8 +146,7 @@ class SlideNucleiShown:
     :meth:`load` reads ``<stem>.graph.nuclei.npz`` and indexes it in a worker thread
     (:func:`~histoview.viewer._nuclei_layers.prepare_nuclei`: seconds for 100k+ nuclei); the
     main thread only adds the layers. A rerun of the same slide and method replaces its layers;
-    when the user deletes the points or the edges layer, the other goes too and the camera is
-    no longer followed.
+    when the user deletes the points, the edges go too and the camera is no longer followed.
     """
 
     def __init__(self, viewer):
@@ -199,7 +198,11 @@ class SlideNucleiShown:
                 self.viewer.layers.remove(layer)
 
     def _removed(self, event) -> None:
+        """The points deleted: the edges go too. The edges deleted: the points stay (and
+        follow the camera), no edges are made any more."""
         gone = event.value.unique_id
         for key, layers in list(self.shown.items()):
-            if gone in (layers.points.unique_id, layers.edges.unique_id):
+            if gone == layers.points.unique_id:
                 self.drop(key)
+            elif gone == layers.edges.unique_id:
+                layers.max_edge_nuclei = -1
