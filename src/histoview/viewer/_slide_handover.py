@@ -53,8 +53,8 @@ def _too_big(layer, entry) -> bool:
 
 
 def choose_scope(viewer, layer) -> str:
-    """ "current view" when the canvas shows under :data:`VIEW_FRACTION` of the slide, else
-    "whole slide" (module docstring)."""
+    """The Whole slide dock's scope for ``layer``: ``"current view"`` when the canvas shows
+    under :data:`VIEW_FRACTION` of the slide, else ``"whole slide"`` (module docstring)."""
     from histoview.viewer._nuclei_layers import view_box
     from histoview.viewer._slide_live import world_box_to_region
 
