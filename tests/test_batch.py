@@ -181,3 +181,15 @@ def test_progress_lines_count_rate_and_time_left():
     assert lines[0].startswith("[##########----------] 2/4 slides  s2: done (benign) 30.0 s")
     assert "60 slides/h" in lines[0] and "~2 min left" in lines[0]
     assert "3/4 slides  s3: failed: bad.tif: unreadable" in lines[1]
+
+
+def test_embedded_workers_keep_glibc_memory_trimming_adaptive(monkeypatch):
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536, which slows the
+    slide engine by a quarter or more (freed tensors handed back and paged in again)."""
+    from histoview.batch.cluster import batch_client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with batch_client(workers=1, gpus=[]) as client:
+        seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert list(seen.values()) == [None]
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor set in this process
