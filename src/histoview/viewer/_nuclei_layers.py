@@ -213,6 +213,13 @@ class SlideNucleiLayers:
         self._asked += 1
         self._timer.start()
 
+    def close(self) -> None:
+        """Stop following the camera (the layers stay where they are)."""
+        camera = getattr(self.viewer, "scene", self.viewer).camera
+        for emitter in (camera.events.zoom, camera.events.center):
+            emitter.disconnect(self._later)
+        self._timer.stop()
+
     def level0_box(self) -> tuple[float, float, float, float]:
         """The view as a level-0 (row, col, height, width) box cut to the slide (empty when
         the view misses it)."""

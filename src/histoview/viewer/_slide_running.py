@@ -189,10 +189,7 @@ class SlideNucleiShown:
         layers = self.shown.pop(key, None)
         if layers is None:
             return
-        camera = getattr(self.viewer, "scene", self.viewer).camera
-        for emitter in (camera.events.zoom, camera.events.center):
-            emitter.disconnect(layers._later)
-        layers._timer.stop()
+        layers.close()
         for layer in (layers.points, layers.edges):
             if any(lay.unique_id == layer.unique_id for lay in self.viewer.layers):
                 self.viewer.layers.remove(layer)
