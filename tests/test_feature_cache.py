@@ -280,3 +280,17 @@ def test_a_cache_that_cannot_be_written_never_stops_the_explanation(filled, slid
     note = res.summary["feature_cache"]
     assert not note["stored"] and str(blocked) in note["error"]
     _same_result(res, plain)
+
+
+def test_histoview_explain_on_a_slide_stores_then_reads_its_embeddings(slide, tmp_path, capsys):
+    from histoview.cli import main
+
+    root = tmp_path / "features"
+    argv = ["explain", str(slide), "--method", "amil", "--whole-slide", "--workers", "0"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--feature-cache", str(root)]) == 0
+    assert f"patch embeddings stored in the feature cache {root}" in capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "b"), "--feature-cache", str(root)]) == 0
+    assert f"patch embeddings read from the feature cache {root}" in capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "c"), "--no-feature-cache"]) == 0
+    assert "feature cache" not in capsys.readouterr().out
+    assert FeatureCache(root).info()["entries"] == 1

@@ -62,6 +62,17 @@ def cmd_explain_slide(args) -> int:
             print(f"{method}: skipped tile {tile['index']}: {tile['reason']}")
         if "prediction" in s:
             print(f"{method}: slide prediction {s['prediction']}")
+        cache = s.get("feature_cache") or {}
+        if cache.get("used"):
+            done = (
+                "read from"
+                if cache.get("hit")
+                else "stored in"
+                if cache.get("stored")
+                else "not stored in"
+            )
+            print(f"{method}: patch embeddings {done} the feature cache {cache['root']}"
+                  + (f" ({cache['error']})" if cache.get("error") else ""))  # fmt: skip
         for path in result.outputs.values():
             print(f"wrote {path}")
     return 0
@@ -90,6 +101,7 @@ def explain_one_slide(args, method: str, amp, tissue):
         tissue=tissue,
         write_tissue=tissue is None,
         report=lambda line: print(f"{method}: {line}", flush=True),
+        feature_cache="off" if args.no_feature_cache else args.feature_cache,
     )
 
 

@@ -301,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     slide.add_argument(
         "--restart", action="store_true", help="ignore the working store of an earlier run"
     )
+    cache = slide.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--feature-cache", type=Path, default=None, metavar="DIR",
+        help="A-MIL patch-embedding cache (default: the user cache folder)",
+    )  # fmt: skip
+    cache.add_argument(
+        "--no-feature-cache", action="store_true", help="do not read or write cached features"
+    )
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser(
