@@ -9,7 +9,8 @@ Usage::
 1. **Slides**: phantom slides (``histoview phantom-slide``, seed 0, JPEG tiles, 0.25 um/px) of
    each size, written once into ``DIR`` and reused when present, with their ground truth.
 2. **The run**, as a user runs it: ``histoview explain SLIDE --method M --whole-slide --out
-   DIR/out-<size> --workers W --batch-size B --device D --restart --overwrite`` in a child
+   DIR/out-<size> --workers W --batch-size B --device D --restart --overwrite
+   --no-feature-cache`` in a child
    process. Measured from outside: the wall time (launch to exit: imports, tissue detection,
    the tiles, finalize, the OME-TIFF and JSON writes); the time from launch to the first batch
    of tiles in the store (the CLI's first progress line; headless, the napari figure is
@@ -130,6 +131,7 @@ def run_cli(slide: Path, method: str, out: Path, args, log: Path) -> dict:
         args.device,
         "--restart",
         "--overwrite",
+        "--no-feature-cache",  # every run computes (a cached slide replays its embeddings)
     ]
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
