@@ -162,3 +162,16 @@ def test_nuclei_graph_dock_on_a_slide_ends_with_its_nuclei(
     assert dock.last_result.summary["importance"] == "occlusion"
     points = viewer.layers["slide.tif · nuclei"]
     assert len(points.data) > 0
+
+
+def test_compare_run_all_on_a_slide_says_where_slides_go(make_napari_viewer, slide):
+    """Run all methods would read a coarse pyramid level: it says so and computes nothing."""
+    viewer = make_napari_viewer()
+    layer = _open(viewer, slide)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Compare methods")
+    widget.image_choice.value = layer
+    n_layers = len(viewer.layers)
+    widget.run_all()
+    assert widget._worker is None and len(viewer.layers) == n_layers
+    text = widget.status.text()
+    assert "is a whole slide" in text and "Whole slide" in text, text

@@ -166,6 +166,15 @@ class RunActions:
         if self._worker is not None:
             self._error("already running: cancel it first")
             return
+        from histoview.viewer._slide_handover import wants_slide_dock
+
+        if any(wants_slide_dock(base, m) for m in self.methods):  # never a coarse level
+            self._error(
+                f"'{base.name}' is a whole slide: compare methods on a single image (or a "
+                "region saved as one); explain the slide method by method in Plugins > "
+                "histoview > Whole slide, where each map fills in over the slide"
+            )
+            return
         self._resume_side = self.side_by_side_on if then_side_by_side is None else then_side_by_side
         if self.side_by_side_on:
             self.stacked()
