@@ -37,9 +37,10 @@ class GapMeter:
     the load, the main thread's own CPU time much less; on an idle machine they agree.
     """
 
-    def __init__(self, interval_ms: int = 10):
+    def __init__(self, interval_ms: int = 10, long: float = 0.1):
         from qtpy.QtCore import QTimer
 
+        self.long = long  # a gap over this is listed in ``long_gaps``
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
@@ -50,6 +51,8 @@ class GapMeter:
         now, cpu = time.perf_counter(), time.thread_time()
         self.longest = max(self.longest, now - self.last)
         self.longest_cpu = max(self.longest_cpu, cpu - self.last_cpu)
+        if now - self.last > self.long:  # (when, wall, main-thread CPU) of each long gap
+            self.long_gaps.append((self.last, now - self.last, cpu - self.last_cpu))
         self.last, self.last_cpu = now, cpu
 
     def start(self) -> None:
@@ -60,6 +63,7 @@ class GapMeter:
     def reset(self) -> None:
         self.last, self.last_cpu = time.perf_counter(), time.thread_time()
         self.longest = self.longest_cpu = 0.0
+        self.long_gaps: list[tuple[float, float, float]] = []
 
     def stop(self) -> float:
         self._tick()

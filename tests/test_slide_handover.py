@@ -68,6 +68,9 @@ def test_explain_on_a_slide_runs_the_whole_slide_dock(make_napari_viewer, qtbot,
     assert not [lay for lay in viewer.layers if "histoview_explanation" in lay.metadata], (
         "no coarse one-piece explanation"
     )
+    assert widget.result.value.startswith("Whole slide dock: slide prediction"), (
+        "the explain dock says how the run it handed over ended"
+    )
     assert (tmp_path / "out" / "slide.amil.ome.tif").exists()
     shoot(viewer, qtbot, "slide_handover.png")
 
@@ -99,6 +102,33 @@ def test_zoomed_in_explains_the_view_and_all_methods_says_one_at_a_time(
     assert region is not None, "only the view was explained"
     assert dock.last_result.summary["target_class"] == 0, "the explain dock's class"
     assert "slide.tif · Grad-CAM" in [lay.name for lay in viewer.layers]
+
+
+def test_a_drawn_rectangle_is_what_gets_explained(make_napari_viewer, qtbot, slide, tmp_path):
+    """A rectangle drawn over the slide (its Shapes layer selected) is the region asked
+    about: only it is explained, also when the view shows the whole slide."""
+    from histoview.viewer._slide_handover import choose_scope
+
+    viewer = make_napari_viewer()
+    layer = _open(viewer, slide)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
+    dock = _slide_dock(viewer, tmp_path)
+    qtbot.waitUntil(lambda: widget.model_choice.value is not None, timeout=60_000)
+    h, w = (float(v) for v in layer.extent.world[1][-2:])  # world size of the slide
+    box = np.array([[0, 0], [0, w / 2], [h / 2, w / 2], [h / 2, 0]])
+    viewer.add_shapes([box], shape_type="rectangle", name="ask here")
+    assert choose_scope(viewer, layer) == "drawn rectangle"
+    widget.run()
+    assert "drawn rectangle" in widget.result.value, widget.result.value
+    assert dock.scope.value == "drawn rectangle"
+    qtbot.waitUntil(lambda: not dock.busy, timeout=240_000)
+    assert not dock.status.value.startswith("error"), dock.status.value
+    done = dock.last_result.summary["region"]["level0_pixels"]
+    shape0 = layer.level_shapes[0]
+    assert (done["y"], done["x"]) == (0, 0), done
+    assert abs(done["height"] - shape0[0] / 2) <= 2 and abs(done["width"] - shape0[1] / 2) <= 2
+    viewer.layers.selection.active = layer  # the slide selected again: not the drawing
+    assert choose_scope(viewer, layer) == "whole slide"
 
 
 def test_a_plain_image_is_still_explained_in_the_explain_dock(make_napari_viewer, qtbot, tmp_path):

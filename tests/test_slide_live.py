@@ -11,6 +11,7 @@ from histoview.viewer._slide_live import (
     live_contrast,
     placement,
     read_snapshot,
+    tissue_display,
     world_box_to_region,
 )
 
@@ -83,22 +84,27 @@ def test_the_dock_worker_hands_arrays_and_the_first_tile_before_the_rest(tmp_pat
     """The dock's worker generator (run here in the test's thread, as napari runs it in a
     worker): the tissue mask, a snapshot once the store is open, and one holding the first
     tile's results while the engine still waits before its second batch; every yield is plain
-    arrays (nothing the main thread would have to read from disk)."""
+    arrays (nothing the main thread would have to read from disk). On the CPU the engine
+    leaves one core to the viewer while it runs, and the thread count is restored after."""
     import dataclasses
+    import os
     import threading
 
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     from _slides import write_slide
     from histoview.explain.slide_amil import AmilSlideProcessor
     from histoview.viewer._slide_running import slide_work
 
     monkeypatch.setenv("HISTOVIEW_CACHE_DIR", str(tmp_path / "cache"))  # nothing to replay
     slide = write_slide(tmp_path / "slide.tif")
-    go, calls = threading.Event(), []
+    go, calls, threads = threading.Event(), [], set()
     original = AmilSlideProcessor.process
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
     def held(self, tiles, boxes, prepared):  # batches after the first wait for the test
         calls.append(len(boxes))
+        threads.add(torch.get_num_threads())
         if len(calls) > 1:
             assert go.wait(60), "the first tile's snapshot never came"
         return original(self, tiles, boxes, prepared)
@@ -130,3 +136,21 @@ def test_the_dock_worker_hands_arrays_and_the_first_tile_before_the_rest(tmp_pat
     assert first.done == 1 < first.total == 4 and np.isfinite(first.values).any()
     assert calls[0] == 1 and sum(calls) == 4
     assert not result.cancelled and final.finished and final.done == 4
+    assert threads == {max(1, min(before, cores - 1))}, "one core left to the viewer"
+    assert torch.get_num_threads() == before
+
+
+def test_tissue_display_outlines_the_tissue_and_leaves_glass_clear():
+    """The tissue mask layer: glass 0, the tissue's edge 1 (drawn solid), inside faint."""
+    mask = np.zeros((9, 12), bool)
+    mask[2:7, 3:10] = True
+    shown = tissue_display(mask)
+    assert shown.dtype == np.float32 and shown.shape == mask.shape
+    assert (shown[~mask] == 0).all()
+    edge = mask.copy()
+    edge[3:6, 4:9] = False
+    assert (shown[edge] == 1).all() and edge.sum() == 2 * 7 + 2 * 3
+    assert 0 < shown[4, 6] < 0.5, "inside: a faint fill"
+    touching = np.ones((3, 3), bool)  # tissue up to the image border is outlined there too
+    assert (tissue_display(touching)[[0, 0, 2, 2], [0, 2, 0, 2]] == 1).all()
+    assert tissue_display(touching)[1, 1] < 1

@@ -343,7 +343,14 @@ class ExplainWidget(Container):
             return False
         try:
             self.result.value = hand_over(
-                self.viewer, layer, method, entry, target_class, importance, self._all_methods
+                self.viewer,
+                layer,
+                method,
+                entry,
+                target_class,
+                importance,
+                self._all_methods,
+                report_to=self.result,
             )
         except ValueError as exc:
             self._report_error(str(exc))

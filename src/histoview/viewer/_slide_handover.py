@@ -10,7 +10,9 @@ Explain opens (or reuses) the Whole slide dock and starts it there with the same
 method, model, target class and options; the map appears at once and fills in tile by tile
 while the user keeps panning. A single image keeps the one-piece path.
 
-Scope (:func:`choose_scope`): what the user looks at. When the view shows less than
+Scope (:func:`choose_scope`): what the user points at. A rectangle (or polygon) drawn over the
+slide in the selected Shapes layer is explained alone: the user drew it to ask about that
+region. Otherwise, what the user looks at: when the view shows less than
 :data:`VIEW_FRACTION` of the slide (zoomed in on a part), only the current view is explained:
 that is the region the pathologist is asking about, and it is done in a fraction of the time.
 Otherwise the whole slide is: a view showing most of the slide would leave strips at its
@@ -53,12 +55,20 @@ def _too_big(layer, entry) -> bool:
 
 
 def choose_scope(viewer, layer) -> str:
-    """The Whole slide dock's scope for ``layer``: ``"current view"`` when the canvas shows
-    under :data:`VIEW_FRACTION` of the slide, else ``"whole slide"`` (module docstring)."""
+    """The Whole slide dock's scope for ``layer``: ``"drawn rectangle"`` when the selected
+    layer is a Shapes layer whose last rectangle or polygon overlaps the slide, else
+    ``"current view"`` when the canvas shows under :data:`VIEW_FRACTION` of the slide, else
+    ``"whole slide"`` (module docstring)."""
     from histoview.viewer._nuclei_layers import view_box
     from histoview.viewer._slide_live import world_box_to_region
 
     shape0 = layer.level_shapes[0] if layer.multiscale else layer.data.shape
+    drawn = _selected_drawing(viewer)
+    if drawn is not None and (
+        world_box_to_region(drawn, tuple(layer.scale), tuple(layer.translate), shape0[:2])
+        is not None
+    ):
+        return "drawn rectangle"
     region = world_box_to_region(
         view_box(viewer), tuple(layer.scale), tuple(layer.translate), shape0[:2]
     )
@@ -68,13 +78,37 @@ def choose_scope(viewer, layer) -> str:
     return "current view" if shown < VIEW_FRACTION else "whole slide"
 
 
+def _selected_drawing(viewer):
+    """The world box ((y0, x0), (y1, x1)) of the last rectangle or polygon in the selected
+    layer when that is a Shapes layer; None otherwise."""
+    from napari.layers import Shapes
+
+    shapes = viewer.layers.selection.active
+    if not isinstance(shapes, Shapes):
+        return None
+    for data, kind in zip(reversed(shapes.data), reversed(shapes.shape_type)):
+        if kind in ("rectangle", "polygon") and len(data):
+            pts = [shapes.data_to_world(p)[-2:] for p in data]
+            ys, xs = [float(p[0]) for p in pts], [float(p[1]) for p in pts]
+            return ((min(ys), min(xs)), (max(ys), max(xs)))
+    return None
+
+
 def hand_over(
-    viewer, layer, method, entry=None, target_class=None, importance=None, all_methods=False
+    viewer,
+    layer,
+    method,
+    entry=None,
+    target_class=None,
+    importance=None,
+    all_methods=False,
+    report_to=None,
 ) -> str:
     """Start the Whole slide dock on ``layer`` with ``method`` and model ``entry`` (None: the
     dock's default); returns the line for the explain dock's result (also when the Whole
     slide dock is busy or reported an error: it says so; raises ValueError when ``layer`` is
-    not a slide that dock offers)."""
+    not a slide that dock offers). ``report_to`` (the explain dock's result widget) is told
+    the Whole slide dock's closing status line when the run ends."""
     dock_widget, dock = viewer.window.add_plugin_dock_widget("histoview", "Whole slide")
     dock_widget.show()
     dock_widget.raise_()
@@ -93,6 +127,7 @@ def hand_over(
         options={"importance": importance}
         if importance in get_method(method).options.get("importance", ())
         else None,
+        on_finish=None if report_to is None else lambda status: _tell(report_to, status),
     )
     if dock.status.value.startswith("error"):  # the dock has shown the message
         return f"the Whole slide dock could not start: {dock.status.value[len('error: ') :]}"
@@ -107,3 +142,11 @@ def hand_over(
             "and press Explain again when this one has finished."
         )
     return text
+
+
+def _tell(widget, status: str) -> None:
+    """Set the explain dock's result line to how the handed-over run ended."""
+    try:
+        widget.value = f"Whole slide dock: {status}"
+    except RuntimeError:  # the explain dock was closed meanwhile (its Qt widget is gone)
+        pass

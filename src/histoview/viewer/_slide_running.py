@@ -5,6 +5,8 @@ and shown over the slide (:class:`SlideNucleiShown`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import shutil
 import threading
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 from histoview import SYNTHETIC_NOTICE
-from histoview.viewer._slide_live import read_snapshot
+from histoview.viewer._slide_live import read_snapshot, tissue_display
 
 #: seconds between two looks at the running store
 REFRESH_S = 0.5
@@ -48,31 +50,32 @@ def slide_work(
         resolve_slide_pixel_size(src, pixel_size)
         tissue = detect_tissue(src)
         p0 = src.pixel_size_um
-    yield "tissue", (tissue.mask.astype("float32"), tissue.pixel_size_um / p0)
+    yield "tissue", (tissue_display(tissue.mask), tissue.pixel_size_um / p0)
 
     events: queue.Queue = queue.Queue()
     outcome: dict = {}
 
     def run():
         try:
-            outcome["result"] = explain_slide(
-                path,
-                method,
-                out_dir=out_dir,
-                checkpoint=checkpoint,
-                pixel_size_um=pixel_size,
-                region=region,
-                target_class=target_class,
-                options=options,
-                device=device,
-                batch_size=batch,
-                workers=workers,
-                progress=events.put,
-                cancel=stop.is_set,
-                tissue=tissue,
-                keep_store=True,
-                report=lambda line: events.put({"report": line}),
-            )
+            with _one_core_for_the_viewer(device):
+                outcome["result"] = explain_slide(
+                    path,
+                    method,
+                    out_dir=out_dir,
+                    checkpoint=checkpoint,
+                    pixel_size_um=pixel_size,
+                    region=region,
+                    target_class=target_class,
+                    options=options,
+                    device=device,
+                    batch_size=batch,
+                    workers=workers,
+                    progress=events.put,
+                    cancel=stop.is_set,
+                    tissue=tissue,
+                    keep_store=True,
+                    report=lambda line: events.put({"report": line}),
+                )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
             outcome["error"] = exc
         finally:
@@ -112,6 +115,29 @@ def slide_work(
     if not result.cancelled and result.store_path is not None:
         shutil.rmtree(result.store_path, ignore_errors=True)  # outputs written: not needed
     return result, final or snap
+
+
+@contextlib.contextmanager
+def _one_core_for_the_viewer(device):
+    """While a slide runs on the CPU, torch computes on all cores but one: the one left keeps
+    the viewer's event loop running (napari draws, slices and inserts layers on the main
+    thread). On 2 cores, torch on both beside a tile reader and the viewer made the viewer
+    freeze twice as long and the run no faster (benchmarks/bench_slide_viewer.py); on many
+    cores one fewer costs little. The process's thread count is restored afterwards."""
+    import torch
+
+    from histoview.explain.slide_engine import resolve_device
+
+    before = torch.get_num_threads()
+    if resolve_device(device) != "cpu":
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, min(before, (cores or 1) - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def result_text(result) -> str:

@@ -44,7 +44,7 @@ from histoview.viewer._layer_choice import is_tissue_image, layer_choice
 from histoview.viewer._models import checkpoint_entries
 from histoview.viewer._slide_live import format_progress, placement, world_box_to_region
 from histoview.viewer._slide_running import SlideNucleiShown, result_text, slide_work
-from histoview.viewer.overlays import fading_colormap
+from histoview.viewer.overlays import fading_colormap, tissue_colormap
 
 if TYPE_CHECKING:
     import napari
@@ -89,6 +89,7 @@ class SlideWidget(Container):
         self._extras: tuple = ()  # (slide id, method, checkpoint, target class, options)
         self._nuclei = SlideNucleiShown(viewer)
         self.last_result = None
+        self._notify = None  # start(on_finish=...): told when that run ends
         self.first_tiles_s: float | None = None
         self._pending = None  # a snapshot whose layers are still being made (_show)
         self._inserted_at = -1e9  # perf_counter of this dock's last layer insertion
@@ -167,8 +168,9 @@ class SlideWidget(Container):
         """Explain ``layer`` with ``method`` as if the user had chosen it, ``checkpoint`` (a
         path; None: the dock's default) and ``scope`` here and pressed Explain slide.
         ``extras`` (``target_class``, ``options``) go to the engine for this slide, method and
-        model, also when the dock's button resumes the run. Raises ValueError when ``layer``
-        is not offered here or the dock is busy."""
+        model, also when the dock's button resumes the run; ``on_finish`` (a callable) is
+        called once with the dock's last status line when this run ends (done, cancelled or
+        failed). Raises ValueError when ``layer`` is not offered here or the dock is busy."""
         from histoview.viewer._layer_choice import same_layer
 
         if self.busy:
@@ -193,6 +195,8 @@ class SlideWidget(Container):
             extras.get("options"),
         )
         self.run()
+        if self._worker is not None:
+            self._notify = extras.get("on_finish")
 
     def region(self):
         """The level-0 (row, col, height, width) to explain for the chosen scope (None: all)."""
@@ -306,7 +310,7 @@ class SlideWidget(Container):
         kind, payload = item
         if kind == "tissue":
             mask, factor = payload
-            self._swap("tissue", mask, factor, (0.0, 0.0), colormap="green", opacity=0.25)
+            self._swap("tissue", mask, factor, (0.0, 0.0), colormap=tissue_colormap(), opacity=1.0)
             self._tissue_toggled()
         elif kind == "snapshot":
             self._show(payload)
@@ -371,7 +375,7 @@ class SlideWidget(Container):
                 colormap=colormap,
                 opacity=opacity,
                 contrast_limits=contrast,
-                blending="translucent" if role == "map" else "additive",
+                blending="additive" if role == "tiles" else "translucent",
                 metadata={SLIDE_KEY: {"role": role, "method": self._method}},
                 units=tuple(getattr(slide, "units", ("pixel", "pixel")))[-2:],
                 **where,
@@ -416,6 +420,9 @@ class SlideWidget(Container):
         self._worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+        notify, self._notify = self._notify, None
+        if notify is not None:
+            notify(self.status.value)
 
     def _report_error(self, message: str):
         from napari.utils.notifications import show_error

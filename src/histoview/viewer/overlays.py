@@ -58,6 +58,18 @@ def fading_colormap(colormap, floor: float = 0.0):
     return Colormap(colors=rgba, name=f"{name} (fading)", controls=x)
 
 
+def tissue_colormap():
+    """The tissue mask's colormap (:func:`histoview.viewer._slide_live.tissue_display`):
+    glass transparent, tissue a faint green, its outline solid green. Drawn translucent, not
+    additive: adding green to a bright brightfield slide leaves it almost white."""
+    from napari.utils.colormaps import Colormap
+
+    from histoview.viewer._slide_live import TISSUE_FILL
+
+    colors = [[0, 0, 0, 0], [0.1, 0.7, 0.3, 0.18], [0.0, 0.8, 0.25, 1.0]]
+    return Colormap(colors=colors, controls=[0.0, TISSUE_FILL, 1.0], name="histoview tissue")
+
+
 def read_layer_for_model(data, multiscale: bool, pixel_size_um: float | None, meta: dict):
     """``(rgb, downsample, level, level-0 shape)`` of an image layer's data for a model."""
     from histoview.io import to_rgb8
