@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--sample",
         action="store_true",
-        help="print what the main thread did while it blocked the event loop (stall sampler)",
+        help="print what the main thread did while it blocked the event loop (stall sampler; it "
+        "reads other threads' frames, which on rare runs crashes the process: run again)",
     )
     ap.add_argument("--sample-out", type=Path, default=None, help="folded stacks (--sample)")
     ap.add_argument(
@@ -89,7 +90,11 @@ def main(argv=None) -> int:
     slide = phantom(args.size, args.slides)
 
     import napari
+    import napari._qt.qt_main_window as qt_main_window
     from qtpy.QtWidgets import QApplication
+
+    # napari's notice that its PyQt5 support is deprecated (a toast) would sit on the shots
+    qt_main_window.SHOW_QT_WARNING = False
 
     from histoview.viewer._reader import read_images
 
@@ -136,7 +141,12 @@ def main(argv=None) -> int:
     import numpy as np
 
     meter.start()
-    probe = viewer.add_image(np.zeros((45, 45), "float32"), name="probe", opacity=0.0)
+    probe = viewer.add_image(
+        np.zeros((45, 45), "float32"),
+        name="probe",
+        opacity=0.0,
+        units=tuple(viewer.layers[0].units)[-2:],
+    )
     wait(app, 0.5)
     insert_only = meter.stop()
     viewer.layers.remove(probe)

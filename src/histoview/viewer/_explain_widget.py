@@ -28,6 +28,7 @@ from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._explain_running import explain_work, no_model
 from histoview.viewer._layer_choice import is_tissue_image, layer_choice
 from histoview.viewer._layer_updates import show_overlay
+from histoview.viewer._widgets import compact, wrapping
 from histoview.viewer.overlays import (
     explanation_title,
     layer_pixel_size,
@@ -125,9 +126,9 @@ class ExplainWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=5, value=0)
         self.result = Label(label="result", value="")
-        self.result.native.setWordWrap(True)  # a long line must not widen the dock
         self.warning = Label(value="")
-        self.warning.native.setWordWrap(True)
+        wrapping(self.result, self.warning)  # a long line must not widen the dock
+        compact(self.image_choice, self.model_choice)
         self.warning.native.setStyleSheet("color: #ffb000; font-weight: bold")
         self.notice = Label(value=RESEARCH_NOTICE)
         self.extend(

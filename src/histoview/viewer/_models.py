@@ -25,6 +25,7 @@ so that two workers never interleave on it.
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import weakref
@@ -210,7 +211,26 @@ def warm_up(methods_and_checkpoints, load=None, imports=(), listed=None) -> None
             except Exception:  # noqa: BLE001 - imported (and reported) where it is used
                 pass
 
-    threading.Thread(target=work, name="histoview-warm-up", daemon=True).start()
+    thread = threading.Thread(target=work, name="histoview-warm-up", daemon=True)
+    if not _WARMING:
+        atexit.register(_finish_warm_ups)
+    _WARMING.append(thread)
+    thread.start()
+
+
+#: warm-up threads started (:func:`_finish_warm_ups` waits for them at exit)
+_WARMING: list = []
+
+
+def _finish_warm_ups(timeout: float = 30.0) -> None:
+    """At exit, let warm-up threads finish their import or model load: a thread stopped by
+    the interpreter's shutdown inside torch's C++ code aborts the process ("terminate called
+    without an active exception") as napari closes."""
+    import time
+
+    end = time.monotonic() + timeout
+    for thread in _WARMING:
+        thread.join(max(0.0, end - time.monotonic()))
 
 
 def cached_models() -> int:

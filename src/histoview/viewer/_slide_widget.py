@@ -44,6 +44,7 @@ from histoview.viewer._layer_choice import is_tissue_image, layer_choice
 from histoview.viewer._models import checkpoint_entries
 from histoview.viewer._slide_live import format_progress, placement, world_box_to_region
 from histoview.viewer._slide_running import SlideNucleiShown, result_text, slide_work
+from histoview.viewer._widgets import compact, wrapping
 from histoview.viewer.overlays import fading_colormap, tissue_colormap
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ class SlideWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", min=0, max=1, value=0)
         self.status = Label(label="status", value="")
-        self.status.native.setWordWrap(True)
+        compact(self.slide_choice, self.model_choice)
+        wrapping(self.status)
         self.notice = Label(value=RESEARCH_NOTICE)
         self.extend(
             [

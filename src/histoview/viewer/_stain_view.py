@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
-from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 from histoview import RESEARCH_NOTICE
 from histoview.viewer._layer_choice import is_tissue_image, layer_choice, same_layer
+from histoview.viewer._widgets import compact, wrapping
 
 if TYPE_CHECKING:
     import napari
@@ -151,13 +151,8 @@ class StainView(Container):
         self.run_button = PushButton(text="Normalise")
         self.show_normalised = CheckBox(text="show normalised (untick: the original)", value=False)
         self.status = Label(label="status", value="")
-        self.status.native.setWordWrap(True)
-        # long messages wrap to the dock's width instead of widening the dock
-        self.status.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-        self.status.native.setMinimumWidth(200)
-        for combo in (self.image_choice, self.checkpoint_choice):  # long names: not wider
-            combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-            combo.native.setMinimumContentsLength(16)
+        wrapping(self.status)  # long messages wrap to the dock's width, not widen it
+        compact(self.image_choice, self.checkpoint_choice)  # long names: not wider
         self.notice = Label(value=RESEARCH_NOTICE)
         self.extend(
             [
