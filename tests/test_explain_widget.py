@@ -263,7 +263,8 @@ def test_the_first_model_list_is_read_off_the_main_thread(
 
 def test_opening_the_first_dock_imports_torch_off_the_main_thread(tmp_path):
     """In a fresh process (nothing imported torch yet), opening a dock from the Plugins menu
-    leaves torch to the warm-up thread, and the model box fills in."""
+    leaves torch to the warm-up thread, and the model box fills in; Explain pressed at once
+    on an image does not import it on the main thread either (a click is not a freeze)."""
     import subprocess
     import sys
 
@@ -276,11 +277,16 @@ class Watch:
             importer.append(threading.current_thread().name)
 sys.meta_path.insert(0, Watch())
 import napari
+import numpy as np
 viewer = napari.Viewer(show=False)
+rng = np.random.default_rng(0)  # not one flat colour: something to explain
+viewer.add_image(rng.integers(60, 230, (256, 256, 3), dtype=np.uint8), rgb=True, name="tissue")
 _, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+if len(sys.argv) > 1:
+    widget.run()  # pressed before the model list arrived
 app = napari.qt.get_qapp()
 t0 = time.time()
-while widget.model_choice.value is None and time.time() - t0 < 120:
+while (widget.model_choice.value is None or widget._worker is not None) and time.time() - t0 < 120:
     app.processEvents()
     time.sleep(0.01)
 print("importer", importer, "listed", widget.model_choice.value is not None)
@@ -291,3 +297,32 @@ viewer.close()
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "importer ['histoview-warm-up'] listed True" in done.stdout, done.stdout + done.stderr
+    clicked = subprocess.run(
+        [sys.executable, "-c", script, "click"], capture_output=True, text=True, timeout=240
+    )
+    assert clicked.returncode == 0, clicked.stderr[-2000:]
+    assert "listed True" in clicked.stdout, clicked.stdout + clicked.stderr
+    assert "importer ['MainThread']" not in clicked.stdout, "the click imported torch"
+
+
+def test_an_image_without_tissue_is_an_error_in_the_dock_not_a_crash(make_napari_viewer, qtbot):
+    """Explain on a blank image: the dock says why, and nothing is raised into Qt (napari's
+    workers re-raise an error in the main thread unless told the dock handles it: a second,
+    raw traceback notification in napari, an abort in a script without napari's hooks)."""
+    import sys
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((256, 256, 3), 200, np.uint8), rgb=True, name="glass")
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    qtbot.waitUntil(lambda: widget.model_choice.value is not None, timeout=60_000)
+    raised = []
+    hook, sys.excepthook = sys.excepthook, lambda *exc: raised.append(exc[1])
+    try:
+        widget.run()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+        qtbot.wait(50)
+    finally:
+        sys.excepthook = hook
+    assert widget.result.value.startswith("error:") and "flat colour" in widget.result.value
+    assert raised == [], raised
+    assert viewer.layers[-1].name == "glass", "no overlay"

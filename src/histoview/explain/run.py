@@ -19,10 +19,8 @@ import numpy as np
 
 from histoview.explain.base import Explanation, write_explanation
 from histoview.explain.methods import ExplainContext, get_method, list_methods
+from histoview.io.image import MAX_LEVEL_PIXELS
 from histoview.models.checkpoint import CheckpointError, sha256_file
-
-#: largest level (pixels) explained in one piece
-MAX_LEVEL_PIXELS = 40_000_000
 
 
 def load_for_method(

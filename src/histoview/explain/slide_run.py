@@ -77,10 +77,10 @@ class SlideResult:
 
 def fits_in_one_piece(src, pixel_size_um: float, region=None, *, limit: int | None = None) -> bool:
     """Whether the slide (or ``region``, level-0 (row, col, h, w)) at ``pixel_size_um`` has at
-    most ``limit`` pixels (default :data:`histoview.explain.run.MAX_LEVEL_PIXELS`) and so has
+    most ``limit`` pixels (default :data:`histoview.io.image.MAX_LEVEL_PIXELS`) and so has
     the pyramid level the one-piece path would read, so it explains it without coarsening
     (a slide of unknown pixel size: whether level 0 fits)."""
-    from histoview.explain.run import MAX_LEVEL_PIXELS
+    from histoview.io.image import MAX_LEVEL_PIXELS
 
     limit = MAX_LEVEL_PIXELS if limit is None else limit
     p0 = src.pixel_size_um

@@ -58,6 +58,10 @@ BACKENDS = ("tifffile", "openslide", "wsidicom", "pillow")
 #: smallest image (height and width, pixels) histoview will analyse.
 MIN_SIZE = 8
 
+#: largest image or pyramid level (pixels) read and explained in one piece; a slide larger
+#: than this at the model's pixel size is explained tile by tile (the slide engine)
+MAX_LEVEL_PIXELS = 40_000_000
+
 
 @dataclass(frozen=True)
 class LevelInfo:

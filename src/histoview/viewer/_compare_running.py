@@ -217,7 +217,7 @@ class RunActions:
             self._error("already running: cancel it first")
             return
         avoid_triton_llvm_clash()
-        worker = create_worker(func, *args, _start_thread=False)
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda item: self._on_yielded(base, item))
         worker.returned.connect(lambda result: self._queue(lambda: self._show_results(result)))
         worker.errored.connect(lambda exc: self._error(str(exc)))

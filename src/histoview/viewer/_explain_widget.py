@@ -26,7 +26,7 @@ from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._explain_running import explain_work, no_model
-from histoview.viewer._layer_choice import is_tissue_image, layer_choice
+from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice
 from histoview.viewer._layer_updates import show_overlay
 from histoview.viewer._widgets import compact, wrapping
 from histoview.viewer.overlays import (
@@ -156,8 +156,7 @@ class ExplainWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         # the image list also follows the layers when the widget is not docked (scripts, tests)
-        viewer.layers.events.inserted.connect(self.image_choice.reset_choices)
-        viewer.layers.events.removed.connect(self.image_choice.reset_choices)
+        follow_layers(viewer, self.image_choice)
         self._method_changed()
         self._image_changed()
         self.model_choice.changed.connect(self._warm_up)
@@ -323,6 +322,7 @@ class ExplainWidget(Container):
             layer_pixel_size(image_layer),
             bool(self.outlines.value),
             _start_thread=False,
+            _ignore_errors=True,  # shown in the dock (errored), not raised into napari
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_done)

@@ -56,3 +56,12 @@ def layer_choice(layer_type, keep: Callable[[object], bool], *, label: str):
         raise RuntimeError(f"napari gave magicgui no layer choices for {layer_type.__name__}")
     widget.choices = lambda w: [lay for lay in napari_choices(w) if keep(lay)]
     return widget
+
+
+def follow_layers(viewer, *choices) -> None:
+    """Refresh ``choices`` (layer ComboBoxes) whenever ``viewer`` gains or loses a layer: napari
+    does it for a docked widget; this also covers a widget made by a script or a test and
+    not docked, and a choice inside a container napari does not walk."""
+    for choice in choices:
+        viewer.layers.events.inserted.connect(choice.reset_choices)
+        viewer.layers.events.removed.connect(choice.reset_choices)

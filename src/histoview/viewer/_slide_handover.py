@@ -5,7 +5,7 @@ a model's magnification (a 40X slide is 100,000+ pixels across), and reading a c
 level instead would explain it far below the magnification the model was trained at. So when
 the image is a slide the Whole slide dock can run (a file histoview reads, shown as a
 multiscale layer, or one whose size at the model's pixel size is over what one read allows:
-:data:`histoview.explain.run.MAX_LEVEL_PIXELS`) and the method has a slide processor,
+:data:`histoview.io.image.MAX_LEVEL_PIXELS`) and the method has a slide processor,
 Explain opens (or reuses) the Whole slide dock and starts it there with the same slide,
 method, model, target class and options; the map appears at once and fills in tile by tile
 while the user keeps panning. A single image keeps the one-piece path.
@@ -45,7 +45,7 @@ def wants_slide_dock(layer, method: str, entry=None) -> bool:
 def _too_big(layer, entry) -> bool:
     """Whether the layer's image at the model's pixel size has more pixels than one read
     allows (a slide of unknown pixel size: at its own)."""
-    from histoview.explain.run import MAX_LEVEL_PIXELS
+    from histoview.io.image import MAX_LEVEL_PIXELS
 
     h, w = layer.data.shape[:2]
     mpp = (layer.metadata.get("histoview") or {}).get("pixel_size_um")

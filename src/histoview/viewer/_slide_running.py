@@ -192,7 +192,9 @@ class SlideNucleiShown:
 
         from histoview.viewer._nuclei_layers import prepare_nuclei
 
-        worker = create_worker(prepare_nuclei, path, colormap, _start_thread=False)
+        worker = create_worker(
+            prepare_nuclei, path, colormap, _start_thread=False, _ignore_errors=report is not None
+        )
         worker.returned.connect(lambda prepared: self._show(key, prepared, slide_layer, name))
         if report is not None:
             worker.errored.connect(lambda exc: report(f"nuclei not shown: {exc}"))

@@ -40,7 +40,7 @@ from qtpy.QtCore import QTimer
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
-from histoview.viewer._layer_choice import is_tissue_image, layer_choice
+from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice
 from histoview.viewer._models import checkpoint_entries
 from histoview.viewer._slide_live import format_progress, placement, world_box_to_region
 from histoview.viewer._slide_running import SlideNucleiShown, result_text, slide_work
@@ -144,8 +144,7 @@ class SlideWidget(Container):
         self.show_tissue.changed.connect(self._tissue_toggled)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        viewer.layers.events.inserted.connect(self.slide_choice.reset_choices)
-        viewer.layers.events.removed.connect(self.slide_choice.reset_choices)
+        follow_layers(viewer, self.slide_choice)
         self._method_changed()
 
     # -- choices ------------------------------------------------------------------------------
@@ -290,6 +289,7 @@ class SlideWidget(Container):
             target_class=target_class,
             options=options,
             _start_thread=False,
+            _ignore_errors=True,  # shown in the dock (errored), not raised into napari
         )
         worker.yielded.connect(self._on_yield)
         worker.returned.connect(self._on_done)

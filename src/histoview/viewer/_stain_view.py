@@ -31,7 +31,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
 from histoview import RESEARCH_NOTICE
-from histoview.viewer._layer_choice import is_tissue_image, layer_choice, same_layer
+from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice, same_layer
 from histoview.viewer._widgets import compact, wrapping
 
 if TYPE_CHECKING:
@@ -171,8 +171,7 @@ class StainView(Container):
         self.run_button.changed.connect(self.normalise)
         self.show_normalised.changed.connect(self._toggle)
         self.native.destroyed.connect(self._on_destroyed)
-        viewer.layers.events.inserted.connect(self.image_choice.reset_choices)
-        viewer.layers.events.removed.connect(self.image_choice.reset_choices)
+        follow_layers(viewer, self.image_choice)
         self._source_changed()
 
     def _on_destroyed(self, *_):

@@ -77,7 +77,7 @@ def read_layer_for_model(data, multiscale: bool, pixel_size_um: float | None, me
     if not multiscale:
         arr = np.asarray(data)
         return to_rgb8(arr), 1.0, 0, tuple(arr.shape[:2])
-    from histoview.explain.run import MAX_LEVEL_PIXELS
+    from histoview.io.image import MAX_LEVEL_PIXELS
 
     level, target = 0, meta.get("pixel_size_um")
     if pixel_size_um and target:
