@@ -322,6 +322,12 @@ def main(argv=None) -> int:
     Image.fromarray(ph.image).save(path)
 
     viewer = napari.Viewer(show=True)
+    # napari restores the window's last size from its settings: start from the same one
+    # every run (software GL's cost grows with the canvas). The docks open as tabs of one
+    # dock area, as on a screen of this size: stacked, four docks' minimum heights would
+    # make the window (and the canvas) taller than the screen under Xvfb, which has no
+    # window manager to stop it.
+    viewer.window._qt_window.resize(1600, 1000)
     app = napari.qt.get_qapp()
     meter = GapMeter()
     global SAMPLER
@@ -348,7 +354,7 @@ def main(argv=None) -> int:
 
     def open_dock(display):
         return lambda: docks.__setitem__(
-            display, viewer.window.add_plugin_dock_widget("histoview", display)[1]
+            display, viewer.window.add_plugin_dock_widget("histoview", display, tabify=True)[1]
         )
 
     if args.first_dock:
@@ -400,7 +406,9 @@ def main(argv=None) -> int:
     )
 
     # more explanations for the view tests: other classes and settings, each a new overlay
-    _, explain = viewer.window.add_plugin_dock_widget("histoview", "Explain (all methods)")
+    _, explain = viewer.window.add_plugin_dock_widget(
+        "histoview", "Explain (all methods)", tabify=True
+    )
     app.processEvents()
     settings = [
         (method, cls, imp)
@@ -488,6 +496,8 @@ def main(argv=None) -> int:
 
     worst = max(gap for _, _, gap, _ in rows)
     print(f"\nlongest event-loop gap over all actions: {worst * 1000:.0f} ms (goal <= 100 ms)")
+    win, canvas = viewer.window._qt_window.size(), viewer.window._qt_viewer.canvas.size
+    print(f"window {win.width()} x {win.height()}, canvas {canvas[1]} x {canvas[0]} px")
     viewer.close()
     return 0
 
