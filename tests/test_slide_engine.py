@@ -170,7 +170,7 @@ def test_a_run_killed_mid_batch_counts_each_tile_once(slide, tmp_path, monkeypat
     # batches of 1 tile (the engine's first, FIRST_BATCHES) then 2: killed in the second, the
     # one tile of the first is done, the three others are done again, none twice
     assert again.summary["resumed"] and again.summary["tiles_this_run"] == 3
-    np.testing.assert_allclose(_final_map(again), _final_map(whole), rtol=1e-6)
+    np.testing.assert_allclose(_final_map(again), _final_map(whole), rtol=1e-5)
 
 
 def test_a_corrupt_tile_is_skipped_and_listed(slide, tmp_path):
