@@ -32,3 +32,31 @@ def top_precision(dense: np.ndarray, mask: np.ndarray, fraction: float = 0.1) ->
     k = max(1, int(round(fraction * values.size)))
     cut = np.partition(values, values.size - k)[values.size - k]
     return float(truth[values >= cut].mean())
+
+
+def tissue_tiles(src, proc, pixel_size_um: float, tissue, n: int):
+    """``n`` tissue tiles of open slide ``src`` for slide processor ``proc``, spread evenly
+    over the tissue of its grid (``pixel_size_um``: the model's), read into memory.
+
+    Returns ``(grid, boxes, tiles, read_cpu_s)``: the whole grid, the picked tiles' boxes,
+    their pixels stacked and the CPU seconds per tile the reading took (all threads).
+    """
+    import time
+
+    from histoview.explain.slide_grid import make_grid
+
+    grid = make_grid(
+        (0, 0, *src.shape[:2]),
+        pixel_size_um=pixel_size_um,
+        level0_pixel_size_um=src.pixel_size_um,
+        tile_size=proc.tile_size,
+        overlap=proc.overlap,
+        tissue=tissue,
+    )
+    every = grid.tissue_indices()
+    pick = every[np.linspace(0, len(every) - 1, min(n, len(every))).astype(int)]
+    boxes = [grid.box(i) for i in pick]
+    t = proc.tile_size
+    t0 = time.process_time()
+    tiles = np.stack([src.read_rect(b.level0[:2], (t, t), grid.pixel_size_um) for b in boxes])
+    return grid, boxes, tiles, (time.process_time() - t0) / len(boxes)

@@ -58,6 +58,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import tissue_tiles  # noqa: E402
+
 GOALS = {"ratio": 0.85, "memory_gib": 2.0, "auc": 0.9, "seam": 1.0, "first_tiles_s": 2.0}
 VIEWER = "see bench_slide_viewer.py"
 PROGRESS = re.compile(r"tiles (\d+)/(\d+)")
@@ -233,7 +237,6 @@ def pure_forward(slide: Path, method: str, args) -> dict:
     from histoview.explain.methods import get_method
     from histoview.explain.run import load_for_method
     from histoview.explain.slide_engine import forward_throughput
-    from histoview.explain.slide_grid import make_grid
     from histoview.explain.slide_processor import SlideContext
     from histoview.io import open_image
     from histoview.preprocessing.tissue import detect_tissue
@@ -242,21 +245,9 @@ def pure_forward(slide: Path, method: str, args) -> dict:
     ctx = SlideContext(float(meta["pixel_size_um"]), device=args.device)
     proc = get_method(method).slide(net, meta, sha, ctx)
     with open_image(slide) as src:
-        grid = make_grid(
-            (0, 0, *src.shape[:2]),
-            pixel_size_um=ctx.pixel_size_um,
-            level0_pixel_size_um=src.pixel_size_um,
-            tile_size=proc.tile_size,
-            overlap=proc.overlap,
-            tissue=detect_tissue(src),
+        _, boxes, tiles, _ = tissue_tiles(
+            src, proc, ctx.pixel_size_um, detect_tissue(src), args.forward_tiles
         )
-        every = grid.tissue_indices()
-        pick = every[
-            np.linspace(0, len(every) - 1, min(args.forward_tiles, len(every))).astype(int)
-        ]
-        boxes = [grid.box(i) for i in pick]
-        t = proc.tile_size
-        tiles = np.stack([src.read_rect(b.level0[:2], (t, t), grid.pixel_size_um) for b in boxes])
     prep = proc.prepare_tile  # None: the processor needs nothing done in the workers
     prepared = [prep(tile) if prep is not None else {} for tile in tiles]
     rates, cpu = [], []

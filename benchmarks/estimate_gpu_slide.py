@@ -43,10 +43,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _common import tissue_tiles  # noqa: E402
 from bench_slide_viewer import phantom  # noqa: E402
 
 #: seconds a run spends before its first tile (imports, model load, CUDA context), assumed
@@ -63,7 +62,6 @@ def method_figures(slide: Path, method: str, tiles_measured: int) -> dict:
     from histoview.explain.methods import get_method
     from histoview.explain.run import load_for_method
     from histoview.explain.slide_engine import forward_throughput
-    from histoview.explain.slide_grid import make_grid
     from histoview.explain.slide_processor import SlideContext
     from histoview.explain.slide_run import explain_slide
     from histoview.io import open_image
@@ -77,21 +75,10 @@ def method_figures(slide: Path, method: str, tiles_measured: int) -> dict:
         t0 = time.process_time()
         tissue = detect_tissue(src)
         tissue_cpu_s = time.process_time() - t0
-        grid = make_grid(
-            (0, 0, *src.shape[:2]),
-            pixel_size_um=ctx.pixel_size_um,
-            level0_pixel_size_um=src.pixel_size_um,
-            tile_size=proc.tile_size,
-            overlap=proc.overlap,
-            tissue=tissue,
+        grid, boxes, tiles, read_cpu_s = tissue_tiles(
+            src, proc, ctx.pixel_size_um, tissue, tiles_measured
         )
         every = grid.tissue_indices()
-        pick = every[np.linspace(0, len(every) - 1, min(tiles_measured, len(every))).astype(int)]
-        boxes = [grid.box(i) for i in pick]
-        t = proc.tile_size
-        t0 = time.process_time()
-        tiles = np.stack([src.read_rect(b.level0[:2], (t, t), grid.pixel_size_um) for b in boxes])
-        read_cpu_s = (time.process_time() - t0) / len(boxes)
         slide_px = float(src.shape[0]) * float(src.shape[1])
     prep = proc.prepare_tile
     prepared = [prep(tile) if prep is not None else {} for tile in tiles]

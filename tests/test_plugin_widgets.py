@@ -132,3 +132,25 @@ def test_compare_dock_through_the_proxy(make_napari_viewer, no_private_access):
     assert not viewer.canvas.grid.enabled and not widget.side_by_side_on
     assert [lay.name for lay in viewer.layers if role(lay) is None] == order
     assert other.visible and image.visible
+
+
+def test_docks_stacked_on_one_side_scroll_instead_of_growing_the_window(make_napari_viewer):
+    """Every dock's content sits in a scroll area, so docks sharing one side of a laptop's
+    1080-px screen shrink (and scroll) rather than push the window past the screen: napari
+    docks a magicgui widget's ``native``, which without this left magicgui's scroll area out
+    (four docks needed ~1,800 px)."""
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((46, 70, 3), np.uint8), rgb=True, name="tissue")
+    docks, contents = {}, {}
+    for name in [*EXPLANATION_DOCKS[1:], "Whole slide", "Compare methods", "Stain normalisation"]:
+        dock, _widget = viewer.window.add_plugin_dock_widget("histoview", name)
+        QApplication.processEvents()
+        inner = dock.widget()
+        area = inner if isinstance(inner, QScrollArea) else inner.findChild(QScrollArea)
+        assert area is not None, f"{name}: its content does not scroll"
+        docks[name] = dock.minimumSizeHint().height()
+        contents[name] = area.widget().minimumSizeHint().height()
+    assert sum(contents.values()) > 1080, contents  # stacked unscrolled they would not fit
+    assert max(docks.values()) < 300 and sum(docks.values()) < 1080, docks

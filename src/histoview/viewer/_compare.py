@@ -43,6 +43,7 @@ from histoview.viewer._compare_exports import ExportActions
 from histoview.viewer._compare_running import RunActions
 from histoview.viewer._compare_switch import PanelSwitching
 from histoview.viewer._layer_choice import is_explanation, is_tissue_image, layer_choice, same_layer
+from histoview.viewer._widgets import scrolling
 
 HELP = {
     "run": "Explain the image with every method that has weights "
@@ -191,7 +192,8 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
                 inner.addWidget(w, 1)
             return holder
 
-        main = qw.QVBoxLayout(self)
+        content = qw.QWidget()  # in a scroll area: docks stacked on a small screen scroll
+        main = qw.QVBoxLayout(content)
         for w in (
             row(qw.QLabel("image"), self.image_choice.native),
             row(self.run_button, self.cancel_button),
@@ -210,6 +212,9 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         ):
             main.addWidget(w)
         main.addStretch(1)
+        outer = qw.QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scrolling(content))
 
     # -- choices ----------------------------------------------------------------------------------
     def image_layer(self):

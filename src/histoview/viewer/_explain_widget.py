@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSpinBox,
     Label,
     ProgressBar,
@@ -28,7 +27,7 @@ from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._explain_running import explain_work, no_model
 from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice
 from histoview.viewer._layer_updates import show_overlay
-from histoview.viewer._widgets import compact, wrapping
+from histoview.viewer._widgets import DockContainer, compact, wrapping
 from histoview.viewer.overlays import (
     explanation_title,
     layer_pixel_size,
@@ -72,7 +71,7 @@ def _is_phantom(layer) -> bool:
     return (layer.metadata.get("histoview") or {}).get("source") == "phantom"
 
 
-class ExplainWidget(Container):
+class ExplainWidget(DockContainer):
     """Dock widget: image layer, method, model, pixel size, target class, run/cancel, result.
 
     Opened from the Plugins menu with nothing preset it explains the selected image with the

@@ -28,7 +28,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     Label,
     ProgressBar,
@@ -44,7 +43,7 @@ from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer
 from histoview.viewer._models import checkpoint_entries
 from histoview.viewer._slide_live import format_progress, placement, world_box_to_region
 from histoview.viewer._slide_running import SlideNucleiShown, result_text, slide_work
-from histoview.viewer._widgets import compact, wrapping
+from histoview.viewer._widgets import DockContainer, compact, wrapping
 from histoview.viewer.overlays import fading_colormap, tissue_colormap
 
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ def default_out_dir() -> Path:
     return Path(platformdirs.user_data_dir("histoview")) / "slides"
 
 
-class SlideWidget(Container):
+class SlideWidget(DockContainer):
     """Dock: slide layer, method, model, scope, device, batch size, workers, output folder,
     run/cancel, progress, result (module docstring)."""
 

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton
 
 from histoview import RESEARCH_NOTICE
 from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice, same_layer
-from histoview.viewer._widgets import compact, wrapping
+from histoview.viewer._widgets import DockContainer, compact, wrapping
 
 if TYPE_CHECKING:
     import napari
@@ -128,7 +128,7 @@ def normalise_work(image: np.ndarray, get_normaliser, with_distance: bool):
     return out, norm, distance, time.perf_counter() - start
 
 
-class StainView(Container):
+class StainView(DockContainer):
     """Dock: image, normaliser (checkpoint, or method + reference), Normalise, show (module
     docstring)."""
 

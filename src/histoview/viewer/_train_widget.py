@@ -31,7 +31,8 @@ from histoview.viewer._evaluation_view import EvaluationActions
 from histoview.viewer._train_library import LibraryPanel
 from histoview.viewer._train_run_view import RunView
 from histoview.viewer._train_settings import SYNTHETIC_WARNING, TrainSettings
-from histoview.viewer._train_widget_parts import _row, scrolling
+from histoview.viewer._train_widget_parts import _row
+from histoview.viewer._widgets import scrolling
 
 if TYPE_CHECKING:
     import napari

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel
 
 
 def devices() -> list[str]:
@@ -84,14 +84,6 @@ def _row(*widgets) -> QHBoxLayout:
     for w in widgets:
         row.addWidget(w)
     return row
-
-
-def scrolling(widget: QWidget) -> QScrollArea:
-    """``widget`` in a vertical scroll area that resizes it to its width."""
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setWidget(widget)
-    return area
 
 
 def figure_canvas(fig, min_width: int = 0):

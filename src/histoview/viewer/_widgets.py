@@ -1,10 +1,12 @@
 """Small Qt settings shared by the docks: long texts wrap or shorten instead of widening the
-dock (a dock as wide as its longest model name leaves the canvas a strip)."""
+dock (a dock as wide as its longest model name leaves the canvas a strip), and a dock's
+content scrolls rather than growing the window (:class:`DockContainer`)."""
 
 from __future__ import annotations
 
+from magicgui.widgets import Container
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QSizePolicy
+from qtpy.QtWidgets import QComboBox, QScrollArea, QSizePolicy, QWidget
 
 #: characters a drop-down shows before its width stops growing (the full text is in the list)
 COMBO_CHARS = 16
@@ -30,3 +32,29 @@ def wrapping(*labels, min_width: int = 200) -> None:
         native.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         native.setMinimumWidth(min_width)
+
+
+def scrolling(widget: QWidget) -> QScrollArea:
+    """``widget`` in a vertical scroll area that resizes it to its width."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setWidget(widget)
+    return area
+
+
+class DockContainer(Container):
+    """A magicgui container that napari docks inside its scroll area.
+
+    napari docks a magicgui widget's ``native``, the widget holding the layout, so the scroll
+    area of ``Container(scrollable=True)`` is left out and a dock is never shorter than its
+    content: four docks stacked on one side then need ~1,800 px and push the window past a
+    laptop's screen. Here ``native`` is the scroll area itself (magicgui's
+    ``root_native_widget``): a dock squeezed by others scrolls instead.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(scrollable=True, **kwargs)
+
+    @property
+    def native(self):
+        return self.root_native_widget
