@@ -20,7 +20,8 @@ Measured on this machine, on a phantom slide (``histoview phantom-slide``, 0.25 
   ``torch.utils.flop_counter.FlopCounterMode``;
 * the engine's own CPU per tile outside reading and the forward pass (merging each tile into
   the slide maps, the store's writes, batching; one process, so serial on any machine): a
-  whole run of the method on the phantom in this process with no reader workers, its CPU
+  whole run of the method on the phantom in this process with no reader workers, in
+  batches of ``--gpu-batch`` tiles (the store's costs per batch are shared by its tiles), its CPU
   seconds per tile less the forward's and the reading's;
 * the processor's CPU throughput here, for reference.
 
@@ -52,8 +53,10 @@ from bench_slide_viewer import phantom  # noqa: E402
 START_S = 10.0
 
 
-def method_figures(slide: Path, method: str, tiles_measured: int) -> dict:
-    """Tissue tiles, read CPU s per tile, FLOPs per tile and CPU tiles/s of ``method``."""
+def method_figures(slide: Path, method: str, tiles_measured: int, batch: int) -> dict:
+    """Tissue tiles, read CPU s per tile, FLOPs per tile and CPU tiles/s of ``method``; the
+    forward pass and the whole run in batches of ``batch`` tiles (the GPU's: the engine's
+    costs per batch are shared by its tiles)."""
     import tempfile
 
     import torch
@@ -82,16 +85,25 @@ def method_figures(slide: Path, method: str, tiles_measured: int) -> dict:
         slide_px = float(src.shape[0]) * float(src.shape[1])
     prep = proc.prepare_tile
     prepared = [prep(tile) if prep is not None else {} for tile in tiles]
-    batch = min(16, len(boxes))
+    counted = min(16, len(boxes))
     with FlopCounterMode(display=False) as counter:
-        proc.process(tiles[:batch], boxes[:batch], prepared[:batch])
-    flops = counter.get_total_flops() / batch
+        proc.process(tiles[:counted], boxes[:counted], prepared[:counted])
+    flops = counter.get_total_flops() / counted
     t0 = time.process_time()
-    rate = forward_throughput(proc, tiles, boxes, batch_size=16, device="cpu", prepared=prepared)
+    rate = forward_throughput(proc, tiles, boxes, batch_size=batch, device="cpu", prepared=prepared)
     forward_cpu_s = (time.process_time() - t0) / len(boxes)
     with tempfile.TemporaryDirectory() as out:  # the whole engine, reading in this process
         t0 = time.process_time()
-        explain_slide(slide, method, out_dir=out, device="cpu", workers=0, tissue=tissue)
+        explain_slide(  # no feature cache: A-MIL would replay features an earlier run kept
+            slide,
+            method,
+            out_dir=out,
+            device="cpu",
+            workers=0,
+            tissue=tissue,
+            feature_cache=False,
+            batch_size=batch,
+        )
         run_cpu_s = (time.process_time() - t0) / len(every)
     serial_s = max(0.0, run_cpu_s - forward_cpu_s - read_cpu_s)
     return {
@@ -149,7 +161,7 @@ def main(argv=None) -> int:
     area = float(args.width) * float(args.height)
     figures, rows = [], []
     for method in args.methods.split(","):
-        fig = method_figures(slide, method, args.tiles)
+        fig = method_figures(slide, method, args.tiles, args.gpu_batch)
         figures.append(fig)
         rows.append(estimate(fig, area, args))
     print("ESTIMATE, NOT MEASURED ON A GPU")

@@ -51,6 +51,16 @@ class SlideStore:
     def __init__(self, path: Path, group, grid: TileGrid, maps: tuple[MapSpec, ...]):
         self.path, self._group, self.grid = path, group, grid
         self.maps = {m.name: m for m in maps}
+        self._arrays: dict[str, Any] = {}  # opened once: each open reads the array's metadata
+
+    def _array(self, key: str):
+        """The store's zarr array ``key`` (made by :func:`open_store`, never replaced), opened
+        on first use and kept: zarr reads an array's metadata from disk at every open, a few
+        ms that every batch paid several times over."""
+        array = self._arrays.get(key)
+        if array is None:
+            array = self._arrays[key] = self._group[key]
+        return array
 
     # -- what the viewer and finalize read -------------------------------------------------
     @property
@@ -60,7 +70,7 @@ class SlideStore:
     @property
     def done(self):
         """The (rows, cols) bool zarr array of tiles done."""
-        return self._group["done"]
+        return self._array("done")
 
     def done_indices(self) -> np.ndarray:
         """Indices (row-major) of the tiles whose results are in the store."""
@@ -86,7 +96,7 @@ class SlideStore:
 
     def accumulators(self, name: str):
         """The ``(acc, weight)`` zarr arrays of map ``name``."""
-        return self._group[f"maps/{name}/acc"], self._group[f"maps/{name}/weight"]
+        return self._array(f"maps/{name}/acc"), self._array(f"maps/{name}/weight")
 
     def blended(self, name: str) -> BlendedMap:
         """Map ``name`` as it stands (weighted mean of the tiles done): a lazy array-like."""
@@ -105,7 +115,7 @@ class SlideStore:
 
     def extras(self, name: str):
         """The (n_tiles, *shape) zarr array of per-tile extra ``name`` (index = tile index)."""
-        return self._group[f"extras/{name}"]
+        return self._array(f"extras/{name}")
 
     def write_final(
         self,
