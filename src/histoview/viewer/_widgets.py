@@ -54,6 +54,9 @@ class DockContainer(Container):
 
     def __init__(self, **kwargs):
         super().__init__(scrollable=True, **kwargs)
+        # the scroll area fills the dock; the rows stay packed at the top (napari adds this
+        # stretch itself only to a dock whose widget does not expand)
+        self._widget._layout.addStretch(1)
 
     @property
     def native(self):
