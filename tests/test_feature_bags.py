@@ -119,3 +119,22 @@ def test_train_writes_an_amil_head_checkpoint_that_explains_from_the_cache(
         probs = torch.softmax(head.forward_head(h[None]).double(), -1)[0].numpy()
     got = [res.summary["probabilities"][c] for c in meta["classes"]]
     np.testing.assert_allclose(got, probs, atol=1e-5)
+
+
+def test_a_head_run_on_several_processes_is_refused_before_any_starts(table, tmp_path, capsys):
+    """``--nproc 2`` on cached slide features: one line naming the config, no process
+    started, nothing written (the cache is read by one process)."""
+    from histoview.cli import main
+
+    config = tmp_path / "head.yaml"
+    config.write_text(
+        "model: amil\n"
+        f"data: {{type: slide_features, slides: '{table / 'slides.csv'}', "
+        f"cache: '{tmp_path / 'cache'}', checkpoint: '{_demo_checkpoint()}'}}\n"
+        f"output_dir: '{tmp_path / 'run'}'\n"
+    )
+    assert main(["train", str(config), "--nproc", "2"]) != 0
+    err = capsys.readouterr().err
+    assert f"{config}: a slide_features run trains in one process (no --nproc)" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

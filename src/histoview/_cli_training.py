@@ -36,7 +36,7 @@ def add_train_parser(sub, *, progress) -> None:
 
 def cmd_train(args, *, progress) -> int:
     from histoview.io.files import check_writable_dir
-    from histoview.training.config import load_config
+    from histoview.training.config import check_processes, load_config
 
     config = load_config(args.config)  # ConfigError: one line naming the file and the key
     if args.out:
@@ -46,10 +46,7 @@ def cmd_train(args, *, progress) -> int:
         config.setdefault("train", {})["epochs"] = args.epochs
     run = {"resume": not args.restart, "progress": progress, "source": str(args.config)}
     nproc = getattr(args, "nproc", 1)
-    if nproc < 1:
-        raise ValueError(f"--nproc must be at least 1, got {nproc}")
-    if nproc > 1 and (config.get("data") or {}).get("type") == "slide_features":
-        raise ValueError(f"{args.config}: a slide_features run trains in one process (no --nproc)")
+    check_processes(config, nproc, str(args.config))
     import os
 
     if nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:

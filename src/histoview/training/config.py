@@ -93,3 +93,14 @@ def validate_config(
     config["output_dir"] = str(out if out.is_absolute() else (base / out).resolve())
     config.setdefault("name", Path(config["output_dir"]).name)
     return config
+
+
+def check_processes(config: dict[str, Any], processes: int, source: str) -> None:
+    """Refuse ``processes`` training processes where the config cannot use them: fewer than
+    one, or more than one for an A-MIL head on cached slide features (one process reads the
+    cache). The CLI checks before it starts any process; a run torchrun started is checked
+    by the run itself."""
+    if processes < 1:
+        raise ValueError(f"--nproc must be at least 1, got {processes}")
+    if processes > 1 and (config.get("data") or {}).get("type") == "slide_features":
+        raise ValueError(f"{source}: a slide_features run trains in one process (no --nproc)")

@@ -9,7 +9,7 @@ from typing import Any
 
 from histoview import SYNTHETIC_NOTICE
 from histoview.io.files import write_text
-from histoview.training.config import validate_config
+from histoview.training.config import check_processes, validate_config
 from histoview.training.distributed import SINGLE, DistContext
 from histoview.training.events import drain
 
@@ -51,8 +51,7 @@ def iter_train_from_config(
     if (config.get("data") or {}).get("type") == "slide_features":  # an A-MIL head
         from histoview.training.feature_bags import iter_train_head
 
-        if dist.enabled:
-            raise ValueError(f"{source}: a slide_features run trains in one process (no --nproc)")
+        check_processes(config, dist.world_size, source)
         return (yield from iter_train_head(config, resume=resume, should_stop=should_stop,
                                            source=source))  # fmt: skip
     config = validate_config(config, source=source)  # (absolute paths stay as they are)
