@@ -44,7 +44,7 @@ def run_all_work(
     share one predictor, so faithfulness predicts an input they share once.
     """
     from histoview.explain.methods import get_method, method_title
-    from histoview.viewer._models import explain_once, model_lock, predictor_for
+    from histoview.viewer._models import explain_read, predictor_for
     from histoview.viewer.overlays import build_layers, explanation_layer_data
 
     total = len(methods) + 1
@@ -56,25 +56,15 @@ def run_all_work(
         except Exception as exc:  # missing weights: list the method, go on with the others
             skipped.append(f"{method} ({exc})")
             continue
-        rgb, ds, level, shape0 = read_layer_for_model(data, multiscale, pixel_size_um, meta)
+        read = read_layer_for_model(data, multiscale, pixel_size_um, meta)
+        rgb, ds = read[:2]
         mpp = pixel_size_um * ds if pixel_size_um else None
         factory = get_method(method).predictor
         key = (sha, factory, mpp) if sha else (id(net), factory, mpp)
         if key in predictors:
             net = predictors[key][0]  # the same weights: one model, one predictor
         yield "progress", i, total, f"running {method_title(method)}"
-        with model_lock(net):  # asked for before (single runs, Run all): not made again
-            expl = explain_once(
-                rgb,
-                method,
-                net,
-                meta,
-                sha,
-                pixel_size_um=mpp,
-                downsample=ds,
-                level=level,
-                image_shape=shape0,
-            )
+        expl = explain_read(read, method, net, meta, sha, pixel_size_um)
         if key not in predictors:  # one per model for the session: it remembers its inputs
             predictors[key] = (net, predictor_for(factory, net, meta, sha, mpp))
         predict = predictors[key][1]

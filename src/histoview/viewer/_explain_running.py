@@ -16,7 +16,7 @@ def no_model(method: str) -> str:
 def explain_work(data, multiscale, where, method, entry, target_class, importance, mpp, outlines):
     """Generator run in a worker thread: yields (step, text), returns (explanation, layer
     data). Every yield is a point where Cancel stops it."""
-    from histoview.viewer._models import explain_once, load_model_for, model_lock
+    from histoview.viewer._models import explain_read, load_model_for
     from histoview.viewer.overlays import build_layers, explanation_layer_data
 
     if entry is None:  # pressed before the first model list arrived: its default
@@ -30,22 +30,12 @@ def explain_work(data, multiscale, where, method, entry, target_class, importanc
     yield 1, "loading model"
     net, meta, sha = load_model_for(method, entry.path)  # read once per session
     yield 2, "reading image"
-    rgb, downsample, level, shape0 = read_layer_for_model(data, multiscale, mpp, meta)
+    read = read_layer_for_model(data, multiscale, mpp, meta)
+    rgb = read[0]
     yield 3, f"running {method_title(method)} on {rgb.shape[1]} x {rgb.shape[0]} pixels"
-    with model_lock(net):  # the same request again: the explanation already made
-        expl = explain_once(
-            rgb,
-            method,
-            net,
-            meta,
-            sha,
-            pixel_size_um=(mpp * downsample) if mpp else None,
-            target_class=target_class,
-            importance=importance,
-            downsample=downsample,
-            level=level,
-            image_shape=shape0,
-        )
+    expl = explain_read(
+        read, method, net, meta, sha, mpp, target_class=target_class, importance=importance
+    )
     yield 4, "drawing"
     layer_data = explanation_layer_data(expl, where, outlines=outlines)
     layers = build_layers(layer_data)

@@ -154,6 +154,27 @@ def explain_once(image, method: str, model, meta, sha, **settings):
     return expl
 
 
+def explain_read(read, method: str, model, meta, sha, pixel_size_um, **settings):
+    """:func:`explain_once` of a layer read for the model, under :func:`model_lock`:
+    ``read`` is :func:`~histoview.viewer.overlays.read_layer_for_model`'s ``(rgb,
+    downsample, level, level-0 shape)``, ``pixel_size_um`` the layer's level-0 um/px (None:
+    unknown). What an explain dock and Run all both do."""
+    rgb, downsample, level, shape0 = read
+    with model_lock(model):  # the same request again: the explanation already made
+        return explain_once(
+            rgb,
+            method,
+            model,
+            meta,
+            sha,
+            pixel_size_um=pixel_size_um * downsample if pixel_size_um else None,
+            downsample=downsample,
+            level=level,
+            image_shape=shape0,
+            **settings,
+        )
+
+
 def warm_up(methods_and_checkpoints, load=None, imports=(), listed=None) -> None:
     """Load ``(method, checkpoint)`` models (checkpoint None: the demo weights;
     :data:`FIRST_LISTED`: the first checkpoint listed for the method) in a background thread,
