@@ -79,9 +79,10 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         # proxies too: layers are matched by ``unique_id`` (same_layer), never by identity.
         from napari.layers import Image, Layer
 
-        from histoview.viewer import _napari_grid
+        from histoview.viewer import _napari_grid, _napari_rows
 
         _napari_grid.install()  # napari's grid placement in one pass (side by side's panels)
+        _napari_rows.install()  # no repaint of every layer-list row on every zoom step
         self.viewer = viewer = napari_viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS

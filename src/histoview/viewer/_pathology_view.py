@@ -5,9 +5,11 @@
   µm too);
 * keyboard shortcuts (:data:`SHORTCUTS`): run and cancel the last-used explanation dock,
   step to the next or previous overlay, show or hide the current overlay;
-* the view re-fitted after the dock has taken its room on the side.
+* the view re-fitted after the dock has taken its room on the side;
+* zooming that does not repaint every row of napari's layer list on every step
+  (:mod:`histoview.viewer._napari_rows`, the one hook here into napari's private code).
 
-:func:`install` does this once per viewer, through napari's public API only.
+:func:`install` does this once per viewer, the rest through napari's public API.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def install(viewer, dock=None) -> None:
     """Scale bar, shortcuts and a re-fit of the view for ``viewer`` (once per viewer)."""
     from qtpy.QtCore import QTimer
 
+    from histoview.viewer import _napari_rows
+
+    _napari_rows.install()  # no repaint of every layer-list row on every zoom step
     if dock is not None:
         remember_dock(viewer, dock)
     QTimer.singleShot(0, viewer.reset_view)  # after the dock has been laid out

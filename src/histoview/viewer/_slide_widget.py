@@ -82,6 +82,9 @@ class SlideWidget(DockContainer):
         super().__init__(labels=True)
         from napari.layers import Image
 
+        from histoview.viewer import _napari_rows
+
+        _napari_rows.install()  # no repaint of every layer-list row on every zoom step
         self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
