@@ -79,10 +79,11 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         # proxies too: layers are matched by ``unique_id`` (same_layer), never by identity.
         from napari.layers import Image, Layer
 
-        from histoview.viewer import _napari_grid, _napari_rows
+        from histoview.viewer import _napari_grid
+        from histoview.viewer._pathology_view import prepare_canvas
 
         _napari_grid.install()  # napari's grid placement in one pass (side by side's panels)
-        _napari_rows.install()  # no repaint of every layer-list row on every zoom step
+        prepare_canvas()  # no layer-list repaints on zoom, text glyphs made ahead of time
         self.viewer = viewer = napari_viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS

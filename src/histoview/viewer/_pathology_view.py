@@ -6,8 +6,9 @@
 * keyboard shortcuts (:data:`SHORTCUTS`): run and cancel the last-used explanation dock,
   step to the next or previous overlay, show or hide the current overlay;
 * the view re-fitted after the dock has taken its room on the side;
-* zooming that does not repaint every row of napari's layer list on every step
-  (:mod:`histoview.viewer._napari_rows`, the one hook here into napari's private code).
+* zooming that does not repaint every row of napari's layer list on every step, and the
+  canvas's text glyphs made ahead of time (:func:`prepare_canvas`: the hooks here into
+  napari's private code).
 
 :func:`install` does this once per viewer, the rest through napari's public API.
 """
@@ -77,13 +78,21 @@ def remember_dock(viewer, dock) -> None:
     _LAST_DOCK[viewer] = dock
 
 
+def prepare_canvas() -> None:
+    """What every histoview dock does to napari's canvas when it opens: zoom steps that do
+    not repaint the layer list (:mod:`~histoview.viewer._napari_rows`), and the text glyphs
+    made ahead of time (:mod:`~histoview.viewer._glyphs`)."""
+    from histoview.viewer import _glyphs, _napari_rows
+
+    _napari_rows.install()
+    _glyphs.warm()
+
+
 def install(viewer, dock=None) -> None:
     """Scale bar, shortcuts and a re-fit of the view for ``viewer`` (once per viewer)."""
     from qtpy.QtCore import QTimer
 
-    from histoview.viewer import _napari_rows
-
-    _napari_rows.install()  # no repaint of every layer-list row on every zoom step
+    prepare_canvas()
     if dock is not None:
         remember_dock(viewer, dock)
     QTimer.singleShot(0, viewer.reset_view)  # after the dock has been laid out

@@ -82,9 +82,9 @@ class SlideWidget(DockContainer):
         super().__init__(labels=True)
         from napari.layers import Image
 
-        from histoview.viewer import _napari_rows
+        from histoview.viewer._pathology_view import prepare_canvas
 
-        _napari_rows.install()  # no repaint of every layer-list row on every zoom step
+        prepare_canvas()  # no layer-list repaints on zoom, text glyphs made ahead of time
         self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
