@@ -32,11 +32,16 @@ class Background:
         """Whether ``test`` (a test function's name) is among the tests of this session."""
         return test in self._names
 
-    def start(self, name: str, fn, *args, **kwargs) -> None:
+    def start(self, name: str, fn, /, *args, **kwargs) -> None:
         """Queue ``fn(*args, **kwargs)`` under ``name``."""
         self._jobs[name] = self._pool.submit(fn, *args, **kwargs)
 
-    def run(self, name: str, argv: list[str], **kwargs) -> None:
+    def put(self, name: str, value) -> None:
+        """Keep ``value`` under ``name`` (what the jobs' test needs to know of them)."""
+        self._jobs[name] = Future()
+        self._jobs[name].set_result(value)
+
+    def run(self, name: str, argv: list[str], /, **kwargs) -> None:
         """Queue ``subprocess.run(argv, capture_output=True, text=True, **kwargs)``."""
         self.start(name, subprocess.run, argv, capture_output=True, text=True, **kwargs)
 
