@@ -10,7 +10,7 @@ A module declares its jobs in a module-scoped autouse fixture::
                 bg.start("x", _run_x, ...)
             yield bg
 
-and the test takes its result with ``background.result("x")``, which re-raises what the
+(processes with ``env=bg.env``), and the test takes its result with ``background.result("x")``, which re-raises what the
 job raised. Jobs run one after the other on ``lanes`` threads (one by default: the pytest
 process keeps the other core), in the order they were started. Leaving the ``with`` waits for
 every job, so that no process outlives the module.
@@ -18,6 +18,7 @@ every job, so that no process outlives the module.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -27,6 +28,15 @@ class Background:
         self._names = {item.originalname or item.name for item in request.session.items}
         self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="tests-background")
         self._jobs: dict[str, Future] = {}
+        # the environment of the jobs' processes, fixed now (the tests running meanwhile may
+        # change os.environ), with their own per-user model library and cache, as conftest's
+        # _user_data_dir gives each test
+        tmp = request.getfixturevalue("tmp_path_factory")
+        self.env = {
+            **os.environ,
+            "HISTOVIEW_DATA_DIR": str(tmp.mktemp("background-user-data")),
+            "HISTOVIEW_CACHE_DIR": str(tmp.mktemp("background-cache")),
+        }
 
     def wanted(self, test: str) -> bool:
         """Whether ``test`` (a test function's name) is among the tests of this session."""
@@ -42,8 +52,9 @@ class Background:
         self._jobs[name].set_result(value)
 
     def run(self, name: str, argv: list[str], /, **kwargs) -> None:
-        """Queue ``subprocess.run(argv, capture_output=True, text=True, **kwargs)``."""
-        self.start(name, subprocess.run, argv, capture_output=True, text=True, **kwargs)
+        """Queue ``subprocess.run(argv, capture_output=True, text=True, env=self.env, ...)``."""
+        kwargs = {"capture_output": True, "text": True, "env": self.env, **kwargs}
+        self.start(name, subprocess.run, argv, **kwargs)
 
     def result(self, name: str, timeout: float = 900):
         return self._jobs[name].result(timeout)

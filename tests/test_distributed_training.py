@@ -37,7 +37,7 @@ def _config(tmp_path, out: str, *, batch_size: int, epochs: int) -> dict:
     }
 
 
-def _train(tmp_path, cfg: dict, *extra: str, name: str = "cfg.yaml"):
+def _train(tmp_path, cfg: dict, *extra: str, name: str = "cfg.yaml", env=None):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run(
@@ -45,6 +45,7 @@ def _train(tmp_path, cfg: dict, *extra: str, name: str = "cfg.yaml"):
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
 
 
@@ -52,13 +53,13 @@ def _train(tmp_path, cfg: dict, *extra: str, name: str = "cfg.yaml"):
 def background(request, tmp_path_factory):
     with Background(request, lanes=3) as bg:
         if bg.wanted("test_a_killed_rank_stops_the_run_and_the_command_resumes_it"):
-            bg.start("killed", _kill_a_rank_and_resume, tmp_path_factory.mktemp("killed"))
+            bg.start("killed", _kill_a_rank_and_resume, tmp_path_factory.mktemp("killed"), bg.env)
         if bg.wanted("test_two_processes_train_as_one_with_the_whole_batch"):
             tmp = tmp_path_factory.mktemp("one-two")
             one = _config(tmp, "one", batch_size=4, epochs=3)
             two = _config(tmp, "two", batch_size=2, epochs=3)
-            bg.start("one", _train, tmp, one, name="one.yaml")
-            bg.start("two", _train, tmp, two, "--nproc", "2", name="two.yaml")
+            bg.start("one", _train, tmp, one, name="one.yaml", env=bg.env)
+            bg.start("two", _train, tmp, two, "--nproc", "2", name="two.yaml", env=bg.env)
             bg.put("one-two", tmp)
         yield bg
 
@@ -96,7 +97,7 @@ def test_a_killed_rank_stops_the_run_and_the_command_resumes_it(background):
     background.result("killed")
 
 
-def _kill_a_rank_and_resume(tmp_path):
+def _kill_a_rank_and_resume(tmp_path, env):
     """The killed-rank test, run by the module's background (its assertions raise there)."""
     import psutil
 
@@ -108,6 +109,7 @@ def _kill_a_rank_and_resume(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     state = tmp_path / "killed" / "train_state.json"
     deadline = time.monotonic() + 300
@@ -129,7 +131,7 @@ def _kill_a_rank_and_resume(tmp_path):
 
     assert read_metadata(tmp_path / "killed" / "last.safetensors")["epoch"] == epoch_at_kill
     cfg["train"]["epochs"] = epoch_at_kill + 1
-    again = _train(tmp_path, cfg, "--nproc", "2")
+    again = _train(tmp_path, cfg, "--nproc", "2", env=env)
     assert again.returncode == 0, again.stderr
     assert "resum" in (again.stdout + again.stderr).lower()
     assert read_metadata(tmp_path / "killed" / "last.safetensors")["epoch"] == epoch_at_kill + 1

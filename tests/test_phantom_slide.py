@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def background(request, tmp_path_factory):
                 str(CHECK["size"]),
                 str(CHECK["seed"]),
             ]
-            bg.start("check_slide", subprocess.run, argv, capture_output=True, check=True)
+            bg.run("check_slide", argv, text=False, check=True)
         yield bg
 
 
