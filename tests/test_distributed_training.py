@@ -1,6 +1,9 @@
 """``histoview train CONFIG --nproc 2`` on the CPU (Gloo): the same run as one process with the
 whole batch, checkpoints written once (rank 0), a killed rank stops the run with one line and
-an intact checkpoint, and the same command resumes it."""
+an intact checkpoint, and the same command resumes it.
+
+The runs are processes the module starts with its first test, all at once: most of a run is
+starting (importing torch, the rendezvous), and the runs of the two tests overlap."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import time
 
 import pytest
 import yaml
+
+from _background import Background
 
 pytest.importorskip("torch")
 
@@ -32,7 +37,7 @@ def _config(tmp_path, out: str, *, batch_size: int, epochs: int) -> dict:
     }
 
 
-def _train(tmp_path, cfg: dict, *extra: str, name: str = "cfg.yaml"):
+def _train(tmp_path, cfg: dict, *extra: str, name: str = "cfg.yaml", env=None):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run(
@@ -40,7 +45,23 @@ def _train(tmp_path, cfg: dict, *extra: str, name: str = "cfg.yaml"):
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background(request, tmp_path_factory):
+    with Background(request, lanes=3) as bg:
+        if bg.wanted("test_a_killed_rank_stops_the_run_and_the_command_resumes_it"):
+            bg.start("killed", _kill_a_rank_and_resume, tmp_path_factory.mktemp("killed"), bg.env)
+        if bg.wanted("test_two_processes_train_as_one_with_the_whole_batch"):
+            tmp = tmp_path_factory.mktemp("one-two")
+            one = _config(tmp, "one", batch_size=4, epochs=3)
+            two = _config(tmp, "two", batch_size=2, epochs=3)
+            bg.start("one", _train, tmp, one, name="one.yaml", env=bg.env)
+            bg.start("two", _train, tmp, two, "--nproc", "2", name="two.yaml", env=bg.env)
+            bg.put("one-two", tmp)
+        yield bg
 
 
 def _history(folder) -> list[dict]:
@@ -49,12 +70,11 @@ def _history(folder) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
-    one = _train(tmp_path, _config(tmp_path, "one", batch_size=4, epochs=3), name="one.yaml")
+def test_two_processes_train_as_one_with_the_whole_batch(background):
+    tmp_path = background.result("one-two")
+    one = background.result("one")  # batch 4 on one process
     assert one.returncode == 0, one.stderr
-    two = _train(
-        tmp_path, _config(tmp_path, "two", batch_size=2, epochs=3), "--nproc", "2", name="two.yaml"
-    )
+    two = background.result("two")  # batch 2 on each of two
     assert two.returncode == 0, two.stderr
     assert "training on 2 processes (gloo" in two.stdout + two.stderr
     # rank 0 alone wrote: one history row and one line of output per epoch
@@ -72,8 +92,15 @@ def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_rank_stops_the_run_and_the_command_resumes_it(tmp_path):
-    psutil = pytest.importorskip("psutil")
+def test_a_killed_rank_stops_the_run_and_the_command_resumes_it(background):
+    pytest.importorskip("psutil")
+    background.result("killed")
+
+
+def _kill_a_rank_and_resume(tmp_path, env):
+    """The killed-rank test, run by the module's background (its assertions raise there)."""
+    import psutil
+
     cfg = _config(tmp_path, "killed", batch_size=2, epochs=60)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -82,6 +109,7 @@ def test_a_killed_rank_stops_the_run_and_the_command_resumes_it(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     state = tmp_path / "killed" / "train_state.json"
     deadline = time.monotonic() + 300
@@ -103,7 +131,7 @@ def test_a_killed_rank_stops_the_run_and_the_command_resumes_it(tmp_path):
 
     assert read_metadata(tmp_path / "killed" / "last.safetensors")["epoch"] == epoch_at_kill
     cfg["train"]["epochs"] = epoch_at_kill + 1
-    again = _train(tmp_path, cfg, "--nproc", "2")
+    again = _train(tmp_path, cfg, "--nproc", "2", env=env)
     assert again.returncode == 0, again.stderr
     assert "resum" in (again.stdout + again.stderr).lower()
     assert read_metadata(tmp_path / "killed" / "last.safetensors")["epoch"] == epoch_at_kill + 1

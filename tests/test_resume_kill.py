@@ -12,6 +12,10 @@ so a resumed run must end with the very weights of an uninterrupted one.
 * kills inside the save: a child dies just before, or just after, a rename of the run
   folder's files (those of epoch 2 and of the end by default, every one with ``slow``),
   then a resume must finish it.
+
+Two helpers (and so two runs at a time, one a core) share the work: the kills as two chains,
+the renames split between them; the runs killed at a rename are shared by the two tests
+that kill there.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,8 @@ from histoview.models.checkpoint import load_state_dict, read_metadata
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
-EPOCHS = 4
+#: epoch 2 is the first with a previous resume unit, epoch 3 the first to replace one
+EPOCHS = 3
 
 _ZYGOTE = r"""
 import json, os, sys
@@ -94,8 +100,8 @@ class Zygote:
     """The forking helper process: ``start(job)`` forks a training child, ``wait()`` its
     exit code (-9 when killed, 137 when it died on purpose, 3 on an exception)."""
 
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
+    def __init__(self, tmp: Path, name: str):
+        self.tmp, self.name = tmp, name
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _ZYGOTE],
             stdin=subprocess.PIPE,
@@ -107,7 +113,7 @@ class Zygote:
 
     def start(self, config: dict, **job) -> int:
         self.jobs += 1
-        self.log = self.tmp / f"child-{self.jobs}.log"
+        self.log = self.tmp / f"child-{self.name}-{self.jobs}.log"
         job = {"config": config, "log": str(self.log), "when": "never", **job}
         self.proc.stdin.write(json.dumps(job) + "\n")
         line = self.proc.stdout.readline()
@@ -125,7 +131,8 @@ class Zygote:
         return self.log.read_text() if self.log.exists() else ""
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
         self.proc.wait(timeout=30)
 
 
@@ -138,14 +145,33 @@ def setup(tmp_path_factory):
         for i in range(6):
             img = np.clip(np.array(colour) + rng.normal(0, 30, (32, 32, 3)), 0, 255)
             Image.fromarray(img.astype(np.uint8)).save(tmp / "data" / cls / f"{i}.png")
-    zygote = Zygote(tmp)
+    zygotes = [Zygote(tmp, "a"), Zygote(tmp, "b")]  # b imports while a runs
+    zygote = zygotes[0]
     reference = _config(tmp, "reference")
     assert zygote.run(reference) == 0, zygote.errors()  # (waits for the helper's imports)
     t0 = time.monotonic()
     assert zygote.run(_config(tmp, "timing")) == 0, zygote.errors()
     duration = time.monotonic() - t0  # of a whole run, from the fork
-    yield tmp, zygote, _final_state(Path(reference["output_dir"])), duration
-    zygote.close()
+    # the kills at renames already made and checked, by (rename number, before/after): the
+    # error they raised, or None
+    at_renames: dict = {}
+    yield tmp, zygotes, _final_state(Path(reference["output_dir"])), duration, at_renames
+    for zygote in zygotes:
+        zygote.proc.stdin.close()  # both exit at once
+    for zygote in zygotes:
+        zygote.close()
+
+
+def _on_both(zygotes, work, items) -> list:
+    """``work(zygote, item)`` for each item, the items split between the two helpers, which
+    run at once; the results in the order of the items split (a's, then b's)."""
+    parts = [items[0::2], items[1::2]]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(lambda z, part: [work(z, item) for item in part], zygote, part)
+            for zygote, part in zip(zygotes, parts, strict=True)
+        ]
+        return [result for future in futures for result in future.result()]
 
 
 def _config(tmp: Path, out: str) -> dict:
@@ -186,8 +212,19 @@ def _same_run(state: dict, reference: dict) -> None:
             assert np.array_equal(state[key][name].numpy(), value.numpy()), (key, name)
 
 
-def _kill_at_random(setup, kills: int, seed: int) -> None:
-    tmp, zygote, reference, duration = setup
+def _kill_at_random(setup, kills: int, seeds: tuple[int, int]) -> None:
+    """``kills`` kills as two chains of runs, one per helper, at once."""
+    tmp, zygotes, reference, duration, _ = setup
+    chains = [(seed, kills // 2) for seed in seeds]
+    epochs_seen = sum(
+        _on_both(zygotes, lambda z, chain: _chain(z, tmp, reference, duration, *chain), chains),
+        [],
+    )
+    assert len(epochs_seen) == kills
+    assert max(epochs_seen) >= 1  # some kills came after an epoch had been saved
+
+
+def _chain(zygote, tmp, reference, duration, seed: int, kills: int) -> list[int]:
     rng = random.Random(seed)
     chain, done_runs, epochs_seen = 0, 0, []
     config = _config(tmp, f"random-{seed}-{chain}")
@@ -210,24 +247,48 @@ def _kill_at_random(setup, kills: int, seed: int) -> None:
     # the last run, resumed to its end
     assert zygote.run(config) == 0, zygote.errors()
     _same_run(_final_state(Path(config["output_dir"])), reference)
-    assert max(epochs_seen) >= 1  # some kills came after an epoch had been saved
+    return epochs_seen
 
 
 def test_runs_killed_at_random_instants_resume(setup):
-    _kill_at_random(setup, kills=20, seed=1)
+    _kill_at_random(setup, kills=20, seeds=(1, 3))
 
 
 @pytest.mark.slow
 def test_runs_killed_at_100_random_instants_resume(setup):
-    _kill_at_random(setup, kills=100, seed=2)
+    _kill_at_random(setup, kills=100, seeds=(2, 4))
+
+
+def _renames(setup) -> list[str]:
+    """The names renamed into the run folder by one whole run, in order (counted once)."""
+    tmp, zygotes, _, _, at_renames = setup
+    if "names" not in at_renames:
+        counted = _config(tmp, "count")
+        names_file = tmp / "renames.txt"
+        assert zygotes[0].run(counted, count=str(names_file)) == 0, zygotes[0].errors()
+        at_renames["names"] = names_file.read_text().split()
+    return at_renames["names"]
+
+
+def _die_at_rename(zygote, tmp, reference, names, n: int, when: str) -> str | None:
+    """Die just before or after rename ``n``, resume; what went wrong, or None."""
+    name = names[n]
+    config = _config(tmp, f"die-{n}-{when}")
+    try:
+        assert zygote.run(config, die_at=n + 1, when=when) == 137, zygote.errors()
+        out = Path(config["output_dir"])
+        if when == "before":  # killed mid-write: the temporary is there, the name is not new
+            assert any(p.name.startswith(f".{name}.") for p in out.iterdir()), name
+        assert zygote.run(config) == 0, f"rename {n} ({name}, {when}):\n{zygote.errors()}"
+        _same_run(_final_state(out), reference)
+    except AssertionError as exc:
+        return f"rename {n} ({name}, {when}): {exc}"
+    return None
 
 
 def _kill_inside_saves(setup, every: bool) -> None:
-    tmp, zygote, reference, _ = setup
-    counted = _config(tmp, f"count-{every}")
-    names_file = tmp / f"renames-{every}.txt"
-    assert zygote.run(counted, count=str(names_file)) == 0, zygote.errors()
-    names = names_file.read_text().split()
+    tmp, zygotes, reference, _, at_renames = setup
+    names = _renames(setup)
     # every epoch: last pair, the resume unit (its previous, its .json), best pair if better;
     # at the end the best pair again (with test metrics), report.json, history.csv
     starts = [i for i, name in enumerate(names) if name == "last.safetensors"]
@@ -236,16 +297,14 @@ def _kill_inside_saves(setup, every: bool) -> None:
     # by default epoch 2 (the first with a previous unit) and the end
     tail = range(len(names) - 4, len(names))
     positions = range(len(names)) if every else [*range(starts[1], starts[2]), *tail]
-    for n in positions:
-        name = names[n]
-        for when in ("before", "after"):
-            config = _config(tmp, f"die-{every}-{n}-{when}")
-            assert zygote.run(config, die_at=n + 1, when=when) == 137, zygote.errors()
-            out = Path(config["output_dir"])
-            if when == "before":  # killed mid-write: the temporary is there, the name is not new
-                assert any(p.name.startswith(f".{name}.") for p in out.iterdir()), name
-            assert zygote.run(config) == 0, f"rename {n} ({name}, {when}):\n{zygote.errors()}"
-            _same_run(_final_state(out), reference)
+    kills = [(n, when) for n in positions for when in ("before", "after")]
+    todo = [kill for kill in kills if kill not in at_renames]
+    outcomes = _on_both(
+        zygotes, lambda z, kill: _die_at_rename(z, tmp, reference, names, *kill), todo
+    )
+    at_renames.update(zip(todo[0::2] + todo[1::2], outcomes, strict=True))
+    failed = [at_renames[kill] for kill in kills if at_renames[kill]]
+    assert not failed, "\n".join(failed)
 
 
 def test_runs_killed_inside_the_saves_resume(setup):
@@ -258,7 +317,8 @@ def test_runs_killed_inside_every_save_resume(setup):
 
 
 def test_a_damaged_newest_unit_falls_back_to_the_previous(setup):
-    tmp, zygote, reference, _ = setup
+    tmp, zygotes, reference, _, _ = setup
+    zygote = zygotes[0]
     config = _config(tmp, "damaged")
     config["train"]["epochs"] = 2
     assert zygote.run(config) == 0, zygote.errors()
