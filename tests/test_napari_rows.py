@@ -33,10 +33,16 @@ def test_zoom_steps_change_no_row_but_visibility_and_names_do(make_napari_viewer
     changed: list[tuple[int, list]] = []
     model.dataChanged.connect(lambda first, last, roles: changed.append((first.row(), roles)))
 
+    draws = [0]
+    scene = viewer.window._qt_viewer.canvas._scene_canvas
+    scene.events.draw.connect(lambda _event: draws.__setitem__(0, draws[0] + 1))
+
     def zoom_steps():
         for i in range(6):
+            before = draws[0]
             viewer.camera.zoom *= 1.25 if i % 2 == 0 else 1 / 1.1
-            qtbot.wait(1)
+            # drawn: napari updates the layers as it draws
+            qtbot.waitUntil(lambda before=before: draws[0] > before, timeout=10_000)
 
     zoom_steps()  # settle the first draws
     _napari_rows.uninstall()
@@ -48,7 +54,9 @@ def test_zoom_steps_change_no_row_but_visibility_and_names_do(make_napari_viewer
     finally:
         assert _napari_rows.install()
     changed.clear()
+    draws[0] = 0
     zoom_steps()
+    assert draws[0] >= 6
     assert changed == []
 
     layer = viewer.layers["map 2"]

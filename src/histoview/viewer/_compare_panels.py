@@ -39,6 +39,7 @@ import numpy as np
 
 from histoview.viewer._compare_parts import STATE_KEY, role
 from histoview.viewer._layer_updates import unproxied
+from histoview.viewer._napari_rows import SILENT_EVENTS
 
 #: layers per panel: tissue, companion, main overlay
 STRIDE = 3
@@ -190,6 +191,8 @@ def one_scene_update(layers, view=None, *, batch: bool = True):
 
     def collect(event) -> None:
         index = getattr(event, "index", None)
+        if getattr(event, "type", None) in SILENT_EVENTS:  # nothing a row shows changed
+            return
         if getattr(event, "type", None) in ("moved", "reordered", "inserted", "removed"):
             touched.add(None)  # rows moved: all of them
         elif isinstance(index, int):

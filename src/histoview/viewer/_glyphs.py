@@ -80,16 +80,20 @@ def warm(per_turn: int = PER_TURN) -> int:
         shown = weakref.ref(canvas)
 
         def step(todo=todo, font=font, timer=timer, shown=shown):
-            if shown() is None or not _shown(shown()):  # closed: nothing left to draw
-                todo.clear()
+            canvas = shown()
             try:
+                if canvas is None or not _shown(canvas):  # closed or hidden: stop for now
+                    todo.clear()
+                    if canvas is not None:
+                        _WARMED.discard(canvas)  # a later warm() takes it once shown again
                 for _ in range(min(per_turn, len(todo))):
                     font[todo.pop(0)]  # napari's font makes and keeps the glyph
-            except RuntimeError:  # the glyph atlas is full ("Cannot store glyph"): stop
+            except Exception:  # e.g. the glyph atlas is full: napari makes the rest itself
                 todo.clear()
-            if not todo:
-                timer.stop()
-                _TIMERS.discard(timer)
+            finally:
+                if not todo:
+                    timer.stop()
+                    _TIMERS.discard(timer)
 
         timer.timeout.connect(step)
         timer.start()
