@@ -41,3 +41,9 @@ def test_a_dock_opened_makes_the_glyphs_and_a_title_then_makes_none(
     viewer.text_overlay.text = "日本"  # a character outside the warmed set is still made
     viewer.screenshot(canvas_only=True)
     assert made == ["日", "本"]
+
+
+def test_a_hidden_canvas_is_not_warmed(make_napari_viewer):
+    viewer = make_napari_viewer()  # not shown: it draws no text
+    assert _glyphs.warm() == 0
+    assert len(_glyphs.missing(_font(viewer))) == len(_glyphs.CHARACTERS)
