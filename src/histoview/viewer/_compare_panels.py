@@ -190,10 +190,10 @@ def one_scene_update(layers, view=None, *, batch: bool = True):
     touched: set = set()
 
     def collect(event) -> None:
-        index = getattr(event, "index", None)
-        if getattr(event, "type", None) in SILENT_EVENTS:  # nothing a row shows changed
+        index, kind = getattr(event, "index", None), getattr(event, "type", None)
+        if kind in SILENT_EVENTS:  # nothing a row shows changed
             return
-        if getattr(event, "type", None) in ("moved", "reordered", "inserted", "removed"):
+        if kind in ("moved", "reordered", "inserted", "removed"):
             touched.add(None)  # rows moved: all of them
         elif isinstance(index, int):
             touched.add(index)

@@ -4,9 +4,8 @@ napari draws canvas text (overlay titles and warnings, colour-bar ticks, the sca
 signed-distance glyphs that it makes on the main thread the first time a character is drawn
 on a canvas (``QtTextureFont._load_char``: Qt paints the character at 256 pt, the distance
 field is computed on the CPU, and the kerning against every glyph made so far is measured).
-That is ~7-14 ms per character on a 2-core CPU, whatever the GPU: the first overlay with a
-title froze the viewer for ~200 ms in ``benchmarks/bench_viewer.py``, the first side by side
-more.
+That is ~7-14 ms per character on a 2-core CPU, whatever the GPU: the first overlay title
+took ~0.5 s to appear, of which ~0.35 s were its glyphs (~0.15 s after warming: its shader).
 
 :func:`warm` makes the glyphs of :data:`CHARACTERS` for every napari canvas not yet warmed,
 :data:`PER_TURN` characters per turn of the event loop, while the user reads the dock that
