@@ -83,7 +83,7 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         from histoview.viewer._pathology_view import prepare_canvas
 
         _napari_grid.install()  # napari's grid placement in one pass (side by side's panels)
-        prepare_canvas()  # no layer-list repaints on zoom, text glyphs made ahead of time
+        prepare_canvas()  # no row repaints on zoom, lazy layer controls, glyphs made early
         self.viewer = viewer = napari_viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 #: metadata key of the compare view's record of a layer (its panel layers' role, an
@@ -112,19 +114,54 @@ def unproxied(obj):
     return obj
 
 
+def _scene_canvas(viewer):
+    """vispy's canvas behind ``viewer`` (None without a window, or on another napari)."""
+    window = getattr(unproxied(viewer), "window", None)
+    canvas = getattr(getattr(window, "_qt_viewer", None), "canvas", None)
+    scene = getattr(canvas, "_scene_canvas", None)
+    return scene if hasattr(scene, "_update_pending") else None
+
+
+@contextlib.contextmanager
+def no_redraw(viewer):
+    """Nothing done inside asks vispy for a redraw of the canvas.
+
+    For changes that show nothing new, such as inserting a hidden layer: napari asks for a
+    redraw of the whole scene on every insertion (it updates every layer's node), which under
+    software OpenGL costs a draw of ~0.1-0.2 s per hidden layer. vispy asks Qt for a repaint
+    only when none is pending (``SceneCanvas._update_pending``); marked pending inside, the
+    requests are dropped. A repaint that was pending before stays pending.
+    """
+    scene = _scene_canvas(viewer)
+    if scene is None or scene._update_pending:
+        yield
+        return
+    scene._update_pending = True
+    try:
+        yield
+    finally:
+        scene._update_pending = False
+
+
 def insert_inactive(viewer, index: int, layer) -> None:
     """Insert ``layer`` at ``index`` without making it the active layer (napari would
-    otherwise switch the layer controls to it, once per layer)."""
+    otherwise switch the layer controls to it, once per layer); a hidden layer without
+    redrawing the canvas (:func:`no_redraw`)."""
     layers = unproxied(viewer.layers)
+    hidden = not layer.visible
     before = getattr(layers, "_activate_on_insert", None)
-    if before is None:  # another napari: insert as usual
-        viewer.layers.insert(index, layer)
-        return
-    layers._activate_on_insert = False
-    try:
-        layers.insert(index, layer)
-    finally:
-        layers._activate_on_insert = before
+    with no_redraw(viewer) if hidden else contextlib.nullcontext():
+        if before is None:  # another napari: insert as usual
+            viewer.layers.insert(index, layer)
+        else:
+            layers._activate_on_insert = False
+            try:
+                layers.insert(index, layer)
+            finally:
+                layers._activate_on_insert = before
+    scene = _scene_canvas(viewer) if hidden and layer.visible else None
+    if scene is not None:  # shown while it was inserted: draw it after all
+        scene.update()
 
 
 def append_inactive(viewer, layer) -> None:

@@ -84,7 +84,7 @@ class SlideWidget(DockContainer):
 
         from histoview.viewer._pathology_view import prepare_canvas
 
-        prepare_canvas()  # no layer-list repaints on zoom, text glyphs made ahead of time
+        prepare_canvas()  # no row repaints on zoom, lazy layer controls, glyphs made early
         self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
