@@ -7,8 +7,8 @@
   step to the next or previous overlay, show or hide the current overlay;
 * the view re-fitted after the dock has taken its room on the side;
 * zooming that does not repaint every row of napari's layer list on every step, layer
-  controls and spare visuals built only when first needed, and the canvas's text glyphs
-  made ahead of time (:func:`prepare_canvas`: the hooks here into napari's private code).
+  controls and spare visuals built only when first needed, shader text work done once per
+  source, and the canvas's text glyphs made ahead of time (:func:`prepare_canvas`: the hooks here into napari's private code).
 
 :func:`install` does this once per viewer, the rest through napari's public API.
 """
@@ -81,12 +81,14 @@ def remember_dock(viewer, dock) -> None:
 def prepare_canvas() -> None:
     """What every histoview dock does to napari's canvas when it opens: zoom steps that do
     not repaint the layer list (:mod:`~histoview.viewer._napari_rows`), layer controls and
-    spare visuals built when first needed (:mod:`~histoview.viewer._napari_lazy`), and the
+    spare visuals built when first needed (:mod:`~histoview.viewer._napari_lazy`), vispy's
+    shader text work kept per source (:mod:`~histoview.viewer._vispy_shaders`), and the
     text glyphs made ahead of time (:mod:`~histoview.viewer._glyphs`)."""
-    from histoview.viewer import _glyphs, _napari_lazy, _napari_rows
+    from histoview.viewer import _glyphs, _napari_lazy, _napari_rows, _vispy_shaders
 
     _napari_rows.install()
     _napari_lazy.install()
+    _vispy_shaders.install()
     _glyphs.warm()
 
 

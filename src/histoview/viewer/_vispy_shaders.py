@@ -1,0 +1,143 @@
+"""vispy's text work on shader programs done once per source, not once per rebuild.
+
+vispy rebuilds a visual's shader program whenever the visual's transform chain changes, and
+napari changes it whenever it moves a layer into another view: the compare view's switch to
+side by side and back rebuilds every panel layer's programs. The rebuilt sources repeat:
+one switch with ten explanations rebuilt 382 shaders with 22 distinct sources. Three steps of
+each rebuild are pure functions of the source text and cost the main thread Python time on any
+GPU (~25 % of such a switch on a 2-core CPU, profiled):
+
+* ``vispy.gloo.glir._convert_desktop_shader`` - the line-by-line rewrite for desktop OpenGL;
+* ``vispy.gloo.program.Program._parse_variables_from_code`` - regular expressions that list
+  the program's uniforms, attributes and varyings;
+* ``GlirProgram._get_active_attributes_and_uniforms`` - after linking, one OpenGL query per
+  uniform through PyOpenGL; the answer depends only on the linked shaders' sources (and
+  the driver, which is one per process).
+
+:func:`install` keeps each result by its source (bounded: the oldest half is dropped past
+:data:`MAX_SOURCES`) and hands out copies. Programs are still compiled and linked as before;
+nothing about their state is shared. It patches only a vispy that has these three (vispy
+0.14-0.17); on any other it changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+#: most sources kept per cache
+MAX_SOURCES = 512
+
+_ORIGINAL: dict[str, object] = {}
+
+
+class _Cache(OrderedDict):
+    def keep(self, key, value):
+        self[key] = value
+        if len(self) > MAX_SOURCES:
+            for _ in range(len(self) // 2):
+                self.popitem(last=False)
+        return value
+
+
+_CONVERTED = _Cache()
+_VARIABLES = _Cache()
+_ACTIVE = _Cache()
+
+
+def _modules():
+    try:
+        from vispy.gloo import glir, program
+    except ImportError:
+        return None
+    parser_program = getattr(glir, "GlirProgram", None)
+    if not (
+        callable(getattr(glir, "_convert_desktop_shader", None))
+        and hasattr(program.Program, "_parse_variables_from_code")
+        and parser_program is not None
+        and hasattr(parser_program, "_get_active_attributes_and_uniforms")
+        and hasattr(parser_program, "link_program")
+        and hasattr(getattr(glir, "GlirShader", None), "set_data")
+    ):
+        return None
+    return glir, program
+
+
+def _convert_desktop_shader(shader):
+    found = _CONVERTED.get(shader)
+    if found is None:
+        found = _CONVERTED.keep(shader, _ORIGINAL["convert"](shader))
+    return found  # a string: nothing to copy
+
+
+def _parse_variables_from_code(self, update_variables=True):
+    code = "\n\n".join(sh.code for sh in self._shaders)
+    found = _VARIABLES.get(code)
+    if found is None:
+        _ORIGINAL["parse"](self, update_variables=False)
+        _VARIABLES.keep(code, dict(self._code_variables))
+    else:
+        self._code_variables = dict(found)
+    if update_variables:
+        self._process_pending_variables()
+
+
+def _shader_set_data(self, offset, code):
+    self._histoview_code = code  # the source, for the program that links it
+    _ORIGINAL["shader_data"](self, offset, code)
+
+
+def _link_program(self):
+    codes = tuple(getattr(s, "_histoview_code", None) for s in self._attached_shaders)
+    self._histoview_sources = codes if codes and None not in codes else None
+    try:
+        _ORIGINAL["link"](self)
+    finally:
+        self._histoview_sources = None
+
+
+def _active(self):
+    key = getattr(self, "_histoview_sources", None)
+    if key is None:  # linked some other way: ask OpenGL
+        return _ORIGINAL["active"](self)
+    found = _ACTIVE.get(key)
+    if found is None:
+        found = _ACTIVE.keep(key, frozenset(_ORIGINAL["active"](self)))
+    return set(found)  # vispy removes names from it as they are set
+
+
+def install() -> bool:
+    """Keep vispy's per-source shader results (idempotent). Returns whether it is
+    installed (False on a vispy this module does not know)."""
+    modules = _modules()
+    if modules is None:
+        return False
+    glir, program = modules
+    if not _ORIGINAL:
+        _ORIGINAL.update(
+            convert=glir._convert_desktop_shader,
+            parse=program.Program._parse_variables_from_code,
+            shader_data=glir.GlirShader.set_data,
+            link=glir.GlirProgram.link_program,
+            active=glir.GlirProgram._get_active_attributes_and_uniforms,
+        )
+        glir._convert_desktop_shader = _convert_desktop_shader
+        program.Program._parse_variables_from_code = _parse_variables_from_code
+        glir.GlirShader.set_data = _shader_set_data
+        glir.GlirProgram.link_program = _link_program
+        glir.GlirProgram._get_active_attributes_and_uniforms = _active
+    return True
+
+
+def uninstall() -> None:
+    """Restore vispy's own functions and forget what was kept (tests compare both)."""
+    modules = _modules()
+    if modules is None or not _ORIGINAL:
+        return
+    glir, program = modules
+    glir._convert_desktop_shader = _ORIGINAL.pop("convert")
+    program.Program._parse_variables_from_code = _ORIGINAL.pop("parse")
+    glir.GlirShader.set_data = _ORIGINAL.pop("shader_data")
+    glir.GlirProgram.link_program = _ORIGINAL.pop("link")
+    glir.GlirProgram._get_active_attributes_and_uniforms = _ORIGINAL.pop("active")
+    for cache in (_CONVERTED, _VARIABLES, _ACTIVE):
+        cache.clear()
