@@ -215,7 +215,8 @@ def test_train_cancel_resume_then_explain(make_napari_viewer, qtbot, tiny_datase
     explain.image_choice.value = image
     explain.model_choice.value = next(e for e in explain.model_choice.choices if e.name == name)
     explain.run()
-    qtbot.waitUntil(lambda: explain._worker is None, timeout=60_000)
+    # busy until the overlay is in: the worker ends first, then its layers go in stepwise
+    qtbot.waitUntil(lambda: not explain.busy, timeout=60_000)
     assert explain.last_explanation is not None, explain.result.value
     assert set(explain.last_explanation.classes) == {"pink", "purple"}
 
