@@ -83,7 +83,7 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         from histoview.viewer._pathology_view import prepare_canvas
 
         _napari_grid.install()  # napari's grid placement in one pass (side by side's panels)
-        prepare_canvas()  # no row repaints on zoom, lazy layer controls, glyphs made early
+        prepare_canvas()  # the canvas hooks every dock installs (see prepare_canvas)
         self.viewer = viewer = napari_viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS

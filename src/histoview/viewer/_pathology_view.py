@@ -8,7 +8,8 @@
 * the view re-fitted after the dock has taken its room on the side;
 * zooming that does not repaint every row of napari's layer list on every step, layer
   controls and spare visuals built only when first needed, shader text work done once per
-  source, and the canvas's text glyphs made ahead of time (:func:`prepare_canvas`: the hooks here into napari's private code).
+  source, and the canvas's text glyphs made ahead of time (:func:`prepare_canvas`: the
+  hooks here into napari's and vispy's private code).
 
 :func:`install` does this once per viewer, the rest through napari's public API.
 """

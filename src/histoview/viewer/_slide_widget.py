@@ -84,7 +84,7 @@ class SlideWidget(DockContainer):
 
         from histoview.viewer._pathology_view import prepare_canvas
 
-        prepare_canvas()  # no row repaints on zoom, lazy layer controls, glyphs made early
+        prepare_canvas()  # the canvas hooks every dock installs (see prepare_canvas)
         self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()

@@ -16,8 +16,8 @@ GPU (~25 % of such a switch on a 2-core CPU, profiled):
 
 :func:`install` keeps each result by its source (bounded: the oldest half is dropped past
 :data:`MAX_SOURCES`) and hands out copies. Programs are still compiled and linked as before;
-nothing about their state is shared. It patches only a vispy that has these three (vispy
-0.14-0.17); on any other it changes nothing.
+nothing about their state is shared. It patches only a vispy that has these three under
+vispy 0.17's names; on any other it changes nothing.
 """
 
 from __future__ import annotations
