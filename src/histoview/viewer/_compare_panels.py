@@ -281,7 +281,8 @@ def style_colorbar(bar) -> None:
 def layer_list_view(widget):
     """napari's layer list (a Qt list view of the window ``widget`` is docked in), or None.
 
-    Found once per widget and remembered (searching the window's widgets takes ~25 ms)."""
+    napari's own when its viewer has made one; else found in the window once per widget and
+    remembered (searching the window's widgets takes 25-110 ms here)."""
     from qtpy.QtWidgets import QListView
 
     cached = getattr(widget, "_histoview_layer_list", None)
@@ -291,14 +292,26 @@ def layer_list_view(widget):
                 return cached
         except RuntimeError:  # the Qt object is gone
             pass
-    window = widget.window() if widget is not None else None
-    if window is None or window is widget:
-        return None
-    views = [v for v in window.findChildren(QListView) if type(v).__name__ == "QtLayerList"]
-    view = views[0] if views else None
+    view = _viewer_layer_list(getattr(widget, "viewer", None))
+    if view is None:  # another napari layout: search the window (~25-110 ms here)
+        window = widget.window() if widget is not None else None
+        if window is None or window is widget:
+            return None
+        found = [v for v in window.findChildren(QListView) if type(v).__name__ == "QtLayerList"]
+        view = found[0] if found else None
     if view is not None:
         widget._histoview_layer_list = view
     return view
+
+
+def _viewer_layer_list(viewer):
+    """The layer list view napari 0.9's Qt viewer made for ``viewer`` (its private
+    ``_qt_viewer._layers``, not created here), or None."""
+    try:
+        view = viewer.window._qt_viewer._layers
+    except (AttributeError, RuntimeError):
+        return None
+    return view if type(view).__name__ == "QtLayerList" else None
 
 
 def hide_rows(view, layers) -> int:
