@@ -57,6 +57,48 @@ def test_parsed_variables_and_converted_sources_match_vispys_own():
         _vispy_shaders.install()
 
 
+SNIPPET = """
+    vec4 scaled(vec4 pos, float scale) {
+        return vec4(pos.xy * $factor * scale, pos.zw) + $offset;
+    }
+"""
+
+
+def _snippet_answers():
+    from vispy.visuals.shaders import parsing
+    from vispy.visuals.shaders.function import Function
+
+    fn = Function(SNIPPET)
+    return (
+        fn.code,
+        parsing.parse_function_signature(fn.code),
+        parsing.find_template_variables(fn.code),
+        parsing.find_program_variables("uniform vec2 u_a, u_b;\nattribute float a_x;"),
+        sorted(fn.template_vars),
+    )
+
+
+def test_shader_snippets_parse_as_vispy_parses_them_and_callers_get_their_own_copies():
+    from vispy.visuals.shaders import parsing
+
+    _vispy_shaders.uninstall()
+    own = _snippet_answers()
+    assert own[0].startswith("\nvec4 scaled")  # indentation stripped
+    assert own[1] == ("scaled", [("vec4", "pos"), ("float", "scale")], "vec4")
+    assert own[4] == ["factor", "offset"]
+    try:
+        assert _vispy_shaders.install()
+        assert _snippet_answers() == own
+        first = parsing.parse_function_signature(own[0])
+        first[1].append(("int", "changed_by_a_caller"))
+        parsing.find_template_variables(own[0]).append("$changed")
+        parsing.find_program_variables("uniform vec2 u_a, u_b;\nattribute float a_x;")["x"] = 1
+        assert _snippet_answers() == own  # kept, and unchanged by what callers did with theirs
+        assert len(_vispy_shaders._SNIPPETS["clean"]) >= 1
+    finally:
+        _vispy_shaders.install()
+
+
 def test_the_caches_stay_bounded():
     from vispy.gloo import glir
 

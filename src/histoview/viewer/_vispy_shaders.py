@@ -14,9 +14,15 @@ GPU (~25 % of such a switch on a 2-core CPU, profiled):
   uniform through PyOpenGL; the answer depends only on the linked shaders' sources (and
   the driver, which is one per process).
 
+The shader functions vispy builds every visual, transform and viewbox from parse their GLSL
+snippets the same way each time (``vispy.visuals.shaders``: ``Function._clean_code``, the
+indentation strip run on every ``Function``, and the ``parsing`` module's signature,
+template-variable and program-variable regular expressions); those results are kept by
+snippet too (~15-20 % of inserting a layer or making napari's grid, profiled).
+
 :func:`install` keeps each result by its source (bounded: the oldest half is dropped past
 :data:`MAX_SOURCES`) and hands out copies. Programs are still compiled and linked as before;
-nothing about their state is shared. It patches only a vispy that has these three under
+nothing about their state is shared. It patches only a vispy that has all of these under
 vispy 0.17's names; on any other it changes nothing.
 """
 
@@ -42,6 +48,15 @@ class _Cache(OrderedDict):
 _CONVERTED = _Cache()
 _VARIABLES = _Cache()
 _ACTIVE = _Cache()
+_SNIPPETS: dict[str, _Cache] = {}  # per vispy function below: its results by snippet
+
+#: ``vispy.visuals.shaders.parsing`` functions kept by snippet, and how a result is copied
+#: (callers may change the lists and dicts they get)
+_PARSING = {
+    "parse_function_signature": lambda r: (r[0], list(r[1]), r[2]),
+    "find_template_variables": list,
+    "find_program_variables": dict,
+}
 
 
 def _modules():
@@ -59,7 +74,40 @@ def _modules():
         and hasattr(getattr(glir, "GlirShader", None), "set_data")
     ):
         return None
-    return glir, program
+    try:
+        from vispy.visuals.shaders import function, parsing
+    except ImportError:
+        return None
+    if not (
+        callable(getattr(function.Function, "_clean_code", None))
+        and getattr(function, "parsing", None) is parsing
+        and all(callable(getattr(parsing, name, None)) for name in _PARSING)
+    ):
+        return None
+    return glir, program, function, parsing
+
+
+def _clean_code(self, code):
+    cache = _SNIPPETS["clean"]
+    found = cache.get(code)
+    if found is None:
+        found = cache.keep(code, _ORIGINAL["clean"](self, code))
+    return found  # a string
+
+
+def _kept(name: str, copy):
+    original = _ORIGINAL[name]
+    cache = _SNIPPETS[name]
+
+    def kept(code):
+        found = cache.get(code)
+        if found is None:
+            found = cache.keep(code, original(code))
+        return copy(found)
+
+    kept.__name__ = kept.__qualname__ = name
+    kept.__doc__ = original.__doc__
+    return kept
 
 
 def _convert_desktop_shader(shader):
@@ -111,7 +159,7 @@ def install() -> bool:
     modules = _modules()
     if modules is None:
         return False
-    glir, program = modules
+    glir, program, function, parsing = modules
     if not _ORIGINAL:
         _ORIGINAL.update(
             convert=glir._convert_desktop_shader,
@@ -125,6 +173,13 @@ def install() -> bool:
         glir.GlirShader.set_data = _shader_set_data
         glir.GlirProgram.link_program = _link_program
         glir.GlirProgram._get_active_attributes_and_uniforms = _active
+        _ORIGINAL["clean"] = function.Function._clean_code
+        _SNIPPETS["clean"] = _Cache()
+        function.Function._clean_code = _clean_code
+        for name, copy in _PARSING.items():
+            _ORIGINAL[name] = getattr(parsing, name)
+            _SNIPPETS[name] = _Cache()
+            setattr(parsing, name, _kept(name, copy))
     return True
 
 
@@ -133,11 +188,15 @@ def uninstall() -> None:
     modules = _modules()
     if modules is None or not _ORIGINAL:
         return
-    glir, program = modules
+    glir, program, function, parsing = modules
     glir._convert_desktop_shader = _ORIGINAL.pop("convert")
     program.Program._parse_variables_from_code = _ORIGINAL.pop("parse")
     glir.GlirShader.set_data = _ORIGINAL.pop("shader_data")
     glir.GlirProgram.link_program = _ORIGINAL.pop("link")
     glir.GlirProgram._get_active_attributes_and_uniforms = _ORIGINAL.pop("active")
+    function.Function._clean_code = _ORIGINAL.pop("clean")
+    for name in _PARSING:
+        setattr(parsing, name, _ORIGINAL.pop(name))
     for cache in (_CONVERTED, _VARIABLES, _ACTIVE):
         cache.clear()
+    _SNIPPETS.clear()
