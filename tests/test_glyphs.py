@@ -3,9 +3,6 @@ first title drawn makes none on the main thread (viewer._glyphs)."""
 
 from __future__ import annotations
 
-import threading
-
-import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -50,60 +47,6 @@ def test_a_hidden_canvas_is_not_warmed(make_napari_viewer):
     viewer = make_napari_viewer()  # not shown: it draws no text
     assert _glyphs.warm() == 0
     assert len(_glyphs.missing(_font(viewer))) == len(_glyphs.CHARACTERS)
-
-
-def _atlas_pixels(mirrors, font, char):
-    """The atlas pixels of ``char``'s glyph in ``font`` (from the atlas's mirror)."""
-    glyph = font[char]
-    u0, v0, _, _ = glyph["texcoords"]
-    w, h = glyph["size"]
-    x, y = round(u0 * font._atlas.shape[1]), round(v0 * font._atlas.shape[0])
-    return mirrors[id(font._atlas)][y : y + h, x : x + w]
-
-
-def test_warmed_glyphs_are_the_ones_napari_makes_and_their_fields_are_made_off_the_main_thread(
-    make_napari_viewer, qtbot, monkeypatch
-):
-    from napari._vispy.utils.qt_font import QtFontManager
-    from vispy.gloo import TextureAtlas
-    from vispy.visuals.text.text import SDFRendererCPU
-
-    mirrors: dict[int, np.ndarray] = {}  # what was written into each atlas (GL has it only)
-    write = TextureAtlas.__setitem__
-
-    def mirrored(self, key, data):
-        mirrors.setdefault(id(self), np.zeros(self.shape, np.uint8))[key] = data
-        return write(self, key, data)
-
-    monkeypatch.setattr(TextureAtlas, "__setitem__", mirrored)
-
-    _glyphs._FIELDS.clear()  # computed here, not taken from an earlier test's canvas
-    threads: set[str] = set()
-    render = SDFRendererCPU.render_to_texture
-
-    def recording(self, *args):
-        threads.add(threading.current_thread().name)
-        return render(self, *args)
-
-    monkeypatch.setattr(SDFRendererCPU, "render_to_texture", recording)
-    viewer = make_napari_viewer(show=True)
-    font = _font(viewer)
-    assert _glyphs.warm() == 1
-    qtbot.waitUntil(lambda: not _glyphs.missing(font), timeout=30_000)
-    assert threads and threading.main_thread().name not in threads
-
-    own = QtFontManager().get_font(font._font["face"], False, False)  # napari's own path
-    for char in _glyphs.CHARACTERS:
-        own[char]
-    for char in "Ag0µ–( ":
-        mine, theirs = font[char], own[char]
-        for field in ("offset", "advance", "size"):
-            assert mine[field] == theirs[field], (char, field)
-        assert mine["kerning"] == theirs["kerning"], char
-        np.testing.assert_array_equal(
-            _atlas_pixels(mirrors, font, char), _atlas_pixels(mirrors, own, char)
-        )
-    assert _atlas_pixels(mirrors, font, "A").max() > 200  # a real glyph, not an empty region
 
 
 def test_a_closed_canvas_stops_its_warm_up(make_napari_viewer, qtbot):
