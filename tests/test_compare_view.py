@@ -10,6 +10,7 @@ import pytest
 
 # PyG pulls in triton; loaded after a viewer's OpenGL context exists (Mesa llvmpipe under Xvfb),
 # triton's LLVM clashes with Mesa's and the process segfaults. Load it at collection instead.
+import torch
 import torch_geometric  # noqa: F401, E402
 
 pytestmark = pytest.mark.gui
@@ -283,7 +284,10 @@ def test_run_all_methods_in_worker(make_napari_viewer, phantom, models, qtbot):
         "dt-gradcam": models["cnn"],
     }
 
+    threads = []
+
     def load(method):
+        threads.append(torch.get_num_threads())  # in the worker, in one of its steps
         if method not in nets:
             raise CheckpointError(f"no demo weights for {method}")
         return nets[method], dict(META), None
@@ -295,6 +299,10 @@ def test_run_all_methods_in_worker(make_napari_viewer, phantom, models, qtbot):
     qtbot.waitUntil(lambda: not widget.running, timeout=80_000)
     assert "skipped" in widget.status.text() and "rmcg" in widget.status.text()
     assert "error" not in widget.status.text()
+    # on the CPU, torch computed on one core fewer: one left for the viewer's event loop
+    from histoview.viewer._cpu_share import original_threads, threads_for
+
+    assert set(threads) == {original_threads() if torch.cuda.is_available() else threads_for(True)}
     n = len(nets)
     assert widget.table.rowCount() == n and widget.table.columnCount() == n
     assert widget.table.item(0, 0).text() == "-"  # Spearman above the diagonal, IoU below

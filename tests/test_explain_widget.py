@@ -142,10 +142,25 @@ def test_the_chosen_model_stays_when_the_library_changes(make_napari_viewer, tmp
     assert widget.model_choice.value.path == chosen.path, "switched to the new model silently"
 
 
-def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot):
+def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot, monkeypatch):
     _bundled("bag")
+    import threading
+
+    import torch
+
+    from histoview.viewer import _models
+    from histoview.viewer._cpu_share import original_threads, threads_for
     from histoview.viewer._explain_widget import ExplainWidget
     from histoview.viewer._sample_data import phantom_layers
+
+    computed = []
+
+    def explain_read(*args, **kwargs):
+        computed.append((threading.current_thread(), torch.get_num_threads()))
+        return real(*args, **kwargs)
+
+    real = _models.explain_read
+    monkeypatch.setattr(_models, "explain_read", explain_read)
 
     viewer = make_napari_viewer()
     data, kwargs, _ = phantom_layers("invasive", seed=3)[0]
@@ -160,6 +175,10 @@ def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot):
     _wait_for_result(qtbot, widget)
     expl = widget.last_explanation
     assert expl is not None and expl.method == "amil"
+    # computed in the worker; on the CPU with one core fewer, one left for the event loop
+    [(thread, threads)] = computed
+    assert thread is not threading.main_thread()
+    assert threads == (original_threads() if torch.cuda.is_available() else threads_for(True))
     [grid_layer] = widget.last_layers
     assert grid_layer.data.shape == (16, 25)
     s = np.asarray(image.scale)

@@ -202,12 +202,16 @@ class RunActions:
         from napari.qt.threading import create_worker
 
         from histoview.viewer._compat import avoid_triton_llvm_clash
+        from histoview.viewer._cpu_share import torch_threads_per_step
 
         if self._worker is not None:
             self._error("already running: cancel it first")
             return
         avoid_triton_llvm_clash()
-        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+        # torch on all cores but one: one left for the viewer
+        worker = create_worker(
+            torch_threads_per_step(func), *args, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(lambda item: self._on_yielded(base, item))
         worker.returned.connect(lambda result: self._queue(lambda: self._show_results(result)))
         worker.errored.connect(lambda exc: self._error(str(exc)))

@@ -283,6 +283,7 @@ class ExplainWidget(DockContainer):
     def run(self, _event=None):
         from napari.qt.threading import create_worker
 
+        from histoview.viewer._cpu_share import torch_threads_per_step
         from histoview.viewer.overlays import Placement
 
         if self._worker is not None or self._adding:
@@ -309,8 +310,9 @@ class ExplainWidget(DockContainer):
             return
         avoid_triton_llvm_clash()
         self._cancelled = False
+        # torch on all cores but one while it computes: one left for the viewer
         worker = create_worker(
-            explain_work,
+            torch_threads_per_step(explain_work),
             image_layer.data,
             image_layer.multiscale,
             Placement.of(image_layer),

@@ -5,8 +5,6 @@ and shown over the slide (:class:`SlideNucleiShown`)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
 import shutil
 import threading
@@ -45,6 +43,7 @@ def slide_work(
     from histoview.io import open_image
     from histoview.io.files import output_stem
     from histoview.preprocessing.tissue import detect_tissue
+    from histoview.viewer._cpu_share import torch_threads
 
     with open_image(path) as src:
         resolve_slide_pixel_size(src, pixel_size)
@@ -57,7 +56,7 @@ def slide_work(
 
     def run():
         try:
-            with _one_core_for_the_viewer(device):
+            with torch_threads(leave_one=True, device=device):  # one core for the viewer
                 outcome["result"] = explain_slide(
                     path,
                     method,
@@ -115,29 +114,6 @@ def slide_work(
     if not result.cancelled and result.store_path is not None:
         shutil.rmtree(result.store_path, ignore_errors=True)  # outputs written: not needed
     return result, final or snap
-
-
-@contextlib.contextmanager
-def _one_core_for_the_viewer(device):
-    """While a slide runs on the CPU, torch computes on all cores but one: the one left keeps
-    the viewer's event loop running (napari draws, slices and inserts layers on the main
-    thread). On 2 cores, torch on both beside a tile reader and the viewer made the viewer
-    freeze twice as long and the run no faster (benchmarks/bench_slide_viewer.py); on many
-    cores one fewer costs little. The process's thread count is restored afterwards."""
-    import torch
-
-    from histoview.explain.slide_engine import resolve_device
-
-    before = torch.get_num_threads()
-    if resolve_device(device) != "cpu":
-        yield
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, min(before, (cores or 1) - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def result_text(result) -> str:

@@ -136,6 +136,7 @@ class TrainWidget(EvaluationActions, TrainSettings, QWidget):
         from napari.qt.threading import create_worker
 
         from histoview.training.run import iter_train_from_config
+        from histoview.viewer._cpu_share import torch_threads_per_step
 
         avoid_triton_llvm_clash()
         self._stop.clear()
@@ -152,7 +153,8 @@ class TrainWidget(EvaluationActions, TrainSettings, QWidget):
         )
         self.tabs.setCurrentWidget(self._run_page)  # the curves, not the settings, while it runs
         worker = create_worker(
-            iter_train_from_config,
+            # every core, also when this pool thread last computed beside an explanation
+            torch_threads_per_step(iter_train_from_config, leave_one=False),
             config,
             resume=resume,
             should_stop=self._should_stop,
