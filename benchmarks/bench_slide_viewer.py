@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_viewer import GapMeter, StallSampler, pump  # noqa: E402
+from bench_viewer import GapMeter, StallSampler, process, pump  # noqa: E402
 
 
 def phantom(size: int, folder: Path) -> Path:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     dock.batch_size.value = args.batch_size
     dock.method_choice.value = args.method
     viewer.reset_view()
-    app.processEvents()
+    process(app)
 
     meter = GapMeter()
     if args.sample_out is not None:
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
             and dock.progress.value > dock.progress.max * 0.4
         ):
             camera.center, camera.zoom = centre, zoom
-            app.processEvents()
+            process(app)
             args.screenshots.mkdir(parents=True, exist_ok=True)
             viewer.screenshot(str(args.screenshots / "slide-filling.png"), canvas_only=False)
             meter.last, meter.last_cpu = time.perf_counter(), time.thread_time()  # not a freeze
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
         record["map_auc_vs_lesions"] = round(lesion_auc(result.outputs["map"], slide), 3)
     if args.screenshots:
         camera.center, camera.zoom = centre, zoom
-        app.processEvents()
+        process(app)
         viewer.screenshot(str(args.screenshots / "slide.png"), canvas_only=False)
     print(json.dumps(record, indent=2))
     viewer.close()
