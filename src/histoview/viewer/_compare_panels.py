@@ -307,8 +307,6 @@ def layer_list_view(widget):
 def _viewer_layer_list(viewer):
     """The layer list view napari 0.9's Qt viewer made for ``viewer`` (its private
     ``_qt_viewer._layers``, not created here; behind the plugin proxy), or None."""
-    from histoview.viewer._layer_updates import unproxied
-
     try:
         view = unproxied(viewer).window._qt_viewer._layers
     except (AttributeError, RuntimeError):
