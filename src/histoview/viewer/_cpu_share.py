@@ -6,7 +6,7 @@ On 2 cores, torch on both beside the viewer made it freeze about twice as long a
 slide no faster (benchmarks/bench_slide_viewer.py); on one image, "Run all methods" again
 froze 101-214 ms instead of 276-406 ms and took 1.45 s instead of 1.7-2.0 s, its first run
 and each method's click the same within noise (benchmarks/bench_viewer.py, medians of 3-6
-runs, docs/benchmarks.md).
+runs before its activity-spinner fix, docs/benchmarks.md).
 
 Torch's OpenMP thread count belongs to the thread that sets it, and a thread that first
 computes takes the process-wide value of that moment. So the count is set in the worker thread

@@ -16,7 +16,8 @@ The distance fields stay on the main thread on purpose: computed in a background
 (tried on 2026-12-03) they hold the GIL all the same (vispy's Cython field never releases
 it), so they slowed the dock's own warm-up in its worker and the first click pressed at
 once took ~2.3 s longer (4.3 -> 6.6 s), for a longest freeze ~0.1-0.2 s shorter
-(docs/benchmarks.md).
+(docs/benchmarks.md). Those runs had the benchmark's stuck activity spinner, which costs most
+where the main thread is otherwise idle, as it is here: measure again before relying on it.
 """
 
 from __future__ import annotations
