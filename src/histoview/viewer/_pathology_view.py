@@ -83,13 +83,15 @@ def prepare_canvas() -> None:
     """What every histoview dock does to napari's canvas when it opens: zoom steps that do
     not repaint the layer list (:mod:`~histoview.viewer._napari_rows`), layer controls and
     spare visuals built when first needed (:mod:`~histoview.viewer._napari_lazy`), vispy's
-    shader text work kept per source (:mod:`~histoview.viewer._vispy_shaders`), and the
-    text glyphs made ahead of time (:mod:`~histoview.viewer._glyphs`)."""
-    from histoview.viewer import _glyphs, _napari_lazy, _napari_rows, _vispy_shaders
+    shader text work kept per source (:mod:`~histoview.viewer._vispy_shaders`), each font's
+    glyph filter uploaded once (:mod:`~histoview.viewer._vispy_text`), and the text glyphs
+    made ahead of time (:mod:`~histoview.viewer._glyphs`)."""
+    from histoview.viewer import _glyphs, _napari_lazy, _napari_rows, _vispy_shaders, _vispy_text
 
     _napari_rows.install()
     _napari_lazy.install()
     _vispy_shaders.install()
+    _vispy_text.install()
     _glyphs.warm()
 
 
