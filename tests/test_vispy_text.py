@@ -30,7 +30,7 @@ def _kernel_uploads(monkeypatch) -> list:
 def test_text_draws_upload_the_kernel_once_and_look_the_same(
     make_napari_viewer, qtbot, monkeypatch
 ):
-    was_installed = bool(_vispy_text._ORIGINAL)
+    was_installed = bool(_vispy_text._PATCHES)
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.linspace(0, 1, 64 * 64).reshape(64, 64), name="tissue")
     canvas = getattr(viewer, "canvas", None)

@@ -22,7 +22,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-_ORIGINAL: dict[str, object] = {}
+from ._patching import Patches
+
+_PATCHES = Patches()
 _NEEDED = ("actual_shape", "position", "contents_at", "iter_viewboxes")
 _HELPERS = ("_viewbox_groups", "_effective_indices")
 
@@ -74,16 +76,11 @@ def install() -> bool:
     cls = _grid_class()
     if cls is None:
         return False
-    if not _ORIGINAL:
-        _ORIGINAL.update(contents_at=cls.contents_at, iter_viewboxes=cls.iter_viewboxes)
-        cls.contents_at = _contents_at
-        cls.iter_viewboxes = _iter_viewboxes
+    _PATCHES.swap(cls, "contents_at", _contents_at)
+    _PATCHES.swap(cls, "iter_viewboxes", _iter_viewboxes)
     return True
 
 
 def uninstall() -> None:
     """Restore napari's own ``contents_at`` and ``iter_viewboxes`` (tests compare both)."""
-    cls = _grid_class()
-    if cls is not None and _ORIGINAL:
-        cls.contents_at = _ORIGINAL.pop("contents_at")
-        cls.iter_viewboxes = _ORIGINAL.pop("iter_viewboxes")
+    _PATCHES.restore()

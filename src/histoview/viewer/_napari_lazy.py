@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import weakref
 
-_ORIGINAL: dict[str, object] = {}
+from ._patching import Patches
+
+_PATCHES = Patches()
 _NEEDED = ("_add", "_remove", "_populate")
 
 
@@ -77,13 +79,13 @@ def _add(self, event) -> None:
 
 def _remove(self, event) -> None:
     if event.value in _lazy(self):
-        _ORIGINAL["_remove"](self, event)
+        _PATCHES.original("_remove")(self, event)
 
 
 def _populate(self) -> None:
     # no event argument, as napari's own: napari passes the event to a handler that takes one
     _lazy(self)
-    _ORIGINAL["_populate"](self)
+    _PATCHES.original("_populate")(self)
 
 
 # -- spare visuals ---------------------------------------------------------------------------
@@ -126,7 +128,7 @@ def _node_init(self, *args, **kwargs) -> None:
     for name, factory in factories.items():
         setattr(module, name, lambda *a, _f=factory, **k: _Recipe(_f, *a, **k))
     try:
-        _ORIGINAL["ImageLayerNode.__init__"](self, *args, **kwargs)
+        _PATCHES.original("ImageLayerNode.__init__")(self, *args, **kwargs)
     finally:
         for name, factory in factories.items():
             setattr(module, name, factory)
@@ -158,16 +160,14 @@ def install() -> bool:
     module = _container_module()
     if module is not None:
         cls = module.QtLayerControlsContainer
-        if "_add" not in _ORIGINAL:
-            _ORIGINAL.update({name: getattr(cls, name) for name in _NEEDED})
-            cls._add, cls._remove, cls._populate = _add, _remove, _populate
+        for name, replacement in zip(_NEEDED, (_add, _remove, _populate), strict=True):
+            _PATCHES.swap(cls, name, replacement)
         installed = True
     nodes = _node_module()
     if nodes is not None:
         cls = nodes.ImageLayerNode
-        if "ImageLayerNode.__init__" not in _ORIGINAL:
-            _ORIGINAL["ImageLayerNode.__init__"] = cls.__init__
-            cls.__init__ = _node_init
+        if "ImageLayerNode.__init__" not in _PATCHES:
+            _PATCHES.swap(cls, "__init__", _node_init, key="ImageLayerNode.__init__")
             cls.__getattr__ = _node_getattr  # kept after uninstall: nodes keep their recipes
         installed = True
     return installed
@@ -176,12 +176,4 @@ def install() -> bool:
 def uninstall() -> None:
     """Restore napari's own handlers and ``ImageLayerNode`` (tests compare both). Containers
     keep their lazy dictionaries, and nodes their recipes, which still build on first use."""
-    module = _container_module()
-    if module is not None and "_add" in _ORIGINAL:
-        cls = module.QtLayerControlsContainer
-        for name in _NEEDED:
-            setattr(cls, name, _ORIGINAL.pop(name))
-    if "ImageLayerNode.__init__" in _ORIGINAL:
-        from napari._vispy.layers.image import ImageLayerNode
-
-        ImageLayerNode.__init__ = _ORIGINAL.pop("ImageLayerNode.__init__")
+    _PATCHES.restore()

@@ -17,10 +17,12 @@ whose layer list model has ``_process_event`` (napari 0.9); on any other it chan
 
 from __future__ import annotations
 
+from ._patching import Patches
+
 #: layer events that change nothing a row of the layer list shows (see the module's text)
 SILENT_EVENTS = frozenset({"scale_factor", "highlight"})
 
-_ORIGINAL: dict[str, object] = {}
+_PATCHES = Patches()
 
 
 def _model_class():
@@ -34,7 +36,7 @@ def _model_class():
 def _process_event(self, event) -> None:
     if getattr(event, "type", None) in SILENT_EVENTS:
         return
-    _ORIGINAL["_process_event"](self, event)
+    _PATCHES.original("_process_event")(self, event)
 
 
 def install() -> bool:
@@ -44,14 +46,10 @@ def install() -> bool:
     cls = _model_class()
     if cls is None:
         return False
-    if not _ORIGINAL:
-        _ORIGINAL["_process_event"] = cls._process_event
-        cls._process_event = _process_event
+    _PATCHES.swap(cls, "_process_event", _process_event)
     return True
 
 
 def uninstall() -> None:
     """Restore napari's own handler (tests compare both)."""
-    cls = _model_class()
-    if cls is not None and _ORIGINAL:
-        cls._process_event = _ORIGINAL.pop("_process_event")
+    _PATCHES.restore()

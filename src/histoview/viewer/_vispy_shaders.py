@@ -30,10 +30,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from ._patching import Patches
+
 #: most sources kept per cache
 MAX_SOURCES = 512
 
-_ORIGINAL: dict[str, object] = {}
+_PATCHES = Patches()
 
 
 class _Cache(OrderedDict):
@@ -91,12 +93,11 @@ def _clean_code(self, code):
     cache = _SNIPPETS["clean"]
     found = cache.get(code)
     if found is None:
-        found = cache.keep(code, _ORIGINAL["clean"](self, code))
+        found = cache.keep(code, _PATCHES.original("clean")(self, code))
     return found  # a string
 
 
-def _kept(name: str, copy):
-    original = _ORIGINAL[name]
+def _kept(name: str, copy, original):
     cache = _SNIPPETS[name]
 
     def kept(code):
@@ -113,7 +114,7 @@ def _kept(name: str, copy):
 def _convert_desktop_shader(shader):
     found = _CONVERTED.get(shader)
     if found is None:
-        found = _CONVERTED.keep(shader, _ORIGINAL["convert"](shader))
+        found = _CONVERTED.keep(shader, _PATCHES.original("convert")(shader))
     return found  # a string: nothing to copy
 
 
@@ -121,7 +122,7 @@ def _parse_variables_from_code(self, update_variables=True):
     code = "\n\n".join(sh.code for sh in self._shaders)
     found = _VARIABLES.get(code)
     if found is None:
-        _ORIGINAL["parse"](self, update_variables=False)
+        _PATCHES.original("parse")(self, update_variables=False)
         _VARIABLES.keep(code, dict(self._code_variables))
     else:
         self._code_variables = dict(found)
@@ -131,14 +132,14 @@ def _parse_variables_from_code(self, update_variables=True):
 
 def _shader_set_data(self, offset, code):
     self._histoview_code = code  # the source, for the program that links it
-    _ORIGINAL["shader_data"](self, offset, code)
+    _PATCHES.original("shader_data")(self, offset, code)
 
 
 def _link_program(self):
     codes = tuple(getattr(s, "_histoview_code", None) for s in self._attached_shaders)
     self._histoview_sources = codes if codes and None not in codes else None
     try:
-        _ORIGINAL["link"](self)
+        _PATCHES.original("link")(self)
     finally:
         self._histoview_sources = None
 
@@ -146,10 +147,10 @@ def _link_program(self):
 def _active(self):
     key = getattr(self, "_histoview_sources", None)
     if key is None:  # linked some other way: ask OpenGL
-        return _ORIGINAL["active"](self)
+        return _PATCHES.original("active")(self)
     found = _ACTIVE.get(key)
     if found is None:
-        found = _ACTIVE.keep(key, frozenset(_ORIGINAL["active"](self)))
+        found = _ACTIVE.keep(key, frozenset(_PATCHES.original("active")(self)))
     return set(found)  # vispy removes names from it as they are set
 
 
@@ -160,43 +161,26 @@ def install() -> bool:
     if modules is None:
         return False
     glir, program, function, parsing = modules
-    if not _ORIGINAL:
-        _ORIGINAL.update(
-            convert=glir._convert_desktop_shader,
-            parse=program.Program._parse_variables_from_code,
-            shader_data=glir.GlirShader.set_data,
-            link=glir.GlirProgram.link_program,
-            active=glir.GlirProgram._get_active_attributes_and_uniforms,
-        )
-        glir._convert_desktop_shader = _convert_desktop_shader
-        program.Program._parse_variables_from_code = _parse_variables_from_code
-        glir.GlirShader.set_data = _shader_set_data
-        glir.GlirProgram.link_program = _link_program
-        glir.GlirProgram._get_active_attributes_and_uniforms = _active
-        _ORIGINAL["clean"] = function.Function._clean_code
+    if not _PATCHES:
+        swap = _PATCHES.swap
+        swap(glir, "_convert_desktop_shader", _convert_desktop_shader, key="convert")
+        swap(program.Program, "_parse_variables_from_code", _parse_variables_from_code, "parse")
+        swap(glir.GlirShader, "set_data", _shader_set_data, key="shader_data")
+        swap(glir.GlirProgram, "link_program", _link_program, key="link")
+        swap(glir.GlirProgram, "_get_active_attributes_and_uniforms", _active, key="active")
         _SNIPPETS["clean"] = _Cache()
-        function.Function._clean_code = _clean_code
+        swap(function.Function, "_clean_code", _clean_code, key="clean")
         for name, copy in _PARSING.items():
-            _ORIGINAL[name] = getattr(parsing, name)
             _SNIPPETS[name] = _Cache()
-            setattr(parsing, name, _kept(name, copy))
+            swap(parsing, name, _kept(name, copy, getattr(parsing, name)))
     return True
 
 
 def uninstall() -> None:
     """Restore vispy's own functions and forget what was kept (tests compare both)."""
-    modules = _modules()
-    if modules is None or not _ORIGINAL:
+    if not _PATCHES:
         return
-    glir, program, function, parsing = modules
-    glir._convert_desktop_shader = _ORIGINAL.pop("convert")
-    program.Program._parse_variables_from_code = _ORIGINAL.pop("parse")
-    glir.GlirShader.set_data = _ORIGINAL.pop("shader_data")
-    glir.GlirProgram.link_program = _ORIGINAL.pop("link")
-    glir.GlirProgram._get_active_attributes_and_uniforms = _ORIGINAL.pop("active")
-    function.Function._clean_code = _ORIGINAL.pop("clean")
-    for name in _PARSING:
-        setattr(parsing, name, _ORIGINAL.pop(name))
+    _PATCHES.restore()
     for cache in (_CONVERTED, _VARIABLES, _ACTIVE):
         cache.clear()
     _SNIPPETS.clear()

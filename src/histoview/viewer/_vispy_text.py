@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-_ORIGINAL: dict[str, object] = {}
+from ._patching import Patches
+
+_PATCHES = Patches()
 
 
 def _text_visual():
@@ -43,7 +45,7 @@ def kernel_texture(font) -> None:
 
 def _prepare_draw(self, view):
     kernel_texture(getattr(self, "_font", None))
-    return _ORIGINAL["_prepare_draw"](self, view)
+    return _PATCHES.original("_prepare_draw")(self, view)
 
 
 def install() -> bool:
@@ -52,14 +54,10 @@ def install() -> bool:
     cls = _text_visual()
     if cls is None:
         return False
-    if not _ORIGINAL:
-        _ORIGINAL["_prepare_draw"] = cls._prepare_draw
-        cls._prepare_draw = _prepare_draw
+    _PATCHES.swap(cls, "_prepare_draw", _prepare_draw)
     return True
 
 
 def uninstall() -> None:
     """vispy's own ``_prepare_draw`` again (fonts already given a texture keep it)."""
-    cls = _text_visual()
-    if cls is not None and _ORIGINAL:
-        cls._prepare_draw = _ORIGINAL.pop("_prepare_draw")
+    _PATCHES.restore()
