@@ -310,6 +310,14 @@ def main(argv=None) -> int:
         "runs meanwhile; 0: pressed at once, the worst case)",
     )
     parser.add_argument(
+        "--look",
+        type=float,
+        default=0.0,
+        help="seconds a user looks at the opened image before opening the first dock (timed "
+        "as an action of its own: what runs in the background meanwhile shows as its gaps; "
+        "0: the docks open at once, the worst case)",
+    )
+    parser.add_argument(
         "--first-dock",
         action="store_true",
         help="only open the image and the first explanation dock, timed until the dock's "
@@ -364,6 +372,17 @@ def main(argv=None) -> int:
         lambda: viewer.open(path, plugin="histoview"),
         lambda: len(viewer.layers) == 1,
     )
+
+    if args.look > 0:
+        end = time.perf_counter() + args.look
+        timed(
+            app,
+            meter,
+            rows,
+            f"look at the image for {args.look:g} s",
+            lambda: None,
+            lambda: time.perf_counter() >= end,
+        )
 
     docks = {}
 

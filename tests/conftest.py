@@ -47,6 +47,17 @@ def _user_data_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HISTOVIEW_CACHE_DIR", str(tmp_path_factory.mktemp("histoview-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _no_warm_up_on_open(monkeypatch):
+    """Opening an image warms the docks' models once per process, in the background
+    (``viewer._models.warm_up_on_open``); in the suite that would happen in whichever test
+    first opens one and load models beside later tests that count them, so it is marked done
+    here (``tests/test_viewer_reuse.py`` tests it on its own)."""
+    from histoview.viewer import _models
+
+    monkeypatch.setattr(_models, "_OPEN_WARM_UP", [None])
+
+
 def pytest_configure(config):
     # Import Triton (through torch's compiler stack) before any napari canvas loads Mesa's
     # libLLVM: importing Triton after that crashes the process on Mesa OpenGL (Xvfb).

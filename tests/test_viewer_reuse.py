@@ -232,6 +232,52 @@ def test_docks_load_their_model_in_the_background(make_napari_viewer, qtbot, mon
     qtbot.waitUntil(lambda: _models.cached_models() == 1, timeout=60_000)
 
 
+def test_opening_an_image_warms_the_docks_models(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    """A user opens an image, then a dock: the dock's default model was loaded meanwhile (its
+    first click does not wait for torch), and its model box is filled when it opens."""
+    from PIL import Image
+
+    from histoview.preprocessing.phantom import make_phantom
+    from histoview.viewer import _models
+    from histoview.viewer._reader import read_images
+
+    path = tmp_path / "tissue.png"
+    Image.fromarray(make_phantom("benign", preset="breakhis", seed=4).image).save(path)
+    _models.clear()
+    monkeypatch.setattr(_models, "_OPEN_WARM_UP", [])
+    monkeypatch.setattr(_models, "_WARMING", [])  # no dock has begun warming up
+    monkeypatch.setattr(_models, "OPEN_WARM_UP_DELAY_S", 0.0)
+    read_images(str(path))  # a script's read: no viewer yet, so no warm-up
+    assert not _models._OPEN_WARM_UP
+    viewer = make_napari_viewer()
+    viewer.open(path, plugin="histoview")
+    assert len(_models._OPEN_WARM_UP) == 1
+    listed = [_models.checkpoint_entries(m) for m in _models.open_warm_up_methods()]
+    checkpoints = {entries[0][1].path for entries in listed if entries}  # each dock's default
+    assert len(checkpoints) >= 3  # A-MIL, nuclei graph, Grad-CAM (its variants share one)
+    qtbot.waitUntil(lambda: _models.cached_models() == len(checkpoints), timeout=90_000)
+    viewer.open(path, plugin="histoview")  # once per session
+    assert len(_models._OPEN_WARM_UP) == 1
+    _dock, widget = viewer.window.add_plugin_dock_widget("histoview", "Attention-MIL")
+    assert widget.model_choice.value is not None  # listed already: no wait for the list
+
+
+def test_a_dock_warming_up_already_makes_the_open_warm_up_stand_aside(monkeypatch):
+    """A dock opened at once after the image warms its own model: the open's warm-up then
+    does nothing, so two warm-ups never share the CPU with that dock's first click."""
+    from histoview.viewer import _models
+
+    asked = []
+    monkeypatch.setattr(_models, "warm_up", lambda todo, **_: asked.append(todo))
+    monkeypatch.setattr(_models, "_WARMING", ["a dock's warm-up thread"])
+    _models._warm_up_unless_begun()
+    assert asked == []
+    monkeypatch.setattr(_models, "_WARMING", [])
+    _models._warm_up_unless_begun()
+    assert asked == [[(m, _models.FIRST_LISTED) for m in _models.open_warm_up_methods()]]
+    assert _models.open_warm_up_methods()[-1] == "graph"  # torch-geometric last
+
+
 def test_a_request_spelling_out_defaults_is_the_same_request():
     import torch
 

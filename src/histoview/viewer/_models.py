@@ -243,6 +243,54 @@ def warm_up(methods_and_checkpoints, load=None, imports=(), listed=None) -> None
 _WARMING: list = []
 
 
+def open_warm_up_methods() -> list[str]:
+    """The methods whose default models :func:`warm_up_on_open` loads: those "Run all
+    methods" includes (every explanation dock's and the compare dock's), the nuclei graph's
+    last, as it also imports torch-geometric (1-2 s of CPU more on a 2-core CPU)."""
+    from histoview.explain.methods import get_method, list_methods
+
+    return sorted(list_methods(run_all=True), key=lambda m: get_method(m).kind == "graph")
+
+
+#: how long after an image is opened its warm-up starts: the layer's insertion and first
+#: draws come first (importing torch in a thread holds the GIL in stretches of 0.1-0.4 s),
+#: and a dock opened within it warms its own model instead (:func:`_warm_up_unless_begun`)
+OPEN_WARM_UP_DELAY_S = 2.0
+_OPEN_WARM_UP: list = []  # the timer of the one warm-up an open starts per session
+
+
+def _warm_up_unless_begun() -> None:
+    """:func:`warm_up_on_open`'s work, unless a dock began its own warm-up meanwhile (a dock
+    opened at once after the image: two warm-ups would share the CPU with its first click)."""
+    if not _WARMING:
+        warm_up([(m, FIRST_LISTED) for m in open_warm_up_methods()])
+
+
+def warm_up_on_open(delay_s: float = OPEN_WARM_UP_DELAY_S) -> bool:
+    """Once per session, when an image is opened in a napari viewer: ``delay_s`` later, read
+    the model list and warm the docks' default models (the first checkpoint listed for each of
+    :func:`open_warm_up_methods`) in the background, so that a dock opened a few seconds after
+    the image answers its first click at once instead of waiting seconds for torch; nothing
+    when a dock has begun its own warm-up by then. Nothing without a viewer (scripts and the
+    command line read images too) or when ``HISTOVIEW_WARMUP`` is ``0``. Returns whether it
+    started the timer."""
+    import os
+
+    napari = sys.modules.get("napari")  # not imported here: no viewer, no warm-up
+    if _OPEN_WARM_UP or napari is None or os.environ.get("HISTOVIEW_WARMUP", "1") == "0":
+        return False
+    try:
+        if napari.current_viewer() is None:
+            return False
+    except Exception:  # noqa: BLE001 - a napari without a viewer registry: no warm-up
+        return False
+    timer = threading.Timer(delay_s, _warm_up_unless_begun)
+    timer.daemon = True
+    _OPEN_WARM_UP.append(timer)
+    timer.start()
+    return True
+
+
 def _finish_warm_ups(timeout: float = 30.0) -> None:
     """At exit, let warm-up threads finish their import or model load: a thread stopped by
     the interpreter's shutdown inside torch's C++ code aborts the process ("terminate called

@@ -53,7 +53,11 @@ def read_images(path) -> list[tuple]:
             cannot be read; napari reports it and keeps running.
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    return [layer_data_from_source(open_image(p)) for p in paths]
+    layers = [layer_data_from_source(open_image(p)) for p in paths]
+    from histoview.viewer._models import warm_up_on_open
+
+    warm_up_on_open()  # the docks' models, in the background, before a dock is opened
+    return layers
 
 
 def layer_data_from_source(src: ImageSource) -> tuple:

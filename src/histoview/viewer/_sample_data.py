@@ -66,20 +66,29 @@ def phantom_layers(label: str = "invasive", preset: str = "breakhis", seed: int 
     ]
 
 
+def _opened(layers: list[tuple]) -> list[tuple]:
+    """``layers``, with the explain docks' models warmed in the background meanwhile (an
+    opened sample is usually explained next; :func:`histoview.viewer._models.warm_up_on_open`)."""
+    from histoview.viewer._models import warm_up_on_open
+
+    warm_up_on_open()
+    return layers
+
+
 def phantom_benign():
-    return phantom_layers("benign")
+    return _opened(phantom_layers("benign"))
 
 
 def phantom_in_situ():
-    return phantom_layers("in_situ")
+    return _opened(phantom_layers("in_situ"))
 
 
 def phantom_invasive():
-    return phantom_layers("invasive")
+    return _opened(phantom_layers("invasive"))
 
 
 def phantom_bach_invasive():
-    return phantom_layers("invasive", preset="bach")
+    return _opened(phantom_layers("invasive", preset="bach"))
 
 
 #: the sample slide: 8000 x 8000 px at 0.25 um/px (2 x 2 mm), an in-situ and an invasive lesion
@@ -206,27 +215,29 @@ def idc_sample() -> list[tuple]:
         "patient": meta["patient"],
         "notice": f"Real tissue, listed as CC0: {meta['citation']} {RESEARCH_NOTICE}",
     }
-    return [
-        (
-            rgb,
-            {
-                "name": name,
-                "rgb": True,
-                "scale": scale,
-                "units": ("um", "um"),
-                "metadata": {"histoview": info},
-            },
-            "image",
-        ),
-        (
-            truth,
-            {
-                "name": f"{name}: IDC map (ground truth; 1 non-IDC, 2 IDC)",
-                "scale": scale,
-                "units": ("um", "um"),
-                "visible": False,
-                "opacity": 0.4,
-            },
-            "labels",
-        ),
-    ]
+    return _opened(
+        [
+            (
+                rgb,
+                {
+                    "name": name,
+                    "rgb": True,
+                    "scale": scale,
+                    "units": ("um", "um"),
+                    "metadata": {"histoview": info},
+                },
+                "image",
+            ),
+            (
+                truth,
+                {
+                    "name": f"{name}: IDC map (ground truth; 1 non-IDC, 2 IDC)",
+                    "scale": scale,
+                    "units": ("um", "um"),
+                    "visible": False,
+                    "opacity": 0.4,
+                },
+                "labels",
+            ),
+        ]
+    )
