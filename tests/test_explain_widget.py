@@ -345,3 +345,34 @@ def test_an_image_without_tissue_is_an_error_in_the_dock_not_a_crash(make_napari
     assert widget.result.value.startswith("error:") and "flat colour" in widget.result.value
     assert raised == [], raised
     assert viewer.layers[-1].name == "glass", "no overlay"
+
+
+def test_the_view_refits_once_the_dock_has_taken_its_room(make_napari_viewer, qtbot, tmp_path):
+    """napari gives a new dock its room a few event-loop turns after it opens; the tissue is
+    then fitted to the narrower canvas, not left at the zoom of the wider one."""
+    viewer = make_napari_viewer(show=True)
+    _open_png(viewer, tmp_path)
+    qtbot.wait(50)
+    wide = viewer.canvas.size
+    viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
+    qtbot.waitUntil(lambda: viewer.canvas.size[1] < wide[1], timeout=10_000)
+    qtbot.wait(100)
+    shown = viewer.camera.zoom
+    viewer.reset_view()
+    assert shown == pytest.approx(viewer.camera.zoom)
+
+
+def test_a_view_the_user_moved_is_kept_while_the_docks_settle(make_napari_viewer, qtbot):
+    from histoview.viewer._pathology_view import fit_while_settling
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((460, 700, 3), np.uint8), rgb=True)
+    fit_while_settling(viewer)
+    qtbot.wait(20)
+    viewer.canvas.size = (500, 300)  # the dock took its room: fitted again
+    fitted = viewer.camera.zoom
+    viewer.reset_view()
+    assert fitted == pytest.approx(viewer.camera.zoom)
+    viewer.camera.zoom = fitted * 3  # the user zooms in
+    viewer.canvas.size = (500, 400)
+    assert viewer.camera.zoom == pytest.approx(fitted * 3)

@@ -5,7 +5,8 @@
   µm too);
 * keyboard shortcuts (:data:`SHORTCUTS`): run and cancel the last-used explanation dock,
   step to the next or previous overlay, show or hide the current overlay;
-* the view re-fitted after the dock has taken its room on the side;
+* the view re-fitted after the dock has taken its room on the side (:func:`fit_while_settling`:
+  the canvas reaches its new size a few event-loop turns after the dock opens);
 * zooming that does not repaint every row of napari's layer list on every step, layer
   controls and spare visuals built only when first needed, shader text work done once per
   source, and the canvas's text glyphs made ahead of time (:func:`prepare_canvas`: the
@@ -27,7 +28,11 @@ SHORTCUTS = {
     "Control-Shift-V": "show / hide the current overlay",
 }
 
+#: seconds after a dock opens during which the view follows the canvas's new size
+SETTLE_S = 2.0
+
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()
+_SETTLING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> _SettlingFit
 _LAST_DOCK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -74,6 +79,59 @@ def scale_bar(viewer):
     return viewer.scale_bar
 
 
+class _SettlingFit:
+    """The view fitted to the layers, again on each canvas size change until ``deadline``
+    (:func:`fit_while_settling`), and no more once the camera has moved since the last fit."""
+
+    def __init__(self, viewer, deadline: float):
+        self.viewer, self.deadline = weakref.ref(viewer), deadline
+        self.size_event = getattr(getattr(viewer, "canvas", None), "events", None)
+        self.size_event = getattr(self.size_event, "size", None)
+        self.camera = None  # the camera as the last fit left it
+        self.stopped = False
+        if self.size_event is not None:
+            self.size_event.connect(self.fit)
+
+    def _camera(self, viewer) -> tuple:
+        return (float(viewer.camera.zoom), tuple(map(float, viewer.camera.center)))
+
+    def fit(self, _event=None) -> None:
+        import time
+
+        viewer = self.viewer()
+        if self.stopped or viewer is None:
+            return
+        moved = self.camera is not None and self._camera(viewer) != self.camera
+        if moved or time.monotonic() > self.deadline:
+            self.stop()
+            return
+        viewer.reset_view()
+        self.camera = self._camera(viewer)
+
+    def stop(self) -> None:
+        if not self.stopped and self.size_event is not None:
+            self.size_event.disconnect(self.fit)
+        self.stopped = True
+
+
+def fit_while_settling(viewer, settle_s: float = SETTLE_S) -> None:
+    """Fit the view to the layers after a dock's layout, and again each time the canvas
+    changes size in the next ``settle_s`` seconds (napari lays out a new dock over a few
+    event-loop turns and keeps the zoom it had on the wider canvas), unless the camera has
+    moved since the last fit: a user who zoomed or panned meanwhile keeps that view."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    previous = _SETTLING.get(viewer)
+    if previous is not None:
+        previous.stop()
+    # kept here: napari's events and Qt's timers hold bound methods weakly
+    settling = _SETTLING[viewer] = _SettlingFit(viewer, time.monotonic() + settle_s)
+    QTimer.singleShot(0, settling.fit)  # after the dock has been laid out
+    QTimer.singleShot(int(settle_s * 1000) + 50, settling.stop)
+
+
 def remember_dock(viewer, dock) -> None:
     """``dock`` (an explanation widget) is the one the run/cancel shortcuts act on."""
     _LAST_DOCK[viewer] = dock
@@ -97,12 +155,11 @@ def prepare_canvas() -> None:
 
 def install(viewer, dock=None) -> None:
     """Scale bar, shortcuts and a re-fit of the view for ``viewer`` (once per viewer)."""
-    from qtpy.QtCore import QTimer
 
     prepare_canvas()
     if dock is not None:
         remember_dock(viewer, dock)
-    QTimer.singleShot(0, viewer.reset_view)  # after the dock has been laid out
+    fit_while_settling(viewer)
     if viewer in _INSTALLED:
         return
     _INSTALLED.add(viewer)
