@@ -357,9 +357,9 @@ def test_the_view_refits_once_the_dock_has_taken_its_room(make_napari_viewer, qt
     viewer.window.add_plugin_dock_widget("histoview", "Grad-CAM")
     qtbot.waitUntil(lambda: viewer.canvas.size[1] < wide[1], timeout=10_000)
     qtbot.wait(100)
-    shown = viewer.camera.zoom
+    shown = viewer.scene.camera.zoom
     viewer.reset_view()
-    assert shown == pytest.approx(viewer.camera.zoom)
+    assert shown == pytest.approx(viewer.scene.camera.zoom)
 
 
 def test_a_view_the_user_moved_is_kept_while_the_docks_settle(make_napari_viewer, qtbot):
@@ -370,9 +370,9 @@ def test_a_view_the_user_moved_is_kept_while_the_docks_settle(make_napari_viewer
     fit_while_settling(viewer)
     qtbot.wait(20)
     viewer.canvas.size = (500, 300)  # the dock took its room: fitted again
-    fitted = viewer.camera.zoom
+    fitted = viewer.scene.camera.zoom
     viewer.reset_view()
-    assert fitted == pytest.approx(viewer.camera.zoom)
-    viewer.camera.zoom = fitted * 3  # the user zooms in
+    assert fitted == pytest.approx(viewer.scene.camera.zoom)
+    viewer.scene.camera.zoom = fitted * 3  # the user zooms in
     viewer.canvas.size = (500, 400)
-    assert viewer.camera.zoom == pytest.approx(fitted * 3)
+    assert viewer.scene.camera.zoom == pytest.approx(fitted * 3)

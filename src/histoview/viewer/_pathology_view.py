@@ -93,7 +93,8 @@ class _SettlingFit:
             self.size_event.connect(self.fit)
 
     def _camera(self, viewer) -> tuple:
-        return (float(viewer.camera.zoom), tuple(map(float, viewer.camera.center)))
+        camera = getattr(viewer, "scene", viewer).camera  # napari 0.9: viewer.scene.camera
+        return (float(camera.zoom), tuple(map(float, camera.center)))
 
     def fit(self, _event=None) -> None:
         import time
