@@ -305,3 +305,32 @@ def test_a_request_spelling_out_defaults_is_the_same_request():
     assert same is first
     other = _models.explain_once(image, "gradcam", cnn, meta, None, target_class=0)
     assert other is not first
+
+
+def test_an_overlay_runs_its_colours_from_the_maps_lowest_value_to_its_highest():
+    """The convention of explain.display, as the report and the compare view's side by side
+    show it: near-uniform attention (every patch about 1/N) is not painted as if every patch
+    were important, only where it is above the map's lowest."""
+    from histoview.explain.agreement import normalise
+    from histoview.explain.base import DenseMap, Explanation
+    from histoview.viewer.overlays import Placement, explanation_layer_data
+
+    values = np.full(12, 1 / 12, np.float32)
+    values[:3] *= 1.3  # three patches a little above the others
+    values = (values / values.sum()).reshape(3, 4)
+    expl = Explanation(
+        method="amil",
+        model="amil",
+        classes=("benign", "malignant"),
+        probabilities=np.array([0.9, 0.1]),
+        target_class=0,
+        values=values,
+        geometry=DenseMap((24, 32)),
+    )
+    where = Placement((1.0, 1.0), (0.0, 0.0), ("pixel", "pixel"), "tissue", "id-1")
+    [(data, kwargs, kind)] = explanation_layer_data(expl, where)
+    lo, hi = kwargs["contrast_limits"]
+    assert (lo, hi) == pytest.approx((values.min(), values.max()))
+    shown = np.clip((values - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(shown, normalise(values), atol=1e-6)  # as the report scales it
+    assert shown.ravel()[3:].max() == pytest.approx(0.0)  # the ordinary patches: unpainted

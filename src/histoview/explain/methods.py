@@ -239,8 +239,8 @@ for _method in (
         demo_weights="amil-phantom",
         colormap="inferno",
         class_specific=False,
-        values="attention weight of each patch (the weights sum to 1; shown relative to the "
-        "largest)",
+        values="attention weight of each patch (the weights sum to 1: 1/N each when the model "
+        "attends to all N patches alike)",
         citation="A-MIL: Ilse et al., 2018; Patil et al., 2019 (keys Ilse2018, Patil2019)",
     ),
     Method(

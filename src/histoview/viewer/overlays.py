@@ -118,9 +118,12 @@ def _metadata(expl: Explanation, image_name: str) -> dict:
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:
+    """The colour scale of an overlay: its map's lowest to highest finite value, the
+    convention of :mod:`histoview.explain.display` (the report and the compare view's
+    min-max normalisation show the same); a constant map gets a hair's width."""
     finite = np.asarray(values, float)[np.isfinite(values)]
     hi = float(finite.max()) if finite.size else 1.0
-    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    lo = float(finite.min()) if finite.size else 0.0
     return lo, hi if hi > lo else lo + 1e-6
 
 
