@@ -334,3 +334,19 @@ def test_an_overlay_runs_its_colours_from_the_maps_lowest_value_to_its_highest()
     shown = np.clip((values - lo) / (hi - lo), 0, 1)
     np.testing.assert_allclose(shown, normalise(values), atol=1e-6)  # as the report scales it
     assert shown.ravel()[3:].max() == pytest.approx(0.0)  # the ordinary patches: unpainted
+
+
+def test_the_canvas_notice_wraps_to_the_canvas_instead_of_being_cut_off():
+    from histoview import RESEARCH_NOTICE
+    from histoview.viewer.overlays import NOTICE_CHAR_PX, notice_text
+
+    title = "A-MIL attention: benign (> 0.99) [synthetic demo weights]"
+    narrow = notice_text([title, "Grad-CAM: malignant (0.62)"], canvas_width=360)
+    lines = narrow.split("\n")
+    assert max(map(len, lines)) * NOTICE_CHAR_PX <= 360 - 20
+    assert " ".join(narrow.split()) == " ".join(
+        f"{title} Grad-CAM: malignant (0.62) {RESEARCH_NOTICE}".split()
+    )
+    assert lines[1].startswith("  ")  # a title's continuation is indented
+    wide = notice_text([title], canvas_width=1200)
+    assert wide == f"{title}\n{RESEARCH_NOTICE}"  # one line per title where it fits

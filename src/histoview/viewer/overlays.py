@@ -388,11 +388,28 @@ def add_demo_explanations(viewer, image_layer, methods=None) -> list:
     return added
 
 
+#: canvas pixels per character of the notice's 10-point text (measured under Xvfb: 9.4)
+NOTICE_CHAR_PX = 10
+
+
+def notice_text(titles: list[str], canvas_width: int | None) -> str:
+    """The canvas notice: each overlay's title, then the research-use line, wrapped to fit
+    ``canvas_width`` pixels (napari's text overlay does not wrap; continuation lines are
+    indented), so that no title is cut off at the canvas's edge."""
+    import textwrap
+
+    width = max(24, int(((canvas_width or 800) - 20) / NOTICE_CHAR_PX))
+    lines = []
+    for line in [*titles, RESEARCH_NOTICE]:
+        lines += textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False)
+    return "\n".join(lines)
+
+
 def _set_notice(viewer, layers) -> None:
     titles = [lay.name for lay in layers if "histoview_explanation" in lay.metadata]
-    text = "\n".join(titles)
+    size = getattr(getattr(viewer, "canvas", None), "size", None)  # (height, width)
     overlay = viewer_text_overlay(viewer)
-    overlay.text = (text + "\n" if text else "") + RESEARCH_NOTICE
+    overlay.text = notice_text(titles, size[1] if size else None)
     overlay.visible = True
     overlay.position = "top_left"
     overlay.font_size = 10
