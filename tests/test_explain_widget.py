@@ -194,7 +194,7 @@ def test_amil_widget_runs_off_thread_and_aligns_grid(make_napari_viewer, qtbot, 
         expl.geometry.to_grid(expl.values, fill=0)[r // 28, c // 28]
     )
     assert "A-MIL attention" in grid_layer.name and "synthetic" in grid_layer.name
-    from histoview.viewer.overlays import viewer_text_overlay
+    from histoview.viewer._notice import viewer_text_overlay
 
     assert "research use only" in viewer_text_overlay(viewer).text.lower()
     assert expl.predicted_label in widget.result.value

@@ -338,7 +338,7 @@ def test_an_overlay_runs_its_colours_from_the_maps_lowest_value_to_its_highest()
 
 def test_the_canvas_notice_wraps_to_the_canvas_instead_of_being_cut_off():
     from histoview import RESEARCH_NOTICE
-    from histoview.viewer.overlays import NOTICE_CHAR_PX, notice_text
+    from histoview.viewer._notice import NOTICE_CHAR_PX, notice_text
 
     title = "A-MIL attention: benign (> 0.99) [synthetic demo weights]"
     narrow = notice_text([title, "Grad-CAM: malignant (0.62)"], canvas_width=360)
@@ -350,3 +350,20 @@ def test_the_canvas_notice_wraps_to_the_canvas_instead_of_being_cut_off():
     assert lines[1].startswith("  ")  # a title's continuation is indented
     wide = notice_text([title], canvas_width=1200)
     assert wide == f"{title}\n{RESEARCH_NOTICE}"  # one line per title where it fits
+
+
+def test_the_notice_wraps_again_when_the_canvas_width_changes(make_napari_viewer):
+    from histoview.viewer._notice import NOTICE_CHAR_PX, set_notice, viewer_text_overlay
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((8, 8), np.float32), name="A-MIL attention: benign (> 0.99)")
+    layer.metadata["histoview_explanation"] = object()
+    viewer.canvas.size = (600, 1200)
+    set_notice(viewer, [layer])
+    overlay = viewer_text_overlay(viewer)
+    assert overlay.text.count("\n") == 1  # the title and the research-use line
+    viewer.canvas.size = (600, 300)  # another dock took room
+    assert max(map(len, overlay.text.split("\n"))) * NOTICE_CHAR_PX <= 300 - 20
+    overlay.text = "the user's own note"
+    viewer.canvas.size = (600, 1200)
+    assert overlay.text == "the user's own note"  # never overwritten

@@ -30,7 +30,7 @@ import numpy as np
 # the compare view's per-layer record (metadata key) and its panel layers' role live with the
 # layer updates, which must leave panel layers alone
 from histoview.viewer._layer_updates import STATE_KEY, role  # noqa: F401
-from histoview.viewer.overlays import viewer_text_overlay
+from histoview.viewer._notice import viewer_text_overlay
 
 #: faithfulness steps: enough for a curve, few enough to stay interactive
 FAITHFULNESS_STEPS = 10

@@ -249,7 +249,7 @@ class RunActions:
             )
 
     def _show_results(self, result) -> None:
-        from histoview.viewer.overlays import _set_notice
+        from histoview.viewer._notice import set_notice
 
         self.agreement = result.get("agreement")
         self.faithfulness = dict(result.get("faithfulness") or {})
@@ -270,7 +270,7 @@ class RunActions:
             methods = [self._main(g).metadata["histoview_explanation"].method for g in groups]
             self.legend.setText(parts.colour_legend(methods) if methods else "")
         if not self.side_by_side_on:  # side by side keeps the notice clear of the panel titles
-            _set_notice(self.viewer, parts.explanation_layers(self.viewer.layers))
+            set_notice(self.viewer, parts.explanation_layers(self.viewer.layers))
 
     def _show_figure(self, rgba: np.ndarray) -> None:
         from qtpy.QtGui import QImage, QPixmap

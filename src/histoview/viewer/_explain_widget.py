@@ -391,9 +391,9 @@ class ExplainWidget(DockContainer):
         self.last_explanation = expl
         self.last_layers = layers
         from histoview.explain.display import format_probability
-        from histoview.viewer.overlays import _set_notice
+        from histoview.viewer._notice import set_notice
 
-        _set_notice(
+        set_notice(
             self.viewer,
             [lay for lay in self.viewer.layers if "histoview_explanation" in lay.metadata],
         )

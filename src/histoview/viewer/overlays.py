@@ -33,6 +33,7 @@ from histoview.explain.base import DenseMap, Explanation, NucleiPoints
 from histoview.explain.display import MAX_VISIBLE_EDGES, format_probability, has_contrast
 from histoview.explain.methods import method_title
 from histoview.preprocessing.patches import PatchGrid
+from histoview.viewer._notice import set_notice
 
 
 def method_colormap(method: str) -> str:
@@ -384,40 +385,5 @@ def add_demo_explanations(viewer, image_layer, methods=None) -> list:
             image, method, net, meta, sha, pixel_size_um=layer_pixel_size(image_layer)
         )
         added.extend(add_explanation_layers(viewer, image_layer, expl))
-    _set_notice(viewer, added)
+    set_notice(viewer, added)
     return added
-
-
-#: canvas pixels per character of the notice's 10-point text (measured under Xvfb: 9.4)
-NOTICE_CHAR_PX = 10
-
-
-def notice_text(titles: list[str], canvas_width: int | None) -> str:
-    """The canvas notice: each overlay's title, then the research-use line, wrapped to fit
-    ``canvas_width`` pixels (napari's text overlay does not wrap; continuation lines are
-    indented), so that no title is cut off at the canvas's edge."""
-    import textwrap
-
-    width = max(24, int(((canvas_width or 800) - 20) / NOTICE_CHAR_PX))
-    lines = []
-    for line in [*titles, RESEARCH_NOTICE]:
-        lines += textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False)
-    return "\n".join(lines)
-
-
-def _set_notice(viewer, layers) -> None:
-    titles = [lay.name for lay in layers if "histoview_explanation" in lay.metadata]
-    size = getattr(getattr(viewer, "canvas", None), "size", None)  # (height, width)
-    overlay = viewer_text_overlay(viewer)
-    overlay.text = notice_text(titles, size[1] if size else None)
-    overlay.visible = True
-    overlay.position = "top_left"
-    overlay.font_size = 10
-    overlay.color = "white"
-
-
-def viewer_text_overlay(viewer):
-    """The canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9, else ``text_overlay``)."""
-    canvas = getattr(viewer, "canvas", None)
-    overlays = getattr(canvas, "overlays", None)
-    return getattr(overlays, "text", None) or viewer.text_overlay
