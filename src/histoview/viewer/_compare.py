@@ -42,6 +42,7 @@ from histoview.viewer import _compare_parts as parts
 from histoview.viewer._compare_exports import ExportActions
 from histoview.viewer._compare_running import RunActions
 from histoview.viewer._compare_switch import PanelSwitching
+from histoview.viewer._compat import canvas_size_event
 from histoview.viewer._layer_choice import is_explanation, is_tissue_image, layer_choice, same_layer
 from histoview.viewer._widgets import scrolling
 
@@ -166,9 +167,9 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
             getattr(viewer.layers.events, event).connect(self._layers_changed)
         viewer.layers.selection.events.active.connect(self._active_changed)
         self._fitted = None
-        canvas_events = getattr(getattr(viewer, "canvas", None), "events", None)
-        if canvas_events is not None and hasattr(canvas_events, "size"):
-            canvas_events.size.connect(self._canvas_resized)
+        size_event = canvas_size_event(viewer)
+        if size_event is not None:
+            size_event.connect(self._canvas_resized)
         from histoview.viewer._models import warm_up
 
         # the methods' models loaded in the background: Run all's first click need not wait

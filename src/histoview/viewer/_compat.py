@@ -53,3 +53,10 @@ class SignalQueue:
                     self._on_error(f"{type(exc).__name__}: {exc}")
         finally:
             self._draining = False
+
+
+def canvas_size_event(viewer):
+    """The event napari emits when the canvas changes size (``viewer.canvas.events.size``,
+    napari 0.9), or None on a napari without it."""
+    events = getattr(getattr(viewer, "canvas", None), "events", None)
+    return getattr(events, "size", None)

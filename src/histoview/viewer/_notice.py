@@ -51,7 +51,9 @@ def set_notice(viewer, layers) -> None:
     overlay = viewer_text_overlay(viewer)
     overlay.text = notice_text(titles, _canvas_width(viewer))
     if viewer not in _NOTICES:
-        size_event = getattr(getattr(getattr(viewer, "canvas", None), "events", None), "size", None)
+        from histoview.viewer._compat import canvas_size_event
+
+        size_event = canvas_size_event(viewer)
         if size_event is not None:
             ref = weakref.ref(viewer)
             size_event.connect(lambda _e: ref() is not None and _rewrap_notice(ref()))

@@ -84,9 +84,10 @@ class _SettlingFit:
     (:func:`fit_while_settling`), and no more once the camera has moved since the last fit."""
 
     def __init__(self, viewer, deadline: float):
+        from histoview.viewer._compat import canvas_size_event
+
         self.viewer, self.deadline = weakref.ref(viewer), deadline
-        self.size_event = getattr(getattr(viewer, "canvas", None), "events", None)
-        self.size_event = getattr(self.size_event, "size", None)
+        self.size_event = canvas_size_event(viewer)
         self.camera = None  # the camera as the last fit left it
         self.stopped = False
         if self.size_event is not None:
@@ -156,7 +157,6 @@ def prepare_canvas() -> None:
 
 def install(viewer, dock=None) -> None:
     """Scale bar, shortcuts and a re-fit of the view for ``viewer`` (once per viewer)."""
-
     prepare_canvas()
     if dock is not None:
         remember_dock(viewer, dock)
