@@ -67,26 +67,39 @@ def test_same_settings_keep_the_overlay_and_the_model_loads_once(
     assert viewer.layers.selection.active is inserted[0]
 
 
+def _dense_explanation(method: str, values: np.ndarray, image_shape: tuple[int, int]):
+    """An explanation of ``method`` whose ``values`` cover an image of ``image_shape``."""
+    from histoview.explain.base import DenseMap, Explanation
+
+    return Explanation(
+        method=method,
+        model="test_cnn",
+        classes=("a", "b"),
+        probabilities=np.array([0.4, 0.6]),
+        target_class=1,
+        values=values,
+        geometry=DenseMap(image_shape),
+    )
+
+
+def _in_pixels():
+    """The placement of an image layer in pixels at the origin."""
+    from histoview.viewer.overlays import Placement
+
+    return Placement((1.0, 1.0), (0.0, 0.0), ("pixel", "pixel"), "tissue", "id-1")
+
+
 def test_swap_changes_data_in_place():
     """swap_layer_data gives an existing layer new values without a new layer."""
     from napari.layers import Image
 
-    from histoview.explain.base import DenseMap, Explanation
     from histoview.viewer._layer_updates import swap_layer_data
-    from histoview.viewer.overlays import Placement, explanation_layer_data
+    from histoview.viewer.overlays import explanation_layer_data
 
     def expl(values):
-        return Explanation(
-            method="gradcam",
-            model="test_cnn",
-            classes=("a", "b"),
-            probabilities=np.array([0.4, 0.6]),
-            target_class=1,
-            values=values,
-            geometry=DenseMap((20, 30)),
-        )
+        return _dense_explanation("gradcam", values, (20, 30))
 
-    where = Placement((1.0, 1.0), (0.0, 0.0), ("pixel", "pixel"), "tissue", "id-1")
+    where = _in_pixels()
     old = explanation_layer_data(expl(np.linspace(0, 1, 600).reshape(20, 30)), where)
     [layer] = [Image(d, **k) for d, k, _ in old]
     layer.metadata["histoview_compare"] = {"raw": None}  # the compare view's record
@@ -312,23 +325,13 @@ def test_an_overlay_runs_its_colours_from_the_maps_lowest_value_to_its_highest()
     show it: near-uniform attention (every patch about 1/N) is not painted as if every patch
     were important, only where it is above the map's lowest."""
     from histoview.explain.agreement import normalise
-    from histoview.explain.base import DenseMap, Explanation
-    from histoview.viewer.overlays import Placement, explanation_layer_data
+    from histoview.viewer.overlays import explanation_layer_data
 
     values = np.full(12, 1 / 12, np.float32)
     values[:3] *= 1.3  # three patches a little above the others
     values = (values / values.sum()).reshape(3, 4)
-    expl = Explanation(
-        method="amil",
-        model="amil",
-        classes=("benign", "malignant"),
-        probabilities=np.array([0.9, 0.1]),
-        target_class=0,
-        values=values,
-        geometry=DenseMap((24, 32)),
-    )
-    where = Placement((1.0, 1.0), (0.0, 0.0), ("pixel", "pixel"), "tissue", "id-1")
-    [(data, kwargs, kind)] = explanation_layer_data(expl, where)
+    expl = _dense_explanation("amil", values, (24, 32))
+    [(data, kwargs, kind)] = explanation_layer_data(expl, _in_pixels())
     lo, hi = kwargs["contrast_limits"]
     assert (lo, hi) == pytest.approx((values.min(), values.max()))
     shown = np.clip((values - lo) / (hi - lo), 0, 1)
