@@ -253,6 +253,33 @@ def test_pdf_carries_prediction_model_agreement_faithfulness_and_notices(tmp_pat
     assert len(curves) == len(faith)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SOB_M_DC-14-10926-100-001.png",  # a BreakHis name: ran into the research line
+        "TCGA-A2-A0CM-01Z-00-DX1.AC4901DE-4B6D-4185-BB9F-156033839828_region_12_of_40.svs",
+    ],
+)
+def test_no_text_of_the_page_runs_into_another_or_off_the_page(name):
+    report = render_figure(
+        tissue(), explanations(synthetic=True), pixel_size_um=0.5, image_name=name, paper="a4"
+    )
+    fig = report.pages[0]
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    boxes = [
+        (t.get_text(), t.get_window_extent(renderer))
+        for t in fig.texts  # the header, footer and panel titles placed on the page
+        if t.get_text().strip()
+    ]
+    shown = " ".join(text for text, _ in boxes)
+    assert RESEARCH_NOTICE in shown and name[:20] in shown
+    for i, (text, box) in enumerate(boxes):
+        assert page.x0 <= box.x0 and box.x1 <= page.x1, f"{text!r} runs off the page"
+        for other, obox in boxes[i + 1 :]:
+            assert not box.overlaps(obox), f"{text!r} runs into {other!r}"
+
+
 def test_dt_gradcam_shows_its_threshold(tmp_path):
     from matplotlib.contour import ContourSet
 

@@ -27,6 +27,7 @@ COL_GAP, BLOCK_GAP = 0.3, 0.16
 CB_GAP, CB_W, CB_LABELS = 0.06, 0.12, 0.4
 LINE = 1.3 / 72  # height of one line of text per point of font size
 TITLE_PT, SUB_PT, LEGEND_PT, TABLE_PT, HEADING_PT = 10.0, 7.5, 6.5, 7.5, 10.0
+HEADER_TITLE_PT, NOTICE_PT = 12.5, 10.0  # the report's title (bold), the research-use line
 
 
 @dataclass
@@ -56,9 +57,16 @@ class Content:
         H, W = self.image.shape[:2]
         return float(np.clip(H / W, 0.25, 4.0))
 
-    @property
-    def header_h(self) -> float:
-        return 12.5 * LINE + 8 * LINE * (3 if self.synthetic else 2) + 0.16
+    def title_lines(self, width_in: float) -> list[str]:
+        """The report's title, wrapped to ``width_in`` inches (a long file name breaks)."""
+        return wrap(f"Explanation report: {self.image_name}", width_in, HEADER_TITLE_PT * 1.1)
+
+    def header_h(self, width_in: float) -> float:
+        """Height of the header on a page whose content is ``width_in`` inches wide: the
+        research-use line, the title, the subtitle, the synthetic-weights line if any, the
+        colour note."""
+        title = len(self.title_lines(width_in)) * HEADER_TITLE_PT * LINE
+        return NOTICE_PT * LINE + title + 8 * LINE * (3 if self.synthetic else 2) + 0.18
 
     def display(self, size_in: float) -> np.ndarray:
         """The tissue downsampled for ``size_in`` inches at :data:`TISSUE_DPI`."""

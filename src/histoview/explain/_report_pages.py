@@ -21,11 +21,13 @@ from histoview.explain._report_canvas import (
     CB_W,
     COL_GAP,
     FOOTER_H,
+    HEADER_TITLE_PT,
     LEGEND_PT,
     LINE,
     MARGIN_BOTTOM,
     MARGIN_TOP,
     MARGIN_X,
+    NOTICE_PT,
     SUB_PT,
     TITLE_PT,
     Block,
@@ -93,11 +95,11 @@ def lay_out(
     blocks.append(_faithfulness_block(content, content_w, 4 if orientation == "portrait" else 6))
     bottom = ph - MARGIN_BOTTOM - FOOTER_H
     pages: list[list[Block]] = [[]]
-    y = MARGIN_TOP + content.header_h
+    y = MARGIN_TOP + content.header_h(content_w)
     for b in blocks:
         if pages[-1] and y + b.height > bottom:
             pages.append([])
-            y = MARGIN_TOP + content.header_h
+            y = MARGIN_TOP + content.header_h(content_w)
         pages[-1].append(b)
         y += b.height + BLOCK_GAP
     return Layout(paper, orientation, (pw, ph), pages, (tw, th))
@@ -114,7 +116,7 @@ def draw_pages(layout: Layout, content: Content) -> list:
         FigureCanvasAgg(fig)
         page = Page(fig, layout.size)
         _draw_header(page, content, number, len(layout.pages))
-        y = MARGIN_TOP + content.header_h
+        y = MARGIN_TOP + content.header_h(layout.size[0] - 2 * MARGIN_X)
         for b in blocks:
             b.draw(page, y)
             y += b.height + BLOCK_GAP
@@ -123,26 +125,23 @@ def draw_pages(layout: Layout, content: Content) -> list:
 
 
 def _draw_header(page: Page, content: Content, number: int, total: int) -> None:
+    """The research-use line on a line of its own (a long title cannot run into it), the
+    title (wrapped), subtitle, synthetic-weights line and colour note, and a rule."""
     from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE, __version__
 
-    x = MARGIN_X
+    x, width = MARGIN_X, page.w - 2 * MARGIN_X
     page.text(
-        x, MARGIN_TOP, f"Explanation report: {content.image_name}", fontsize=12.5, fontweight="bold"
+        x, MARGIN_TOP, RESEARCH_NOTICE, fontsize=NOTICE_PT, fontweight="bold", color="darkred"
     )
-    page.text(
-        page.w - MARGIN_X,
-        MARGIN_TOP,
-        RESEARCH_NOTICE,
-        fontsize=10,
-        fontweight="bold",
-        color="darkred",
-        ha="right",
-    )
-    y = page.lines(x, MARGIN_TOP + 12.5 * LINE + 0.02, [content.subtitle], 8, color="0.15")
+    y = MARGIN_TOP + NOTICE_PT * LINE
+    for line in content.title_lines(width):
+        page.text(x, y, line, fontsize=HEADER_TITLE_PT, fontweight="bold")
+        y += HEADER_TITLE_PT * LINE
+    y = page.lines(x, y + 0.02, [content.subtitle], 8, color="0.15")
     if content.synthetic:
         y = page.lines(x, y, [SYNTHETIC_NOTICE], 8, color="darkred")
     page.lines(x, y, [COLOUR_NOTE], 8, color="0.15")
-    rule = page.axes(x, MARGIN_TOP + content.header_h - 0.08, page.w - 2 * x, 0.001)
+    rule = page.axes(x, MARGIN_TOP + content.header_h(width) - 0.08, width, 0.001)
     rule.axis("off")
     rule.axhline(0.5, color="0.6", lw=0.6)
     footer = f"{RESEARCH_NOTICE}   histoview {__version__}"
