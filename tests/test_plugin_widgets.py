@@ -154,3 +154,37 @@ def test_docks_stacked_on_one_side_scroll_instead_of_growing_the_window(make_nap
         contents[name] = area.widget().minimumSizeHint().height()
     assert sum(contents.values()) > 1080, contents  # stacked unscrolled they would not fit
     assert max(docks.values()) < 300 and sum(docks.values()) < 1080, docks
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *EXPLANATION_DOCKS,
+        "Whole slide",
+        "Compare methods",
+        "Train a model",
+        "Stain normalisation",
+    ],
+)
+def test_each_dock_fits_its_room_without_a_sideways_scroll_bar(make_napari_viewer, name):
+    """A dock whose content is wider than the room napari gives it hides its right edge (the
+    compare dock's Cancel button, a table column, the export buttons) behind a sideways
+    scroll bar: long layer names shorten, rows of buttons stay narrow, pictures scale down."""
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    long_name = "SOB_M_DC-14-10926-100-001 scanned 2026-11-30 at 40X, second section.png"
+    viewer.add_image(np.zeros((46, 70, 3), np.uint8), rgb=True, name=long_name)
+    dock, widget = viewer.window.add_plugin_dock_widget("histoview", name)
+    if name == "Compare methods":  # its widest part: the faithfulness figure, once drawn
+        widget._show_figure(np.full((300, 420, 4), 255, np.uint8))
+    for _ in range(5):
+        QApplication.processEvents()
+    inner = dock.widget()
+    area = inner if isinstance(inner, QScrollArea) else inner.findChild(QScrollArea)
+    content = area.widget()
+    assert content.minimumSizeHint().width() <= area.viewport().width(), (
+        f"{name}: content needs {content.minimumSizeHint().width()} px, "
+        f"its dock gives {area.viewport().width()}"
+    )
+    assert area.horizontalScrollBar().maximum() == 0, name

@@ -44,7 +44,7 @@ from histoview.viewer._compare_running import RunActions
 from histoview.viewer._compare_switch import PanelSwitching
 from histoview.viewer._compat import canvas_size_event
 from histoview.viewer._layer_choice import is_explanation, is_tissue_image, layer_choice, same_layer
-from histoview.viewer._widgets import scrolling
+from histoview.viewer._widgets import FittedPicture, compact, scrolling
 
 HELP = {
     "run": "Explain the image with every method that has weights "
@@ -114,6 +114,7 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         self.image_choice = layer_choice(Image, is_tissue_image, label="image")
         self.heatmap_choice = layer_choice(Layer, is_explanation, label="heatmap")
         self.heatmap_choice.changed.connect(self._heatmap_changed)
+        compact(self.image_choice, self.heatmap_choice)  # long layer names: not wider
         self.run_button = _button("Run all methods", HELP["run"], self.run_all)
         self.cancel_button = _button("Cancel", "Stop after the current step", self.cancel)
         self.cancel_button.setEnabled(False)
@@ -143,11 +144,9 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
             "top-10 % IoU below (hover a cell for both)."
         )
         self.table_note.setWordWrap(True)
-        self.figure_view = qw.QLabel(
+        self.figure_view = FittedPicture(
             "Faithfulness curves appear here after Run all methods or Agreement & faithfulness."
         )
-        self.figure_view.setWordWrap(True)
-        self.figure_view.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.figure_view.setMinimumHeight(60)
         self.png_button = _button("Save figure PNG", HELP["png"], self.save_png)
         self.pdf_button = _button("Save report PDF", HELP["pdf"], self.save_pdf)
@@ -210,7 +209,8 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
             ),
             box("Agreement", self.table_note, self.table),
             box("Faithfulness: deletion and insertion", self.figure_view),
-            row(self.png_button, self.pdf_button, self.annotations_button),
+            row(self.png_button, self.pdf_button),
+            self.annotations_button,
             notice,
         ):
             main.addWidget(w)

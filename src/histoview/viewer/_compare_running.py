@@ -277,9 +277,7 @@ class RunActions:
 
         h, w = rgba.shape[:2]
         image = QImage(rgba.tobytes(), w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
-        self.figure_view.setText("")
-        self.figure_view.setPixmap(QPixmap.fromImage(image))
-        self.figure_view.setMinimumHeight(h)
+        self.figure_view.set_picture(QPixmap.fromImage(image))
 
     def _on_finished(self) -> None:
         self._worker = None

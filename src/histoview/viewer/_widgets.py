@@ -1,12 +1,13 @@
-"""Small Qt settings shared by the docks: long texts wrap or shorten instead of widening the
-dock (a dock as wide as its longest model name leaves the canvas a strip), and a dock's
-content scrolls rather than growing the window (:class:`DockContainer`)."""
+"""Small Qt settings shared by the docks: long texts wrap or shorten and pictures scale down
+instead of widening the dock (a dock as wide as its longest model name leaves the canvas a
+strip, and a dock wider than its room hides its right edge behind a scroll bar), and a
+dock's content scrolls rather than growing the window (:class:`DockContainer`)."""
 
 from __future__ import annotations
 
 from magicgui.widgets import Container
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QScrollArea, QSizePolicy, QWidget
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QComboBox, QLabel, QScrollArea, QSizePolicy, QWidget
 
 #: characters a drop-down shows before its width stops growing (the full text is in the list)
 COMBO_CHARS = 16
@@ -61,3 +62,45 @@ class DockContainer(Container):
     @property
     def native(self):
         return self.root_native_widget
+
+
+class FittedPicture(QLabel):
+    """A label showing a picture at most as wide as the label (scaled down, aspect kept),
+    so that a figure never makes its dock wider than the dock's room; text until
+    :meth:`set_picture` is called."""
+
+    def __init__(self, text: str = "", min_width: int = 120):
+        super().__init__(text)
+        self._picture = None
+        self._min_width = min_width
+        self.setWordWrap(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+
+    def set_picture(self, pixmap) -> None:
+        self._picture = pixmap
+        self.setText("")
+        self._fit()
+
+    def picture(self):
+        """The picture as given (not scaled), or None."""
+        return self._picture
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        return QSize(min(hint.width(), self._min_width), hint.height())
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        picture = self._picture
+        if picture is None or picture.isNull():
+            return
+        width = max(1, min(self.width(), picture.width()))
+        if self.pixmap() is not None and self.pixmap().width() == width:
+            return
+        scaled = picture.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
+        self.setPixmap(scaled)
+        self.setMinimumHeight(scaled.height())
