@@ -240,6 +240,44 @@ def test_scale_bar_in_micrometres_and_shortcuts(make_napari_viewer, qtbot, tmp_p
     assert not shown.visible
 
 
+def test_a_calibrated_image_opened_through_the_reader_shows_its_scale_bar_at_once(
+    make_napari_viewer, tmp_path
+):
+    """No dock needed: File > Open of a TIFF with a pixel size turns napari's scale bar on;
+    an image without one (a PNG) leaves it off, as nothing says how long a pixel is."""
+    import tifffile
+    from imageio.v3 import imwrite
+
+    from histoview.viewer._pathology_view import scale_bar
+
+    rgb = np.full((64, 80, 3), 200, np.uint8)
+    plain = tmp_path / "plain.png"
+    imwrite(plain, rgb)
+    viewer = make_napari_viewer()
+    viewer.open(str(plain), plugin="histoview")
+    assert not scale_bar(viewer).visible
+    calibrated = tmp_path / "calibrated.tif"  # 0.5 um/px
+    tifffile.imwrite(calibrated, rgb, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    viewer.open(str(calibrated), plugin="histoview")
+    assert scale_bar(viewer).visible
+    assert str(viewer.layers["calibrated.tif"].units[-1]) == "micrometer"
+
+
+@pytest.mark.parametrize("dock", ["Whole slide", "Compare methods"])
+def test_the_slide_and_compare_docks_turn_on_the_scale_bar_and_shortcuts(make_napari_viewer, dock):
+    from histoview.viewer._pathology_view import SHORTCUTS, scale_bar
+    from histoview.viewer._sample_data import phantom_layers
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = phantom_layers("invasive", seed=3)[0]  # calibrated: 0.5 um/px
+    viewer.add_image(data, **kwargs)
+    assert not scale_bar(viewer).visible  # added by a script: no reader, no dock yet
+    viewer.window.add_plugin_dock_widget("histoview", dock)
+    assert scale_bar(viewer).visible
+    bound = {str(key).replace("Ctrl", "Control").replace("+", "-") for key in viewer.keymap}
+    assert set(SHORTCUTS) <= bound
+
+
 def test_the_first_model_list_is_read_off_the_main_thread(
     make_napari_viewer, qtbot, tmp_path, monkeypatch
 ):

@@ -81,10 +81,12 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         from napari.layers import Image, Layer
 
         from histoview.viewer import _napari_grid
-        from histoview.viewer._pathology_view import prepare_canvas
+        from histoview.viewer._pathology_view import install
 
         _napari_grid.install()  # napari's grid placement in one pass (side by side's panels)
-        prepare_canvas()  # the canvas hooks every dock installs (see prepare_canvas)
+        # scale bar, shortcuts, the view re-fitted once the dock has its room, and the
+        # canvas hooks every dock installs (see _pathology_view.install)
+        install(napari_viewer)
         self.viewer = viewer = napari_viewer
         self.side_by_side_on = False
         self.steps = parts.FAITHFULNESS_STEPS

@@ -2,7 +2,7 @@
 
 * napari's scale bar on, in micrometres, when an image's pixel size is known (histoview's
   reader gives such layers a scale in µm, so the cursor position in the status bar reads in
-  µm too);
+  µm too; the reader turns it on too, :func:`follow_scale_bar`);
 * keyboard shortcuts (:data:`SHORTCUTS`): run and cancel the last-used explanation dock,
   step to the next or previous overlay, show or hide the current overlay;
 * the view re-fitted after the dock has taken its room on the side (:func:`fit_while_settling`:
@@ -32,6 +32,7 @@ SHORTCUTS = {
 SETTLE_S = 2.0
 
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()
+_SCALE_BAR: weakref.WeakSet = weakref.WeakSet()  # viewers whose scale bar follows the layers
 _SETTLING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> _SettlingFit
 _LAST_DOCK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -69,6 +70,27 @@ def update_scale_bar(viewer, _event=None) -> None:
     )
     if calibrated:  # the bar's units come from the layers' units (napari >= 0.9)
         scale_bar(viewer).visible = True
+
+
+def follow_scale_bar(viewer) -> None:
+    """The scale bar turned on (:func:`update_scale_bar`) now and whenever a layer is added
+    to ``viewer``, once per viewer: every dock does it, and so does histoview's reader, so
+    that a calibrated image has its bar before any dock is opened."""
+    if viewer in _SCALE_BAR:
+        return
+    _SCALE_BAR.add(viewer)
+    update_scale_bar(viewer)
+    viewer.layers.events.inserted.connect(lambda _event: update_scale_bar(viewer))
+
+
+def follow_scale_bar_of_current_viewer() -> None:
+    """:func:`follow_scale_bar` for napari's current viewer, if any: what histoview's reader
+    and samples do when they open an image (its layer is added just after)."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is not None:
+        follow_scale_bar(viewer)
 
 
 def scale_bar(viewer):
@@ -161,11 +183,10 @@ def install(viewer, dock=None) -> None:
     if dock is not None:
         remember_dock(viewer, dock)
     fit_while_settling(viewer)
+    follow_scale_bar(viewer)
     if viewer in _INSTALLED:
         return
     _INSTALLED.add(viewer)
-    update_scale_bar(viewer)
-    viewer.layers.events.inserted.connect(lambda e: update_scale_bar(viewer))
 
     def run(_viewer=None):
         dock = _LAST_DOCK.get(viewer)

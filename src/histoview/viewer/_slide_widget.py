@@ -82,9 +82,6 @@ class SlideWidget(DockContainer):
         super().__init__(labels=True)
         from napari.layers import Image
 
-        from histoview.viewer._pathology_view import prepare_canvas
-
-        prepare_canvas()  # the canvas hooks every dock installs (see prepare_canvas)
         self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
@@ -148,6 +145,12 @@ class SlideWidget(DockContainer):
         self.cancel_button.changed.connect(self.cancel)
         follow_layers(viewer, self.slide_choice)
         self._method_changed()
+        from histoview.viewer._pathology_view import SHORTCUTS, install
+
+        # scale bar, shortcuts (run and cancel act on the last dock used), the view re-fitted
+        # once the dock has its room, and the canvas hooks every dock installs
+        install(viewer, self)
+        self.notice.tooltip = "Shortcuts: " + "; ".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
 
     # -- choices ------------------------------------------------------------------------------
     def _method_changed(self, _event=None):
@@ -246,6 +249,9 @@ class SlideWidget(DockContainer):
 
         if self._worker is not None:
             return
+        from histoview.viewer._pathology_view import remember_dock
+
+        remember_dock(self.viewer, self)
         layer, entry, method = (
             self.slide_choice.value,
             self.model_choice.value,
