@@ -201,6 +201,9 @@ def test_a_corrupt_tile_is_an_error_and_openslide_reads_on_afterwards(tmp_path):
             src.read_rect((300, 300), (64, 64), 0.25)
         # OpenSlide refuses every call on a handle after an error; the backend reopens it
         assert (src.read_rect((0, 0), (64, 64), 0.25) == 180).all()
+        # the level array napari slices in the viewer names the file too
+        with pytest.raises(ImageReadError, match=r"corrupt\.tif: OpenSlide cannot read"):
+            np.asarray(src.level_array(0)[300:364, 300:364])
 
 
 def test_dicom_without_wsidicom_says_how_to_install_it(tmp_path, monkeypatch):

@@ -79,12 +79,18 @@ class _Slide:
         handle = self.handle
         try:
             return handle.read_region(location, level, size)
-        except self._openslide.OpenSlideError:
+        except self._openslide.OpenSlideError as exc:
             with self._lock:  # the handle now refuses every call: start a fresh one
                 if self.handle is handle:
                     handle.close()
                     self.handle = self._openslide.OpenSlide(str(self.path))
-            raise
+            # the viewer reads levels directly (napari's slicing), not through read_rect: say
+            # which file, as OpenSlide's own message does not
+            raise ImageReadError(
+                self.path,
+                f"OpenSlide cannot read level {level} at {tuple(location)} (the file may be "
+                f"truncated or damaged): {exc}",
+            ) from exc
 
     def close(self) -> None:
         self.handle.close()
