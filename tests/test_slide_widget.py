@@ -80,6 +80,9 @@ def test_cancel_keeps_the_tiles_and_a_second_press_resumes(
     if first is not None and not first.cancelled:
         pytest.skip("the run finished before the cancel arrived (a fast machine)")
     assert "cancelled" in dock.status.value and "resume" in dock.status.value
+    assert "covers only the tiles done" in dock.status.value
+    tiles = viewer.layers["slide.tif · tiles done"]
+    assert tiles.visible, "after a cancel, the tiles done show which part the map covers"
     assert (tmp_path / "out" / "slide.amil.zarr").exists(), "tiles done are kept"
     assert not (tmp_path / "out" / "slide.amil.ome.tif").exists(), "no half output"
     dock.run()
@@ -90,6 +93,24 @@ def test_cancel_keeps_the_tiles_and_a_second_press_resumes(
         second.summary["resumed"]
         and second.summary["tiles_this_run"] < second.summary["tiles_total"]
     )
+    assert not tiles.visible  # the map is whole again
+
+
+def test_the_status_says_how_the_slide_pixel_size_was_found_when_the_file_did_not():
+    from types import SimpleNamespace
+
+    from histoview.viewer._slide_running import result_text
+
+    def result(source, describe):
+        summary = {"slide_pixel_size_source": source, "slide_pixel_size": describe}
+        return SimpleNamespace(summary=summary, cancelled=False, outputs={})
+
+    note = "TIFF resolution tags: 72 pixels per inch (352.8 um/px) ... ignored"
+    estimated = "0.2318 um/px (estimated from the nuclei's size, +-12%, 106 nuclei)"
+    text = result_text(result("estimated", estimated), note)
+    assert f"slide pixel size: {estimated}" in text and note in text
+    calibrated = result_text(result("file", "0.25 um/px (from the file's calibration)"))
+    assert "pixel size" not in calibrated  # the file said it: nothing to warn about
 
 
 def test_region_from_a_drawn_rectangle(make_napari_viewer, qtbot, slide, tmp_path):

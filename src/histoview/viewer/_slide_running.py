@@ -116,13 +116,16 @@ def slide_work(
     return result, final or snap
 
 
-def result_text(result) -> str:
+def result_text(result, file_note: str | None = None) -> str:
+    """The dock's status line after a run: prediction, what was written, and how the slide's
+    pixel size was found when the file did not give it (``file_note``: why a value in the
+    file was ignored, as the reader recorded it, e.g. a 72-dpi tag)."""
     summary = result.summary or {}
     if result.cancelled:
         done, total = summary.get("tiles_done"), summary.get("tiles_total")
         return (
-            f"cancelled at {done} / {total} tiles: press Explain slide again to resume from "
-            "the tiles done"
+            f"cancelled at {done} / {total} tiles: the map covers only the tiles done (the "
+            "'tiles done' layer shows which); press Explain slide again to resume from them"
         )
     lines = []
     pred, probs = summary.get("predicted_label"), summary.get("probabilities")
@@ -132,6 +135,10 @@ def result_text(result) -> str:
         from histoview.explain.display import format_probability
 
         lines.append(", ".join(f"{k} {format_probability(v)}" for k, v in probs.items()))
+    if summary.get("slide_pixel_size") and summary.get("slide_pixel_size_source") != "file":
+        lines.append(f"slide pixel size: {summary['slide_pixel_size']}")
+        if file_note:
+            lines.append(f"the file's own value was not used: {file_note}")
     if summary.get("tiles_skipped"):
         lines.append(f"{summary['tiles_skipped']} unreadable tiles skipped (listed in the JSON)")
     if result.outputs:

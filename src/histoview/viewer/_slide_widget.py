@@ -412,9 +412,10 @@ class SlideWidget(DockContainer):
             self._show(snap, defer=False)  # the run is over: every layer now
         self._pending = None
         tiles = self._layers.get(self._key("tiles"))
-        if tiles is not None:
-            tiles.visible = False
-        self.status.value = result_text(result)
+        if tiles is not None:  # kept after a cancel: it shows which part the map covers
+            tiles.visible = bool(result.cancelled)
+        note = (self._slide.metadata.get("histoview") or {}).get("pixel_size_note")
+        self.status.value = result_text(result, note)
         nuclei = (result.summary or {}).get("nuclei_files", {}).get("nuclei")
         if nuclei and not result.cancelled:
             self._nuclei.load(
