@@ -5,6 +5,7 @@ in place (histoview.explain.slide_amil, slide_run)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +124,11 @@ def test_map_ome_tiff_has_the_maps_pixel_size_and_place(slide, tmp_path):
     # a region in micrometres: x 200 um, y 224 um (448 px at 0.5 um/px), 400 x 200 um
     res = explain_slide(slide, "amil", out_dir=tmp_path, workers=0, region="200,224,400,200um")
     assert res.store is None and not res.store_path.exists()  # the working store is gone
+    # named after the slide and the region: never a numbered copy of the whole slide's map
+    stem = f"{Path(slide).stem}.region-x400-y448-800x400"
+    assert res.outputs["map"].name == f"{stem}.amil.ome.tif"
+    assert res.outputs["json"].name == f"{stem}.amil.json"
+    assert res.store_path.name == f"{stem}.amil.zarr"
     record = json.loads(res.outputs["json"].read_text())
     assert record["map_pixel_size_um"] == pytest.approx(14.0)  # 28 px x 0.5 um/px
     assert record["region"]["level0_pixels"] == {

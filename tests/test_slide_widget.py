@@ -81,7 +81,7 @@ def test_cancel_keeps_the_tiles_and_a_second_press_resumes(
         pytest.skip("the run finished before the cancel arrived (a fast machine)")
     assert "cancelled" in dock.status.value and "resume" in dock.status.value
     assert "covers only the tiles done" in dock.status.value
-    tiles = viewer.layers["slide.tif · tiles done"]
+    tiles = viewer.layers["slide.tif · tiles done (A-MIL attention)"]
     assert tiles.visible, "after a cancel, the tiles done show which part the map covers"
     assert (tmp_path / "out" / "slide.amil.zarr").exists(), "tiles done are kept"
     assert not (tmp_path / "out" / "slide.amil.ome.tif").exists(), "no half output"
@@ -111,6 +111,40 @@ def test_the_status_says_how_the_slide_pixel_size_was_found_when_the_file_did_no
     assert f"slide pixel size: {estimated}" in text and note in text
     calibrated = result_text(result("file", "0.25 um/px (from the file's calibration)"))
     assert "pixel size" not in calibrated  # the file said it: nothing to warn about
+
+
+def test_a_region_run_keeps_the_whole_slides_map_and_its_cancelled_tiles(
+    make_napari_viewer, qtbot, slide, tmp_path
+):
+    """A cancelled whole-slide run, then a region: the region gets its own layers and files,
+    the whole slide's tiles done stay for the resume, and only one map shows at a time."""
+    viewer, dock = _open_dock(make_napari_viewer, slide, tmp_path)
+    out = tmp_path / "out"
+    dock.batch_size.value = 1
+    dock.run()
+    qtbot.waitUntil(lambda: dock.progress.value >= 1 or not dock.busy, timeout=240_000)
+    dock.cancel()
+    _wait(qtbot, dock)
+    if not dock.last_result.cancelled:
+        pytest.skip("the run finished before the cancel arrived (a fast machine)")
+    whole = viewer.layers["slide.tif · A-MIL attention"]
+    layer = viewer.layers["slide.tif"]
+    corners = np.array([[-0.5, 447.5], [447.5, 895.5]]) * layer.scale[0]
+    viewer.add_shapes([corners], shape_type="rectangle", name="region")
+    dock.scope.value = "drawn rectangle"
+    dock.run()
+    _wait(qtbot, dock)
+    assert not dock.last_result.cancelled, dock.status.value
+    assert (out / "slide.amil.zarr").exists(), "the whole slide's tiles done are kept"
+    assert (out / "slide.region-x448-y0-448x448.amil.ome.tif").exists()
+    region = viewer.layers["slide.tif · A-MIL attention · region x448 y0 448x448 px"]
+    assert region is not whole and region.visible and not whole.visible
+    assert whole.data.shape != region.data.shape  # the whole slide's map was not replaced
+    dock.scope.value = "whole slide"
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_result.summary["resumed"], dock.status.value
+    assert whole.visible and not region.visible
 
 
 def test_region_from_a_drawn_rectangle(make_napari_viewer, qtbot, slide, tmp_path):

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 
 
-def write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, region):
-    """The OME-TIFF maps, the tissue mask and the JSON summary (each whole or absent)."""
+def write_outputs(
+    out_dir, stem, method, outcome, summary, tissue, overwrite, region, tissue_stem=None
+):
+    """The OME-TIFF maps, the tissue mask (named after ``tissue_stem``, default ``stem``: it
+    is the slide's, also for a region run) and the JSON summary (each whole or absent)."""
     from histoview.io.files import write_text
     from histoview.io.ome_tiff import write_ome_tiff
 
@@ -47,7 +50,7 @@ def write_outputs(out_dir, stem, method, outcome, summary, tissue, overwrite, re
             outputs[key] = written
     if tissue is not None and hasattr(tissue, "mask"):
         outputs["tissue"] = write_ome_tiff(
-            out_dir / f"{stem}.tissue.ome.tif",
+            out_dir / f"{tissue_stem or stem}.tissue.ome.tif",
             tissue.mask,
             pixel_size_um=tissue.pixel_size_um,
             channel_names=["tissue"],

@@ -12,7 +12,8 @@ one piece (or with ``--whole-slide`` / ``--region``), and what the napari side r
 3. the tissue mask (:func:`~histoview.preprocessing.tissue.detect_tissue`), the region
    (:func:`~histoview.explain.slide_grid.parse_region`, cut to the slide) and the tile grid;
 4. the engine (:func:`~histoview.explain.slide_engine.run_tiles`) into the working store
-   ``<stem>.<method>.zarr/`` in ``out_dir``, resumed when a cancelled or killed run with the
+   ``<stem>.<method>.zarr/`` in ``out_dir`` (a region's ``<stem>`` names the region too:
+   :func:`run_stem`), resumed when a cancelled or killed run with the
    same settings left one;
 5. the processor's ``finalize`` and the outputs, each whole or absent
    (:mod:`histoview.io.files`): ``<stem>.<method>.ome.tif`` (pyramidal OME-TIFF at the map's
@@ -279,7 +280,7 @@ def explain_slide(
         raise NoTissueError(
             path, f"no tissue in {where} (tissue mask at {tissue.pixel_size_um:g} um/px)"
         )
-    stem = output_stem(path)
+    stem = run_stem(path, box if region is not None else None)
     stat = Path(path).stat()
     settings = {
         "method": method,
@@ -361,12 +362,29 @@ def explain_slide(
     summary["time_s"] = round(time.perf_counter() - start, 3)
     summary["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     mask = tissue if write_tissue else None
-    outputs = write_outputs(out_dir, stem, method, outcome, summary, mask, overwrite, region)
+    outputs = write_outputs(
+        out_dir, stem, method, outcome, summary, mask, overwrite, region, output_stem(path)
+    )
     store.mark_finished(summary)
     if not keep_store:
         shutil.rmtree(store_path, ignore_errors=True)
         store = None
     return SlideResult(method, summary, outputs, store_path, False, stats, store, tissue)
+
+
+def run_stem(path, box=None) -> str:
+    """What a run's outputs and working store are named after: the slide's stem, and for a
+    region (``box``, level-0 (row, col, height, width) cut to the slide) the region too,
+    ``<stem>.region-x<col>-y<row>-<width>x<height>``: a region run then neither resumes nor,
+    once done, removes the store of a cancelled whole-slide run, and its map is not a
+    numbered copy of the slide's."""
+    from histoview.io.files import output_stem
+
+    stem = output_stem(path)
+    if box is None:
+        return stem
+    r, c, h, w = (int(round(v)) for v in box)
+    return f"{stem}.region-x{c}-y{r}-{w}x{h}"
 
 
 def _region_summary(region, box, p0: float) -> dict | None:

@@ -39,9 +39,9 @@ def slide_work(
     makes its layers while the first tile computes), then one after each batch, at most every
     :data:`REFRESH_S` s (never the same store twice); returns ``(SlideResult, last Snapshot)``.
     Everything read from disk is read here; the main thread only gets arrays."""
-    from histoview.explain.slide_run import explain_slide, resolve_slide_pixel_size
+    from histoview.explain.slide_grid import clip_region
+    from histoview.explain.slide_run import explain_slide, resolve_slide_pixel_size, run_stem
     from histoview.io import open_image
-    from histoview.io.files import output_stem
     from histoview.preprocessing.tissue import detect_tissue
     from histoview.viewer._cpu_share import torch_threads
 
@@ -49,6 +49,7 @@ def slide_work(
         resolve_slide_pixel_size(src, pixel_size)
         tissue = detect_tissue(src)
         p0 = src.pixel_size_um
+        box = None if region is None else clip_region(region, src.shape[:2], path=path)
     yield "tissue", (tissue_display(tissue.mask), tissue.pixel_size_um / p0)
 
     events: queue.Queue = queue.Queue()
@@ -83,7 +84,7 @@ def slide_work(
     thread = threading.Thread(target=run, name="histoview-slide", daemon=True)
     thread.start()
     # where explain_slide keeps its working store (slide_run's naming)
-    store = Path(out_dir) / f"{output_stem(path)}.{method}.zarr"
+    store = Path(out_dir) / f"{run_stem(path, box)}.{method}.zarr"
     latest: dict = {}
     last, snap, changed = 0.0, None, False
     while True:

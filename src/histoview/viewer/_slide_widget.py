@@ -278,6 +278,11 @@ class SlideWidget(DockContainer):
         self._cancel.clear()
         self._slide = layer
         self._method = method
+        self._region = None if region is None else tuple(int(round(v)) for v in region)
+        self._hide_other_maps()
+        for role in ("map", "tiles"):  # this run's, from an earlier run: shown again
+            if self._has_layer(role):
+                self._layers[self._key(role)].visible = True
         self._out = Path(self.out_dir.value)
         self._started = time.perf_counter()
         self.first_tiles_s = None
@@ -358,8 +363,30 @@ class SlideWidget(DockContainer):
             self._show(self._pending)
 
     def _key(self, role) -> tuple:
-        """This run's layer of ``role``: the tissue mask is the slide's, the rest the method's."""
-        return (self._slide.unique_id, None if role == "tissue" else self._method, role)
+        """This run's layer of ``role``: the tissue mask is the slide's, the rest the method's
+        and the region's (a region run does not take over the whole slide's map)."""
+        if role == "tissue":
+            return (self._slide.unique_id, None, None, role)
+        return (self._slide.unique_id, self._method, self._region, role)
+
+    def _layer_name(self, role) -> str:
+        slide = self._slide.name
+        if role == "tissue":
+            return f"{slide} · tissue"
+        what = method_title(self._method)
+        if self._region is not None:
+            r, c, h, w = self._region
+            what += f" · region x{c} y{r} {w}x{h} px"
+        return f"{slide} · {what}" if role == "map" else f"{slide} · tiles done ({what})"
+
+    def _hide_other_maps(self) -> None:
+        """Only this run's map (and tiles) shown over its slide: two maps' colours would mix.
+        The others stay in the layer list, to show again with a click."""
+        mine = {self._key("map"), self._key("tiles")}
+        for key, layer in self._layers.items():
+            if key[0] == self._slide.unique_id and key not in mine and key[-1] != "tissue":
+                if layer in self.viewer.layers:
+                    layer.visible = False
 
     def _has_layer(self, role) -> bool:
         layer = self._layers.get(self._key(role))
@@ -374,14 +401,9 @@ class SlideWidget(DockContainer):
         where = placement(factor, origin, tuple(slide.scale), tuple(slide.translate))
         layer = self._layers.get(self._key(role))
         if not self._has_layer(role):
-            names = {
-                "map": f"{slide.name} · {method_title(self._method)}",
-                "tiles": f"{slide.name} · tiles done",
-                "tissue": f"{slide.name} · tissue",
-            }
             layer = self.viewer.add_image(
                 data,
-                name=names[role],
+                name=self._layer_name(role),
                 colormap=colormap,
                 opacity=opacity,
                 contrast_limits=contrast,
