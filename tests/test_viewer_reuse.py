@@ -339,6 +339,47 @@ def test_an_overlay_runs_its_colours_from_the_maps_lowest_value_to_its_highest()
     assert shown.ravel()[3:].max() == pytest.approx(0.0)  # the ordinary patches: unpainted
 
 
+def test_each_nucleus_point_is_as_wide_as_its_nucleus():
+    """Points of one mean size (12 px) covered the small nuclei and the stroma between them:
+    each point is now the diameter of its own nucleus, from its outline, else from its area
+    in um^2 at the explanation's pixel size."""
+    from histoview.explain.base import Explanation, NucleiPoints
+    from histoview.viewer.overlays import explanation_layer_data
+
+    def disc(cy, cx, r):  # an outline of radius r
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        return np.stack([cy + r * np.sin(t), cx + r * np.cos(t)], axis=1)
+
+    centroids = np.array([[20.0, 20.0], [40.0, 60.0], [70.0, 30.0]])
+    radii = np.array([2.5, 4.0, 7.0])  # a lymphocyte, a tumour nucleus, a large one
+    geometry = NucleiPoints(
+        centroids,
+        (96, 96),
+        outlines=tuple(disc(cy, cx, r) for (cy, cx), r in zip(centroids, radii)),
+        features={"area_um2": np.pi * (radii * 0.5) ** 2},
+    )
+    expl = Explanation(
+        "graph",
+        "rsf-attention",
+        ("a", "b"),
+        np.array([0.3, 0.7]),
+        1,
+        np.array([0.1, 0.5, 0.9], np.float32),
+        geometry,
+        extra={"pixel_size_um": 0.5},
+    )
+    [points] = [
+        (d, k) for d, k, kind in explanation_layer_data(expl, _in_pixels()) if kind == "points"
+    ]
+    np.testing.assert_allclose(points[1]["size"], 2 * radii, rtol=0.01)
+    # no outlines: the same sizes from the areas at 0.5 um/px
+    import dataclasses
+
+    bare = dataclasses.replace(geometry, outlines=())
+    np.testing.assert_allclose(bare.diameters(0.5), 2 * radii, rtol=1e-6)
+    assert bare.diameters(None) == 2 * bare.radius  # nothing to size them by
+
+
 def test_the_canvas_notice_wraps_to_the_canvas_instead_of_being_cut_off():
     from histoview import RESEARCH_NOTICE
     from histoview.viewer._notice import NOTICE_CHAR_PX, notice_text
@@ -353,6 +394,9 @@ def test_the_canvas_notice_wraps_to_the_canvas_instead_of_being_cut_off():
     assert lines[1].startswith("  ")  # a title's continuation is indented
     wide = notice_text([title], canvas_width=1200)
     assert wide == f"{title}\n{RESEARCH_NOTICE}"  # one line per title where it fits
+    # a canvas squeezed by docks in a small window (217 px seen): still inside it
+    squeezed = notice_text([title], canvas_width=217)
+    assert max(map(len, squeezed.split("\n"))) * NOTICE_CHAR_PX <= 217 - 20
 
 
 def test_the_notice_wraps_again_when_the_canvas_width_changes(make_napari_viewer):

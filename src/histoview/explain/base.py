@@ -56,6 +56,18 @@ class NucleiPoints:
     def __len__(self) -> int:
         return len(self.centroids)
 
+    def diameters(self, pixel_size_um: float | None = None) -> np.ndarray | float:
+        """Each nucleus's diameter in pixels: that of a disc of its outline's area, else of
+        its ``area_um2`` feature at ``pixel_size_um``; else one value, ``2 * radius``."""
+        areas = None
+        if self.outlines and len(self.outlines) == len(self):
+            areas = np.array([_polygon_area(p) for p in self.outlines], np.float64)
+        elif "area_um2" in self.features and pixel_size_um:
+            areas = np.asarray(self.features["area_um2"], np.float64) / float(pixel_size_um) ** 2
+        if areas is None or not len(areas) or not np.isfinite(areas).all():
+            return max(4.0, 2.0 * self.radius)
+        return np.maximum(3.0, 2.0 * np.sqrt(areas / np.pi))
+
     def rasterize(
         self, values: np.ndarray, *, fill: float = 0.0, shape: tuple[int, int] | None = None
     ) -> np.ndarray:
@@ -242,3 +254,12 @@ def write_explanation(
         overwrite=overwrite,
     )
     return {"json": json_path, "tif": tif.path}
+
+
+def _polygon_area(poly) -> float:
+    """Area of a closed (row, col) polygon (shoelace formula)."""
+    poly = np.asarray(poly, np.float64).reshape(-1, 2)
+    if len(poly) < 3:
+        return 0.0
+    y, x = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(float(np.dot(y, np.roll(x, -1)) - np.dot(x, np.roll(y, -1))))

@@ -21,7 +21,7 @@ def notice_text(titles: list[str], canvas_width: int | None) -> str:
     indented), so that no title is cut off at the canvas's edge."""
     import textwrap
 
-    width = max(24, int(((canvas_width or 800) - 20) / NOTICE_CHAR_PX))
+    width = max(10, int(((canvas_width or 800) - 20) / NOTICE_CHAR_PX))  # a narrow canvas too
     lines = []
     for line in [*titles, RESEARCH_NOTICE]:
         lines += textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False)

@@ -352,7 +352,8 @@ def _nuclei_layer_data(expl, geom: NucleiPoints, common, s, t, cmap, outlines) -
                 "face_color": "importance",
                 "face_colormap": fading_colormap(cmap, floor=0.35),
                 "face_contrast_limits": _limits(values),
-                "size": max(4.0, 2.0 * geom.radius),
+                # each point as wide as its nucleus: one mean size covered the small ones
+                "size": geom.diameters((expl.extra or {}).get("pixel_size_um")),
                 "border_width": 0,
                 "scale": s,
                 "translate": t,
