@@ -188,3 +188,20 @@ def test_each_dock_fits_its_room_without_a_sideways_scroll_bar(make_napari_viewe
         f"its dock gives {area.viewport().width()}"
     )
     assert area.horizontalScrollBar().maximum() == 0, name
+
+
+def test_a_dock_opened_beside_another_shares_the_side_evenly(make_napari_viewer, qtbot):
+    """The training dock opened under an explain dock took 783 of 940 px and left the explain
+    dock its first four rows, the Explain button scrolled out of sight (Qt gives each dock
+    what its content asks for, which depends on the image and the texts shown)."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.add_image(np.zeros((46, 70, 3), np.uint8), rgb=True, name="tissue")
+    explain, _ = viewer.window.add_plugin_dock_widget("histoview", "Explain (all methods)")
+    train, _ = viewer.window.add_plugin_dock_widget("histoview", "Train a model")
+
+    def shared():
+        return abs(explain.height() - train.height()) <= 0.1 * (explain.height() + train.height())
+
+    qtbot.wait(1500)  # napari and Qt settle the docks' sizes (equal at first, before layout)
+    qtbot.waitUntil(shared, timeout=5_000)

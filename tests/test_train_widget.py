@@ -378,6 +378,9 @@ def test_breakhis_recipe_and_one_class_refusal(make_napari_viewer, tmp_path):
     assert not widget.train_button.isEnabled()
     widget.train()  # even if called directly: nothing starts
     assert widget._worker is None and "at least two classes" in widget.status.text()
+    # two classes again: the refusal about the other folder does not linger above the tabs
+    widget.set_dataset_folder(_breakhis_folder(tmp_path / "both"))
+    assert widget.train_button.isEnabled() and "Error" not in widget.status.text()
 
 
 def test_user_path_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_dataset, tmp_path):

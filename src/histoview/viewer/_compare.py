@@ -76,6 +76,9 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        from histoview.viewer._widgets import share_side_evenly
+
+        share_side_evenly(self)  # once docked: not squeezed by the docks beside it
         # From the plugin menu ``napari_viewer`` is napari's PublicOnlyProxy, whose layers are
         # proxies too: layers are matched by ``unique_id`` (same_layer), never by identity.
         from napari.layers import Image, Layer

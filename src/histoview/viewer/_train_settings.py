@@ -193,6 +193,9 @@ class TrainSettings:
     def _dataset_changed(self, *_):
         from histoview.training.datasets import detect_layout
 
+        status = getattr(self, "status", None)  # the dock's line above the tabs
+        if status is not None and status.text().startswith("Error:"):
+            status.setText("")  # about the data before: the checks below speak for this one
         phantom = self.phantom
         for w in (self._folder_label, self.folder_edit, self.browse_button):
             w.setVisible(not phantom)

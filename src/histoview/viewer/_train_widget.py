@@ -44,6 +44,9 @@ class TrainWidget(EvaluationActions, TrainSettings, QWidget):
     # napari passes the viewer to the __init__ parameter annotated as a Viewer.
     def __init__(self, viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
+        from histoview.viewer._widgets import share_side_evenly
+
+        share_side_evenly(self)  # once docked: not squeezed by the docks beside it
         self.viewer = viewer
         self._worker = None
         self._stop = threading.Event()

@@ -55,6 +55,7 @@ class DockContainer(Container):
 
     def __init__(self, **kwargs):
         super().__init__(scrollable=True, **kwargs)
+        share_side_evenly(self.root_native_widget)  # once docked: not squeezed by the others
         # the scroll area fills the dock; the rows stay packed at the top (napari adds this
         # stretch itself only to a dock whose widget does not expand)
         self._widget._layout.addStretch(1)
@@ -104,3 +105,56 @@ class FittedPicture(QLabel):
         scaled = picture.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
         self.setPixmap(scaled)
         self.setMinimumHeight(scaled.height())
+
+
+def share_side_evenly(widget: QWidget) -> None:
+    """Once napari has docked ``widget`` (a few event-loop turns later): the docks stacked on
+    its side of the window share that side's height evenly. Qt otherwise gives a new dock
+    the room its content asks for, and the training dock's tabs left an explain dock above it
+    137 px, its Explain button scrolled out of sight."""
+    _share_when_docked(widget, tries=10)
+
+
+def _share_when_docked(widget: QWidget, tries: int) -> None:
+    """:func:`_share` once ``widget`` sits in a shown dock; looked for every 50 ms, ``tries``
+    times (napari shows the dock a few event-loop turns after making the widget)."""
+    from qtpy.QtCore import QTimer
+
+    def attempt():
+        try:
+            done = _share(widget)
+        except RuntimeError:  # closed meanwhile
+            return
+        if not done and tries > 1:
+            _share_when_docked(widget, tries - 1)
+
+    QTimer.singleShot(50, attempt)
+
+
+def _share(widget: QWidget) -> bool:
+    """Share the height of ``widget``'s side among its docks; False if it is not docked and
+    shown yet."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock = widget.parentWidget()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window = dock.parentWidget() if dock is not None else None
+    if not isinstance(window, QMainWindow) or not dock.isVisible():
+        return False
+    if dock.isFloating():
+        return True
+    area = window.dockWidgetArea(dock)
+    docks = [
+        d
+        for d in window.findChildren(QDockWidget)
+        if d.isVisible()
+        and not d.isFloating()
+        and window.dockWidgetArea(d) == area
+        and not window.tabifiedDockWidgets(d)  # a tab shares its place, not the height
+    ]
+    if len(docks) >= 2:
+        docks.sort(key=lambda d: d.y())
+        height = sum(d.height() for d in docks)
+        window.resizeDocks(docks, [height // len(docks)] * len(docks), Qt.Orientation.Vertical)
+    return True
