@@ -131,3 +131,20 @@ def test_agreement_table_is_symmetric_and_serialisable():
     assert rho[0, 1] == pytest.approx(1.0) and rho[0, 2] < 0
     assert table["spearman"][0][3] is None and table["topk_iou"][3][3] is None
     assert table["topk_iou"][0][1] == pytest.approx(1.0)
+
+
+def test_maps_of_different_classes_are_said_to_be_so():
+    """Run all on a malignant image: the nuclei graph's demo weights explained "benign" and
+    the others "malignant"; their agreement was listed like any other pair."""
+    import dataclasses
+
+    from histoview.explain.agreement import class_mismatch
+
+    a = blob()
+    same = {"amil": dense(a), "gradcam": dense(a * 2)}
+    assert agreement_table(same)["explains"] == ["malignant", "malignant"]
+    assert class_mismatch(agreement_table(same)) is None
+    other = {**same, "graph": dataclasses.replace(dense(a), target_class=0)}
+    table = agreement_table(other)
+    assert table["explains"] == ["malignant", "malignant", "benign"]
+    assert class_mismatch(table) == "amil, gradcam: malignant; graph: benign"

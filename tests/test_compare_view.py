@@ -431,3 +431,23 @@ def test_errors_reach_the_widget(make_napari_viewer):
     widget.side_by_side()  # no explanations
     assert "no explanations" in widget.status.text() and not viewer.canvas.grid.enabled
     assert widget.save_png() is None  # the dialog is never reached without explanations
+
+
+def test_the_dock_table_marks_pairs_explaining_different_classes(qtbot):
+    from qtpy.QtWidgets import QTableWidget
+
+    from histoview.viewer._compare_results import fill_agreement_table
+
+    table = QTableWidget(0, 0)
+    qtbot.addWidget(table)
+    record = {
+        "methods": ["amil", "graph"],
+        "explains": ["malignant", "benign"],
+        "spearman": [[1.0, 0.08], [0.08, 1.0]],
+        "topk_iou": [[1.0, 0.05], [0.05, 1.0]],
+    }
+    fill_agreement_table(table, record)
+    assert table.item(0, 1).text() == "0.08 *" and table.item(1, 0).text() == "0.05 *"
+    assert "different classes (malignant vs benign)" in table.item(0, 1).toolTip()
+    fill_agreement_table(table, {**record, "explains": ["malignant", "malignant"]})
+    assert table.item(0, 1).text() == "0.08"

@@ -280,6 +280,23 @@ def test_no_text_of_the_page_runs_into_another_or_off_the_page(name):
             assert not box.overlaps(obox), f"{text!r} runs into {other!r}"
 
 
+def test_agreement_of_maps_explaining_different_classes_is_marked(tmp_path):
+    expls = explanations()
+    graph = expls[2]  # explains "malignant" like the others; now "benign"
+    expls[2] = Explanation(
+        graph.method, graph.model, CLASSES, graph.probabilities, 0, graph.values, graph.geometry
+    )
+    report = render_figure(tissue(), expls, pixel_size_um=0.5, paper="a4")
+    text = pdf_text(save_pdf(report, tmp_path / "report.pdf"))
+    assert "explain different classes" in text and "graph: benign" in text
+    table = report.info["agreement"]  # in panel order: A-MIL, Grad-CAM, nuclei
+    assert table["explains"] == ["malignant", "malignant", "benign"]
+    rho, iou = table["spearman"][0][2], table["topk_iou"][0][2]
+    assert f"{rho:.2f} / {iou:.2f} *" in text  # the pair with the graph map is marked
+    rho, iou = table["spearman"][0][1], table["topk_iou"][0][1]
+    assert f"{rho:.2f} / {iou:.2f} *" not in text  # amil and gradcam: the same class
+
+
 def test_dt_gradcam_shows_its_threshold(tmp_path):
     from matplotlib.contour import ContourSet
 

@@ -50,13 +50,18 @@ def _agreement_block(content: Content, content_w: float) -> Block:
     head_h = max(len(c) for c in col_names) * TABLE_PT * LINE + 0.06
     row_hs = [max(len(r), 1) * TABLE_PT * LINE + 0.05 for r in row_names]
     table_h = head_h + sum(row_hs)
-    note = wrap(
+    from histoview.explain.agreement import class_mismatch
+
+    explains = agreement.get("explains") or [None] * n
+    mismatch = class_mismatch(agreement)
+    text = (
         f"Spearman: rank correlation of the two maps (1 = the same ranking, 0 = unrelated, "
         f"-1 = opposite; blue where they agree, red where they disagree). IoU: overlap of "
-        f"their top {pct} % pixels (1 = the same region, 0 = disjoint).",
-        content_w,
-        LEGEND_PT,
+        f"their top {pct} % pixels (1 = the same region, 0 = disjoint)."
     )
+    if mismatch:
+        text += f" * The two maps explain different classes ({mismatch}): compare with care."
+    note = wrap(text, content_w, LEGEND_PT)
     title_h = HEADING_PT * LINE + 0.03
     height = title_h + table_h + 0.05 + len(note) * LEGEND_PT * LINE
 
@@ -106,6 +111,8 @@ def _agreement_block(content: Content, content_w: float) -> Block:
                     r = float(rho) if rho is not None and np.isfinite(rho) else 0.0
                     colour = tuple(0.55 + 0.45 * np.asarray(shade(0.5 + 0.5 * r)[:3]))
                     text = f"{_fmt(rho)} / {_fmt(iou)}"
+                    if explains[i] != explains[j]:
+                        text += " *"  # different classes: the note says which
                 x0 = label_w + j * cell_w
                 ax.add_patch(Rectangle((x0, y0), cell_w, rh, fc=colour, ec="white", lw=1))
                 ax.text(

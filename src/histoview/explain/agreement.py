@@ -200,9 +200,11 @@ def agreement_table(
         fraction: top fraction for :func:`topk_overlap`.
 
     Returns:
-        ``{"methods": [...], "models": [...], "shape": [h, w], "topk_fraction": f,
-        "spearman": [[...]], "topk_iou": [[...]]}``; the matrices are symmetric,
-        indexed like ``methods``; undefined entries are ``None``.
+        ``{"methods": [...], "models": [...], "explains": [...], "shape": [h, w],
+        "topk_fraction": f, "spearman": [[...]], "topk_iou": [[...]]}``; ``explains``: the
+        class each map explains (two maps of different classes answer different questions:
+        :func:`class_mismatch`); the matrices are symmetric, indexed like ``methods``;
+        undefined entries are ``None``.
     """
     named = _named(explanations)
     maps = common_maps(named, shape)
@@ -222,8 +224,27 @@ def agreement_table(
     return {
         "methods": names,
         "models": [named[k].model for k in names],
+        "explains": [_explained_class(named[k]) for k in names],
         "shape": list(first.shape),
         "topk_fraction": float(fraction),
         "spearman": [[_json_number(v) for v in row] for row in rho],
         "topk_iou": [[_json_number(v) for v in row] for row in iou],
     }
+
+
+def _explained_class(expl) -> str:
+    classes, target = tuple(expl.classes), int(expl.target_class)
+    return str(classes[target]) if 0 <= target < len(classes) else f"class {target}"
+
+
+def class_mismatch(agreement: dict[str, Any]) -> str | None:
+    """One line when the maps of an agreement record explain different classes (say
+    "graph: benign; amil, gradcam: malignant"), else None. Such pairs are marked in the
+    tables: how much two maps agree says little when they explain different decisions."""
+    explains = agreement.get("explains")
+    if not explains or len(set(explains)) < 2:
+        return None
+    groups: dict[str, list[str]] = {}
+    for method, cls in zip(agreement["methods"], explains):
+        groups.setdefault(cls, []).append(method)
+    return "; ".join(f"{', '.join(ms)}: {cls}" for cls, ms in groups.items())

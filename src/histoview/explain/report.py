@@ -240,6 +240,8 @@ def _agreement_in_panel_order(explanations, labels, agreement) -> dict | None:
         out["methods"] = list(labels)
         for key in ("spearman", "topk_iou"):
             out[key] = [[agreement[key][i][j] for j in index] for i in index]
+        if agreement.get("explains"):
+            out["explains"] = [agreement["explains"][i] for i in index]
         return out
     return agreement_table(dict(zip(labels, explanations)))
 

@@ -144,10 +144,7 @@ class CompareWidget(RunActions, PanelSwitching, ExportActions, qw.QWidget):
         self.threshold_label.setWordWrap(True)
         self.table = qw.QTableWidget(0, 0)
         self.table.setFixedHeight(60)
-        self.table_note = qw.QLabel(
-            "Spearman rank correlation above the diagonal, "
-            "top-10 % IoU below (hover a cell for both)."
-        )
+        self.table_note = qw.QLabel(parts.TABLE_NOTE)
         self.table_note.setWordWrap(True)
         self.figure_view = FittedPicture(
             "Faithfulness curves appear here after Run all methods or Agreement & faithfulness."

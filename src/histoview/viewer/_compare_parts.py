@@ -35,6 +35,11 @@ from histoview.viewer._notice import viewer_text_overlay
 #: faithfulness steps: enough for a curve, few enough to stay interactive
 FAITHFULNESS_STEPS = 10
 
+#: the compare dock's line above its agreement table
+TABLE_NOTE = (
+    "Spearman rank correlation above the diagonal, top-10 % IoU below (hover a cell for both)."
+)
+
 
 # -- layers -----------------------------------------------------------------------------------
 

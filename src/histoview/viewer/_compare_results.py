@@ -22,7 +22,10 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
     from qtpy.QtWidgets import QHeaderView, QTableWidgetItem
 
     table.clear()
+    from qtpy.QtGui import QColor
+
     names = list(agreement["methods"]) if agreement else []
+    explains = (agreement or {}).get("explains") or [None] * len(names)
     table.setRowCount(len(names))
     table.setColumnCount(len(names))
     table.setHorizontalHeaderLabels(names)
@@ -30,11 +33,15 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
     for i in range(len(names)):
         for j in range(len(names)):
             rho, iou = agreement["spearman"][i][j], agreement["topk_iou"][i][j]
-            item = QTableWidgetItem("-" if i == j else fmt(rho if j > i else iou))
+            differ = explains[i] != explains[j]
+            text = "-" if i == j else fmt(rho if j > i else iou) + (" *" if differ else "")
+            item = QTableWidgetItem(text)
             item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-            item.setToolTip(
-                f"{names[i]} vs {names[j]}: Spearman {fmt(rho)}, top-10 % IoU {fmt(iou)}"
-            )
+            tip = f"{names[i]} vs {names[j]}: Spearman {fmt(rho)}, top-10 % IoU {fmt(iou)}"
+            if differ:
+                tip += f"; they explain different classes ({explains[i]} vs {explains[j]})"
+                item.setForeground(QColor("#a0a0a0"))
+            item.setToolTip(tip)
             table.setItem(i, j, item)
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
     table.resizeRowsToContents()

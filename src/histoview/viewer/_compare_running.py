@@ -254,6 +254,17 @@ class RunActions:
         self.agreement = result.get("agreement")
         self.faithfulness = dict(result.get("faithfulness") or {})
         fill_agreement_table(self.table, self.agreement)
+        from histoview.explain.agreement import class_mismatch
+
+        mismatch = class_mismatch(self.agreement) if self.agreement else None
+        self.table_note.setText(
+            parts.TABLE_NOTE
+            + (
+                f" * The maps explain different classes ({mismatch}): compare with care."
+                if mismatch
+                else ""
+            )
+        )
         figure = result.get("figure")
         if figure is not None:
             self.figure, rgba = figure
