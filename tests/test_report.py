@@ -297,6 +297,34 @@ def test_agreement_of_maps_explaining_different_classes_is_marked(tmp_path):
     assert f"{rho:.2f} / {iou:.2f} *" not in text  # amil and gradcam: the same class
 
 
+def test_flat_faithfulness_curves_are_said_to_tell_nothing(tmp_path):
+    """A saturated model (p = 1.00 whatever is removed) draws deletion and insertion as one
+    flat line at 1: the plot says so, in the report and in the compare dock's figure."""
+    from matplotlib.figure import Figure
+
+    from histoview.explain.faithfulness import FLAT_NOTE, FaithfulnessResult, flat_curves
+    from histoview.viewer._compare_results import draw_faithfulness
+
+    f = np.linspace(0, 1, 6)
+    flat = FaithfulnessResult(f, np.full(6, 0.999), np.full(6, 1.0), 0.999, 1.0, "amil")
+    falling = FaithfulnessResult(f, 1 - f, f, 0.5, 0.5, "gradcam")
+    assert flat_curves(flat) and flat_curves(flat.to_dict()) and not flat_curves(falling)
+    expls = explanations()[:2]
+    report = render_figure(
+        tissue(),
+        expls,
+        pixel_size_um=0.5,
+        paper="a4",
+        faithfulness={"amil": flat, "gradcam": falling},
+    )
+    text = pdf_text(save_pdf(report, tmp_path / "report.pdf"))
+    assert text.count("cannot judge the map") == 1  # the flat plot only
+    fig = Figure()
+    draw_faithfulness(fig, {"amil": flat, "gradcam": falling})
+    said = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert sum(" ".join(t.split()) == FLAT_NOTE for t in said) == 1
+
+
 def test_dt_gradcam_shows_its_threshold(tmp_path):
     from matplotlib.contour import ContourSet
 

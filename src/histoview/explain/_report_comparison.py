@@ -130,6 +130,8 @@ def _as_dict(res) -> dict:
 
 def _faithfulness_block(content: Content, content_w: float, per_row: int) -> Block:
     """Small multiples: one deletion + insertion plot per method, with its two AUCs."""
+    from histoview.explain.faithfulness import FLAT_NOTE, flat_curves
+
     faith = [(content.label_title.get(k, k), _as_dict(v)) for k, v in content.faithfulness.items()]
     title_h = HEADING_PT * LINE + 0.03
     if not faith:
@@ -190,9 +192,21 @@ def _faithfulness_block(content: Content, content_w: float, per_row: int) -> Blo
             ax.grid(lw=0.3, color="0.85")
             for s in ax.spines.values():
                 s.set_linewidth(0.5)
+            if flat_curves(r):  # the two lines lie on each other: say why they tell nothing
+                ax.text(
+                    0.5,
+                    0.62,
+                    "\n".join(wrap(FLAT_NOTE, plot_w - 0.1, LEGEND_PT)),
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=LEGEND_PT,
+                    color="0.25",
+                    bbox={"fc": "white", "ec": "0.7", "lw": 0.4, "alpha": 0.9},
+                )
             if col:
                 ax.set_yticklabels([])
             if k == 0:
-                ax.legend(fontsize=6, frameon=False, loc="center right", handlelength=1.8)
+                ax.legend(fontsize=6, frameon=False, loc="lower right", handlelength=1.8)
 
     return Block(title_h + note_h + rows * row_h, draw)

@@ -134,6 +134,21 @@ class FaithfulnessResult:
         }
 
 
+#: curves whose probability moves less than this over all steps carry no information
+FLAT_RANGE = 0.02
+#: what the plots say over such curves
+FLAT_NOTE = "flat: the model's answer did not change, so these curves cannot judge the map"
+
+
+def flat_curves(result) -> bool:
+    """Whether both curves of ``result`` (a :class:`FaithfulnessResult` or its dict) stay
+    within :data:`FLAT_RANGE`: a saturated model (p > 0.99 whatever is removed or revealed)
+    gives deletion AUC = insertion AUC = p and says nothing about the explanation."""
+    get = result.get if isinstance(result, dict) else lambda k: getattr(result, k)
+    curves = [np.asarray(get(k), float) for k in ("deletion", "insertion")]
+    return all(len(c) and np.nanmax(c) - np.nanmin(c) < FLAT_RANGE for c in curves)
+
+
 def auc(fractions: np.ndarray, values: np.ndarray) -> float:
     """Trapezoidal area under ``values`` over ``fractions``."""
     x = np.asarray(fractions, np.float64)

@@ -57,7 +57,11 @@ FAITHFULNESS_FIG_DPI = 100
 def draw_faithfulness(fig, faithfulness: dict[str, Any]) -> None:
     """Deletion and insertion curves as small multiples: one plot per method (deletion
     solid, insertion dashed, their areas in the title), so curves of different methods that
-    coincide (e.g. flat at 1) never hide each other."""
+    coincide (e.g. flat at 1) never hide each other; flat curves are said to be so."""
+    import textwrap
+
+    from histoview.explain.faithfulness import FLAT_NOTE, flat_curves
+
     fig.clear()
     if not faithfulness:
         ax = fig.subplots()
@@ -84,6 +88,18 @@ def draw_faithfulness(fig, faithfulness: dict[str, Any]) -> None:
             fontsize=6.5,
             pad=2,
         )
+        if flat_curves(res):  # both lines on top of each other: say why they tell nothing
+            ax.text(
+                0.5,
+                0.6,
+                textwrap.fill(FLAT_NOTE, 34),
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=5.5,
+                color="0.25",
+                bbox={"fc": "white", "ec": "0.7", "lw": 0.4, "alpha": 0.9},
+            )
         ax.set_xlim(0, 1)
         ax.set_ylim(-0.04, 1.04)
         ax.tick_params(labelsize=5.5, length=2, pad=1)
