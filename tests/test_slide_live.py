@@ -76,7 +76,10 @@ def test_snapshot_shows_only_the_tiles_done(tmp_path):
     assert np.isnan(snap.values[:8, :8]).all() and np.isnan(snap.values[8:]).all()
     assert snap.map_factor == 16.0  # 8 model pixels of 2 level-0 pixels
     assert snap.tiles[0, 1] == 1 and np.isnan(snap.tiles[0, 0])
-    assert format_progress(snap, snap.progress) == "tiles 1 / 4 (25 %), about 1 min 30 s left"
+    assert format_progress(snap, snap.progress) == (
+        "tiles 1 / 4 (25 %), about 1 min 30 s left; colours scaled to the tiles done so far, "
+        "final when the run ends"  # the live colour scale is not the finished map's
+    )
     assert read_snapshot(tmp_path / "nothing.zarr") is None
 
 

@@ -41,6 +41,7 @@ def test_menu_dock_explains_a_slide_with_the_defaults(make_napari_viewer, qtbot,
     viewer, dock = _open_dock(make_napari_viewer, slide, tmp_path)
     assert dock.slide_choice.value is not None, "the slide layer is offered at once"
     assert dock.method_choice.value == "amil"
+    assert dock.method_choice.native.currentText() == "A-MIL attention"  # not the id
     assert dock.model_choice.value is not None, "demo weights are there with nothing preset"
     dock.run()
     _wait(qtbot, dock)
@@ -65,6 +66,8 @@ def test_menu_dock_explains_a_slide_with_the_defaults(make_napari_viewer, qtbot,
     dock.slide_choice.reset_choices()
     assert [c for c in dock.slide_choice.choices] == [slide_layer]
     assert dock.first_tiles_s is not None
+    viewer.layers.remove(slide_layer)  # its result is not left standing for the next slide
+    assert dock.status.value == "" and dock.progress.value == 0
 
 
 def test_cancel_keeps_the_tiles_and_a_second_press_resumes(

@@ -97,7 +97,9 @@ class ExplainWidget(DockContainer):
         # list current while the widget is docked
         self.image_choice = layer_choice(Image, is_tissue_image, label="image")
         self.method_choice = ComboBox(
-            label="method", choices=list_methods(), value=method or "amil"
+            label="method",
+            choices=[(method_title(m), m) for m in list_methods()],  # by title, valued by id
+            value=method or "amil",
         )
         # a function, so that every reset (napari calls it when layers change) re-reads the
         # library and keeps the current choice when it is still there

@@ -191,7 +191,8 @@ def world_box_to_region(
 
 
 def format_progress(snap: Snapshot | None, progress: dict) -> str:
-    """'tiles 120 / 480 (25 %), 2 skipped, about 1 min 10 s left' for the dock's status line."""
+    """'tiles 120 / 480 (25 %), 2 skipped, about 1 min 10 s left' for the dock's status line,
+    saying while the map fills in that its colours are provisional."""
     done = int(progress.get("done", snap.done if snap else 0))
     total = int(progress.get("total", snap.total if snap else 0))
     skipped = int(progress.get("skipped", snap.skipped if snap else 0))
@@ -203,6 +204,10 @@ def format_progress(snap: Snapshot | None, progress: dict) -> str:
     left = progress.get("remaining_s")
     if left is not None and done < total:
         text += f", about {format_seconds(float(left))} left"
+    if snap is not None and snap.values is not None and done < total:
+        # the live colours span the tiles done (LIVE_PERCENTILES); the finished map has its
+        # own scale, so a region bright now may be cool at the end
+        text += "; colours scaled to the tiles done so far, final when the run ends"
     return text
 
 

@@ -96,7 +96,9 @@ class SlideWidget(DockContainer):
         methods = slide_methods()
         self.slide_choice = layer_choice(Image, is_slide_layer, label="slide")
         self.method_choice = ComboBox(
-            label="method", choices=methods, value="amil" if "amil" in methods else None
+            label="method",
+            choices=[(method_title(m), m) for m in methods],  # shown by title, valued by id
+            value="amil" if "amil" in methods else None,
         )
         self.model_choice = ComboBox(
             label="model", choices=lambda _w=None: checkpoint_entries(self.method_choice.value)
@@ -140,10 +142,14 @@ class SlideWidget(DockContainer):
             ]
         )
         self.method_choice.changed.connect(self._method_changed)
+        self.slide_choice.changed.connect(self._slide_changed)
+        # an emptied list sets the value to None without a change event: look after each
+        # removal too (connected after follow_layers, so the list is current by then)
         self.show_tissue.changed.connect(self._tissue_toggled)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         follow_layers(viewer, self.slide_choice)
+        viewer.layers.events.removed.connect(self._slide_changed)
         self._method_changed()
         from histoview.viewer._pathology_view import SHORTCUTS, install
 
@@ -153,6 +159,17 @@ class SlideWidget(DockContainer):
         self.notice.tooltip = "Shortcuts: " + "; ".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
 
     # -- choices ------------------------------------------------------------------------------
+    def _slide_changed(self, _event=None):
+        """Another slide (or none): the last run's result and progress were about the other."""
+        slide = self.slide_choice.value
+        shown = getattr(self, "_slide", None)
+        if self.busy or (slide is not None and shown is not None and slide is shown):
+            return
+        if shown is not None and slide is not None and slide.unique_id == shown.unique_id:
+            return
+        self.status.value = ""
+        self.progress.value = 0
+
     def _method_changed(self, _event=None):
         method = self.method_choice.value
         if method is None:
