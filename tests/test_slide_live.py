@@ -157,3 +157,15 @@ def test_tissue_display_outlines_the_tissue_and_leaves_glass_clear():
     touching = np.ones((3, 3), bool)  # tissue up to the image border is outlined there too
     assert (tissue_display(touching)[[0, 0, 2, 2], [0, 2, 0, 2]] == 1).all()
     assert tissue_display(touching)[1, 1] < 1
+
+
+def test_the_tissue_mask_leaves_the_stain_readable():
+    """Inside the tissue the mask adds a trace of colour, its outline stays visible: a 0.18
+    green fill over the whole tissue made the stain grey."""
+    pytest.importorskip("napari")
+    from histoview.viewer._slide_live import TISSUE_FILL
+    from histoview.viewer.overlays import tissue_colormap
+
+    cmap = tissue_colormap()
+    glass, inside, outline = cmap.map(np.array([0.0, TISSUE_FILL, 1.0]))
+    assert glass[3] == 0 and inside[3] <= 0.06 and outline[3] >= 0.8

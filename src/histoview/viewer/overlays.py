@@ -61,13 +61,14 @@ def fading_colormap(colormap, floor: float = 0.0):
 
 def tissue_colormap():
     """The tissue mask's colormap (:func:`histoview.viewer._slide_live.tissue_display`):
-    glass transparent, tissue a faint green, its outline solid green. Drawn translucent, not
+    glass transparent, tissue a trace of green (a 0.18 fill turned the stain's pink to grey:
+    mean RGB (222, 149, 223) -> (187, 154, 197)), its outline green. Drawn translucent, not
     additive: adding green to a bright brightfield slide leaves it almost white."""
     from napari.utils.colormaps import Colormap
 
     from histoview.viewer._slide_live import TISSUE_FILL
 
-    colors = [[0, 0, 0, 0], [0.1, 0.7, 0.3, 0.18], [0.0, 0.8, 0.25, 1.0]]
+    colors = [[0, 0, 0, 0], [0.1, 0.7, 0.3, 0.05], [0.0, 0.8, 0.25, 0.85]]
     return Colormap(colors=colors, controls=[0.0, TISSUE_FILL, 1.0], name="histoview tissue")
 
 
