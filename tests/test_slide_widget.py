@@ -66,6 +66,11 @@ def test_menu_dock_explains_a_slide_with_the_defaults(make_napari_viewer, qtbot,
     dock.slide_choice.reset_choices()
     assert [c for c in dock.slide_choice.choices] == [slide_layer]
     assert dock.first_tiles_s is not None
+    from histoview import RESEARCH_NOTICE
+    from histoview.viewer._notice import viewer_text_overlay
+
+    notice = " ".join(viewer_text_overlay(viewer).text.split())  # a screenshot carries both
+    assert "A-MIL attention [synthetic demo weights]" in notice and RESEARCH_NOTICE in notice
     viewer.layers.remove(slide_layer)  # its result is not left standing for the next slide
     assert dock.status.value == "" and dock.progress.value == 0
 

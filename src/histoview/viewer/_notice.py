@@ -47,7 +47,13 @@ def _rewrap_notice(viewer) -> None:
 
 def set_notice(viewer, layers) -> None:
     """Show the titles of ``layers``' explanations and the research-use line on the canvas."""
-    titles = [lay.name for lay in layers if "histoview_explanation" in lay.metadata]
+    set_notice_titles(
+        viewer, [lay.name for lay in layers if "histoview_explanation" in lay.metadata]
+    )
+
+
+def set_notice_titles(viewer, titles: list[str]) -> None:
+    """Show ``titles`` and the research-use line on the canvas (wrapped to its width)."""
     overlay = viewer_text_overlay(viewer)
     overlay.text = notice_text(titles, _canvas_width(viewer))
     if viewer not in _NOTICES:

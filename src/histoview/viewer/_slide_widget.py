@@ -295,6 +295,7 @@ class SlideWidget(DockContainer):
         self._cancel.clear()
         self._slide = layer
         self._method = method
+        self._synthetic = bool(getattr(entry, "synthetic", False))
         self._region = None if region is None else tuple(int(round(v)) for v in region)
         self._hide_other_maps()
         for role in ("map", "tiles"):  # this run's, from an earlier run: shown again
@@ -431,6 +432,8 @@ class SlideWidget(DockContainer):
             )
             self._layers[self._key(role)] = layer
             self._inserted_at = time.perf_counter()
+            if role == "map":
+                self._show_notice(layer)
             self.viewer.layers.selection.active = slide
         else:
             layer.data = data
@@ -438,6 +441,14 @@ class SlideWidget(DockContainer):
                 layer.scale, layer.translate = where["scale"], where["translate"]  # another region
             if tuple(layer.contrast_limits) != tuple(contrast):
                 layer.contrast_limits = contrast
+
+    def _show_notice(self, layer) -> None:
+        """The map's name, whether its weights are synthetic demo weights, and the research-use
+        line on the canvas, so that a screenshot of the slide carries them."""
+        from histoview.viewer._notice import set_notice_titles
+
+        tag = " [synthetic demo weights]" if self._synthetic else ""
+        set_notice_titles(self.viewer, [layer.name + tag])
 
     def _tissue_toggled(self, _event=None):
         layer = self._layers.get(self._key("tissue")) if hasattr(self, "_slide") else None
