@@ -26,6 +26,13 @@ def test_unique_path_numbers_before_all_suffixes(tmp_path):
     assert unique_path(target, overwrite=True) == target
     (tmp_path / "noext").write_text("")
     assert unique_path(tmp_path / "noext") == tmp_path / "noext-1"
+    # a slide run's map and summary are numbered alike (the map was x.amil-1.ome.tif)
+    for name in ("x.amil.ome.tif", "x.amil.json"):
+        (tmp_path / name).write_text("an earlier run")
+    assert unique_path(tmp_path / "x.amil.ome.tif") == tmp_path / "x-1.amil.ome.tif"
+    assert unique_path(tmp_path / "x.amil.json") == tmp_path / "x-1.amil.json"
+    (tmp_path / "m.ome.tif").write_text("")
+    assert unique_path(tmp_path / "m.ome.tif") == tmp_path / "m-1.ome.tif"
 
 
 def test_writes_text_and_binary_and_makes_folders(tmp_path):

@@ -64,8 +64,9 @@ OTHER_IMAGE_SUFFIXES = (
 
 def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """``path`` itself when it is free (or ``overwrite``), else the first free name with
-    ``-1``, ``-2``... before the last two suffixes at most (``x.graph.geojson`` ->
-    ``x-1.graph.geojson``; an input's own dots stay with its name: ``case.1.amil.json`` ->
+    ``-1``, ``-2``... before the last two suffixes at most, ``.ome.tif`` counting as one
+    (``x.graph.geojson`` -> ``x-1.graph.geojson``, ``x.amil.ome.tif`` ->
+    ``x-1.amil.ome.tif``; an input's own dots stay with its name: ``case.1.amil.json`` ->
     ``case.1-1.amil.json``, never a name that reads as another input's).
 
     A name is only a guess until something is written under it: :func:`atomic_write`
@@ -74,7 +75,10 @@ def unique_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     path = Path(path)
     if overwrite or not os.path.lexists(path):
         return path
-    suffixes = "".join(path.suffixes[-2:])
+    # ".ome.tif" is one suffix: a run's map and its JSON get the same number
+    # (x.amil.ome.tif -> x-1.amil.ome.tif beside x-1.amil.json)
+    ome = "".join(path.suffixes[-2:]).lower() in (".ome.tif", ".ome.tiff")
+    suffixes = "".join(path.suffixes[-3:] if ome else path.suffixes[-2:])
     base = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
     i = 1
     while os.path.lexists(cand := path.with_name(f"{base}-{i}{suffixes}")):
