@@ -205,3 +205,31 @@ def test_napari_opens_it_as_a_multiscale_layer_in_micrometres(make_napari_viewer
     assert layer.multiscale and len(layer.data) == 4
     np.testing.assert_allclose(layer.scale, (2.0, 2.0))
     assert layer.metadata["histoview"]["pixel_size_source"] == "file"
+
+
+def test_a_map_histoview_wrote_opens_in_its_methods_colours(tmp_path):
+    """Opened again, a map drawn as the dock drew it (fading colours over the slide, its
+    synthetic-weights tag in the name), not as opaque grey; any other OME-TIFF as before."""
+    pytest.importorskip("napari")
+    from histoview import RESEARCH_NOTICE, SYNTHETIC_NOTICE
+    from histoview.explain.methods import METHODS
+    from histoview.io.ome_tiff import read_map_annotation
+    from histoview.viewer._reader import read_images
+
+    values = np.linspace(0, 1e-3, 96 * 80, dtype=np.float32).reshape(96, 80)
+    about = {
+        "method": "amil",
+        "map": "attention",
+        "notice": f"{RESEARCH_NOTICE} {SYNTHETIC_NOTICE}",
+    }
+    written = write_ome_tiff(tmp_path / "s.amil.ome.tif", values, pixel_size_um=14, metadata=about)
+    assert read_map_annotation(written) == about
+    [(_, kwargs, _)] = read_images(str(written))
+    assert kwargs["blending"] == "translucent" and "fading" in kwargs["colormap"].name
+    assert kwargs["colormap"].colors[0][3] < 0.1  # the lowest values let the slide show
+    assert METHODS["amil"].colormap in kwargs["colormap"].name
+    assert kwargs["name"] == "s.amil.ome.tif [synthetic demo weights]"
+    plain = write_ome_tiff(tmp_path / "plain.ome.tif", values, pixel_size_um=14)
+    assert read_map_annotation(plain) == {}
+    [(_, kwargs, _)] = read_images(str(plain))
+    assert "colormap" not in kwargs and kwargs["name"] == "plain.ome.tif"

@@ -301,3 +301,28 @@ def _halve(block: np.ndarray, resampling: str, dtype: np.dtype) -> np.ndarray:
             return (total / count).astype(dtype)
     mean = quads.mean(axis=(1, 3))
     return np.floor(mean + 0.5).astype(dtype)
+
+
+def read_map_annotation(path) -> dict[str, str]:
+    """The key/value pairs :func:`write_ome_tiff` stored in ``path``'s OME ``MapAnnotation``
+    (a histoview map: ``method``, ``model``, ``map``, ``notice``...); {} for any other file."""
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            xml = tf.ome_metadata if tf.is_ome else None
+        root = ET.fromstring(xml) if xml else None
+    except (OSError, ValueError, ET.ParseError, tifffile.TiffFileError):
+        return {}
+    if root is None:
+        return {}
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == "MapAnnotation":
+            return {
+                m.get("K"): m.text or ""
+                for m in el.iter()
+                if m.tag.rsplit("}", 1)[-1] == "M" and m.get("K")
+            }
+    return {}

@@ -87,7 +87,29 @@ def layer_data_from_source(src: ImageSource) -> tuple:
             )
     if src.dtype != np.uint8:
         kwargs["contrast_limits"] = _contrast_limits(arrays[-1], src.dtype)
+    if info.get("format") == "ome-tiff" and not src.is_rgb:
+        kwargs.update(_map_look(src.path))
     return (arrays if multiscale else arrays[0], kwargs, "image")
+
+
+def _map_look(path) -> dict:
+    """How a map histoview wrote (``histoview explain SLIDE``) is drawn when opened again: in
+    its method's colours, fading out where the values are low so the slide shows through, as
+    the dock drew it, with its notice in the layer's name; before, it covered the slide in
+    opaque grey. Nothing for any other OME-TIFF."""
+    from histoview.explain.methods import METHODS
+    from histoview.io.ome_tiff import read_map_annotation
+
+    about = read_map_annotation(path)
+    method = METHODS.get(about.get("method", ""))
+    if method is None:
+        return {}
+    from histoview.viewer.overlays import fading_colormap
+
+    look = {"colormap": fading_colormap(method.colormap), "blending": "translucent"}
+    if "synthetic demo weights" in about.get("notice", "").lower():
+        look["name"] = f"{Path(path).name} [synthetic demo weights]"
+    return look
 
 
 def _lazy_levels(array) -> list:
