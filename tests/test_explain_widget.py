@@ -211,8 +211,9 @@ def test_error_is_reported_not_raised(make_napari_viewer):
 
 def test_scale_bar_in_micrometres_and_shortcuts(make_napari_viewer, qtbot, tmp_path):
     _bundled("image")
-    from histoview.viewer._pathology_view import SHORTCUTS, scale_bar, show_only, toggle_current
+    from histoview.viewer._pathology_view import SHORTCUTS, show_only, toggle_current
     from histoview.viewer._sample_data import phantom_layers
+    from histoview.viewer._scale_bar import scale_bar
 
     viewer = make_napari_viewer()
     data, kwargs, _ = phantom_layers("invasive", seed=3)[0]  # calibrated: 0.5 um/px
@@ -248,7 +249,7 @@ def test_a_calibrated_image_opened_through_the_reader_shows_its_scale_bar_at_onc
     import tifffile
     from imageio.v3 import imwrite
 
-    from histoview.viewer._pathology_view import scale_bar
+    from histoview.viewer._scale_bar import scale_bar
 
     rgb = np.full((64, 80, 3), 200, np.uint8)
     plain = tmp_path / "plain.png"
@@ -265,8 +266,9 @@ def test_a_calibrated_image_opened_through_the_reader_shows_its_scale_bar_at_onc
 
 @pytest.mark.parametrize("dock", ["Whole slide", "Compare methods"])
 def test_the_slide_and_compare_docks_turn_on_the_scale_bar_and_shortcuts(make_napari_viewer, dock):
-    from histoview.viewer._pathology_view import SHORTCUTS, scale_bar
+    from histoview.viewer._pathology_view import SHORTCUTS
     from histoview.viewer._sample_data import phantom_layers
+    from histoview.viewer._scale_bar import scale_bar
 
     viewer = make_napari_viewer()
     data, kwargs, _ = phantom_layers("invasive", seed=3)[0]  # calibrated: 0.5 um/px

@@ -2,7 +2,7 @@
 
 * napari's scale bar on, in micrometres, when an image's pixel size is known (histoview's
   reader gives such layers a scale in µm, so the cursor position in the status bar reads in
-  µm too; the reader turns it on too, :func:`follow_scale_bar`);
+  µm too; :mod:`histoview.viewer._scale_bar`, which the reader uses too);
 * keyboard shortcuts (:data:`SHORTCUTS`): run and cancel the last-used explanation dock,
   step to the next or previous overlay, show or hide the current overlay;
 * the view re-fitted after the dock has taken its room on the side (:func:`fit_while_settling`:
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import weakref
 
+from histoview.viewer._scale_bar import follow_scale_bar
+
 #: key (napari's notation) -> what it does
 SHORTCUTS = {
     "Control-Shift-E": "explain with the last-used histoview dock",
@@ -32,7 +34,6 @@ SHORTCUTS = {
 SETTLE_S = 2.0
 
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()
-_SCALE_BAR: weakref.WeakSet = weakref.WeakSet()  # viewers whose scale bar follows the layers
 _SETTLING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> _SettlingFit
 _LAST_DOCK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -59,46 +60,6 @@ def toggle_current(viewer) -> None:
     active = viewer.layers.selection.active
     if active is not None and "histoview_explanation" in active.metadata:
         active.visible = not active.visible
-
-
-def update_scale_bar(viewer, _event=None) -> None:
-    """Scale bar on, in micrometres, when an image layer is calibrated in µm."""
-    calibrated = any(
-        str(getattr(lay, "units", ("",))[-1]) in ("um", "micrometer", "µm")
-        and (lay.metadata.get("histoview") or {}).get("pixel_size_um")
-        for lay in viewer.layers
-    )
-    if calibrated:  # the bar's units come from the layers' units (napari >= 0.9)
-        scale_bar(viewer).visible = True
-
-
-def follow_scale_bar(viewer) -> None:
-    """The scale bar turned on (:func:`update_scale_bar`) now and whenever a layer is added
-    to ``viewer``, once per viewer: every dock does it, and so does histoview's reader, so
-    that a calibrated image has its bar before any dock is opened."""
-    if viewer in _SCALE_BAR:
-        return
-    _SCALE_BAR.add(viewer)
-    update_scale_bar(viewer)
-    viewer.layers.events.inserted.connect(lambda _event: update_scale_bar(viewer))
-
-
-def follow_scale_bar_of_current_viewer() -> None:
-    """:func:`follow_scale_bar` for napari's current viewer, if any: what histoview's reader
-    and samples do when they open an image (its layer is added just after)."""
-    import napari
-
-    viewer = napari.current_viewer()
-    if viewer is not None:
-        follow_scale_bar(viewer)
-
-
-def scale_bar(viewer):
-    """napari's scale bar overlay (``viewer.canvas.overlays`` since napari 0.9)."""
-    canvas = getattr(viewer, "canvas", None)
-    if canvas is not None:
-        return canvas.overlays["scale_bar"]
-    return viewer.scale_bar
 
 
 class _SettlingFit:

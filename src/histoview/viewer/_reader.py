@@ -55,7 +55,7 @@ def read_images(path) -> list[tuple]:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers = [layer_data_from_source(open_image(p)) for p in paths]
     from histoview.viewer._models import warm_up_on_open
-    from histoview.viewer._pathology_view import follow_scale_bar_of_current_viewer
+    from histoview.viewer._scale_bar import follow_scale_bar_of_current_viewer
 
     warm_up_on_open()  # the docks' models, in the background, before a dock is opened
     follow_scale_bar_of_current_viewer()  # a calibrated image shows its scale bar at once

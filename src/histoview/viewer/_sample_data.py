@@ -70,7 +70,7 @@ def _opened(layers: list[tuple]) -> list[tuple]:
     """``layers``, with the explain docks' models warmed in the background meanwhile (an
     opened sample is usually explained next; :func:`histoview.viewer._models.warm_up_on_open`)."""
     from histoview.viewer._models import warm_up_on_open
-    from histoview.viewer._pathology_view import follow_scale_bar_of_current_viewer
+    from histoview.viewer._scale_bar import follow_scale_bar_of_current_viewer
 
     warm_up_on_open()
     follow_scale_bar_of_current_viewer()  # a calibrated sample shows its scale bar at once

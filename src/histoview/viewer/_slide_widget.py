@@ -11,8 +11,9 @@ from the tiles already done. The written outputs (``<stem>.<method>.ome.tif`` an
 summary) open in napari and QuPath in place. After a graph run its nuclei are read in a worker
 thread and laid over the slide as points that follow the camera (edges when zoomed in).
 
-Each slide and method keeps its own layers (the tissue mask, one per slide): a rerun swaps its
-data in, a run of another method or slide adds its own. An explain dock hands a slide over with
+Each slide, method and region keeps its own layers (the tissue mask, one per slide;
+:mod:`~histoview.viewer._slide_layers`): a rerun swaps its data in, a run of another method,
+region or slide adds its own. An explain dock hands a slide over with
 :meth:`SlideWidget.start` (:mod:`~histoview.viewer._slide_handover`).
 """
 
@@ -34,26 +35,22 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QTimer
 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice
 from histoview.viewer._models import checkpoint_entries
-from histoview.viewer._slide_live import format_progress, placement, world_box_to_region
+from histoview.viewer._slide_layers import SLIDE_KEY, SlideLayers
+from histoview.viewer._slide_live import world_box_to_region
 from histoview.viewer._slide_running import SlideNucleiShown, result_text, slide_work
 from histoview.viewer._widgets import DockContainer, compact, wrapping
-from histoview.viewer.overlays import fading_colormap, tissue_colormap
+from histoview.viewer.overlays import tissue_colormap
 
 if TYPE_CHECKING:
     import napari
 
 SCOPES = ("whole slide", "current view", "drawn rectangle")
-#: seconds between two layer insertions of this dock (:meth:`SlideWidget._show`)
-INSERT_GAP_S = 0.05
-#: metadata key of the layers this dock adds (other docks do not list them as images)
-SLIDE_KEY = "histoview_slide"
 
 
 def slide_methods() -> list[str]:
@@ -74,7 +71,7 @@ def default_out_dir() -> Path:
     return Path(platformdirs.user_data_dir("histoview")) / "slides"
 
 
-class SlideWidget(DockContainer):
+class SlideWidget(SlideLayers, DockContainer):
     """Dock: slide layer, method, model, scope, device, batch size, workers, output folder,
     run/cancel, progress, result (module docstring)."""
 
@@ -347,113 +344,6 @@ class SlideWidget(DockContainer):
             self._tissue_toggled()
         elif kind == "snapshot":
             self._show(payload)
-
-    def _show(self, snap, *, defer: bool = True):
-        """Swap ``snap``'s arrays into the layers. A missing layer is made, but (``defer``)
-        at most one per :data:`INSERT_GAP_S` (napari's layer insertion is the main thread's
-        longest task: ~70 ms of CPU, then a first draw): the rest of ``snap`` follows a moment
-        later, so the event loop runs (and the view pans) in between."""
-        self._pending = None
-        views = [
-            ("tiles", snap.tiles, snap.tile_factor, {"colormap": "cyan", "opacity": 0.15}),
-        ]
-        if snap.values is not None:
-            look = {  # as the explain docks' overlays: low values let the tissue show
-                "colormap": fading_colormap(get_method(self._method).colormap),
-                "opacity": 1.0,
-                "contrast": snap.contrast,
-            }
-            views.insert(0, ("map", snap.values, snap.map_factor, look))
-        for role, data, factor, look in views:
-            if defer and not self._has_layer(role) and not self._may_insert():
-                self._pending = snap
-                QTimer.singleShot(int(INSERT_GAP_S * 1000), self._show_pending)
-                break
-            self._swap(role, data, factor, snap.origin, **look)
-            if role == "map" and self.first_tiles_s is None and snap.done:
-                self.first_tiles_s = time.perf_counter() - self._started
-        self.progress.max = max(1, snap.total)
-        self.progress.value = min(snap.done, snap.total)
-        self.status.value = format_progress(snap, snap.progress)
-
-    def _show_pending(self):
-        if self._pending is not None:
-            self._show(self._pending)
-
-    def _key(self, role) -> tuple:
-        """This run's layer of ``role``: the tissue mask is the slide's, the rest the method's
-        and the region's (a region run does not take over the whole slide's map)."""
-        if role == "tissue":
-            return (self._slide.unique_id, None, None, role)
-        return (self._slide.unique_id, self._method, self._region, role)
-
-    def _layer_name(self, role) -> str:
-        slide = self._slide.name
-        if role == "tissue":
-            return f"{slide} · tissue"
-        what = method_title(self._method)
-        if self._region is not None:
-            r, c, h, w = self._region
-            what += f" · region x{c} y{r} {w}x{h} px"
-        return f"{slide} · {what}" if role == "map" else f"{slide} · tiles done ({what})"
-
-    def _hide_other_maps(self) -> None:
-        """Only this run's map (and tiles) shown over its slide: two maps' colours would mix.
-        The others stay in the layer list, to show again with a click."""
-        mine = {self._key("map"), self._key("tiles")}
-        for key, layer in self._layers.items():
-            if key[0] == self._slide.unique_id and key not in mine and key[-1] != "tissue":
-                if layer in self.viewer.layers:
-                    layer.visible = False
-
-    def _has_layer(self, role) -> bool:
-        layer = self._layers.get(self._key(role))
-        return layer is not None and layer in self.viewer.layers
-
-    def _may_insert(self) -> bool:
-        return time.perf_counter() - self._inserted_at >= INSERT_GAP_S
-
-    def _swap(self, role, data, factor, origin, *, colormap, opacity, contrast=(0.0, 1.0)):
-        """Put ``data`` into this run's ``role`` layer (made on first use, then data swapped)."""
-        slide = self._slide
-        where = placement(factor, origin, tuple(slide.scale), tuple(slide.translate))
-        layer = self._layers.get(self._key(role))
-        if not self._has_layer(role):
-            layer = self.viewer.add_image(
-                data,
-                name=self._layer_name(role),
-                colormap=colormap,
-                opacity=opacity,
-                contrast_limits=contrast,
-                blending="additive" if role == "tiles" else "translucent",
-                metadata={SLIDE_KEY: {"role": role, "method": self._method}},
-                units=tuple(getattr(slide, "units", ("pixel", "pixel")))[-2:],
-                **where,
-            )
-            self._layers[self._key(role)] = layer
-            self._inserted_at = time.perf_counter()
-            if role == "map":
-                self._show_notice(layer)
-            self.viewer.layers.selection.active = slide
-        else:
-            layer.data = data
-            if tuple(layer.scale) != where["scale"] or tuple(layer.translate) != where["translate"]:
-                layer.scale, layer.translate = where["scale"], where["translate"]  # another region
-            if tuple(layer.contrast_limits) != tuple(contrast):
-                layer.contrast_limits = contrast
-
-    def _show_notice(self, layer) -> None:
-        """The map's name, whether its weights are synthetic demo weights, and the research-use
-        line on the canvas, so that a screenshot of the slide carries them."""
-        from histoview.viewer._notice import set_notice_titles
-
-        tag = " [synthetic demo weights]" if self._synthetic else ""
-        set_notice_titles(self.viewer, [layer.name + tag])
-
-    def _tissue_toggled(self, _event=None):
-        layer = self._layers.get(self._key("tissue")) if hasattr(self, "_slide") else None
-        if layer is not None:
-            layer.visible = bool(self.show_tissue.value)
 
     def _on_done(self, outcome):
         result, snap = outcome
