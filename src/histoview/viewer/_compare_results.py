@@ -30,17 +30,20 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
     table.setColumnCount(len(names))
     table.setHorizontalHeaderLabels(names)
     table.setVerticalHeaderLabels(names)
+    for j, name in enumerate(names):  # a narrow dock cuts the column names: the full one
+        table.horizontalHeaderItem(j).setToolTip(name)
     for i in range(len(names)):
         for j in range(len(names)):
             rho, iou = agreement["spearman"][i][j], agreement["topk_iou"][i][j]
-            differ = explains[i] != explains[j]
-            text = "-" if i == j else fmt(rho if j > i else iou) + (" *" if differ else "")
-            item = QTableWidgetItem(text)
+            item = QTableWidgetItem("-" if i == j else fmt(rho if j > i else iou))
             item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
             tip = f"{names[i]} vs {names[j]}: Spearman {fmt(rho)}, top-10 % IoU {fmt(iou)}"
-            if differ:
+            if explains[i] != explains[j]:  # grey italics: a mark would not fit the narrow cells
                 tip += f"; they explain different classes ({explains[i]} vs {explains[j]})"
-                item.setForeground(QColor("#a0a0a0"))
+                item.setForeground(QColor("#8a8a8a"))
+                font = item.font()
+                font.setItalic(True)
+                item.setFont(font)
             item.setToolTip(tip)
             table.setItem(i, j, item)
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)

@@ -260,7 +260,7 @@ class RunActions:
         self.table_note.setText(
             parts.TABLE_NOTE
             + (
-                f" * The maps explain different classes ({mismatch}): compare with care."
+                f" Grey: the two maps explain different classes ({mismatch}); compare with care."
                 if mismatch
                 else ""
             )
