@@ -205,3 +205,22 @@ def test_a_dock_opened_beside_another_shares_the_side_evenly(make_napari_viewer,
 
     qtbot.wait(1500)  # napari and Qt settle the docks' sizes (equal at first, before layout)
     qtbot.waitUntil(shared, timeout=5_000)
+
+
+def test_a_fitted_picture_shows_each_new_picture(qtbot):
+    """The compare dock's faithfulness figure: a second run's figure (same size) replaces the
+    first, scaled to the label's width."""
+    from qtpy.QtGui import QColor, QPixmap
+
+    from histoview.viewer._widgets import FittedPicture
+
+    label = FittedPicture("curves appear here")
+    qtbot.addWidget(label)
+    label.resize(300, 200)
+    label.show()
+    for colour in ("red", "blue"):
+        picture = QPixmap(420, 300)
+        picture.fill(QColor(colour))
+        label.set_picture(picture)
+        shown = label.pixmap()
+        assert shown.width() == 300 and shown.toImage().pixelColor(5, 5) == QColor(colour)

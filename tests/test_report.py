@@ -288,7 +288,7 @@ def test_agreement_of_maps_explaining_different_classes_is_marked(tmp_path):
     )
     report = render_figure(tissue(), expls, pixel_size_um=0.5, paper="a4")
     text = pdf_text(save_pdf(report, tmp_path / "report.pdf"))
-    assert "explain different classes" in text and "graph: benign" in text
+    assert "explain different classes" in text and "Nuclei importance: benign" in text
     table = report.info["agreement"]  # in panel order: A-MIL, Grad-CAM, nuclei
     assert table["explains"] == ["malignant", "malignant", "benign"]
     rho, iou = table["spearman"][0][2], table["topk_iou"][0][2]
@@ -309,6 +309,7 @@ def test_flat_faithfulness_curves_are_said_to_tell_nothing(tmp_path):
     flat = FaithfulnessResult(f, np.full(6, 0.999), np.full(6, 1.0), 0.999, 1.0, "amil")
     falling = FaithfulnessResult(f, 1 - f, f, 0.5, 0.5, "gradcam")
     assert flat_curves(flat) and flat_curves(flat.to_dict()) and not flat_curves(falling)
+    assert not flat_curves({"deletion": None, "insertion": []})  # no curves: nothing said
     expls = explanations()[:2]
     report = render_figure(
         tissue(),

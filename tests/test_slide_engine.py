@@ -278,7 +278,7 @@ def test_cli_explains_a_slide_tile_by_tile(slide, tmp_path, capsys):
     assert main([*argv, "--region", "0,0,100,100", "--whole-slide"]) == 0
     # a region's files are named after it; the whole slide's are left as they were
     assert (out / "slide.region-x0-y0-100x100.amil.json").exists()
-    assert (out / "slide-1.tissue.ome.tif").exists()  # the mask again: nothing overwritten
+    assert not (out / "slide-1.tissue.ome.tif").exists()  # the slide's mask is there already
     assert not (out / "slide-1.amil.json").exists()
     assert main([*argv, "--region", "9000,0,100,100"]) == 2
     err = capsys.readouterr().err

@@ -378,6 +378,8 @@ def test_each_nucleus_point_is_as_wide_as_its_nucleus():
     bare = dataclasses.replace(geometry, outlines=())
     np.testing.assert_allclose(bare.diameters(0.5), 2 * radii, rtol=1e-6)
     assert bare.diameters(None) == 2 * bare.radius  # nothing to size them by
+    broken = dataclasses.replace(bare, features={"area_um2": np.array([0.0, 3.0, -1.0])})
+    assert broken.diameters(0.5) == 2 * bare.radius  # no NaN sizes from bad areas
 
 
 def test_the_canvas_notice_wraps_to_the_canvas_instead_of_being_cut_off():

@@ -53,7 +53,7 @@ def _agreement_block(content: Content, content_w: float) -> Block:
     from histoview.explain.agreement import class_mismatch
 
     explains = agreement.get("explains") or [None] * n
-    mismatch = class_mismatch(agreement)
+    mismatch = class_mismatch(agreement, content.label_title)
     text = (
         f"Spearman: rank correlation of the two maps (1 = the same ranking, 0 = unrelated, "
         f"-1 = opposite; blue where they agree, red where they disagree). IoU: overlap of "

@@ -237,7 +237,7 @@ def _explained_class(expl) -> str:
     return str(classes[target]) if 0 <= target < len(classes) else f"class {target}"
 
 
-def class_mismatch(agreement: dict[str, Any]) -> str | None:
+def class_mismatch(agreement: dict[str, Any], names: dict[str, str] | None = None) -> str | None:
     """One line when the maps of an agreement record explain different classes (say
     "graph: benign; amil, gradcam: malignant"), else None. Such pairs are marked in the
     tables: how much two maps agree says little when they explain different decisions."""
@@ -245,6 +245,6 @@ def class_mismatch(agreement: dict[str, Any]) -> str | None:
     if not explains or len(set(explains)) < 2:
         return None
     groups: dict[str, list[str]] = {}
-    for method, cls in zip(agreement["methods"], explains):
-        groups.setdefault(cls, []).append(method)
+    for method, cls in zip(agreement["methods"], explains):  # ``names``: method -> shown name
+        groups.setdefault(cls, []).append((names or {}).get(method, method))
     return "; ".join(f"{', '.join(ms)}: {cls}" for cls, ms in groups.items())

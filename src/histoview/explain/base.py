@@ -64,7 +64,7 @@ class NucleiPoints:
             areas = np.array([_polygon_area(p) for p in self.outlines], np.float64)
         elif "area_um2" in self.features and pixel_size_um:
             areas = np.asarray(self.features["area_um2"], np.float64) / float(pixel_size_um) ** 2
-        if areas is None or not len(areas) or not np.isfinite(areas).all():
+        if areas is None or not len(areas) or not (np.isfinite(areas) & (areas > 0)).all():
             return max(4.0, 2.0 * self.radius)
         return np.maximum(3.0, 2.0 * np.sqrt(areas / np.pi))
 

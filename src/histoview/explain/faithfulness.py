@@ -145,8 +145,10 @@ def flat_curves(result) -> bool:
     within :data:`FLAT_RANGE`: a saturated model (p > 0.99 whatever is removed or revealed)
     gives deletion AUC = insertion AUC = p and says nothing about the explanation."""
     get = result.get if isinstance(result, dict) else lambda k: getattr(result, k)
-    curves = [np.asarray(get(k), float) for k in ("deletion", "insertion")]
-    return all(len(c) and np.nanmax(c) - np.nanmin(c) < FLAT_RANGE for c in curves)
+    curves = [np.atleast_1d(np.asarray(get(k), float)) for k in ("deletion", "insertion")]
+    if not all(c.size and np.isfinite(c).any() for c in curves):  # no curve: nothing to say
+        return False
+    return all(np.nanmax(c) - np.nanmin(c) < FLAT_RANGE for c in curves)
 
 
 def auc(fractions: np.ndarray, values: np.ndarray) -> float:

@@ -362,6 +362,8 @@ def explain_slide(
     summary["time_s"] = round(time.perf_counter() - start, 3)
     summary["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     mask = tissue if write_tissue else None
+    if region is not None and (out_dir / f"{output_stem(path)}.tissue.ome.tif").exists():
+        mask = None  # the slide's mask, written by an earlier run: not a numbered copy per region
     outputs = write_outputs(
         out_dir, stem, method, outcome, summary, mask, overwrite, region, output_stem(path)
     )

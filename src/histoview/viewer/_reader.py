@@ -95,8 +95,8 @@ def layer_data_from_source(src: ImageSource) -> tuple:
 def _map_look(path) -> dict:
     """How a map histoview wrote (``histoview explain SLIDE``) is drawn when opened again: in
     its method's colours, fading out where the values are low so the slide shows through, as
-    the dock drew it, with its notice in the layer's name; before, it covered the slide in
-    opaque grey. Nothing for any other OME-TIFF."""
+    the dock drew it, tagged in its name when its weights are synthetic demo weights; before,
+    it covered the slide in opaque grey. Nothing for any other OME-TIFF."""
     from histoview.explain.methods import METHODS
     from histoview.io.ome_tiff import read_map_annotation
 

@@ -81,10 +81,17 @@ class SlideLayers:
         """Only this run's map (and tiles) shown over its slide: two maps' colours would mix.
         The others stay in the layer list, to show again with a click."""
         mine = {self._key("map"), self._key("tiles")}
-        for key, layer in self._layers.items():
-            if key[0] == self._slide.unique_id and key not in mine and key[-1] != "tissue":
-                if layer in self.viewer.layers:
-                    layer.visible = False
+        others = [
+            layer
+            for key, layer in self._layers.items()
+            if key[0] == self._slide.unique_id and key not in mine and key[-1] != "tissue"
+        ]
+        for key, shown in self._nuclei.shown.items():  # a graph run's nuclei points too
+            if key[0] == self._slide.unique_id and key[1:] != (self._method, self._region):
+                others += [shown.points, shown.edges]
+        for layer in others:
+            if layer is not None and layer in self.viewer.layers:
+                layer.visible = False
 
     def _has_layer(self, role) -> bool:
         layer = self._layers.get(self._key(role))

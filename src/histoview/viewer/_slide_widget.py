@@ -82,7 +82,8 @@ class SlideWidget(SlideLayers, DockContainer):
         self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
-        self._layers: dict[tuple, object] = {}  # (slide id, method or None, role) -> layer
+        # (slide id, method or None, region or None, role) -> layer (_slide_layers)
+        self._layers: dict[tuple, object] = {}
         self._extras: tuple = ()  # (slide id, method, checkpoint, target class, options)
         self._nuclei = SlideNucleiShown(viewer)
         self.last_result = None
@@ -140,19 +141,19 @@ class SlideWidget(SlideLayers, DockContainer):
         )
         self.method_choice.changed.connect(self._method_changed)
         self.slide_choice.changed.connect(self._slide_changed)
-        # an emptied list sets the value to None without a change event: look after each
-        # removal too (connected after follow_layers, so the list is current by then)
         self.show_tissue.changed.connect(self._tissue_toggled)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         follow_layers(viewer, self.slide_choice)
+        # an emptied list sets the value to None without a change event: look after each
+        # removal too (connected after follow_layers, so the list is current by then)
         viewer.layers.events.removed.connect(self._slide_changed)
         self._method_changed()
         from histoview.viewer._pathology_view import SHORTCUTS, install
 
-        # scale bar, shortcuts (run and cancel act on the last dock used), the view re-fitted
-        # once the dock has its room, and the canvas hooks every dock installs
-        install(viewer, self)
+        # scale bar, shortcuts (run and cancel act on the last dock used: this one once its
+        # run is pressed), the view re-fitted once the dock has its room, the canvas hooks
+        install(viewer)
         self.notice.tooltip = "Shortcuts: " + "; ".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
 
     # -- choices ------------------------------------------------------------------------------
@@ -298,6 +299,8 @@ class SlideWidget(SlideLayers, DockContainer):
         for role in ("map", "tiles"):  # this run's, from an earlier run: shown again
             if self._has_layer(role):
                 self._layers[self._key(role)].visible = True
+        if self._has_layer("map"):
+            self._show_notice(self._layers[self._key("map")])
         self._out = Path(self.out_dir.value)
         self._started = time.perf_counter()
         self.first_tiles_s = None
@@ -359,7 +362,7 @@ class SlideWidget(SlideLayers, DockContainer):
         nuclei = (result.summary or {}).get("nuclei_files", {}).get("nuclei")
         if nuclei and not result.cancelled:
             self._nuclei.load(
-                (self._slide.unique_id, self._method),
+                (self._slide.unique_id, self._method, self._region),
                 self._out / nuclei,
                 self._slide,
                 name=f"{self._slide.name} · nuclei",

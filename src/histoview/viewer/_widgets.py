@@ -72,14 +72,14 @@ class FittedPicture(QLabel):
 
     def __init__(self, text: str = "", min_width: int = 120):
         super().__init__(text)
-        self._picture = None
+        self._picture, self._fitted = None, None
         self._min_width = min_width
         self.setWordWrap(True)
         self.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
 
     def set_picture(self, pixmap) -> None:
-        self._picture = pixmap
+        self._picture, self._fitted = pixmap, None
         self.setText("")
         self._fit()
 
@@ -100,24 +100,26 @@ class FittedPicture(QLabel):
         if picture is None or picture.isNull():
             return
         width = max(1, min(self.width(), picture.width()))
-        if self.pixmap() is not None and self.pixmap().width() == width:
+        if self._fitted == width:  # this picture, already scaled to this width
             return
+        self._fitted = width
         scaled = picture.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
         self.setPixmap(scaled)
         self.setMinimumHeight(scaled.height())
 
 
 def share_side_evenly(widget: QWidget) -> None:
-    """Once napari has docked ``widget`` (a few event-loop turns later): the docks stacked on
-    its side of the window share that side's height evenly. Qt otherwise gives a new dock
+    """Once napari has docked ``widget`` (a few event-loop turns later): histoview's docks
+    stacked on its side of the window share their height evenly. Qt otherwise gives a new dock
     the room its content asks for, and the training dock's tabs left an explain dock above it
     137 px, its Explain button scrolled out of sight."""
-    _share_when_docked(widget, tries=10)
+    _share_when_docked(widget, tries=60)
 
 
 def _share_when_docked(widget: QWidget, tries: int) -> None:
     """:func:`_share` once ``widget`` sits in a shown dock; looked for every 50 ms, ``tries``
-    times (napari shows the dock a few event-loop turns after making the widget)."""
+    times (napari shows the dock a few event-loop turns after making the widget, later on a
+    busy machine)."""
     from qtpy.QtCore import QTimer
 
     def attempt():
@@ -152,6 +154,7 @@ def _share(widget: QWidget) -> bool:
         and not d.isFloating()
         and window.dockWidgetArea(d) == area
         and not window.tabifiedDockWidgets(d)  # a tab shares its place, not the height
+        and d.windowTitle().endswith("(histoview)")  # napari's own docks keep their sizes
     ]
     if len(docks) >= 2:
         docks.sort(key=lambda d: d.y())
