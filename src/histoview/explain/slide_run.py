@@ -294,7 +294,7 @@ def explain_slide(
         "min_tissue": min_tissue,
         "processor": processor.settings(),
     }
-    store_path = out_dir / f"{stem}.{method}.zarr"
+    store_path = working_store(out_dir, path, method, box if region is not None else None)
     store, how = open_store(
         store_path,
         grid,
@@ -362,10 +362,11 @@ def explain_slide(
     summary["time_s"] = round(time.perf_counter() - start, 3)
     summary["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     mask = tissue if write_tissue else None
-    if region is not None and (out_dir / f"{output_stem(path)}.tissue.ome.tif").exists():
+    slide_stem = output_stem(path)
+    if region is not None and (out_dir / f"{slide_stem}.tissue.ome.tif").exists():
         mask = None  # the slide's mask, written by an earlier run: not a numbered copy per region
     outputs = write_outputs(
-        out_dir, stem, method, outcome, summary, mask, overwrite, region, output_stem(path)
+        out_dir, stem, method, outcome, summary, mask, overwrite, region, slide_stem
     )
     store.mark_finished(summary)
     if not keep_store:
@@ -387,6 +388,12 @@ def run_stem(path, box=None) -> str:
         return stem
     r, c, h, w = (int(round(v)) for v in box)
     return f"{stem}.region-x{c}-y{r}-{w}x{h}"
+
+
+def working_store(out_dir, path, method: str, box=None) -> Path:
+    """Where a run of ``method`` on ``path`` (``box``: a region, as for :func:`run_stem`) keeps
+    its working store in ``out_dir``; the slide dock reads it while the run goes."""
+    return Path(out_dir) / f"{run_stem(path, box)}.{method}.zarr"
 
 
 def _region_summary(region, box, p0: float) -> dict | None:

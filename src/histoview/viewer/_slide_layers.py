@@ -77,6 +77,16 @@ class SlideLayers:
             what += f" · region x{c} y{r} {w}x{h} px"
         return f"{slide} · {what}" if role == "map" else f"{slide} · tiles done ({what})"
 
+    def _bring_forward(self) -> None:
+        """At a run's start: only this run's map and tiles shown over the slide (those of an
+        earlier run with the same method and region, shown again), its name on the canvas."""
+        self._hide_other_maps()
+        for role in ("map", "tiles"):
+            if self._has_layer(role):
+                self._layers[self._key(role)].visible = True
+        if self._has_layer("map"):
+            self._show_notice(self._layers[self._key("map")])
+
     def _hide_other_maps(self) -> None:
         """Only this run's map (and tiles) shown over its slide: two maps' colours would mix.
         The others stay in the layer list, to show again with a click."""

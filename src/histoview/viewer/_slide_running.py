@@ -40,7 +40,7 @@ def slide_work(
     :data:`REFRESH_S` s (never the same store twice); returns ``(SlideResult, last Snapshot)``.
     Everything read from disk is read here; the main thread only gets arrays."""
     from histoview.explain.slide_grid import clip_region
-    from histoview.explain.slide_run import explain_slide, resolve_slide_pixel_size, run_stem
+    from histoview.explain.slide_run import explain_slide, resolve_slide_pixel_size, working_store
     from histoview.io import open_image
     from histoview.preprocessing.tissue import detect_tissue
     from histoview.viewer._cpu_share import torch_threads
@@ -83,8 +83,7 @@ def slide_work(
 
     thread = threading.Thread(target=run, name="histoview-slide", daemon=True)
     thread.start()
-    # where explain_slide keeps its working store (slide_run's naming)
-    store = Path(out_dir) / f"{run_stem(path, box)}.{method}.zarr"
+    store = working_store(out_dir, path, method, box)  # where explain_slide keeps it
     latest: dict = {}
     last, snap, changed = 0.0, None, False
     while True:

@@ -39,7 +39,7 @@ from magicgui.widgets import (
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
 from histoview.viewer._compat import avoid_triton_llvm_clash
-from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice
+from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice, same_layer
 from histoview.viewer._models import checkpoint_entries
 from histoview.viewer._slide_layers import SLIDE_KEY, SlideLayers
 from histoview.viewer._slide_live import world_box_to_region
@@ -159,11 +159,8 @@ class SlideWidget(SlideLayers, DockContainer):
     # -- choices ------------------------------------------------------------------------------
     def _slide_changed(self, _event=None):
         """Another slide (or none): the last run's result and progress were about the other."""
-        slide = self.slide_choice.value
-        shown = getattr(self, "_slide", None)
-        if self.busy or (slide is not None and shown is not None and slide is shown):
-            return
-        if shown is not None and slide is not None and slide.unique_id == shown.unique_id:
+        slide, shown = self.slide_choice.value, getattr(self, "_slide", None)
+        if self.busy or same_layer(slide, shown):
             return
         self.status.value = ""
         self.progress.value = 0
@@ -295,12 +292,7 @@ class SlideWidget(SlideLayers, DockContainer):
         self._method = method
         self._synthetic = bool(getattr(entry, "synthetic", False))
         self._region = None if region is None else tuple(int(round(v)) for v in region)
-        self._hide_other_maps()
-        for role in ("map", "tiles"):  # this run's, from an earlier run: shown again
-            if self._has_layer(role):
-                self._layers[self._key(role)].visible = True
-        if self._has_layer("map"):
-            self._show_notice(self._layers[self._key("map")])
+        self._bring_forward()
         self._out = Path(self.out_dir.value)
         self._started = time.perf_counter()
         self.first_tiles_s = None

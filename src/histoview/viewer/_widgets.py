@@ -83,10 +83,6 @@ class FittedPicture(QLabel):
         self.setText("")
         self._fit()
 
-    def picture(self):
-        """The picture as given (not scaled), or None."""
-        return self._picture
-
     def minimumSizeHint(self) -> QSize:
         hint = super().minimumSizeHint()
         return QSize(min(hint.width(), self._min_width), hint.height())
