@@ -410,3 +410,13 @@ def test_graph_method_on_a_slide_geojson_for_qupath_and_density_map(tmp_path, mo
     with open_image(res.outputs["map"]) as density:
         assert density.pixel_size_um == pytest.approx(16.0)
         assert density.shape[:2] == (math.ceil(SHAPE[0] * L0 / 16), math.ceil(SHAPE[1] * L0 / 16))
+    # a rerun keeps the first run's files and names all of its own alike (maps, summary,
+    # GeoJSON and nuclei table: slide-1.graph.*), so they read as one run in the folder
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
+    again = explain_slide(
+        path, "graph", out_dir=tmp_path, workers=0, options={"importance": "occlusion"}
+    )
+    names = [p.name for k, p in again.outputs.items() if k != "tissue"]
+    names += list(again.summary["nuclei_files"].values())
+    assert names and all(n.startswith("slide-1.graph.") for n in names), names
+    assert all((tmp_path / n).stat().st_mtime_ns == t for n, t in before.items())

@@ -3,7 +3,7 @@ batch summaries read one form)."""
 
 from __future__ import annotations
 
-from histoview.explain.slide_outputs import uniform_prediction
+from histoview.explain.slide_outputs import free_stem, uniform_prediction
 
 
 def test_list_probabilities_and_a_class_name():
@@ -34,3 +34,18 @@ def test_prediction_by_name_only_and_no_prediction():
     assert s["predicted_class"] == 1
     s = uniform_prediction({"classes": ["x", "y"], "predicted_class": None})
     assert s["predicted_class"] is None and "predicted_label" not in s
+
+
+def test_free_stem_numbers_a_rerun_as_a_whole(tmp_path):
+    """A rerun's files share one number; the working store and other methods' files do not
+    count, and ``overwrite`` keeps the name."""
+    (tmp_path / "s.graph.zarr").mkdir()
+    (tmp_path / "s.amil.json").write_text("{}")
+    assert free_stem(tmp_path, "s", "graph") == "s"
+    (tmp_path / "s.graph.nuclei.npz").write_bytes(b"")
+    assert free_stem(tmp_path, "s", "graph") == "s-1"
+    (tmp_path / "s-1.graph.ome.tif").write_bytes(b"")
+    assert free_stem(tmp_path, "s", "graph") == "s-2"
+    assert free_stem(tmp_path, "s", "graph", overwrite=True) == "s"
+    (tmp_path / "[a].gradcam.json").write_text("{}")  # glob characters in a slide's name
+    assert free_stem(tmp_path, "[a]", "gradcam") == "[a]-1"

@@ -205,7 +205,7 @@ class GraphSlideProcessor:
             target_class=target,
             threshold_um=self.threshold_um,
         )
-        folder, stem = _output_place(store.path)
+        folder, stem = _output_place(store)
         note = {"checkpoint_sha256": self.sha, "model": self.meta.get("model")}
         geojson = write_nuclei_geojson(folder / f"{stem}.graph.geojson", result, properties=note)
         saved = _save_with_importance(nuclei, result, folder / f"{stem}.graph.nuclei.npz")
@@ -217,9 +217,12 @@ class GraphSlideProcessor:
         return SlideOutcome(summary=summary, maps=[fmap])
 
 
-def _output_place(store_path) -> tuple[Path, str]:
-    """The output folder and the slide's stem from the store ``<stem>.graph.zarr``."""
-    path = Path(store_path)
+def _output_place(store) -> tuple[Path, str]:
+    """The output folder and the run's stem: the store's ``output_stem`` (the same numbered
+    name as the run's maps and summary), else the stem of the store ``<stem>.graph.zarr``."""
+    path = Path(store.path)
+    if store.output_stem:
+        return path.parent, store.output_stem
     name = path.name
     stem = name[: -len(".graph.zarr")] if name.endswith(".graph.zarr") else path.stem
     return path.parent, stem

@@ -6,6 +6,7 @@ first, ``<stem>.<method>.<map>[.<channel>].ome.tif`` for the others), the tissue
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
@@ -69,6 +70,26 @@ def write_outputs(
         overwrite=overwrite,
     )
     return outputs
+
+
+def free_stem(out_dir, stem: str, method: str, overwrite: bool = False) -> str:
+    """The name a run's files take in ``out_dir``: ``stem`` when no earlier run of ``method``
+    left files under it (the working store ``<stem>.<method>.zarr`` does not count) or with
+    ``overwrite``, else the first ``<stem>-<i>`` with none, so that a rerun's maps, summary
+    and nuclei files all carry the same number."""
+    if overwrite:
+        return stem
+    folder = Path(out_dir)
+
+    def taken(name: str) -> bool:
+        pattern = str(folder / f"{glob.escape(name)}.{glob.escape(method)}.*")
+        return any(not p.endswith(".zarr") for p in glob.glob(pattern))
+
+    candidate, i = stem, 0
+    while taken(candidate):
+        i += 1
+        candidate = f"{stem}-{i}"
+    return candidate
 
 
 def uniform_prediction(summary: dict) -> dict:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from histoview.explain.slide_grid import MIN_TISSUE, clip_region, make_grid, parse_region
-from histoview.explain.slide_outputs import uniform_prediction, write_outputs
+from histoview.explain.slide_outputs import free_stem, uniform_prediction, write_outputs
 from histoview.explain.slide_processor import SlideContext
 
 #: batch size (tiles) and loader processes when the caller gives none
@@ -356,6 +356,9 @@ def explain_slide(
         summary["time_s"] = round(time.perf_counter() - start, 3)
         say(f"cancelled: {stats.done} of {stats.total} tiles done; run again to resume")
         return SlideResult(method, summary, {}, store_path, True, stats, store, tissue)
+    # every file of this run under one name: a rerun's are all x-1.<method>.*, not each
+    # numbered alone (x-1.graph.ome.tif beside x.graph-1.nuclei.npz)
+    stem = store.output_stem = free_stem(out_dir, stem, method, overwrite)
     outcome = processor.finalize(store)
     summary.update(outcome.summary)
     uniform_prediction(summary)

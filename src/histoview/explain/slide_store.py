@@ -51,6 +51,9 @@ class SlideStore:
     def __init__(self, path: Path, group, grid: TileGrid, maps: tuple[MapSpec, ...]):
         self.path, self._group, self.grid = path, group, grid
         self.maps = {m.name: m for m in maps}
+        # the name the finished run's files take (explain_slide sets it before finalize: the
+        # run stem, or its first free numbered form when an earlier run's files are there)
+        self.output_stem: str | None = None
         self._arrays: dict[str, Any] = {}  # opened once: each open reads the array's metadata
 
     def _array(self, key: str):
