@@ -234,8 +234,9 @@ def test_scale_bar_in_micrometres_and_shortcuts(make_napari_viewer, qtbot, tmp_p
     widget.run()
     _wait_for_result(qtbot, widget)
     first, second = _explanations(viewer)
+    assert second.visible and not first.visible  # the new overlay shown alone, over tissue
     show_only(viewer, 1)
-    assert sum(lay.visible for lay in (first, second)) == 1
+    assert first.visible and not second.visible
     shown = viewer.layers.selection.active
     toggle_current(viewer)
     assert not shown.visible
@@ -416,3 +417,36 @@ def test_a_view_the_user_moved_is_kept_while_the_docks_settle(make_napari_viewer
     viewer.scene.camera.zoom = fitted * 3  # the user zooms in
     viewer.canvas.size = (500, 400)
     assert viewer.scene.camera.zoom == pytest.approx(fitted * 3)
+
+
+def test_a_run_is_shown_alone_with_its_edges_and_they_come_back(make_napari_viewer):
+    """Showing one run hides every other run's layers (graph edges too) and leaves the image
+    alone; stepping back to a graph run shows its edges as they were, hidden edges stay
+    hidden; side by side (grid on) the compare view decides and nothing changes."""
+    from histoview.viewer._compat import grid_of
+    from histoview.viewer._layer_updates import show_run_alone
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((8, 8), np.float32))
+
+    def run(key, edges_shown):
+        meta = {"histoview": {"run_key": key}}
+        edges = viewer.add_vectors(
+            np.zeros((1, 2, 2)), visible=edges_shown, metadata={"histoview": meta["histoview"]}
+        )
+        main = viewer.add_points(
+            np.zeros((1, 2)), metadata={**meta, "histoview_explanation": object()}
+        )
+        return edges, main
+
+    g_edges, g_points = run("graph", True)
+    h_edges, h_points = run("dense", False)
+    show_run_alone(viewer, "dense")
+    assert h_points.visible and not h_edges.visible and image.visible
+    assert not g_points.visible and not g_edges.visible
+    show_run_alone(viewer, "graph")
+    assert g_points.visible and g_edges.visible
+    assert not h_points.visible and not h_edges.visible
+    grid_of(viewer).enabled = True
+    show_run_alone(viewer, "dense")
+    assert g_points.visible and not h_points.visible

@@ -54,7 +54,8 @@ HELP = {
     "of the explanations already shown over this image.",
     "side": "One panel per explanation, linked pan and zoom; every map on its own 0-1 scale "
     "(0 = its lowest value on this image, 1 = its highest).",
-    "stacked": "Back to one view with all overlays stacked over the tissue.",
+    "stacked": "Back to one view over the tissue: the overlay you looked at shown, the "
+    "others one click on their eye (or Ctrl+Shift+Up / Down) away.",
     "threshold": "Hide values below this fraction of the selected heatmap's range; side by "
     "side, the rest is outlined.",
     "png": "The comparison figure (panels, colour bars, methods, prediction, model hash, scale "

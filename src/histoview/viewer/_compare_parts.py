@@ -29,6 +29,7 @@ import numpy as np
 
 # the compare view's per-layer record (metadata key) and its panel layers' role live with the
 # layer updates, which must leave panel layers alone
+from histoview.viewer._compat import grid_of  # noqa: F401
 from histoview.viewer._layer_updates import STATE_KEY, role  # noqa: F401
 from histoview.viewer._notice import viewer_text_overlay
 
@@ -181,12 +182,6 @@ def threshold_text(layer, thr: float | None) -> str:
 
 
 # -- the side-by-side layout -----------------------------------------------------------------
-def grid_of(viewer):
-    """napari's grid model (``viewer.canvas.grid`` since 0.9, ``viewer.grid`` before)."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
-
-
 def colorbar(layer):
     """The colour bar overlay of an image layer (``colorbar``) or points (``face_colorbar``)."""
     for attr in ("face_colorbar", "colorbar"):

@@ -245,7 +245,7 @@ class PanelSwitching:
         self._steps([*(lambda r=row: show(r) for row in rows), finish], stepwise)
 
     def stacked(self, _checked=False, *, wait: bool = True) -> None:
-        """One view, all overlays stacked over the base image (undoes :meth:`side_by_side`);
+        """One view, the overlays over the base image shown as before (undoes :meth:`side_by_side`);
         the panel layers stay, hidden, for the next time. ``wait`` (scripts): all now;
         otherwise (the button) the grid off and the layers' order and visibility in one
         event-loop turn, then each overlay's own values back in one of its own."""
@@ -277,7 +277,10 @@ class PanelSwitching:
             parts.restore_notice(self.viewer, saved.get("notice", {}))
         self.side_by_side_on = False
         self.viewer.reset_view()
-        self.status.setText("stacked: all overlays over the tissue")
+        self.status.setText(
+            "stacked: one view over the tissue; the eye in the layer list or Ctrl+Shift+Up / "
+            "Down shows another overlay"
+        )
 
         def restore(lay):  # no batch: nothing here changes which layers are shown
             with panels.one_scene_update(layers, view, batch=False):

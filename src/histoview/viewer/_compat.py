@@ -55,6 +55,12 @@ class SignalQueue:
             self._draining = False
 
 
+def grid_of(viewer):
+    """napari's grid model (``viewer.canvas.grid`` since 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
 def canvas_size_event(viewer):
     """The event napari emits when the canvas changes size (``viewer.canvas.events.size``,
     napari 0.9), or None on a napari without it."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import weakref
 
+from histoview.viewer._layer_updates import run_key_of, show_run_alone
 from histoview.viewer._scale_bar import follow_scale_bar
 
 #: key (napari's notation) -> what it does
@@ -51,8 +52,12 @@ def show_only(viewer, step: int) -> None:
     active = viewer.layers.selection.active
     index = layers.index(active) if active in layers else (-1 if step > 0 else 0)
     target = layers[(index + step) % len(layers)]
-    for lay in layers:
-        lay.visible = lay is target
+    key = run_key_of(target)
+    if key is None:  # an overlay some other way made: only its own visibility
+        for lay in layers:
+            lay.visible = lay is target
+    else:  # with its graph edges and outlines; other runs' hidden with theirs
+        show_run_alone(viewer, key)
     viewer.layers.selection.active = target
 
 
