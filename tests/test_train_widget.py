@@ -550,3 +550,24 @@ def test_stain_options_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_data
     )
     assert "HED jitter 0.1 in training" in widget.library.details.text()
     qtbot.waitUntil(lambda: not widget.evaluation.running, timeout=60_000)  # its test split
+
+
+def test_a_split_without_some_classes_says_so(qtbot):
+    """A validation split with only benign images: its balanced accuracy is benign's recall
+    and ROC AUC cannot be computed; the dock says which class is missing and "undefined",
+    not a bare 0.000 or "nan"."""
+    from histoview.training.metrics import classification_metrics
+    from histoview.viewer._train_run_view import RunView
+    from histoview.viewer._train_widget_parts import metrics_text
+
+    probs = np.array([[0.2, 0.8], [0.4, 0.6], [0.3, 0.7]])  # all benign, all called malignant
+    val = classification_metrics(np.zeros(3, int), probs, class_names=["benign", "malignant"])
+    text = metrics_text("Validation", val)
+    assert "balanced accuracy 0.000" in text and "ROC AUC undefined" in text
+    assert "no malignant images in this split" in text and " nan" not in text
+    both = classification_metrics(np.array([0, 1, 1]), probs, class_names=["b", "m"])
+    assert "no " not in metrics_text("Validation", both)
+    view = RunView()
+    qtbot.addWidget(view)
+    view.epoch_end({"epoch": 1, "epochs": 2, "train_loss": 0.5, "val_metrics": val})
+    assert "(no malignant in validation)" in view.status.text()

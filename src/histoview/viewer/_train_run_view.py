@@ -16,6 +16,7 @@ from histoview.viewer._train_widget_parts import (
     figure_canvas,
     fmt_duration,
     metrics_text,
+    missing_classes,
 )
 
 
@@ -150,9 +151,11 @@ class RunView(QWidget):
         val = ev.get("val_metrics") or {}
         self.curves.add_epoch(ev["epoch"], ev["train_loss"], val)
         bacc = val.get("balanced_accuracy")
+        missing = missing_classes(val)
         self.status.setText(
             f"Epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f}"
             + (f", validation balanced accuracy {bacc:.3f}" if bacc is not None else "")
+            + (f" (no {', '.join(missing)} in validation)" if missing else "")
             + (" (best so far)" if ev.get("best") else "")
         )
 

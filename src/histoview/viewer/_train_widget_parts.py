@@ -105,15 +105,38 @@ METRIC_NAMES = (
 
 
 def metrics_text(title: str, metrics: dict[str, Any]) -> str:
+    """One line of a split's metrics. A value that cannot be computed (ROC AUC of a split
+    with one class) reads "undefined", not "nan"; a split that lacks some classes says so,
+    as its balanced accuracy is then the mean recall of the classes it has."""
     if not metrics:
         return f"{title}: none (split too small)"
     vals = ", ".join(
-        f"{label} {metrics[k]:.3f}"
+        f"{label} {_value(metrics[k])}"
         for k, label in METRIC_NAMES
         if isinstance(metrics.get(k), (int, float))
     )
     n = metrics.get("n")
-    return f"{title}{f' ({n} images)' if n else ''}: {vals}"
+    line = f"{title}{f' ({n} images)' if n else ''}: {vals}"
+    missing = missing_classes(metrics)
+    if missing:
+        line += (
+            f" - no {', '.join(missing)} images in this split: balanced accuracy is the "
+            "recall of the classes it has, ROC AUC undefined"
+        )
+    return line
+
+
+def missing_classes(metrics: dict[str, Any]) -> list[str]:
+    """The classes with no image in the split the ``metrics`` are of (rows of its confusion
+    matrix that sum to 0)."""
+    cm, names = metrics.get("confusion_matrix"), metrics.get("classes")
+    if not cm or not names:
+        return []
+    return [str(name) for name, row in zip(names, cm) if sum(row) == 0]
+
+
+def _value(v: float) -> str:
+    return "undefined" if v != v else f"{v:.3f}"  # v != v: NaN
 
 
 def _canvas_class():
