@@ -23,15 +23,13 @@ from magicgui.widgets import (
 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
+from histoview.viewer._calibration import set_pixel_size
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._explain_running import explain_work, no_model
 from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice
 from histoview.viewer._layer_updates import show_overlay
 from histoview.viewer._widgets import DockContainer, compact, wrapping
-from histoview.viewer.overlays import (
-    explanation_title,
-    layer_pixel_size,
-)
+from histoview.viewer.overlays import explanation_title, layer_pixel_size
 
 if TYPE_CHECKING:
     import napari
@@ -112,7 +110,7 @@ class ExplainWidget(DockContainer):
             value=0.0,
             tooltip="Micrometres per pixel of the image. 0: use the file's calibration, or "
             "estimate it from the nuclei when the file has none. A value you enter is "
-            "remembered for this layer.",
+            "remembered for this layer and puts it, with its overlays, in micrometres.",
         )
         self.pixel_size_info = Label(value="")
         self.class_choice = ComboBox(
@@ -266,6 +264,7 @@ class ExplainWidget(DockContainer):
                 pixel_size_source=info.pop("file_pixel_size_source", None),
             )
         layer.metadata = {**layer.metadata, "histoview": info}
+        set_pixel_size(self.viewer, layer, value or None)  # in µm, with what is drawn over it
         self._image_changed()
 
     def _update_warning(self) -> None:
