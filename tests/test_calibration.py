@@ -88,3 +88,58 @@ def test_a_typed_pixel_size_puts_the_image_and_its_overlays_in_micrometres(
         _world(points, centres) - _world(image, centres), on_tissue, atol=1e-6
     )
     assert all(str(lay.units[-1]) == "pixel" for lay in drawn)
+
+
+def test_a_run_in_flight_lands_on_the_tissue_after_a_typed_pixel_size(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """The worker prepares its layers for the image's scale when the run starts; a pixel
+    size typed meanwhile must not leave them drawn in pixels over an image in µm."""
+    if not list_checkpoints(kind="graph"):
+        pytest.skip("no bundled demo weights for the graph method")
+    viewer = make_napari_viewer()
+    image = _open_png(viewer, tmp_path)
+    _, widget = viewer.window.add_plugin_dock_widget("histoview", "Nuclei graph")
+    widget.image_choice.value = image
+    widget.run()
+    assert widget.busy
+    widget.pixel_size.value = 0.5  # typed while the run is still working
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    drawn = _explanation_layers(viewer)
+    assert drawn, widget.result.value
+    assert tuple(map(str, image.units)) == ("micrometer", "micrometer")
+    for layer in drawn:
+        assert str(layer.units[-1]) == "micrometer", layer.name
+    vectors = next(lay for lay in drawn if type(lay).__name__ == "Vectors")
+    start = vectors.data[:3, 0]
+    np.testing.assert_allclose(_world(vectors, start), _world(image, start), atol=1e-6)
+    points = next(lay for lay in drawn if type(lay).__name__ == "Points")
+    world = _world(points, points.data)
+    lo, hi = image.extent.world[:, -2:]
+    assert (world >= lo - 1).all() and (world <= hi + 1).all(), "points off the tissue"
+
+
+def test_the_ground_truth_of_a_sample_follows_its_image(make_napari_viewer):
+    """Companions named after their image ("<image>: lesions (ground truth)") move with it;
+    typing the value the image already has changes nothing."""
+    from histoview.viewer._calibration import layers_over, set_pixel_size
+
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("histoview", "phantom_invasive")
+    image = next(lay for lay in layers if type(lay).__name__ == "Image")
+    truth = [lay for lay in viewer.layers if lay is not image]
+    assert truth and set(truth) <= set(layers_over(viewer, image))
+    scale0 = float(image.scale[-1])
+    set_pixel_size(viewer, image, scale0)  # the same value: nothing moves
+    assert float(image.scale[-1]) == scale0
+    assert all(float(lay.scale[-1]) == scale0 for lay in truth)
+    corner = [(10.0, 20.0)]
+    before = [_world(lay, corner) - _world(image, corner) for lay in truth]
+    set_pixel_size(viewer, image, scale0 * 2)
+    assert float(image.scale[-1]) == pytest.approx(scale0 * 2)
+    for lay, offset in zip(truth, before):
+        assert float(lay.scale[-1]) == pytest.approx(scale0 * 2), lay.name
+        np.testing.assert_allclose(_world(lay, corner) - _world(image, corner), offset * 2)
+    set_pixel_size(viewer, image, None)  # the file's (sample's) scale back
+    assert float(image.scale[-1]) == pytest.approx(scale0)
+    assert all(float(lay.scale[-1]) == pytest.approx(scale0) for lay in truth)

@@ -29,21 +29,37 @@ def _over(layer) -> str | None:
     return name
 
 
-def layers_over(viewer, image_layer) -> list:
-    """The layers drawn over ``image_layer``: explanations with their companions, the compare
-    view's panel layers of those explanations, and stain-normalised regions of it."""
+#: how a companion's name starts after the name of the image it belongs to: the samples'
+#: ground truth ("<image>: lesions (ground truth)"), the slide dock's maps, tiles and nuclei
+#: ("<slide> · A-MIL attention")
+_COMPANION_SEPARATORS = (": ", " · ")
+
+
+def _drawn_on(layer, base) -> bool:
+    """Whether ``layer`` was drawn over ``base``: it names it (explanations, stain regions),
+    is a compare panel of a layer over it, or carries its name as a companion's prefix."""
     from histoview.viewer._layer_updates import STATE_KEY
 
-    drawn = [
-        lay for lay in viewer.layers if lay is not image_layer and _over(lay) == image_layer.name
-    ]
-    ids = {lay.unique_id for lay in drawn}
-    panels = [
-        lay
-        for lay in viewer.layers
-        if lay not in drawn and (lay.metadata.get(STATE_KEY) or {}).get("main") in ids
-    ]
-    return drawn + panels
+    if _over(layer) == base.name:
+        return True
+    if (layer.metadata.get(STATE_KEY) or {}).get("main") == base.unique_id:
+        return True
+    return any(str(layer.name).startswith(base.name + sep) for sep in _COMPANION_SEPARATORS)
+
+
+def layers_over(viewer, image_layer) -> list:
+    """The layers drawn over ``image_layer``, and over those in turn (an explanation of a
+    stain-normalised region): explanations with their edges and outlines, the compare view's
+    panel layers, stain-normalised regions, the samples' ground truth and the slide dock's
+    maps, tiles and nuclei."""
+    found, bases = [], [image_layer]
+    while bases:
+        base = bases.pop()
+        for lay in viewer.layers:
+            if lay is not image_layer and lay not in found and _drawn_on(lay, base):
+                found.append(lay)
+                bases.append(lay)
+    return found
 
 
 def _rescale(layer, factor: np.ndarray, units) -> None:
@@ -56,11 +72,38 @@ def _rescale(layer, factor: np.ndarray, units) -> None:
     layer.units = (*tuple(layer.units)[:-2], *units)
 
 
+def follow_base(viewer, layers: list) -> None:
+    """Layers a run prepared for its image's scale at the start (the worker's ``where``),
+    rescaled like the image when a pixel size was typed meanwhile, so that they land on the
+    tissue (the main thread calls this just before inserting them)."""
+    moves = []
+    for layer in layers:
+        info = layer.metadata.get("histoview") or {}
+        name = _over(layer)
+        if info.get("base_scale") is None or name not in viewer.layers:
+            continue
+        base = viewer.layers[name]
+        now = np.abs(np.asarray(base.scale[-2:], float))
+        factor = now / np.abs(np.asarray(info["base_scale"], float))
+        if not np.allclose(factor, 1.0):
+            moves.append((layer, factor, tuple(str(u) for u in base.units[-2:]), now))
+    for layer, factor, units, now in moves:  # companions may share one metadata dict
+        _rescale(layer, factor, units)
+        info = {**layer.metadata["histoview"], "base_scale": [float(v) for v in now]}
+        layer.metadata = {**layer.metadata, "histoview": info}
+
+
 def set_pixel_size(viewer, image_layer, um: float | None) -> None:
     """``image_layer`` at ``um`` µm per pixel (``None``: the scale and units it had before the
     first typed value), and every layer over it (:func:`layers_over`) alike; the scale bar
-    follows and the view fits again."""
-    from histoview.viewer._scale_bar import scale_bar, update_scale_bar
+    follows and the view fits again (side by side: every panel, beside title and colour bar)."""
+    from histoview.viewer._scale_bar import (
+        MICROMETRE_UNITS,
+        calibrated,
+        in_micrometres,
+        scale_bar,
+        update_scale_bar,
+    )
 
     meta = image_layer.metadata
     original = meta.get(ORIGINAL_KEY)
@@ -70,20 +113,38 @@ def set_pixel_size(viewer, image_layer, um: float | None) -> None:
                 "scale": [float(v) for v in image_layer.scale[-2:]],
                 "units": [str(u) for u in image_layer.units[-2:]],
             }
-            image_layer.metadata = {**meta, ORIGINAL_KEY: original}
         target, units = np.array([um, um], float), ("um", "um")
     elif original is not None:
         target, units = np.asarray(original["scale"], float), tuple(original["units"])
-        image_layer.metadata = {k: v for k, v in meta.items() if k != ORIGINAL_KEY}
     else:
         return  # nothing typed before: the file's scale stands
     current = np.abs(np.asarray(image_layer.scale[-2:], float))
     factor = np.abs(target) / current
-    if np.allclose(factor, 1.0) and tuple(str(u) for u in image_layer.units[-2:]) == units:
+    same_units = in_micrometres(image_layer) == (units[-1] in MICROMETRE_UNITS)
+    if np.allclose(factor, 1.0) and same_units:
         return
     for layer in [image_layer, *layers_over(viewer, image_layer)]:
         _rescale(layer, factor, units)
+    meta = {k: v for k, v in image_layer.metadata.items() if k != ORIGINAL_KEY}
+    if um is not None and um > 0:  # kept only once the layers are rescaled
+        meta[ORIGINAL_KEY] = original
+    image_layer.metadata = meta
     update_scale_bar(viewer)
-    if not any(str(lay.units[-1]) in ("um", "micrometer", "µm") for lay in viewer.layers):
+    if not calibrated(viewer):
         scale_bar(viewer).visible = False  # back in pixels everywhere: a bar in px says nothing
-    viewer.reset_view()
+    _fit(viewer, image_layer)
+
+
+def _fit(viewer, image_layer) -> None:
+    """The view fitted again: the whole scene, or, side by side, every panel's tissue beside
+    its title and colour bar (:func:`histoview.viewer._compare_panels.fit_panels`)."""
+    from histoview.viewer._compat import grid_of
+
+    if not grid_of(viewer).enabled:
+        viewer.reset_view()
+        return
+    from histoview.viewer import _compare_panels as panels
+    from histoview.viewer._layer_updates import role
+
+    titles = [lay for lay in viewer.layers if lay.visible and role(lay) == "tissue"]
+    panels.fit_panels(viewer, image_layer, panels.title_lines(titles))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from histoview.viewer import _compare_parts as parts
+from histoview.viewer._calibration import follow_base
 from histoview.viewer._compare_parts import FAITHFULNESS_STEPS
 from histoview.viewer._compare_results import fill_agreement_table, render_faithfulness
 from histoview.viewer._layer_updates import show_overlay
@@ -244,6 +245,7 @@ class RunActions:
 
     def _add_prepared(self, base, layer_data, layers) -> None:
         if base in self.viewer.layers:
+            follow_base(self.viewer, layers)  # a pixel size typed while it ran
             show_overlay(
                 self.viewer, layer_data, layers, schedule=lambda fn: self._queue(fn, first=True)
             )

@@ -23,7 +23,7 @@ from magicgui.widgets import (
 
 from histoview import RESEARCH_NOTICE
 from histoview.explain.methods import get_method, list_methods, method_title
-from histoview.viewer._calibration import set_pixel_size
+from histoview.viewer._calibration import follow_base, set_pixel_size
 from histoview.viewer._compat import avoid_triton_llvm_clash
 from histoview.viewer._explain_running import explain_work, no_model
 from histoview.viewer._layer_choice import follow_layers, is_tissue_image, layer_choice
@@ -383,6 +383,7 @@ class ExplainWidget(DockContainer):
             return
         expl, layer_data, layers = result
         self._adding = True
+        follow_base(self.viewer, layers)  # a pixel size typed while it ran
         # an earlier run with the same settings keeps its layers (data swapped); else the
         # worker's layers are inserted one per event-loop turn
         show_overlay(self.viewer, layer_data, layers, lambda shown: self._on_added(expl, shown))

@@ -225,10 +225,16 @@ class SlideNucleiLayers:
         the view misses it)."""
         from histoview.viewer._slide_live import world_box_to_region
 
-        box = world_box_to_region(
-            view_box(self.viewer), self.scale, self.translate, self.level0_shape
-        )
+        box = world_box_to_region(view_box(self.viewer), *self._placement(), self.level0_shape)
         return box if box is not None else (0.0, 0.0, 0.0, 0.0)
+
+    def _placement(self) -> tuple[tuple, tuple]:
+        """The points' scale and translate now (a pixel size typed later rescales them,
+        histoview.viewer._calibration), else those of the slide when they were made."""
+        try:
+            return tuple(self.points.scale[-2:]), tuple(self.points.translate[-2:])
+        except (AttributeError, RuntimeError):
+            return self.scale, self.translate
 
     def _select(self, box) -> ViewSelection:
         p = self.prepared

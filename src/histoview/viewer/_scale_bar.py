@@ -12,14 +12,26 @@ import weakref
 _SCALE_BAR: weakref.WeakSet = weakref.WeakSet()  # viewers whose scale bar follows the layers
 
 
-def update_scale_bar(viewer, _event=None) -> None:
-    """Scale bar on, in micrometres, when an image layer is calibrated in µm."""
-    calibrated = any(
-        str(getattr(lay, "units", ("",))[-1]) in ("um", "micrometer", "µm")
-        and (lay.metadata.get("histoview") or {}).get("pixel_size_um")
+#: how napari and histoview spell micrometres in a layer's units
+MICROMETRE_UNITS = ("um", "micrometer", "micrometre", "µm")
+
+
+def in_micrometres(layer) -> bool:
+    """Whether ``layer`` is drawn in micrometres (its last axis' units)."""
+    return str(getattr(layer, "units", ("",))[-1]) in MICROMETRE_UNITS
+
+
+def calibrated(viewer) -> bool:
+    """Whether an image layer of ``viewer`` has a known pixel size and is drawn in µm."""
+    return any(
+        in_micrometres(lay) and (lay.metadata.get("histoview") or {}).get("pixel_size_um")
         for lay in viewer.layers
     )
-    if calibrated:  # the bar's units come from the layers' units (napari >= 0.9)
+
+
+def update_scale_bar(viewer, _event=None) -> None:
+    """Scale bar on, in micrometres, when an image layer is calibrated in µm."""
+    if calibrated(viewer):  # the bar's units come from the layers' units (napari >= 0.9)
         scale_bar(viewer).visible = True
 
 

@@ -186,6 +186,7 @@ def explanation_layer_data(
     meta = _metadata(expl, where.name)
     meta["histoview"]["contrast"] = contrast
     meta["histoview"]["run_key"] = run_key(expl, where, outlines)
+    meta["histoview"]["base_scale"] = [float(v) for v in where.scale]  # _calibration.follow_base
     cmap = method_colormap(expl.method)
     units = where.units
     geom = expl.geometry
