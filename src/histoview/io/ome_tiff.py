@@ -310,6 +310,8 @@ def read_map_annotation(path) -> dict[str, str]:
 
     import tifffile
 
+    from histoview.io.pixel_size import by_local_tag
+
     try:
         with tifffile.TiffFile(path) as tf:
             xml = tf.ome_metadata if tf.is_ome else None
@@ -318,11 +320,6 @@ def read_map_annotation(path) -> dict[str, str]:
         return {}
     if root is None:
         return {}
-    for el in root.iter():
-        if el.tag.rsplit("}", 1)[-1] == "MapAnnotation":
-            return {
-                m.get("K"): m.text or ""
-                for m in el.iter()
-                if m.tag.rsplit("}", 1)[-1] == "M" and m.get("K")
-            }
+    for el in by_local_tag(root).get("MapAnnotation", [])[:1]:
+        return {m.get("K"): m.text or "" for m in by_local_tag(el).get("M", []) if m.get("K")}
     return {}

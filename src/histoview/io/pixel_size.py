@@ -229,6 +229,15 @@ def _rational(value) -> float:
     return float(value)
 
 
+def by_local_tag(root) -> dict[str, list]:
+    """The elements under an OME-XML ``root`` (parsed with ``xml.etree``) by tag name without
+    the namespace (``"Pixels"``, ``"Plane"``, ``"MapAnnotation"``), in document order."""
+    elements: dict[str, list] = {}
+    for el in root.iter():
+        elements.setdefault(el.tag.rsplit("}", 1)[-1], []).append(el)
+    return elements
+
+
 def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str | None, float | None]:
     """``((y, x) um/px or None, note, objective power)`` of the first OME image."""
     import xml.etree.ElementTree as ET
@@ -237,16 +246,16 @@ def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str | None, f
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         return None, f"OME-XML: cannot be parsed ({exc}); pixel size ignored", None
-    local = {el: el.tag.rsplit("}", 1)[-1] for el in root.iter()}
+    elements = by_local_tag(root)
     power = None
-    for el, tag in local.items():
-        if tag == "Objective" and el.get("NominalMagnification"):
+    for el in elements.get("Objective", []):
+        if el.get("NominalMagnification"):
             try:
                 power = float(el.get("NominalMagnification"))
             except ValueError:
                 pass
             break
-    pixels = next((el for el, tag in local.items() if tag == "Pixels"), None)
+    pixels = next(iter(elements.get("Pixels", [])), None)
     if pixels is None or pixels.get("PhysicalSizeX") is None:
         return None, None, power
     sizes = []
@@ -281,7 +290,7 @@ def ome_position_um(xml: str) -> tuple[float, float] | None:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return None
-    plane = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Plane"), None)
+    plane = next(iter(by_local_tag(root).get("Plane", [])), None)
     if plane is None or plane.get("PositionX") is None or plane.get("PositionY") is None:
         return None
     out = []
