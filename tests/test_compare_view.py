@@ -449,8 +449,29 @@ def test_the_dock_table_marks_pairs_explaining_different_classes(qtbot):
     fill_agreement_table(table, record)
     assert table.item(0, 1).text() == "0.08" and table.item(1, 0).text() == "0.05"
     assert table.item(0, 1).font().italic()  # grey italics: a mark would not fit the cell
-    assert table.horizontalHeaderItem(1).toolTip() == "graph"  # a cut-off column name in full
+    assert table.horizontalHeaderItem(1).toolTip() == "graph"  # the full name on hover
     assert "different classes (malignant vs benign)" in table.item(0, 1).toolTip()
     fill_agreement_table(table, {**record, "explains": ["malignant", "malignant"]})
     assert not table.item(0, 1).font().italic()
     assert "different classes" not in table.item(0, 1).toolTip()
+    # rows and columns numbered, the key above the table: nothing cut in a narrow dock
+    assert [table.horizontalHeaderItem(j).text() for j in range(2)] == ["1", "2"]
+    assert [table.verticalHeaderItem(i).text() for i in range(2)] == ["1", "2"]
+    long = {
+        **record,
+        "methods": ["amil", "graph", "gradcam (cspresnet50-fpn-se-demo)", "dt-gradcam"],
+        "explains": ["malignant"] * 4,
+        "spearman": np.eye(4).tolist(),
+        "topk_iou": np.eye(4).tolist(),
+    }
+    table.resize(280, 200)
+    key = fill_agreement_table(table, long)
+    assert key.replace("\u00a0", " ") == (
+        "1 amil · 2 graph · 3 gradcam (cspresnet50-fpn-se-demo) · 4 dt-gradcam"
+    )
+    table.show()
+    qtbot.waitExposed(table)
+    header, metrics = table.horizontalHeader(), table.fontMetrics()
+    margin = 2 * (table.style().pixelMetric(table.style().PM_FocusFrameHMargin) + 1)
+    for j in range(4):  # the widest value, and the header, whole in every column
+        assert header.sectionSize(j) - margin >= metrics.horizontalAdvance("-0.35"), j

@@ -16,8 +16,10 @@ def fmt(v) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
 
 
-def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
-    """Methods x methods in a QTableWidget: Spearman above the diagonal, top-10 % IoU below."""
+def fill_agreement_table(table, agreement: dict[str, Any] | None) -> str:
+    """Methods x methods in a QTableWidget: Spearman above the diagonal, top-10 % IoU below.
+    Rows and columns are numbered (names in a dock's narrow table would cut the names or the
+    values); returns the key, ``"1 amil · 2 graph"``, for the text above the table."""
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QHeaderView, QTableWidgetItem
 
@@ -28,10 +30,12 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
     explains = (agreement or {}).get("explains") or [None] * len(names)
     table.setRowCount(len(names))
     table.setColumnCount(len(names))
-    table.setHorizontalHeaderLabels(names)
-    table.setVerticalHeaderLabels(names)
-    for j, name in enumerate(names):  # a narrow dock cuts the column names: the full one
+    numbers = [str(j + 1) for j in range(len(names))]
+    table.setHorizontalHeaderLabels(numbers)
+    table.setVerticalHeaderLabels(numbers)
+    for j, name in enumerate(names):
         table.horizontalHeaderItem(j).setToolTip(name)
+        table.verticalHeaderItem(j).setToolTip(name)
     for i in range(len(names)):
         for j in range(len(names)):
             rho, iou = agreement["spearman"][i][j], agreement["topk_iou"][i][j]
@@ -50,6 +54,7 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> None:
     table.resizeRowsToContents()
     rows = sum(table.rowHeight(i) for i in range(len(names)))
     table.setFixedHeight(table.horizontalHeader().height() + rows + 2 * table.frameWidth() + 2)
+    return " · ".join(f"{n}\u00a0{name}" for n, name in zip(numbers, names))  # no break
 
 
 #: the dock's faithfulness figure: width (inches) and resolution

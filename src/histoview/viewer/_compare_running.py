@@ -255,12 +255,13 @@ class RunActions:
 
         self.agreement = result.get("agreement")
         self.faithfulness = dict(result.get("faithfulness") or {})
-        fill_agreement_table(self.table, self.agreement)
+        key = fill_agreement_table(self.table, self.agreement)
         from histoview.explain.agreement import class_mismatch
 
         mismatch = class_mismatch(self.agreement) if self.agreement else None
         self.table_note.setText(
-            parts.TABLE_NOTE
+            (f"{key}. " if key else "")
+            + parts.TABLE_NOTE
             + (
                 f" Grey: the two maps explain different classes ({mismatch}); compare with care."
                 if mismatch
