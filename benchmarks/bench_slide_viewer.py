@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     if args.sample_out is not None:
         args.sample_out.mkdir(parents=True, exist_ok=True)
     sampler = StallSampler(meter, out=args.sample_out) if args.sample else None
-    camera = viewer.camera
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9
     centre, zoom = tuple(camera.center), camera.zoom
 
     def pan(t):  # a slow circle and a gentle zoom, as a user looking around

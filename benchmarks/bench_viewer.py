@@ -490,9 +490,11 @@ def main(argv=None) -> int:
         side_by_side_shown,
     )
 
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9
+
     def zoom():
         for i in range(ZOOM_FRAMES):
-            viewer.camera.zoom *= 1.1 if i < ZOOM_FRAMES // 2 else 1 / 1.1
+            camera.zoom *= 1.1 if i < ZOOM_FRAMES // 2 else 1 / 1.1
             process(app)
 
     # every zoom step is one draw of the whole scene: the least any gap that redraws it costs
