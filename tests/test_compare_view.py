@@ -466,7 +466,7 @@ def test_the_dock_table_marks_pairs_explaining_different_classes(qtbot):
     }
     table.resize(280, 200)
     key = fill_agreement_table(table, long)
-    assert key.replace("\u00a0", " ") == (
+    assert key.replace("\u00a0", " ").replace("\u2011", "-") == (
         "1 amil · 2 graph · 3 gradcam (cspresnet50-fpn-se-demo) · 4 dt-gradcam"
     )
     table.show()

@@ -54,7 +54,9 @@ def fill_agreement_table(table, agreement: dict[str, Any] | None) -> str:
     table.resizeRowsToContents()
     rows = sum(table.rowHeight(i) for i in range(len(names)))
     table.setFixedHeight(table.horizontalHeader().height() + rows + 2 * table.frameWidth() + 2)
-    return " · ".join(f"{n}\u00a0{name}" for n, name in zip(numbers, names))  # no break
+    # no line break inside an entry: a non-breaking space and non-breaking hyphens
+    unbroken = [name.replace("-", "\u2011") for name in names]
+    return " · ".join(f"{n}\u00a0{name}" for n, name in zip(numbers, unbroken))
 
 
 #: the dock's faithfulness figure: width (inches) and resolution
