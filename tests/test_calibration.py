@@ -129,6 +129,25 @@ def test_the_ground_truth_of_a_sample_follows_its_image(make_napari_viewer):
     image = next(lay for lay in layers if type(lay).__name__ == "Image")
     truth = [lay for lay in viewer.layers if lay is not image]
     assert truth and set(truth) <= set(layers_over(viewer, image))
+    # not companions: an image of its own named like one, and what is drawn over another
+    # image under a name that starts with the name of a layer over this one
+    crop = viewer.add_image(
+        np.zeros((8, 8), np.uint8),
+        name=f"{image.name}: crop",
+        metadata={"histoview": {"path": "crop.png"}},
+    )
+    mine = viewer.add_image(
+        np.zeros((8, 8), np.float32),
+        name="Grad-CAM: benign (1.00)",
+        metadata={"histoview": {"explanation": {"image_layer": image.name}}},
+    )
+    theirs = viewer.add_image(
+        np.zeros((8, 8), np.float32),
+        name="Grad-CAM: benign (1.00): outlines [1]",
+        metadata={"histoview": {"explanation": {"image_layer": crop.name}}},
+    )
+    over = layers_over(viewer, image)
+    assert mine in over and crop not in over and theirs not in over
     scale0 = float(image.scale[-1])
     set_pixel_size(viewer, image, scale0)  # the same value: nothing moves
     assert float(image.scale[-1]) == scale0

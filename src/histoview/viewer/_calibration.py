@@ -35,15 +35,19 @@ def _over(layer) -> str | None:
 _COMPANION_SEPARATORS = (": ", " · ")
 
 
-def _drawn_on(layer, base) -> bool:
+def _drawn_on(layer, base, *, by_name: bool) -> bool:
     """Whether ``layer`` was drawn over ``base``: it names it (explanations, stain regions),
-    is a compare panel of a layer over it, or carries its name as a companion's prefix."""
+    is a compare panel of a layer over it, or (``by_name``: ``base`` is the image itself)
+    carries its name as a companion's prefix, names no other image and is no opened file."""
     from histoview.viewer._layer_updates import STATE_KEY
 
-    if _over(layer) == base.name:
+    over = _over(layer)
+    if over == base.name:
         return True
     if (layer.metadata.get(STATE_KEY) or {}).get("main") == base.unique_id:
         return True
+    if not by_name or over is not None or "path" in (layer.metadata.get("histoview") or {}):
+        return False  # e.g. "a.png: crop" opened from a file is an image of its own
     return any(str(layer.name).startswith(base.name + sep) for sep in _COMPANION_SEPARATORS)
 
 
@@ -56,7 +60,11 @@ def layers_over(viewer, image_layer) -> list:
     while bases:
         base = bases.pop()
         for lay in viewer.layers:
-            if lay is not image_layer and lay not in found and _drawn_on(lay, base):
+            if lay is image_layer or lay in found:
+                continue
+            # by name only from the image: an explanation's name ("Grad-CAM: benign (1.00)")
+            # would otherwise claim another image's "Grad-CAM: benign (1.00): outlines [1]"
+            if _drawn_on(lay, base, by_name=base is image_layer):
                 found.append(lay)
                 bases.append(lay)
     return found
@@ -122,6 +130,8 @@ def set_pixel_size(viewer, image_layer, um: float | None) -> None:
     factor = np.abs(target) / current
     same_units = in_micrometres(image_layer) == (units[-1] in MICROMETRE_UNITS)
     if np.allclose(factor, 1.0) and same_units:
+        if um is None:  # the file's scale again: nothing to bring back
+            image_layer.metadata = {k: v for k, v in meta.items() if k != ORIGINAL_KEY}
         return
     for layer in [image_layer, *layers_over(viewer, image_layer)]:
         _rescale(layer, factor, units)
